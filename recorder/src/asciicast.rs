@@ -1,0 +1,174 @@
+//! Turning a recording into asciicast v2 (the asciinema format) and terminal events for replay.
+
+use std::io::Write;
+
+use crate::format::{Kind, Record};
+use crate::reader::ReadError;
+
+/// Decodes a byte stream split at arbitrary points into valid UTF-8, holding back a multi-byte
+/// character cut across chunks and replacing bytes that can never be valid with U+FFFD.
+#[derive(Default, Debug)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut out = String::new();
+        let mut rest: &[u8] = &self.pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    out.push_str(s);
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let (good, bad) = rest.split_at(e.valid_up_to());
+                    // from_utf8 just said `good` is valid.
+                    out.push_str(&String::from_utf8_lossy(good));
+                    match e.error_len() {
+                        Some(n) => {
+                            out.push('\u{FFFD}');
+                            rest = &bad[n..];
+                        }
+                        None => {
+                            rest = bad; // incomplete character at the end: wait for more
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.pending = rest.to_vec();
+        out
+    }
+
+    /// Whatever is still held back, lossily (end of stream).
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}
+
+/// One asciicast event: seconds since the start, code ("o", "i", "r", "m"), data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AsciicastEvent {
+    pub time: f64,
+    pub code: &'static str,
+    pub data: String,
+}
+
+/// What a recording shows as a terminal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TerminalEvents {
+    pub width: u32,
+    pub height: u32,
+    /// Seconds since the epoch of the first record.
+    pub timestamp: i64,
+    pub events: Vec<AsciicastEvent>,
+    /// Damage that stopped reading early; events before it are complete.
+    pub problem: Option<ReadError>,
+}
+
+/// Collects terminal events from a recording's records: output, stderr, input and resizes.
+pub fn terminal_events<I>(records: I, include_input: bool) -> TerminalEvents
+where
+    I: IntoIterator<Item = Result<Record, ReadError>>,
+{
+    let mut te = TerminalEvents {
+        width: 80,
+        height: 24,
+        timestamp: 0,
+        events: Vec::new(),
+        problem: None,
+    };
+    let mut start: Option<i64> = None;
+    let mut sized = false;
+    let mut out = std::collections::HashMap::<(u32, bool), Utf8Stream>::new();
+    for item in records {
+        let r = match item {
+            Ok(r) => r,
+            Err(e) => {
+                te.problem = Some(e);
+                break;
+            }
+        };
+        let t0 = *start.get_or_insert(r.time_us);
+        let time = (r.time_us - t0).max(0) as f64 / 1e6;
+        let (code, text) = match r.kind {
+            Kind::Output | Kind::Stderr => (
+                "o",
+                out.entry((r.channel, false)).or_default().push(&r.payload),
+            ),
+            Kind::Input if include_input => (
+                "i",
+                out.entry((r.channel, true)).or_default().push(&r.payload),
+            ),
+            Kind::Resize => {
+                let Some(v) = r.json() else { continue };
+                let cols = v["cols"].as_u64().unwrap_or(80).clamp(1, 10_000) as u32;
+                let rows = v["rows"].as_u64().unwrap_or(24).clamp(1, 10_000) as u32;
+                if !sized {
+                    // The first size is the header's; later ones are resize events.
+                    te.width = cols;
+                    te.height = rows;
+                    sized = true;
+                    continue;
+                }
+                ("r", format!("{cols}x{rows}"))
+            }
+            _ => continue,
+        };
+        if !text.is_empty() {
+            te.events.push(AsciicastEvent {
+                time,
+                code,
+                data: text,
+            });
+        }
+    }
+    te.timestamp = start.unwrap_or(0) / 1_000_000;
+    te
+}
+
+/// Writes asciicast v2: a JSON header line, then one JSON array per event.
+pub fn export_asciicast<W: Write>(te: &TerminalEvents, mut out: W) -> std::io::Result<()> {
+    let header = serde_json::json!({
+        "version": 2,
+        "width": te.width,
+        "height": te.height,
+        "timestamp": te.timestamp,
+        "env": {"TERM": "xterm-256color"},
+    });
+    writeln!(out, "{header}")?;
+    for e in &te.events {
+        let line = serde_json::json!([(e.time * 1e6).round() / 1e6, e.code, e.data]);
+        writeln!(out, "{line}")?;
+    }
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_split_across_chunks_is_held_back() {
+        let mut s = Utf8Stream::default();
+        let euro = "€".as_bytes();
+        assert_eq!(s.push(&[b'a', euro[0]]), "a");
+        assert_eq!(s.push(&euro[1..2]), "");
+        assert_eq!(s.push(&[euro[2], b'b']), "€b");
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement() {
+        let mut s = Utf8Stream::default();
+        assert_eq!(s.push(&[b'x', 0xff, b'y']), "x\u{FFFD}y");
+        assert_eq!(s.push(&[0xe2]), "");
+        assert_eq!(s.finish(), "\u{FFFD}");
+    }
+}

@@ -1,0 +1,36 @@
+//! Postern's evidence plane.
+//!
+//! Everything an auditor relies on is written here as *records*: append-only, each carrying the
+//! SHA-256 of the previous one, so that changing, dropping, reordering or truncating anything is
+//! found by [`verify`] at the exact record. Two kinds of files use the same format:
+//!
+//! * a **recording** per session (terminal I/O with timing, exec lines, channel events), written by
+//!   one [`Writer`] that buffers and is flushed at least every second by its owner;
+//! * the **audit log**, appended to by several processes (the server, the CLI) through
+//!   [`append_locked`], which takes an exclusive file lock and chains onto the last record.
+//!
+//! This crate depends on nothing else of Postern's: whoever holds a recording and its expected
+//! final hash can check it.
+
+mod asciicast;
+mod format;
+mod reader;
+mod writer;
+
+pub use asciicast::{
+    AsciicastEvent, TerminalEvents, Utf8Stream, export_asciicast, terminal_events,
+};
+pub use format::{GENESIS_DOMAIN, HASH_LEN, Kind, MAX_PAYLOAD, Record, genesis_hash};
+pub use reader::{ReadError, Reader, Tail, VerifyReport, verify, verify_file};
+pub use writer::{Writer, append_locked, last_record};
+
+/// Errors raised while writing evidence.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("recording I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("record payload of {0} bytes exceeds the limit of {MAX_PAYLOAD}")]
+    TooLarge(usize),
+    #[error("existing file is damaged, refusing to append: {0}")]
+    Damaged(String),
+}

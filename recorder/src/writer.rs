@@ -1,0 +1,220 @@
+//! Appending records: one buffered writer per recording, and a locked appender for shared logs.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::WriteError;
+use crate::format::{
+    BODY_FIXED, HASH_LEN, Kind, MAGIC, MAX_PAYLOAD, Record, chain_hash, encode_body, frame,
+    genesis_hash, header_line, now_us,
+};
+use crate::reader::{Reader, Tail, verify_file};
+
+/// Buffer size of a recording writer: large enough to batch terminal chunks into few syscalls,
+/// small enough that the once-a-second flush bounds what a crash can lose.
+const BUFFER: usize = 64 * 1024;
+
+/// The single writer of one recording file.
+///
+/// Records go to an in-memory buffer; the owner calls [`Writer::flush`] at least once a second and
+/// [`Writer::finish`] at the end, so a crash loses at most the last second and never corrupts what
+/// was flushed before (appends only ever add bytes after the last complete record).
+pub struct Writer {
+    path: PathBuf,
+    out: BufWriter<File>,
+    next_seq: u64,
+    prev: [u8; HASH_LEN],
+}
+
+impl Writer {
+    /// Creates a new recording. Fails if the file exists: evidence is never overwritten.
+    pub fn create(path: &Path, stream_id: &str) -> Result<Writer, WriteError> {
+        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let header = header_line(stream_id);
+        let mut out = BufWriter::with_capacity(BUFFER, file);
+        out.write_all(&header)?;
+        Ok(Writer {
+            path: path.to_owned(),
+            out,
+            next_seq: 0,
+            prev: genesis_hash(&header),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends a record stamped with the current time.
+    pub fn append(&mut self, kind: Kind, channel: u32, payload: &[u8]) -> Result<u64, WriteError> {
+        self.append_at(now_us(), kind, channel, payload)
+    }
+
+    /// Appends a record with an explicit time (microseconds since the epoch).
+    pub fn append_at(
+        &mut self,
+        time_us: i64,
+        kind: Kind,
+        channel: u32,
+        payload: &[u8],
+    ) -> Result<u64, WriteError> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(WriteError::TooLarge(payload.len()));
+        }
+        let seq = self.next_seq;
+        let body = encode_body(seq, time_us, kind, channel, payload);
+        let hash = chain_hash(&self.prev, &body);
+        self.out.write_all(&frame(&body, &hash))?;
+        self.prev = hash;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Pushes buffered records to the operating system.
+    pub fn flush(&mut self) -> Result<(), WriteError> {
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// Flushes and fsyncs; returns the number of records and the final hash (the seal input).
+    pub fn finish(&mut self) -> Result<(u64, [u8; HASH_LEN]), WriteError> {
+        self.out.flush()?;
+        self.out.get_ref().sync_data()?;
+        Ok((self.next_seq, self.prev))
+    }
+
+    /// Records written so far and the hash of the last one.
+    pub fn position(&self) -> (u64, [u8; HASH_LEN]) {
+        (self.next_seq, self.prev)
+    }
+}
+
+/// Reads the last complete record of a file from its end, using the trailing length.
+/// Returns `None` for a file with a header and no records.
+pub fn last_record(path: &Path) -> Result<Option<Record>, WriteError> {
+    let mut file = File::open(path)?;
+    last_record_of(&mut file)
+}
+
+fn last_record_of(file: &mut File) -> Result<Option<Record>, WriteError> {
+    let size = file.seek(SeekFrom::End(0))?;
+    let header_len = read_header_len(file)?;
+    if size == header_len {
+        return Ok(None);
+    }
+    let damaged = |why: &str| WriteError::Damaged(why.to_owned());
+    if size < header_len + 8 + (BODY_FIXED + HASH_LEN) as u64 {
+        return Err(damaged("file ends inside its first record"));
+    }
+    let mut len = [0u8; 4];
+    file.seek(SeekFrom::Start(size - 4))?;
+    file.read_exact(&mut len)?;
+    let body_len = u32::from_be_bytes(len) as u64;
+    let framed = body_len + HASH_LEN as u64 + 8;
+    if body_len < BODY_FIXED as u64 || framed > size - header_len {
+        return Err(damaged("last record's trailing length is out of range"));
+    }
+    let start = size - framed;
+    file.seek(SeekFrom::Start(start))?;
+    let mut buf = vec![0u8; framed as usize];
+    file.read_exact(&mut buf)?;
+    if buf[..4] != buf[buf.len() - 4..] {
+        return Err(damaged("last record's leading and trailing lengths differ"));
+    }
+    crate::reader::decode_framed(&buf)
+        .map(Some)
+        .ok_or_else(|| damaged("last record does not decode"))
+}
+
+fn read_header_len(file: &mut File) -> Result<u64, WriteError> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = [0u8; 512];
+    let n = file.read(&mut buf)?;
+    if n < MAGIC.len() || &buf[..MAGIC.len()] != MAGIC {
+        return Err(WriteError::Damaged("not a Postern record file".into()));
+    }
+    match buf[..n].iter().position(|b| *b == b'\n') {
+        Some(i) => Ok(i as u64 + 1),
+        None => Err(WriteError::Damaged(
+            "record file header is not terminated".into(),
+        )),
+    }
+}
+
+/// Appends one record to a file shared by several processes (the audit log).
+///
+/// Takes an exclusive lock, chains onto the last record, writes and syncs. A torn tail left by a
+/// crash (an incomplete last record after a valid chain) is cut off before appending; any other
+/// damage makes the append fail, so that nothing is chained onto a broken log.
+pub fn append_locked(
+    path: &Path,
+    stream_id: &str,
+    kind: Kind,
+    payload: &[u8],
+) -> Result<(u64, [u8; HASH_LEN]), WriteError> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(WriteError::TooLarge(payload.len()));
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    file.lock()?;
+    let result = append_under_lock(&mut file, path, stream_id, kind, payload);
+    let _ = file.unlock();
+    result
+}
+
+fn append_under_lock(
+    file: &mut File,
+    path: &Path,
+    stream_id: &str,
+    kind: Kind,
+    payload: &[u8],
+) -> Result<(u64, [u8; HASH_LEN]), WriteError> {
+    let size = file.seek(SeekFrom::End(0))?;
+    if size == 0 {
+        file.write_all(&header_line(stream_id))?;
+    }
+    let (seq, prev) = match last_record_of(file) {
+        Ok(Some(r)) => (r.seq + 1, r.hash),
+        Ok(None) => {
+            let mut reader = Reader::open(path).map_err(|e| WriteError::Damaged(e.to_string()))?;
+            (0, reader.genesis())
+        }
+        Err(_) => repair_torn_tail(file, path)?,
+    };
+    let body = encode_body(seq, now_us(), kind, 0, payload);
+    let hash = chain_hash(&prev, &body);
+    file.seek(SeekFrom::End(0))?;
+    file.write_all(&frame(&body, &hash))?;
+    file.sync_data()?;
+    Ok((seq, hash))
+}
+
+/// Called when the end of the file does not hold a complete record: verify the whole chain and,
+/// only if the damage is a torn final record, cut it off.
+fn repair_torn_tail(file: &mut File, path: &Path) -> Result<(u64, [u8; HASH_LEN]), WriteError> {
+    let report = verify_file(path).map_err(|e| WriteError::Damaged(e.to_string()))?;
+    if let Some(problem) = report.problem {
+        return Err(WriteError::Damaged(problem.to_string()));
+    }
+    match report.tail {
+        Tail::Torn { offset, .. } => {
+            file.set_len(offset)?;
+            let prev = match report.last_hash {
+                Some(h) => h,
+                None => Reader::open(path)
+                    .map_err(|e| WriteError::Damaged(e.to_string()))?
+                    .genesis(),
+            };
+            Ok((report.records, prev))
+        }
+        Tail::Clean => Err(WriteError::Damaged(
+            "file end does not match its records".into(),
+        )),
+    }
+}

@@ -1,0 +1,237 @@
+//! The chain detects every kind of damage at the exact record, and never panics on garbage.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use recorder::{
+    Kind, ReadError, Reader, Tail, Writer, append_locked, export_asciicast, last_record,
+    terminal_events, verify_file,
+};
+
+fn sample(dir: &Path) -> PathBuf {
+    let path = dir.join("s.rec");
+    let mut w = Writer::create(&path, "session-1").unwrap();
+    w.append_at(1_000_000, Kind::SessionStart, 0, br#"{"vendor":"alice"}"#)
+        .unwrap();
+    w.append_at(1_000_010, Kind::Resize, 0, br#"{"cols":100,"rows":30}"#)
+        .unwrap();
+    for i in 0..10u8 {
+        w.append_at(
+            1_100_000 + i as i64 * 100_000,
+            Kind::Output,
+            0,
+            format!("line {i}\r\n").as_bytes(),
+        )
+        .unwrap();
+    }
+    w.append_at(3_000_000, Kind::SessionEnd, 0, br#"{"reason":"closed"}"#)
+        .unwrap();
+    let (n, _) = w.finish().unwrap();
+    assert_eq!(n, 13);
+    path
+}
+
+/// Byte offset of record `seq` in a file written by `sample` (walks the framing).
+fn offset_of(path: &Path, seq: u64) -> usize {
+    let bytes = fs::read(path).unwrap();
+    let mut off = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
+    for _ in 0..seq {
+        let len = u32::from_be_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        off += 4 + len + 32 + 4;
+    }
+    off
+}
+
+#[test]
+fn untouched_recording_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let r = verify_file(&path).unwrap();
+    assert_eq!(r.records, 13);
+    assert!(r.ended);
+    assert_eq!(r.tail, Tail::Clean);
+    assert_eq!(r.problem, None);
+    assert_eq!(r.stream_id, "session-1");
+    assert_eq!(
+        last_record(&path).unwrap().unwrap().hash,
+        r.last_hash.unwrap()
+    );
+}
+
+#[test]
+fn flipped_payload_byte_is_found_at_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let mut bytes = fs::read(&path).unwrap();
+    let off = offset_of(&path, 5) + 4 + 21; // first payload byte of record 5
+    bytes[off] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+    let r = verify_file(&path).unwrap();
+    assert_eq!(r.problem, Some(ReadError::HashMismatch { seq: 5 }));
+    assert_eq!(r.records, 5);
+}
+
+#[test]
+fn dropped_record_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let bytes = fs::read(&path).unwrap();
+    let (a, b) = (offset_of(&path, 7), offset_of(&path, 8));
+    let mut cut = bytes[..a].to_vec();
+    cut.extend_from_slice(&bytes[b..]);
+    fs::write(&path, cut).unwrap();
+    let r = verify_file(&path).unwrap();
+    assert_eq!(r.problem, Some(ReadError::SeqGap { seq: 7, found: 8 }));
+}
+
+#[test]
+fn swapped_records_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let bytes = fs::read(&path).unwrap();
+    let (a, b, c) = (
+        offset_of(&path, 3),
+        offset_of(&path, 4),
+        offset_of(&path, 5),
+    );
+    let mut out = bytes[..a].to_vec();
+    out.extend_from_slice(&bytes[b..c]);
+    out.extend_from_slice(&bytes[a..b]);
+    out.extend_from_slice(&bytes[c..]);
+    fs::write(&path, out).unwrap();
+    assert_eq!(
+        verify_file(&path).unwrap().problem,
+        Some(ReadError::SeqGap { seq: 3, found: 4 })
+    );
+}
+
+#[test]
+fn truncation_inside_a_record_is_a_torn_tail_and_at_a_boundary_shortens_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let bytes = fs::read(&path).unwrap();
+    let off = offset_of(&path, 9);
+    fs::write(&path, &bytes[..off + 10]).unwrap();
+    let r = verify_file(&path).unwrap();
+    assert_eq!(r.records, 9);
+    assert_eq!(
+        r.tail,
+        Tail::Torn {
+            offset: off as u64,
+            bytes: 10
+        }
+    );
+    assert!(!r.ended);
+    // At a record boundary the chain is intact but shorter, with no end record: the caller
+    // compares against the seal (record count and final hash).
+    fs::write(&path, &bytes[..off]).unwrap();
+    let r = verify_file(&path).unwrap();
+    assert_eq!((r.records, r.tail, r.ended), (9, Tail::Clean, false));
+}
+
+#[test]
+fn changed_header_breaks_the_first_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let bytes = fs::read(&path).unwrap();
+    let nl = bytes.iter().position(|b| *b == b'\n').unwrap();
+    let s = String::from_utf8_lossy(&bytes[..nl]).replace("session-1", "session-2");
+    let mut out = s.into_bytes();
+    out.extend_from_slice(&bytes[nl..]);
+    fs::write(&path, out).unwrap();
+    assert_eq!(
+        verify_file(&path).unwrap().problem,
+        Some(ReadError::HashMismatch { seq: 0 })
+    );
+}
+
+#[test]
+fn garbage_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let good = fs::read(&path).unwrap();
+    // Deterministic pseudo-random corruption of every kind: flips, cuts, insertions.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut bytes = good.clone();
+        let at = (x as usize) % bytes.len();
+        match round % 3 {
+            0 => bytes[at] = (x >> 32) as u8,
+            1 => bytes.truncate(at),
+            _ => bytes
+                .splice(at..at, (0..(x % 64) as u8).map(|i| i.wrapping_mul(37)))
+                .for_each(drop),
+        }
+        if let Ok(reader) = Reader::new(&bytes[..]) {
+            let _ = terminal_events(reader, true);
+        }
+        let _ = recorder::verify(&bytes[..]);
+    }
+    assert!(Reader::new(&b"\xff\xfe garbage"[..]).is_err());
+}
+
+#[test]
+fn locked_appends_chain_across_writers_and_repair_only_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    for i in 0..5 {
+        let (seq, _) = append_locked(
+            &path,
+            "audit",
+            Kind::Audit,
+            format!("{{\"n\":{i}}}").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(seq, i);
+    }
+    // Several threads at once, as the CLI and the server would.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..25 {
+                    append_locked(&path, "audit", Kind::Audit, b"{}").unwrap();
+                }
+            });
+        }
+    });
+    let r = verify_file(&path).unwrap();
+    assert_eq!((r.records, r.problem.clone()), (105, None));
+    // A crash mid-append leaves a torn tail: the next append cuts it and chains on.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes.extend_from_slice(&[0, 0, 0, 40, 1, 2, 3]);
+    fs::write(&path, &bytes).unwrap();
+    assert_eq!(
+        append_locked(&path, "audit", Kind::Audit, b"{}").unwrap().0,
+        105
+    );
+    assert_eq!(verify_file(&path).unwrap().problem, None);
+    // Real damage is never chained onto.
+    let mut bytes = fs::read(&path).unwrap();
+    let off = offset_of(&path, 50) + 4 + 22;
+    bytes[off] ^= 0x40;
+    bytes.extend_from_slice(&[9, 9, 9]);
+    fs::write(&path, &bytes).unwrap();
+    assert!(append_locked(&path, "audit", Kind::Audit, b"{}").is_err());
+}
+
+#[test]
+fn asciicast_export_has_header_timing_and_resizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    let te = terminal_events(Reader::open(&path).unwrap(), false);
+    assert_eq!((te.width, te.height, te.events.len()), (100, 30, 10));
+    let mut out = Vec::new();
+    export_asciicast(&te, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert_eq!(header["width"], 100);
+    let first: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(first[1], "o");
+    assert_eq!(first[2], "line 0\r\n");
+    assert!((first[0].as_f64().unwrap() - 0.1).abs() < 1e-9);
+}
