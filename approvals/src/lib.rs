@@ -1,1 +1,16 @@
+//! Postern's control plane: the directory (vendors, sites, devices, functions), grants, sessions,
+//! the policy decision and the audit log.
+//!
+//! The broker asks [`policy::decide`] — one pure function over facts loaded by the [`Store`] — at
+//! session start and at every new channel; it never decides on its own.
 
+pub mod audit;
+pub mod model;
+pub mod policy;
+pub mod store;
+pub mod time;
+
+pub use audit::AuditLog;
+pub use model::{Channel, ChannelSet, Device, Function, Grant, Session, Site, Vendor};
+pub use policy::{AccessRequest, Decision, Deny, Facts, decide};
+pub use store::{NewDevice, NewGrant, Store, StoreError};

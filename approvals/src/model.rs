@@ -1,0 +1,205 @@
+//! The directory's nouns, as stored.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Vendor {
+    pub name: String,
+    pub org: String,
+    /// Unix seconds; access ends at this instant.
+    pub contract_end: Option<i64>,
+    pub disabled: i64,
+    #[serde(skip)]
+    pub totp_secret: String,
+    #[serde(skip)]
+    pub totp_last_step: i64,
+    pub created: i64,
+}
+
+impl Vendor {
+    pub fn is_disabled(&self) -> bool {
+        self.disabled != 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Site {
+    pub name: String,
+    pub region: Option<String>,
+    pub created: i64,
+}
+
+/// A device at a site and how the broker logs in to it. The credential never leaves the broker.
+#[derive(Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Device {
+    pub site: String,
+    pub name: String,
+    pub addr: String,
+    pub login: String,
+    /// `key` (OpenSSH private key) or `password`.
+    pub credential_kind: String,
+    #[serde(skip)]
+    pub credential: String,
+    /// Pinned host key, OpenSSH public key format.
+    pub host_key: String,
+    pub created: i64,
+}
+
+impl std::fmt::Debug for Device {
+    // Hand-written so that the credential can never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("site", &self.site)
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("login", &self.login)
+            .field("credential_kind", &self.credential_kind)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Function {
+    pub name: String,
+    /// Comma-separated channel kinds: `shell,exec,sftp,forward:PORT`.
+    pub allow: String,
+    /// Device account to use instead of the device's default login.
+    pub login: Option<String>,
+    /// Longest window a grant of this function may have, in seconds.
+    pub max_window: i64,
+    pub emergency: i64,
+    pub created: i64,
+}
+
+impl Function {
+    pub fn channels(&self) -> ChannelSet {
+        // Stored values were validated on the way in; anything unreadable allows nothing.
+        ChannelSet::parse(&self.allow).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Grant {
+    pub id: String,
+    pub vendor: String,
+    pub site: String,
+    pub function: String,
+    pub valid_from: i64,
+    pub valid_until: i64,
+    pub granted_by: String,
+    pub reason: String,
+    pub created: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_by: Option<String>,
+}
+
+impl Grant {
+    pub fn is_active(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && self.valid_from <= now && now < self.valid_until
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Session {
+    pub id: String,
+    pub vendor: String,
+    pub site: String,
+    pub device: String,
+    pub function: String,
+    pub grant_id: String,
+    pub node: String,
+    pub source: String,
+    /// File name of the recording, relative to the recordings directory.
+    pub recording: String,
+    pub started: i64,
+    pub ended: Option<i64>,
+    pub end_reason: Option<String>,
+    pub kill_requested: i64,
+    pub records: Option<i64>,
+    pub final_hash: Option<String>,
+}
+
+/// What a vendor asks to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Shell,
+    Exec,
+    Sftp,
+    Forward(u16),
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Channel::Shell => f.write_str("shell"),
+            Channel::Exec => f.write_str("exec"),
+            Channel::Sftp => f.write_str("sftp"),
+            Channel::Forward(p) => write!(f, "forward:{p}"),
+        }
+    }
+}
+
+/// The channel kinds a function allows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelSet {
+    pub shell: bool,
+    pub exec: bool,
+    pub sftp: bool,
+    pub forwards: Vec<u16>,
+}
+
+impl ChannelSet {
+    pub fn parse(s: &str) -> Result<ChannelSet, String> {
+        let mut set = ChannelSet::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item {
+                "shell" => set.shell = true,
+                "exec" => set.exec = true,
+                "sftp" => set.sftp = true,
+                _ => {
+                    let port = item
+                        .strip_prefix("forward:")
+                        .and_then(|p| p.parse::<u16>().ok())
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| {
+                            format!("'{item}' is not a channel kind: use shell, exec, sftp or forward:PORT")
+                        })?;
+                    if !set.forwards.contains(&port) {
+                        set.forwards.push(port);
+                    }
+                }
+            }
+        }
+        if set == ChannelSet::default() {
+            return Err("a function must allow at least one channel kind".into());
+        }
+        Ok(set)
+    }
+
+    pub fn allows(&self, channel: Channel) -> bool {
+        match channel {
+            Channel::Shell => self.shell,
+            Channel::Exec => self.exec,
+            Channel::Sftp => self.sftp,
+            Channel::Forward(p) => self.forwards.contains(&p),
+        }
+    }
+}
+
+impl std::fmt::Display for ChannelSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        for (on, name) in [
+            (self.shell, "shell"),
+            (self.exec, "exec"),
+            (self.sftp, "sftp"),
+        ] {
+            if on {
+                parts.push(name.into());
+            }
+        }
+        parts.extend(self.forwards.iter().map(|p| format!("forward:{p}")));
+        f.write_str(&parts.join(","))
+    }
+}

@@ -1,0 +1,513 @@
+//! The policy decision: one pure function from facts and a request to allow or deny.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::model::{Channel, Device, Function, Grant, Vendor};
+use crate::time::fmt_time;
+
+/// Who asks for what. `function` is `None` when the login string omitted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessRequest {
+    pub vendor: String,
+    pub site: String,
+    pub device: String,
+    pub function: Option<String>,
+    /// `None` at session start (before any channel), then each channel as it is opened.
+    pub channel: Option<Channel>,
+}
+
+/// Everything the decision looks at, loaded by the store in one go.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    pub vendor: Option<Vendor>,
+    pub site_exists: bool,
+    pub device: Option<Device>,
+    /// The vendor's grants at the site, revoked ones included (to say why access is refused).
+    pub grants: Vec<Grant>,
+    /// Functions named by the request or by any of the grants.
+    pub functions: HashMap<String, Function>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    Allow {
+        grant: String,
+        function: String,
+        window_end: i64,
+        /// The device account the broker logs in with.
+        login: String,
+    },
+    Deny {
+        reason: Deny,
+    },
+}
+
+/// Why access is refused. `Display` is the one plain line the vendor sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "why", rename_all = "snake_case")]
+pub enum Deny {
+    UnknownVendor,
+    VendorDisabled,
+    ContractEnded {
+        at: i64,
+    },
+    UnknownSite {
+        site: String,
+    },
+    UnknownDevice {
+        site: String,
+        device: String,
+    },
+    UnknownFunction {
+        function: String,
+    },
+    NoGrant {
+        site: String,
+        function: Option<String>,
+    },
+    NotYetOpen {
+        function: String,
+        from: i64,
+    },
+    WindowEnded {
+        function: String,
+        at: i64,
+    },
+    Revoked {
+        grant: String,
+        at: i64,
+    },
+    AmbiguousFunction {
+        functions: Vec<String>,
+    },
+    ChannelNotAllowed {
+        channel: String,
+        function: String,
+    },
+}
+
+impl std::fmt::Display for Deny {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Deny::UnknownVendor => f.write_str("access denied: unknown vendor"),
+            Deny::VendorDisabled => f.write_str("access denied: this vendor account is disabled"),
+            Deny::ContractEnded { at } => {
+                write!(f, "access denied: contract ended at {}", fmt_time(*at))
+            }
+            Deny::UnknownSite { site } => write!(f, "access denied: no site named {site}"),
+            Deny::UnknownDevice { site, device } => {
+                write!(f, "access denied: no device {device} at {site}")
+            }
+            Deny::UnknownFunction { function } => {
+                write!(f, "access denied: no function named {function}")
+            }
+            Deny::NoGrant {
+                site,
+                function: Some(func),
+            } => {
+                write!(f, "access denied: no grant for {site} and function {func}")
+            }
+            Deny::NoGrant {
+                site,
+                function: None,
+            } => write!(f, "access denied: no grant for {site}"),
+            Deny::NotYetOpen { function, from } => {
+                write!(
+                    f,
+                    "access denied: the {function} window does not open until {}",
+                    fmt_time(*from)
+                )
+            }
+            Deny::WindowEnded { function, at } => {
+                write!(
+                    f,
+                    "access denied: the {function} window ended at {}",
+                    fmt_time(*at)
+                )
+            }
+            Deny::Revoked { grant, at } => write!(
+                f,
+                "access denied: grant {grant} was revoked at {}",
+                fmt_time(*at)
+            ),
+            Deny::AmbiguousFunction { functions } => write!(
+                f,
+                "access denied: several functions are granted ({}): add :FUNCTION to the login",
+                functions.join(", ")
+            ),
+            Deny::ChannelNotAllowed { channel, function } => {
+                write!(
+                    f,
+                    "access denied: {channel} is not allowed by function {function}"
+                )
+            }
+        }
+    }
+}
+
+impl Decision {
+    fn deny(reason: Deny) -> Decision {
+        Decision::Deny { reason }
+    }
+}
+
+/// Decides whether `req` may proceed at `now`. Deny unless every check passes.
+pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
+    let Some(vendor) = facts.vendor.as_ref().filter(|v| v.name == req.vendor) else {
+        return Decision::deny(Deny::UnknownVendor);
+    };
+    if vendor.is_disabled() {
+        return Decision::deny(Deny::VendorDisabled);
+    }
+    if let Some(end) = vendor.contract_end.filter(|end| now >= *end) {
+        return Decision::deny(Deny::ContractEnded { at: end });
+    }
+    if !facts.site_exists {
+        return Decision::deny(Deny::UnknownSite {
+            site: req.site.clone(),
+        });
+    }
+    let Some(device) = facts
+        .device
+        .as_ref()
+        .filter(|d| d.site == req.site && d.name == req.device)
+    else {
+        return Decision::deny(Deny::UnknownDevice {
+            site: req.site.clone(),
+            device: req.device.clone(),
+        });
+    };
+    if let Some(func) = &req.function
+        && !facts.functions.contains_key(func)
+    {
+        return Decision::deny(Deny::UnknownFunction {
+            function: func.clone(),
+        });
+    }
+
+    let relevant: Vec<&Grant> = facts
+        .grants
+        .iter()
+        .filter(|g| g.vendor == req.vendor && g.site == req.site)
+        .filter(|g| req.function.as_ref().is_none_or(|f| &g.function == f))
+        .collect();
+    let active: Vec<&Grant> = relevant
+        .iter()
+        .copied()
+        .filter(|g| g.is_active(now))
+        .collect();
+
+    let mut functions: Vec<String> = active.iter().map(|g| g.function.clone()).collect();
+    functions.sort();
+    functions.dedup();
+    if functions.len() > 1 {
+        return Decision::deny(Deny::AmbiguousFunction { functions });
+    }
+    // Of several active grants for one function, the one that lasts longest.
+    let Some(grant) = active.iter().max_by_key(|g| g.valid_until) else {
+        return Decision::deny(explain_no_active(req, &relevant, now));
+    };
+    let Some(function) = facts.functions.get(&grant.function) else {
+        return Decision::deny(Deny::UnknownFunction {
+            function: grant.function.clone(),
+        });
+    };
+    if let Some(channel) = req.channel
+        && !function.channels().allows(channel)
+    {
+        return Decision::deny(Deny::ChannelNotAllowed {
+            channel: channel.to_string(),
+            function: function.name.clone(),
+        });
+    }
+    Decision::Allow {
+        grant: grant.id.clone(),
+        function: function.name.clone(),
+        window_end: grant.valid_until,
+        login: function
+            .login
+            .clone()
+            .unwrap_or_else(|| device.login.clone()),
+    }
+}
+
+/// The most useful explanation when no grant is active: the next window to open, else the most
+/// recent one to have ended or been revoked.
+fn explain_no_active(req: &AccessRequest, relevant: &[&Grant], now: i64) -> Deny {
+    let live = relevant.iter().filter(|g| g.revoked_at.is_none());
+    if let Some(next) = live
+        .clone()
+        .filter(|g| g.valid_from > now)
+        .min_by_key(|g| g.valid_from)
+    {
+        return Deny::NotYetOpen {
+            function: next.function.clone(),
+            from: next.valid_from,
+        };
+    }
+    let ended = live
+        .filter(|g| g.valid_until <= now)
+        .max_by_key(|g| g.valid_until);
+    let revoked = relevant
+        .iter()
+        .filter_map(|g| g.revoked_at.map(|at| (g, at)))
+        .max_by_key(|(_, at)| *at);
+    match (ended, revoked) {
+        (Some(e), Some((r, at))) if at > e.valid_until => Deny::Revoked {
+            grant: r.id.clone(),
+            at,
+        },
+        (Some(e), _) => Deny::WindowEnded {
+            function: e.function.clone(),
+            at: e.valid_until,
+        },
+        (None, Some((r, at))) => Deny::Revoked {
+            grant: r.id.clone(),
+            at,
+        },
+        (None, None) => Deny::NoGrant {
+            site: req.site.clone(),
+            function: req.function.clone(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_000_000;
+
+    fn facts() -> Facts {
+        let vendor = Vendor {
+            name: "alice".into(),
+            org: "acme".into(),
+            contract_end: None,
+            disabled: 0,
+            totp_secret: String::new(),
+            totp_last_step: -1,
+            created: 0,
+        };
+        let device = Device {
+            site: "s1".into(),
+            name: "cam".into(),
+            addr: "127.0.0.1:22".into(),
+            login: "root".into(),
+            credential_kind: "password".into(),
+            credential: "x".into(),
+            host_key: String::new(),
+            created: 0,
+        };
+        let func = |name: &str, allow: &str, login: Option<&str>| Function {
+            name: name.into(),
+            allow: allow.into(),
+            login: login.map(Into::into),
+            max_window: 3600,
+            emergency: 0,
+            created: 0,
+        };
+        let mut functions = HashMap::new();
+        functions.insert("maint".into(), func("maint", "shell,exec", Some("maint")));
+        functions.insert("fw".into(), func("fw", "sftp,forward:8080", None));
+        Facts {
+            vendor: Some(vendor),
+            site_exists: true,
+            device: Some(device),
+            grants: vec![],
+            functions,
+        }
+    }
+
+    fn grant(id: &str, function: &str, from: i64, until: i64) -> Grant {
+        Grant {
+            id: id.into(),
+            vendor: "alice".into(),
+            site: "s1".into(),
+            function: function.into(),
+            valid_from: from,
+            valid_until: until,
+            granted_by: "op".into(),
+            reason: String::new(),
+            created: 0,
+            revoked_at: None,
+            revoked_by: None,
+        }
+    }
+
+    fn req(function: Option<&str>, channel: Option<Channel>) -> AccessRequest {
+        AccessRequest {
+            vendor: "alice".into(),
+            site: "s1".into(),
+            device: "cam".into(),
+            function: function.map(Into::into),
+            channel,
+        }
+    }
+
+    fn reason(d: Decision) -> Deny {
+        match d {
+            Decision::Deny { reason } => reason,
+            other => panic!("expected deny, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn allows_inside_the_window_with_the_function_login() {
+        let mut f = facts();
+        f.grants.push(grant("g1", "maint", NOW - 10, NOW + 10));
+        let d = decide(&req(None, Some(Channel::Shell)), &f, NOW);
+        assert_eq!(
+            d,
+            Decision::Allow {
+                grant: "g1".into(),
+                function: "maint".into(),
+                window_end: NOW + 10,
+                login: "maint".into()
+            }
+        );
+        // The device's own login when the function names none.
+        f.grants = vec![grant("g2", "fw", NOW - 10, NOW + 10)];
+        let d = decide(&req(Some("fw"), Some(Channel::Forward(8080))), &f, NOW);
+        assert!(matches!(d, Decision::Allow { ref login, .. } if login == "root"));
+    }
+
+    #[test]
+    fn window_edges() {
+        let mut f = facts();
+        f.grants.push(grant("g1", "maint", NOW, NOW + 10));
+        assert!(matches!(
+            decide(&req(None, None), &f, NOW),
+            Decision::Allow { .. }
+        ));
+        assert_eq!(
+            reason(decide(&req(None, None), &f, NOW - 1)),
+            Deny::NotYetOpen {
+                function: "maint".into(),
+                from: NOW
+            }
+        );
+        assert_eq!(
+            reason(decide(&req(None, None), &f, NOW + 10)),
+            Deny::WindowEnded {
+                function: "maint".into(),
+                at: NOW + 10
+            }
+        );
+    }
+
+    #[test]
+    fn denials_say_what_is_missing() {
+        let mut f = facts();
+        assert_eq!(
+            reason(decide(&req(None, None), &f, NOW)),
+            Deny::NoGrant {
+                site: "s1".into(),
+                function: None
+            }
+        );
+        assert_eq!(
+            reason(decide(&req(Some("nope"), None), &f, NOW)),
+            Deny::UnknownFunction {
+                function: "nope".into()
+            }
+        );
+        f.grants.push(grant("g1", "maint", NOW - 10, NOW + 10));
+        assert_eq!(
+            reason(decide(&req(Some("fw"), None), &f, NOW)),
+            Deny::NoGrant {
+                site: "s1".into(),
+                function: Some("fw".into())
+            }
+        );
+        assert_eq!(
+            reason(decide(&req(None, Some(Channel::Sftp)), &f, NOW)),
+            Deny::ChannelNotAllowed {
+                channel: "sftp".into(),
+                function: "maint".into()
+            }
+        );
+        f.grants.push(grant("g2", "fw", NOW - 10, NOW + 10));
+        assert_eq!(
+            reason(decide(&req(None, None), &f, NOW)),
+            Deny::AmbiguousFunction {
+                functions: vec!["fw".into(), "maint".into()]
+            }
+        );
+        assert!(matches!(
+            decide(&req(Some("fw"), Some(Channel::Sftp)), &f, NOW),
+            Decision::Allow { .. }
+        ));
+        assert_eq!(
+            reason(decide(
+                &req(Some("fw"), Some(Channel::Forward(22))),
+                &f,
+                NOW
+            )),
+            Deny::ChannelNotAllowed {
+                channel: "forward:22".into(),
+                function: "fw".into()
+            }
+        );
+    }
+
+    #[test]
+    fn vendor_state_comes_first() {
+        let mut f = facts();
+        f.grants.push(grant("g1", "maint", NOW - 10, NOW + 10));
+        f.vendor.as_mut().unwrap().contract_end = Some(NOW);
+        assert_eq!(
+            reason(decide(&req(None, None), &f, NOW)),
+            Deny::ContractEnded { at: NOW }
+        );
+        f.vendor.as_mut().unwrap().disabled = 1;
+        assert_eq!(
+            reason(decide(&req(None, None), &f, NOW)),
+            Deny::VendorDisabled
+        );
+        f.vendor = None;
+        assert_eq!(
+            reason(decide(&req(None, None), &f, NOW)),
+            Deny::UnknownVendor
+        );
+    }
+
+    #[test]
+    fn other_site_and_device_are_refused() {
+        let mut f = facts();
+        f.grants.push(grant("g1", "maint", NOW - 10, NOW + 10));
+        let mut r = req(None, None);
+        r.site = "s2".into();
+        f.site_exists = true;
+        // The grant is for s1: the facts of s2 carry no grant of it.
+        assert_eq!(
+            reason(decide(&r, &f, NOW)),
+            Deny::UnknownDevice {
+                site: "s2".into(),
+                device: "cam".into()
+            }
+        );
+        f.site_exists = false;
+        assert_eq!(
+            reason(decide(&r, &f, NOW)),
+            Deny::UnknownSite { site: "s2".into() }
+        );
+    }
+
+    #[test]
+    fn revoked_grant_is_named() {
+        let mut f = facts();
+        let mut g = grant("g1", "maint", NOW - 10, NOW + 10);
+        g.revoked_at = Some(NOW - 5);
+        f.grants.push(g);
+        assert_eq!(
+            reason(decide(&req(None, None), &f, NOW)),
+            Deny::Revoked {
+                grant: "g1".into(),
+                at: NOW - 5
+            }
+        );
+    }
+}

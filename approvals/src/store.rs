@@ -1,0 +1,595 @@
+//! The database: sqlx with runtime queries through the Any driver, so one set of queries serves
+//! the embedded SQLite default and a shared PostgreSQL. Migrations are embedded per dialect.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+
+use crate::model::{ChannelSet, Device, Function, Grant, Session, Site, Vendor};
+use crate::policy::Facts;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    postgres: bool,
+}
+
+/// A device as enrolled by the operator.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub site: String,
+    pub name: String,
+    pub addr: String,
+    pub login: String,
+    pub credential_kind: String,
+    pub credential: String,
+    pub host_key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewGrant {
+    pub vendor: String,
+    pub site: String,
+    pub function: String,
+    pub valid_from: i64,
+    pub valid_until: i64,
+    pub granted_by: String,
+    pub reason: String,
+}
+
+fn conflict_on_unique(e: sqlx::Error, what: String) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what),
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::NotFound(format!(
+            "{what}: it refers to something that does not exist"
+        )),
+        _ => StoreError::Db(e),
+    }
+}
+
+/// A short random id with a readable prefix, unique across broker nodes.
+pub fn new_id(prefix: &str) -> String {
+    let bytes: [u8; 6] = rand::random();
+    format!("{prefix}-{}", hex::encode(bytes))
+}
+
+impl Store {
+    /// Connects and applies migrations. `url` is `sqlite://PATH` or `postgres://...`.
+    pub async fn open(url: &str) -> Result<Store> {
+        install_default_drivers();
+        let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
+        let sqlite = url.starts_with("sqlite:");
+        if !postgres && !sqlite {
+            return Err(StoreError::Invalid(format!(
+                "database_url must start with sqlite:// or postgres:// (got '{}')",
+                url.split(':').next().unwrap_or("")
+            )));
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        if sqlite {
+            // WAL lets the CLI write while the server reads; busy waits instead of failing.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+        }
+        let migrator = if postgres {
+            sqlx::migrate!("migrations/postgres")
+        } else {
+            sqlx::migrate!("migrations/sqlite")
+        };
+        migrator.run(&pool).await?;
+        Ok(Store { pool, postgres })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A counter bumped by every change that can end live sessions (revocations, disables, kills).
+    /// Broker nodes poll it to notice such changes within a second.
+    pub async fn revision(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'revision'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn bump_revision<'c, E>(&self, exec: E) -> Result<()>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Any>,
+    {
+        sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
+            .execute(exec)
+            .await?;
+        Ok(())
+    }
+
+    // ---- vendors ----
+
+    pub async fn add_vendor(
+        &self,
+        name: &str,
+        org: &str,
+        contract_end: Option<i64>,
+        totp_secret: &str,
+        now: i64,
+    ) -> Result<()> {
+        check_name("vendor", name)?;
+        sqlx::query("INSERT INTO vendors (name, org, contract_end, disabled, totp_secret, totp_last_step, created) VALUES ($1, $2, $3, 0, $4, -1, $5)")
+            .bind(name)
+            .bind(org)
+            .bind(contract_end)
+            .bind(totp_secret)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_on_unique(e, format!("vendor {name} already exists")))?;
+        Ok(())
+    }
+
+    pub async fn vendor(&self, name: &str) -> Result<Option<Vendor>> {
+        Ok(
+            sqlx::query_as::<_, Vendor>("SELECT * FROM vendors WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn vendors(&self) -> Result<Vec<Vendor>> {
+        Ok(
+            sqlx::query_as::<_, Vendor>("SELECT * FROM vendors ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Disables a vendor and revokes all their grants; returns the ids of the grants revoked.
+    pub async fn disable_vendor(&self, name: &str, by: &str, now: i64) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("UPDATE vendors SET disabled = 1 WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no vendor named {name}")));
+        }
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM grants WHERE vendor = $1 AND revoked_at IS NULL AND valid_until > $2",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE grants SET revoked_at = $1, revoked_by = $2 WHERE vendor = $3 AND revoked_at IS NULL AND valid_until > $1")
+            .bind(now)
+            .bind(by)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        self.bump_revision(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Marks a TOTP step as used if it is later than the last one used: each code works once.
+    /// Returns false for a replayed (or older) code. Atomic across broker nodes.
+    pub async fn consume_totp_step(&self, vendor: &str, step: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE vendors SET totp_last_step = $1 WHERE name = $2 AND totp_last_step < $1",
+        )
+        .bind(step)
+        .bind(vendor)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    // ---- sites, devices, functions ----
+
+    pub async fn add_site(&self, name: &str, region: Option<&str>, now: i64) -> Result<()> {
+        check_name("site", name)?;
+        sqlx::query("INSERT INTO sites (name, region, created) VALUES ($1, $2, $3)")
+            .bind(name)
+            .bind(region)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_on_unique(e, format!("site {name} already exists")))?;
+        Ok(())
+    }
+
+    pub async fn sites(&self) -> Result<Vec<Site>> {
+        Ok(
+            sqlx::query_as::<_, Site>("SELECT * FROM sites ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn add_device(&self, d: &NewDevice, now: i64) -> Result<()> {
+        check_name("device", &d.name)?;
+        if !self.site_exists(&d.site).await? {
+            return Err(StoreError::NotFound(format!(
+                "no site named {}: add it with `postern site add {}`",
+                d.site, d.site
+            )));
+        }
+        sqlx::query("INSERT INTO devices (site, name, addr, login, credential_kind, credential, host_key, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(&d.site)
+            .bind(&d.name)
+            .bind(&d.addr)
+            .bind(&d.login)
+            .bind(&d.credential_kind)
+            .bind(&d.credential)
+            .bind(&d.host_key)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_on_unique(e, format!("device {}/{} already exists", d.site, d.name)))?;
+        Ok(())
+    }
+
+    pub async fn device(&self, site: &str, name: &str) -> Result<Option<Device>> {
+        Ok(
+            sqlx::query_as::<_, Device>("SELECT * FROM devices WHERE site = $1 AND name = $2")
+                .bind(site)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn devices(&self) -> Result<Vec<Device>> {
+        Ok(
+            sqlx::query_as::<_, Device>("SELECT * FROM devices ORDER BY site, name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn site_exists(&self, site: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sites WHERE name = $1")
+            .bind(site)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    pub async fn add_function(
+        &self,
+        name: &str,
+        allow: &ChannelSet,
+        login: Option<&str>,
+        max_window: i64,
+        emergency: bool,
+        now: i64,
+    ) -> Result<()> {
+        check_name("function", name)?;
+        if max_window <= 0 {
+            return Err(StoreError::Invalid("--max-window must be positive".into()));
+        }
+        sqlx::query("INSERT INTO functions (name, allow, login, max_window, emergency, created) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(name)
+            .bind(allow.to_string())
+            .bind(login)
+            .bind(max_window)
+            .bind(emergency as i64)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_on_unique(e, format!("function {name} already exists")))?;
+        Ok(())
+    }
+
+    pub async fn function(&self, name: &str) -> Result<Option<Function>> {
+        Ok(
+            sqlx::query_as::<_, Function>("SELECT * FROM functions WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn functions(&self) -> Result<Vec<Function>> {
+        Ok(
+            sqlx::query_as::<_, Function>("SELECT * FROM functions ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    // ---- grants ----
+
+    /// Adds a grant after checking that everything it names exists and that the window is
+    /// well-formed and no longer than the function allows.
+    pub async fn add_grant(&self, g: &NewGrant, now: i64) -> Result<Grant> {
+        let vendor = self
+            .vendor(&g.vendor)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no vendor named {}", g.vendor)))?;
+        if vendor.is_disabled() {
+            return Err(StoreError::Invalid(format!(
+                "vendor {} is disabled",
+                g.vendor
+            )));
+        }
+        if !self.site_exists(&g.site).await? {
+            return Err(StoreError::NotFound(format!("no site named {}", g.site)));
+        }
+        let func = self
+            .function(&g.function)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no function named {}", g.function)))?;
+        if g.valid_until <= g.valid_from {
+            return Err(StoreError::Invalid(
+                "the window must end after it starts".into(),
+            ));
+        }
+        if g.valid_until <= now {
+            return Err(StoreError::Invalid("the window is already over".into()));
+        }
+        if g.valid_until - g.valid_from > func.max_window {
+            return Err(StoreError::Invalid(format!(
+                "the window is longer than function {} allows ({}s > {}s)",
+                func.name,
+                g.valid_until - g.valid_from,
+                func.max_window
+            )));
+        }
+        let grant = Grant {
+            id: new_id("g"),
+            vendor: g.vendor.clone(),
+            site: g.site.clone(),
+            function: g.function.clone(),
+            valid_from: g.valid_from,
+            valid_until: g.valid_until,
+            granted_by: g.granted_by.clone(),
+            reason: g.reason.clone(),
+            created: now,
+            revoked_at: None,
+            revoked_by: None,
+        };
+        sqlx::query("INSERT INTO grants (id, vendor, site, function, valid_from, valid_until, granted_by, reason, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .bind(&grant.id)
+            .bind(&grant.vendor)
+            .bind(&grant.site)
+            .bind(&grant.function)
+            .bind(grant.valid_from)
+            .bind(grant.valid_until)
+            .bind(&grant.granted_by)
+            .bind(&grant.reason)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(grant)
+    }
+
+    pub async fn grants(&self) -> Result<Vec<Grant>> {
+        Ok(
+            sqlx::query_as::<_, Grant>("SELECT * FROM grants ORDER BY created, id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn revoke_grant(&self, id: &str, by: &str, now: i64) -> Result<Grant> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("UPDATE grants SET revoked_at = $1, revoked_by = $2 WHERE id = $3 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(by)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let grant = sqlx::query_as::<_, Grant>("SELECT * FROM grants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no grant with id {id}")))?;
+        if n == 0 {
+            return Err(StoreError::Conflict(format!(
+                "grant {id} was already revoked"
+            )));
+        }
+        self.bump_revision(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(grant)
+    }
+
+    /// Loads what the policy decision needs for one vendor and target.
+    pub async fn facts(
+        &self,
+        vendor: &str,
+        site: &str,
+        device: &str,
+        function: Option<&str>,
+    ) -> Result<Facts> {
+        let grants =
+            sqlx::query_as::<_, Grant>("SELECT * FROM grants WHERE vendor = $1 AND site = $2")
+                .bind(vendor)
+                .bind(site)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut functions = HashMap::new();
+        let names = grants.iter().map(|g| g.function.as_str()).chain(function);
+        for name in names {
+            if !functions.contains_key(name)
+                && let Some(f) = self.function(name).await?
+            {
+                functions.insert(name.to_owned(), f);
+            }
+        }
+        Ok(Facts {
+            vendor: self.vendor(vendor).await?,
+            site_exists: self.site_exists(site).await?,
+            device: self.device(site, device).await?,
+            grants,
+            functions,
+        })
+    }
+
+    // ---- sessions ----
+
+    pub async fn start_session(&self, s: &Session) -> Result<()> {
+        sqlx::query("INSERT INTO sessions (id, vendor, site, device, function, grant_id, node, source, recording, started, kill_requested) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0)")
+            .bind(&s.id)
+            .bind(&s.vendor)
+            .bind(&s.site)
+            .bind(&s.device)
+            .bind(&s.function)
+            .bind(&s.grant_id)
+            .bind(&s.node)
+            .bind(&s.source)
+            .bind(&s.recording)
+            .bind(s.started)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a session's end and its seal (record count and final hash of the recording).
+    pub async fn end_session(
+        &self,
+        id: &str,
+        reason: &str,
+        records: i64,
+        final_hash: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query("UPDATE sessions SET ended = $1, end_reason = $2, records = $3, final_hash = $4 WHERE id = $5 AND ended IS NULL")
+            .bind(now)
+            .bind(reason)
+            .bind(records)
+            .bind(final_hash)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn session(&self, id: &str) -> Result<Option<Session>> {
+        Ok(
+            sqlx::query_as::<_, Session>("SELECT * FROM sessions WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn sessions(&self, live_only: bool) -> Result<Vec<Session>> {
+        let sql = if live_only {
+            "SELECT * FROM sessions WHERE ended IS NULL ORDER BY started, id"
+        } else {
+            "SELECT * FROM sessions ORDER BY started, id"
+        };
+        Ok(sqlx::query_as::<_, Session>(sql)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Asks whichever node runs a live session to close it.
+    pub async fn request_kill(&self, id: &str) -> Result<Session> {
+        let mut tx = self.pool.begin().await?;
+        let n =
+            sqlx::query("UPDATE sessions SET kill_requested = 1 WHERE id = $1 AND ended IS NULL")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        let s = sqlx::query_as::<_, Session>("SELECT * FROM sessions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no session with id {id}")))?;
+        if n == 0 {
+            return Err(StoreError::Conflict(format!(
+                "session {id} has already ended"
+            )));
+        }
+        self.bump_revision(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(s)
+    }
+
+    /// Ids of this node's live sessions whose kill was requested.
+    pub async fn kill_requests(&self, node: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM sessions WHERE node = $1 AND ended IS NULL AND kill_requested = 1",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Sessions a node left open when it stopped without closing them (a crash): marked ended.
+    pub async fn end_orphaned_sessions(&self, node: &str, now: i64) -> Result<Vec<String>> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM sessions WHERE node = $1 AND ended IS NULL")
+                .bind(node)
+                .fetch_all(&self.pool)
+                .await?;
+        sqlx::query("UPDATE sessions SET ended = $1, end_reason = 'broker stopped unexpectedly' WHERE node = $2 AND ended IS NULL")
+            .bind(now)
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(ids)
+    }
+
+    /// A quick round-trip to tell whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        let row = sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        let _: i32 = row
+            .try_get(0)
+            .or_else(|_| row.try_get::<i64, _>(0).map(|v| v as i32))?;
+        Ok(())
+    }
+}
+
+/// Names appear in login strings (`VENDOR:SITE/DEVICE:FUNCTION`), file names and URLs.
+fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "'{name}' is not a valid {what} name: use letters, digits, '-', '_' and '.' (at most 64)"
+        )))
+    }
+}

@@ -1,0 +1,89 @@
+//! Times as operators type them: RFC 3339, `now`, or relative (`+2h`, `-30m`), and durations
+//! (`8h`, `90d`). Stored as Unix seconds.
+
+use chrono::{DateTime, Utc};
+
+pub fn now() -> i64 {
+    Utc::now().timestamp()
+}
+
+/// Parses `now`, `+DURATION`, `-DURATION` or an RFC 3339 time, relative to `now`.
+pub fn parse_time(s: &str, now: i64) -> Result<i64, String> {
+    let s = s.trim();
+    if s == "now" {
+        return Ok(now);
+    }
+    if let Some(rest) = s.strip_prefix('+') {
+        return Ok(now + parse_duration(rest)?);
+    }
+    if let Some(rest) = s.strip_prefix('-') {
+        return Ok(now - parse_duration(rest)?);
+    }
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp())
+        .or_else(|_| {
+            // A bare date means the start of that day in UTC (contract ends are given as dates).
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .map(|d| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or(0))
+        })
+        .map_err(|_| format!("'{s}' is not a time: use RFC 3339 (2026-11-25T14:00:00Z), a date (2026-12-31), 'now' or '+2h'"))
+}
+
+/// Parses a duration such as `90s`, `15m`, `8h`, `90d`, `1h30m`, in seconds.
+pub fn parse_duration(s: &str) -> Result<i64, String> {
+    let bad = || format!("'{s}' is not a duration: use e.g. 30m, 8h, 90d");
+    let mut total: i64 = 0;
+    let mut num = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: i64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !num.is_empty() || total <= 0 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// RFC 3339 in UTC, second precision.
+pub fn fmt_time(t: i64) -> String {
+    DateTime::<Utc>::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_operator_times() {
+        assert_eq!(parse_time("now", 100), Ok(100));
+        assert_eq!(parse_time("+2h", 100), Ok(7300));
+        assert_eq!(parse_time("-1m", 100), Ok(40));
+        assert_eq!(parse_time("2026-11-25T14:00:00Z", 0), Ok(1_795_615_200));
+        assert_eq!(parse_time("2026-11-25", 0), Ok(1_795_564_800));
+        assert!(parse_time("tomorrow", 0).is_err());
+        assert_eq!(parse_duration("1h30m"), Ok(5400));
+        assert_eq!(parse_duration("90d"), Ok(90 * 86_400));
+        assert!(parse_duration("8").is_err());
+        assert!(parse_duration("0h").is_err());
+        assert!(parse_duration("h").is_err());
+        assert_eq!(fmt_time(1_795_615_200), "2026-11-25T14:00:00Z");
+    }
+}

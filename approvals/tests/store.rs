@@ -1,0 +1,319 @@
+//! The store behaves the same on SQLite and PostgreSQL. The PostgreSQL server is the local one
+//! (`POSTERN_TEST_PG`, default postgres://postgres@127.0.0.1:5432/postgres); each test gets its own
+//! fresh database, dropped at the end.
+
+use approvals::{
+    AccessRequest, ChannelSet, Decision, Deny, NewDevice, NewGrant, Store, StoreError, decide,
+};
+use sqlx::Connection;
+
+const NOW: i64 = 1_800_000_000;
+
+struct Db {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("POSTERN_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn sqlite() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
+    Db {
+        store: Store::open(&url).await.unwrap(),
+        _dir: Some(dir),
+        pg_name: None,
+    }
+}
+
+async fn postgres() -> Db {
+    sqlx::any::install_default_drivers();
+    let admin = pg_admin_url();
+    let name = format!("postern_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+    let mut conn = sqlx::AnyConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL at {admin} is needed for the store tests (.ci/run starts it): {e}")
+        });
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+    let store = Store::open(&format!("{base}/{name}")).await.unwrap();
+    Db {
+        store,
+        _dir: None,
+        pg_name: Some(name),
+    }
+}
+
+impl Db {
+    async fn drop_pg(self) {
+        self.store.close().await;
+        if let Some(name) = self.pg_name {
+            let mut conn = sqlx::AnyConnection::connect(&pg_admin_url()).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn directory(s: &Store) {
+    s.add_vendor("alice", "acme", None, "JBSWY3DPEHPK3PXP", NOW)
+        .await
+        .unwrap();
+    s.add_site("store-1", Some("north"), NOW).await.unwrap();
+    s.add_site("store-2", None, NOW).await.unwrap();
+    for site in ["store-1", "store-2"] {
+        s.add_device(
+            &NewDevice {
+                site: site.into(),
+                name: "cam-01".into(),
+                addr: "127.0.0.1:22".into(),
+                login: "root".into(),
+                credential_kind: "password".into(),
+                credential: "secret".into(),
+                host_key: "ssh-ed25519 AAAA".into(),
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    }
+    let allow = ChannelSet::parse("shell,exec,forward:8080").unwrap();
+    s.add_function("maint", &allow, Some("maint"), 8 * 3600, false, NOW)
+        .await
+        .unwrap();
+}
+
+fn grant(from: i64, until: i64) -> NewGrant {
+    NewGrant {
+        vendor: "alice".into(),
+        site: "store-1".into(),
+        function: "maint".into(),
+        valid_from: from,
+        valid_until: until,
+        granted_by: "operator".into(),
+        reason: "ticket 42".into(),
+    }
+}
+
+fn req(site: &str) -> AccessRequest {
+    AccessRequest {
+        vendor: "alice".into(),
+        site: site.into(),
+        device: "cam-01".into(),
+        function: None,
+        channel: None,
+    }
+}
+
+async fn directory_and_grants(db: Db) {
+    let s = &db.store;
+    directory(s).await;
+    // Duplicates and dangling references are clear errors.
+    assert!(
+        matches!(s.add_vendor("alice", "x", None, "JBSWY3DPEHPK3PXP", NOW).await, Err(StoreError::Conflict(m)) if m.contains("already exists"))
+    );
+    assert!(matches!(
+        s.add_site("bad name", None, NOW).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut dev = NewDevice {
+        site: "nowhere".into(),
+        name: "d".into(),
+        addr: "x:1".into(),
+        login: "r".into(),
+        credential_kind: "password".into(),
+        credential: "p".into(),
+        host_key: "k".into(),
+    };
+    assert!(matches!(
+        s.add_device(&dev, NOW).await,
+        Err(StoreError::NotFound(_))
+    ));
+    dev.site = "store-1".into();
+    dev.name = "cam-01".into();
+    assert!(matches!(
+        s.add_device(&dev, NOW).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Windows longer than the function allows, or upside down, are refused.
+    assert!(
+        matches!(s.add_grant(&grant(NOW, NOW + 9 * 3600), NOW).await, Err(StoreError::Invalid(m)) if m.contains("longer"))
+    );
+    assert!(matches!(
+        s.add_grant(&grant(NOW, NOW - 1), NOW).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut g = grant(NOW, NOW + 3600);
+    g.function = "nope".into();
+    assert!(matches!(
+        s.add_grant(&g, NOW).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let r0 = s.revision().await.unwrap();
+    let g = s
+        .add_grant(&grant(NOW - 60, NOW + 3600), NOW)
+        .await
+        .unwrap();
+    let facts = s.facts("alice", "store-1", "cam-01", None).await.unwrap();
+    let d = decide(&req("store-1"), &facts, NOW);
+    assert_eq!(
+        d,
+        Decision::Allow {
+            grant: g.id.clone(),
+            function: "maint".into(),
+            window_end: NOW + 3600,
+            login: "maint".into()
+        }
+    );
+    // Other site: no grant there.
+    let facts2 = s.facts("alice", "store-2", "cam-01", None).await.unwrap();
+    assert!(matches!(
+        decide(&req("store-2"), &facts2, NOW),
+        Decision::Deny {
+            reason: Deny::NoGrant { .. }
+        }
+    ));
+
+    let revoked = s.revoke_grant(&g.id, "operator", NOW + 1).await.unwrap();
+    assert_eq!(revoked.id, g.id);
+    assert!(s.revision().await.unwrap() > r0);
+    assert!(matches!(
+        s.revoke_grant(&g.id, "operator", NOW + 2).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let facts = s.facts("alice", "store-1", "cam-01", None).await.unwrap();
+    assert!(matches!(
+        decide(&req("store-1"), &facts, NOW + 2),
+        Decision::Deny {
+            reason: Deny::Revoked { .. }
+        }
+    ));
+
+    // Disabling revokes the remaining grants.
+    let g2 = s.add_grant(&grant(NOW, NOW + 600), NOW).await.unwrap();
+    let ids = s
+        .disable_vendor("alice", "operator", NOW + 5)
+        .await
+        .unwrap();
+    assert_eq!(ids, vec![g2.id]);
+    let facts = s.facts("alice", "store-1", "cam-01", None).await.unwrap();
+    assert!(matches!(
+        decide(&req("store-1"), &facts, NOW + 5),
+        Decision::Deny {
+            reason: Deny::VendorDisabled
+        }
+    ));
+    assert_eq!(s.grants().await.unwrap().len(), 2);
+    db.drop_pg().await;
+}
+
+async fn totp_steps_are_single_use(db: Db) {
+    let s = &db.store;
+    directory(s).await;
+    assert!(s.consume_totp_step("alice", 100).await.unwrap());
+    assert!(
+        !s.consume_totp_step("alice", 100).await.unwrap(),
+        "replayed step must be refused"
+    );
+    assert!(
+        !s.consume_totp_step("alice", 99).await.unwrap(),
+        "older step must be refused"
+    );
+    assert!(s.consume_totp_step("alice", 101).await.unwrap());
+    assert!(!s.consume_totp_step("nobody", 500).await.unwrap());
+    db.drop_pg().await;
+}
+
+async fn sessions_live_kill_and_end(db: Db) {
+    let s = &db.store;
+    directory(s).await;
+    let g = s.add_grant(&grant(NOW, NOW + 600), NOW).await.unwrap();
+    let mk = |id: &str, node: &str| approvals::Session {
+        id: id.into(),
+        vendor: "alice".into(),
+        site: "store-1".into(),
+        device: "cam-01".into(),
+        function: "maint".into(),
+        grant_id: g.id.clone(),
+        node: node.into(),
+        source: "127.0.0.1:5555".into(),
+        recording: format!("{id}.rec"),
+        started: NOW,
+        ended: None,
+        end_reason: None,
+        kill_requested: 0,
+        records: None,
+        final_hash: None,
+    };
+    s.start_session(&mk("s-1", "n1")).await.unwrap();
+    s.start_session(&mk("s-2", "n1")).await.unwrap();
+    s.start_session(&mk("s-3", "n2")).await.unwrap();
+    assert_eq!(s.sessions(true).await.unwrap().len(), 3);
+    s.request_kill("s-1").await.unwrap();
+    assert_eq!(
+        s.kill_requests("n1").await.unwrap(),
+        vec!["s-1".to_string()]
+    );
+    assert!(s.kill_requests("n2").await.unwrap().is_empty());
+    s.end_session("s-1", "killed", 12, "abcd", NOW + 3)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.request_kill("s-1").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.request_kill("s-9").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let done = s.session("s-1").await.unwrap().unwrap();
+    assert_eq!(
+        (done.ended, done.records, done.final_hash.as_deref()),
+        (Some(NOW + 3), Some(12), Some("abcd"))
+    );
+    assert_eq!(
+        s.end_orphaned_sessions("n1", NOW + 9).await.unwrap(),
+        vec!["s-2".to_string()]
+    );
+    assert_eq!(s.sessions(true).await.unwrap().len(), 1);
+    db.drop_pg().await;
+}
+
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::sqlite().await).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::postgres().await).await
+            }
+        }
+    };
+}
+
+both!(directory_and_grants);
+both!(totp_steps_are_single_use);
+both!(sessions_live_kill_and_end);
+
+#[tokio::test]
+async fn unreachable_database_is_a_clear_error() {
+    let r = Store::open("postgres://postgres@127.0.0.1:1/none").await;
+    assert!(matches!(r, Err(StoreError::Db(_))));
+    let r = Store::open("mysql://x").await;
+    assert!(matches!(r, Err(StoreError::Invalid(m)) if m.contains("sqlite://")));
+}
