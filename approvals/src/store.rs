@@ -1,5 +1,5 @@
 //! The database: sqlx with runtime queries through the Any driver, so one set of queries serves
-//! the embedded SQLite default and a shared PostgreSQL. Migrations are embedded per dialect.
+//! the embedded SQLite default and a shared PostgreSQL. Migrations are embedded in the binary.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -95,12 +95,9 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        let migrator = if postgres {
-            sqlx::migrate!("migrations/postgres")
-        } else {
-            sqlx::migrate!("migrations/sqlite")
-        };
-        migrator.run(&pool).await?;
+        // The schema is written in the SQL both dialects share; should they ever diverge, split
+        // the folder per dialect and choose here.
+        sqlx::migrate!("migrations").run(&pool).await?;
         Ok(Store { pool, postgres })
     }
 
