@@ -97,7 +97,7 @@ impl Store {
         }
         // The schema is written in the SQL both dialects share; should they ever diverge, split
         // the folder per dialect and choose here.
-        sqlx::migrate!("migrations").run(&pool).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool, postgres })
     }
 
