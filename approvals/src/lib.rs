@@ -9,8 +9,11 @@ pub mod model;
 pub mod policy;
 pub mod store;
 pub mod time;
+pub mod totp;
 
 pub use audit::AuditLog;
-pub use model::{Channel, ChannelSet, Device, Function, Grant, Session, Site, Vendor};
+pub use model::{
+    Channel, ChannelSet, Device, Function, Grant, IssuedCertificate, Session, Site, Vendor,
+};
 pub use policy::{AccessRequest, Decision, Deny, Facts, decide};
 pub use store::{NewDevice, NewGrant, Store, StoreError};

@@ -203,3 +203,16 @@ impl std::fmt::Display for ChannelSet {
         f.write_str(&parts.join(","))
     }
 }
+
+/// A vendor certificate as issued (serial as text: OpenSSH serials are unsigned 64-bit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct IssuedCertificate {
+    pub serial: String,
+    pub vendor: String,
+    pub key_id: String,
+    pub key_fingerprint: String,
+    pub valid_after: i64,
+    pub valid_before: i64,
+    pub revoked: i64,
+    pub created: i64,
+}

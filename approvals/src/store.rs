@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
-use crate::model::{ChannelSet, Device, Function, Grant, Session, Site, Vendor};
+use crate::model::{ChannelSet, Device, Function, Grant, IssuedCertificate, Session, Site, Vendor};
 use crate::policy::Facts;
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +210,30 @@ impl Store {
         .await?
         .rows_affected();
         Ok(n == 1)
+    }
+
+    pub async fn record_certificate(&self, c: &IssuedCertificate) -> Result<()> {
+        sqlx::query("INSERT INTO certificates (serial, vendor, key_id, key_fingerprint, valid_after, valid_before, revoked, created) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)")
+            .bind(&c.serial)
+            .bind(&c.vendor)
+            .bind(&c.key_id)
+            .bind(&c.key_fingerprint)
+            .bind(c.valid_after)
+            .bind(c.valid_before)
+            .bind(c.created)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_on_unique(e, format!("certificate serial {} already recorded", c.serial)))?;
+        Ok(())
+    }
+
+    pub async fn certificates_for_key(&self, fingerprint: &str) -> Result<Vec<IssuedCertificate>> {
+        Ok(sqlx::query_as::<_, IssuedCertificate>(
+            "SELECT * FROM certificates WHERE key_fingerprint = $1",
+        )
+        .bind(fingerprint)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     // ---- sites, devices, functions ----

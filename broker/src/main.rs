@@ -1,1 +1,281 @@
-fn main() {}
+//! `postern`: the broker binary and the operator CLI.
+
+mod cli;
+mod config;
+mod devicesim;
+mod frontdoor;
+mod keys;
+mod login;
+mod proxy;
+mod ratelimit;
+mod recording;
+mod session;
+mod upstream;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "postern",
+    version,
+    about = "Just-in-time remote access broker for vendors",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Data directory (config, keys, database, recordings, audit log).
+    #[arg(
+        long,
+        global = true,
+        default_value = "./postern-data",
+        env = "POSTERN_DATA"
+    )]
+    pub data: PathBuf,
+    /// Configuration file (default: DATA/postern.toml).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Print listings and results as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a data directory: config, host key, vendor SSH CA, database.
+    Init,
+    /// Init, add a demo site, simulated device, vendor and grant, then serve.
+    Demo {
+        #[command(subcommand)]
+        action: Option<DemoAction>,
+        #[arg(long, default_value = "127.0.0.1:2222")]
+        ssh: String,
+    },
+    /// Serve vendors (SSH).
+    Serve {
+        /// SSH listen address (default from config: 0.0.0.0:2222).
+        #[arg(long)]
+        ssh: Option<String>,
+        /// Web UI listen address (the approvers' web UI is not part of this build yet).
+        #[arg(long)]
+        web: Option<String>,
+    },
+    /// Vendors: named people with a certificate and a TOTP second factor.
+    Vendor {
+        #[command(subcommand)]
+        action: VendorAction,
+    },
+    /// Sites.
+    Site {
+        #[command(subcommand)]
+        action: SiteAction,
+    },
+    /// Devices at sites, with the credential the broker logs in with.
+    Device {
+        #[command(subcommand)]
+        action: DeviceAction,
+    },
+    /// Functions: what a grant allows (channels, device login, longest window).
+    Function {
+        #[command(subcommand)]
+        action: FunctionAction,
+    },
+    /// Time-bound grants of a function at a site to a vendor.
+    Grant {
+        #[command(subcommand)]
+        action: GrantAction,
+    },
+    /// Sessions (live and past); `sessions kill ID` closes one.
+    Sessions {
+        /// Only sessions still open.
+        #[arg(long)]
+        live: bool,
+        #[command(subcommand)]
+        action: Option<SessionsAction>,
+    },
+    /// Play a session's recording in this terminal with its timing.
+    Replay {
+        id: String,
+        /// Playback speed factor.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Longest pause kept, in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        idle_limit: f64,
+    },
+    /// Write a session's recording as asciicast v2 on stdout.
+    Export { id: String },
+    /// Recompute hash chains of recordings and the audit log; non-zero exit on tampering.
+    Verify { id: Option<String> },
+    /// Run a simulated device (an SSH server with a real shell) on loopback.
+    #[command(hide = true)]
+    DeviceSim {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        host_key: PathBuf,
+        #[arg(long)]
+        authorized_key: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DemoAction {
+    /// Print the demo vendor's current TOTP code.
+    Code,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VendorAction {
+    /// Add a vendor person; prints their TOTP enrolment URI once.
+    Add {
+        name: String,
+        #[arg(long)]
+        org: String,
+        /// Access ends at this date or time.
+        #[arg(long)]
+        contract_end: Option<String>,
+    },
+    /// Sign an OpenSSH user certificate for a vendor's public key.
+    Cert {
+        name: String,
+        #[arg(long)]
+        pubkey: PathBuf,
+        #[arg(long, default_value = "90d")]
+        validity: String,
+        /// Start of validity (default: now, less a minute for clock skew).
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Disable a vendor: revokes their grants and closes their live sessions.
+    Disable {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SiteAction {
+    Add {
+        site: String,
+        #[arg(long)]
+        region: Option<String>,
+    },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeviceAction {
+    /// Add a device: SITE/DEVICE, its SSH address, and the broker's credential for it.
+    Add {
+        target: String,
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        login: String,
+        /// OpenSSH private key the broker logs in with.
+        #[arg(long, conflicts_with = "password_file")]
+        key: Option<PathBuf>,
+        /// File holding the password the broker logs in with.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// The device's SSH host key to pin (default: fetched now and pinned; check its fingerprint).
+        #[arg(long)]
+        host_key: Option<PathBuf>,
+    },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FunctionAction {
+    Add {
+        name: String,
+        /// Channel kinds: shell,exec,sftp,forward:PORT,...
+        #[arg(long)]
+        allow: String,
+        /// Device account to use (default: the device's login).
+        #[arg(long)]
+        login: Option<String>,
+        #[arg(long, default_value = "8h")]
+        max_window: String,
+        /// May be opened at once for pre-approved emergencies (break-glass).
+        #[arg(long)]
+        emergency: bool,
+    },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GrantAction {
+    /// Grant a vendor a function at a site for a window.
+    Add {
+        #[arg(long)]
+        vendor: String,
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        function: String,
+        #[arg(long, default_value = "now")]
+        from: String,
+        #[arg(long)]
+        until: String,
+        #[arg(long, default_value = "operator grant")]
+        reason: String,
+    },
+    List,
+    /// Revoke a grant; live sessions under it close within a second.
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsAction {
+    /// Close a live session within a second.
+    Kill { id: String },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Demo { action: None, .. } | Command::DeviceSim { .. }
+    );
+    let default = if serving {
+        "info,russh=warn"
+    } else {
+        "warn,russh=error"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("postern: cannot start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            // One clear line: the error and its causes.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                msg.push_str(": ");
+                msg.push_str(&cause.to_string());
+            }
+            eprintln!("postern: {msg}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

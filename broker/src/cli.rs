@@ -1,0 +1,944 @@
+//! The operator commands. Each opens the data directory, does one thing, audits it, and prints a
+//! result (a table, or JSON with --json). Errors propagate to one line on stderr.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use approvals::time::{fmt_time, now, parse_duration, parse_time};
+use approvals::{AuditLog, ChannelSet, NewDevice, NewGrant, Store};
+use serde_json::{Value, json};
+
+use crate::config::{Config, DataDir, write_private};
+use crate::{
+    Cli, Command, DeviceAction, FunctionAction, GrantAction, SessionsAction, SiteAction,
+    VendorAction, keys,
+};
+
+/// An opened data directory.
+pub struct Env {
+    pub data: DataDir,
+    pub cfg: Config,
+    pub store: Store,
+    pub audit: AuditLog,
+    pub json: bool,
+}
+
+impl Env {
+    pub async fn open(cli: &Cli) -> Result<Env> {
+        let data = DataDir::new(&cli.data);
+        let cfg = data.load_config(cli.config.as_deref())?;
+        let url = data.database_url(&cfg);
+        let store = Store::open(&url).await.context("opening the database")?;
+        let audit = AuditLog::new(&data.audit_log(), &cfg.node);
+        Ok(Env {
+            data,
+            cfg,
+            store,
+            audit,
+            json: cli.json,
+        })
+    }
+
+    /// Records an operator action; the command fails if the audit log cannot be written.
+    pub fn audit(&self, event: &str, fields: Value) -> Result<()> {
+        let mut fields = fields;
+        if let Value::Object(m) = &mut fields {
+            m.insert("actor".into(), json!(actor()));
+        }
+        self.audit
+            .record(event, fields)
+            .map(|_| ())
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    fn print_list<T: serde::Serialize>(
+        &self,
+        rows: &[T],
+        headers: &[&str],
+        cells: impl Fn(&T) -> Vec<String>,
+    ) -> Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(rows)?);
+            return Ok(());
+        }
+        let body: Vec<Vec<String>> = rows.iter().map(cells).collect();
+        print_table(headers, &body);
+        Ok(())
+    }
+}
+
+/// Who ran an operator command, for the audit log.
+fn actor() -> String {
+    format!(
+        "operator:{}",
+        std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn opt_time(t: Option<i64>) -> String {
+    t.map(fmt_time).unwrap_or_else(|| "-".into())
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Init => {
+            let data = DataDir::new(&cli.data);
+            init(&data).await?;
+            println!("initialised {}", data.root.display());
+            println!(
+                "vendor CA public key: {}",
+                data.ca_key().with_extension("pub").display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { action, ssh } => crate::devicesim::demo(&cli, action.is_some(), ssh).await,
+        Command::Serve { ssh, web } => {
+            let env = Env::open(&cli).await?;
+            if web.is_some() {
+                tracing::warn!(
+                    "--web: the approvers' web UI is not part of this build yet; serving SSH only"
+                );
+            }
+            let addr = ssh.clone().unwrap_or_else(|| env.cfg.ssh_listen.clone());
+            serve(env, &addr, None).await
+        }
+        Command::DeviceSim {
+            listen,
+            host_key,
+            authorized_key,
+        } => {
+            crate::devicesim::run_standalone(listen, host_key, authorized_key).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            let env = Env::open(&cli).await?;
+            let code = command(&env, &cli.command).await;
+            env.store.close().await;
+            code
+        }
+    }
+}
+
+async fn command(env: &Env, command: &Command) -> Result<ExitCode> {
+    match command {
+        Command::Vendor { action } => vendor(env, action).await?,
+        Command::Site { action } => site(env, action).await?,
+        Command::Device { action } => device(env, action).await?,
+        Command::Function { action } => function(env, action).await?,
+        Command::Grant { action } => grant(env, action).await?,
+        Command::Sessions { live, action } => sessions(env, *live, action.as_ref()).await?,
+        Command::Replay {
+            id,
+            speed,
+            idle_limit,
+        } => replay(env, id, *speed, *idle_limit).await?,
+        Command::Export { id } => export(env, id).await?,
+        Command::Verify { id } => return crate::cli::verify(env, id.as_deref()).await,
+        Command::Init
+        | Command::Demo { .. }
+        | Command::Serve { .. }
+        | Command::DeviceSim { .. } => unreachable!("handled in run"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates a data directory. Everything is built in a sibling temporary directory and renamed
+/// into place at the end, so a failure leaves nothing half-written.
+pub async fn init(data: &DataDir) -> Result<()> {
+    let root = &data.root;
+    if root.join("postern.toml").exists() {
+        bail!("{} is already initialised", root.display());
+    }
+    if root.exists() && std::fs::read_dir(root)?.next().is_some() {
+        bail!(
+            "{} exists and is not empty; choose another --data directory",
+            root.display()
+        );
+    }
+    let parent = root
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = parent.join(format!(".postern-init-{}", std::process::id()));
+    let result = build_data_dir(&DataDir::new(&staging)).await;
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    if root.exists() {
+        std::fs::remove_dir(root)?;
+    }
+    std::fs::rename(&staging, root)
+        .with_context(|| format!("moving the new data directory to {}", root.display()))?;
+    Ok(())
+}
+
+async fn build_data_dir(d: &DataDir) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&d.root)?;
+    std::fs::DirBuilder::new().mode(0o700).create(d.keys())?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(d.recordings())?;
+    let cfg = Config::default();
+    let text = format!(
+        "# Postern configuration. See deploy/postern.toml for every option.\n{}",
+        toml::to_string_pretty(&cfg).context("writing config")?
+    );
+    std::fs::write(d.config_file(), text)?;
+    keys::write_keypair(&d.host_key(), &keys::generate_ed25519("postern-host")?)?;
+    keys::write_keypair(&d.ca_key(), &keys::generate_ed25519("postern-vendor-ca")?)?;
+    // The database lives in the final directory; create it there after the rename would leave a
+    // window, so create it here: SQLite paths are not stored anywhere but derived at each start.
+    let store = Store::open(&d.sqlite_url())
+        .await
+        .context("creating the database")?;
+    store.close().await;
+    AuditLog::new(&d.audit_log(), &cfg.node)
+        .record("init", json!({"actor": actor()}))
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+// ---- vendors ----
+
+async fn vendor(env: &Env, action: &VendorAction) -> Result<()> {
+    match action {
+        VendorAction::Add {
+            name,
+            org,
+            contract_end,
+        } => {
+            let end = contract_end
+                .as_deref()
+                .map(|t| parse_time(t, now()))
+                .transpose()
+                .map_err(|e| anyhow!("--contract-end: {e}"))?;
+            let secret = approvals::totp::new_secret();
+            let uri = approvals::totp::otpauth_uri(&secret, name).map_err(|e| anyhow!(e))?;
+            env.store.add_vendor(name, org, end, &secret, now()).await?;
+            env.audit(
+                "vendor.add",
+                json!({"vendor": name, "org": org, "contract_end": end.map(fmt_time)}),
+            )?;
+            if env.json {
+                println!("{}", json!({"vendor": name, "org": org, "otpauth": uri}));
+            } else {
+                println!("vendor {name} ({org}) added.");
+                println!("TOTP enrolment (shown once; scan it in an authenticator app):\n{uri}\n");
+                print_qr(&uri);
+            }
+        }
+        VendorAction::Cert {
+            name,
+            pubkey,
+            validity,
+            from,
+        } => {
+            let v = env
+                .store
+                .vendor(name)
+                .await?
+                .ok_or_else(|| anyhow!("no vendor named {name}"))?;
+            if v.is_disabled() {
+                bail!("vendor {name} is disabled");
+            }
+            let secs = parse_duration(validity).map_err(|e| anyhow!("--validity: {e}"))?;
+            let start = match from {
+                Some(t) => parse_time(t, now()).map_err(|e| anyhow!("--from: {e}"))?,
+                None => now() - 60,
+            };
+            let subject = keys::load_public(pubkey)?;
+            let ca = keys::load_private(&env.data.ca_key())?;
+            let issued = keys::sign_user_cert(
+                &ca,
+                &subject,
+                name,
+                start.max(0) as u64,
+                (start + secs).max(0) as u64,
+            )?;
+            let text = issued
+                .cert
+                .to_openssh()
+                .map_err(|e| anyhow!("encoding certificate: {e}"))?;
+            let out = cert_path(pubkey);
+            let tmp = out.with_extension("tmp");
+            std::fs::write(&tmp, format!("{text}\n"))
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &out)?;
+            let fp = keys::fingerprint(&subject);
+            env.store
+                .record_certificate(&approvals::IssuedCertificate {
+                    serial: issued.serial.to_string(),
+                    vendor: name.clone(),
+                    key_id: issued.key_id.clone(),
+                    key_fingerprint: fp.clone(),
+                    valid_after: start,
+                    valid_before: start + secs,
+                    revoked: 0,
+                    created: now(),
+                })
+                .await?;
+            env.audit("vendor.cert", json!({"vendor": name, "serial": issued.serial.to_string(), "key_id": issued.key_id, "key": fp, "valid_before": fmt_time(start + secs)}))?;
+            if env.json {
+                println!(
+                    "{}",
+                    json!({"certificate": out, "serial": issued.serial.to_string(), "key_id": issued.key_id, "valid_before": fmt_time(start + secs)})
+                );
+            } else {
+                println!("{}", out.display());
+            }
+        }
+        VendorAction::Disable { name } => {
+            let revoked = env.store.disable_vendor(name, &actor(), now()).await?;
+            env.audit(
+                "vendor.disable",
+                json!({"vendor": name, "grants_revoked": revoked}),
+            )?;
+            if env.json {
+                println!(
+                    "{}",
+                    json!({"vendor": name, "disabled": true, "grants_revoked": revoked})
+                );
+            } else {
+                println!(
+                    "vendor {name} disabled; {} grant(s) revoked; live sessions close within a second",
+                    revoked.len()
+                );
+            }
+        }
+        VendorAction::List => {
+            let rows = env.store.vendors().await?;
+            env.print_list(&rows, &["VENDOR", "ORG", "CONTRACT END", "STATUS"], |v| {
+                vec![
+                    v.name.clone(),
+                    v.org.clone(),
+                    opt_time(v.contract_end),
+                    if v.is_disabled() {
+                        "disabled".into()
+                    } else {
+                        "enabled".into()
+                    },
+                ]
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// `id_ed25519.pub` -> `id_ed25519-cert.pub`, where OpenSSH looks for it.
+fn cert_path(pubkey: &Path) -> PathBuf {
+    let s = pubkey.to_string_lossy();
+    match s.strip_suffix(".pub") {
+        Some(base) => PathBuf::from(format!("{base}-cert.pub")),
+        None => PathBuf::from(format!("{s}-cert.pub")),
+    }
+}
+
+fn print_qr(uri: &str) {
+    use qrcode::QrCode;
+    use qrcode::render::unicode::Dense1x2;
+    if let Ok(code) = QrCode::new(uri.as_bytes()) {
+        let img = code.render::<Dense1x2>().quiet_zone(true).build();
+        println!("{img}");
+    }
+}
+
+// ---- sites, devices, functions ----
+
+async fn site(env: &Env, action: &SiteAction) -> Result<()> {
+    match action {
+        SiteAction::Add { site, region } => {
+            env.store.add_site(site, region.as_deref(), now()).await?;
+            env.audit("site.add", json!({"site": site, "region": region}))?;
+            println!("site {site} added");
+        }
+        SiteAction::List => {
+            let rows = env.store.sites().await?;
+            env.print_list(&rows, &["SITE", "REGION"], |s| {
+                vec![
+                    s.name.clone(),
+                    s.region.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })?;
+        }
+    }
+    Ok(())
+}
+
+async fn device(env: &Env, action: &DeviceAction) -> Result<()> {
+    match action {
+        DeviceAction::Add {
+            target,
+            addr,
+            login,
+            key,
+            password_file,
+            host_key,
+        } => {
+            let (site, name) = target
+                .split_once('/')
+                .ok_or_else(|| anyhow!("'{target}' is not SITE/DEVICE"))?;
+            let (kind, credential) = match (key, password_file) {
+                (Some(k), None) => {
+                    let text = std::fs::read_to_string(k)
+                        .with_context(|| format!("reading {}", k.display()))?;
+                    keys::parse_private(&text).with_context(|| {
+                        format!("{} is not an unencrypted OpenSSH private key", k.display())
+                    })?;
+                    ("key", text)
+                }
+                (None, Some(p)) => {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    let pw = text.trim_end_matches(['\n', '\r']).to_owned();
+                    if pw.is_empty() {
+                        bail!("{} is empty", p.display());
+                    }
+                    ("password", pw)
+                }
+                _ => bail!("give exactly one of --key FILE or --password-file FILE"),
+            };
+            addr.parse::<std::net::SocketAddr>()
+                .map(|_| ())
+                .or_else(|_| {
+                    addr.rsplit_once(':')
+                        .and_then(|(_, p)| p.parse::<u16>().ok())
+                        .map(|_| ())
+                        .ok_or(())
+                })
+                .map_err(|_| anyhow!("--addr '{addr}' is not HOST:PORT"))?;
+            let (pinned, how) = match host_key {
+                Some(f) => (keys::load_public(f)?, "from file"),
+                None => (fetch_host_key(addr).await?, "fetched on first use"),
+            };
+            let host_key_line = pinned.to_openssh().map_err(|e| anyhow!("{e}"))?;
+            let fp = keys::fingerprint(&pinned);
+            env.store
+                .add_device(
+                    &NewDevice {
+                        site: site.into(),
+                        name: name.into(),
+                        addr: addr.clone(),
+                        login: login.clone(),
+                        credential_kind: kind.into(),
+                        credential,
+                        host_key: host_key_line,
+                    },
+                    now(),
+                )
+                .await?;
+            env.audit("device.add", json!({"site": site, "device": name, "addr": addr, "login": login, "credential": kind, "host_key": fp, "pinned": how}))?;
+            println!("device {site}/{name} added; host key {fp} pinned ({how})");
+        }
+        DeviceAction::List => {
+            let rows = env.store.devices().await?;
+            env.print_list(
+                &rows,
+                &["SITE/DEVICE", "ADDR", "LOGIN", "CREDENTIAL"],
+                |d| {
+                    vec![
+                        format!("{}/{}", d.site, d.name),
+                        d.addr.clone(),
+                        d.login.clone(),
+                        d.credential_kind.clone(),
+                    ]
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Connects to a device just far enough to read its host key (trust on first use at enrolment).
+async fn fetch_host_key(addr: &str) -> Result<russh::keys::PublicKey> {
+    struct Capture(Arc<std::sync::Mutex<Option<russh::keys::PublicKey>>>);
+    impl russh::client::Handler for Capture {
+        type Error = russh::Error;
+        async fn check_server_key(
+            &mut self,
+            key: &russh::keys::PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            if let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key {
+                *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.clone());
+            }
+            Ok(false)
+        }
+    }
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let cfg = crate::upstream::client_config();
+    let attempt = russh::client::connect(cfg, addr, Capture(seen.clone()));
+    let _ = tokio::time::timeout(Duration::from_secs(10), attempt).await;
+    let key = seen.lock().unwrap_or_else(|p| p.into_inner()).take();
+    key.ok_or_else(|| {
+        anyhow!("could not read the host key of {addr}: give it with --host-key FILE")
+    })
+}
+
+async fn function(env: &Env, action: &FunctionAction) -> Result<()> {
+    match action {
+        FunctionAction::Add {
+            name,
+            allow,
+            login,
+            max_window,
+            emergency,
+        } => {
+            let set = ChannelSet::parse(allow).map_err(|e| anyhow!("--allow: {e}"))?;
+            let max = parse_duration(max_window).map_err(|e| anyhow!("--max-window: {e}"))?;
+            env.store
+                .add_function(name, &set, login.as_deref(), max, *emergency, now())
+                .await?;
+            env.audit("function.add", json!({"function": name, "allow": set.to_string(), "login": login, "max_window": max, "emergency": emergency}))?;
+            println!("function {name} added (allows {set})");
+        }
+        FunctionAction::List => {
+            let rows = env.store.functions().await?;
+            env.print_list(
+                &rows,
+                &["FUNCTION", "ALLOWS", "LOGIN", "MAX WINDOW", "EMERGENCY"],
+                |f| {
+                    vec![
+                        f.name.clone(),
+                        f.allow.clone(),
+                        f.login.clone().unwrap_or_else(|| "(device)".into()),
+                        humantime::format_duration(Duration::from_secs(f.max_window.max(0) as u64))
+                            .to_string(),
+                        if f.emergency != 0 {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                    ]
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+async fn grant(env: &Env, action: &GrantAction) -> Result<()> {
+    match action {
+        GrantAction::Add {
+            vendor,
+            site,
+            function,
+            from,
+            until,
+            reason,
+        } => {
+            let t = now();
+            let from = parse_time(from, t).map_err(|e| anyhow!("--from: {e}"))?;
+            let until = parse_time(until, t).map_err(|e| anyhow!("--until: {e}"))?;
+            let g = env
+                .store
+                .add_grant(
+                    &NewGrant {
+                        vendor: vendor.clone(),
+                        site: site.clone(),
+                        function: function.clone(),
+                        valid_from: from,
+                        valid_until: until,
+                        granted_by: actor(),
+                        reason: reason.clone(),
+                    },
+                    t,
+                )
+                .await?;
+            env.audit("grant.add", json!({"grant": g.id, "vendor": vendor, "site": site, "function": function, "from": fmt_time(from), "until": fmt_time(until), "reason": reason}))?;
+            if env.json {
+                println!("{}", serde_json::to_string(&g)?);
+            } else {
+                println!("{}", g.id);
+            }
+        }
+        GrantAction::List => {
+            let rows = env.store.grants().await?;
+            let t = now();
+            env.print_list(
+                &rows,
+                &[
+                    "GRANT", "VENDOR", "SITE", "FUNCTION", "FROM", "UNTIL", "STATE", "BY",
+                ],
+                |g| {
+                    let state = if g.revoked_at.is_some() {
+                        "revoked"
+                    } else if g.valid_until <= t {
+                        "ended"
+                    } else if g.valid_from > t {
+                        "future"
+                    } else {
+                        "active"
+                    };
+                    vec![
+                        g.id.clone(),
+                        g.vendor.clone(),
+                        g.site.clone(),
+                        g.function.clone(),
+                        fmt_time(g.valid_from),
+                        fmt_time(g.valid_until),
+                        state.into(),
+                        g.granted_by.clone(),
+                    ]
+                },
+            )?;
+        }
+        GrantAction::Revoke { id } => {
+            let g = env.store.revoke_grant(id, &actor(), now()).await?;
+            env.audit(
+                "grant.revoke",
+                json!({"grant": id, "vendor": g.vendor, "site": g.site, "function": g.function}),
+            )?;
+            println!("grant {id} revoked; live sessions under it close within a second");
+        }
+    }
+    Ok(())
+}
+
+async fn sessions(env: &Env, live: bool, action: Option<&SessionsAction>) -> Result<()> {
+    if let Some(SessionsAction::Kill { id }) = action {
+        let s = env.store.request_kill(id).await?;
+        env.audit(
+            "session.kill_requested",
+            json!({"session": id, "vendor": s.vendor, "node": s.node}),
+        )?;
+        println!("session {id} is being closed (node {})", s.node);
+        return Ok(());
+    }
+    let rows = env.store.sessions(live).await?;
+    env.print_list(
+        &rows,
+        &[
+            "SESSION", "VENDOR", "TARGET", "FUNCTION", "STARTED", "ENDED", "REASON",
+        ],
+        |s| {
+            vec![
+                s.id.clone(),
+                s.vendor.clone(),
+                format!("{}/{}", s.site, s.device),
+                s.function.clone(),
+                fmt_time(s.started),
+                opt_time(s.ended),
+                s.end_reason.clone().unwrap_or_else(|| "live".into()),
+            ]
+        },
+    )
+}
+
+// ---- evidence ----
+
+async fn recording_path(env: &Env, id: &str) -> Result<PathBuf> {
+    let s = env
+        .store
+        .session(id)
+        .await?
+        .ok_or_else(|| anyhow!("no session with id {id}"))?;
+    Ok(env.data.recordings().join(&s.recording))
+}
+
+fn load_events(path: &Path) -> Result<recorder::TerminalEvents> {
+    let reader = recorder::Reader::open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(recorder::terminal_events(reader, false))
+}
+
+async fn export(env: &Env, id: &str) -> Result<()> {
+    let path = recording_path(env, id).await?;
+    let te = load_events(&path)?;
+    let stdout = std::io::stdout();
+    recorder::export_asciicast(&te, stdout.lock())?;
+    if let Some(p) = te.problem {
+        bail!("recording {id} is damaged; exported up to the damage: {p}");
+    }
+    Ok(())
+}
+
+async fn replay(env: &Env, id: &str, speed: f64, idle_limit: f64) -> Result<()> {
+    if !(speed > 0.0 && speed.is_finite()) {
+        bail!("--speed must be a positive number");
+    }
+    let path = recording_path(env, id).await?;
+    let te = load_events(&path)?;
+    let mut out = std::io::stdout().lock();
+    let mut prev = 0.0;
+    for e in te.events.iter().filter(|e| e.code == "o") {
+        let pause = ((e.time - prev).min(idle_limit.max(0.0)) / speed).max(0.0);
+        prev = e.time;
+        if pause > 0.0 {
+            out.flush()?;
+            tokio::time::sleep(Duration::from_secs_f64(pause)).await;
+        }
+        out.write_all(e.data.as_bytes())?;
+    }
+    out.flush()?;
+    if let Some(p) = te.problem {
+        bail!("recording {id} is damaged; replayed up to the damage: {p}");
+    }
+    Ok(())
+}
+
+/// One verification finding.
+#[derive(serde::Serialize)]
+struct Finding {
+    item: String,
+    ok: bool,
+    records: u64,
+    detail: String,
+}
+
+/// Checks one recording against its chain and, once the session has ended, against the seal kept
+/// in the database (record count and final hash), so truncation at a record boundary or a
+/// recomputed chain is found too.
+fn verify_recording(path: &Path, s: &approvals::Session) -> Finding {
+    let item = format!("session {}", s.id);
+    let bad = |records, detail: String| Finding {
+        item: item.clone(),
+        ok: false,
+        records,
+        detail,
+    };
+    let r = match recorder::verify_file(path) {
+        Ok(r) => r,
+        Err(e) => return bad(0, format!("{}: {e}", path.display())),
+    };
+    if r.stream_id != s.id {
+        return bad(
+            r.records,
+            format!("file belongs to stream {}, not {}", r.stream_id, s.id),
+        );
+    }
+    if let Some(p) = &r.problem {
+        return bad(r.records, p.to_string());
+    }
+    let crashed = s.ended.is_some() && s.records.is_none();
+    match (&r.tail, s.ended, crashed) {
+        (recorder::Tail::Torn { offset, .. }, Some(_), false) => {
+            return bad(
+                r.records,
+                format!(
+                    "record {}: incomplete at byte {offset} (file truncated)",
+                    r.records
+                ),
+            );
+        }
+        (recorder::Tail::Torn { offset, .. }, _, _) => {
+            // A live session, or one cut by a broker crash: the tail was never sealed.
+            return Finding {
+                item,
+                ok: true,
+                records: r.records,
+                detail: format!(
+                    "chain intact; unsealed tail at byte {offset} (session not closed cleanly)"
+                ),
+            };
+        }
+        _ => {}
+    }
+    if let (Some(_), Some(n), Some(h)) = (s.ended, s.records, s.final_hash.as_deref()) {
+        let last = r.last_hash.map(hex::encode).unwrap_or_default();
+        if (r.records as i64) < n {
+            return bad(
+                r.records,
+                format!(
+                    "record {}: missing (recording truncated; sealed with {n} records)",
+                    r.records
+                ),
+            );
+        }
+        if r.records as i64 > n || last != h {
+            return bad(
+                r.records,
+                format!(
+                    "record {}: chain does not match the seal (recording altered after it was sealed)",
+                    n - 1
+                ),
+            );
+        }
+    }
+    Finding {
+        item,
+        ok: true,
+        records: r.records,
+        detail: "chain intact".into(),
+    }
+}
+
+pub async fn verify(env: &Env, id: Option<&str>) -> Result<ExitCode> {
+    let mut findings = Vec::new();
+    let sessions = match id {
+        Some(id) => vec![
+            env.store
+                .session(id)
+                .await?
+                .ok_or_else(|| anyhow!("no session with id {id}"))?,
+        ],
+        None => env.store.sessions(false).await?,
+    };
+    for s in &sessions {
+        findings.push(verify_recording(
+            &env.data.recordings().join(&s.recording),
+            s,
+        ));
+    }
+    if id.is_none() {
+        let log = env.data.audit_log();
+        let f = match recorder::verify_file(&log) {
+            Ok(r) => match (&r.problem, &r.tail) {
+                (Some(p), _) => Finding {
+                    item: "audit log".into(),
+                    ok: false,
+                    records: r.records,
+                    detail: p.to_string(),
+                },
+                (None, recorder::Tail::Torn { offset, .. }) => Finding {
+                    item: "audit log".into(),
+                    ok: false,
+                    records: r.records,
+                    detail: format!("record {}: incomplete at byte {offset}", r.records),
+                },
+                (None, recorder::Tail::Clean) => Finding {
+                    item: "audit log".into(),
+                    ok: true,
+                    records: r.records,
+                    detail: "chain intact".into(),
+                },
+            },
+            Err(e) => Finding {
+                item: "audit log".into(),
+                ok: false,
+                records: 0,
+                detail: e.to_string(),
+            },
+        };
+        findings.push(f);
+    }
+    let failed = findings.iter().filter(|f| !f.ok).count();
+    if env.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"ok": failed == 0, "findings": findings}))?
+        );
+    } else {
+        for f in &findings {
+            println!(
+                "{} {}: {} ({} records)",
+                if f.ok { "OK    " } else { "FAILED" },
+                f.item,
+                f.detail,
+                f.records
+            );
+        }
+    }
+    // The verification itself is evidence.
+    let _ = env.audit(
+        "verify",
+        json!({"session": id, "checked": findings.len(), "failed": failed}),
+    );
+    if failed > 0 {
+        eprintln!("postern: verification failed for {failed} item(s)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---- serving ----
+
+/// Runs the SSH front door until interrupted. `extra` runs alongside (the demo's device).
+pub async fn serve(
+    env: Env,
+    ssh_addr: &str,
+    extra: Option<tokio::task::JoinHandle<()>>,
+) -> Result<ExitCode> {
+    let host_key = keys::load_private(&env.data.host_key())?;
+    let ca = keys::load_public(&env.data.ca_key().with_extension("pub"))?;
+    let warn_before = parse_duration(&env.cfg.warn_before).map_err(|e| anyhow!(e))?;
+    let orphans = env
+        .store
+        .end_orphaned_sessions(&env.cfg.node, now())
+        .await?;
+    if !orphans.is_empty() {
+        env.audit("session.crash_recovered", json!({"sessions": orphans}))?;
+    }
+    let ctx = Arc::new(crate::session::Ctx {
+        store: env.store.clone(),
+        audit: env.audit.clone(),
+        node: env.cfg.node.clone(),
+        recordings: env.data.recordings(),
+        ca: ca.fingerprint(russh::keys::HashAlg::Sha256),
+        warn_before,
+        env_allow: env.cfg.env_allow.clone(),
+        limiter: crate::ratelimit::RateLimiter::new(Duration::from_secs(300), 10, 30),
+        upstream_config: crate::upstream::client_config(),
+        live: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::bind(ssh_addr)
+        .await
+        .with_context(|| format!("listening on {ssh_addr}"))?;
+    let local = listener.local_addr()?;
+    env.audit("serve.start", json!({"ssh": local.to_string()}))?;
+    tracing::info!(ssh = %local, node = %env.cfg.node, "postern serving");
+    // Tests and scripts wait for this line.
+    println!("postern: listening for vendors on {local}");
+    std::io::stdout().flush()?;
+    tokio::spawn(crate::session::watch_revocations(ctx.clone()));
+    let config = crate::frontdoor::server_config(host_key);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let reason = tokio::select! {
+        r = crate::frontdoor::serve(ctx.clone(), config, listener) => format!("listener failed: {r:?}"),
+        _ = tokio::signal::ctrl_c() => "interrupted".to_string(),
+        _ = sigterm.recv() => "terminated".to_string(),
+    };
+    tracing::info!(reason, "shutting down");
+    for live in ctx.live_sessions() {
+        live.request_close("the broker is shutting down");
+    }
+    // Give supervisors a moment to seal recordings.
+    for _ in 0..50 {
+        if ctx.live_sessions().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(h) = extra {
+        h.abort();
+    }
+    let _ = env.audit("serve.stop", json!({"reason": reason}));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a private file in the data dir (used by the demo for its vendor's TOTP secret).
+pub fn write_secret(path: &Path, text: &str) -> Result<()> {
+    write_private(path, text.as_bytes())
+}

@@ -1,0 +1,601 @@
+//! Postern's device simulator and `postern demo`.
+//!
+//! The simulator is an SSH server on loopback that behaves like a maintained device: it accepts
+//! one authorised key (the broker's credential), runs a real shell in a pty, runs exec commands,
+//! serves sftp with the system's sftp-server when present, and forwards to loopback ports.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use russh::keys::{PrivateKey, PublicKey};
+use russh::server::{Auth, ChannelOpenHandle, Handle, Msg, Session};
+use russh::{Channel, ChannelMsg};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::cli::Env;
+use crate::keys;
+
+#[derive(Clone)]
+struct SimConn {
+    authorized: Arc<PublicKey>,
+    name: Arc<str>,
+}
+
+impl russh::server::Handler for SimConn {
+    type Error = russh::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if key.public_key.key_data() == self.authorized.key_data() {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        tokio::spawn(sim_channel(channel, session.handle(), self.name.clone()));
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _oa: &str,
+        _op: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let loopback = matches!(host, "localhost" | "127.0.0.1" | "::1");
+        let Ok(port) = u16::try_from(port) else {
+            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        };
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(mut tcp) if loopback => {
+                reply.accept().await;
+                tokio::spawn(async move {
+                    let mut s = channel.into_stream();
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut tcp).await;
+                });
+            }
+            _ => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+        }
+        Ok(())
+    }
+}
+
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn ChildInput>;
+
+/// Where a channel's input goes: a pipe, or a pty (which can also be resized).
+trait ChildInput: AsyncWrite + Unpin + Send {
+    fn resize(&self, _cols: u16, _rows: u16) {}
+}
+
+impl ChildInput for tokio::process::ChildStdin {}
+
+struct PtyInput(pty_process::OwnedWritePty);
+
+impl ChildInput for PtyInput {
+    fn resize(&self, cols: u16, rows: u16) {
+        let _ = self
+            .0
+            .resize(pty_process::Size::new(rows.max(1), cols.max(1)));
+    }
+}
+
+impl AsyncWrite for PtyInput {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+struct Running {
+    child: tokio::process::Child,
+    input: Option<Writer>,
+    out: Option<Reader>,
+    err: Option<Reader>,
+    /// With a pty, input goes to its write half, which also carries resizes.
+    pty: bool,
+}
+
+fn spawn(
+    program: &str,
+    args: &[&str],
+    pty: Option<(String, u16, u16)>,
+    env: &[(String, String)],
+    name: &str,
+) -> std::io::Result<Running> {
+    let ps1 = format!("{name}:\\w\\$ ");
+    match pty {
+        Some((term, cols, rows)) => {
+            let (pty, pts) = pty_process::open().map_err(std::io::Error::other)?;
+            pty.resize(pty_process::Size::new(rows.max(1), cols.max(1)))
+                .map_err(std::io::Error::other)?;
+            let mut cmd = pty_process::Command::new(program)
+                .args(args)
+                .env("TERM", term)
+                .env("PS1", &ps1);
+            for (k, v) in env {
+                cmd = cmd.env(k, v);
+            }
+            let child = cmd
+                .kill_on_drop(true)
+                .spawn(pts)
+                .map_err(std::io::Error::other)?;
+            let (r, w) = pty.into_split();
+            Ok(Running {
+                child,
+                input: Some(Box::new(PtyInput(w))),
+                out: Some(Box::new(r)),
+                err: None,
+                pty: true,
+            })
+        }
+        None => {
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.args(args)
+                .env("PS1", &ps1)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn()?;
+            let input = child.stdin.take().map(|s| Box::new(s) as Writer);
+            let out = child.stdout.take().map(|s| Box::new(s) as Reader);
+            let err = child.stderr.take().map(|s| Box::new(s) as Reader);
+            Ok(Running {
+                child,
+                input,
+                out,
+                err,
+                pty: false,
+            })
+        }
+    }
+}
+
+async fn read_some(r: &mut Option<Reader>, buf: &mut [u8]) -> Option<usize> {
+    match r {
+        Some(r) => match r.read(buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn sim_channel(mut ch: Channel<Msg>, handle: Handle, name: Arc<str>) {
+    let id = ch.id();
+    let mut pty: Option<(String, u16, u16)> = None;
+    let mut env: Vec<(String, String)> = Vec::new();
+    let shell = if Path::new("/bin/bash").exists() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    };
+    // Wait for what to run.
+    let running = loop {
+        let Some(msg) = ch.wait().await else { return };
+        let started = match msg {
+            ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                ..
+            } => {
+                pty = Some((
+                    term,
+                    col_width.min(u16::MAX as u32) as u16,
+                    row_height.min(u16::MAX as u32) as u16,
+                ));
+                let _ = handle.channel_success(id).await;
+                continue;
+            }
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } => {
+                env.push((variable_name, variable_value));
+                continue;
+            }
+            ChannelMsg::RequestShell { .. } => {
+                let args: &[&str] = if shell.ends_with("bash") {
+                    &["--noprofile", "--norc", "-i"]
+                } else {
+                    &["-i"]
+                };
+                spawn(shell, args, pty.clone(), &env, &name)
+            }
+            ChannelMsg::Exec { command, .. } => {
+                let cmd = String::from_utf8_lossy(&command).into_owned();
+                spawn("/bin/sh", &["-c", &cmd], pty.clone(), &env, &name)
+            }
+            ChannelMsg::RequestSubsystem { name: sub, .. } if sub == "sftp" => {
+                let server = [
+                    "/usr/lib/openssh/sftp-server",
+                    "/usr/libexec/openssh/sftp-server",
+                    "/usr/libexec/sftp-server",
+                ]
+                .into_iter()
+                .find(|p| Path::new(p).exists());
+                match server {
+                    Some(p) => spawn(p, &[], None, &env, &name),
+                    None => Err(std::io::Error::other("no sftp-server on this machine")),
+                }
+            }
+            ChannelMsg::Close | ChannelMsg::Eof => return,
+            _ => {
+                let _ = handle.channel_failure(id).await;
+                continue;
+            }
+        };
+        match started {
+            Ok(r) => {
+                let _ = handle.channel_success(id).await;
+                break r;
+            }
+            Err(e) => {
+                let _ = handle
+                    .extended_data(id, 1, format!("{e}\r\n").into_bytes())
+                    .await;
+                let _ = handle.channel_failure(id).await;
+                let _ = handle.exit_status_request(id, 127).await;
+                let _ = handle.close(id).await;
+                return;
+            }
+        }
+    };
+    let Running {
+        mut child,
+        mut input,
+        mut out,
+        mut err,
+        pty: pty_ctl,
+    } = running;
+    let mut status: Option<u32> = None;
+    let (mut buf, mut ebuf) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
+    loop {
+        if status.is_some() && out.is_none() && err.is_none() {
+            break;
+        }
+        tokio::select! {
+            msg = ch.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    if let Some(w) = input.as_mut() && w.write_all(&data).await.is_err() {
+                        input = None;
+                    }
+                }
+                Some(ChannelMsg::Eof) => {
+                    if let Some(mut w) = input.take() {
+                        let _ = w.shutdown().await;
+                    }
+                }
+                Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
+                    if let Some(w) = &input {
+                        w.resize(col_width.min(u16::MAX as u32) as u16, row_height.min(u16::MAX as u32) as u16);
+                    }
+                }
+                Some(ChannelMsg::Signal { .. }) => {
+                    let _ = child.start_kill();
+                }
+                Some(ChannelMsg::Close) | None => {
+                    let _ = child.start_kill();
+                    return;
+                }
+                _ => {}
+            },
+            n = read_some(&mut out, &mut buf) => match n {
+                Some(n) => { if ch.data(&buf[..n]).await.is_err() { break } }
+                None => out = None,
+            },
+            n = read_some(&mut err, &mut ebuf) => match n {
+                Some(n) => { if ch.extended_data(1, &ebuf[..n]).await.is_err() { break } }
+                None => err = None,
+            },
+            st = child.wait(), if status.is_none() => {
+                status = Some(st.ok().and_then(|s| s.code()).unwrap_or(255) as u32);
+                // A pty's reader only ends when every holder closes it; don't wait on orphans.
+                if pty_ctl {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), async { match out.as_mut() { Some(r) => r.read(&mut buf).await, None => Ok(0) } }).await {
+                        if n == 0 || ch.data(&buf[..n]).await.is_err() { break }
+                    }
+                    out = None;
+                }
+            },
+        }
+    }
+    let _ = ch.exit_status(status.unwrap_or(0)).await;
+    let _ = ch.eof().await;
+    let _ = ch.close().await;
+}
+
+/// Serves simulated devices on `listener` until the task is dropped.
+pub async fn serve_sim(
+    listener: TcpListener,
+    host_key: PrivateKey,
+    authorized: PublicKey,
+    name: &str,
+) -> std::io::Result<()> {
+    let config = Arc::new(russh::server::Config {
+        keys: vec![host_key],
+        methods: russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(50),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    });
+    let conn = SimConn {
+        authorized: Arc::new(authorized),
+        name: name.into(),
+    };
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (config, conn) = (config.clone(), conn.clone());
+        tokio::spawn(async move {
+            if let Ok(running) = russh::server::run_stream(config, stream, conn).await {
+                let _ = running.await;
+            }
+        });
+    }
+}
+
+pub async fn run_standalone(listen: &str, host_key: &Path, authorized: &Path) -> Result<()> {
+    let key = keys::load_private(host_key)?;
+    let auth = keys::load_public(authorized)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    println!("device-sim: listening on {}", listener.local_addr()?);
+    serve_sim(listener, key, auth, "sim").await?;
+    Ok(())
+}
+
+// ---- the demo ----
+
+const VENDOR: &str = "alice";
+const SITE: &str = "demo-site";
+const DEVICE: &str = "sim-01";
+
+struct DemoPaths {
+    dir: PathBuf,
+}
+
+impl DemoPaths {
+    fn vendor_key(&self) -> PathBuf {
+        self.dir.join("alice_ed25519")
+    }
+    fn totp(&self) -> PathBuf {
+        self.dir.join("alice.totp")
+    }
+    fn device_key(&self) -> PathBuf {
+        self.dir.join("broker_device_ed25519")
+    }
+    fn sim_host_key(&self) -> PathBuf {
+        self.dir.join("sim_host_ed25519")
+    }
+    fn sim_port(&self) -> PathBuf {
+        self.dir.join("sim.port")
+    }
+    fn known_hosts(&self) -> PathBuf {
+        self.dir.join("known_hosts")
+    }
+}
+
+pub async fn demo(cli: &crate::Cli, code_only: bool, ssh: &str) -> Result<ExitCode> {
+    let data = crate::config::DataDir::new(&cli.data);
+    let paths = DemoPaths {
+        dir: data.root.join("demo"),
+    };
+    if code_only {
+        let secret = std::fs::read_to_string(paths.totp()).with_context(|| {
+            format!(
+                "no demo in {} (run `postern demo` first)",
+                data.root.display()
+            )
+        })?;
+        let code = approvals::totp::code_at(secret.trim(), approvals::time::now() as u64)
+            .map_err(|e| anyhow!(e))?;
+        println!("{code}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !data.is_initialised() {
+        crate::cli::init(&data).await?;
+        println!("initialised {}", data.root.display());
+    }
+    let env = Env::open(cli).await?;
+    let first = !paths.dir.exists();
+    if first {
+        std::fs::create_dir_all(&paths.dir)?;
+        keys::write_keypair(
+            &paths.device_key(),
+            &keys::generate_ed25519("postern-demo-broker")?,
+        )?;
+        keys::write_keypair(
+            &paths.sim_host_key(),
+            &keys::generate_ed25519("postern-demo-device")?,
+        )?;
+        keys::write_keypair(&paths.vendor_key(), &keys::generate_ed25519("alice@acme")?)?;
+    }
+    // The simulated device keeps its port across runs so the enrolled address stays right.
+    let port: u16 = std::fs::read_to_string(paths.sim_port())
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let sim_listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("starting the simulated device on 127.0.0.1:{port}"))?;
+    let sim_addr = sim_listener.local_addr()?;
+    std::fs::write(paths.sim_port(), sim_addr.port().to_string())?;
+    let sim_key = keys::load_private(&paths.sim_host_key())?;
+    let broker_device_pub = keys::load_public(&paths.device_key().with_extension("pub"))?;
+    let sim = tokio::spawn(async move {
+        if let Err(e) = serve_sim(sim_listener, sim_key, broker_device_pub, DEVICE).await {
+            tracing::warn!(error = %e, "simulated device stopped");
+        }
+    });
+    if first {
+        setup_directory(&env, &paths, &sim_addr.to_string()).await?;
+    }
+    ensure_grant(&env).await?;
+    let ssh_port = ssh.rsplit_once(':').map(|(_, p)| p).unwrap_or("2222");
+    let host_pub = std::fs::read_to_string(data.host_key().with_extension("pub"))?;
+    std::fs::write(
+        paths.known_hosts(),
+        format!("[127.0.0.1]:{ssh_port} {}", host_pub.trim()),
+    )?;
+    let d = data.root.display();
+    println!();
+    println!(
+        "Postern demo: vendor {VENDOR} may reach {SITE}/{DEVICE} (a simulated device with a real shell) for one hour."
+    );
+    println!("In another terminal, connect as the vendor:");
+    println!();
+    println!(
+        "  ssh -i {k} -o IdentitiesOnly=yes -o UserKnownHostsFile={kh} -p {ssh_port} '{VENDOR}:{SITE}/{DEVICE}@127.0.0.1'",
+        k = paths.vendor_key().display(),
+        kh = paths.known_hosts().display()
+    );
+    println!();
+    println!("and answer the TOTP prompt with the code from:  postern demo code --data {d}");
+    println!(
+        "Afterwards:  postern sessions --data {d}   postern replay ID --data {d}   postern verify --data {d}"
+    );
+    println!();
+    serve_demo(env, ssh, sim).await
+}
+
+async fn serve_demo(env: Env, ssh: &str, sim: tokio::task::JoinHandle<()>) -> Result<ExitCode> {
+    crate::cli::serve(env, ssh, Some(sim)).await
+}
+
+async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result<()> {
+    let now = approvals::time::now();
+    let store = &env.store;
+    store.add_site(SITE, Some("demo"), now).await?;
+    let host_key = keys::load_public(&paths.sim_host_key().with_extension("pub"))?
+        .to_openssh()
+        .map_err(|e| anyhow!("{e}"))?;
+    let login = std::env::var("USER").unwrap_or_else(|_| "demo".into());
+    store
+        .add_device(
+            &approvals::NewDevice {
+                site: SITE.into(),
+                name: DEVICE.into(),
+                addr: sim_addr.into(),
+                login,
+                credential_kind: "key".into(),
+                credential: std::fs::read_to_string(paths.device_key())?,
+                host_key,
+            },
+            now,
+        )
+        .await?;
+    let allow =
+        approvals::ChannelSet::parse("shell,exec,sftp,forward:8080").map_err(|e| anyhow!(e))?;
+    store
+        .add_function("maint", &allow, None, 8 * 3600, false, now)
+        .await?;
+    let secret = approvals::totp::new_secret();
+    store
+        .add_vendor(VENDOR, "Acme Maintenance", None, &secret, now)
+        .await?;
+    crate::cli::write_secret(&paths.totp(), &secret)?;
+    let ca = keys::load_private(&env.data.ca_key())?;
+    let subject = keys::load_public(&paths.vendor_key().with_extension("pub"))?;
+    let issued = keys::sign_user_cert(
+        &ca,
+        &subject,
+        VENDOR,
+        (now - 60) as u64,
+        (now + 30 * 86_400) as u64,
+    )?;
+    let cert = issued.cert.to_openssh().map_err(|e| anyhow!("{e}"))?;
+    std::fs::write(
+        paths.dir.join("alice_ed25519-cert.pub"),
+        format!("{cert}\n"),
+    )?;
+    store
+        .record_certificate(&approvals::IssuedCertificate {
+            serial: issued.serial.to_string(),
+            vendor: VENDOR.into(),
+            key_id: issued.key_id.clone(),
+            key_fingerprint: keys::fingerprint(&subject),
+            valid_after: now - 60,
+            valid_before: now + 30 * 86_400,
+            revoked: 0,
+            created: now,
+        })
+        .await?;
+    env.audit(
+        "demo.setup",
+        json!({"site": SITE, "device": DEVICE, "vendor": VENDOR}),
+    )?;
+    Ok(())
+}
+
+/// A one-hour grant, unless one is already active.
+async fn ensure_grant(env: &Env) -> Result<()> {
+    let now = approvals::time::now();
+    let active = env.store.grants().await?.into_iter().any(|g| {
+        g.vendor == VENDOR && g.site == SITE && g.is_active(now) && g.valid_until - now > 600
+    });
+    if !active {
+        let g = env
+            .store
+            .add_grant(
+                &approvals::NewGrant {
+                    vendor: VENDOR.into(),
+                    site: SITE.into(),
+                    function: "maint".into(),
+                    valid_from: now,
+                    valid_until: now + 3600,
+                    granted_by: "demo".into(),
+                    reason: "postern demo".into(),
+                },
+                now,
+            )
+            .await?;
+        env.audit("grant.add", json!({"grant": g.id, "vendor": VENDOR, "site": SITE, "function": "maint", "reason": "postern demo"}))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! Proxying one vendor channel to one device channel.
+//!
+//! Each channel is driven by one task that owns both ends and loops on their messages, so every
+//! request, reply, exit status and EOF passes in order and each is recorded as it passes.
+//! Backpressure is end to end: a write towards a slow peer waits for its SSH window, and while it
+//! waits this task reads nothing more from the other side, whose bounded channel buffer then stops
+//! its connection from reading the socket.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use approvals::time::{fmt_time, now};
+use approvals::{AccessRequest, Channel as Kind2, Decision};
+use recorder::Kind;
+use russh::server::Msg;
+use russh::{Channel, ChannelId, ChannelMsg};
+use serde_json::json;
+
+use crate::session::{Ctx, LiveSession};
+
+/// How a session channel's bytes are recorded.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Content {
+    /// Not yet known (before shell/exec/subsystem).
+    Unknown,
+    /// Terminal or command I/O: recorded in full.
+    Terminal,
+    /// File transfer (sftp, scp): byte counts only.
+    Transfer,
+}
+
+/// Asks the policy whether this channel kind may be opened now.
+async fn allowed(ctx: &Ctx, live: &LiveSession, channel: Kind2) -> Result<(), String> {
+    let t = &live.target;
+    let req = AccessRequest {
+        vendor: t.vendor.clone(),
+        site: t.site.clone(),
+        device: t.device.clone(),
+        function: Some(live.function.clone()),
+        channel: Some(channel),
+    };
+    let facts = ctx
+        .store
+        .facts(&t.vendor, &t.site, &t.device, Some(&live.function))
+        .await
+        .map_err(|e| format!("control plane unavailable: {e}"))?;
+    let decision = approvals::decide(&req, &facts, now());
+    let (event, outcome) = match &decision {
+        Decision::Allow { .. } => ("channel.allow", None),
+        Decision::Deny { reason } => ("channel.deny", Some(reason.to_string())),
+    };
+    let fields = json!({"session": live.id, "vendor": t.vendor, "channel": channel.to_string(), "reason": outcome});
+    if !ctx.audit(event, fields).await {
+        return Err("the audit log cannot be written".into());
+    }
+    match outcome {
+        None => Ok(()),
+        Some(reason) => Err(reason),
+    }
+}
+
+/// Tells the vendor why a channel is refused, on stderr, and closes it with exit status 1.
+pub async fn refuse(handle: &russh::server::Handle, id: ChannelId, message: &str) {
+    let _ = handle
+        .extended_data(id, 1, format!("postern: {message}\r\n").into_bytes())
+        .await;
+    let _ = handle.channel_failure(id).await;
+    let _ = handle.exit_status_request(id, 1).await;
+    let _ = handle.eof(id).await;
+    let _ = handle.close(id).await;
+}
+
+fn env_allowed(ctx: &Ctx, name: &str) -> bool {
+    ctx.env_allow.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => p == name,
+    })
+}
+
+/// Drives a session channel (shell, exec, sftp) between the vendor and the device.
+pub async fn session_channel(
+    ctx: Arc<Ctx>,
+    live: Arc<LiveSession>,
+    mut vch: Channel<Msg>,
+    mut uch: Channel<russh::client::Msg>,
+) {
+    let id = vch.id();
+    let ch = u32::from(id);
+    let handle = live.handle.clone();
+    let rec = &live.recording;
+    // Replies owed to the vendor for requests forwarded to the device, in order.
+    let mut pending: VecDeque<&'static str> = VecDeque::new();
+    let mut content = Content::Unknown;
+    let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
+    let mut failed_record = None;
+    let _ = rec.json(Kind::ChannelOpen, ch, &json!({"type": "session"}));
+    loop {
+        tokio::select! {
+            msg = vch.wait() => {
+                let Some(msg) = msg else { break };
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        bytes_in += data.len() as u64;
+                        if content == Content::Terminal && let Err(e) = rec.bytes(Kind::Input, ch, &data) {
+                            failed_record = Some(e);
+                            break;
+                        }
+                        if uch.data_bytes(data).await.is_err() { break }
+                    }
+                    ChannelMsg::Eof => { let _ = uch.eof().await; }
+                    ChannelMsg::Close => { let _ = uch.close().await; break }
+                    ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. } => {
+                        let _ = rec.json(Kind::Resize, ch, &json!({"cols": col_width, "rows": row_height, "term": term}));
+                        live.mark_interactive(id);
+                        if uch.request_pty(true, &term, col_width, row_height, pix_width, pix_height, &terminal_modes).await.is_err() { break }
+                        pending.push_back("pty-req");
+                    }
+                    ChannelMsg::RequestShell { .. } => {
+                        if let Err(reason) = allowed(&ctx, &live, Kind2::Shell).await {
+                            let _ = rec.json(Kind::Event, ch, &json!({"event": "denied", "channel": "shell", "reason": reason}));
+                            refuse(&handle, id, &reason).await;
+                            break;
+                        }
+                        content = Content::Terminal;
+                        live.mark_interactive(id);
+                        let _ = rec.json(Kind::Event, ch, &json!({"event": "shell"}));
+                        let banner = format!(
+                            "postern: session {} to {}/{} as {} (function {}, grant {}); access until {}\r\n",
+                            live.id, live.target.site, live.target.device, live.login, live.function, live.grant, fmt_time(live.window_end)
+                        );
+                        let _ = handle.extended_data(id, 1, banner.into_bytes()).await;
+                        if uch.request_shell(true).await.is_err() { break }
+                        pending.push_back("shell");
+                    }
+                    ChannelMsg::Exec { command, .. } => {
+                        let line = String::from_utf8_lossy(&command).into_owned();
+                        let is_scp = line.trim_start().starts_with("scp ");
+                        let kind = if is_scp { Kind2::Sftp } else { Kind2::Exec };
+                        let _ = rec.json(Kind::Exec, ch, &json!({"command": line, "transfer": is_scp}));
+                        if let Err(reason) = allowed(&ctx, &live, kind).await {
+                            refuse(&handle, id, &reason).await;
+                            break;
+                        }
+                        content = if is_scp { Content::Transfer } else { Content::Terminal };
+                        if uch.exec(true, command).await.is_err() { break }
+                        pending.push_back("exec");
+                    }
+                    ChannelMsg::RequestSubsystem { name, .. } => {
+                        let _ = rec.json(Kind::Event, ch, &json!({"event": "subsystem", "name": name}));
+                        let verdict = if name == "sftp" { allowed(&ctx, &live, Kind2::Sftp).await } else { Err(format!("subsystem {name} is not supported")) };
+                        if let Err(reason) = verdict {
+                            refuse(&handle, id, &reason).await;
+                            break;
+                        }
+                        content = Content::Transfer;
+                        if uch.request_subsystem(true, name).await.is_err() { break }
+                        pending.push_back("subsystem");
+                    }
+                    ChannelMsg::SetEnv { variable_name, variable_value, .. } if env_allowed(&ctx, &variable_name) => {
+                        let _ = uch.set_env(false, variable_name, variable_value).await;
+                    }
+                    ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
+                        let _ = rec.json(Kind::Resize, ch, &json!({"cols": col_width, "rows": row_height}));
+                        let _ = uch.window_change(col_width, row_height, pix_width, pix_height).await;
+                    }
+                    ChannelMsg::Signal { signal } => {
+                        let _ = rec.json(Kind::Event, ch, &json!({"event": "signal", "signal": format!("{signal:?}")}));
+                        let _ = uch.signal(signal).await;
+                    }
+                    ChannelMsg::AgentForward { .. } | ChannelMsg::RequestX11 { .. } => {
+                        let _ = handle.channel_failure(id).await;
+                    }
+                    _ => {}
+                }
+            }
+            msg = uch.wait() => {
+                let Some(msg) = msg else { break };
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        bytes_out += data.len() as u64;
+                        if content == Content::Terminal && let Err(e) = rec.bytes(Kind::Output, ch, &data) {
+                            failed_record = Some(e);
+                            break;
+                        }
+                        if vch.data_bytes(data).await.is_err() { break }
+                    }
+                    ChannelMsg::ExtendedData { data, ext } => {
+                        bytes_out += data.len() as u64;
+                        if content == Content::Terminal && let Err(e) = rec.bytes(Kind::Stderr, ch, &data) {
+                            failed_record = Some(e);
+                            break;
+                        }
+                        if vch.extended_data_bytes(ext, data).await.is_err() { break }
+                    }
+                    ChannelMsg::Eof => { let _ = vch.eof().await; }
+                    ChannelMsg::Close => break,
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        let _ = rec.json(Kind::Exit, ch, &json!({"status": exit_status}));
+                        let _ = vch.exit_status(exit_status).await;
+                    }
+                    ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => {
+                        let _ = rec.json(Kind::Exit, ch, &json!({"signal": format!("{signal_name:?}"), "core_dumped": core_dumped}));
+                        let _ = handle.exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag).await;
+                    }
+                    ChannelMsg::Success => {
+                        pending.pop_front();
+                        let _ = handle.channel_success(id).await;
+                    }
+                    ChannelMsg::Failure => {
+                        let what = pending.pop_front().unwrap_or("request");
+                        let _ = rec.json(Kind::Event, ch, &json!({"event": "device_refused", "request": what}));
+                        let _ = handle.channel_failure(id).await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let _ = rec.json(
+        Kind::ChannelClose,
+        ch,
+        &json!({"bytes_in": bytes_in, "bytes_out": bytes_out}),
+    );
+    let _ = vch.close().await;
+    let _ = uch.close().await;
+    if let Some(e) = failed_record {
+        live.request_close(format!("the recording cannot be written ({e}); closing"));
+    }
+}
+
+/// Drives a direct-tcpip channel (`ssh -L`): bytes both ways, counted and recorded at close.
+pub async fn forward_channel(
+    live: Arc<LiveSession>,
+    vch: Channel<Msg>,
+    uch: Channel<russh::client::Msg>,
+    port: u32,
+) {
+    let ch = u32::from(vch.id());
+    let started = now();
+    let mut a = vch.into_stream();
+    let mut b = uch.into_stream();
+    let (to_device, to_vendor) = tokio::io::copy_bidirectional(&mut a, &mut b)
+        .await
+        .unwrap_or((0, 0));
+    let summary = json!({"type": "direct-tcpip", "port": port, "bytes_to_device": to_device, "bytes_to_vendor": to_vendor,
+                         "opened": fmt_time(started), "closed": fmt_time(now())});
+    let _ = live.recording.json(Kind::ChannelClose, ch, &summary);
+}

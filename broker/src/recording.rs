@@ -1,0 +1,62 @@
+//! A live session's recording: the recorder's writer shared by the session's channel tasks.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use recorder::{Kind, Writer};
+use serde_json::Value;
+
+pub struct Recording {
+    writer: Mutex<Writer>,
+}
+
+impl Recording {
+    pub fn create(path: &Path, session_id: &str) -> Result<Recording, recorder::WriteError> {
+        Ok(Recording {
+            writer: Mutex::new(Writer::create(path, session_id)?),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Writer) -> Result<T, recorder::WriteError>,
+    ) -> Result<T, recorder::WriteError> {
+        // A poisoned lock means a panic mid-append elsewhere; the chain itself is still consistent
+        // because appends only advance after a complete write.
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut w)
+    }
+
+    /// Appends raw bytes (terminal I/O), split so that no record exceeds the format's limit.
+    pub fn bytes(&self, kind: Kind, channel: u32, data: &[u8]) -> Result<(), recorder::WriteError> {
+        self.with(|w| {
+            for chunk in data.chunks(recorder::MAX_PAYLOAD) {
+                w.append(kind, channel, chunk)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn json(
+        &self,
+        kind: Kind,
+        channel: u32,
+        value: &Value,
+    ) -> Result<(), recorder::WriteError> {
+        let payload = value.to_string();
+        self.with(|w| w.append(kind, channel, payload.as_bytes()).map(|_| ()))
+    }
+
+    pub fn flush(&self) -> Result<(), recorder::WriteError> {
+        self.with(Writer::flush)
+    }
+
+    /// Writes the end record, syncs, and returns the seal (record count, final hash).
+    pub fn finish(&self, end: &Value) -> Result<(u64, [u8; 32]), recorder::WriteError> {
+        let payload = end.to_string();
+        self.with(|w| {
+            w.append(Kind::SessionEnd, 0, payload.as_bytes())?;
+            w.finish()
+        })
+    }
+}

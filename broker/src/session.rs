@@ -1,0 +1,397 @@
+//! Live sessions and their supervision: window end, warnings, revocation and kills.
+//!
+//! Every path that ends a session goes through [`LiveSession::request_close`]; one supervisor task
+//! per session performs the close exactly once: tell the vendor why, disconnect, stop the proxy
+//! tasks, seal the recording and record the end in the database and the audit log.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use approvals::time::{fmt_time, now};
+use approvals::{AccessRequest, AuditLog, Decision, Store};
+use recorder::Kind;
+use russh::ChannelId;
+use russh::server::Handle;
+use serde_json::json;
+use tokio::sync::{OnceCell, mpsc};
+use tokio::task::AbortHandle;
+use tracing::{info, warn};
+
+use crate::login::Target;
+use crate::recording::Recording;
+use crate::upstream::{self, Upstream, UpstreamError};
+
+/// What every connection and session shares.
+pub struct Ctx {
+    pub store: Store,
+    pub audit: AuditLog,
+    pub node: String,
+    pub recordings: std::path::PathBuf,
+    pub ca: russh::keys::ssh_key::Fingerprint,
+    pub warn_before: i64,
+    pub env_allow: Vec<String>,
+    pub limiter: crate::ratelimit::RateLimiter,
+    pub upstream_config: Arc<russh::client::Config>,
+    pub live: Mutex<HashMap<String, Arc<LiveSession>>>,
+}
+
+impl Ctx {
+    pub fn live_sessions(&self) -> Vec<Arc<LiveSession>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Writes an audit event; a failure is logged and returned so callers can fail closed.
+    pub async fn audit(&self, event: &str, fields: serde_json::Value) -> bool {
+        match self.audit.record_async(event, fields).await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(error = %e, event, "audit log write failed");
+                false
+            }
+        }
+    }
+}
+
+pub struct LiveSession {
+    pub id: String,
+    pub target: Target,
+    pub function: String,
+    pub grant: String,
+    pub window_end: i64,
+    pub login: String,
+    pub recording: Recording,
+    pub handle: Handle,
+    upstream: OnceCell<Result<Arc<Upstream>, String>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+    /// Channels with a terminal, where notices (warnings, the reason for closing) are written.
+    interactive: Mutex<Vec<ChannelId>>,
+    close_tx: mpsc::UnboundedSender<String>,
+    closed: AtomicBool,
+}
+
+impl LiveSession {
+    /// Opens the recording, registers the session in the database and starts its supervisor.
+    pub async fn start(
+        ctx: &Arc<Ctx>,
+        target: Target,
+        decision: &Decision,
+        source: String,
+        handle: Handle,
+    ) -> Result<Arc<LiveSession>, String> {
+        let Decision::Allow {
+            grant,
+            function,
+            window_end,
+            login,
+        } = decision
+        else {
+            return Err("not allowed".into());
+        };
+        let id = approvals::store::new_id("s");
+        let file = format!("{id}.rec");
+        let recording = Recording::create(&ctx.recordings.join(&file), &id)
+            .map_err(|e| format!("cannot start the recording: {e}"))?;
+        let started = now();
+        let row = approvals::Session {
+            id: id.clone(),
+            vendor: target.vendor.clone(),
+            site: target.site.clone(),
+            device: target.device.clone(),
+            function: function.clone(),
+            grant_id: grant.clone(),
+            node: ctx.node.clone(),
+            source: source.clone(),
+            recording: file,
+            started,
+            ended: None,
+            end_reason: None,
+            kill_requested: 0,
+            records: None,
+            final_hash: None,
+        };
+        let meta = json!({
+            "session": id, "vendor": target.vendor, "site": target.site, "device": target.device,
+            "function": function, "grant": grant, "window_end": fmt_time(*window_end),
+            "device_login": login, "source": source, "node": ctx.node,
+        });
+        recording
+            .json(Kind::SessionStart, 0, &meta)
+            .map_err(|e| format!("cannot start the recording: {e}"))?;
+        recording
+            .flush()
+            .map_err(|e| format!("cannot start the recording: {e}"))?;
+        ctx.store
+            .start_session(&row)
+            .await
+            .map_err(|e| format!("cannot register the session: {e}"))?;
+        if !ctx.audit("session.start", meta).await {
+            return Err("the audit log cannot be written".into());
+        }
+        let (close_tx, close_rx) = mpsc::unbounded_channel();
+        let live = Arc::new(LiveSession {
+            id: id.clone(),
+            target,
+            function: function.clone(),
+            grant: grant.clone(),
+            window_end: *window_end,
+            login: login.clone(),
+            recording,
+            handle,
+            upstream: OnceCell::new(),
+            tasks: Mutex::new(Vec::new()),
+            interactive: Mutex::new(Vec::new()),
+            close_tx,
+            closed: AtomicBool::new(false),
+        });
+        ctx.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, live.clone());
+        tokio::spawn(supervise(ctx.clone(), live.clone(), close_rx));
+        Ok(live)
+    }
+
+    /// Asks the supervisor to close the session; safe to call from anywhere, any number of times.
+    pub fn request_close(&self, reason: impl Into<String>) {
+        let _ = self.close_tx.send(reason.into());
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    pub fn add_task(&self, h: AbortHandle) {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(h);
+    }
+
+    pub fn mark_interactive(&self, ch: ChannelId) {
+        self.interactive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ch);
+    }
+
+    /// The upstream connection, made on first use and shared by all channels of the session.
+    pub async fn upstream(&self, ctx: &Ctx) -> Result<Arc<Upstream>, String> {
+        self.upstream
+            .get_or_init(|| async {
+                let device = match ctx.store.device(&self.target.site, &self.target.device).await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => return Err(format!("device {}/{} no longer exists", self.target.site, self.target.device)),
+                    Err(e) => return Err(format!("control plane unavailable: {e}")),
+                };
+                match upstream::connect(ctx.upstream_config.clone(), &device, &self.login).await {
+                    Ok(h) => Ok(Arc::new(h)),
+                    Err(e) => {
+                        let event = if matches!(e, UpstreamError::HostKeyMismatch { .. }) { "device.hostkey_mismatch" } else { "device.connect_failed" };
+                        ctx.audit(event, json!({"session": self.id, "site": device.site, "device": device.name, "error": e.to_string()})).await;
+                        let _ = self.recording.json(Kind::Event, 0, &json!({"event": event, "error": e.to_string()}));
+                        Err(e.to_string())
+                    }
+                }
+            })
+            .await
+            .clone()
+    }
+
+    /// Writes a line to the vendor's terminal(s) on stderr.
+    pub async fn notice(&self, text: &str) {
+        let channels = self
+            .interactive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let line = format!("\r\npostern: {text}\r\n");
+        for ch in channels {
+            let send = self.handle.extended_data(ch, 1, line.clone().into_bytes());
+            let _ = tokio::time::timeout(Duration::from_millis(250), send).await;
+        }
+        let _ = self
+            .recording
+            .json(Kind::Event, 0, &json!({"event": "notice", "text": text}));
+    }
+}
+
+fn instant_at(unix: i64) -> tokio::time::Instant {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let delta = (unix * 1000 - now_ms).max(0) as u64;
+    tokio::time::Instant::now() + Duration::from_millis(delta)
+}
+
+async fn supervise(
+    ctx: Arc<Ctx>,
+    live: Arc<LiveSession>,
+    mut close_rx: mpsc::UnboundedReceiver<String>,
+) {
+    let end = instant_at(live.window_end);
+    let warn_at = instant_at(live.window_end - ctx.warn_before);
+    let mut warned = live.window_end - ctx.warn_before <= now();
+    let mut flush = tokio::time::interval(Duration::from_secs(1));
+    let reason = loop {
+        tokio::select! {
+            _ = flush.tick() => {
+                if let Err(e) = live.recording.flush() {
+                    break format!("the recording cannot be written ({e}); closing");
+                }
+            }
+            _ = tokio::time::sleep_until(warn_at), if !warned => {
+                warned = true;
+                let mins = ((live.window_end - now()) as f64 / 60.0).ceil() as i64;
+                live.notice(&format!("this session closes at {} (in {mins} minute{})", fmt_time(live.window_end), if mins == 1 { "" } else { "s" })).await;
+            }
+            _ = tokio::time::sleep_until(end) => break format!("the access window ended at {}", fmt_time(live.window_end)),
+            r = close_rx.recv() => break r.unwrap_or_else(|| "session closed".into()),
+        }
+    };
+    finish(&ctx, &live, &reason).await;
+}
+
+/// Closes the session for `reason`. Runs once.
+async fn finish(ctx: &Ctx, live: &LiveSession, reason: &str) {
+    if live.closed.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    info!(session = %live.id, reason, "closing session");
+    let vendor_gone = reason == "vendor disconnected";
+    if !vendor_gone {
+        live.notice(reason).await;
+        let bye = live.handle.disconnect(
+            russh::Disconnect::ByApplication,
+            format!("postern: {reason}"),
+            String::new(),
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(250), bye).await;
+    }
+    for t in live
+        .tasks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain(..)
+    {
+        t.abort();
+    }
+    if let Some(Ok(up)) = live.upstream.get() {
+        let up = up.clone();
+        tokio::spawn(async move {
+            let _ = up
+                .disconnect(russh::Disconnect::ByApplication, "session closed", "")
+                .await;
+        });
+    }
+    let ended = now();
+    let seal = live
+        .recording
+        .finish(&json!({"reason": reason, "ended": fmt_time(ended)}));
+    let (records, hash) = match &seal {
+        Ok((n, h)) => (*n as i64, hex::encode(h)),
+        Err(e) => {
+            warn!(session = %live.id, error = %e, "recording could not be sealed");
+            (-1, String::new())
+        }
+    };
+    if let Err(e) = ctx
+        .store
+        .end_session(&live.id, reason, records, &hash, ended)
+        .await
+    {
+        warn!(session = %live.id, error = %e, "could not record the session end");
+    }
+    ctx.audit(
+        "session.end",
+        json!({"session": live.id, "vendor": live.target.vendor, "site": live.target.site, "device": live.target.device,
+               "reason": reason, "records": records, "final_hash": hash}),
+    )
+    .await;
+    ctx.live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&live.id);
+}
+
+/// Polls the database's change counter and re-checks live sessions when it moves, so that a
+/// revocation, disable or kill made by any process on any node closes sessions within a second.
+/// If the control plane cannot be reached for longer than `grace`, sessions close (fail closed).
+pub async fn watch_revocations(ctx: Arc<Ctx>) {
+    let grace = Duration::from_secs(5);
+    let mut last = None;
+    let mut down_since: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        match ctx.store.revision().await {
+            Ok(rev) => {
+                down_since = None;
+                if last != Some(rev) {
+                    last = Some(rev);
+                    recheck(&ctx).await;
+                }
+            }
+            Err(e) => {
+                let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > grace {
+                    for live in ctx.live_sessions() {
+                        live.request_close(format!(
+                            "the control plane is unreachable ({e}); closing"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn recheck(ctx: &Ctx) {
+    let live = ctx.live_sessions();
+    if live.is_empty() {
+        return;
+    }
+    match ctx.store.kill_requests(&ctx.node).await {
+        Ok(ids) => {
+            for s in live.iter().filter(|s| ids.contains(&s.id)) {
+                ctx.audit(
+                    "session.kill",
+                    json!({"session": s.id, "vendor": s.target.vendor}),
+                )
+                .await;
+                s.request_close("this session was terminated by an operator");
+            }
+        }
+        Err(e) => warn!(error = %e, "could not read kill requests"),
+    }
+    for s in live {
+        let req = AccessRequest {
+            vendor: s.target.vendor.clone(),
+            site: s.target.site.clone(),
+            device: s.target.device.clone(),
+            function: Some(s.function.clone()),
+            channel: None,
+        };
+        match ctx
+            .store
+            .facts(&req.vendor, &req.site, &req.device, req.function.as_deref())
+            .await
+        {
+            Ok(facts) => {
+                if let Decision::Deny { reason } = approvals::decide(&req, &facts, now()) {
+                    ctx.audit("session.revoked", json!({"session": s.id, "vendor": s.target.vendor, "reason": reason.to_string()})).await;
+                    s.request_close(reason.to_string());
+                }
+            }
+            Err(e) => warn!(error = %e, "could not re-check session"),
+        }
+    }
+}
+
+/// Called when the vendor's connection ends, whatever the reason.
+pub async fn connection_ended(live: Option<Arc<LiveSession>>) {
+    if let Some(live) = live {
+        live.request_close("vendor disconnected");
+    }
+}
