@@ -1,0 +1,419 @@
+//! Test harness: a world with a real OpenSSH `sshd` as the device on loopback, the real
+//! `postern serve` in front of it, and helpers that drive the real OpenSSH clients as vendors.
+//!
+//! Each vendor has its own TOTP secret, and each code is usable once: the harness hands out codes
+//! for successive time steps (previous, current, next — what the broker accepts), waiting for the
+//! next step only when a vendor has used all three.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// The postern binary built by this workspace.
+pub fn postern_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let target = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = target.join("postern");
+    assert!(bin.exists(), "{} not built: run the workspace tests with `cargo test --workspace`", bin.display());
+    bin
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not start listening on port {port}");
+}
+
+fn need(cmd: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin", "/usr/local/sbin"] {
+        let p = Path::new(dir).join(cmd);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{cmd} is needed by the end-to-end tests: install openssh-server and openssh-client (.ci/run does)");
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+pub fn keygen(path: &Path, comment: &str) {
+    let out = run(Command::new(need("ssh-keygen")).args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"]).arg(path));
+    assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A vendor person: key, certificate, TOTP secret and the steps already used.
+pub struct Vendor {
+    pub name: String,
+    pub key: PathBuf,
+    pub secret: String,
+    next_step: Mutex<u64>,
+}
+
+impl Vendor {
+    /// The code for the next unused step; waits for time to move on when needed.
+    pub fn next_code(&self) -> String {
+        let mut next = self.next_step.lock().unwrap();
+        loop {
+            let now_step = unix_now() / 30;
+            if *next < now_step.saturating_sub(1) {
+                *next = now_step.saturating_sub(1);
+            }
+            if *next <= now_step + 1 {
+                let code = approvals::totp::code_at(&self.secret, *next * 30).unwrap();
+                *next += 1;
+                return code;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// A code for a step already used (to test replay protection).
+    pub fn used_code(&self) -> String {
+        let step = *self.next_step.lock().unwrap() - 1;
+        approvals::totp::code_at(&self.secret, step * 30).unwrap()
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        PathBuf::from(format!("{}-cert.pub", self.key.display()))
+    }
+}
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub broker_port: u16,
+    pub sshd_port: u16,
+    broker: Option<Child>,
+    sshd: Child,
+    pub broker_log: Arc<Mutex<String>>,
+    known_hosts: PathBuf,
+    askpass: PathBuf,
+    code_file: PathBuf,
+    pub device_login: String,
+    pub sshd_host_pub: PathBuf,
+}
+
+impl World {
+    /// A data dir with one site (`site-a`, `site-b`), one device each (`dev`, the local sshd),
+    /// functions `shell-only` (shell), `maint` (shell,exec) and `full` (shell,exec,sftp,forward),
+    /// then `postern serve`. `warn_before` goes to the config.
+    pub fn new(forward_port: u16, warn_before: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let data = root.join("data");
+        let w_init = run(Command::new(postern_bin()).arg("init").arg("--data").arg(&data));
+        assert!(w_init.status.success(), "init: {}", String::from_utf8_lossy(&w_init.stderr));
+        let cfg_path = data.join("postern.toml");
+        let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("warn_before = \"5m\"", &format!("warn_before = \"{warn_before}\""));
+        std::fs::write(&cfg_path, cfg).unwrap();
+
+        // The device: a real sshd on loopback that trusts the broker's device key.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let host_key = root.join("sshd_host_ed25519");
+        keygen(&host_key, "device-host");
+        let device_key = root.join("broker_device_key");
+        keygen(&device_key, "postern-device-credential");
+        let authorized = root.join("authorized_keys");
+        std::fs::copy(device_key.with_extension("pub"), &authorized).unwrap();
+        let sshd_port = free_port();
+        let sftp = ["/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("internal-sftp");
+        let sshd_config = root.join("sshd_config");
+        std::fs::write(
+            &sshd_config,
+            format!(
+                "ListenAddress 127.0.0.1:{sshd_port}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\nUsePAM no\nStrictModes no\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\nAllowTcpForwarding yes\nSubsystem sftp {sftp}\nLogLevel ERROR\n",
+                host_key.display(),
+                authorized.display()
+            ),
+        )
+        .unwrap();
+        let sshd = Command::new(need("sshd")).arg("-D").arg("-e").arg("-f").arg(&sshd_config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting sshd");
+        wait_for_port(sshd_port, "sshd");
+        let device_login = String::from_utf8_lossy(&run(Command::new("id").arg("-un")).stdout).trim().to_owned();
+
+        let askpass = root.join("askpass.sh");
+        let code_file = root.join("code");
+        std::fs::write(&askpass, format!("#!/bin/sh\ncat '{}'\n", code_file.display())).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let mut w = World {
+            dir,
+            data,
+            broker_port: 0,
+            sshd_port,
+            broker: None,
+            sshd,
+            broker_log: Arc::new(Mutex::new(String::new())),
+            known_hosts: root.join("known_hosts"),
+            askpass,
+            code_file,
+            device_login,
+            sshd_host_pub: host_key.with_extension("pub"),
+        };
+        for site in ["site-a", "site-b"] {
+            w.ok(&["site", "add", site, "--region", "north"]);
+            let dev = format!("{site}/dev");
+            let addr = format!("127.0.0.1:{sshd_port}");
+            let key = device_key.display().to_string();
+            let hk = w.sshd_host_pub.display().to_string();
+            let login = w.device_login.clone();
+            w.ok(&["device", "add", &dev, "--addr", &addr, "--login", &login, "--key", &key, "--host-key", &hk]);
+        }
+        w.ok(&["function", "add", "shell-only", "--allow", "shell", "--max-window", "8h"]);
+        w.ok(&["function", "add", "maint", "--allow", "shell,exec", "--max-window", "8h"]);
+        let full = format!("shell,exec,sftp,forward:{forward_port}");
+        w.ok(&["function", "add", "full", "--allow", &full, "--max-window", "8h"]);
+        w.start_broker();
+        w
+    }
+
+    pub fn start_broker(&mut self) {
+        let mut child = Command::new(postern_bin())
+            .args(["serve", "--ssh", "127.0.0.1:0", "--data"])
+            .arg(&self.data)
+            .env("POSTERN_LOG", "info,russh=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting postern serve");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = self.broker_log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let mut lines = BufReader::new(stdout).lines();
+        let port = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("postern: listening for vendors on ") {
+                        break addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).expect("port");
+                    }
+                }
+                _ => panic!("postern serve exited early:\n{}", self.broker_log.lock().unwrap()),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        self.broker_port = port;
+        self.broker = Some(child);
+        let host = std::fs::read_to_string(self.data.join("keys/host_ed25519.pub")).unwrap();
+        std::fs::write(&self.known_hosts, format!("[127.0.0.1]:{port} {}", host.trim())).unwrap();
+    }
+
+    /// Runs a postern CLI command against this data dir.
+    pub fn postern(&self, args: &[&str]) -> Output {
+        run(Command::new(postern_bin()).args(args).arg("--data").arg(&self.data))
+    }
+
+    /// Runs a postern command that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.postern(args);
+        assert!(out.status.success(), "postern {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Adds a vendor with a key and a certificate signed by the broker's CA.
+    pub fn vendor(&self, name: &str, extra: &[&str]) -> Vendor {
+        let mut args = vec!["vendor", "add", name, "--org", "acme", "--json"];
+        args.extend_from_slice(extra);
+        let out: Value = serde_json::from_str(&self.ok(&args)).unwrap();
+        let uri = out["otpauth"].as_str().unwrap().to_owned();
+        let secret = uri.split(['?', '&']).find_map(|kv| kv.strip_prefix("secret=")).unwrap().to_owned();
+        let key = self.dir.path().join(format!("{name}_ed25519"));
+        keygen(&key, name);
+        self.ok(&["vendor", "cert", name, "--pubkey", &format!("{}.pub", key.display())]);
+        Vendor { name: name.into(), key, secret, next_step: Mutex::new(0) }
+    }
+
+    /// Grants `function` at `site` to the vendor from now for an hour; returns the grant id.
+    pub fn grant(&self, vendor: &str, site: &str, function: &str) -> String {
+        self.grant_window(vendor, site, function, "now", "+1h")
+    }
+
+    pub fn grant_window(&self, vendor: &str, site: &str, function: &str, from: &str, until: &str) -> String {
+        self.ok(&["grant", "add", "--vendor", vendor, "--site", site, "--function", function, "--from", from, "--until", until]).trim().to_owned()
+    }
+
+    /// Common OpenSSH options for a vendor: only this key (and its certificate), the broker's pinned host key.
+    pub fn ssh_args(&self, v: &Vendor) -> Vec<String> {
+        vec![
+            "-F".into(),
+            "/dev/null".into(),
+            "-i".into(),
+            v.key.display().to_string(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            "ConnectTimeout=10".into(),
+            "-o".into(),
+            "NumberOfPasswordPrompts=1".into(),
+        ]
+    }
+
+    /// A command line for `prog` (ssh, scp, sftp) answering the TOTP prompt through SSH_ASKPASS
+    /// with `code`. The port option differs: ssh -p, scp/sftp -P.
+    pub fn client(&self, prog: &str, v: &Vendor, code: &str) -> Command {
+        std::fs::write(&self.code_file, format!("{code}\n")).unwrap();
+        let mut cmd = Command::new(need(prog));
+        cmd.args(self.ssh_args(v))
+            .arg(if prog == "ssh" { "-p" } else { "-P" })
+            .arg(self.broker_port.to_string())
+            .env("SSH_ASKPASS", &self.askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `ssh LOGIN@broker COMMAND` as the vendor, with a fresh TOTP code.
+    pub fn ssh(&self, v: &Vendor, login: &str, command: &[&str]) -> Output {
+        let code = v.next_code();
+        let mut cmd = self.client("ssh", v, &code);
+        cmd.arg(format!("{login}@127.0.0.1")).args(command);
+        run(&mut cmd)
+    }
+
+    /// All audit events so far, parsed.
+    pub fn audit(&self) -> Vec<Value> {
+        let reader = recorder::Reader::open(&self.data.join("audit.log")).expect("audit log");
+        reader.map(|r| r.expect("audit log record")).filter_map(|r| r.json()).collect()
+    }
+
+    /// Waits until an audit event matching `pred` appears; returns it.
+    pub fn wait_audit(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.audit().into_iter().find(&pred) {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "no audit event {what}; log:\n{}", serde_json::to_string_pretty(&self.audit()).unwrap());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn sessions(&self) -> Vec<Value> {
+        serde_json::from_str::<Vec<Value>>(&self.ok(&["sessions", "--json"])).unwrap()
+    }
+
+    /// Starts an interactive vendor session in a pty, answering the TOTP prompt by typing.
+    pub fn shell(&self, v: &Vendor, login: &str) -> Pty {
+        let (pty, pts) = pty_process::blocking::open().expect("pty");
+        pty.resize(pty_process::Size::new(24, 80)).unwrap();
+        let mut cmd = pty_process::blocking::Command::new(need("ssh"));
+        cmd = cmd.args(self.ssh_args(v)).arg("-tt").arg("-p").arg(self.broker_port.to_string()).arg(format!("{login}@127.0.0.1")).env("TERM", "xterm").env_remove("SSH_ASKPASS");
+        let child = cmd.spawn(pts).expect("spawning ssh in a pty");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = out.clone();
+        let pty = Arc::new(pty);
+        let reader = pty.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = (&*reader).read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut p = Pty { pty, child, out };
+        p.expect("TOTP code:", Duration::from_secs(10));
+        let code = v.next_code();
+        p.send(&format!("{code}\r"));
+        p
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(b) = self.broker.as_mut() {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+        let _ = self.sshd.kill();
+        let _ = self.sshd.wait();
+    }
+}
+
+/// A program running in a pseudo-terminal, read by a background thread.
+pub struct Pty {
+    pty: Arc<pty_process::blocking::Pty>,
+    pub child: Child,
+    out: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Pty {
+    pub fn send(&mut self, text: &str) {
+        (&*self.pty).write_all(text.as_bytes()).unwrap();
+        (&*self.pty).flush().unwrap();
+    }
+
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    /// Waits for `needle` in everything read so far.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.screen();
+            if s.contains(needle) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {needle:?}; terminal so far:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the client to exit; returns how long that took.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                return start.elapsed();
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!("ssh did not exit within {timeout:?}; terminal:\n{}", self.screen());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
