@@ -20,7 +20,8 @@ fn echo_service() -> u16 {
                 let mut s = s;
                 let mut buf = [0u8; 1024];
                 while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(b"echo: ").and_then(|_| s.write_all(&buf[..n])).is_err() {
+                    let reply = [b"echo: ".as_slice(), &buf[..n]].concat();
+                    if n == 0 || s.write_all(&reply).is_err() {
                         break;
                     }
                 }
