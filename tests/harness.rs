@@ -1,9 +1,13 @@
+//! Shared by the end-to-end tests (included as `mod harness;`); not every test uses every helper.
+//!
 //! Test harness: a world with a real OpenSSH `sshd` as the device on loopback, the real
 //! `postern serve` in front of it, and helpers that drive the real OpenSSH clients as vendors.
 //!
 //! Each vendor has its own TOTP secret, and each code is usable once: the harness hands out codes
 //! for successive time steps (previous, current, next — what the broker accepts), waiting for the
 //! next step only when a vendor has used all three.
+
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -14,21 +18,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-/// The postern binary built by this workspace.
+/// The postern binary, built by Cargo for these tests.
 pub fn postern_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let target = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = target.join("postern");
-    assert!(bin.exists(), "{} not built: run the workspace tests with `cargo test --workspace`", bin.display());
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_postern"))
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn wait_for_port(port: u16, what: &str) {
@@ -43,22 +49,38 @@ fn wait_for_port(port: u16, what: &str) {
 }
 
 fn need(cmd: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin", "/usr/local/sbin"] {
+    for dir in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+    ] {
         let p = Path::new(dir).join(cmd);
         if p.exists() {
             return p;
         }
     }
-    panic!("{cmd} is needed by the end-to-end tests: install openssh-server and openssh-client (.ci/run does)");
+    panic!(
+        "{cmd} is needed by the end-to-end tests: install openssh-server and openssh-client (.ci/run does)"
+    );
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
 pub fn keygen(path: &Path, comment: &str) {
-    let out = run(Command::new(need("ssh-keygen")).args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"]).arg(path));
-    assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(Command::new(need("ssh-keygen"))
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path));
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A vendor person: key, certificate, TOTP secret and the steps already used.
@@ -121,10 +143,20 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let data = root.join("data");
-        let w_init = run(Command::new(postern_bin()).arg("init").arg("--data").arg(&data));
-        assert!(w_init.status.success(), "init: {}", String::from_utf8_lossy(&w_init.stderr));
+        let w_init = run(Command::new(postern_bin())
+            .arg("init")
+            .arg("--data")
+            .arg(&data));
+        assert!(
+            w_init.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&w_init.stderr)
+        );
         let cfg_path = data.join("postern.toml");
-        let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("warn_before = \"5m\"", &format!("warn_before = \"{warn_before}\""));
+        let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace(
+            "warn_before = \"5m\"",
+            &format!("warn_before = \"{warn_before}\""),
+        );
         std::fs::write(&cfg_path, cfg).unwrap();
 
         // The device: a real sshd on loopback that trusts the broker's device key.
@@ -136,7 +168,13 @@ impl World {
         let authorized = root.join("authorized_keys");
         std::fs::copy(device_key.with_extension("pub"), &authorized).unwrap();
         let sshd_port = free_port();
-        let sftp = ["/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("internal-sftp");
+        let sftp = [
+            "/usr/lib/openssh/sftp-server",
+            "/usr/libexec/openssh/sftp-server",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("internal-sftp");
         let sshd_config = root.join("sshd_config");
         std::fs::write(
             &sshd_config,
@@ -148,13 +186,28 @@ impl World {
             ),
         )
         .unwrap();
-        let sshd = Command::new(need("sshd")).arg("-D").arg("-e").arg("-f").arg(&sshd_config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting sshd");
+        let sshd = Command::new(need("sshd"))
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&sshd_config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting sshd");
         wait_for_port(sshd_port, "sshd");
-        let device_login = String::from_utf8_lossy(&run(Command::new("id").arg("-un")).stdout).trim().to_owned();
+        let device_login = String::from_utf8_lossy(&run(Command::new("id").arg("-un")).stdout)
+            .trim()
+            .to_owned();
 
         let askpass = root.join("askpass.sh");
         let code_file = root.join("code");
-        std::fs::write(&askpass, format!("#!/bin/sh\ncat '{}'\n", code_file.display())).unwrap();
+        std::fs::write(
+            &askpass,
+            format!("#!/bin/sh\ncat '{}'\n", code_file.display()),
+        )
+        .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
 
@@ -179,12 +232,48 @@ impl World {
             let key = device_key.display().to_string();
             let hk = w.sshd_host_pub.display().to_string();
             let login = w.device_login.clone();
-            w.ok(&["device", "add", &dev, "--addr", &addr, "--login", &login, "--key", &key, "--host-key", &hk]);
+            w.ok(&[
+                "device",
+                "add",
+                &dev,
+                "--addr",
+                &addr,
+                "--login",
+                &login,
+                "--key",
+                &key,
+                "--host-key",
+                &hk,
+            ]);
         }
-        w.ok(&["function", "add", "shell-only", "--allow", "shell", "--max-window", "8h"]);
-        w.ok(&["function", "add", "maint", "--allow", "shell,exec", "--max-window", "8h"]);
+        w.ok(&[
+            "function",
+            "add",
+            "shell-only",
+            "--allow",
+            "shell",
+            "--max-window",
+            "8h",
+        ]);
+        w.ok(&[
+            "function",
+            "add",
+            "maint",
+            "--allow",
+            "shell,exec",
+            "--max-window",
+            "8h",
+        ]);
         let full = format!("shell,exec,sftp,forward:{forward_port}");
-        w.ok(&["function", "add", "full", "--allow", &full, "--max-window", "8h"]);
+        w.ok(&[
+            "function",
+            "add",
+            "full",
+            "--allow",
+            &full,
+            "--max-window",
+            "8h",
+        ]);
         w.start_broker();
         w
     }
@@ -212,42 +301,76 @@ impl World {
             match lines.next() {
                 Some(Ok(line)) => {
                     if let Some(addr) = line.strip_prefix("postern: listening for vendors on ") {
-                        break addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).expect("port");
+                        break addr
+                            .rsplit_once(':')
+                            .and_then(|(_, p)| p.parse::<u16>().ok())
+                            .expect("port");
                     }
                 }
-                _ => panic!("postern serve exited early:\n{}", self.broker_log.lock().unwrap()),
+                _ => panic!(
+                    "postern serve exited early:\n{}",
+                    self.broker_log.lock().unwrap()
+                ),
             }
         };
         std::thread::spawn(move || for _ in lines {});
         self.broker_port = port;
         self.broker = Some(child);
         let host = std::fs::read_to_string(self.data.join("keys/host_ed25519.pub")).unwrap();
-        std::fs::write(&self.known_hosts, format!("[127.0.0.1]:{port} {}", host.trim())).unwrap();
+        std::fs::write(
+            &self.known_hosts,
+            format!("[127.0.0.1]:{port} {}", host.trim()),
+        )
+        .unwrap();
     }
 
     /// Runs a postern CLI command against this data dir.
     pub fn postern(&self, args: &[&str]) -> Output {
-        run(Command::new(postern_bin()).args(args).arg("--data").arg(&self.data))
+        run(Command::new(postern_bin())
+            .args(args)
+            .arg("--data")
+            .arg(&self.data))
     }
 
     /// Runs a postern command that must succeed; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.postern(args);
-        assert!(out.status.success(), "postern {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "postern {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Adds a vendor with a key and a certificate signed by the broker's CA.
     pub fn vendor(&self, name: &str, extra: &[&str]) -> Vendor {
+        self.vendor_with_cert(name, extra, &[])
+    }
+
+    /// Like [`World::vendor`], with extra `vendor cert` arguments (validity).
+    pub fn vendor_with_cert(&self, name: &str, extra: &[&str], cert_extra: &[&str]) -> Vendor {
         let mut args = vec!["vendor", "add", name, "--org", "acme", "--json"];
         args.extend_from_slice(extra);
         let out: Value = serde_json::from_str(&self.ok(&args)).unwrap();
         let uri = out["otpauth"].as_str().unwrap().to_owned();
-        let secret = uri.split(['?', '&']).find_map(|kv| kv.strip_prefix("secret=")).unwrap().to_owned();
+        let secret = uri
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("secret="))
+            .unwrap()
+            .to_owned();
         let key = self.dir.path().join(format!("{name}_ed25519"));
         keygen(&key, name);
-        self.ok(&["vendor", "cert", name, "--pubkey", &format!("{}.pub", key.display())]);
-        Vendor { name: name.into(), key, secret, next_step: Mutex::new(0) }
+        let pubkey = format!("{}.pub", key.display());
+        let mut cert_args = vec!["vendor", "cert", name, "--pubkey", &pubkey];
+        cert_args.extend_from_slice(cert_extra);
+        self.ok(&cert_args);
+        Vendor {
+            name: name.into(),
+            key,
+            secret,
+            next_step: Mutex::new(0),
+        }
     }
 
     /// Grants `function` at `site` to the vendor from now for an hour; returns the grant id.
@@ -255,8 +378,30 @@ impl World {
         self.grant_window(vendor, site, function, "now", "+1h")
     }
 
-    pub fn grant_window(&self, vendor: &str, site: &str, function: &str, from: &str, until: &str) -> String {
-        self.ok(&["grant", "add", "--vendor", vendor, "--site", site, "--function", function, "--from", from, "--until", until]).trim().to_owned()
+    pub fn grant_window(
+        &self,
+        vendor: &str,
+        site: &str,
+        function: &str,
+        from: &str,
+        until: &str,
+    ) -> String {
+        self.ok(&[
+            "grant",
+            "add",
+            "--vendor",
+            vendor,
+            "--site",
+            site,
+            "--function",
+            function,
+            "--from",
+            from,
+            "--until",
+            until,
+        ])
+        .trim()
+        .to_owned()
     }
 
     /// Common OpenSSH options for a vendor: only this key (and its certificate), the broker's pinned host key.
@@ -305,7 +450,10 @@ impl World {
     /// All audit events so far, parsed.
     pub fn audit(&self) -> Vec<Value> {
         let reader = recorder::Reader::open(&self.data.join("audit.log")).expect("audit log");
-        reader.map(|r| r.expect("audit log record")).filter_map(|r| r.json()).collect()
+        reader
+            .map(|r| r.expect("audit log record"))
+            .filter_map(|r| r.json())
+            .collect()
     }
 
     /// Waits until an audit event matching `pred` appears; returns it.
@@ -315,7 +463,11 @@ impl World {
             if let Some(e) = self.audit().into_iter().find(&pred) {
                 return e;
             }
-            assert!(Instant::now() < deadline, "no audit event {what}; log:\n{}", serde_json::to_string_pretty(&self.audit()).unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "no audit event {what}; log:\n{}",
+                serde_json::to_string_pretty(&self.audit()).unwrap()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -329,7 +481,14 @@ impl World {
         let (pty, pts) = pty_process::blocking::open().expect("pty");
         pty.resize(pty_process::Size::new(24, 80)).unwrap();
         let mut cmd = pty_process::blocking::Command::new(need("ssh"));
-        cmd = cmd.args(self.ssh_args(v)).arg("-tt").arg("-p").arg(self.broker_port.to_string()).arg(format!("{login}@127.0.0.1")).env("TERM", "xterm").env_remove("SSH_ASKPASS");
+        cmd = cmd
+            .args(self.ssh_args(v))
+            .arg("-tt")
+            .arg("-p")
+            .arg(self.broker_port.to_string())
+            .arg(format!("{login}@127.0.0.1"))
+            .env("TERM", "xterm")
+            .env_remove("SSH_ASKPASS");
         let child = cmd.spawn(pts).expect("spawning ssh in a pty");
         let out = Arc::new(Mutex::new(Vec::new()));
         let sink = out.clone();
@@ -404,7 +563,10 @@ impl Pty {
             }
             if start.elapsed() > timeout {
                 let _ = self.child.kill();
-                panic!("ssh did not exit within {timeout:?}; terminal:\n{}", self.screen());
+                panic!(
+                    "ssh did not exit within {timeout:?}; terminal:\n{}",
+                    self.screen()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }

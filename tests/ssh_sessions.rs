@@ -6,7 +6,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use postern_e2e::{World, run};
+mod harness;
+
+use harness::{World, run};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -48,7 +50,10 @@ fn vendor_sessions_end_to_end() {
     // 1. Interactive shell through a pty: TOTP typed at the prompt, banner with the window end.
     let mut sh = w.shell(&alice, login);
     let screen = sh.expect("access until", Duration::from_secs(15));
-    assert!(screen.contains("function full"), "banner names the function:\n{screen}");
+    assert!(
+        screen.contains("function full"),
+        "banner names the function:\n{screen}"
+    );
     sh.send("echo the answer is $((6*7))\r");
     sh.expect("the answer is 42", Duration::from_secs(10));
     sh.send("exit 0\r");
@@ -56,12 +61,19 @@ fn vendor_sessions_end_to_end() {
 
     // 2. Exec: stdout, stderr and the exit code come through unchanged.
     let out = w.ssh(&alice, login, &["echo out; echo err >&2; exit 7"]);
-    assert_eq!(out.status.code(), Some(7), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
 
     // 3. scp both ways (SFTP protocol, OpenSSH's default) and the legacy scp protocol, and sftp.
-    let payload: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let payload: Vec<u8> = (0..(1 << 20))
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let local = w.dir.path().join("firmware.bin");
     std::fs::write(&local, &payload).unwrap();
     let remote = w.dir.path().join("on-device.bin");
@@ -69,22 +81,60 @@ fn vendor_sessions_end_to_end() {
     // scp and sftp split `user@host:path` at the first colon, so the login goes in -o User=.
     let user = format!("User={login}");
     let target = format!("127.0.0.1:{}", remote.display());
-    let up = run(w.client("scp", &alice, &alice.next_code()).args(["-o", &user]).arg(&local).arg(&target));
-    assert!(up.status.success(), "scp upload: {}", String::from_utf8_lossy(&up.stderr));
-    let down = run(w.client("scp", &alice, &alice.next_code()).args(["-O", "-o", &user]).arg(&target).arg(&back));
-    assert!(down.status.success(), "legacy scp download: {}", String::from_utf8_lossy(&down.stderr));
-    assert_eq!(Sha256::digest(std::fs::read(&back).unwrap()), Sha256::digest(&payload));
+    let up = run(w
+        .client("scp", &alice, &alice.next_code())
+        .args(["-o", &user])
+        .arg(&local)
+        .arg(&target));
+    assert!(
+        up.status.success(),
+        "scp upload: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let down = run(w
+        .client("scp", &alice, &alice.next_code())
+        .args(["-O", "-o", &user])
+        .arg(&target)
+        .arg(&back));
+    assert!(
+        down.status.success(),
+        "legacy scp download: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_eq!(
+        Sha256::digest(std::fs::read(&back).unwrap()),
+        Sha256::digest(&payload)
+    );
     let batch = w.dir.path().join("sftp.batch");
     std::fs::write(&batch, format!("ls -l {}\n", remote.display())).unwrap();
     let user = "User=bob:site-a/dev";
-    let sftp = run(w.client("sftp", &bob, &bob.next_code()).args(["-o", "BatchMode=no", "-o", user, "-b"]).arg(&batch).arg("127.0.0.1"));
-    assert!(sftp.status.success(), "sftp: {}", String::from_utf8_lossy(&sftp.stderr));
+    let sftp = run(w
+        .client("sftp", &bob, &bob.next_code())
+        .args(["-o", "BatchMode=no", "-o", user, "-b"])
+        .arg(&batch)
+        .arg("127.0.0.1"));
+    assert!(
+        sftp.status.success(),
+        "sftp: {}",
+        String::from_utf8_lossy(&sftp.stderr)
+    );
     assert!(String::from_utf8_lossy(&sftp.stdout).contains("1048576"));
 
     // 4. ssh -L to the allowed port reaches the device's service; another port is refused.
-    let lport = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let lport = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut fwd = w.client("ssh", &bob, &bob.next_code());
-    fwd.args(["-N", "-o", "ExitOnForwardFailure=yes", "-L", &format!("{lport}:localhost:{echo_port}")]).arg("bob:site-a/dev@127.0.0.1");
+    fwd.args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        &format!("{lport}:localhost:{echo_port}"),
+    ])
+    .arg("bob:site-a/dev@127.0.0.1");
     let mut fwd = fwd.spawn().unwrap();
     let mut conn = None;
     for _ in 0..100 {
@@ -95,7 +145,8 @@ fn vendor_sessions_end_to_end() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut conn = conn.expect("forwarded port never opened");
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     conn.write_all(b"ping\n").unwrap();
     let mut buf = [0u8; 64];
     let n = conn.read(&mut buf).unwrap();
@@ -103,12 +154,23 @@ fn vendor_sessions_end_to_end() {
     drop(conn);
     let _ = fwd.kill();
     let _ = fwd.wait();
-    let other = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let lport2 = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let other = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let lport2 = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut bad = w.client("ssh", &carol, &carol.next_code());
-    bad.args(["-N", "-L", &format!("{lport2}:localhost:{other}")]).arg("carol:site-a/dev@127.0.0.1");
+    bad.args(["-N", "-L", &format!("{lport2}:localhost:{other}")])
+        .arg("carol:site-a/dev@127.0.0.1");
     let mut bad = bad.spawn().unwrap();
-    w.wait_audit("channel.allow for the forward", |e| e["event"] == "channel.allow" && e["channel"] == format!("forward:{echo_port}"));
+    w.wait_audit("channel.allow for the forward", |e| {
+        e["event"] == "channel.allow" && e["channel"] == format!("forward:{echo_port}")
+    });
     let mut refused = false;
     for _ in 0..100 {
         if let Ok(mut c) = TcpStream::connect(("127.0.0.1", lport2)) {
@@ -121,8 +183,13 @@ fn vendor_sessions_end_to_end() {
     }
     let _ = bad.kill();
     let _ = bad.wait();
-    assert!(refused, "a forward to a port the function does not list must not connect");
-    w.wait_audit("channel.deny for the other port", |e| e["event"] == "channel.deny" && e["channel"] == format!("forward:{other}"));
+    assert!(
+        refused,
+        "a forward to a port the function does not list must not connect"
+    );
+    w.wait_audit("channel.deny for the other port", |e| {
+        e["event"] == "channel.deny" && e["channel"] == format!("forward:{other}")
+    });
 
     // 5. Every session is listed, exports as asciicast v2 and verifies.
     let sessions = w.sessions();
@@ -132,18 +199,40 @@ fn vendor_sessions_end_to_end() {
     let mut lines = cast.lines();
     let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(header["version"], 2);
-    assert_eq!((header["width"].as_u64(), header["height"].as_u64()), (Some(80), Some(24)));
-    let events: Vec<Value> = lines.map(|l| serde_json::from_str(l).expect("event line is JSON")).collect();
-    assert!(events.iter().all(|e| e.as_array().is_some_and(|a| a.len() == 3 && a[0].is_f64() && a[1].is_string() && a[2].is_string())));
-    let text: String = events.iter().filter(|e| e[1] == "o").map(|e| e[2].as_str().unwrap()).collect();
+    assert_eq!(
+        (header["width"].as_u64(), header["height"].as_u64()),
+        (Some(80), Some(24))
+    );
+    let events: Vec<Value> = lines
+        .map(|l| serde_json::from_str(l).expect("event line is JSON"))
+        .collect();
+    assert!(events.iter().all(|e| {
+        e.as_array()
+            .is_some_and(|a| a.len() == 3 && a[0].is_f64() && a[1].is_string() && a[2].is_string())
+    }));
+    let text: String = events
+        .iter()
+        .filter(|e| e[1] == "o")
+        .map(|e| e[2].as_str().unwrap())
+        .collect();
     assert!(text.contains("the answer is 42"), "exported output: {text}");
     let verify = w.postern(&["verify"]);
-    assert!(verify.status.success(), "verify: {}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
 
     // The exec line and the exit status are in the recording of the exec session.
     let exec_session = sessions.iter().find(|s| {
-        let rec = w.data.join("recordings").join(s["recording"].as_str().unwrap());
-        std::fs::read(rec).map(|b| String::from_utf8_lossy(&b).contains("echo out; echo err")).unwrap_or(false)
+        let rec = w
+            .data
+            .join("recordings")
+            .join(s["recording"].as_str().unwrap());
+        std::fs::read(rec)
+            .map(|b| String::from_utf8_lossy(&b).contains("echo out; echo err"))
+            .unwrap_or(false)
     });
     assert!(exec_session.is_some(), "exec command line recorded");
     let _ = Command::new("true");

@@ -59,9 +59,19 @@ pub struct Conn {
 
 fn totp_prompt() -> Auth {
     Auth::Partial {
-        name: "Postern".into(),
+        name: "".into(),
         instructions: "".into(),
         prompts: vec![("TOTP code: ".into(), false)].into(),
+    }
+}
+
+/// Ends this keyboard-interactive exchange but lets the vendor try another code on the same
+/// connection. Not a partial success: OpenSSH then counts the try against its prompt limit
+/// (with partial success, or a re-prompt inside one exchange, it loops until russh's attempt limit).
+fn retry_totp() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: Some(ki_only()),
+        partial_success: false,
     }
 }
 
@@ -370,8 +380,7 @@ impl russh::server::Handler for Conn {
             Ok(None) => {
                 self.reject("auth.totp", user, "wrong TOTP code".into())
                     .await;
-                // Let the vendor try again within the same connection (bounded by the rate limit).
-                return Ok(totp_prompt());
+                return Ok(retry_totp());
             }
             Err(e) => return Ok(self.reject("auth.totp", user, e).await),
         };
@@ -380,7 +389,7 @@ impl russh::server::Handler for Conn {
             Ok(false) => {
                 self.reject("auth.totp", user, "TOTP code already used (replay)".into())
                     .await;
-                return Ok(totp_prompt());
+                return Ok(retry_totp());
             }
             Err(e) => {
                 return Ok(self

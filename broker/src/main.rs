@@ -135,7 +135,7 @@ pub enum VendorAction {
         #[arg(long)]
         org: String,
         /// Access ends at this date or time.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         contract_end: Option<String>,
     },
     /// Sign an OpenSSH user certificate for a vendor's public key.
@@ -146,7 +146,7 @@ pub enum VendorAction {
         #[arg(long, default_value = "90d")]
         validity: String,
         /// Start of validity (default: now, less a minute for clock skew).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         from: Option<String>,
     },
     /// Disable a vendor: revokes their grants and closes their live sessions.
@@ -217,9 +217,9 @@ pub enum GrantAction {
         site: String,
         #[arg(long)]
         function: String,
-        #[arg(long, default_value = "now")]
+        #[arg(long, default_value = "now", allow_hyphen_values = true)]
         from: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         until: String,
         #[arg(long, default_value = "operator grant")]
         reason: String,
