@@ -324,6 +324,18 @@ impl World {
         .unwrap();
     }
 
+    /// Resident memory of the broker process, in bytes (Linux /proc).
+    pub fn broker_rss(&self) -> u64 {
+        let pid = self.broker.as_ref().map(Child::id).expect("broker running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmRSS")
+    }
+
     /// Runs a postern CLI command against this data dir.
     pub fn postern(&self, args: &[&str]) -> Output {
         run(Command::new(postern_bin())
