@@ -12,7 +12,7 @@ use approvals::time::{fmt_time, now, parse_duration, parse_time};
 use approvals::{AuditLog, ChannelSet, NewDevice, NewGrant, Store};
 use serde_json::{Value, json};
 
-use crate::config::{Config, DataDir, write_private};
+use crate::config::{Config, DataDir};
 use crate::{
     Cli, Command, DeviceAction, FunctionAction, GrantAction, SessionsAction, SiteAction,
     VendorAction, keys,
@@ -281,38 +281,7 @@ async fn vendor(env: &Env, action: &VendorAction) -> Result<()> {
                 Some(t) => parse_time(t, now()).map_err(|e| anyhow!("--from: {e}"))?,
                 None => now() - 60,
             };
-            let subject = keys::load_public(pubkey)?;
-            let ca = keys::load_private(&env.data.ca_key())?;
-            let issued = keys::sign_user_cert(
-                &ca,
-                &subject,
-                name,
-                start.max(0) as u64,
-                (start + secs).max(0) as u64,
-            )?;
-            let text = issued
-                .cert
-                .to_openssh()
-                .map_err(|e| anyhow!("encoding certificate: {e}"))?;
-            let out = cert_path(pubkey);
-            let tmp = out.with_extension("tmp");
-            std::fs::write(&tmp, format!("{text}\n"))
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &out)?;
-            let fp = keys::fingerprint(&subject);
-            env.store
-                .record_certificate(&approvals::IssuedCertificate {
-                    serial: issued.serial.to_string(),
-                    vendor: name.clone(),
-                    key_id: issued.key_id.clone(),
-                    key_fingerprint: fp.clone(),
-                    valid_after: start,
-                    valid_before: start + secs,
-                    revoked: 0,
-                    created: now(),
-                })
-                .await?;
-            env.audit("vendor.cert", json!({"vendor": name, "serial": issued.serial.to_string(), "key_id": issued.key_id, "key": fp, "valid_before": fmt_time(start + secs)}))?;
+            let (out, issued) = issue_certificate(env, name, pubkey, start, secs).await?;
             if env.json {
                 println!(
                     "{}",
@@ -357,6 +326,54 @@ async fn vendor(env: &Env, action: &VendorAction) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Signs a user certificate for `vendor`'s public key with the vendor CA, writes it next to the
+/// key as `KEY-cert.pub` (where OpenSSH looks for it), and records it in the registry and the
+/// audit log. Returns the certificate's path.
+pub async fn issue_certificate(
+    env: &Env,
+    vendor: &str,
+    pubkey: &Path,
+    start: i64,
+    secs: i64,
+) -> Result<(PathBuf, keys::IssuedCert)> {
+    let subject = keys::load_public(pubkey)?;
+    let ca = keys::load_private(&env.data.ca_key())?;
+    let issued = keys::sign_user_cert(
+        &ca,
+        &subject,
+        vendor,
+        start.max(0) as u64,
+        (start + secs).max(0) as u64,
+    )?;
+    let text = issued
+        .cert
+        .to_openssh()
+        .map_err(|e| anyhow!("encoding certificate: {e}"))?;
+    let out = cert_path(pubkey);
+    let tmp = out.with_extension("tmp");
+    std::fs::write(&tmp, format!("{text}\n"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &out)?;
+    let fp = keys::fingerprint(&subject);
+    env.store
+        .record_certificate(&approvals::IssuedCertificate {
+            serial: issued.serial.to_string(),
+            vendor: vendor.to_owned(),
+            key_id: issued.key_id.clone(),
+            key_fingerprint: fp.clone(),
+            valid_after: start,
+            valid_before: start + secs,
+            revoked: 0,
+            created: now(),
+        })
+        .await?;
+    env.audit(
+        "vendor.cert",
+        json!({"vendor": vendor, "serial": issued.serial.to_string(), "key_id": issued.key_id, "key": fp, "valid_before": fmt_time(start + secs)}),
+    )?;
+    Ok((out, issued))
 }
 
 /// `id_ed25519.pub` -> `id_ed25519-cert.pub`, where OpenSSH looks for it.
@@ -936,9 +953,4 @@ pub async fn serve(
     }
     let _ = env.audit("serve.stop", json!({"reason": reason}));
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes a private file in the data dir (used by the demo for its vendor's TOTP secret).
-pub fn write_secret(path: &Path, text: &str) -> Result<()> {
-    write_private(path, text.as_bytes())
 }

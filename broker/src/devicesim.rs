@@ -539,33 +539,15 @@ async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result
     store
         .add_vendor(VENDOR, "Acme Maintenance", None, &secret, now)
         .await?;
-    crate::cli::write_secret(&paths.totp(), &secret)?;
-    let ca = keys::load_private(&env.data.ca_key())?;
-    let subject = keys::load_public(&paths.vendor_key().with_extension("pub"))?;
-    let issued = keys::sign_user_cert(
-        &ca,
-        &subject,
+    crate::config::write_private(&paths.totp(), secret.as_bytes())?;
+    crate::cli::issue_certificate(
+        env,
         VENDOR,
-        (now - 60) as u64,
-        (now + 30 * 86_400) as u64,
-    )?;
-    let cert = issued.cert.to_openssh().map_err(|e| anyhow!("{e}"))?;
-    std::fs::write(
-        paths.dir.join("alice_ed25519-cert.pub"),
-        format!("{cert}\n"),
-    )?;
-    store
-        .record_certificate(&approvals::IssuedCertificate {
-            serial: issued.serial.to_string(),
-            vendor: VENDOR.into(),
-            key_id: issued.key_id.clone(),
-            key_fingerprint: keys::fingerprint(&subject),
-            valid_after: now - 60,
-            valid_before: now + 30 * 86_400,
-            revoked: 0,
-            created: now,
-        })
-        .await?;
+        &paths.vendor_key().with_extension("pub"),
+        now - 60,
+        30 * 86_400,
+    )
+    .await?;
     env.audit(
         "demo.setup",
         json!({"site": SITE, "device": DEVICE, "vendor": VENDOR}),

@@ -484,49 +484,27 @@ impl russh::server::Handler for Conn {
                 .await;
             return Ok(());
         };
-        let t = &live.target;
-        let port16 = u16::try_from(port).unwrap_or(0);
-        let req = AccessRequest {
-            vendor: t.vendor.clone(),
-            site: t.site.clone(),
-            device: t.device.clone(),
-            function: Some(live.function.clone()),
-            channel: Some(approvals::Channel::Forward(port16)),
-        };
+        let kind = format!("forward:{port}");
         // Forwards reach services on the device itself, never a third host.
-        let local = matches!(host, "localhost" | "127.0.0.1" | "::1") || host == t.device;
-        let verdict = if !local {
-            Err(format!(
-                "forward target {host} is not the device: use localhost:{port}"
-            ))
-        } else {
-            match self
-                .ctx
-                .store
-                .facts(&req.vendor, &req.site, &req.device, req.function.as_deref())
+        let local = matches!(host, "localhost" | "127.0.0.1" | "::1") || host == live.target.device;
+        let verdict = match (local, u16::try_from(port)) {
+            (false, _) => {
+                let refusal =
+                    format!("forward target {host} is not the device: use localhost:{port}");
+                proxy::audited_answer(&self.ctx, &live, &kind, Some(refusal)).await
+            }
+            (true, Ok(p)) => proxy::allowed(&self.ctx, &live, approvals::Channel::Forward(p)).await,
+            (true, Err(_)) => {
+                proxy::audited_answer(
+                    &self.ctx,
+                    &live,
+                    &kind,
+                    Some(format!("port {port} is out of range")),
+                )
                 .await
-            {
-                Ok(facts) => match approvals::decide(&req, &facts, now()) {
-                    Decision::Allow { .. } => Ok(()),
-                    Decision::Deny { reason } => Err(reason.to_string()),
-                },
-                Err(e) => Err(format!("control plane unavailable: {e}")),
             }
         };
-        let fields = json!({"session": live.id, "vendor": t.vendor, "channel": format!("forward:{port}"), "host": host, "reason": verdict.as_ref().err()});
-        let audited = self
-            .ctx
-            .audit(
-                if verdict.is_ok() {
-                    "channel.allow"
-                } else {
-                    "channel.deny"
-                },
-                fields,
-            )
-            .await;
-        if verdict.is_err() || !audited {
-            let _ = live.recording.json(recorder::Kind::Event, 0, &json!({"event": "denied", "channel": format!("forward:{port}"), "reason": verdict.err()}));
+        if verdict.is_err() {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;

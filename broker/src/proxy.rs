@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use approvals::time::{fmt_time, now};
-use approvals::{AccessRequest, Channel as Kind2, Decision};
+use approvals::{Channel as Kind2, Decision};
 use recorder::Kind;
 use russh::server::Msg;
 use russh::{Channel, ChannelId, ChannelMsg};
@@ -29,31 +29,44 @@ enum Content {
     Transfer,
 }
 
-/// Asks the policy whether this channel kind may be opened now.
-async fn allowed(ctx: &Ctx, live: &LiveSession, channel: Kind2) -> Result<(), String> {
+/// Asks the policy whether this channel kind may be opened now; audits the answer.
+pub async fn allowed(ctx: &Ctx, live: &LiveSession, channel: Kind2) -> Result<(), String> {
+    let req = live.request(Some(channel));
     let t = &live.target;
-    let req = AccessRequest {
-        vendor: t.vendor.clone(),
-        site: t.site.clone(),
-        device: t.device.clone(),
-        function: Some(live.function.clone()),
-        channel: Some(channel),
-    };
     let facts = ctx
         .store
         .facts(&t.vendor, &t.site, &t.device, Some(&live.function))
         .await
         .map_err(|e| format!("control plane unavailable: {e}"))?;
-    let decision = approvals::decide(&req, &facts, now());
-    let (event, outcome) = match &decision {
-        Decision::Allow { .. } => ("channel.allow", None),
-        Decision::Deny { reason } => ("channel.deny", Some(reason.to_string())),
+    let refusal = match approvals::decide(&req, &facts, now()) {
+        Decision::Allow { .. } => None,
+        Decision::Deny { reason } => Some(reason.to_string()),
     };
-    let fields = json!({"session": live.id, "vendor": t.vendor, "channel": channel.to_string(), "reason": outcome});
+    audited_answer(ctx, live, &channel.to_string(), refusal).await
+}
+
+/// Writes the channel decision to the audit log (failing closed if it cannot) and returns it.
+pub async fn audited_answer(
+    ctx: &Ctx,
+    live: &LiveSession,
+    channel: &str,
+    refusal: Option<String>,
+) -> Result<(), String> {
+    let event = if refusal.is_none() {
+        "channel.allow"
+    } else {
+        "channel.deny"
+    };
+    let fields = json!({"session": live.id, "vendor": live.target.vendor, "channel": channel, "reason": refusal});
     if !ctx.audit(event, fields).await {
         return Err("the audit log cannot be written".into());
     }
-    match outcome {
+    let _ = live.recording.json(
+        Kind::Event,
+        0,
+        &json!({"event": event, "channel": channel, "reason": refusal}),
+    );
+    match refusal {
         None => Ok(()),
         Some(reason) => Err(reason),
     }
@@ -117,7 +130,6 @@ pub async fn session_channel(
                     }
                     ChannelMsg::RequestShell { .. } => {
                         if let Err(reason) = allowed(&ctx, &live, Kind2::Shell).await {
-                            let _ = rec.json(Kind::Event, ch, &json!({"event": "denied", "channel": "shell", "reason": reason}));
                             refuse(&handle, id, &reason).await;
                             break;
                         }

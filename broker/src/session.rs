@@ -158,6 +158,17 @@ impl LiveSession {
         Ok(live)
     }
 
+    /// The policy question for this session (and a channel, if one is being opened).
+    pub fn request(&self, channel: Option<approvals::Channel>) -> AccessRequest {
+        AccessRequest {
+            vendor: self.target.vendor.clone(),
+            site: self.target.site.clone(),
+            device: self.target.device.clone(),
+            function: Some(self.function.clone()),
+            channel,
+        }
+    }
+
     /// Asks the supervisor to close the session; safe to call from anywhere, any number of times.
     pub fn request_close(&self, reason: impl Into<String>) {
         let _ = self.close_tx.send(reason.into());
@@ -366,13 +377,7 @@ async fn recheck(ctx: &Ctx) {
         Err(e) => warn!(error = %e, "could not read kill requests"),
     }
     for s in live {
-        let req = AccessRequest {
-            vendor: s.target.vendor.clone(),
-            site: s.target.site.clone(),
-            device: s.target.device.clone(),
-            function: Some(s.function.clone()),
-            channel: None,
-        };
+        let req = s.request(None);
         match ctx
             .store
             .facts(&req.vendor, &req.site, &req.device, req.function.as_deref())
