@@ -134,13 +134,20 @@ fn every_refusal_is_explained_and_audited() {
     );
 
     // Replayed TOTP: a code that already opened a session is refused the second time.
-    let o = w.ssh(&alice, "alice:site-a/dev", &["echo first"]);
+    // (Its own vendor: the newest code moves that vendor's next usable step into the future.)
+    let rita = w.vendor("rita", &[]);
+    w.grant("rita", "site-a", "maint");
+    let first = rita.newest_code();
+    let o = run(w
+        .client("ssh", &rita, &first)
+        .arg("rita:site-a/dev@127.0.0.1")
+        .arg("echo first"));
     assert!(o.status.success(), "first use: {}", stderr(&o));
     let o = run(w
-        .client("ssh", &alice, &alice.used_code())
-        .arg("alice:site-a/dev@127.0.0.1")
+        .client("ssh", &rita, &rita.used_code())
+        .arg("rita:site-a/dev@127.0.0.1")
         .arg("true"));
-    auth_refused(&w, &o, "alice:site-a/dev", "already used (replay)");
+    auth_refused(&w, &o, "rita:site-a/dev", "already used (replay)");
 
     // No grant.
     let o = w.ssh(&bob, "bob:site-a/dev", &["true"]);

@@ -97,6 +97,14 @@ fn recordings_export_verify_and_reveal_tampering() {
     );
     assert!(String::from_utf8_lossy(&played.stdout).contains("line 6"));
 
+    // Replay plays the output in order (at high speed here).
+    let replayed = w.ok(&["replay", &id, "--speed", "50"]);
+    let (l1, l6) = (
+        replayed.find("line 1").unwrap(),
+        replayed.find("line 6").unwrap(),
+    );
+    assert!(l1 < l6, "{replayed}");
+
     let ok = w.postern(&["verify", &id]);
     assert!(
         ok.status.success(),

@@ -92,13 +92,17 @@ pub struct Vendor {
 }
 
 impl Vendor {
-    /// The code for the next unused step; waits for time to move on when needed.
+    /// The code for the next unused step; waits for time to move on when needed. A step is
+    /// accepted while the clock is within one step of it, so a code is never handed out with
+    /// less than five seconds of validity left.
     pub fn next_code(&self) -> String {
         let mut next = self.next_step.lock().unwrap();
         loop {
-            let now_step = unix_now() / 30;
-            if *next < now_step.saturating_sub(1) {
-                *next = now_step.saturating_sub(1);
+            let now = unix_now();
+            let now_step = now / 30;
+            *next = (*next).max(now_step.saturating_sub(1));
+            while (*next + 2) * 30 < now + 5 {
+                *next += 1;
             }
             if *next <= now_step + 1 {
                 let code = approvals::totp::code_at(&self.secret, *next * 30).unwrap();
@@ -107,6 +111,15 @@ impl Vendor {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// The code of the newest acceptable step (valid for the next 30 to 60 seconds), marking it used.
+    pub fn newest_code(&self) -> String {
+        let now_step = unix_now() / 30;
+        let mut next = self.next_step.lock().unwrap();
+        *next = (*next).max(now_step + 1);
+        drop(next);
+        self.next_code()
     }
 
     /// A code for a step already used (to test replay protection).
