@@ -206,6 +206,30 @@ fn every_refusal_is_explained_and_audited() {
         "channel.deny",
     );
 
+    // scp is refused when the function does not allow file transfer, in both protocols.
+    let file = w.dir.path().join("fw.bin");
+    std::fs::write(&file, b"firmware").unwrap();
+    for legacy in [false, true] {
+        let mut scp = w.client("scp", &hal, &hal.next_code());
+        if legacy {
+            scp.arg("-O");
+        }
+        let o = run(scp
+            .args(["-o", "User=hal:site-a/dev"])
+            .arg(&file)
+            .arg("127.0.0.1:/tmp/postern-should-not-exist"));
+        assert!(
+            !o.status.success(),
+            "scp (legacy: {legacy}) must be refused"
+        );
+        assert!(
+            stderr(&o).contains("sftp is not allowed by function shell-only"),
+            "scp (legacy: {legacy}): {}",
+            stderr(&o)
+        );
+    }
+    assert!(!std::path::Path::new("/tmp/postern-should-not-exist").exists());
+
     // Pinned host key mismatch: a device enrolled with another key than the one it presents.
     let other_host = w.dir.path().join("impostor_host");
     keygen(&other_host, "impostor");

@@ -92,8 +92,8 @@ fn vendor_sessions_end_to_end() {
         String::from_utf8_lossy(&up.stderr)
     );
     let down = run(w
-        .client("scp", &alice, &alice.next_code())
-        .args(["-O", "-o", &user])
+        .client("scp", &carol, &carol.next_code())
+        .args(["-O", "-o", "User=carol:site-a/dev"])
         .arg(&target)
         .arg(&back));
     assert!(
