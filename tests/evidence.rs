@@ -152,7 +152,7 @@ fn recordings_export_verify_and_reveal_tampering() {
         &format!("record {last}: missing"),
     );
 
-    // A forgery that recomputes the whole chain after an edit is caught by the seal.
+    // A forgery that recomputes the whole chain after an edit is caught by the signed seal.
     let forged_path = w.dir.path().join("forged.rec");
     {
         let mut forged = recorder::Writer::create(&forged_path, &id).unwrap();
@@ -166,10 +166,75 @@ fn recordings_export_verify_and_reveal_tampering() {
         }
         forged.finish().unwrap();
     }
+    let forged_bytes = std::fs::read(&forged_path).unwrap();
     t.expect_failure(
         "re-chained forgery",
-        std::fs::read(&forged_path).unwrap(),
-        "does not match the seal",
+        forged_bytes.clone(),
+        "seal's final hash does not match",
+    );
+
+    // A third party with only the exported public key, and no data directory.
+    let key = w.dir.path().join("seal.pub");
+    std::fs::write(&key, w.ok(&["seal-key"])).unwrap();
+    let nowhere = w.dir.path().join("no-data-here");
+    let third = |file: &Path| {
+        run(Command::new(harness::postern_bin())
+            .args(["verify", "--file"])
+            .arg(file)
+            .arg("--public-key")
+            .arg(&key)
+            .arg("--data")
+            .arg(&nowhere))
+    };
+    let o = third(&t.path);
+    assert!(
+        o.status.success(),
+        "third-party verify: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("sealed over"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = third(&forged_path);
+    assert!(
+        !o.status.success(),
+        "an altered copy must be rejected by the third party"
+    );
+    assert!(!nowhere.exists(), "standalone verification creates nothing");
+
+    // A deleted recording, and one swapped for another session's file.
+    let other = w.ssh(&v, "vera:site-a/dev", &["echo another"]);
+    assert!(other.status.success());
+    let other_id = w
+        .sessions()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .find(|s| *s != id)
+        .unwrap();
+    let other_path = recording_of(&w, &other_id);
+    std::fs::remove_file(&t.path).unwrap();
+    let o = w.postern(&["verify", &id]);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stdout).contains("is missing"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    t.expect_failure(
+        "swapped recording",
+        std::fs::read(&other_path).unwrap(),
+        "recording swapped",
+    );
+    std::fs::write(&t.path, &t.original).unwrap();
+    let all = w.postern(&["verify"]);
+    let out = String::from_utf8_lossy(&all.stdout).into_owned();
+    assert!(all.status.success(), "{out}");
+    assert_eq!(
+        out.matches("seal anchored in the audit log").count(),
+        2,
+        "{out}"
     );
 
     // The recording was restored after each check.

@@ -337,6 +337,14 @@ impl World {
         .unwrap();
     }
 
+    /// Kills the broker with SIGKILL (no chance to close anything) and reaps it.
+    pub fn kill_broker(&mut self) {
+        if let Some(mut b) = self.broker.take() {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+    }
+
     /// Resident memory of the broker process, in bytes (Linux /proc).
     pub fn broker_rss(&self) -> u64 {
         let pid = self.broker.as_ref().map(Child::id).expect("broker running");

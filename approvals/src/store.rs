@@ -236,6 +236,31 @@ impl Store {
         .await?)
     }
 
+    /// Registers a node's seal public key (idempotent).
+    pub async fn register_seal_key(&self, public_key: &str, node: &str, now: i64) -> Result<()> {
+        let known: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM seal_keys WHERE public_key = $1")
+            .bind(public_key)
+            .fetch_one(&self.pool)
+            .await?;
+        if known == 0 {
+            sqlx::query("INSERT INTO seal_keys (public_key, node, created) VALUES ($1, $2, $3)")
+                .bind(public_key)
+                .bind(node)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn seal_keys(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT public_key FROM seal_keys ORDER BY created")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     // ---- sites, devices, functions ----
 
     pub async fn add_site(&self, name: &str, region: Option<&str>, now: i64) -> Result<()> {

@@ -131,6 +131,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let addr = ssh.clone().unwrap_or_else(|| env.cfg.ssh_listen.clone());
             serve(env, &addr, None).await
         }
+        Command::Verify {
+            file: Some(file),
+            public_key: Some(key),
+            ..
+        } => verify_standalone(file, key, cli.json),
+        Command::SealKey => {
+            let data = DataDir::new(&cli.data);
+            let key = keys::seal_key(&data.seal_key())
+                .with_context(|| format!("no seal key in {}", data.root.display()))?;
+            println!("{}", key.public().export());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::DeviceSim {
             listen,
             host_key,
@@ -162,11 +174,12 @@ async fn command(env: &Env, command: &Command) -> Result<ExitCode> {
             idle_limit,
         } => replay(env, id, *speed, *idle_limit).await?,
         Command::Export { id } => export(env, id).await?,
-        Command::Verify { id } => return crate::cli::verify(env, id.as_deref()).await,
+        Command::Verify { id, .. } => return verify(env, id.as_deref()).await,
         Command::Init
         | Command::Demo { .. }
         | Command::Serve { .. }
-        | Command::DeviceSim { .. } => unreachable!("handled in run"),
+        | Command::DeviceSim { .. }
+        | Command::SealKey => unreachable!("handled in run"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -221,6 +234,7 @@ async fn build_data_dir(d: &DataDir) -> Result<()> {
     std::fs::write(d.config_file(), text)?;
     keys::write_keypair(&d.host_key(), &keys::generate_ed25519("postern-host")?)?;
     keys::write_keypair(&d.ca_key(), &keys::generate_ed25519("postern-vendor-ca")?)?;
+    keys::seal_key(&d.seal_key())?;
     // The database lives in the final directory; create it there after the rename would leave a
     // window, so create it here: SQLite paths are not stored anywhere but derived at each start.
     let store = Store::open(&d.sqlite_url())
@@ -735,34 +749,67 @@ struct Finding {
     detail: String,
 }
 
-/// Checks one recording against its chain and, once the session has ended, against the seal kept
-/// in the database (record count and final hash), so truncation at a record boundary or a
-/// recomputed chain is found too.
-fn verify_recording(path: &Path, s: &approvals::Session) -> Finding {
+impl Finding {
+    fn ok(item: &str, records: u64, detail: impl Into<String>) -> Finding {
+        Finding {
+            item: item.to_owned(),
+            ok: true,
+            records,
+            detail: detail.into(),
+        }
+    }
+    fn bad(item: &str, records: u64, detail: impl Into<String>) -> Finding {
+        Finding {
+            item: item.to_owned(),
+            ok: false,
+            records,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What the audit log says a session's seal was.
+struct AuditSeal {
+    records: u64,
+    hash: String,
+}
+
+/// Checks one recording: its chain; once the session has ended, its seal (signed by a trusted
+/// key, covering every record) and the seal values kept in the database and the audit log. So a
+/// changed byte, a dropped or reordered record, a truncation, a recomputed chain, a swapped file
+/// and a deleted file are each reported, at the record where they show.
+fn verify_recording(
+    path: &Path,
+    s: &approvals::Session,
+    trusted: &[recorder::SealPublicKey],
+    audit_seal: Option<&AuditSeal>,
+) -> Finding {
     let item = format!("session {}", s.id);
-    let bad = |records, detail: String| Finding {
-        item: item.clone(),
-        ok: false,
-        records,
-        detail,
-    };
+    if !path.exists() {
+        return Finding::bad(&item, 0, format!("recording {} is missing", path.display()));
+    }
     let r = match recorder::verify_file(path) {
         Ok(r) => r,
-        Err(e) => return bad(0, format!("{}: {e}", path.display())),
+        Err(e) => return Finding::bad(&item, 0, format!("{}: {e}", path.display())),
     };
     if r.stream_id != s.id {
-        return bad(
+        return Finding::bad(
+            &item,
             r.records,
-            format!("file belongs to stream {}, not {}", r.stream_id, s.id),
+            format!(
+                "file belongs to stream {}, not {} (recording swapped)",
+                r.stream_id, s.id
+            ),
         );
     }
     if let Some(p) = &r.problem {
-        return bad(r.records, p.to_string());
+        return Finding::bad(&item, r.records, p.to_string());
     }
     let crashed = s.ended.is_some() && s.records.is_none();
     match (&r.tail, s.ended, crashed) {
         (recorder::Tail::Torn { offset, .. }, Some(_), false) => {
-            return bad(
+            return Finding::bad(
+                &item,
                 r.records,
                 format!(
                     "record {}: incomplete at byte {offset} (file truncated)",
@@ -771,49 +818,200 @@ fn verify_recording(path: &Path, s: &approvals::Session) -> Finding {
             );
         }
         (recorder::Tail::Torn { offset, .. }, _, _) => {
-            // A live session, or one cut by a broker crash: the tail was never sealed.
-            return Finding {
-                item,
-                ok: true,
-                records: r.records,
-                detail: format!(
+            return Finding::ok(
+                &item,
+                r.records,
+                format!(
                     "chain intact; unsealed tail at byte {offset} (session not closed cleanly)"
                 ),
-            };
+            );
         }
         _ => {}
     }
-    if let (Some(_), Some(n), Some(h)) = (s.ended, s.records, s.final_hash.as_deref()) {
-        let last = r.last_hash.map(hex::encode).unwrap_or_default();
-        if (r.records as i64) < n {
-            return bad(
-                r.records,
-                format!(
-                    "record {}: missing (recording truncated; sealed with {n} records)",
-                    r.records
-                ),
-            );
+    if s.ended.is_none() || crashed {
+        let why = if crashed {
+            "ended by a broker crash, never sealed"
+        } else {
+            "live, not sealed yet"
+        };
+        return Finding::ok(&item, r.records, format!("chain intact; {why}"));
+    }
+    let (Some(n), Some(h)) = (s.records, s.final_hash.as_deref()) else {
+        return Finding::bad(
+            &item,
+            r.records,
+            "session ended but its seal is missing from the database",
+        );
+    };
+    if (r.records as i64) < n {
+        return Finding::bad(
+            &item,
+            r.records,
+            format!(
+                "record {}: missing (recording truncated; sealed with {n} records)",
+                r.records
+            ),
+        );
+    }
+    let seal = match r.seal(trusted) {
+        Ok(seal) => seal,
+        Err(e) => return Finding::bad(&item, r.records, e.to_string()),
+    };
+    let last = r.last_hash.map(hex::encode).unwrap_or_default();
+    if r.records as i64 > n || last != h {
+        return Finding::bad(
+            &item,
+            r.records,
+            format!(
+                "record {}: recording does not match the seal in the database",
+                n - 1
+            ),
+        );
+    }
+    if let Some(a) = audit_seal
+        && (a.records != seal.records || a.hash != seal.final_hash)
+    {
+        return Finding::bad(
+            &item,
+            r.records,
+            format!(
+                "record {}: recording does not match the seal in the audit log",
+                seal.records
+            ),
+        );
+    }
+    let anchored = if audit_seal.is_some() {
+        "; seal anchored in the audit log"
+    } else {
+        ""
+    };
+    Finding::ok(
+        &item,
+        r.records,
+        format!("chain intact; sealed by a trusted key{anchored}"),
+    )
+}
+
+/// Checks the audit log's chain and collects the seals it holds.
+fn verify_audit_log(path: &Path) -> (Finding, std::collections::HashMap<String, AuditSeal>) {
+    let mut seals = std::collections::HashMap::new();
+    let item = "audit log";
+    let reader = match recorder::Reader::open(path) {
+        Ok(r) => r,
+        Err(e) => return (Finding::bad(item, 0, e.to_string()), seals),
+    };
+    let mut n = 0u64;
+    for rec in reader {
+        match rec {
+            Ok(r) => {
+                n += 1;
+                if let Some(v) = r.json().filter(|v| v["event"] == "session.seal")
+                    && let (Some(id), Some(records), Some(hash)) = (
+                        v["session"].as_str(),
+                        v["sealed_records"].as_u64(),
+                        v["sealed_hash"].as_str(),
+                    )
+                {
+                    seals.insert(
+                        id.to_owned(),
+                        AuditSeal {
+                            records,
+                            hash: hash.to_owned(),
+                        },
+                    );
+                }
+            }
+            // A torn tail is a crash during an append; the next append repairs it.
+            Err(recorder::ReadError::Torn { offset, .. }) => {
+                return (
+                    Finding::ok(
+                        item,
+                        n,
+                        format!(
+                            "chain intact; torn tail at byte {offset} from an interrupted write"
+                        ),
+                    ),
+                    seals,
+                );
+            }
+            Err(e) => return (Finding::bad(item, n, e.to_string()), seals),
         }
-        if r.records as i64 > n || last != h {
-            return bad(
-                r.records,
-                format!(
-                    "record {}: chain does not match the seal (recording altered after it was sealed)",
-                    n - 1
-                ),
+    }
+    (Finding::ok(item, n, "chain intact"), seals)
+}
+
+fn trusted_keys(lines: &[String]) -> Vec<recorder::SealPublicKey> {
+    lines
+        .iter()
+        .filter_map(|l| recorder::SealPublicKey::parse(l).ok())
+        .collect()
+}
+
+fn report(findings: &[Finding], json: bool) -> Result<ExitCode> {
+    let failed = findings.iter().filter(|f| !f.ok).count();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"ok": failed == 0, "findings": findings}))?
+        );
+    } else {
+        for f in findings {
+            println!(
+                "{} {}: {} ({} records)",
+                if f.ok { "OK    " } else { "FAILED" },
+                f.item,
+                f.detail,
+                f.records
             );
         }
     }
-    Finding {
-        item,
-        ok: true,
-        records: r.records,
-        detail: "chain intact".into(),
+    if failed > 0 {
+        eprintln!("postern: verification failed for {failed} item(s)");
+        return Ok(ExitCode::FAILURE);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks one recording file with only a seal public key: no data directory, no database.
+pub fn verify_standalone(file: &Path, public_key: &Path, json: bool) -> Result<ExitCode> {
+    let key_text = std::fs::read_to_string(public_key)
+        .with_context(|| format!("reading {}", public_key.display()))?;
+    let key = recorder::SealPublicKey::parse(&key_text)
+        .map_err(|e| anyhow!("{}: {e}", public_key.display()))?;
+    let item = file.display().to_string();
+    let finding = match recorder::verify_file(file) {
+        Err(e) => Finding::bad(&item, 0, e.to_string()),
+        Ok(r) => match (&r.problem, &r.tail) {
+            (Some(p), _) => Finding::bad(&item, r.records, p.to_string()),
+            (None, recorder::Tail::Torn { offset, .. }) => Finding::bad(
+                &item,
+                r.records,
+                format!("record {}: incomplete at byte {offset}", r.records),
+            ),
+            (None, recorder::Tail::Clean) => match r.seal(&[key]) {
+                Ok(seal) => Finding::ok(
+                    &item,
+                    r.records,
+                    format!(
+                        "session {}: chain intact; sealed over {} records by this key",
+                        seal.stream, seal.records
+                    ),
+                ),
+                Err(e) => Finding::bad(&item, r.records, e.to_string()),
+            },
+        },
+    };
+    report(&[finding], json)
 }
 
 pub async fn verify(env: &Env, id: Option<&str>) -> Result<ExitCode> {
     let mut findings = Vec::new();
+    let (audit_finding, audit_seals) = verify_audit_log(&env.data.audit_log());
+    let mut keys = env.store.seal_keys().await?;
+    if let Ok(local) = std::fs::read_to_string(env.data.seal_key().with_extension("pub")) {
+        keys.push(local);
+    }
+    let trusted = trusted_keys(&keys);
     let sessions = match id {
         Some(id) => vec![
             env.store
@@ -827,67 +1025,35 @@ pub async fn verify(env: &Env, id: Option<&str>) -> Result<ExitCode> {
         findings.push(verify_recording(
             &env.data.recordings().join(&s.recording),
             s,
+            &trusted,
+            audit_seals.get(&s.id),
         ));
     }
     if id.is_none() {
-        let log = env.data.audit_log();
-        let f = match recorder::verify_file(&log) {
-            Ok(r) => match (&r.problem, &r.tail) {
-                (Some(p), _) => Finding {
-                    item: "audit log".into(),
-                    ok: false,
-                    records: r.records,
-                    detail: p.to_string(),
-                },
-                (None, recorder::Tail::Torn { offset, .. }) => Finding {
-                    item: "audit log".into(),
-                    ok: false,
-                    records: r.records,
-                    detail: format!("record {}: incomplete at byte {offset}", r.records),
-                },
-                (None, recorder::Tail::Clean) => Finding {
-                    item: "audit log".into(),
-                    ok: true,
-                    records: r.records,
-                    detail: "chain intact".into(),
-                },
-            },
-            Err(e) => Finding {
-                item: "audit log".into(),
-                ok: false,
-                records: 0,
-                detail: e.to_string(),
-            },
-        };
-        findings.push(f);
+        // Sessions the audit log sealed must still be known to the database.
+        let known: std::collections::HashSet<&str> =
+            sessions.iter().map(|s| s.id.as_str()).collect();
+        let mut orphans: Vec<&String> = audit_seals
+            .keys()
+            .filter(|k| !known.contains(k.as_str()))
+            .collect();
+        orphans.sort();
+        for o in orphans {
+            findings.push(Finding::bad(
+                &format!("session {o}"),
+                0,
+                "sealed in the audit log but missing from the database",
+            ));
+        }
+        findings.push(audit_finding);
     }
     let failed = findings.iter().filter(|f| !f.ok).count();
-    if env.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"ok": failed == 0, "findings": findings}))?
-        );
-    } else {
-        for f in &findings {
-            println!(
-                "{} {}: {} ({} records)",
-                if f.ok { "OK    " } else { "FAILED" },
-                f.item,
-                f.detail,
-                f.records
-            );
-        }
-    }
     // The verification itself is evidence.
     let _ = env.audit(
         "verify",
         json!({"session": id, "checked": findings.len(), "failed": failed}),
     );
-    if failed > 0 {
-        eprintln!("postern: verification failed for {failed} item(s)");
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
+    report(&findings, env.json)
 }
 
 // ---- serving ----
@@ -901,6 +1067,10 @@ pub async fn serve(
     let host_key = keys::load_private(&env.data.host_key())?;
     let ca = keys::load_public(&env.data.ca_key().with_extension("pub"))?;
     let warn_before = parse_duration(&env.cfg.warn_before).map_err(|e| anyhow!(e))?;
+    let seal = keys::seal_key(&env.data.seal_key())?;
+    env.store
+        .register_seal_key(&seal.public().export(), &env.cfg.node, now())
+        .await?;
     let orphans = env
         .store
         .end_orphaned_sessions(&env.cfg.node, now())
@@ -915,6 +1085,7 @@ pub async fn serve(
         recordings: env.data.recordings(),
         ca: ca.fingerprint(russh::keys::HashAlg::Sha256),
         warn_before,
+        seal,
         env_allow: env.cfg.env_allow.clone(),
         limiter: crate::ratelimit::RateLimiter::new(Duration::from_secs(300), 10, 30),
         upstream_config: crate::upstream::client_config(),

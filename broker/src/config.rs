@@ -92,6 +92,10 @@ impl DataDir {
     pub fn ca_key(&self) -> PathBuf {
         self.keys().join("vendor_ca")
     }
+    /// The Ed25519 seed that seals recordings (hex), and its exported public key next to it.
+    pub fn seal_key(&self) -> PathBuf {
+        self.keys().join("seal_ed25519")
+    }
     pub fn recordings(&self) -> PathBuf {
         self.root.join("recordings")
     }

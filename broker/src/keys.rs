@@ -117,3 +117,23 @@ pub fn sign_user_cert(
         key_id,
     })
 }
+
+/// Loads the seal key, creating it (and its `.pub`) on first use.
+pub fn seal_key(path: &Path) -> Result<recorder::SealKey> {
+    if !path.exists() {
+        let seed: [u8; 32] = rand::random();
+        write_private(path, hex::encode(seed).as_bytes())?;
+        let key = recorder::SealKey::from_seed(&seed);
+        std::fs::write(
+            path.with_extension("pub"),
+            format!("{}\n", key.public().export()),
+        )?;
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let seed: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| anyhow!("{} is not a seal key", path.display()))?;
+    Ok(recorder::SealKey::from_seed(&seed))
+}

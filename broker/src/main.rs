@@ -107,8 +107,18 @@ pub enum Command {
     },
     /// Write a session's recording as asciicast v2 on stdout.
     Export { id: String },
-    /// Recompute hash chains of recordings and the audit log; non-zero exit on tampering.
-    Verify { id: Option<String> },
+    /// Recompute hash chains and seals of recordings and the audit log; non-zero exit on tampering.
+    Verify {
+        id: Option<String>,
+        /// Check this recording file alone, with only a seal public key (no data directory needed).
+        #[arg(long, requires = "public_key", conflicts_with = "id")]
+        file: Option<PathBuf>,
+        /// The seal public key (`postern seal-key` prints it).
+        #[arg(long, requires = "file")]
+        public_key: Option<PathBuf>,
+    },
+    /// Print the public key that checks this broker's seals, for third-party verification.
+    SealKey,
     /// Run a simulated device (an SSH server with a real shell) on loopback.
     #[command(hide = true)]
     DeviceSim {

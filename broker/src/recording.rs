@@ -51,12 +51,19 @@ impl Recording {
         self.with(Writer::flush)
     }
 
-    /// Writes the end record, syncs, and returns the seal (record count, final hash).
-    pub fn finish(&self, end: &Value) -> Result<(u64, [u8; 32]), recorder::WriteError> {
+    /// Writes the end record and the seal, syncs, and returns the seal with the file's record
+    /// count and last hash.
+    pub fn finish(
+        &self,
+        end: &Value,
+        key: &recorder::SealKey,
+    ) -> Result<(recorder::Seal, u64, [u8; 32]), recorder::WriteError> {
         let payload = end.to_string();
         self.with(|w| {
             w.append(Kind::SessionEnd, 0, payload.as_bytes())?;
-            w.finish()
+            let seal = w.seal(key)?;
+            let (n, h) = w.finish()?;
+            Ok((seal, n, h))
         })
     }
 }

@@ -31,6 +31,7 @@ pub struct Ctx {
     pub recordings: std::path::PathBuf,
     pub ca: russh::keys::ssh_key::Fingerprint,
     pub warn_before: i64,
+    pub seal: recorder::SealKey,
     pub env_allow: Vec<String>,
     pub limiter: crate::ratelimit::RateLimiter,
     pub upstream_config: Arc<russh::client::Config>,
@@ -297,14 +298,15 @@ async fn finish(ctx: &Ctx, live: &LiveSession, reason: &str) {
         });
     }
     let ended = now();
-    let seal = live
-        .recording
-        .finish(&json!({"reason": reason, "ended": fmt_time(ended)}));
-    let (records, hash) = match &seal {
-        Ok((n, h)) => (*n as i64, hex::encode(h)),
+    let sealed = live.recording.finish(
+        &json!({"reason": reason, "ended": fmt_time(ended)}),
+        &ctx.seal,
+    );
+    let (records, hash, seal) = match sealed {
+        Ok((seal, n, h)) => (n as i64, hex::encode(h), Some(seal)),
         Err(e) => {
             warn!(session = %live.id, error = %e, "recording could not be sealed");
-            (-1, String::new())
+            (-1, String::new(), None)
         }
     };
     if let Err(e) = ctx
@@ -320,6 +322,12 @@ async fn finish(ctx: &Ctx, live: &LiveSession, reason: &str) {
                "reason": reason, "records": records, "final_hash": hash}),
     )
     .await;
+    // The seal also goes into the chained audit log, so deleting or swapping a whole recording
+    // cannot make it disappear.
+    if let Some(seal) = seal {
+        let fields = json!({"session": live.id, "sealed_records": seal.records, "sealed_hash": seal.final_hash, "key": seal.key, "signature": seal.signature});
+        ctx.audit("session.seal", fields).await;
+    }
     ctx.live
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -49,6 +49,8 @@ pub enum Kind {
     SessionEnd,
     /// JSON: one audit log entry.
     Audit,
+    /// JSON: the broker's signature over every record before it. Last record of a sealed file.
+    Seal,
 }
 
 impl Kind {
@@ -66,6 +68,7 @@ impl Kind {
             Kind::Event => 10,
             Kind::SessionEnd => 11,
             Kind::Audit => 12,
+            Kind::Seal => 13,
         }
     }
 
@@ -83,6 +86,7 @@ impl Kind {
             10 => Kind::Event,
             11 => Kind::SessionEnd,
             12 => Kind::Audit,
+            13 => Kind::Seal,
             _ => return None,
         })
     }

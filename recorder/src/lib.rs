@@ -15,6 +15,7 @@
 mod asciicast;
 mod format;
 mod reader;
+mod seal;
 mod writer;
 
 pub use asciicast::{
@@ -22,6 +23,7 @@ pub use asciicast::{
 };
 pub use format::{GENESIS_DOMAIN, HASH_LEN, Kind, MAX_PAYLOAD, Record, genesis_hash};
 pub use reader::{ReadError, Reader, Tail, VerifyReport, verify, verify_file};
+pub use seal::{KEY_PREFIX, Seal, SealError, SealKey, SealPublicKey, check_seal, seal_message};
 pub use writer::{Writer, append_locked, last_record};
 
 /// Errors raised while writing evidence.

@@ -251,8 +251,11 @@ pub struct VerifyReport {
     pub last_hash: Option<[u8; HASH_LEN]>,
     pub first_time_us: Option<i64>,
     pub last_time_us: Option<i64>,
-    /// Whether the last good record is a `SessionEnd`.
+    /// Whether the file ends with a `SessionEnd` (before its seal, if sealed).
     pub ended: bool,
+    /// The last good record, and the hash of the one before it (what a seal covers).
+    pub last: Option<Record>,
+    pub before_last_hash: Option<[u8; HASH_LEN]>,
     pub tail: Tail,
     /// Damage other than a torn tail, at the first bad record.
     pub problem: Option<ReadError>,
@@ -270,6 +273,8 @@ pub fn verify<R: BufRead>(input: R) -> Result<VerifyReport, ReadError> {
         first_time_us: None,
         last_time_us: None,
         ended: false,
+        last: None,
+        before_last_hash: None,
         tail: Tail::Clean,
         problem: None,
     };
@@ -277,10 +282,26 @@ pub fn verify<R: BufRead>(input: R) -> Result<VerifyReport, ReadError> {
         match item {
             Ok(r) => {
                 report.records += 1;
+                report.before_last_hash = report.last_hash;
                 report.last_hash = Some(r.hash);
                 report.first_time_us.get_or_insert(r.time_us);
                 report.last_time_us = Some(r.time_us);
-                report.ended = r.kind == Kind::SessionEnd;
+                match r.kind {
+                    Kind::SessionEnd => report.ended = true,
+                    Kind::Seal => {}
+                    _ => report.ended = false,
+                }
+                // Keep payloads of the kinds a caller inspects at the end; not terminal data.
+                report.last = Some(
+                    if matches!(r.kind, Kind::Output | Kind::Input | Kind::Stderr) {
+                        Record {
+                            payload: Vec::new(),
+                            ..r
+                        }
+                    } else {
+                        r
+                    },
+                );
             }
             Err(ReadError::Torn { offset, .. }) => {
                 report.tail = Tail::Torn { offset, bytes: 0 };
@@ -306,4 +327,15 @@ pub fn verify_file(path: &Path) -> Result<VerifyReport, ReadError> {
         };
     }
     Ok(report)
+}
+
+impl VerifyReport {
+    /// Checks the file's seal against `trusted` keys. Meaningful only when `problem` is `None`
+    /// and the tail is clean.
+    pub fn seal(&self, trusted: &[crate::SealPublicKey]) -> Result<crate::Seal, crate::SealError> {
+        match &self.last {
+            Some(last) => crate::check_seal(&self.stream_id, last, self.before_last_hash, trusted),
+            None => Err(crate::SealError::Missing),
+        }
+    }
 }

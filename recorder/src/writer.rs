@@ -22,6 +22,7 @@ const BUFFER: usize = 64 * 1024;
 /// was flushed before (appends only ever add bytes after the last complete record).
 pub struct Writer {
     path: PathBuf,
+    stream_id: String,
     out: BufWriter<File>,
     next_seq: u64,
     prev: [u8; HASH_LEN],
@@ -36,6 +37,7 @@ impl Writer {
         out.write_all(&header)?;
         Ok(Writer {
             path: path.to_owned(),
+            stream_id: stream_id.to_owned(),
             out,
             next_seq: 0,
             prev: genesis_hash(&header),
@@ -77,7 +79,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Flushes and fsyncs; returns the number of records and the final hash (the seal input).
+    /// Appends the seal: a signature over every record written so far. Nothing may follow it.
+    pub fn seal(&mut self, key: &crate::SealKey) -> Result<crate::Seal, WriteError> {
+        let seal = key.seal(&self.stream_id, self.next_seq, &self.prev);
+        let payload =
+            serde_json::to_vec(&seal).map_err(|e| WriteError::Io(std::io::Error::other(e)))?;
+        self.append(Kind::Seal, 0, &payload)?;
+        Ok(seal)
+    }
+
+    /// Flushes and fsyncs; returns the number of records and the final hash.
     pub fn finish(&mut self) -> Result<(u64, [u8; HASH_LEN]), WriteError> {
         self.out.flush()?;
         self.out.get_ref().sync_data()?;

@@ -235,3 +235,63 @@ fn asciicast_export_has_header_timing_and_resizes() {
     assert_eq!(first[2], "line 0\r\n");
     assert!((first[0].as_f64().unwrap() - 0.1).abs() < 1e-9);
 }
+
+#[test]
+fn sealed_recording_checks_with_only_the_public_key() {
+    use recorder::{SealError, SealKey, SealPublicKey};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sealed.rec");
+    let key = SealKey::from_seed(&[7u8; 32]);
+    let mut w = Writer::create(&path, "s-1").unwrap();
+    for i in 0..5u8 {
+        w.append(Kind::Output, 0, &[b'a' + i]).unwrap();
+    }
+    w.append(Kind::SessionEnd, 0, b"{}").unwrap();
+    let seal = w.seal(&key).unwrap();
+    w.finish().unwrap();
+    assert_eq!(seal.records, 6);
+
+    // A third party holds only the exported key line.
+    let public = SealPublicKey::parse(&key.public().export()).unwrap();
+    let report = verify_file(&path).unwrap();
+    assert!(report.ended);
+    assert_eq!(report.seal(&[public]).unwrap().records, 6);
+
+    // Another key is not trusted.
+    let other = SealKey::from_seed(&[9u8; 32]).public();
+    assert!(matches!(
+        report.seal(&[other]),
+        Err(SealError::UnknownKey { seq: 6, .. })
+    ));
+
+    // An altered copy re-chained by a forger (same stream id, same seal record copied) fails.
+    let forged = dir.path().join("forged.rec");
+    let mut f = Writer::create(&forged, "s-1").unwrap();
+    for r in recorder::Reader::open(&path).unwrap().map(Result::unwrap) {
+        let payload = if r.kind == Kind::Output && r.payload == b"c" {
+            b"X".to_vec()
+        } else {
+            r.payload
+        };
+        f.append_at(r.time_us, r.kind, r.channel, &payload).unwrap();
+    }
+    f.finish().unwrap();
+    let report = verify_file(&forged).unwrap();
+    assert_eq!(
+        report.problem, None,
+        "the forger's chain is internally consistent"
+    );
+    assert!(matches!(
+        report.seal(&[public]),
+        Err(SealError::WrongHash { seq: 6, prev: 5 })
+    ));
+
+    // A truncated copy has no seal.
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("cut.rec");
+    std::fs::write(&cut, &bytes[..offset_of(&path, 6)]).unwrap();
+    assert_eq!(
+        verify_file(&cut).unwrap().seal(&[public]),
+        Err(SealError::Missing)
+    );
+}

@@ -1,0 +1,184 @@
+//! Seals: the broker's Ed25519 signature over a finished recording's length and final hash,
+//! written as the recording's last record. Anyone with the exported public key can check a
+//! recording on its own; no database or broker is needed.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::format::{HASH_LEN, Kind, Record};
+
+/// Prefix of an exported public key line.
+pub const KEY_PREFIX: &str = "postern-seal-ed25519";
+
+/// A broker's sealing key.
+pub struct SealKey {
+    signing: SigningKey,
+}
+
+/// A public key that checks seals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealPublicKey(VerifyingKey);
+
+/// The payload of a `Seal` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// The stream (session) id from the file header.
+    pub stream: String,
+    /// Number of records sealed: every record before the seal.
+    pub records: u64,
+    /// Hash of the last sealed record, hex.
+    pub final_hash: String,
+    /// The signing key, as exported.
+    pub key: String,
+    /// Ed25519 signature over [`seal_message`], base64.
+    pub signature: String,
+}
+
+/// What is signed: a domain tag, the stream id, the record count and the final hash.
+pub fn seal_message(stream: &str, records: u64, final_hash: &[u8; HASH_LEN]) -> Vec<u8> {
+    let mut m = b"postern seal v1\0".to_vec();
+    m.extend_from_slice(stream.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&records.to_be_bytes());
+    m.extend_from_slice(final_hash);
+    m
+}
+
+impl SealKey {
+    pub fn from_seed(seed: &[u8; 32]) -> SealKey {
+        SealKey {
+            signing: SigningKey::from_bytes(seed),
+        }
+    }
+
+    pub fn public(&self) -> SealPublicKey {
+        SealPublicKey(self.signing.verifying_key())
+    }
+
+    pub fn seal(&self, stream: &str, records: u64, final_hash: &[u8; HASH_LEN]) -> Seal {
+        let sig = self
+            .signing
+            .sign(&seal_message(stream, records, final_hash));
+        Seal {
+            stream: stream.to_owned(),
+            records,
+            final_hash: hex::encode(final_hash),
+            key: self.public().export(),
+            signature: B64.encode(sig.to_bytes()),
+        }
+    }
+}
+
+impl SealPublicKey {
+    /// One line: `postern-seal-ed25519 BASE64`.
+    pub fn export(&self) -> String {
+        format!("{KEY_PREFIX} {}", B64.encode(self.0.to_bytes()))
+    }
+
+    pub fn parse(text: &str) -> Result<SealPublicKey, String> {
+        let bad = || format!("not a Postern seal key (expected a line '{KEY_PREFIX} BASE64')");
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .ok_or_else(bad)?;
+        let b64 = line
+            .strip_prefix(KEY_PREFIX)
+            .map(str::trim)
+            .ok_or_else(bad)?;
+        let b64 = b64.split_whitespace().next().ok_or_else(bad)?;
+        let bytes: [u8; 32] = B64
+            .decode(b64)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(bad)?;
+        VerifyingKey::from_bytes(&bytes)
+            .map(SealPublicKey)
+            .map_err(|_| bad())
+    }
+}
+
+/// Why a seal does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("recording is not sealed (its last record is not a seal)")]
+    Missing,
+    #[error("record {seq}: seal is unreadable")]
+    Unreadable { seq: u64 },
+    #[error("record {seq}: seal names stream {found}, the file is {expected}")]
+    WrongStream {
+        seq: u64,
+        expected: String,
+        found: String,
+    },
+    #[error("record {seq}: seal covers {claimed} records but stands after {actual}")]
+    WrongLength { seq: u64, claimed: u64, actual: u64 },
+    #[error("record {seq}: seal's final hash does not match record {prev}")]
+    WrongHash { seq: u64, prev: u64 },
+    #[error("record {seq}: seal was made with another key ({key})")]
+    UnknownKey { seq: u64, key: String },
+    #[error("record {seq}: seal signature is invalid")]
+    BadSignature { seq: u64 },
+}
+
+/// Checks that `seal_record` (the last record) seals the records before it, whose last hash is
+/// `prev_hash`, with one of `trusted` keys.
+pub fn check_seal(
+    stream: &str,
+    seal_record: &Record,
+    prev_hash: Option<[u8; HASH_LEN]>,
+    trusted: &[SealPublicKey],
+) -> Result<Seal, SealError> {
+    let seq = seal_record.seq;
+    if seal_record.kind != Kind::Seal {
+        return Err(SealError::Missing);
+    }
+    let seal: Seal =
+        serde_json::from_slice(&seal_record.payload).map_err(|_| SealError::Unreadable { seq })?;
+    if seal.stream != stream {
+        return Err(SealError::WrongStream {
+            seq,
+            expected: stream.to_owned(),
+            found: seal.stream,
+        });
+    }
+    if seal.records != seq {
+        return Err(SealError::WrongLength {
+            seq,
+            claimed: seal.records,
+            actual: seq,
+        });
+    }
+    let prev = prev_hash.ok_or(SealError::WrongLength {
+        seq,
+        claimed: seal.records,
+        actual: 0,
+    })?;
+    if seal.final_hash != hex::encode(prev) {
+        return Err(SealError::WrongHash {
+            seq,
+            prev: seq.saturating_sub(1),
+        });
+    }
+    let key = SealPublicKey::parse(&seal.key).map_err(|_| SealError::Unreadable { seq })?;
+    if !trusted.contains(&key) {
+        return Err(SealError::UnknownKey {
+            seq,
+            key: seal.key.clone(),
+        });
+    }
+    let sig: [u8; 64] = B64
+        .decode(&seal.signature)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or(SealError::Unreadable { seq })?;
+    key.0
+        .verify_strict(
+            &seal_message(stream, seal.records, &prev),
+            &Signature::from_bytes(&sig),
+        )
+        .map_err(|_| SealError::BadSignature { seq })?;
+    Ok(seal)
+}
