@@ -13,6 +13,7 @@
 //! final hash can check it.
 
 mod asciicast;
+mod commands;
 mod format;
 mod reader;
 mod seal;
@@ -21,6 +22,7 @@ mod writer;
 pub use asciicast::{
     AsciicastEvent, TerminalEvents, Utf8Stream, export_asciicast, terminal_events,
 };
+pub use commands::{CommandEntry, CommandLog, extract_commands};
 pub use format::{GENESIS_DOMAIN, HASH_LEN, Kind, MAX_PAYLOAD, Record, genesis_hash};
 pub use reader::{ReadError, Reader, Tail, VerifyReport, verify, verify_file};
 pub use seal::{KEY_PREFIX, Seal, SealError, SealKey, SealPublicKey, check_seal, seal_message};
