@@ -13,7 +13,8 @@ pub mod totp;
 
 pub use audit::AuditLog;
 pub use model::{
-    Channel, ChannelSet, Device, Function, Grant, IssuedCertificate, Session, Site, Vendor,
+    Channel, ChannelSet, CommandRow, Device, Function, Grant, IssuedCertificate, Session, Site,
+    Vendor,
 };
 pub use policy::{AccessRequest, Decision, Deny, Facts, decide};
 pub use store::{NewDevice, NewGrant, Store, StoreError};

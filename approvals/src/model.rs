@@ -216,3 +216,18 @@ pub struct IssuedCertificate {
     pub revoked: i64,
     pub created: i64,
 }
+
+/// One logged command, linked to its session and the offset where replay finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct CommandRow {
+    pub session: String,
+    pub seq: i64,
+    pub vendor: String,
+    pub site: String,
+    pub device: String,
+    pub time_us: i64,
+    pub offset_ms: i64,
+    pub channel: i64,
+    pub kind: String,
+    pub command: String,
+}

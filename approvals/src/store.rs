@@ -7,7 +7,9 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
-use crate::model::{ChannelSet, Device, Function, Grant, IssuedCertificate, Session, Site, Vendor};
+use crate::model::{
+    ChannelSet, CommandRow, Device, Function, Grant, IssuedCertificate, Session, Site, Vendor,
+};
 use crate::policy::Facts;
 
 #[derive(Debug, thiserror::Error)]
@@ -611,6 +613,51 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(ids)
+    }
+
+    /// Stores a session's command log (replacing any earlier extraction of it).
+    pub async fn set_commands(&self, session: &str, rows: &[CommandRow]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM commands WHERE session = $1")
+            .bind(session)
+            .execute(&mut *tx)
+            .await?;
+        for r in rows {
+            sqlx::query("INSERT INTO commands (session, seq, vendor, site, device, time_us, offset_ms, channel, kind, command) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+                .bind(&r.session)
+                .bind(r.seq)
+                .bind(&r.vendor)
+                .bind(&r.site)
+                .bind(&r.device)
+                .bind(r.time_us)
+                .bind(r.offset_ms)
+                .bind(r.channel)
+                .bind(&r.kind)
+                .bind(&r.command)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Commands across sessions, oldest first, filtered by vendor, site, device and start time.
+    pub async fn commands(
+        &self,
+        vendor: Option<&str>,
+        site: Option<&str>,
+        device: Option<&str>,
+        since_us: Option<i64>,
+    ) -> Result<Vec<CommandRow>> {
+        Ok(sqlx::query_as::<_, CommandRow>(
+            "SELECT * FROM commands WHERE ($1 = '' OR vendor = $1) AND ($2 = '' OR site = $2) AND ($3 = '' OR device = $3) AND time_us >= $4 ORDER BY time_us, session, seq",
+        )
+        .bind(vendor.unwrap_or(""))
+        .bind(site.unwrap_or(""))
+        .bind(device.unwrap_or(""))
+        .bind(since_us.unwrap_or(i64::MIN))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// A quick round-trip to tell whether the database answers.

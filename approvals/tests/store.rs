@@ -317,3 +317,70 @@ async fn unreachable_database_is_a_clear_error() {
     let r = Store::open("mysql://x").await;
     assert!(matches!(r, Err(StoreError::Invalid(m)) if m.contains("sqlite://")));
 }
+
+async fn command_log(db: Db) {
+    let s = &db.store;
+    let row = |session: &str, seq: i64, vendor: &str, site: &str, t: i64, cmd: &str| {
+        approvals::CommandRow {
+            session: session.into(),
+            seq,
+            vendor: vendor.into(),
+            site: site.into(),
+            device: "cam-01".into(),
+            time_us: t,
+            offset_ms: seq * 100,
+            channel: 0,
+            kind: "shell".into(),
+            command: cmd.into(),
+        }
+    };
+    s.set_commands(
+        "s-1",
+        &[
+            row("s-1", 0, "alice", "store-1", 10, "uptime"),
+            row("s-1", 1, "alice", "store-1", 20, "reboot"),
+        ],
+    )
+    .await
+    .unwrap();
+    s.set_commands("s-2", &[row("s-2", 0, "bob", "store-2", 15, "ls")])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.commands(None, None, None, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.command.as_str())
+            .collect::<Vec<_>>(),
+        vec!["uptime", "ls", "reboot"]
+    );
+    assert_eq!(
+        s.commands(Some("alice"), None, None, Some(15))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.commands(None, Some("store-2"), Some("cam-01"), None)
+            .await
+            .unwrap()[0]
+            .command,
+        "ls"
+    );
+    // Re-indexing a session replaces its rows.
+    s.set_commands("s-1", &[row("s-1", 0, "alice", "store-1", 10, "uptime")])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.commands(Some("alice"), None, None, None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    db.drop_pg().await;
+}
+
+both!(command_log);

@@ -172,7 +172,25 @@ async fn command(env: &Env, command: &Command) -> Result<ExitCode> {
             id,
             speed,
             idle_limit,
-        } => replay(env, id, *speed, *idle_limit).await?,
+            at,
+        } => replay(env, id, *speed, *idle_limit, *at).await?,
+        Command::Commands {
+            vendor,
+            site,
+            device,
+            since,
+            grep,
+        } => {
+            commands(
+                env,
+                vendor.as_deref(),
+                site.as_deref(),
+                device.as_deref(),
+                since.as_deref(),
+                grep.as_deref(),
+            )
+            .await?
+        }
         Command::Export { id } => export(env, id).await?,
         Command::Verify { id, .. } => return verify(env, id.as_deref()).await,
         Command::Init
@@ -716,16 +734,24 @@ async fn export(env: &Env, id: &str) -> Result<()> {
     Ok(())
 }
 
-async fn replay(env: &Env, id: &str, speed: f64, idle_limit: f64) -> Result<()> {
+async fn replay(env: &Env, id: &str, speed: f64, idle_limit: f64, at: f64) -> Result<()> {
     if !(speed > 0.0 && speed.is_finite()) {
         bail!("--speed must be a positive number");
+    }
+    if !(at >= 0.0 && at.is_finite()) {
+        bail!("--at must be a number of seconds from the start");
     }
     let path = recording_path(env, id).await?;
     let te = load_events(&path)?;
     let mut out = std::io::stdout().lock();
-    let mut prev = 0.0;
+    let mut prev = at;
     for e in te.events.iter().filter(|e| e.code == "o") {
-        let pause = ((e.time - prev).min(idle_limit.max(0.0)) / speed).max(0.0);
+        // Before --at: drawn at once, to rebuild the screen as it was.
+        let pause = if e.time <= at {
+            0.0
+        } else {
+            ((e.time - prev).min(idle_limit.max(0.0)) / speed).max(0.0)
+        };
         prev = e.time;
         if pause > 0.0 {
             out.flush()?;
@@ -736,6 +762,52 @@ async fn replay(env: &Env, id: &str, speed: f64, idle_limit: f64) -> Result<()> 
     out.flush()?;
     if let Some(p) = te.problem {
         bail!("recording {id} is damaged; replayed up to the damage: {p}");
+    }
+    Ok(())
+}
+
+async fn commands(
+    env: &Env,
+    vendor: Option<&str>,
+    site: Option<&str>,
+    device: Option<&str>,
+    since: Option<&str>,
+    grep: Option<&str>,
+) -> Result<()> {
+    let since_us = since
+        .map(|t| parse_time(t, now()).map(|s| s * 1_000_000))
+        .transpose()
+        .map_err(|e| anyhow!("--since: {e}"))?;
+    let pattern = grep
+        .map(regex::Regex::new)
+        .transpose()
+        .map_err(|e| anyhow!("--grep: {e}"))?;
+    let rows: Vec<approvals::CommandRow> = env
+        .store
+        .commands(vendor, site, device, since_us)
+        .await?
+        .into_iter()
+        .filter(|r| pattern.as_ref().is_none_or(|p| p.is_match(&r.command)))
+        .collect();
+    env.print_list(
+        &rows,
+        &[
+            "TIME", "SESSION", "AT", "VENDOR", "TARGET", "KIND", "COMMAND",
+        ],
+        |r| {
+            vec![
+                fmt_time(r.time_us / 1_000_000),
+                r.session.clone(),
+                format!("{:.1}", r.offset_ms as f64 / 1000.0),
+                r.vendor.clone(),
+                format!("{}/{}", r.site, r.device),
+                r.kind.clone(),
+                r.command.escape_debug().to_string(),
+            ]
+        },
+    )?;
+    if !env.json && !rows.is_empty() {
+        println!("(replay from a command: postern replay SESSION --at AT)");
     }
     Ok(())
 }
@@ -1075,6 +1147,9 @@ pub async fn serve(
         .store
         .end_orphaned_sessions(&env.cfg.node, now())
         .await?;
+    for id in &orphans {
+        crate::recording::index_commands(&env.store, &env.data.recordings(), id).await;
+    }
     if !orphans.is_empty() {
         env.audit("session.crash_recovered", json!({"sessions": orphans}))?;
     }

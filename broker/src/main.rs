@@ -104,6 +104,25 @@ pub enum Command {
         /// Longest pause kept, in seconds.
         #[arg(long, default_value_t = 2.0)]
         idle_limit: f64,
+        /// Start here (seconds into the session, as `postern commands` shows): what came before
+        /// is drawn at once, so the screen is as it was.
+        #[arg(long, default_value_t = 0.0)]
+        at: f64,
+    },
+    /// The command log across sessions: exec lines exactly, shell commands as the device ran them.
+    Commands {
+        #[arg(long)]
+        vendor: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        device: Option<String>,
+        /// Only commands from this time on (RFC 3339 or relative, e.g. -24h).
+        #[arg(long, allow_hyphen_values = true)]
+        since: Option<String>,
+        /// Regular expression the command must match.
+        #[arg(long)]
+        grep: Option<String>,
     },
     /// Write a session's recording as asciicast v2 on stdout.
     Export { id: String },

@@ -67,3 +67,50 @@ impl Recording {
         })
     }
 }
+
+/// Extracts a recording's command log as rows for the database.
+pub fn command_rows(
+    path: &Path,
+    session: &approvals::Session,
+) -> Result<Vec<approvals::CommandRow>, String> {
+    let reader = recorder::Reader::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // A damaged or torn tail still yields every command before it.
+    let (entries, _problem) = recorder::extract_commands(reader);
+    Ok(entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| approvals::CommandRow {
+            session: session.id.clone(),
+            seq: i as i64,
+            vendor: session.vendor.clone(),
+            site: session.site.clone(),
+            device: session.device.clone(),
+            time_us: e.time_us,
+            offset_ms: (e.offset * 1000.0).round() as i64,
+            channel: i64::from(e.channel),
+            kind: e.kind.to_owned(),
+            command: e.command,
+        })
+        .collect())
+}
+
+/// Indexes a finished session's commands; failures are logged, never fatal (the recording holds
+/// the evidence and can be indexed again).
+pub async fn index_commands(store: &approvals::Store, recordings: &Path, session_id: &str) {
+    let session = match store.session(session_id).await {
+        Ok(Some(s)) => s,
+        _ => return,
+    };
+    let path = recordings.join(&session.recording);
+    let rows = match tokio::task::spawn_blocking(move || command_rows(&path, &session)).await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            tracing::warn!(session = session_id, error = %e, "command log not extracted");
+            return;
+        }
+        Err(_) => return,
+    };
+    if let Err(e) = store.set_commands(session_id, &rows).await {
+        tracing::warn!(session = session_id, error = %e, "command log not stored");
+    }
+}

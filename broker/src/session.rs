@@ -324,6 +324,7 @@ async fn finish(ctx: &Ctx, live: &LiveSession, reason: &str) {
     .await;
     // The seal also goes into the chained audit log, so deleting or swapping a whole recording
     // cannot make it disappear.
+    crate::recording::index_commands(&ctx.store, &ctx.recordings, &live.id).await;
     if let Some(seal) = seal {
         let fields = json!({"session": live.id, "sealed_records": seal.records, "sealed_hash": seal.final_hash, "key": seal.key, "signature": seal.signature});
         ctx.audit("session.seal", fields).await;
