@@ -266,10 +266,62 @@ fn bad_input_gets_one_clear_line() {
         .arg(&data));
     refused(out, "database_url must start with sqlite:// or postgres://");
 
+    // The audit log streams as JSON lines for a SIEM, and --follow picks up new events.
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&postern(&data, &["audit", "--json"]).stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|e| e["event"] == "site.add" && e["site"] == "s1")
+    );
+    assert!(
+        lines
+            .windows(2)
+            .all(|p| p[1]["seq"].as_u64() == p[0]["seq"].as_u64().map(|s| s + 1))
+    );
+    let mut follow = Command::new(postern_bin())
+        .args(["audit", "--follow", "--json", "--data"])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        postern(&data, &["site", "add", "late-site"])
+            .status
+            .success()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = false;
+    while std::time::Instant::now() < deadline && !seen {
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen = line.contains("late-site");
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(seen, "audit --follow did not show the new event");
+
     // After all of it, the audit log still verifies and the directory holds only what succeeded.
     let v = postern(&data, &["verify"]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
     let sites = postern(&data, &["site", "list", "--json"]);
     let sites: serde_json::Value = serde_json::from_slice(&sites.stdout).unwrap();
-    assert_eq!(sites.as_array().map(Vec::len), Some(1));
+    assert_eq!(sites.as_array().map(Vec::len), Some(2));
 }

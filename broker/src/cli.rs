@@ -192,6 +192,7 @@ async fn command(env: &Env, command: &Command) -> Result<ExitCode> {
             .await?
         }
         Command::Export { id } => export(env, id).await?,
+        Command::Audit { follow, since } => audit(env, *follow, since.as_deref()).await?,
         Command::Verify { id, .. } => return verify(env, id.as_deref()).await,
         Command::Init
         | Command::Demo { .. }
@@ -810,6 +811,62 @@ async fn commands(
         println!("(replay from a command: postern replay SESSION --at AT)");
     }
     Ok(())
+}
+
+/// Prints the audit log, checking its chain as it reads; with `follow`, keeps printing new events.
+async fn audit(env: &Env, follow: bool, since: Option<&str>) -> Result<()> {
+    let since = since
+        .map(|t| parse_time(t, now()))
+        .transpose()
+        .map_err(|e| anyhow!("--since: {e}"))?;
+    let path = env.data.audit_log();
+    let mut reader =
+        recorder::Reader::open(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    loop {
+        while let Some(item) = reader.next_record() {
+            let r = match item {
+                Ok(r) => r,
+                // An append in progress (or a crash's torn tail): wait for it when following.
+                Err(recorder::ReadError::Torn { .. }) if follow => break,
+                Err(e) => bail!("audit log damaged: {e}"),
+            };
+            let Some(mut v) = r.json() else { continue };
+            if since.is_some_and(|s| r.time_us / 1_000_000 < s) {
+                continue;
+            }
+            if env.json {
+                if let Value::Object(m) = &mut v {
+                    m.insert("seq".into(), json!(r.seq));
+                }
+                writeln!(out, "{v}")?;
+            } else {
+                let time = v["time"].as_str().unwrap_or("").to_owned();
+                let event = v["event"].as_str().unwrap_or("").to_owned();
+                let mut details: Vec<String> = Vec::new();
+                if let Value::Object(m) = &v {
+                    for (k, val) in m
+                        .iter()
+                        .filter(|(k, _)| !matches!(k.as_str(), "time" | "event" | "node"))
+                    {
+                        let text = match val {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        details.push(format!("{k}={text}"));
+                    }
+                }
+                writeln!(out, "{time}  {event:<22} {}", details.join(" "))?;
+            }
+        }
+        out.flush()?;
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        reader = recorder::Reader::resume(&path, &reader.position())
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    }
 }
 
 /// One verification finding.

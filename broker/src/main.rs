@@ -124,6 +124,15 @@ pub enum Command {
         #[arg(long)]
         grep: Option<String>,
     },
+    /// The audit log: every authentication, decision, change and session event (JSON lines with --json).
+    Audit {
+        /// Keep printing new events as they are written.
+        #[arg(long)]
+        follow: bool,
+        /// Only events from this time on (RFC 3339 or relative, e.g. -1h).
+        #[arg(long, allow_hyphen_values = true)]
+        since: Option<String>,
+    },
     /// Write a session's recording as asciicast v2 on stdout.
     Export { id: String },
     /// Recompute hash chains and seals of recordings and the audit log; non-zero exit on tampering.

@@ -24,7 +24,7 @@ pub use asciicast::{
 };
 pub use commands::{CommandEntry, CommandLog, extract_commands};
 pub use format::{GENESIS_DOMAIN, HASH_LEN, Kind, MAX_PAYLOAD, Record, genesis_hash};
-pub use reader::{ReadError, Reader, Tail, VerifyReport, verify, verify_file};
+pub use reader::{ReadError, Reader, ResumePoint, Tail, VerifyReport, verify, verify_file};
 pub use seal::{KEY_PREFIX, Seal, SealError, SealKey, SealPublicKey, check_seal, seal_message};
 pub use writer::{Writer, append_locked, last_record};
 

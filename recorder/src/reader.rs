@@ -57,10 +57,37 @@ pub struct Reader<R> {
     done: bool,
 }
 
+/// Where a reader stands, to continue reading a growing file later (`audit --follow`).
+#[derive(Debug, Clone)]
+pub struct ResumePoint {
+    offset: u64,
+    next_seq: u64,
+    prev: [u8; HASH_LEN],
+    genesis: [u8; HASH_LEN],
+    stream_id: String,
+}
+
 impl Reader<BufReader<File>> {
     pub fn open(path: &Path) -> Result<Self, ReadError> {
         let file = File::open(path).map_err(|e| ReadError::Io(e.to_string()))?;
         Reader::new(BufReader::with_capacity(64 * 1024, file))
+    }
+
+    /// Reopens `path` and continues after the last complete record read before, chain included.
+    pub fn resume(path: &Path, at: &ResumePoint) -> Result<Self, ReadError> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = File::open(path).map_err(|e| ReadError::Io(e.to_string()))?;
+        file.seek(SeekFrom::Start(at.offset))
+            .map_err(|e| ReadError::Io(e.to_string()))?;
+        Ok(Reader {
+            input: BufReader::with_capacity(64 * 1024, file),
+            offset: at.offset,
+            next_seq: at.next_seq,
+            genesis: at.genesis,
+            prev: at.prev,
+            stream_id: at.stream_id.clone(),
+            done: false,
+        })
     }
 }
 
@@ -96,6 +123,17 @@ impl<R: BufRead> Reader<R> {
 
     pub fn genesis(&mut self) -> [u8; HASH_LEN] {
         self.genesis
+    }
+
+    /// The point after the last complete record read.
+    pub fn position(&self) -> ResumePoint {
+        ResumePoint {
+            offset: self.offset,
+            next_seq: self.next_seq,
+            prev: self.prev,
+            genesis: self.genesis,
+            stream_id: self.stream_id.clone(),
+        }
     }
 
     /// Byte offset just after the last complete record read.
