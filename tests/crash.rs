@@ -59,7 +59,7 @@ fn sigkill_mid_session_leaves_verifiable_evidence() {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{out}");
     assert!(
-        out.contains("ended by a broker crash") || out.contains("unsealed tail"),
+        out.contains("never sealed") || out.contains("unsealed tail"),
         "{out}"
     );
 }

@@ -527,14 +527,19 @@ impl Store {
     }
 
     /// Records a session's end and its seal (record count and final hash of the recording).
+    /// `seal` is `None` when the recording could not be sealed (a write error): the session is then
+    /// stored like one cut by a crash, with an unsealed recording.
     pub async fn end_session(
         &self,
         id: &str,
         reason: &str,
-        records: i64,
-        final_hash: &str,
+        seal: Option<(i64, &str)>,
         now: i64,
     ) -> Result<()> {
+        let (records, final_hash) = match seal {
+            Some((n, h)) => (Some(n), Some(h)),
+            None => (None, None),
+        };
         sqlx::query("UPDATE sessions SET ended = $1, end_reason = $2, records = $3, final_hash = $4 WHERE id = $5 AND ended IS NULL")
             .bind(now)
             .bind(reason)

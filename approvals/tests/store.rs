@@ -267,7 +267,7 @@ async fn sessions_live_kill_and_end(db: Db) {
         vec!["s-1".to_string()]
     );
     assert!(s.kill_requests("n2").await.unwrap().is_empty());
-    s.end_session("s-1", "killed", 12, "abcd", NOW + 3)
+    s.end_session("s-1", "killed", Some((12, "abcd")), NOW + 3)
         .await
         .unwrap();
     assert!(matches!(

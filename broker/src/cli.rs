@@ -959,7 +959,7 @@ fn verify_recording(
     }
     if s.ended.is_none() || crashed {
         let why = if crashed {
-            "ended by a broker crash, never sealed"
+            "never sealed (broker crash or recording write error)"
         } else {
             "live, not sealed yet"
         };

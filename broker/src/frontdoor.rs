@@ -54,6 +54,8 @@ pub struct Conn {
     peer: SocketAddr,
     cert: Option<CertPassed>,
     denied: Option<Deny>,
+    /// Why an allowed session could not start (recording, database): for the vendor's message.
+    start_error: Option<String>,
     shared: Arc<ConnShared>,
 }
 
@@ -212,6 +214,7 @@ impl Conn {
                         )
                         .await;
                     self.denied = None;
+                    self.start_error = Some(e);
                 }
             },
         }
@@ -226,9 +229,12 @@ impl Conn {
     }
 
     fn refusal(&self) -> String {
-        match &self.denied {
-            Some(d) => d.to_string(),
-            None => "access denied: the session could not be started (see the broker's log)".into(),
+        match (&self.denied, &self.start_error) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(e)) if e.contains("recording") => {
+                "access denied: the broker cannot record sessions right now (storage full or failing); the operator has been told".into()
+            }
+            (None, _) => "access denied: the session could not be started (see the broker's log)".into(),
         }
     }
 }
@@ -580,6 +586,7 @@ pub async fn serve(
                 peer,
                 cert: None,
                 denied: None,
+                start_error: None,
                 shared: shared.clone(),
             };
             let result = match russh::server::run_stream(config, stream, conn).await {

@@ -305,15 +305,18 @@ async fn finish(ctx: &Ctx, live: &LiveSession, reason: &str) {
     let (records, hash, seal) = match sealed {
         Ok((seal, n, h)) => (n as i64, hex::encode(h), Some(seal)),
         Err(e) => {
-            warn!(session = %live.id, error = %e, "recording could not be sealed");
+            // Fail loudly to the operator; the recording keeps what was flushed before.
+            tracing::error!(session = %live.id, error = %e, "recording could not be sealed");
+            ctx.audit(
+                "recording.failed",
+                json!({"session": live.id, "error": e.to_string()}),
+            )
+            .await;
             (-1, String::new(), None)
         }
     };
-    if let Err(e) = ctx
-        .store
-        .end_session(&live.id, reason, records, &hash, ended)
-        .await
-    {
+    let stored = seal.as_ref().map(|_| (records, hash.as_str()));
+    if let Err(e) = ctx.store.end_session(&live.id, reason, stored, ended).await {
         warn!(session = %live.id, error = %e, "could not record the session end");
     }
     ctx.audit(
