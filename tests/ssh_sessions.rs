@@ -191,6 +191,45 @@ fn vendor_sessions_end_to_end() {
         e["event"] == "channel.deny" && e["channel"] == format!("forward:{other}")
     });
 
+    // The transfers are in the command log with direction, path, size and SHA-256, and so is the forward.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while w
+        .audit()
+        .iter()
+        .filter(|e| e["event"] == "session.seal")
+        .count()
+        < 6
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions never sealed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log: Vec<Value> = serde_json::from_str(&w.ok(&["commands", "--json"])).unwrap();
+    let digest = hex::encode(Sha256::digest(&payload));
+    let remote_s = remote.display().to_string();
+    let of_kind = |k: &str| {
+        log.iter()
+            .filter(|r| r["kind"] == k)
+            .map(|r| r["command"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let expected = format!("{remote_s} (1048576 bytes, sha256 {digest})");
+    assert_eq!(of_kind("upload"), vec![expected.clone()], "{log:#?}");
+    assert_eq!(of_kind("download"), vec![expected], "{log:#?}");
+    assert!(
+        of_kind("forward").iter().any(|c| c.starts_with(&format!(
+            "localhost:{echo_port} (5 bytes to the device, 11 to the vendor"
+        ))),
+        "{log:#?}"
+    );
+    assert!(
+        w.audit()
+            .iter()
+            .any(|e| e["event"] == "file.transfer" && e["sha256"] == digest.as_str())
+    );
+
     // 5. Every session is listed, exports as asciicast v2 and verifies.
     let sessions = w.sessions();
     assert!(sessions.len() >= 6, "sessions: {sessions:?}");

@@ -83,6 +83,11 @@ fn live_sessions_close_within_a_second() {
         "the warning comes before the end"
     );
 
+    w.wait_audit("session.end for the window", |e| {
+        e["event"] == "session.end"
+            && e["vendor"] == "wes"
+            && e.to_string().contains("window ended")
+    });
     let sessions = w.sessions();
     let reasons: Vec<String> = sessions
         .iter()
@@ -93,11 +98,7 @@ fn live_sessions_close_within_a_second() {
         sessions.iter().all(|s| !s["ended"].is_null()),
         "every session has ended: {reasons:?}"
     );
-    w.wait_audit("session.end for the window", |e| {
-        e["event"] == "session.end"
-            && e["vendor"] == "wes"
-            && e.to_string().contains("window ended")
-    });
+
     let v = w.postern(&["verify"]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }

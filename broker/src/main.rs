@@ -10,6 +10,7 @@ mod proxy;
 mod ratelimit;
 mod recording;
 mod session;
+mod transfer;
 mod upstream;
 
 use std::path::PathBuf;

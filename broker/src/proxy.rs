@@ -72,6 +72,48 @@ pub async fn audited_answer(
     }
 }
 
+/// What a file-transfer channel is parsed as.
+enum Transfers {
+    None,
+    Sftp(crate::transfer::SftpTracker),
+    Scp(crate::transfer::ScpTracker),
+}
+
+impl Transfers {
+    fn from_vendor(&mut self, data: &[u8]) -> Vec<crate::transfer::Transfer> {
+        match self {
+            Transfers::Sftp(t) => t.from_vendor(data),
+            Transfers::Scp(t) if t.is_upload() => t.push(data),
+            _ => Vec::new(),
+        }
+    }
+
+    fn from_device(&mut self, data: &[u8]) -> Vec<crate::transfer::Transfer> {
+        match self {
+            Transfers::Sftp(t) => t.from_device(data),
+            Transfers::Scp(t) if !t.is_upload() => t.push(data),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Each completed file transfer goes into the recording and the audit log.
+async fn record_transfers(
+    ctx: &Ctx,
+    live: &LiveSession,
+    ch: u32,
+    done: Vec<crate::transfer::Transfer>,
+) {
+    for t in done {
+        let mut v = json!(t);
+        v["event"] = json!("transfer");
+        let _ = live.recording.json(Kind::Event, ch, &v);
+        ctx.audit("file.transfer", json!({"session": live.id, "vendor": live.target.vendor, "site": live.target.site, "device": live.target.device,
+                                          "direction": t.direction, "path": t.path, "size": t.size, "sha256": t.sha256}))
+            .await;
+    }
+}
+
 /// Tells the vendor why a channel is refused, on stderr, and closes it with exit status 1.
 pub async fn refuse(handle: &russh::server::Handle, id: ChannelId, message: &str) {
     let _ = handle
@@ -104,6 +146,7 @@ pub async fn session_channel(
     // Replies owed to the vendor for requests forwarded to the device, in order.
     let mut pending: VecDeque<&'static str> = VecDeque::new();
     let mut content = Content::Unknown;
+    let mut transfers = Transfers::None;
     let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
     let mut failed_record = None;
     let _ = rec.json(Kind::ChannelOpen, ch, &json!({"type": "session"}));
@@ -114,6 +157,7 @@ pub async fn session_channel(
                 match msg {
                     ChannelMsg::Data { data } => {
                         bytes_in += data.len() as u64;
+                        record_transfers(&ctx, &live, ch, transfers.from_vendor(&data)).await;
                         if content == Content::Terminal && let Err(e) = rec.bytes(Kind::Input, ch, &data) {
                             failed_record = Some(e);
                             break;
@@ -154,6 +198,7 @@ pub async fn session_channel(
                             break;
                         }
                         content = if is_scp { Content::Transfer } else { Content::Terminal };
+                        if let Some(t) = crate::transfer::ScpTracker::for_command(&line) { transfers = Transfers::Scp(t); }
                         if uch.exec(true, command).await.is_err() { break }
                         pending.push_back("exec");
                     }
@@ -165,6 +210,7 @@ pub async fn session_channel(
                             break;
                         }
                         content = Content::Transfer;
+                        transfers = Transfers::Sftp(Default::default());
                         if uch.request_subsystem(true, name).await.is_err() { break }
                         pending.push_back("subsystem");
                     }
@@ -190,6 +236,7 @@ pub async fn session_channel(
                 match msg {
                     ChannelMsg::Data { data } => {
                         bytes_out += data.len() as u64;
+                        record_transfers(&ctx, &live, ch, transfers.from_device(&data)).await;
                         if content == Content::Terminal && let Err(e) = rec.bytes(Kind::Output, ch, &data) {
                             failed_record = Some(e);
                             break;
@@ -228,6 +275,9 @@ pub async fn session_channel(
             }
         }
     }
+    if let Transfers::Sftp(t) = &mut transfers {
+        record_transfers(&ctx, &live, ch, t.close()).await;
+    }
     let _ = rec.json(
         Kind::ChannelClose,
         ch,
@@ -240,6 +290,48 @@ pub async fn session_channel(
     }
 }
 
+/// Counts bytes read through it, so counts survive an abrupt end of the copy.
+struct Counted<S> {
+    inner: S,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Drives a direct-tcpip channel (`ssh -L`): bytes both ways, counted and recorded at close.
 pub async fn forward_channel(
     live: Arc<LiveSession>,
@@ -247,13 +339,23 @@ pub async fn forward_channel(
     uch: Channel<russh::client::Msg>,
     port: u32,
 ) {
+    use std::sync::atomic::{AtomicU64, Ordering};
     let ch = u32::from(vch.id());
     let started = now();
-    let mut a = vch.into_stream();
-    let mut b = uch.into_stream();
-    let (to_device, to_vendor) = tokio::io::copy_bidirectional(&mut a, &mut b)
-        .await
-        .unwrap_or((0, 0));
+    let (to_device, to_vendor) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut a = Counted {
+        inner: vch.into_stream(),
+        read: to_device.clone(),
+    };
+    let mut b = Counted {
+        inner: uch.into_stream(),
+        read: to_vendor.clone(),
+    };
+    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+    let (to_device, to_vendor) = (
+        to_device.load(Ordering::Relaxed),
+        to_vendor.load(Ordering::Relaxed),
+    );
     let summary = json!({"type": "direct-tcpip", "port": port, "bytes_to_device": to_device, "bytes_to_vendor": to_vendor,
                          "opened": fmt_time(started), "closed": fmt_time(now())});
     let _ = live.recording.json(Kind::ChannelClose, ch, &summary);

@@ -281,12 +281,19 @@ async fn finish(ctx: &Ctx, live: &LiveSession, reason: &str) {
         );
         let _ = tokio::time::timeout(Duration::from_millis(250), bye).await;
     }
-    for t in live
+    // Channel tasks end by themselves once the vendor's connection is gone, writing their
+    // closing records (byte counts, transfers); give them a moment, then stop what remains.
+    let tasks: Vec<AbortHandle> = live
         .tasks
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .drain(..)
-    {
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while tasks.iter().any(|t| !t.is_finished()) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for t in tasks {
         t.abort();
     }
     if let Some(Ok(up)) = live.upstream.get() {

@@ -21,7 +21,7 @@ pub struct CommandEntry {
     /// Seconds since the recording's first record: where `replay --at` jumps to.
     pub offset: f64,
     pub channel: u32,
-    /// `exec` or `shell`.
+    /// `exec`, `shell`, `upload`, `download` or `forward`.
     pub kind: &'static str,
     pub command: String,
 }
@@ -142,9 +142,55 @@ impl CommandLog {
                     }
                 }
             }
-            Kind::Event if r.json().is_some_and(|v| v["event"] == "shell") => {
-                let (c, rows) = self.size;
-                self.shells.insert(r.channel, Shell::new(c, rows));
+            Kind::Event => {
+                let Some(v) = r.json() else { return };
+                if v["event"] == "shell" {
+                    let (c, rows) = self.size;
+                    self.shells.insert(r.channel, Shell::new(c, rows));
+                } else if v["event"] == "transfer" {
+                    // File transfers are part of the log: direction, path, size and digest.
+                    let kind = if v["direction"] == "upload" {
+                        "upload"
+                    } else {
+                        "download"
+                    };
+                    let sha = v["sha256"].as_str().unwrap_or("unknown");
+                    let command = format!(
+                        "{} ({} bytes, sha256 {sha})",
+                        v["path"].as_str().unwrap_or("?"),
+                        v["size"].as_u64().unwrap_or(0)
+                    );
+                    let offset = self.offset(r.time_us);
+                    self.entries.push(CommandEntry {
+                        time_us: r.time_us,
+                        offset,
+                        channel: r.channel,
+                        kind,
+                        command,
+                    });
+                }
+            }
+            Kind::ChannelClose => {
+                // Port forwards: target, bytes each way, when.
+                let Some(v) = r.json().filter(|v| v["type"] == "direct-tcpip") else {
+                    return;
+                };
+                let command = format!(
+                    "localhost:{} ({} bytes to the device, {} to the vendor, {} to {})",
+                    v["port"].as_u64().unwrap_or(0),
+                    v["bytes_to_device"].as_u64().unwrap_or(0),
+                    v["bytes_to_vendor"].as_u64().unwrap_or(0),
+                    v["opened"].as_str().unwrap_or("?"),
+                    v["closed"].as_str().unwrap_or("?")
+                );
+                let offset = self.offset(r.time_us);
+                self.entries.push(CommandEntry {
+                    time_us: r.time_us,
+                    offset,
+                    channel: r.channel,
+                    kind: "forward",
+                    command,
+                });
             }
             Kind::Output | Kind::Stderr => {
                 let Some(sh) = self.shells.get_mut(&r.channel) else {
