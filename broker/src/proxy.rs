@@ -80,17 +80,17 @@ enum Transfers {
 }
 
 impl Transfers {
-    fn from_vendor(&mut self, data: &[u8]) -> Vec<crate::transfer::Transfer> {
+    fn vendor_sent(&mut self, data: &[u8]) -> Vec<crate::transfer::Transfer> {
         match self {
-            Transfers::Sftp(t) => t.from_vendor(data),
+            Transfers::Sftp(t) => t.vendor_sent(data),
             Transfers::Scp(t) if t.is_upload() => t.push(data),
             _ => Vec::new(),
         }
     }
 
-    fn from_device(&mut self, data: &[u8]) -> Vec<crate::transfer::Transfer> {
+    fn device_sent(&mut self, data: &[u8]) -> Vec<crate::transfer::Transfer> {
         match self {
-            Transfers::Sftp(t) => t.from_device(data),
+            Transfers::Sftp(t) => t.device_sent(data),
             Transfers::Scp(t) if !t.is_upload() => t.push(data),
             _ => Vec::new(),
         }
@@ -157,7 +157,7 @@ pub async fn session_channel(
                 match msg {
                     ChannelMsg::Data { data } => {
                         bytes_in += data.len() as u64;
-                        record_transfers(&ctx, &live, ch, transfers.from_vendor(&data)).await;
+                        record_transfers(&ctx, &live, ch, transfers.vendor_sent(&data)).await;
                         if content == Content::Terminal && let Err(e) = rec.bytes(Kind::Input, ch, &data) {
                             failed_record = Some(e);
                             break;
@@ -236,7 +236,7 @@ pub async fn session_channel(
                 match msg {
                     ChannelMsg::Data { data } => {
                         bytes_out += data.len() as u64;
-                        record_transfers(&ctx, &live, ch, transfers.from_device(&data)).await;
+                        record_transfers(&ctx, &live, ch, transfers.device_sent(&data)).await;
                         if content == Content::Terminal && let Err(e) = rec.bytes(Kind::Output, ch, &data) {
                             failed_record = Some(e);
                             break;

@@ -147,14 +147,14 @@ pub struct SftpTracker {
 }
 
 impl SftpTracker {
-    pub fn from_vendor(&mut self, data: &[u8]) -> Vec<Transfer> {
+    pub fn vendor_sent(&mut self, data: &[u8]) -> Vec<Transfer> {
         let mut packets = std::mem::take(&mut self.from_vendor);
         packets.push(data, |p| self.vendor_packet(p));
         self.from_vendor = packets;
         std::mem::take(&mut self.done)
     }
 
-    pub fn from_device(&mut self, data: &[u8]) -> Vec<Transfer> {
+    pub fn device_sent(&mut self, data: &[u8]) -> Vec<Transfer> {
         let mut packets = std::mem::take(&mut self.from_device);
         packets.push(data, |p| self.device_packet(p));
         self.from_device = packets;
@@ -369,8 +369,8 @@ mod tests {
                 &0u32.to_be_bytes(),
             ],
         );
-        assert!(t.from_vendor(&open).is_empty());
-        t.from_device(&packet(FXP_HANDLE, 1, &[&s(b"H1")]));
+        assert!(t.vendor_sent(&open).is_empty());
+        t.device_sent(&packet(FXP_HANDLE, 1, &[&s(b"H1")]));
         let mut stream = packet(
             FXP_WRITE,
             2,
@@ -384,7 +384,7 @@ mod tests {
         stream.extend(packet(FXP_CLOSE, 4, &[&s(b"H1")]));
         let mut out = Vec::new();
         for chunk in stream.chunks(5) {
-            out.extend(t.from_vendor(chunk));
+            out.extend(t.vendor_sent(chunk));
         }
         assert_eq!(out.len(), 1);
         assert_eq!(
@@ -400,8 +400,8 @@ mod tests {
     #[test]
     fn oversized_packet_stops_tracking_without_buffering() {
         let mut t = SftpTracker::default();
-        t.from_vendor(&(u32::MAX).to_be_bytes());
-        assert!(t.from_vendor(&[0u8; 100]).is_empty());
+        t.vendor_sent(&(u32::MAX).to_be_bytes());
+        assert!(t.vendor_sent(&[0u8; 100]).is_empty());
         assert!(t.from_vendor.buf.is_empty());
     }
 
