@@ -78,8 +78,11 @@ fn a_full_disk_fails_closed_and_damages_nothing() {
     let o = w.ssh(&v, "fred:site-a/dev", &["echo after"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    // A live session whose disk fills up is closed, not left running unrecorded.
-    let mut sh = w.shell(&v, "fred:site-a/dev");
+    // A live session whose disk fills up is closed, not left running unrecorded (another person,
+    // so no TOTP step is waited for).
+    let gil = w.vendor("gil", &[]);
+    w.grant("gil", "site-a", "maint");
+    let mut sh = w.shell(&gil, "gil:site-a/dev");
     sh.expect("access until", Duration::from_secs(15));
     let filler = fill(&recordings);
     sh.send("for i in $(seq 1 200000); do echo filling the recording $i; done\r");

@@ -275,6 +275,12 @@ pub async fn session_channel(
             }
         }
     }
+    if let Some(e) = failed_record {
+        // The supervisor tells the vendor why and disconnects; keep the channel open for that
+        // notice (this task is stopped when the session closes).
+        live.request_close(format!("the recording cannot be written ({e}); closing"));
+        std::future::pending::<()>().await;
+    }
     if let Transfers::Sftp(t) = &mut transfers {
         record_transfers(&ctx, &live, ch, t.close()).await;
     }
@@ -285,9 +291,6 @@ pub async fn session_channel(
     );
     let _ = vch.close().await;
     let _ = uch.close().await;
-    if let Some(e) = failed_record {
-        live.request_close(format!("the recording cannot be written ({e}); closing"));
-    }
 }
 
 /// Counts bytes read through it, so counts survive an abrupt end of the copy.
