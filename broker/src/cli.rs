@@ -803,7 +803,17 @@ async fn commands(
                 r.vendor.clone(),
                 format!("{}/{}", r.site, r.device),
                 r.kind.clone(),
-                r.command.escape_debug().to_string(),
+                // Control characters would act on the auditor's terminal: show them escaped.
+                r.command
+                    .chars()
+                    .flat_map(|c| {
+                        if c.is_control() {
+                            c.escape_default().collect::<Vec<_>>()
+                        } else {
+                            vec![c]
+                        }
+                    })
+                    .collect(),
             ]
         },
     )?;

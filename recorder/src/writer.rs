@@ -31,7 +31,11 @@ pub struct Writer {
 impl Writer {
     /// Creates a new recording. Fails if the file exists: evidence is never overwritten.
     pub fn create(path: &Path, stream_id: &str) -> Result<Writer, WriteError> {
-        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(path)?;
         let header = header_line(stream_id);
         let mut out = BufWriter::with_capacity(BUFFER, file);
         out.write_all(&header)?;
@@ -167,12 +171,11 @@ pub fn append_locked(
     if payload.len() > MAX_PAYLOAD {
         return Err(WriteError::TooLarge(payload.len()));
     }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
     file.lock()?;
     let result = append_under_lock(&mut file, path, stream_id, kind, payload);
     let _ = file.unlock();
