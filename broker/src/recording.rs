@@ -13,7 +13,7 @@ pub struct Recording {
 impl Recording {
     pub fn create(path: &Path, session_id: &str) -> Result<Recording, recorder::WriteError> {
         Ok(Recording {
-            writer: Mutex::new(Writer::create(path, session_id)?),
+            writer: Mutex::new(Writer::create_compressed(path, session_id)?),
         })
     }
 

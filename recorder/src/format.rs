@@ -2,11 +2,15 @@
 //!
 //! ```text
 //! file    := header record*
-//! header  := "POSTERN-REC/1 " stream-id "\n"
+//! header  := ("POSTERN-REC/1 " | "POSTERN-RECZ/1 ") stream-id "\n"
 //! record  := len:u32be body hash:[u8;32] len:u32be
 //! body    := seq:u64be time_us:i64be kind:u8 channel:u32be payload
 //! hash    := SHA-256(prev_hash || body); prev_hash of record 0 := genesis_hash(header)
 //! ```
+//!
+//! In a `RECZ` file (compressed), each record's body is stored as one flushed chunk of a single
+//! zstd stream for the whole file, so small terminal chunks share the compression window; the
+//! length fields give the chunk's size and the hash is still over the uncompressed body.
 //!
 //! The length is repeated after the hash so that the last record can be read from the end of the
 //! file without scanning it (the audit log appender does this under a lock).
@@ -17,6 +21,9 @@ pub const HASH_LEN: usize = 32;
 /// Largest payload accepted; bigger terminal chunks are split by the writer's caller.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 pub(crate) const MAGIC: &[u8] = b"POSTERN-REC/1 ";
+pub(crate) const MAGIC_Z: &[u8] = b"POSTERN-RECZ/1 ";
+/// Largest stored (compressed) chunk accepted: zstd's worst case for the largest body.
+pub(crate) const MAX_CHUNK: usize = BODY_FIXED + MAX_PAYLOAD + (MAX_PAYLOAD >> 7) + 1024;
 pub(crate) const BODY_FIXED: usize = 8 + 8 + 1 + 4;
 /// Domain-separation prefix for the first record's previous hash.
 pub const GENESIS_DOMAIN: &[u8] = b"postern genesis\0";
@@ -114,7 +121,11 @@ impl Record {
 }
 
 pub(crate) fn header_line(stream_id: &str) -> Vec<u8> {
-    let mut h = MAGIC.to_vec();
+    header_with(MAGIC, stream_id)
+}
+
+pub(crate) fn header_with(magic: &[u8], stream_id: &str) -> Vec<u8> {
+    let mut h = magic.to_vec();
     // The stream id is free text chosen by us; keep it on one line.
     h.extend(stream_id.bytes().filter(|b| *b != b'\n' && *b != b'\r'));
     h.push(b'\n');
@@ -168,4 +179,67 @@ pub(crate) fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+/// Streaming compression of record bodies: one zstd stream per file, flushed at every record.
+pub(crate) struct Compressor(zstd::stream::raw::Encoder<'static>);
+
+impl Compressor {
+    pub(crate) fn new() -> std::io::Result<Compressor> {
+        zstd::stream::raw::Encoder::new(3).map(Compressor)
+    }
+
+    pub(crate) fn chunk(&mut self, body: &[u8]) -> std::io::Result<Vec<u8>> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let mut out: Vec<u8> = Vec::with_capacity(body.len() / 2 + 64);
+        let mut input = InBuffer::around(body);
+        while input.pos() < body.len() {
+            out.reserve(body.len() - input.pos() + 256);
+            let len = out.len();
+            let mut ob = OutBuffer::around_pos(&mut out, len);
+            self.0.run(&mut input, &mut ob)?;
+        }
+        loop {
+            out.reserve(256);
+            let len = out.len();
+            let mut ob = OutBuffer::around_pos(&mut out, len);
+            if self.0.flush(&mut ob)? == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The reading side of [`Compressor`].
+pub(crate) struct Decompressor(zstd::stream::raw::Decoder<'static>);
+
+impl Decompressor {
+    pub(crate) fn new() -> std::io::Result<Decompressor> {
+        zstd::stream::raw::Decoder::new().map(Decompressor)
+    }
+
+    /// Decodes one chunk; `None` if it is undecodable or would exceed `limit` bytes.
+    pub(crate) fn chunk(&mut self, chunk: &[u8], limit: usize) -> Option<Vec<u8>> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let mut out: Vec<u8> = Vec::with_capacity(limit.min(chunk.len() * 4 + 64) + 1);
+        let mut input = InBuffer::around(chunk);
+        loop {
+            if out.len() > limit {
+                return None;
+            }
+            if out.capacity() - out.len() < 1024 {
+                out.reserve((out.capacity()).min(limit + 1 - out.len().min(limit)) + 1024);
+            }
+            let before = (input.pos(), out.len());
+            let len = out.len();
+            let mut ob = OutBuffer::around_pos(&mut out, len);
+            self.0.run(&mut input, &mut ob).ok()?;
+            drop(ob);
+            if input.pos() == chunk.len() && (input.pos(), out.len()) == before {
+                break;
+            }
+        }
+        (out.len() <= limit).then_some(out)
+    }
 }

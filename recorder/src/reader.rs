@@ -6,7 +6,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use crate::format::{
-    BODY_FIXED, HASH_LEN, Kind, MAGIC, MAX_PAYLOAD, Record, chain_hash, genesis_hash,
+    BODY_FIXED, Decompressor, HASH_LEN, Kind, MAGIC, MAGIC_Z, MAX_CHUNK, MAX_PAYLOAD, Record,
+    chain_hash, genesis_hash,
 };
 
 /// Why reading stopped before the end of the file.
@@ -55,6 +56,7 @@ pub struct Reader<R> {
     prev: [u8; HASH_LEN],
     stream_id: String,
     done: bool,
+    decompressor: Option<Decompressor>,
 }
 
 /// Where a reader stands, to continue reading a growing file later (`audit --follow`).
@@ -87,6 +89,8 @@ impl Reader<BufReader<File>> {
             prev: at.prev,
             stream_id: at.stream_id.clone(),
             done: false,
+            // Following a compressed stream from the middle needs its state: only plain files.
+            decompressor: None,
         })
     }
 }
@@ -99,11 +103,23 @@ impl<R: BufRead> Reader<R> {
             .take(512)
             .read_until(b'\n', &mut header)
             .map_err(|e| ReadError::Io(e.to_string()))?;
-        if !header.starts_with(MAGIC) || header.last() != Some(&b'\n') {
+        let magic = if header.starts_with(MAGIC) {
+            MAGIC
+        } else if header.starts_with(MAGIC_Z) {
+            MAGIC_Z
+        } else {
+            return Err(ReadError::BadHeader);
+        };
+        if header.last() != Some(&b'\n') {
             return Err(ReadError::BadHeader);
         }
         let stream_id =
-            String::from_utf8_lossy(&header[MAGIC.len()..header.len() - 1]).into_owned();
+            String::from_utf8_lossy(&header[magic.len()..header.len() - 1]).into_owned();
+        let decompressor = if magic == MAGIC_Z {
+            Some(Decompressor::new().map_err(|e| ReadError::Io(e.to_string()))?)
+        } else {
+            None
+        };
         let genesis = genesis_hash(&header);
         Ok(Reader {
             input,
@@ -113,6 +129,7 @@ impl<R: BufRead> Reader<R> {
             prev: genesis,
             stream_id,
             done: false,
+            decompressor,
         })
     }
 
@@ -178,7 +195,12 @@ impl<R: BufRead> Reader<R> {
             _ => return Err(torn),
         }
         let body_len = u32::from_be_bytes(len) as usize;
-        if !(BODY_FIXED..=BODY_FIXED + MAX_PAYLOAD).contains(&body_len) {
+        let range = if self.decompressor.is_some() {
+            1..=MAX_CHUNK
+        } else {
+            BODY_FIXED..=BODY_FIXED + MAX_PAYLOAD
+        };
+        if !range.contains(&body_len) {
             return Err(ReadError::BadFrame {
                 seq,
                 offset: start,
@@ -196,7 +218,20 @@ impl<R: BufRead> Reader<R> {
                 why: "lengths differ",
             });
         }
-        let body = &rest[..body_len];
+        let decoded;
+        let body = match self.decompressor.as_mut() {
+            Some(d) => {
+                decoded = d.chunk(&rest[..body_len], BODY_FIXED + MAX_PAYLOAD).ok_or(
+                    ReadError::BadFrame {
+                        seq,
+                        offset: start,
+                        why: "compressed data undecodable",
+                    },
+                )?;
+                &decoded[..]
+            }
+            None => &rest[..body_len],
+        };
         let stored: [u8; HASH_LEN] =
             rest[body_len..body_len + HASH_LEN]
                 .try_into()

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::WriteError;
 use crate::format::{
-    BODY_FIXED, HASH_LEN, Kind, MAGIC, MAX_PAYLOAD, Record, chain_hash, encode_body, frame,
-    genesis_hash, header_line, now_us,
+    BODY_FIXED, Compressor, HASH_LEN, Kind, MAGIC, MAGIC_Z, MAX_PAYLOAD, Record, chain_hash,
+    encode_body, frame, genesis_hash, header_line, header_with, now_us,
 };
 use crate::reader::{Reader, Tail, verify_file};
 
@@ -26,17 +26,27 @@ pub struct Writer {
     out: BufWriter<File>,
     next_seq: u64,
     prev: [u8; HASH_LEN],
+    compressor: Option<Compressor>,
 }
 
 impl Writer {
+    /// Creates a new compressed recording (zstd, per-record chunks of one stream).
+    pub fn create_compressed(path: &Path, stream_id: &str) -> Result<Writer, WriteError> {
+        Writer::create_with(path, stream_id, true)
+    }
+
     /// Creates a new recording. Fails if the file exists: evidence is never overwritten.
     pub fn create(path: &Path, stream_id: &str) -> Result<Writer, WriteError> {
+        Writer::create_with(path, stream_id, false)
+    }
+
+    fn create_with(path: &Path, stream_id: &str, compressed: bool) -> Result<Writer, WriteError> {
         let mut options = OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let file = options.open(path)?;
-        let header = header_line(stream_id);
+        let header = header_with(if compressed { MAGIC_Z } else { MAGIC }, stream_id);
         let mut out = BufWriter::with_capacity(BUFFER, file);
         out.write_all(&header)?;
         Ok(Writer {
@@ -45,6 +55,11 @@ impl Writer {
             out,
             next_seq: 0,
             prev: genesis_hash(&header),
+            compressor: if compressed {
+                Some(Compressor::new()?)
+            } else {
+                None
+            },
         })
     }
 
@@ -71,7 +86,11 @@ impl Writer {
         let seq = self.next_seq;
         let body = encode_body(seq, time_us, kind, channel, payload);
         let hash = chain_hash(&self.prev, &body);
-        self.out.write_all(&frame(&body, &hash))?;
+        let stored = match self.compressor.as_mut() {
+            Some(c) => frame(&c.chunk(&body)?, &hash),
+            None => frame(&body, &hash),
+        };
+        self.out.write_all(&stored)?;
         self.prev = hash;
         self.next_seq += 1;
         Ok(seq)
