@@ -232,10 +232,11 @@ impl Decompressor {
                 out.reserve((out.capacity()).min(limit + 1 - out.len().min(limit)) + 1024);
             }
             let before = (input.pos(), out.len());
-            let len = out.len();
-            let mut ob = OutBuffer::around_pos(&mut out, len);
-            self.0.run(&mut input, &mut ob).ok()?;
-            drop(ob);
+            {
+                let len = out.len();
+                let mut ob = OutBuffer::around_pos(&mut out, len);
+                self.0.run(&mut input, &mut ob).ok()?;
+            }
             if input.pos() == chunk.len() && (input.pos(), out.len()) == before {
                 break;
             }
