@@ -233,8 +233,12 @@ fn vendor_sessions_end_to_end() {
     // 5. Every session is listed, exports as asciicast v2 and verifies.
     let sessions = w.sessions();
     assert!(sessions.len() >= 6, "sessions: {sessions:?}");
-    let first = sessions[0]["id"].as_str().unwrap();
-    let cast = w.ok(&["export", first]);
+    // The interactive session (several started within the same second: find it by its content).
+    let cast = sessions
+        .iter()
+        .map(|s| w.ok(&["export", s["id"].as_str().unwrap()]))
+        .find(|c| c.contains("the answer is 42"))
+        .expect("the shell session exports its output");
     let mut lines = cast.lines();
     let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(header["version"], 2);

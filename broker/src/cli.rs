@@ -735,6 +735,82 @@ async fn export(env: &Env, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Keyboard control of a replay in a terminal: space pauses and resumes, q quits.
+struct Keys {
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    quit: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    saved: Option<libc::termios>,
+}
+
+impl Keys {
+    /// Takes the keyboard if stdin is a terminal; otherwise replay simply runs.
+    fn take() -> Keys {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let paused = std::sync::Arc::new(AtomicBool::new(false));
+        let quit = std::sync::Arc::new(AtomicBool::new(false));
+        let mut keys = Keys {
+            paused: paused.clone(),
+            quit: quit.clone(),
+            saved: None,
+        };
+        // SAFETY: isatty/tcgetattr/tcsetattr on fd 0 with a valid termios struct.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return keys;
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return keys;
+            }
+            keys.saved = Some(t);
+            t.c_lflag &= !(libc::ICANON | libc::ECHO);
+            t.c_cc[libc::VMIN] = 1;
+            t.c_cc[libc::VTIME] = 0;
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+        }
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut b = [0u8; 1];
+            while std::io::stdin()
+                .read(&mut b)
+                .map(|n| n == 1)
+                .unwrap_or(false)
+            {
+                match b[0] {
+                    b' ' => {
+                        paused.fetch_xor(true, Ordering::SeqCst);
+                    }
+                    b'q' | 3 => {
+                        quit.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        keys
+    }
+
+    fn paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn quit(&self) -> bool {
+        self.quit.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        if let Some(t) = self.saved {
+            // SAFETY: restoring the attributes read in `take`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, &t);
+            }
+        }
+    }
+}
+
 async fn replay(env: &Env, id: &str, speed: f64, idle_limit: f64, at: f64) -> Result<()> {
     if !(speed > 0.0 && speed.is_finite()) {
         bail!("--speed must be a positive number");
@@ -745,6 +821,10 @@ async fn replay(env: &Env, id: &str, speed: f64, idle_limit: f64, at: f64) -> Re
     let path = recording_path(env, id).await?;
     let te = load_events(&path)?;
     let mut out = std::io::stdout().lock();
+    let keys = Keys::take();
+    if keys.saved.is_some() {
+        eprintln!("postern: replaying {id}; space pauses and resumes, q quits");
+    }
     let mut prev = at;
     for e in te.events.iter().filter(|e| e.code == "o") {
         // Before --at: drawn at once, to rebuild the screen as it was.
@@ -757,6 +837,13 @@ async fn replay(env: &Env, id: &str, speed: f64, idle_limit: f64, at: f64) -> Re
         if pause > 0.0 {
             out.flush()?;
             tokio::time::sleep(Duration::from_secs_f64(pause)).await;
+        }
+        while keys.paused() && !keys.quit() {
+            out.flush()?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if keys.quit() {
+            break;
         }
         out.write_all(e.data.as_bytes())?;
     }
