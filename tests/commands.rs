@@ -57,6 +57,13 @@ fn edited_commands_are_logged_as_the_device_ran_them() {
     settle();
     sh.send("\r");
     settle();
+    // A secret typed at a no-echo prompt is not a command.
+    sh.send("read -s -p 'password: ' PW; echo got-${#PW}\r");
+    sh.expect("password: ", t);
+    settle();
+    sh.send("hunter2-secret\r");
+    sh.expect("got-14", t);
+    settle();
     sh.send("exit\r");
     sh.wait_exit(t);
     // The command log is indexed when the session is sealed.
@@ -76,10 +83,15 @@ fn edited_commands_are_logged_as_the_device_ran_them() {
         "echo start end",
         cat.as_str(),
         cat.as_str(),
+        "read -s -p 'password: ' PW; echo got-${#PW}",
         "exit",
     ];
     assert_eq!(got, want, "terminal:\n{}", sh.screen());
     assert!(rows.iter().all(|r| r["kind"] == "shell"));
+    assert!(
+        !w.ok(&["commands", "--json"]).contains("hunter2"),
+        "the secret must not be logged"
+    );
 
     // Search across sessions, linked to the session and the offset for replay.
     let hits: Vec<Value> =

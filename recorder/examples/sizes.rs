@@ -30,7 +30,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Bulk: 256 MiB of output in 32 KiB chunks (an SSH packet's worth), text-like and random.
     // The random pool is far larger than zstd's window, so it does not compress.
-    for (name, pool) in [("text", cycle(b"drwxr-xr-x 2 root root 4096 lib\r\n", 32 * 1024)), ("random", noise(64 << 20, &mut seed))] {
+    for (name, pool) in [
+        (
+            "text",
+            cycle(b"drwxr-xr-x 2 root root 4096 lib\r\n", 32 * 1024),
+        ),
+        ("random", noise(64 << 20, &mut seed)),
+    ] {
         let path = dir.path().join(format!("bulk-{name}.rec"));
         let mut w = Writer::create_compressed(&path, "bulk")?;
         let total: usize = 256 << 20;
@@ -72,6 +78,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     w.finish()?;
     let size = std::fs::metadata(&path)?.len();
-    println!("interactive hour (model): {:.2} MiB on disk ({} keystrokes, 180 output bursts)", size as f64 / (1 << 20) as f64, k);
+    println!(
+        "interactive hour (model): {:.2} MiB on disk ({} keystrokes, 180 output bursts)",
+        size as f64 / (1 << 20) as f64,
+        k
+    );
     Ok(())
 }

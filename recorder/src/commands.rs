@@ -34,6 +34,11 @@ struct Shell {
     start: Option<avt::Anchor>,
     /// Enter was pressed; the command is taken when the device echoes the line end.
     pending: Option<i64>,
+    /// Printable keys typed since `start`, and whether the line was still empty at Enter: then it
+    /// is a command only if the line later shows exactly what was typed (an echo that lagged),
+    /// not output printed after a no-echo prompt.
+    typed: String,
+    empty_at_enter: bool,
 }
 
 impl Shell {
@@ -45,6 +50,8 @@ impl Shell {
             utf8: Utf8Stream::default(),
             start: None,
             pending: None,
+            typed: String::new(),
+            empty_at_enter: false,
         }
     }
 
@@ -98,9 +105,13 @@ impl CommandLog {
         let Some(sh) = self.shells.get_mut(&ch) else {
             return;
         };
-        let text = sh.command_text();
+        let mut text = sh.command_text();
+        if sh.empty_at_enter && text.as_deref() != Some(sh.typed.as_str()) {
+            text = None;
+        }
         sh.start = None;
         sh.pending = None;
+        sh.typed.clear();
         // Typed but nothing appeared on the line (a no-echo prompt, e.g. a password): not logged.
         if let Some(cmd) = text.filter(|c| !c.is_empty()) {
             self.entries.push(CommandEntry {
@@ -221,6 +232,7 @@ impl CommandLog {
                         b'\r' | b'\n' => {
                             if sh.start.is_some() && sh.pending.is_none() {
                                 sh.pending = Some(r.time_us);
+                                sh.empty_at_enter = sh.command_text().is_none_or(|t| t.is_empty());
                             }
                         }
                         // Ctrl-C or Ctrl-D abandon the line.
@@ -231,6 +243,10 @@ impl CommandLog {
                         _ => {
                             if sh.start.is_none() && sh.pending.is_none() {
                                 sh.start = Some(sh.term.anchor_at_cursor());
+                                sh.typed.clear();
+                            }
+                            if (0x20..0x7f).contains(&b) {
+                                sh.typed.push(b as char);
                             }
                         }
                     }
@@ -342,6 +358,17 @@ mod tests {
             log.iter().map(|e| e.command.as_str()).collect::<Vec<_>>(),
             vec!["id"]
         );
+    }
+
+    #[test]
+    fn output_after_a_no_echo_prompt_is_not_a_command() {
+        // `read -s` hides the typed secret and the line end; the next output lands on that line.
+        let log = session(&[
+            (false, "password: "),
+            (true, "hunter2\r"),
+            (false, "got-7\r\n$ "),
+        ]);
+        assert!(log.is_empty(), "{log:?}");
     }
 
     #[test]
