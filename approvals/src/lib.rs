@@ -4,6 +4,7 @@
 //! The broker asks [`policy::decide`] — one pure function over facts loaded by the [`Store`] — at
 //! session start and at every new channel; it never decides on its own.
 
+pub mod approvers;
 pub mod audit;
 pub mod model;
 pub mod policy;
@@ -11,6 +12,7 @@ pub mod store;
 pub mod time;
 pub mod totp;
 
+pub use approvers::{AccessRequestRow, Approver, NewRequest};
 pub use audit::AuditLog;
 pub use model::{
     Channel, ChannelSet, CommandRow, Device, Function, Grant, IssuedCertificate, Session, Site,

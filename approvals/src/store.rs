@@ -58,7 +58,7 @@ pub struct NewGrant {
     pub reason: String,
 }
 
-fn conflict_on_unique(e: sqlx::Error, what: String) -> StoreError {
+pub(crate) fn conflict_on_unique(e: sqlx::Error, what: String) -> StoreError {
     match &e {
         sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what),
         sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::NotFound(format!(
@@ -101,6 +101,10 @@ impl Store {
         // the folder per dialect and choose here.
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool, postgres })
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -326,7 +330,7 @@ impl Store {
         )
     }
 
-    async fn site_exists(&self, site: &str) -> Result<bool> {
+    pub(crate) async fn site_exists(&self, site: &str) -> Result<bool> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sites WHERE name = $1")
             .bind(site)
             .fetch_one(&self.pool)
@@ -676,7 +680,7 @@ impl Store {
 }
 
 /// Names appear in login strings (`VENDOR:SITE/DEVICE:FUNCTION`), file names and URLs.
-fn check_name(what: &str, name: &str) -> Result<()> {
+pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

@@ -384,3 +384,101 @@ async fn command_log(db: Db) {
 }
 
 both!(command_log);
+
+async fn approvers_and_requests(db: Db) {
+    let s = &db.store;
+    directory(s).await;
+    // store-1 is in region north; store-2 has no region.
+    let h = approvals::approvers::hash_password("pw").unwrap();
+    s.add_approver("nina", &h, "JBSWY3DPEHPK3PXP", &[], &["north".into()], NOW)
+        .await
+        .unwrap();
+    s.add_approver("sam", &h, "JBSWY3DPEHPK3PXP", &["store-2".into()], &[], NOW)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.add_approver("x", &h, "S", &[], &[], NOW).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        s.add_approver("y", &h, "S", &["nowhere".into()], &[], NOW)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(s.may_approve("nina", "store-1").await.unwrap());
+    assert!(!s.may_approve("nina", "store-2").await.unwrap());
+    assert!(s.may_approve("sam", "store-2").await.unwrap());
+    assert_eq!(
+        s.approvers_of("store-1")
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["nina"]
+    );
+
+    let ask = |reason: &str, duration: i64| approvals::NewRequest {
+        vendor: "alice".into(),
+        site: "store-1".into(),
+        device: "cam-01".into(),
+        function: "maint".into(),
+        reason: reason.into(),
+        duration,
+    };
+    // Requests are bounded by the function's longest window and need a reason.
+    assert!(matches!(
+        s.add_request(&ask("fix", 9 * 3600), NOW).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        s.add_request(&ask("  ", 3600), NOW).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let r = s
+        .add_request(&ask("camera offline", 3600), NOW)
+        .await
+        .unwrap();
+    assert_eq!(r.status, "pending");
+    let (r2, g) = s
+        .approve_request(&r.id, "nina", NOW + 30, NOW + 3630, NOW + 30)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r2.status.as_str(), r2.latency(), r2.grant_id.as_deref()),
+        ("approved", Some(30), Some(g.id.as_str()))
+    );
+    assert_eq!(
+        (g.valid_from, g.valid_until, g.granted_by.as_str()),
+        (NOW + 30, NOW + 3630, "nina")
+    );
+    assert!(matches!(
+        s.approve_request(&r.id, "nina", NOW, NOW + 60, NOW + 31)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.deny_request(&r.id, "nina", "no", NOW + 31).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    let d = s.add_request(&ask("again", 600), NOW + 40).await.unwrap();
+    let d = s
+        .deny_request(&d.id, "nina", "use the morning window", NOW + 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.status.as_str(), d.decision_reason.as_deref(), d.latency()),
+        ("denied", Some("use the morning window"), Some(60))
+    );
+    assert_eq!(s.requests(Some("pending")).await.unwrap().len(), 0);
+    assert_eq!(s.requests(None).await.unwrap().len(), 2);
+    assert_eq!(
+        s.requests_of_vendor("alice").await.unwrap()[0].id,
+        d.id,
+        "newest first"
+    );
+    db.drop_pg().await;
+}
+
+both!(approvers_and_requests);

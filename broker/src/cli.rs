@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, DataDir};
 use crate::{
-    Cli, Command, DeviceAction, FunctionAction, GrantAction, SessionsAction, SiteAction,
-    VendorAction, keys,
+    ApproverAction, Cli, Command, DeviceAction, FunctionAction, GrantAction, RequestAction,
+    SessionsAction, SiteAction, VendorAction, keys,
 };
 
 /// An opened data directory.
@@ -167,6 +167,8 @@ async fn command(env: &Env, command: &Command) -> Result<ExitCode> {
         Command::Device { action } => device(env, action).await?,
         Command::Function { action } => function(env, action).await?,
         Command::Grant { action } => grant(env, action).await?,
+        Command::Approver { action } => approver(env, action).await?,
+        Command::Request { action } => request(env, action).await?,
         Command::Sessions { live, action } => sessions(env, *live, action.as_ref()).await?,
         Command::Replay {
             id,
@@ -673,6 +675,117 @@ async fn grant(env: &Env, action: &GrantAction) -> Result<()> {
                 json!({"grant": id, "vendor": g.vendor, "site": g.site, "function": g.function}),
             )?;
             println!("grant {id} revoked; live sessions under it close within a second");
+        }
+    }
+    Ok(())
+}
+
+async fn approver(env: &Env, action: &ApproverAction) -> Result<()> {
+    match action {
+        ApproverAction::Add {
+            name,
+            sites,
+            regions,
+        } => {
+            // A random initial password, shown once; only its argon2 hash is stored.
+            let password = hex::encode(rand::random::<[u8; 12]>());
+            let hash = approvals::approvers::hash_password(&password)?;
+            let secret = approvals::totp::new_secret();
+            let uri = approvals::totp::otpauth_uri(&secret, name).map_err(|e| anyhow!(e))?;
+            env.store
+                .add_approver(name, &hash, &secret, sites, regions, now())
+                .await?;
+            env.audit(
+                "approver.add",
+                json!({"approver": name, "sites": sites, "regions": regions}),
+            )?;
+            if env.json {
+                println!(
+                    "{}",
+                    json!({"approver": name, "password": password, "otpauth": uri})
+                );
+            } else {
+                println!("approver {name} added.");
+                println!("initial password (shown once): {password}");
+                println!("TOTP enrolment (shown once; scan it in an authenticator app):\n{uri}\n");
+                print_qr(&uri);
+            }
+        }
+        ApproverAction::List => {
+            let rows = env.store.approvers().await?;
+            env.print_list(&rows, &["APPROVER", "SITES", "REGIONS"], |a| {
+                vec![a.name.clone(), a.sites.clone(), a.regions.clone()]
+            })?;
+        }
+    }
+    Ok(())
+}
+
+async fn request(env: &Env, action: &RequestAction) -> Result<()> {
+    match action {
+        RequestAction::List { status } => {
+            let rows = env.store.requests(status.as_deref()).await?;
+            env.print_list(
+                &rows,
+                &[
+                    "REQUEST", "VENDOR", "TARGET", "FUNCTION", "ASKED", "STATUS", "LATENCY",
+                    "REASON",
+                ],
+                |r| {
+                    vec![
+                        r.id.clone(),
+                        r.vendor.clone(),
+                        format!("{}/{}", r.site, r.device),
+                        r.function.clone(),
+                        humantime::format_duration(Duration::from_secs(r.duration.max(0) as u64))
+                            .to_string(),
+                        r.status.clone(),
+                        r.latency()
+                            .map(|l| format!("{l}s"))
+                            .unwrap_or_else(|| "-".into()),
+                        r.reason.clone(),
+                    ]
+                },
+            )?;
+        }
+        RequestAction::Approve { id, from, until } => {
+            let t = now();
+            let req = env
+                .store
+                .request(id)
+                .await?
+                .ok_or_else(|| anyhow!("no request with id {id}"))?;
+            let from = from
+                .as_deref()
+                .map(|f| parse_time(f, t))
+                .transpose()
+                .map_err(|e| anyhow!("--from: {e}"))?
+                .unwrap_or(t);
+            let until = until
+                .as_deref()
+                .map(|u| parse_time(u, t))
+                .transpose()
+                .map_err(|e| anyhow!("--until: {e}"))?
+                .unwrap_or(from + req.duration);
+            let (req, grant) = env
+                .store
+                .approve_request(id, &actor(), from, until, t)
+                .await?;
+            env.audit(
+                "request.approve",
+                json!({"request": id, "vendor": req.vendor, "site": req.site, "function": req.function, "grant": grant.id,
+                       "from": fmt_time(from), "until": fmt_time(until), "latency": req.latency()}),
+            )?;
+            println!(
+                "request {id} approved: grant {} until {}",
+                grant.id,
+                fmt_time(until)
+            );
+        }
+        RequestAction::Deny { id, reason } => {
+            let req = env.store.deny_request(id, &actor(), reason, now()).await?;
+            env.audit("request.deny", json!({"request": id, "vendor": req.vendor, "site": req.site, "reason": reason, "latency": req.latency()}))?;
+            println!("request {id} denied");
         }
     }
     Ok(())

@@ -83,6 +83,16 @@ pub enum Command {
         #[command(subcommand)]
         action: FunctionAction,
     },
+    /// Approvers: accountable owners of sites or regions, who decide access requests.
+    Approver {
+        #[command(subcommand)]
+        action: ApproverAction,
+    },
+    /// Vendors' access requests: list, approve with a window, or deny with a reason.
+    Request {
+        #[command(subcommand)]
+        action: RequestAction,
+    },
     /// Time-bound grants of a function at a site to a vendor.
     Grant {
         #[command(subcommand)]
@@ -244,6 +254,44 @@ pub enum FunctionAction {
         emergency: bool,
     },
     List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApproverAction {
+    /// Add an approver; prints their initial password and TOTP enrolment URI once.
+    Add {
+        name: String,
+        /// Sites they are accountable for (comma-separated).
+        #[arg(long, value_delimiter = ',', required_unless_present = "regions")]
+        sites: Vec<String>,
+        /// Regions they are accountable for (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<String>,
+    },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RequestAction {
+    List {
+        /// Only requests in this state: pending, approved, denied.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Approve: grants the function at the site for the asked duration from now, or the window given.
+    Approve {
+        id: String,
+        #[arg(long, allow_hyphen_values = true)]
+        from: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        until: Option<String>,
+    },
+    /// Deny, with a reason the vendor sees.
+    Deny {
+        id: String,
+        #[arg(long, default_value = "denied by the operator")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

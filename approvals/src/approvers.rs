@@ -1,0 +1,349 @@
+//! Approvers and access requests: who may grant access where, and vendors' requests for it.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use serde::Serialize;
+
+use crate::model::Grant;
+use crate::store::{NewGrant, Store, StoreError, new_id};
+
+/// An approver, accountable for the listed sites and every site of the listed regions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Approver {
+    pub name: String,
+    #[serde(skip)]
+    pub password_hash: String,
+    #[serde(skip)]
+    pub totp_secret: String,
+    #[serde(skip)]
+    pub totp_last_step: i64,
+    /// Comma-separated site names.
+    pub sites: String,
+    /// Comma-separated region names.
+    pub regions: String,
+    pub disabled: i64,
+    pub created: i64,
+}
+
+fn list(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').map(str::trim).filter(|x| !x.is_empty())
+}
+
+impl Approver {
+    /// Whether this approver is accountable for `site` (in `region`).
+    pub fn covers(&self, site: &str, region: Option<&str>) -> bool {
+        self.disabled == 0
+            && (list(&self.sites).any(|s| s == site)
+                || region.is_some_and(|r| list(&self.regions).any(|x| x == r)))
+    }
+}
+
+/// A vendor's request for a window of one function at one site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct AccessRequestRow {
+    pub id: String,
+    pub vendor: String,
+    pub site: String,
+    pub device: String,
+    pub function: String,
+    pub reason: String,
+    /// Seconds asked for.
+    pub duration: i64,
+    /// `pending`, `approved`, `denied` or `expired`.
+    pub status: String,
+    pub created: i64,
+    pub decided_at: Option<i64>,
+    pub decided_by: Option<String>,
+    pub decision_reason: Option<String>,
+    pub grant_id: Option<String>,
+}
+
+impl AccessRequestRow {
+    /// Request-to-decision time in seconds, once decided.
+    pub fn latency(&self) -> Option<i64> {
+        self.decided_at.map(|d| d - self.created)
+    }
+}
+
+/// What a vendor asks for.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub vendor: String,
+    pub site: String,
+    pub device: String,
+    pub function: String,
+    pub reason: String,
+    /// Seconds.
+    pub duration: i64,
+}
+
+/// Hashes a password with argon2id and a random salt.
+pub fn hash_password(password: &str) -> Result<String> {
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt_bytes)
+        .map_err(|e| StoreError::Invalid(format!("salt: {e}")))?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| StoreError::Invalid(format!("hashing password: {e}")))
+}
+
+/// Checks a password against its stored hash, in constant time.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+impl Store {
+    pub async fn add_approver(
+        &self,
+        name: &str,
+        password_hash: &str,
+        totp_secret: &str,
+        sites: &[String],
+        regions: &[String],
+        now: i64,
+    ) -> Result<()> {
+        crate::store::check_name("approver", name)?;
+        if sites.is_empty() && regions.is_empty() {
+            return Err(StoreError::Invalid(
+                "an approver needs --sites or --regions".into(),
+            ));
+        }
+        for s in sites {
+            if !self.site_exists(s).await? {
+                return Err(StoreError::NotFound(format!("no site named {s}")));
+            }
+        }
+        sqlx::query("INSERT INTO approvers (name, password_hash, totp_secret, totp_last_step, sites, regions, disabled, created) VALUES ($1, $2, $3, -1, $4, $5, 0, $6)")
+            .bind(name)
+            .bind(password_hash)
+            .bind(totp_secret)
+            .bind(sites.join(","))
+            .bind(regions.join(","))
+            .bind(now)
+            .execute(self.pool())
+            .await
+            .map_err(|e| crate::store::conflict_on_unique(e, format!("approver {name} already exists")))?;
+        Ok(())
+    }
+
+    pub async fn approver(&self, name: &str) -> Result<Option<Approver>> {
+        Ok(
+            sqlx::query_as::<_, Approver>("SELECT * FROM approvers WHERE name = $1")
+                .bind(name)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    pub async fn approvers(&self) -> Result<Vec<Approver>> {
+        Ok(
+            sqlx::query_as::<_, Approver>("SELECT * FROM approvers ORDER BY name")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
+    /// The approvers accountable for a site (to notify them).
+    pub async fn approvers_of(&self, site: &str) -> Result<Vec<Approver>> {
+        let region = self.site_region(site).await?;
+        Ok(self
+            .approvers()
+            .await?
+            .into_iter()
+            .filter(|a| a.covers(site, region.as_deref()))
+            .collect())
+    }
+
+    /// Whether `approver` may decide for `site`.
+    pub async fn may_approve(&self, approver: &str, site: &str) -> Result<bool> {
+        let region = self.site_region(site).await?;
+        Ok(self
+            .approver(approver)
+            .await?
+            .is_some_and(|a| a.covers(site, region.as_deref())))
+    }
+
+    async fn site_region(&self, site: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar::<_, Option<String>>("SELECT region FROM sites WHERE name = $1")
+                .bind(site)
+                .fetch_optional(self.pool())
+                .await?
+                .flatten(),
+        )
+    }
+
+    /// Files a request. The duration is bounded by the function's longest window.
+    pub async fn add_request(&self, r: &NewRequest, now: i64) -> Result<AccessRequestRow> {
+        let NewRequest {
+            vendor,
+            site,
+            device,
+            function,
+            reason,
+            duration,
+        } = r;
+        let duration = *duration;
+        let func = self
+            .function(function)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no function named {function}")))?;
+        if duration <= 0 || duration > func.max_window {
+            return Err(StoreError::Invalid(format!(
+                "the duration must be between 1s and {}s for function {function}",
+                func.max_window
+            )));
+        }
+        if reason.trim().is_empty() {
+            return Err(StoreError::Invalid("a request needs a reason".into()));
+        }
+        let id = new_id("r");
+        sqlx::query("INSERT INTO requests (id, vendor, site, device, function, reason, duration, status, created) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)")
+            .bind(&id)
+            .bind(vendor)
+            .bind(site)
+            .bind(device)
+            .bind(function)
+            .bind(reason.trim())
+            .bind(duration)
+            .bind(now)
+            .execute(self.pool())
+            .await
+            .map_err(|e| crate::store::conflict_on_unique(e, "request refers to an unknown vendor, site or function".into()))?;
+        self.request(&id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id))
+    }
+
+    pub async fn request(&self, id: &str) -> Result<Option<AccessRequestRow>> {
+        Ok(
+            sqlx::query_as::<_, AccessRequestRow>("SELECT * FROM requests WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    /// Requests, newest first; only those with `status` when given.
+    pub async fn requests(&self, status: Option<&str>) -> Result<Vec<AccessRequestRow>> {
+        Ok(sqlx::query_as::<_, AccessRequestRow>(
+            "SELECT * FROM requests WHERE ($1 = '' OR status = $1) ORDER BY created DESC, id",
+        )
+        .bind(status.unwrap_or(""))
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn requests_of_vendor(&self, vendor: &str) -> Result<Vec<AccessRequestRow>> {
+        Ok(sqlx::query_as::<_, AccessRequestRow>(
+            "SELECT * FROM requests WHERE vendor = $1 ORDER BY created DESC, id",
+        )
+        .bind(vendor)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Approves a pending request: creates its grant (window `from`..`until`, checked against the
+    /// function) and records who decided and when. Exactly one decision wins.
+    pub async fn approve_request(
+        &self,
+        id: &str,
+        by: &str,
+        from: i64,
+        until: i64,
+        now: i64,
+    ) -> Result<(AccessRequestRow, Grant)> {
+        let req = self
+            .request(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no request with id {id}")))?;
+        if req.status != "pending" {
+            return Err(StoreError::Conflict(format!(
+                "request {id} is already {}",
+                req.status
+            )));
+        }
+        let grant = self
+            .add_grant(
+                &NewGrant {
+                    vendor: req.vendor.clone(),
+                    site: req.site.clone(),
+                    function: req.function.clone(),
+                    valid_from: from,
+                    valid_until: until,
+                    granted_by: by.to_owned(),
+                    reason: format!("request {id}: {}", req.reason),
+                },
+                now,
+            )
+            .await?;
+        let n = sqlx::query("UPDATE requests SET status = 'approved', decided_at = $1, decided_by = $2, grant_id = $3 WHERE id = $4 AND status = 'pending'")
+            .bind(now)
+            .bind(by)
+            .bind(&grant.id)
+            .bind(id)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        if n == 0 {
+            // Someone decided first: withdraw the grant just made.
+            let _ = self.revoke_grant(&grant.id, by, now).await;
+            return Err(StoreError::Conflict(format!(
+                "request {id} was decided by someone else first"
+            )));
+        }
+        let req = self
+            .request(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        Ok((req, grant))
+    }
+
+    pub async fn deny_request(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<AccessRequestRow> {
+        let n = sqlx::query("UPDATE requests SET status = 'denied', decided_at = $1, decided_by = $2, decision_reason = $3 WHERE id = $4 AND status = 'pending'")
+            .bind(now)
+            .bind(by)
+            .bind(reason)
+            .bind(id)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        let req = self
+            .request(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no request with id {id}")))?;
+        if n == 0 {
+            return Err(StoreError::Conflict(format!(
+                "request {id} is already {}",
+                req.status
+            )));
+        }
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_only_themselves() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("correct horse!", &h));
+        assert!(!verify_password("x", "not a hash"));
+    }
+}
