@@ -1428,6 +1428,9 @@ pub async fn serve(
         ca: ca.fingerprint(russh::keys::HashAlg::Sha256),
         warn_before,
         seal,
+        request_wait: Duration::from_secs(
+            parse_duration(&env.cfg.request_wait).map_err(|e| anyhow!("request_wait: {e}"))? as u64,
+        ),
         env_allow: env.cfg.env_allow.clone(),
         limiter: crate::ratelimit::RateLimiter::new(Duration::from_secs(300), 10, 30),
         upstream_config: crate::upstream::client_config(),

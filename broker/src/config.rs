@@ -30,6 +30,9 @@ pub struct Config {
     /// How long before a window ends the vendor is warned.
     #[serde(default = "default_warn_before")]
     pub warn_before: String,
+    /// How long a vendor's connection waits for a decision on an access request filed from ssh.
+    #[serde(default = "default_request_wait")]
+    pub request_wait: String,
     /// Environment variables a vendor may pass to the device (exact names, or prefixes ending in `*`).
     #[serde(default = "default_env_allow")]
     pub env_allow: Vec<String>,
@@ -51,6 +54,9 @@ fn default_web_listen() -> String {
 fn default_warn_before() -> String {
     "5m".into()
 }
+fn default_request_wait() -> String {
+    "10m".into()
+}
 fn default_env_allow() -> Vec<String> {
     vec!["LANG".into(), "LC_*".into(), "TZ".into()]
 }
@@ -63,6 +69,7 @@ impl Default for Config {
             ssh_listen: default_ssh_listen(),
             web_listen: default_web_listen(),
             warn_before: default_warn_before(),
+            request_wait: default_request_wait(),
             env_allow: default_env_allow(),
         }
     }

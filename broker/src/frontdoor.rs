@@ -56,6 +56,8 @@ pub struct Conn {
     denied: Option<Deny>,
     /// Why an allowed session could not start (recording, database): for the vendor's message.
     start_error: Option<String>,
+    /// The target, once both factors passed.
+    target: Option<Target>,
     shared: Arc<ConnShared>,
 }
 
@@ -162,6 +164,7 @@ impl Conn {
 
     /// After both factors: ask the policy and, if allowed, start the live session.
     async fn start(&mut self, target: Target, session: &mut Session) {
+        self.target = Some(target.clone());
         let req = AccessRequest {
             vendor: target.vendor.clone(),
             site: target.site.clone(),
@@ -432,6 +435,40 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let handle = session.handle();
+        let offer = self
+            .target
+            .as_ref()
+            .filter(|t| t.function.is_some())
+            .is_some()
+            && matches!(
+                self.denied,
+                Some(Deny::NoGrant { .. } | Deny::WindowEnded { .. } | Deny::Revoked { .. })
+            );
+        if offer
+            && self.live().is_none()
+            && let Some(target) = self.target.clone()
+        {
+            // No grant for a named function: offer to file a request from this terminal.
+            reply.accept().await;
+            let (ctx, shared, refusal, source) = (
+                self.ctx.clone(),
+                self.shared.clone(),
+                self.refusal(),
+                self.peer.to_string(),
+            );
+            tokio::spawn(crate::request_flow::offer(
+                ctx,
+                target,
+                refusal,
+                channel,
+                handle,
+                source,
+                move |live| {
+                    *shared.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(live);
+                },
+            ));
+            return Ok(());
+        }
         let Some(live) = self.live().filter(|l| !l.is_closed()) else {
             // Accept only to say why, then close: the vendor sees one plain line.
             let id = channel.id();
@@ -463,6 +500,7 @@ impl russh::server::Handler for Conn {
                     live.clone(),
                     channel,
                     uch,
+                    Vec::new(),
                 ));
                 live.add_task(task.abort_handle());
             }
@@ -587,6 +625,7 @@ pub async fn serve(
                 cert: None,
                 denied: None,
                 start_error: None,
+                target: None,
                 shared: shared.clone(),
             };
             let result = match russh::server::run_stream(config, stream, conn).await {

@@ -9,6 +9,7 @@ mod login;
 mod proxy;
 mod ratelimit;
 mod recording;
+mod request_flow;
 mod session;
 mod transfer;
 mod upstream;

@@ -133,12 +133,16 @@ fn env_allowed(ctx: &Ctx, name: &str) -> bool {
 }
 
 /// Drives a session channel (shell, exec, sftp) between the vendor and the device.
+/// `initial` holds requests the vendor already sent on this channel before it was connected to
+/// the device (while filing an access request); they are handled first, in order.
 pub async fn session_channel(
     ctx: Arc<Ctx>,
     live: Arc<LiveSession>,
     mut vch: Channel<Msg>,
     mut uch: Channel<russh::client::Msg>,
+    initial: Vec<ChannelMsg>,
 ) {
+    let mut initial = initial.into_iter();
     let id = vch.id();
     let ch = u32::from(id);
     let handle = live.handle.clone();
@@ -152,7 +156,7 @@ pub async fn session_channel(
     let _ = rec.json(Kind::ChannelOpen, ch, &json!({"type": "session"}));
     loop {
         tokio::select! {
-            msg = vch.wait() => {
+            msg = async { match initial.next() { Some(m) => Some(m), None => vch.wait().await } } => {
                 let Some(msg) = msg else { break };
                 match msg {
                     ChannelMsg::Data { data } => {

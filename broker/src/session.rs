@@ -32,6 +32,8 @@ pub struct Ctx {
     pub ca: russh::keys::ssh_key::Fingerprint,
     pub warn_before: i64,
     pub seal: recorder::SealKey,
+    /// How long a vendor's connection waits for an approver's decision on a request.
+    pub request_wait: Duration,
     pub env_allow: Vec<String>,
     pub limiter: crate::ratelimit::RateLimiter,
     pub upstream_config: Arc<russh::client::Config>,

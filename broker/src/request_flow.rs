@@ -1,0 +1,316 @@
+//! Access requests from ssh: a vendor without a grant who names a function is offered, in their
+//! own terminal, to file a request (reason and duration). The connection then waits with a status
+//! line; once an approver grants it the session goes straight on to the device, and if they deny
+//! it the vendor sees their reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use approvals::time::{fmt_time, now, parse_duration};
+use approvals::{AccessRequest, Decision, NewRequest};
+use russh::server::{Handle, Msg};
+use russh::{Channel, ChannelId, ChannelMsg};
+use serde_json::json;
+
+use crate::login::Target;
+use crate::proxy;
+use crate::session::{Ctx, LiveSession};
+
+async fn say(handle: &Handle, id: ChannelId, text: &str) {
+    let _ = handle.data(id, text.as_bytes().to_vec()).await;
+}
+
+/// Reads one line typed in the vendor's terminal, echoing it (the broker is the terminal's far end
+/// here). `None` if the vendor cancels (Ctrl-C, Ctrl-D) or the channel closes. Window changes are
+/// kept for the device.
+async fn read_line(
+    vch: &mut Channel<Msg>,
+    handle: &Handle,
+    kept: &mut Vec<ChannelMsg>,
+) -> Option<String> {
+    let id = vch.id();
+    let mut line = String::new();
+    loop {
+        match vch.wait().await? {
+            ChannelMsg::Data { data } => {
+                for &b in data.iter() {
+                    match b {
+                        b'\r' | b'\n' => {
+                            say(handle, id, "\r\n").await;
+                            return Some(line);
+                        }
+                        0x03 | 0x04 => {
+                            say(handle, id, "^C\r\n").await;
+                            return None;
+                        }
+                        0x7f | 0x08 if !line.is_empty() => {
+                            line.pop();
+                            say(handle, id, "\x08 \x08").await;
+                        }
+                        0x20..=0x7e if line.len() < 200 => {
+                            line.push(b as char);
+                            let _ = handle.data(id, vec![b]).await;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            m @ ChannelMsg::WindowChange { .. } => kept.push(m),
+            ChannelMsg::Close | ChannelMsg::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
+/// Runs the request dialogue on a session channel. `set_live` registers the session once it starts.
+pub async fn offer(
+    ctx: Arc<Ctx>,
+    target: Target,
+    refusal: String,
+    mut vch: Channel<Msg>,
+    handle: Handle,
+    source: String,
+    set_live: impl FnOnce(Arc<LiveSession>),
+) {
+    let id = vch.id();
+    let Some(function) = target.function.clone() else {
+        return;
+    };
+    // Until the shell request, keep what the vendor's client asks for; the device gets it later.
+    let mut kept = Vec::new();
+    let mut pty = false;
+    loop {
+        match vch.wait().await {
+            Some(m @ ChannelMsg::RequestPty { .. }) => {
+                pty = true;
+                let _ = handle.channel_success(id).await;
+                kept.push(m);
+            }
+            Some(m @ (ChannelMsg::SetEnv { .. } | ChannelMsg::WindowChange { .. })) => kept.push(m),
+            Some(m @ ChannelMsg::RequestShell { .. }) => {
+                let _ = handle.channel_success(id).await;
+                kept.push(m);
+                break;
+            }
+            Some(ChannelMsg::Exec { .. } | ChannelMsg::RequestSubsystem { .. }) => {
+                proxy::refuse(
+                    &handle,
+                    id,
+                    &format!(
+                        "{refusal} (to request access, connect with a terminal and no command)"
+                    ),
+                )
+                .await;
+                return;
+            }
+            Some(ChannelMsg::Close | ChannelMsg::Eof) | None => return,
+            Some(_) => {}
+        }
+    }
+    if !pty {
+        proxy::refuse(
+            &handle,
+            id,
+            &format!("{refusal} (to request access, connect with a terminal: ssh -t)"),
+        )
+        .await;
+        return;
+    }
+    let max = match ctx.store.function(&function).await {
+        Ok(Some(f)) => f.max_window,
+        _ => {
+            proxy::refuse(&handle, id, &refusal).await;
+            return;
+        }
+    };
+    say(
+        &handle,
+        id,
+        &format!("postern: {refusal}.\r\nYou can ask for access now. Reason (empty to cancel): "),
+    )
+    .await;
+    let Some(reason) = read_line(&mut vch, &handle, &mut kept)
+        .await
+        .filter(|r| !r.trim().is_empty())
+    else {
+        proxy::refuse(&handle, id, "no request filed").await;
+        return;
+    };
+    let default = max.min(3600);
+    let mut duration = None;
+    for _ in 0..3 {
+        say(
+            &handle,
+            id,
+            &format!(
+                "For how long? (at most {}) [{}]: ",
+                humantime::format_duration(Duration::from_secs(max as u64)),
+                humantime::format_duration(Duration::from_secs(default as u64))
+            ),
+        )
+        .await;
+        let Some(text) = read_line(&mut vch, &handle, &mut kept).await else {
+            proxy::refuse(&handle, id, "no request filed").await;
+            return;
+        };
+        match if text.trim().is_empty() {
+            Ok(default)
+        } else {
+            parse_duration(&text)
+        } {
+            Ok(d) if d <= max => {
+                duration = Some(d);
+                break;
+            }
+            Ok(_) => say(&handle, id, "That is longer than this function allows.\r\n").await,
+            Err(e) => say(&handle, id, &format!("{e}\r\n")).await,
+        }
+    }
+    let Some(duration) = duration else {
+        proxy::refuse(&handle, id, "no request filed").await;
+        return;
+    };
+    let ask = NewRequest {
+        vendor: target.vendor.clone(),
+        site: target.site.clone(),
+        device: target.device.clone(),
+        function: function.clone(),
+        reason,
+        duration,
+    };
+    let req = match ctx.store.add_request(&ask, now()).await {
+        Ok(r) => r,
+        Err(e) => {
+            proxy::refuse(&handle, id, &format!("the request could not be filed: {e}")).await;
+            return;
+        }
+    };
+    let approvers: Vec<String> = ctx
+        .store
+        .approvers_of(&target.site)
+        .await
+        .map(|a| a.into_iter().map(|a| a.name).collect())
+        .unwrap_or_default();
+    ctx.audit(
+        "request.filed",
+        json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
+               "reason": req.reason, "duration": req.duration, "approvers": approvers}),
+    )
+    .await;
+    // Wait for a decision, showing how long it has been.
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let decided = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                match ctx.store.request(&req.id).await {
+                    Ok(Some(r)) if r.status != "pending" => break Some(r),
+                    _ => {}
+                }
+                if started.elapsed() > ctx.request_wait {
+                    break None;
+                }
+                let s = started.elapsed().as_secs();
+                say(&handle, id, &format!("\r\x1b[Kpostern: request {} is waiting for an approver ({}:{:02}; Ctrl-C stops waiting)", req.id, s / 60, s % 60)).await;
+            }
+            msg = vch.wait() => match msg {
+                Some(ChannelMsg::Data { data }) if data.contains(&0x03) => break None,
+                Some(m @ ChannelMsg::WindowChange { .. }) => kept.push(m),
+                Some(ChannelMsg::Close | ChannelMsg::Eof) | None => return,
+                _ => {}
+            },
+        }
+    };
+    say(&handle, id, "\r\x1b[K").await;
+    let Some(decided) = decided else {
+        proxy::refuse(
+            &handle,
+            id,
+            &format!(
+                "request {} is still waiting for an approver; connect again once it is granted",
+                req.id
+            ),
+        )
+        .await;
+        return;
+    };
+    if decided.status != "approved" {
+        let why = decided.decision_reason.unwrap_or_default();
+        let by = decided.decided_by.unwrap_or_default();
+        proxy::refuse(
+            &handle,
+            id,
+            &format!("request {} was denied by {by}: {why}", req.id),
+        )
+        .await;
+        return;
+    }
+    // Granted: the same policy decision as at any session start, then on to the device.
+    let q = AccessRequest {
+        vendor: target.vendor.clone(),
+        site: target.site.clone(),
+        device: target.device.clone(),
+        function: Some(function),
+        channel: None,
+    };
+    let decision = match ctx
+        .store
+        .facts(&q.vendor, &q.site, &q.device, q.function.as_deref())
+        .await
+    {
+        Ok(f) => approvals::decide(&q, &f, now()),
+        Err(e) => {
+            proxy::refuse(&handle, id, &format!("control plane unavailable: {e}")).await;
+            return;
+        }
+    };
+    if let Decision::Deny { reason } = &decision {
+        proxy::refuse(&handle, id, &reason.to_string()).await;
+        return;
+    }
+    if let Decision::Allow { window_end, .. } = &decision {
+        say(
+            &handle,
+            id,
+            &format!(
+                "postern: request {} granted by {} until {}.\r\n",
+                req.id,
+                decided.decided_by.unwrap_or_default(),
+                fmt_time(*window_end)
+            ),
+        )
+        .await;
+    }
+    let live = match LiveSession::start(&ctx, target, &decision, source, handle.clone()).await {
+        Ok(l) => l,
+        Err(e) => {
+            proxy::refuse(&handle, id, &format!("access denied: {e}")).await;
+            return;
+        }
+    };
+    set_live(live.clone());
+    let upstream = match live.upstream(&ctx).await {
+        Ok(u) => u,
+        Err(e) => {
+            proxy::refuse(&handle, id, &e).await;
+            live.request_close(e);
+            return;
+        }
+    };
+    match upstream.channel_open_session().await {
+        Ok(uch) => {
+            let task = tokio::spawn(proxy::session_channel(
+                ctx.clone(),
+                live.clone(),
+                vch,
+                uch,
+                kept,
+            ));
+            live.add_task(task.abort_handle());
+        }
+        Err(e) => {
+            proxy::refuse(&handle, id, &format!("the device refused the session: {e}")).await;
+            live.request_close("the device refused the session");
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! A vendor without a grant asks for access from their own ssh session; once approved, the same
+//! session goes on to the device; when denied, the vendor sees the reason.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::World;
+use serde_json::Value;
+
+fn pending(w: &World, vendor: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows: Vec<Value> =
+            serde_json::from_str(&w.ok(&["request", "list", "--status", "pending", "--json"]))
+                .unwrap();
+        if let Some(r) = rows.iter().find(|r| r["vendor"] == vendor) {
+            return r["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pending request from {vendor}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn request_from_ssh_then_approve_or_deny() {
+    let w = World::new(9, "5m");
+    let t = Duration::from_secs(15);
+
+    // Approved: the waiting session continues to the device.
+    let rae = w.vendor("rae", &[]);
+    let mut sh = w.shell(&rae, "rae:site-a/dev:maint");
+    sh.expect("Reason (empty to cancel): ", t);
+    sh.send("camera offline since 02:00\r");
+    sh.expect("For how long?", t);
+    sh.send("30m\r");
+    sh.expect("is waiting for an approver", t);
+    let id = pending(&w, "rae");
+    let out = w.ok(&["request", "approve", &id]);
+    assert!(out.contains("approved"), "{out}");
+    sh.expect("granted by operator", t);
+    sh.expect("access until", t);
+    sh.send("echo via-request-$((40+2))\r");
+    sh.expect("via-request-42", t);
+    sh.send("exit\r");
+    sh.wait_exit(t);
+    let filed = w.wait_audit("request.filed", |e| {
+        e["event"] == "request.filed" && e["request"] == id.as_str()
+    });
+    assert_eq!(filed["reason"], "camera offline since 02:00");
+    assert_eq!(filed["duration"], 1800);
+    let approved = w.wait_audit("request.approve", |e| {
+        e["event"] == "request.approve" && e["request"] == id.as_str()
+    });
+    assert!(
+        approved["latency"].as_i64().is_some(),
+        "request-to-decision time is recorded: {approved}"
+    );
+    let grants: Vec<Value> = serde_json::from_str(&w.ok(&["grant", "list", "--json"])).unwrap();
+    let g = grants.iter().find(|g| g["vendor"] == "rae").unwrap();
+    assert_eq!(
+        g["valid_until"].as_i64().unwrap() - g["valid_from"].as_i64().unwrap(),
+        1800
+    );
+
+    // Denied: the vendor sees the approver's reason.
+    let dee = w.vendor("dee", &[]);
+    let mut sh = w.shell(&dee, "dee:site-a/dev:maint");
+    sh.expect("Reason (empty to cancel): ", t);
+    sh.send("firmware update\r");
+    sh.expect("For how long?", t);
+    sh.send("\r");
+    sh.expect("is waiting for an approver", t);
+    let id = pending(&w, "dee");
+    w.ok(&["request", "deny", &id, "--reason", "use the Tuesday window"]);
+    sh.expect("use the Tuesday window", t);
+    sh.wait_exit(t);
+
+    // Longer than the function allows is refused at the prompt; an exec cannot file a request.
+    let o = w.ssh(&dee, "dee:site-a/dev:maint", &["true"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("connect with a terminal and no command"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
