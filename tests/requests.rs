@@ -79,6 +79,22 @@ fn request_from_ssh_then_approve_or_deny() {
     sh.expect("use the Tuesday window", t);
     sh.wait_exit(t);
 
+    // The vendor sees their requests and the decisions later.
+    let o = w.ssh(&rae, "rae:requests", &[]);
+    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success()
+            && listing.contains("approved by operator")
+            && listing.contains("camera offline since 02:00"),
+        "{listing}"
+    );
+    let o = w.ssh(&dee, "dee:requests", &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("denied by operator:"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
     // Longer than the function allows is refused at the prompt; an exec cannot file a request.
     let o = w.ssh(&dee, "dee:site-a/dev:maint", &["true"]);
     assert!(

@@ -165,6 +165,9 @@ impl Conn {
     /// After both factors: ask the policy and, if allowed, start the live session.
     async fn start(&mut self, target: Target, session: &mut Session) {
         self.target = Some(target.clone());
+        if target.is_requests_listing() {
+            return;
+        }
         let req = AccessRequest {
             vendor: target.vendor.clone(),
             site: target.site.clone(),
@@ -435,6 +438,25 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let handle = session.handle();
+        if let Some(vendor) = self
+            .target
+            .as_ref()
+            .filter(|t| t.is_requests_listing())
+            .map(|t| t.vendor.clone())
+        {
+            reply.accept().await;
+            let ctx = self.ctx.clone();
+            tokio::spawn(async move {
+                let id = channel.id();
+                let text = requests_listing(&ctx, &vendor).await;
+                let _ = handle.data(id, text.into_bytes()).await;
+                let _ = handle.exit_status_request(id, 0).await;
+                let _ = handle.eof(id).await;
+                let _ = handle.close(id).await;
+                drop(channel);
+            });
+            return Ok(());
+        }
         let offer = self
             .target
             .as_ref()
@@ -589,6 +611,42 @@ impl russh::server::Handler for Conn {
         // Remote forwards (ssh -R) would open a path into the vendor's network: never.
         Ok(false)
     }
+}
+
+/// A vendor's own access requests, newest first, as text for their terminal.
+async fn requests_listing(ctx: &Ctx, vendor: &str) -> String {
+    let rows = match ctx.store.requests_of_vendor(vendor).await {
+        Ok(r) => r,
+        Err(e) => return format!("postern: control plane unavailable: {e}\r\n"),
+    };
+    if rows.is_empty() {
+        return "postern: you have filed no access requests\r\n".into();
+    }
+    let mut out = String::new();
+    for r in rows {
+        let decision = match (r.status.as_str(), &r.decided_by, &r.decision_reason) {
+            ("approved", Some(by), _) => format!(
+                "approved by {by} (grant {})",
+                r.grant_id.clone().unwrap_or_default()
+            ),
+            ("denied", Some(by), reason) => {
+                format!("denied by {by}: {}", reason.clone().unwrap_or_default())
+            }
+            (status, _, _) => status.to_owned(),
+        };
+        out.push_str(&format!(
+            "{}  {}  {}/{}:{}  {}  \"{}\"  {}\r\n",
+            r.id,
+            approvals::time::fmt_time(r.created),
+            r.site,
+            r.device,
+            r.function,
+            humantime::format_duration(Duration::from_secs(r.duration.max(0) as u64)),
+            r.reason,
+            decision
+        ));
+    }
+    out
 }
 
 /// Server configuration for the vendor side.

@@ -1,4 +1,5 @@
-//! The vendor login string: `VENDOR:SITE/DEVICE[:FUNCTION]` (the OpenSSH user name).
+//! The vendor login string: `VENDOR:SITE/DEVICE[:FUNCTION]` (the OpenSSH user name), or
+//! `VENDOR:requests` to list one's own access requests.
 
 use std::fmt;
 
@@ -10,8 +11,18 @@ pub struct Target {
     pub function: Option<String>,
 }
 
+impl Target {
+    /// `VENDOR:requests`: no device, only the vendor's list of requests.
+    pub fn is_requests_listing(&self) -> bool {
+        self.site.is_empty()
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_requests_listing() {
+            return write!(f, "{}:requests", self.vendor);
+        }
         write!(f, "{}:{}/{}", self.vendor, self.site, self.device)?;
         if let Some(func) = &self.function {
             write!(f, ":{func}")?;
@@ -37,6 +48,14 @@ pub fn parse(user: &str) -> Result<Target, String> {
         )
     };
     let (vendor, rest) = user.split_once(':').ok_or_else(bad)?;
+    if rest == "requests" && valid(vendor) {
+        return Ok(Target {
+            vendor: vendor.into(),
+            site: String::new(),
+            device: String::new(),
+            function: None,
+        });
+    }
     let (site, rest) = rest.split_once('/').ok_or_else(bad)?;
     let (device, function) = match rest.split_once(':') {
         Some((d, f)) => (d, Some(f)),
@@ -72,6 +91,10 @@ mod tests {
         let t = parse("alice:s/d:hvac-maint").unwrap();
         assert_eq!(t.function.as_deref(), Some("hvac-maint"));
         assert_eq!(t.to_string(), "alice:s/d:hvac-maint");
+        let r = parse("alice:requests").unwrap();
+        assert!(r.is_requests_listing());
+        assert_eq!(r.to_string(), "alice:requests");
+        assert!(!parse("alice:s/d").unwrap().is_requests_listing());
         for bad in [
             "alice",
             "alice:site",
