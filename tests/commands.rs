@@ -111,20 +111,7 @@ fn edited_commands_are_logged_as_the_device_ran_them() {
     // An exec line is logged exactly.
     let o = w.ssh(&v, "ed:site-a/dev", &["printf '%s\\n' 'a  b' | wc -c"]);
     assert!(o.status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while w
-        .audit()
-        .iter()
-        .filter(|e| e["event"] == "session.seal")
-        .count()
-        < 2
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "second session never sealed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    w.wait_sealed(2);
     let hits: Vec<Value> =
         serde_json::from_str(&w.ok(&["commands", "--grep", "wc -c", "--json"])).unwrap();
     assert_eq!(hits[0]["command"], "printf '%s\\n' 'a  b' | wc -c");

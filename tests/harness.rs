@@ -505,6 +505,25 @@ impl World {
         }
     }
 
+    /// Waits until `n` sessions have been sealed (a session's records, command log and seal are
+    /// all written when its seal appears in the audit log).
+    pub fn wait_sealed(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .audit()
+            .iter()
+            .filter(|e| e["event"] == "session.seal")
+            .count()
+            < n
+        {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} sessions were sealed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn sessions(&self) -> Vec<Value> {
         serde_json::from_str::<Vec<Value>>(&self.ok(&["sessions", "--json"])).unwrap()
     }

@@ -191,20 +191,7 @@ fn vendor_sessions_end_to_end() {
     });
 
     // The transfers are in the command log with direction, path, size and SHA-256, and so is the forward.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while w
-        .audit()
-        .iter()
-        .filter(|e| e["event"] == "session.seal")
-        .count()
-        < 6
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sessions never sealed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    w.wait_sealed(6);
     let log: Vec<Value> = serde_json::from_str(&w.ok(&["commands", "--json"])).unwrap();
     let digest = hex::encode(Sha256::digest(&payload));
     let remote_s = remote.display().to_string();

@@ -42,6 +42,26 @@ fn offset_of(path: &Path, seq: u64) -> usize {
     off
 }
 
+/// `rounds` damaged copies of `good`: flipped bytes, truncations and insertions, deterministic.
+fn corruptions(good: &[u8], seed: u64, rounds: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let mut x = seed;
+    (0..rounds).map(move |round| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut bytes = good.to_vec();
+        let at = (x as usize) % bytes.len();
+        match round % 3 {
+            0 => bytes[at] = (x >> 32) as u8,
+            1 => bytes.truncate(at),
+            _ => bytes
+                .splice(at..at, (0..(x % 64) as u8).map(|i| i.wrapping_mul(37)))
+                .for_each(drop),
+        }
+        bytes
+    })
+}
+
 #[test]
 fn untouched_recording_verifies() {
     let dir = tempfile::tempdir().unwrap();
@@ -151,20 +171,7 @@ fn garbage_never_panics() {
     let path = sample(dir.path());
     let good = fs::read(&path).unwrap();
     // Deterministic pseudo-random corruption of every kind: flips, cuts, insertions.
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for round in 0..2000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let mut bytes = good.clone();
-        let at = (x as usize) % bytes.len();
-        match round % 3 {
-            0 => bytes[at] = (x >> 32) as u8,
-            1 => bytes.truncate(at),
-            _ => bytes
-                .splice(at..at, (0..(x % 64) as u8).map(|i| i.wrapping_mul(37)))
-                .for_each(drop),
-        }
+    for bytes in corruptions(&good, 0x9e37_79b9_7f4a_7c15, 2000) {
         if let Ok(reader) = Reader::new(&bytes[..]) {
             let _ = terminal_events(reader, true);
         }
@@ -377,20 +384,7 @@ fn compressed_recordings_keep_the_per_record_chain() {
 fn compressed_garbage_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let good = fs::read(sample_compressed(dir.path(), 50)).unwrap();
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    for round in 0..3000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let mut bytes = good.clone();
-        let at = (x as usize) % bytes.len();
-        match round % 3 {
-            0 => bytes[at] = (x >> 32) as u8,
-            1 => bytes.truncate(at),
-            _ => bytes
-                .splice(at..at, (0..(x % 64) as u8).map(|i| i.wrapping_mul(37)))
-                .for_each(drop),
-        }
+    for bytes in corruptions(&good, 0x2545_f491_4f6c_dd1d, 3000) {
         let _ = recorder::verify(&bytes[..]);
         if let Ok(reader) = Reader::new(&bytes[..]) {
             let _ = recorder::extract_commands(reader);
