@@ -143,6 +143,7 @@ pub async fn session_channel(
     initial: Vec<ChannelMsg>,
 ) {
     let mut initial = initial.into_iter();
+    let mut stopping = live.stopping();
     let id = vch.id();
     let ch = u32::from(id);
     let handle = live.handle.clone();
@@ -156,6 +157,10 @@ pub async fn session_channel(
     let _ = rec.json(Kind::ChannelOpen, ch, &json!({"type": "session"}));
     loop {
         tokio::select! {
+            _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                // The supervisor is closing the session: hold the channels open for its notice.
+                std::future::pending::<()>().await;
+            }
             msg = async { match initial.next() { Some(m) => Some(m), None => vch.wait().await } } => {
                 let Some(msg) = msg else { break };
                 match msg {

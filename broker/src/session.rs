@@ -77,6 +77,9 @@ pub struct LiveSession {
     interactive: Mutex<Vec<ChannelId>>,
     close_tx: mpsc::UnboundedSender<String>,
     closed: AtomicBool,
+    /// Tells channel tasks to stop forwarding while keeping their channels open (dropping a
+    /// channel closes it, and the vendor's client would exit before hearing why).
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl LiveSession {
@@ -152,6 +155,7 @@ impl LiveSession {
             interactive: Mutex::new(Vec::new()),
             close_tx,
             closed: AtomicBool::new(false),
+            stop: tokio::sync::watch::Sender::new(false),
         });
         ctx.live
             .lock()
@@ -175,6 +179,11 @@ impl LiveSession {
     /// Asks the supervisor to close the session; safe to call from anywhere, any number of times.
     pub fn request_close(&self, reason: impl Into<String>) {
         let _ = self.close_tx.send(reason.into());
+    }
+
+    /// Becomes true when the broker is closing the session.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -225,7 +234,7 @@ impl LiveSession {
         let line = format!("\r\npostern: {text}\r\n");
         for ch in channels {
             let send = self.handle.extended_data(ch, 1, line.clone().into_bytes());
-            let _ = tokio::time::timeout(Duration::from_millis(250), send).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
         }
         let _ = self
             .recording
@@ -274,26 +283,36 @@ async fn finish(ctx: &Ctx, live: &LiveSession, reason: &str) {
     }
     info!(session = %live.id, reason, "closing session");
     let vendor_gone = reason == "vendor disconnected";
-    if !vendor_gone {
-        live.notice(reason).await;
-        let bye = live.handle.disconnect(
-            russh::Disconnect::ByApplication,
-            format!("postern: {reason}"),
-            String::new(),
-        );
-        let _ = tokio::time::timeout(Duration::from_millis(250), bye).await;
-    }
-    // Channel tasks end by themselves once the vendor's connection is gone, writing their
-    // closing records (byte counts, transfers); give them a moment, then stop what remains.
     let tasks: Vec<AbortHandle> = live
         .tasks
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .drain(..)
         .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-    while tasks.iter().any(|t| !t.is_finished()) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if vendor_gone {
+        // Channel tasks end by themselves once the vendor's connection is gone, writing their
+        // closing records (byte counts, transfers); give them a moment, then stop what remains.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while tasks.iter().any(|t| !t.is_finished()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    } else {
+        // The broker ends it: stop the device's output first, so the reason is not stuck behind
+        // queued data, then tell the vendor and disconnect; the channels close last.
+        live.stop.send_replace(true);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = live.recording.json(
+            Kind::Event,
+            0,
+            &json!({"event": "channels_stopped", "reason": reason}),
+        );
+        live.notice(reason).await;
+        let bye = live.handle.disconnect(
+            russh::Disconnect::ByApplication,
+            format!("postern: {reason}"),
+            String::new(),
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
     }
     for t in tasks {
         t.abort();

@@ -124,6 +124,18 @@ impl CommandLog {
         }
     }
 
+    /// Logs an entry that a record states directly (exec, transfer, forward).
+    fn log(&mut self, r: &Record, kind: &'static str, command: String) {
+        let offset = self.offset(r.time_us);
+        self.entries.push(CommandEntry {
+            time_us: r.time_us,
+            offset,
+            channel: r.channel,
+            kind,
+            command,
+        });
+    }
+
     /// Feeds one record.
     pub fn push(&mut self, r: &Record) {
         self.start_us.get_or_insert(r.time_us);
@@ -133,14 +145,7 @@ impl CommandLog {
                     .json()
                     .and_then(|v| v["command"].as_str().map(str::to_owned))
                 {
-                    let offset = self.offset(r.time_us);
-                    self.entries.push(CommandEntry {
-                        time_us: r.time_us,
-                        offset,
-                        channel: r.channel,
-                        kind: "exec",
-                        command: cmd,
-                    });
+                    self.log(r, "exec", cmd);
                 }
             }
             Kind::Resize => {
@@ -171,14 +176,7 @@ impl CommandLog {
                         v["path"].as_str().unwrap_or("?"),
                         v["size"].as_u64().unwrap_or(0)
                     );
-                    let offset = self.offset(r.time_us);
-                    self.entries.push(CommandEntry {
-                        time_us: r.time_us,
-                        offset,
-                        channel: r.channel,
-                        kind,
-                        command,
-                    });
+                    self.log(r, kind, command);
                 }
             }
             Kind::ChannelClose => {
@@ -194,14 +192,7 @@ impl CommandLog {
                     v["opened"].as_str().unwrap_or("?"),
                     v["closed"].as_str().unwrap_or("?")
                 );
-                let offset = self.offset(r.time_us);
-                self.entries.push(CommandEntry {
-                    time_us: r.time_us,
-                    offset,
-                    channel: r.channel,
-                    kind: "forward",
-                    command,
-                });
+                self.log(r, "forward", command);
             }
             Kind::Output | Kind::Stderr => {
                 let Some(sh) = self.shells.get_mut(&r.channel) else {

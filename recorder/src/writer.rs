@@ -27,6 +27,9 @@ pub struct Writer {
     next_seq: u64,
     prev: [u8; HASH_LEN],
     compressor: Option<Compressor>,
+    /// Set by the first failed write. After it nothing more is written: the file then ends at the
+    /// last complete record, or in a torn one, never in records chained onto a partial write.
+    failed: bool,
 }
 
 impl Writer {
@@ -60,6 +63,7 @@ impl Writer {
             } else {
                 None
             },
+            failed: false,
         })
     }
 
@@ -83,14 +87,22 @@ impl Writer {
         if payload.len() > MAX_PAYLOAD {
             return Err(WriteError::TooLarge(payload.len()));
         }
+        self.check()?;
         let seq = self.next_seq;
         let body = encode_body(seq, time_us, kind, channel, payload);
         let hash = chain_hash(&self.prev, &body);
         let stored = match self.compressor.as_mut() {
-            Some(c) => frame(&c.chunk(&body)?, &hash),
+            Some(c) => match c.chunk(&body) {
+                Ok(chunk) => frame(&chunk, &hash),
+                Err(e) => {
+                    // The compression stream's state is unknown now: stop here.
+                    self.failed = true;
+                    return Err(WriteError::Io(e));
+                }
+            },
             None => frame(&body, &hash),
         };
-        self.out.write_all(&stored)?;
+        self.guard(|w| w.out.write_all(&stored))?;
         self.prev = hash;
         self.next_seq += 1;
         Ok(seq)
@@ -98,8 +110,27 @@ impl Writer {
 
     /// Pushes buffered records to the operating system.
     pub fn flush(&mut self) -> Result<(), WriteError> {
-        self.out.flush()?;
+        self.check()?;
+        self.guard(|w| w.out.flush())
+    }
+
+    fn check(&self) -> Result<(), WriteError> {
+        if self.failed {
+            return Err(WriteError::Damaged(
+                "an earlier write failed; nothing more is written to this recording".into(),
+            ));
+        }
         Ok(())
+    }
+
+    fn guard(
+        &mut self,
+        op: impl FnOnce(&mut Self) -> std::io::Result<()>,
+    ) -> Result<(), WriteError> {
+        op(self).map_err(|e| {
+            self.failed = true;
+            WriteError::Io(e)
+        })
     }
 
     /// Appends the seal: a signature over every record written so far. Nothing may follow it.
@@ -113,8 +144,9 @@ impl Writer {
 
     /// Flushes and fsyncs; returns the number of records and the final hash.
     pub fn finish(&mut self) -> Result<(u64, [u8; HASH_LEN]), WriteError> {
-        self.out.flush()?;
-        self.out.get_ref().sync_data()?;
+        self.check()?;
+        self.guard(|w| w.out.flush())?;
+        self.guard(|w| w.out.get_ref().sync_data())?;
         Ok((self.next_seq, self.prev))
     }
 
