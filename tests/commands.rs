@@ -21,7 +21,18 @@ fn edited_commands_are_logged_as_the_device_ran_them() {
     sh.expect("access until", Duration::from_secs(15));
     let t = Duration::from_secs(10);
     let settle = || std::thread::sleep(Duration::from_millis(300));
-    // Let the shell draw its prompt before typing.
+    // Wait for the shell's prompt before typing, as a person does (type-ahead before the prompt is
+    // not reconstructed; see the command log's docs).
+    let deadline = std::time::Instant::now() + t;
+    while !sh.screen().trim_end().ends_with(['#', '$']) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no shell prompt:\n{}",
+            sh.screen()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    settle();
     sh.send("echo ready-$((1+1))\r");
     sh.expect("ready-2", t);
     settle();

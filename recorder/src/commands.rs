@@ -5,7 +5,9 @@
 //! line from where they started typing (just after the prompt) to its end, once the device has
 //! echoed everything typed before Enter. Line editing, history recall and completion are
 //! therefore logged as the shell showed them, not as raw keystrokes. Keystrokes the device never
-//! echoed (a password at a no-echo prompt) are not logged.
+//! echoed (a password at a no-echo prompt) are not logged. Known limit: a line typed ahead, before
+//! the shell has drawn its prompt, has no echo where typing began and is not logged either (the
+//! recording still holds the keystrokes and the output).
 
 use serde::Serialize;
 
