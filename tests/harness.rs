@@ -546,6 +546,8 @@ impl World {
         let sink = out.clone();
         let pty = Arc::new(pty);
         let reader = pty.clone();
+        let drained = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = drained.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = (&*reader).read(&mut buf) {
@@ -554,8 +556,14 @@ impl World {
                 }
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        let mut p = Pty { pty, child, out };
+        let mut p = Pty {
+            pty,
+            child,
+            out,
+            drained,
+        };
         p.expect("TOTP code:", Duration::from_secs(10));
         let code = v.next_code();
         p.send(&format!("{code}\r"));
@@ -579,6 +587,8 @@ pub struct Pty {
     pty: Arc<pty_process::blocking::Pty>,
     pub child: Child,
     out: Arc<Mutex<Vec<u8>>>,
+    /// Set when the reader has read everything the terminal got (end of file).
+    drained: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Pty {
@@ -606,12 +616,20 @@ impl Pty {
         }
     }
 
-    /// Waits for the client to exit; returns how long that took.
+    /// Waits for the client to exit; returns how long that took. Then waits (briefly) until
+    /// everything the client wrote before exiting has been read, so `screen()` is complete.
     pub fn wait_exit(&mut self, timeout: Duration) -> Duration {
         let start = Instant::now();
         loop {
             if self.child.try_wait().unwrap().is_some() {
-                return start.elapsed();
+                let took = start.elapsed();
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while !self.drained.load(std::sync::atomic::Ordering::SeqCst)
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                return took;
             }
             if start.elapsed() > timeout {
                 let _ = self.child.kill();
