@@ -493,23 +493,19 @@ impl russh::server::Handler for Conn {
         }
         let Some(live) = self.live().filter(|l| !l.is_closed()) else {
             // Accept only to say why, then close: the vendor sees one plain line.
-            let id = channel.id();
             reply.accept().await;
             let msg = self.refusal();
             tokio::spawn(async move {
-                let _keep = channel;
-                proxy::refuse(&handle, id, &msg).await;
+                proxy::refuse_when_asked(&handle, channel, &msg).await;
             });
             return Ok(());
         };
         let upstream = match live.upstream(&self.ctx).await {
             Ok(u) => u,
             Err(e) => {
-                let id = channel.id();
                 reply.accept().await;
                 tokio::spawn(async move {
-                    let _keep = channel;
-                    proxy::refuse(&handle, id, &e).await;
+                    proxy::refuse_when_asked(&handle, channel, &e).await;
                 });
                 return Ok(());
             }

@@ -125,6 +125,34 @@ pub async fn refuse(handle: &russh::server::Handle, id: ChannelId, message: &str
     let _ = handle.close(id).await;
 }
 
+/// Refuses a channel in answer to the client's first real request (shell, exec, subsystem), when
+/// it waits for the reply and prints what comes before it. Refusing earlier races the request.
+pub async fn refuse_when_asked(
+    handle: &russh::server::Handle,
+    mut vch: Channel<Msg>,
+    message: &str,
+) {
+    let id = vch.id();
+    let asked = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match vch.wait().await {
+                Some(
+                    ChannelMsg::RequestShell { .. }
+                    | ChannelMsg::Exec { .. }
+                    | ChannelMsg::RequestSubsystem { .. },
+                ) => return true,
+                Some(ChannelMsg::Close | ChannelMsg::Eof) | None => return false,
+                Some(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(true);
+    if asked {
+        refuse(handle, id, message).await;
+    }
+}
+
 fn env_allowed(ctx: &Ctx, name: &str) -> bool {
     ctx.env_allow.iter().any(|p| match p.strip_suffix('*') {
         Some(prefix) => name.starts_with(prefix),
