@@ -91,26 +91,51 @@ pub struct Vendor {
     next_step: Mutex<u64>,
 }
 
-impl Vendor {
-    /// The code for the next unused step; waits for time to move on when needed. A step is
-    /// accepted while the clock is within one step of it, so a code is never handed out with
-    /// less than five seconds of validity left.
-    pub fn next_code(&self) -> String {
-        let mut next = self.next_step.lock().unwrap();
-        loop {
-            let now = unix_now();
-            let now_step = now / 30;
-            *next = (*next).max(now_step.saturating_sub(1));
-            while (*next + 2) * 30 < now + 5 {
-                *next += 1;
-            }
-            if *next <= now_step + 1 {
-                let code = approvals::totp::code_at(&self.secret, *next * 30).unwrap();
-                *next += 1;
-                return code;
-            }
-            std::thread::sleep(Duration::from_millis(500));
+/// The code for the next unused step of `secret`; waits for time to move on when needed. A step
+/// is accepted while the clock is within one step of it, so a code is never handed out with less
+/// than five seconds of validity left.
+fn next_totp(secret: &str, next_step: &Mutex<u64>) -> String {
+    let mut next = next_step.lock().unwrap();
+    loop {
+        let now = unix_now();
+        let now_step = now / 30;
+        *next = (*next).max(now_step.saturating_sub(1));
+        while (*next + 2) * 30 < now + 5 {
+            *next += 1;
         }
+        if *next <= now_step + 1 {
+            let code = approvals::totp::code_at(secret, *next * 30).unwrap();
+            *next += 1;
+            return code;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// An approver: name, initial password, TOTP secret and the steps already used.
+pub struct Approver {
+    pub name: String,
+    pub password: String,
+    pub secret: String,
+    next_step: Mutex<u64>,
+}
+
+impl Approver {
+    pub fn next_code(&self) -> String {
+        next_totp(&self.secret, &self.next_step)
+    }
+
+    /// A code for a step already used (to test replay protection).
+    pub fn used_code(&self) -> String {
+        let step = *self.next_step.lock().unwrap() - 1;
+        approvals::totp::code_at(&self.secret, step * 30).unwrap()
+    }
+}
+
+impl Vendor {
+    /// The code for the next unused step (see [`next_totp`]).
+    pub fn next_code(&self) -> String {
+        next_totp(&self.secret, &self.next_step)
     }
 
     /// The code of the newest acceptable step (valid for the next 30 to 60 seconds), marking it used.
@@ -137,6 +162,8 @@ pub struct World {
     pub dir: tempfile::TempDir,
     pub data: PathBuf,
     pub broker_port: u16,
+    /// The approvers' web UI, `http://127.0.0.1:PORT`.
+    pub web_url: String,
     pub sshd_port: u16,
     broker: Option<Child>,
     sshd: Child,
@@ -153,6 +180,11 @@ impl World {
     /// functions `shell-only` (shell), `maint` (shell,exec) and `full` (shell,exec,sftp,forward),
     /// then `postern serve`. `warn_before` goes to the config.
     pub fn new(forward_port: u16, warn_before: &str) -> World {
+        World::with_config(forward_port, warn_before, "")
+    }
+
+    /// Like [`World::new`], with extra lines appended to postern.toml.
+    pub fn with_config(forward_port: u16, warn_before: &str, extra_config: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let data = root.join("data");
@@ -169,7 +201,7 @@ impl World {
         let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace(
             "warn_before = \"5m\"",
             &format!("warn_before = \"{warn_before}\""),
-        );
+        ) + extra_config;
         std::fs::write(&cfg_path, cfg).unwrap();
 
         // The device: a real sshd on loopback that trusts the broker's device key.
@@ -228,6 +260,7 @@ impl World {
             dir,
             data,
             broker_port: 0,
+            web_url: String::new(),
             sshd_port,
             broker: None,
             sshd,
@@ -293,7 +326,14 @@ impl World {
 
     pub fn start_broker(&mut self) {
         let mut child = Command::new(postern_bin())
-            .args(["serve", "--ssh", "127.0.0.1:0", "--data"])
+            .args([
+                "serve",
+                "--ssh",
+                "127.0.0.1:0",
+                "--web",
+                "127.0.0.1:0",
+                "--data",
+            ])
             .arg(&self.data)
             .env("POSTERN_LOG", "info,russh=warn")
             .stdin(Stdio::null())
@@ -313,6 +353,9 @@ impl World {
         let port = loop {
             match lines.next() {
                 Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("postern: web UI for approvers on ") {
+                        self.web_url = url.trim().to_owned();
+                    }
                     if let Some(addr) = line.strip_prefix("postern: listening for vendors on ") {
                         break addr
                             .rsplit_once(':')
@@ -383,7 +426,10 @@ impl World {
 
     /// Like [`World::vendor`], with extra `vendor cert` arguments (validity).
     pub fn vendor_with_cert(&self, name: &str, extra: &[&str], cert_extra: &[&str]) -> Vendor {
-        let mut args = vec!["vendor", "add", name, "--org", "acme", "--json"];
+        let mut args = vec!["vendor", "add", name, "--json"];
+        if !extra.contains(&"--org") {
+            args.extend_from_slice(&["--org", "acme"]);
+        }
         args.extend_from_slice(extra);
         let out: Value = serde_json::from_str(&self.ok(&args)).unwrap();
         let uri = out["otpauth"].as_str().unwrap().to_owned();
@@ -404,6 +450,31 @@ impl World {
             secret,
             next_step: Mutex::new(0),
         }
+    }
+
+    /// Adds an approver (`scope`: `--sites ...` or `--regions ...`) with their initial password and
+    /// TOTP secret.
+    pub fn approver(&self, name: &str, scope: &[&str]) -> Approver {
+        let mut args = vec!["approver", "add", name, "--json"];
+        args.extend_from_slice(scope);
+        let out: Value = serde_json::from_str(&self.ok(&args)).unwrap();
+        let uri = out["otpauth"].as_str().unwrap();
+        let secret = uri
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("secret="))
+            .unwrap()
+            .to_owned();
+        Approver {
+            name: name.into(),
+            password: out["password"].as_str().unwrap().to_owned(),
+            secret,
+            next_step: Mutex::new(0),
+        }
+    }
+
+    /// A web client for the approvers' UI.
+    pub fn web(&self) -> WebClient {
+        WebClient::new(&self.web_url)
     }
 
     /// Grants `function` at `site` to the vendor from now for an hour; returns the grant id.
@@ -648,4 +719,128 @@ impl Drop for Pty {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A plain HTTP client for the web UI that keeps its cookies and never follows redirects, so tests
+/// see exactly what the server answers.
+pub struct WebClient {
+    base: String,
+    client: reqwest::blocking::Client,
+    cookies: Mutex<Vec<(String, String)>>,
+}
+
+/// One answer: status, `Location` (for redirects) and body.
+#[derive(Debug)]
+pub struct WebResponse {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: String,
+    pub set_cookies: Vec<String>,
+}
+
+impl WebClient {
+    pub fn new(base: &str) -> WebClient {
+        WebClient {
+            base: base.trim_end_matches('/').to_owned(),
+            client: reqwest::blocking::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            cookies: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn answer(&self, r: reqwest::blocking::Response) -> WebResponse {
+        let status = r.status().as_u16();
+        let location = r
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let set_cookies: Vec<String> = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
+        {
+            let mut jar = self.cookies.lock().unwrap();
+            for c in &set_cookies {
+                let Some((k, v)) = c.split(';').next().and_then(|kv| kv.split_once('=')) else {
+                    continue;
+                };
+                jar.retain(|(n, _)| n != k);
+                if !v.is_empty() && !c.contains("Max-Age=0") {
+                    jar.push((k.to_owned(), v.to_owned()));
+                }
+            }
+        }
+        WebResponse {
+            status,
+            location,
+            body: r.text().unwrap_or_default(),
+            set_cookies,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> WebResponse {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .send()
+            .unwrap();
+        self.answer(r)
+    }
+
+    pub fn post(&self, path: &str, form: &[(&str, &str)]) -> WebResponse {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .form(form)
+            .send()
+            .unwrap();
+        self.answer(r)
+    }
+
+    /// Signs in with the approver's password and the next TOTP code, taking the CSRF token from
+    /// the sign-in form as a browser would.
+    pub fn login(&self, a: &Approver) -> WebResponse {
+        self.login_with(a, &a.password.clone(), &a.next_code())
+    }
+
+    pub fn login_with(&self, a: &Approver, password: &str, code: &str) -> WebResponse {
+        let form = self.get("/login");
+        assert_eq!(form.status, 200, "{}", form.body);
+        let csrf = csrf_of(&form.body);
+        self.post(
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("name", &a.name),
+                ("password", password),
+                ("code", code),
+            ],
+        )
+    }
+}
+
+/// The CSRF token of the first form in a page.
+pub fn csrf_of(html: &str) -> String {
+    let marker = r#"name="csrf" value=""#;
+    let start = html.find(marker).expect("a form with a CSRF token") + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
 }

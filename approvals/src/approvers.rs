@@ -334,6 +334,85 @@ impl Store {
     }
 }
 
+/// A signed-in approver, found by the hash of their cookie's token.
+#[derive(Debug, Clone)]
+pub struct WebLogin {
+    pub approver: Approver,
+    /// The token every form of this login carries.
+    pub csrf: String,
+    pub expires: i64,
+}
+
+impl Store {
+    /// Takes an approver's TOTP time step; false if it (or a later one) was used already.
+    pub async fn consume_approver_totp_step(&self, approver: &str, step: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE approvers SET totp_last_step = $1 WHERE name = $2 AND totp_last_step < $1",
+        )
+        .bind(step)
+        .bind(approver)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    pub async fn create_web_login(
+        &self,
+        token_hash: &str,
+        approver: &str,
+        csrf: &str,
+        now: i64,
+        expires: i64,
+    ) -> Result<()> {
+        // Expired logins are cleared whenever someone signs in.
+        sqlx::query("DELETE FROM web_logins WHERE expires < $1")
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        sqlx::query("INSERT INTO web_logins (token_hash, approver, csrf, created, expires) VALUES ($1, $2, $3, $4, $5)")
+            .bind(token_hash)
+            .bind(approver)
+            .bind(csrf)
+            .bind(now)
+            .bind(expires)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The live login for a token hash: not expired, approver still enabled.
+    pub async fn web_login(&self, token_hash: &str, now: i64) -> Result<Option<WebLogin>> {
+        let row: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT approver, csrf, expires FROM web_logins WHERE token_hash = $1 AND expires > $2",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some((name, csrf, expires)) = row else {
+            return Ok(None);
+        };
+        Ok(self
+            .approver(&name)
+            .await?
+            .filter(|a| a.disabled == 0)
+            .map(|approver| WebLogin {
+                approver,
+                csrf,
+                expires,
+            }))
+    }
+
+    pub async fn end_web_login(&self, token_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM web_logins WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,17 +6,23 @@
 
 pub mod approvers;
 pub mod audit;
+pub mod breakglass;
 pub mod model;
+pub mod notify;
 pub mod policy;
+pub mod ratelimit;
 pub mod store;
 pub mod time;
 pub mod totp;
+pub mod web;
 
-pub use approvers::{AccessRequestRow, Approver, NewRequest};
+pub use approvers::{AccessRequestRow, Approver, NewRequest, WebLogin};
 pub use audit::AuditLog;
+pub use breakglass::{BreakGlass, NewBreakGlass};
 pub use model::{
     Channel, ChannelSet, CommandRow, Device, Function, Grant, IssuedCertificate, Session, Site,
     Vendor,
 };
+pub use notify::{Event, Notifier};
 pub use policy::{AccessRequest, Decision, Deny, Facts, decide};
 pub use store::{NewDevice, NewGrant, Store, StoreError};

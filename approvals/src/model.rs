@@ -69,6 +69,8 @@ pub struct Function {
     pub max_window: i64,
     pub emergency: i64,
     pub created: i64,
+    /// Vendor organisations pre-approved to open this (emergency) function at once, comma-separated.
+    pub emergency_orgs: String,
 }
 
 impl Function {
@@ -117,6 +119,8 @@ pub struct Session {
     pub kill_requested: i64,
     pub records: Option<i64>,
     pub final_hash: Option<String>,
+    /// The break-glass opening this session came from: flagged for review.
+    pub breakglass: Option<String>,
 }
 
 /// What a vendor asks to open.

@@ -308,6 +308,7 @@ mod tests {
             max_window: 3600,
             emergency: 0,
             created: 0,
+            emergency_orgs: String::new(),
         };
         let mut functions = HashMap::new();
         functions.insert("maint".into(), func("maint", "shell,exec", Some("maint")));

@@ -344,19 +344,29 @@ impl Store {
         allow: &ChannelSet,
         login: Option<&str>,
         max_window: i64,
-        emergency: bool,
+        emergency_orgs: Option<&[String]>,
         now: i64,
     ) -> Result<()> {
         check_name("function", name)?;
         if max_window <= 0 {
             return Err(StoreError::Invalid("--max-window must be positive".into()));
         }
-        sqlx::query("INSERT INTO functions (name, allow, login, max_window, emergency, created) VALUES ($1, $2, $3, $4, $5, $6)")
+        if emergency_orgs.is_some_and(|o| o.is_empty()) {
+            return Err(StoreError::Invalid(
+                "an emergency function needs the vendor organisations pre-approved to open it (--orgs)".into(),
+            ));
+        }
+        let orgs = emergency_orgs.unwrap_or_default();
+        for o in orgs {
+            check_name("organisation", o)?;
+        }
+        sqlx::query("INSERT INTO functions (name, allow, login, max_window, emergency, emergency_orgs, created) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(name)
             .bind(allow.to_string())
             .bind(login)
             .bind(max_window)
-            .bind(emergency as i64)
+            .bind(emergency_orgs.is_some() as i64)
+            .bind(orgs.join(","))
             .bind(now)
             .execute(&self.pool)
             .await
@@ -665,6 +675,16 @@ impl Store {
         .bind(site.unwrap_or(""))
         .bind(device.unwrap_or(""))
         .bind(since_us.unwrap_or(i64::MIN))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// One session's command log, in order.
+    pub async fn commands_of_session(&self, session: &str) -> Result<Vec<CommandRow>> {
+        Ok(sqlx::query_as::<_, CommandRow>(
+            "SELECT * FROM commands WHERE session = $1 ORDER BY seq",
+        )
+        .bind(session)
         .fetch_all(&self.pool)
         .await?)
     }

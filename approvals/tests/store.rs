@@ -88,7 +88,7 @@ async fn directory(s: &Store) {
         .unwrap();
     }
     let allow = ChannelSet::parse("shell,exec,forward:8080").unwrap();
-    s.add_function("maint", &allow, Some("maint"), 8 * 3600, false, NOW)
+    s.add_function("maint", &allow, Some("maint"), 8 * 3600, None, NOW)
         .await
         .unwrap();
 }
@@ -256,6 +256,7 @@ async fn sessions_live_kill_and_end(db: Db) {
         kill_requested: 0,
         records: None,
         final_hash: None,
+        breakglass: None,
     };
     s.start_session(&mk("s-1", "n1")).await.unwrap();
     s.start_session(&mk("s-2", "n1")).await.unwrap();

@@ -24,6 +24,7 @@ pub struct Env {
     pub cfg: Config,
     pub store: Store,
     pub audit: AuditLog,
+    pub notifier: approvals::Notifier,
     pub json: bool,
 }
 
@@ -34,11 +35,13 @@ impl Env {
         let url = data.database_url(&cfg);
         let store = Store::open(&url).await.context("opening the database")?;
         let audit = AuditLog::new(&data.audit_log(), &cfg.node);
+        let notifier = approvals::Notifier::new(store.clone(), cfg.webhook_url.is_some());
         Ok(Env {
             data,
             cfg,
             store,
             audit,
+            notifier,
             json: cli.json,
         })
     }
@@ -123,13 +126,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo { action, ssh } => crate::devicesim::demo(&cli, action.is_some(), ssh).await,
         Command::Serve { ssh, web } => {
             let env = Env::open(&cli).await?;
-            if web.is_some() {
-                tracing::warn!(
-                    "--web: the approvers' web UI is not part of this build yet; serving SSH only"
-                );
-            }
             let addr = ssh.clone().unwrap_or_else(|| env.cfg.ssh_listen.clone());
-            serve(env, &addr, None).await
+            let web = web.clone().unwrap_or_else(|| env.cfg.web_listen.clone());
+            serve(env, &addr, &web, None).await
         }
         Command::Verify {
             file: Some(file),
@@ -176,6 +175,69 @@ async fn command(env: &Env, command: &Command) -> Result<ExitCode> {
             idle_limit,
             at,
         } => replay(env, id, *speed, *idle_limit, *at).await?,
+        Command::Notifications => {
+            let rows = env.store.notifications().await?;
+            env.print_list(
+                &rows,
+                &[
+                    "NOTIFICATION",
+                    "EVENT",
+                    "FILED",
+                    "STATUS",
+                    "ATTEMPTS",
+                    "LAST ERROR",
+                ],
+                |n| {
+                    vec![
+                        n.id.clone(),
+                        n.event.clone(),
+                        fmt_time(n.created),
+                        if n.delivered_at.is_some() {
+                            "delivered".into()
+                        } else if n.failed_at.is_some() {
+                            "given up".into()
+                        } else if n.attempts > 0 {
+                            "retrying".into()
+                        } else {
+                            "queued".into()
+                        },
+                        n.attempts.to_string(),
+                        n.last_error.clone().unwrap_or_default(),
+                    ]
+                },
+            )?;
+        }
+        Command::Breakglass => {
+            let rows = env.store.breakglass_list(false).await?;
+            env.print_list(
+                &rows,
+                &[
+                    "BREAK-GLASS",
+                    "VENDOR",
+                    "ORG",
+                    "TARGET",
+                    "FUNCTION",
+                    "OPENED",
+                    "REVIEW",
+                    "REASON",
+                ],
+                |b| {
+                    vec![
+                        b.id.clone(),
+                        b.vendor.clone(),
+                        b.org.clone(),
+                        format!("{}/{}", b.site, b.device),
+                        b.function.clone(),
+                        fmt_time(b.opened),
+                        b.reviewed_by
+                            .as_ref()
+                            .map(|r| format!("reviewed by {r}"))
+                            .unwrap_or_else(|| "WAITING".into()),
+                        b.reason.clone(),
+                    ]
+                },
+            )?;
+        }
         Command::Commands {
             vendor,
             site,
@@ -332,6 +394,17 @@ async fn vendor(env: &Env, action: &VendorAction) -> Result<()> {
                 "vendor.disable",
                 json!({"vendor": name, "grants_revoked": revoked}),
             )?;
+            env.notifier
+                .notify(
+                    approvals::Event::VendorDisabled,
+                    &format!(
+                        "vendor {name} was disabled by {}; {} grant(s) revoked and live sessions closed",
+                        actor(),
+                        revoked.len()
+                    ),
+                    json!({"vendor": name, "by": actor(), "grants_revoked": revoked}),
+                )
+                .await;
             if env.json {
                 println!(
                     "{}",
@@ -568,13 +641,26 @@ async fn function(env: &Env, action: &FunctionAction) -> Result<()> {
             login,
             max_window,
             emergency,
+            orgs,
         } => {
             let set = ChannelSet::parse(allow).map_err(|e| anyhow!("--allow: {e}"))?;
             let max = parse_duration(max_window).map_err(|e| anyhow!("--max-window: {e}"))?;
+            let orgs: Vec<String> = orgs
+                .iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect();
             env.store
-                .add_function(name, &set, login.as_deref(), max, *emergency, now())
+                .add_function(
+                    name,
+                    &set,
+                    login.as_deref(),
+                    max,
+                    emergency.then_some(orgs.as_slice()),
+                    now(),
+                )
                 .await?;
-            env.audit("function.add", json!({"function": name, "allow": set.to_string(), "login": login, "max_window": max, "emergency": emergency}))?;
+            env.audit("function.add", json!({"function": name, "allow": set.to_string(), "login": login, "max_window": max, "emergency": emergency, "emergency_orgs": orgs}))?;
             println!("function {name} added (allows {set})");
         }
         FunctionAction::List => {
@@ -590,7 +676,7 @@ async fn function(env: &Env, action: &FunctionAction) -> Result<()> {
                         humantime::format_duration(Duration::from_secs(f.max_window.max(0) as u64))
                             .to_string(),
                         if f.emergency != 0 {
-                            "yes".into()
+                            format!("yes: {}", f.emergency_orgs)
                         } else {
                             "no".into()
                         },
@@ -776,6 +862,22 @@ async fn request(env: &Env, action: &RequestAction) -> Result<()> {
                 json!({"request": id, "vendor": req.vendor, "site": req.site, "function": req.function, "grant": grant.id,
                        "from": fmt_time(from), "until": fmt_time(until), "latency": req.latency()}),
             )?;
+            env.notifier
+                .notify(
+                    approvals::Event::RequestGranted,
+                    &format!(
+                        "{} granted {} {} at {}/{} until {} (request {id})",
+                        actor(),
+                        req.vendor,
+                        req.function,
+                        req.site,
+                        req.device,
+                        fmt_time(until)
+                    ),
+                    json!({"request": id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
+                           "grant": grant.id, "until": until, "approver": actor(), "latency": req.latency()}),
+                )
+                .await;
             println!(
                 "request {id} approved: grant {} until {}",
                 grant.id,
@@ -785,6 +887,21 @@ async fn request(env: &Env, action: &RequestAction) -> Result<()> {
         RequestAction::Deny { id, reason } => {
             let req = env.store.deny_request(id, &actor(), reason, now()).await?;
             env.audit("request.deny", json!({"request": id, "vendor": req.vendor, "site": req.site, "reason": reason, "latency": req.latency()}))?;
+            env.notifier
+                .notify(
+                    approvals::Event::RequestDenied,
+                    &format!(
+                        "{} denied {}'s request {id} for {} at {}/{}: {reason}",
+                        actor(),
+                        req.vendor,
+                        req.function,
+                        req.site,
+                        req.device
+                    ),
+                    json!({"request": id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
+                           "approver": actor(), "reason": reason, "latency": req.latency()}),
+                )
+                .await;
             println!("request {id} denied");
         }
     }
@@ -798,6 +915,19 @@ async fn sessions(env: &Env, live: bool, action: Option<&SessionsAction>) -> Res
             "session.kill_requested",
             json!({"session": id, "vendor": s.vendor, "node": s.node}),
         )?;
+        env.notifier
+            .notify(
+                approvals::Event::SessionTerminated,
+                &format!(
+                    "{} terminated {}'s session {id} at {}/{}",
+                    actor(),
+                    s.vendor,
+                    s.site,
+                    s.device
+                ),
+                json!({"session": id, "vendor": s.vendor, "site": s.site, "device": s.device, "by": actor()}),
+            )
+            .await;
         println!("session {id} is being closed (node {})", s.node);
         return Ok(());
     }
@@ -1401,6 +1531,7 @@ pub async fn verify(env: &Env, id: Option<&str>) -> Result<ExitCode> {
 pub async fn serve(
     env: Env,
     ssh_addr: &str,
+    web_addr: &str,
     extra: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<ExitCode> {
     let host_key = keys::load_private(&env.data.host_key())?;
@@ -1432,20 +1563,52 @@ pub async fn serve(
             parse_duration(&env.cfg.request_wait).map_err(|e| anyhow!("request_wait: {e}"))? as u64,
         ),
         env_allow: env.cfg.env_allow.clone(),
-        limiter: crate::ratelimit::RateLimiter::new(Duration::from_secs(300), 10, 30),
+        limiter: approvals::ratelimit::RateLimiter::new(Duration::from_secs(300), 10, 30),
         upstream_config: crate::upstream::client_config(),
+        notifier: env.notifier.clone(),
         live: Default::default(),
     });
+    let tls = env
+        .cfg
+        .web_tls_cert
+        .clone()
+        .zip(env.cfg.web_tls_key.clone());
+    let https = tls.is_some();
+    let web_state = Arc::new(approvals::web::WebState::new(
+        env.store.clone(),
+        env.audit.clone(),
+        env.notifier.clone(),
+        env.data.recordings(),
+        https,
+    ));
+    let (web_local, web_serving) = crate::web::bind(web_state, web_addr, tls).await?;
     let listener = tokio::net::TcpListener::bind(ssh_addr)
         .await
         .with_context(|| format!("listening on {ssh_addr}"))?;
     let local = listener.local_addr()?;
-    env.audit("serve.start", json!({"ssh": local.to_string()}))?;
-    tracing::info!(ssh = %local, node = %env.cfg.node, "postern serving");
-    // Tests and scripts wait for this line.
+    let web_url = format!("{}://{web_local}", if https { "https" } else { "http" });
+    env.audit(
+        "serve.start",
+        json!({"ssh": local.to_string(), "web": web_url}),
+    )?;
+    tracing::info!(ssh = %local, web = %web_url, node = %env.cfg.node, "postern serving");
+    // Tests and scripts wait for these lines (the vendors' line comes last).
+    println!("postern: web UI for approvers on {web_url}");
     println!("postern: listening for vendors on {local}");
     std::io::stdout().flush()?;
     tokio::spawn(crate::session::watch_revocations(ctx.clone()));
+    tokio::spawn(async move {
+        if let Err(e) = web_serving.await {
+            tracing::error!(error = %e, "web UI stopped");
+        }
+    });
+    if let Some(url) = env.cfg.webhook_url.clone() {
+        tokio::spawn(crate::webhook::deliver(
+            env.store.clone(),
+            env.audit.clone(),
+            url,
+        ));
+    }
     let config = crate::frontdoor::server_config(host_key);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let reason = tokio::select! {

@@ -33,6 +33,14 @@ pub struct Config {
     /// How long a vendor's connection waits for a decision on an access request filed from ssh.
     #[serde(default = "default_request_wait")]
     pub request_wait: String,
+    /// PEM certificate chain and private key for the web UI: HTTPS when both are set.
+    #[serde(default)]
+    pub web_tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub web_tls_key: Option<PathBuf>,
+    /// Where notifications are POSTed as JSON (Slack-compatible `text` field); none when unset.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
     /// Environment variables a vendor may pass to the device (exact names, or prefixes ending in `*`).
     #[serde(default = "default_env_allow")]
     pub env_allow: Vec<String>,
@@ -71,6 +79,9 @@ impl Default for Config {
             warn_before: default_warn_before(),
             request_wait: default_request_wait(),
             env_allow: default_env_allow(),
+            web_tls_cert: None,
+            web_tls_key: None,
+            webhook_url: None,
         }
     }
 }
@@ -141,6 +152,20 @@ impl DataDir {
             toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
         approvals::time::parse_duration(&cfg.warn_before)
             .map_err(|e| anyhow::anyhow!("{}: warn_before: {e}", path.display()))?;
+        if cfg.web_tls_cert.is_some() != cfg.web_tls_key.is_some() {
+            bail!(
+                "{}: set both web_tls_cert and web_tls_key for HTTPS, or neither",
+                path.display()
+            );
+        }
+        if let Some(url) = &cfg.webhook_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            bail!(
+                "{}: webhook_url must be an http:// or https:// URL",
+                path.display()
+            );
+        }
         Ok(cfg)
     }
 

@@ -505,7 +505,8 @@ pub async fn demo(cli: &crate::Cli, code_only: bool, ssh: &str) -> Result<ExitCo
 }
 
 async fn serve_demo(env: Env, ssh: &str, sim: tokio::task::JoinHandle<()>) -> Result<ExitCode> {
-    crate::cli::serve(env, ssh, Some(sim)).await
+    let web = env.cfg.web_listen.clone();
+    crate::cli::serve(env, ssh, &web, Some(sim)).await
 }
 
 async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result<()> {
@@ -533,7 +534,7 @@ async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result
     let allow =
         approvals::ChannelSet::parse("shell,exec,sftp,forward:8080").map_err(|e| anyhow!(e))?;
     store
-        .add_function("maint", &allow, None, 8 * 3600, false, now)
+        .add_function("maint", &allow, None, 8 * 3600, None, now)
         .await?;
     let secret = approvals::totp::new_secret();
     store

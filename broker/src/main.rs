@@ -7,12 +7,13 @@ mod frontdoor;
 mod keys;
 mod login;
 mod proxy;
-mod ratelimit;
 mod recording;
 mod request_flow;
 mod session;
 mod transfer;
 mod upstream;
+mod web;
+mod webhook;
 
 use std::path::PathBuf;
 
@@ -60,7 +61,7 @@ pub enum Command {
         /// SSH listen address (default from config: 0.0.0.0:2222).
         #[arg(long)]
         ssh: Option<String>,
-        /// Web UI listen address (the approvers' web UI is not part of this build yet).
+        /// Web UI listen address for approvers (default from config: 127.0.0.1:8080).
         #[arg(long)]
         web: Option<String>,
     },
@@ -121,6 +122,10 @@ pub enum Command {
         #[arg(long, default_value_t = 0.0)]
         at: f64,
     },
+    /// Webhook notifications and their delivery (queued, delivered, retrying, given up).
+    Notifications,
+    /// Break-glass openings and their review (approvers review them in the web UI).
+    Breakglass,
     /// The command log across sessions: exec lines exactly, shell commands as the device ran them.
     Commands {
         #[arg(long)]
@@ -250,9 +255,12 @@ pub enum FunctionAction {
         login: Option<String>,
         #[arg(long, default_value = "8h")]
         max_window: String,
-        /// May be opened at once for pre-approved emergencies (break-glass).
-        #[arg(long)]
+        /// May be opened at once for pre-approved emergencies (break-glass), by vendors of --orgs.
+        #[arg(long, requires = "orgs")]
         emergency: bool,
+        /// Vendor organisations pre-approved to open this emergency function (comma-separated).
+        #[arg(long, value_delimiter = ',', requires = "emergency")]
+        orgs: Vec<String>,
     },
     List,
 }

@@ -2,12 +2,16 @@
 //! own terminal, to file a request (reason and duration). The connection then waits with a status
 //! line; once an approver grants it the session goes straight on to the device, and if they deny
 //! it the vendor sees their reason.
+//!
+//! A vendor whose organisation is pre-approved for an emergency function is offered break-glass
+//! instead: a reason, and the session opens at once, flagged for review, with every approver of
+//! the site notified.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use approvals::time::{fmt_time, now, parse_duration};
-use approvals::{AccessRequest, Decision, NewRequest};
+use approvals::{AccessRequest, Decision, Event, NewBreakGlass, NewRequest};
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelId, ChannelMsg};
 use serde_json::json;
@@ -116,57 +120,42 @@ pub async fn offer(
         .await;
         return;
     }
-    let max = match ctx.store.function(&function).await {
-        Ok(Some(f)) => f.max_window,
+    let (max, breakglass) = match ctx.store.function(&function).await {
+        Ok(Some(f)) => {
+            let org = match ctx.store.vendor(&target.vendor).await {
+                Ok(Some(v)) => v.org,
+                _ => String::new(),
+            };
+            (f.max_window, f.emergency_open_to(&org))
+        }
         _ => {
             proxy::refuse(&handle, id, &refusal).await;
             return;
         }
     };
-    say(
-        &handle,
-        id,
-        &format!("postern: {refusal}.\r\nYou can ask for access now. Reason (empty to cancel): "),
-    )
-    .await;
-    let Some(reason) = read_line(&mut vch, &handle, &mut kept)
-        .await
-        .filter(|r| !r.trim().is_empty())
-    else {
-        proxy::refuse(&handle, id, "no request filed").await;
-        return;
+    let mut dialogue = Dialogue {
+        vch,
+        handle: handle.clone(),
+        kept,
     };
-    let default = max.min(3600);
-    let mut duration = None;
-    for _ in 0..3 {
-        say(
-            &handle,
-            id,
-            &format!(
-                "For how long? (at most {}) [{}]: ",
-                humantime::format_duration(Duration::from_secs(max as u64)),
-                humantime::format_duration(Duration::from_secs(default as u64))
-            ),
-        )
-        .await;
-        let Some(text) = read_line(&mut vch, &handle, &mut kept).await else {
-            proxy::refuse(&handle, id, "no request filed").await;
+    if breakglass {
+        let heading = format!(
+            "postern: {refusal}.\r\n{function} is an emergency function your organisation may open at once (break-glass).\r\nEvery approver of {site} is notified and the session is flagged for review.\r\nReason for the emergency (empty to cancel): ",
+            site = target.site
+        );
+        let Some((reason, duration)) = dialogue.ask(&heading, max, max).await else {
+            proxy::refuse(&handle, id, "break-glass not opened").await;
             return;
         };
-        match if text.trim().is_empty() {
-            Ok(default)
-        } else {
-            parse_duration(&text)
-        } {
-            Ok(d) if d <= max => {
-                duration = Some(d);
-                break;
-            }
-            Ok(_) => say(&handle, id, "That is longer than this function allows.\r\n").await,
-            Err(e) => say(&handle, id, &format!("{e}\r\n")).await,
-        }
+        open_breakglass(
+            ctx, target, function, reason, duration, dialogue, source, set_live,
+        )
+        .await;
+        return;
     }
-    let Some(duration) = duration else {
+    let heading =
+        format!("postern: {refusal}.\r\nYou can ask for access now. Reason (empty to cancel): ");
+    let Some((reason, duration)) = dialogue.ask(&heading, max, max.min(3600)).await else {
         proxy::refuse(&handle, id, "no request filed").await;
         return;
     };
@@ -185,18 +174,30 @@ pub async fn offer(
             return;
         }
     };
-    let approvers: Vec<String> = ctx
-        .store
-        .approvers_of(&target.site)
-        .await
-        .map(|a| a.into_iter().map(|a| a.name).collect())
-        .unwrap_or_default();
+    let approvers = approvers_of(&ctx, &target.site).await;
     ctx.audit(
         "request.filed",
         json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
                "reason": req.reason, "duration": req.duration, "approvers": approvers}),
     )
     .await;
+    ctx.notifier
+        .notify(
+            Event::RequestFiled,
+            &format!(
+                "{} asks for {} at {}/{} for {}: {} (request {})",
+                req.vendor,
+                req.function,
+                req.site,
+                req.device,
+                humantime::format_duration(Duration::from_secs(req.duration.max(0) as u64)),
+                req.reason,
+                req.id
+            ),
+            json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
+                   "reason": req.reason, "duration": req.duration, "approvers": approvers}),
+        )
+        .await;
     // Wait for a decision, showing how long it has been.
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -213,9 +214,9 @@ pub async fn offer(
                 let s = started.elapsed().as_secs();
                 say(&handle, id, &format!("\r\x1b[Kpostern: request {} is waiting for an approver ({}:{:02}; Ctrl-C stops waiting)", req.id, s / 60, s % 60)).await;
             }
-            msg = vch.wait() => match msg {
+            msg = dialogue.vch.wait() => match msg {
                 Some(ChannelMsg::Data { data }) if data.contains(&0x03) => break None,
-                Some(m @ ChannelMsg::WindowChange { .. }) => kept.push(m),
+                Some(m @ ChannelMsg::WindowChange { .. }) => dialogue.kept.push(m),
                 Some(ChannelMsg::Close | ChannelMsg::Eof) | None => return,
                 _ => {}
             },
@@ -245,7 +246,188 @@ pub async fn offer(
         .await;
         return;
     }
-    // Granted: the same policy decision as at any session start, then on to the device.
+    let by = decided.decided_by.unwrap_or_default();
+    proceed(
+        ctx,
+        target,
+        function,
+        dialogue,
+        source,
+        set_live,
+        |end| {
+            format!(
+                "postern: request {} granted by {by} until {}.\r\n",
+                req.id,
+                fmt_time(end)
+            )
+        },
+        None,
+    )
+    .await;
+}
+
+async fn approvers_of(ctx: &Ctx, site: &str) -> Vec<String> {
+    ctx.store
+        .approvers_of(site)
+        .await
+        .map(|a| a.into_iter().map(|a| a.name).collect())
+        .unwrap_or_default()
+}
+
+/// The vendor's terminal while the broker asks its questions.
+struct Dialogue {
+    vch: Channel<Msg>,
+    handle: Handle,
+    /// Window changes (and the client's early requests) kept for the device.
+    kept: Vec<ChannelMsg>,
+}
+
+impl Dialogue {
+    /// Asks for a reason (after `heading`) and a duration of at most `max` seconds. `None` if the
+    /// vendor cancels.
+    async fn ask(&mut self, heading: &str, max: i64, default: i64) -> Option<(String, i64)> {
+        let id = self.vch.id();
+        say(&self.handle, id, heading).await;
+        let reason = read_line(&mut self.vch, &self.handle, &mut self.kept)
+            .await
+            .filter(|r| !r.trim().is_empty())?;
+        for _ in 0..3 {
+            say(
+                &self.handle,
+                id,
+                &format!(
+                    "For how long? (at most {}) [{}]: ",
+                    humantime::format_duration(Duration::from_secs(max as u64)),
+                    humantime::format_duration(Duration::from_secs(default as u64))
+                ),
+            )
+            .await;
+            let text = read_line(&mut self.vch, &self.handle, &mut self.kept).await?;
+            match if text.trim().is_empty() {
+                Ok(default)
+            } else {
+                parse_duration(&text)
+            } {
+                Ok(d) if d <= max => return Some((reason, d)),
+                Ok(_) => {
+                    say(
+                        &self.handle,
+                        id,
+                        "That is longer than this function allows.\r\n",
+                    )
+                    .await
+                }
+                Err(e) => say(&self.handle, id, &format!("{e}\r\n")).await,
+            }
+        }
+        None
+    }
+}
+
+/// Opens break-glass access at once: the grant, the flagged record, the notification to every
+/// approver of the site, then the session.
+#[allow(clippy::too_many_arguments)]
+async fn open_breakglass(
+    ctx: Arc<Ctx>,
+    target: Target,
+    function: String,
+    reason: String,
+    duration: i64,
+    dialogue: Dialogue,
+    source: String,
+    set_live: impl FnOnce(Arc<LiveSession>),
+) {
+    let id = dialogue.vch.id();
+    let handle = dialogue.handle.clone();
+    let ask = NewBreakGlass {
+        vendor: target.vendor.clone(),
+        site: target.site.clone(),
+        device: target.device.clone(),
+        function: function.clone(),
+        reason,
+        duration,
+    };
+    let (bg, grant) = match ctx.store.open_breakglass(&ask, now()).await {
+        Ok(x) => x,
+        Err(e) => {
+            proxy::refuse(
+                &handle,
+                id,
+                &format!("break-glass could not be opened: {e}"),
+            )
+            .await;
+            return;
+        }
+    };
+    let approvers = approvers_of(&ctx, &target.site).await;
+    let fields = json!({"breakglass": bg.id, "vendor": bg.vendor, "org": bg.org, "site": bg.site, "device": bg.device,
+                        "function": bg.function, "reason": bg.reason, "grant": grant.id, "until": bg.valid_until,
+                        "approvers": approvers});
+    if !ctx.audit("breakglass.open", fields.clone()).await {
+        // Fail closed: emergency access that is not on record is withdrawn.
+        let _ = ctx
+            .store
+            .revoke_grant(&grant.id, "break-glass", now())
+            .await;
+        proxy::refuse(
+            &handle,
+            id,
+            "break-glass could not be recorded; access not opened",
+        )
+        .await;
+        return;
+    }
+    ctx.notifier
+        .notify(
+            Event::BreakGlassOpened,
+            &format!(
+                "BREAK-GLASS: {} ({}) opened {} at {}/{} until {}: {} ({}; review it in the web UI)",
+                bg.vendor,
+                bg.org,
+                bg.function,
+                bg.site,
+                bg.device,
+                fmt_time(bg.valid_until),
+                bg.reason,
+                bg.id
+            ),
+            fields,
+        )
+        .await;
+    let bg_id = bg.id.clone();
+    proceed(
+        ctx,
+        target,
+        function,
+        dialogue,
+        source,
+        set_live,
+        |end| {
+            format!(
+                "postern: break-glass {bg_id} open until {}; every approver of the site has been told and this session is flagged for review.\r\n",
+                fmt_time(end)
+            )
+        },
+        Some(bg.id),
+    )
+    .await;
+}
+
+/// Access was granted while the vendor waited: the same policy decision as at any session start,
+/// then on to the device.
+#[allow(clippy::too_many_arguments)]
+async fn proceed(
+    ctx: Arc<Ctx>,
+    target: Target,
+    function: String,
+    dialogue: Dialogue,
+    source: String,
+    set_live: impl FnOnce(Arc<LiveSession>),
+    banner: impl FnOnce(i64) -> String,
+    breakglass: Option<String>,
+) {
+    let Dialogue { vch, handle, kept } = dialogue;
+    let id = vch.id();
     let q = AccessRequest {
         vendor: target.vendor.clone(),
         site: target.site.clone(),
@@ -269,17 +451,7 @@ pub async fn offer(
         return;
     }
     if let Decision::Allow { window_end, .. } = &decision {
-        say(
-            &handle,
-            id,
-            &format!(
-                "postern: request {} granted by {} until {}.\r\n",
-                req.id,
-                decided.decided_by.unwrap_or_default(),
-                fmt_time(*window_end)
-            ),
-        )
-        .await;
+        say(&handle, id, &banner(*window_end)).await;
     }
     let live = match LiveSession::start(&ctx, target, &decision, source, handle.clone()).await {
         Ok(l) => l,
@@ -288,6 +460,11 @@ pub async fn offer(
             return;
         }
     };
+    if let Some(bg) = &breakglass
+        && let Err(e) = ctx.store.flag_session_breakglass(&live.id, bg).await
+    {
+        tracing::warn!(session = %live.id, error = %e, "could not flag the break-glass session");
+    }
     set_live(live.clone());
     let upstream = match live.upstream(&ctx).await {
         Ok(u) => u,

@@ -35,8 +35,9 @@ pub struct Ctx {
     /// How long a vendor's connection waits for an approver's decision on a request.
     pub request_wait: Duration,
     pub env_allow: Vec<String>,
-    pub limiter: crate::ratelimit::RateLimiter,
+    pub limiter: approvals::ratelimit::RateLimiter,
     pub upstream_config: Arc<russh::client::Config>,
+    pub notifier: approvals::Notifier,
     pub live: Mutex<HashMap<String, Arc<LiveSession>>>,
 }
 
@@ -121,6 +122,7 @@ impl LiveSession {
             kill_requested: 0,
             records: None,
             final_hash: None,
+            breakglass: None,
         };
         let meta = json!({
             "session": id, "vendor": target.vendor, "site": target.site, "device": target.device,

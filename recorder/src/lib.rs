@@ -16,6 +16,7 @@ mod asciicast;
 mod commands;
 mod format;
 mod reader;
+mod screens;
 mod seal;
 mod writer;
 
@@ -25,6 +26,7 @@ pub use asciicast::{
 pub use commands::{CommandEntry, CommandLog, extract_commands};
 pub use format::{GENESIS_DOMAIN, HASH_LEN, Kind, MAX_PAYLOAD, Record, genesis_hash};
 pub use reader::{ReadError, Reader, ResumePoint, Tail, VerifyReport, verify, verify_file};
+pub use screens::{Screen, screens};
 pub use seal::{KEY_PREFIX, Seal, SealError, SealKey, SealPublicKey, check_seal, seal_message};
 pub use writer::{Writer, append_locked, last_record};
 

@@ -1,4 +1,5 @@
-//! Failed-authentication rate limiting per vendor and per source address (per broker node).
+//! Failed-authentication rate limiting per user (vendor or approver) and per source address (per
+//! broker node): used by the SSH front door and the web sign-in.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

@@ -1,0 +1,202 @@
+//! Notifications: events approvers and operators want pushed to them (a request filed, granted or
+//! denied, break-glass opened, a session terminated, a vendor disabled).
+//!
+//! Whoever makes the change writes the notification to an outbox table; the serving nodes deliver
+//! it to the configured webhook with retries and backoff. Filing never waits on the receiver, so a
+//! slow or dead receiver cannot hold up a session, and a notification outlives a restart.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing::warn;
+
+use crate::store::{Store, StoreError, new_id};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Delivery attempts before a notification is given up (backoff doubles from 1 s, capped at 5 min:
+/// about 25 minutes in all).
+pub const MAX_ATTEMPTS: i64 = 10;
+
+/// How long one node holds a notification it is delivering before another node may try it.
+const LEASE_MS: i64 = 30_000;
+
+/// The events that are notified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    RequestFiled,
+    RequestGranted,
+    RequestDenied,
+    BreakGlassOpened,
+    SessionTerminated,
+    VendorDisabled,
+}
+
+impl Event {
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::RequestFiled => "request.filed",
+            Event::RequestGranted => "request.granted",
+            Event::RequestDenied => "request.denied",
+            Event::BreakGlassOpened => "breakglass.opened",
+            Event::SessionTerminated => "session.terminated",
+            Event::VendorDisabled => "vendor.disabled",
+        }
+    }
+}
+
+/// A notification waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Notification {
+    pub id: String,
+    pub event: String,
+    /// The JSON body that is POSTed.
+    pub payload: String,
+    pub created: i64,
+    pub attempts: i64,
+    pub next_attempt_ms: i64,
+    pub delivered_at: Option<i64>,
+    pub failed_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// Files notifications when a webhook is configured; does nothing otherwise.
+#[derive(Clone, Debug)]
+pub struct Notifier {
+    store: Store,
+    enabled: bool,
+}
+
+impl Notifier {
+    pub fn new(store: Store, enabled: bool) -> Notifier {
+        Notifier { store, enabled }
+    }
+
+    /// Files one notification. `text` is the human sentence (Slack shows the `text` field);
+    /// `fields` carry the details. A failure is logged, never returned: the change it reports has
+    /// already happened and must not be undone for want of a message.
+    pub async fn notify(&self, event: Event, text: &str, fields: Value) {
+        if !self.enabled {
+            return;
+        }
+        let now = chrono::Utc::now();
+        let mut body = json!({
+            "text": format!("postern: {text}"),
+            "event": event.name(),
+            "time": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+        if let (Some(b), Value::Object(f)) = (body.as_object_mut(), fields) {
+            for (k, v) in f {
+                b.entry(k).or_insert(v);
+            }
+        }
+        if let Err(e) = self
+            .store
+            .enqueue_notification(event.name(), &body.to_string(), now.timestamp_millis())
+            .await
+        {
+            warn!(error = %e, event = event.name(), "could not file notification");
+        }
+    }
+}
+
+/// Delay before the attempt after `attempts` failed ones.
+pub fn backoff_ms(attempts: i64) -> i64 {
+    let exp = attempts.clamp(0, 20) as u32;
+    (1000i64 << exp).min(300_000)
+}
+
+impl Store {
+    pub async fn enqueue_notification(
+        &self,
+        event: &str,
+        payload: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO notifications (id, event, payload, created, attempts, next_attempt_ms) VALUES ($1, $2, $3, $4, 0, $5)")
+            .bind(new_id("n"))
+            .bind(event)
+            .bind(payload)
+            .bind(now_ms / 1000)
+            .bind(now_ms)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Notifications due for an attempt, oldest first.
+    pub async fn due_notifications(&self, now_ms: i64, limit: i64) -> Result<Vec<Notification>> {
+        Ok(sqlx::query_as::<_, Notification>(
+            "SELECT * FROM notifications WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_ms <= $1 ORDER BY next_attempt_ms, id LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Takes a due notification for delivery by this node; false if another node took it first.
+    pub async fn claim_notification(&self, n: &Notification, now_ms: i64) -> Result<bool> {
+        let rows = sqlx::query("UPDATE notifications SET attempts = attempts + 1, next_attempt_ms = $1 WHERE id = $2 AND attempts = $3 AND next_attempt_ms = $4 AND delivered_at IS NULL AND failed_at IS NULL")
+            .bind(now_ms + LEASE_MS)
+            .bind(&n.id)
+            .bind(n.attempts)
+            .bind(n.next_attempt_ms)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        Ok(rows == 1)
+    }
+
+    pub async fn notification_delivered(&self, id: &str, now: i64) -> Result<()> {
+        sqlx::query("UPDATE notifications SET delivered_at = $1, last_error = NULL WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: retried after the backoff, or given up after [`MAX_ATTEMPTS`].
+    /// Returns true when it was given up.
+    pub async fn notification_failed(
+        &self,
+        id: &str,
+        attempts: i64,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let give_up = attempts >= MAX_ATTEMPTS;
+        sqlx::query("UPDATE notifications SET next_attempt_ms = $1, last_error = $2, failed_at = $3 WHERE id = $4")
+            .bind(now_ms + backoff_ms(attempts - 1))
+            .bind(error)
+            .bind(give_up.then_some(now_ms / 1000))
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(give_up)
+    }
+
+    /// All notifications, newest first (for operators checking delivery).
+    pub async fn notifications(&self) -> Result<Vec<Notification>> {
+        Ok(sqlx::query_as::<_, Notification>(
+            "SELECT * FROM notifications ORDER BY created DESC, id",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff_ms(0), 1000);
+        assert_eq!(backoff_ms(1), 2000);
+        assert_eq!(backoff_ms(3), 8000);
+        assert_eq!(backoff_ms(9), 300_000);
+        assert_eq!(backoff_ms(-5), 1000);
+        assert_eq!(backoff_ms(i64::MAX), 300_000);
+    }
+}

@@ -1,0 +1,240 @@
+//! The approvers' web form: pending requests, active grants, live sessions, session history with
+//! the command log and a replay, and the break-glass review queue.
+//!
+//! Pages are rendered on the server as plain HTML (one small script of our own drives the replay),
+//! so the form works on a phone and without third-party code. Security: sign-in with password and
+//! TOTP; a random session token in a `Secure; HttpOnly; SameSite=Strict` cookie whose SHA-256 alone
+//! is stored; a CSRF token in every form, checked on every POST; no secrets in URLs; a strict
+//! content security policy. An approver sees and acts on their own sites only.
+//!
+//! This module builds the [`axum::Router`]; the `postern` binary serves it (HTTPS when configured).
+
+mod html;
+mod pages;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use crate::approvers::WebLogin;
+use crate::audit::AuditLog;
+use crate::notify::Notifier;
+use crate::ratelimit::RateLimiter;
+use crate::store::Store;
+
+/// The cookie that carries a signed-in approver's token.
+pub const SESSION_COOKIE: &str = "postern_session";
+/// The cookie that carries the sign-in form's CSRF token (before there is a session).
+pub const LOGIN_COOKIE: &str = "postern_login";
+/// How long a sign-in lasts.
+pub const LOGIN_TTL: i64 = 12 * 3600;
+
+/// What every page handler shares.
+pub struct WebState {
+    pub store: Store,
+    pub audit: AuditLog,
+    pub notifier: Notifier,
+    pub recordings: PathBuf,
+    /// Whether the page is served over HTTPS (adds Strict-Transport-Security).
+    pub https: bool,
+    pub limiter: RateLimiter,
+}
+
+impl WebState {
+    pub fn new(
+        store: Store,
+        audit: AuditLog,
+        notifier: Notifier,
+        recordings: PathBuf,
+        https: bool,
+    ) -> WebState {
+        WebState {
+            store,
+            audit,
+            notifier,
+            recordings,
+            https,
+            // Per approver 5, per source 20 failed sign-ins in 5 minutes.
+            limiter: RateLimiter::new(Duration::from_secs(300), 5, 20),
+        }
+    }
+
+    /// Writes an audit event on behalf of a web user. `false` if the audit log could not be
+    /// written: the caller then refuses the action (fail closed).
+    pub(crate) async fn audit(&self, event: &str, actor: &str, mut fields: Value) -> bool {
+        if let Value::Object(m) = &mut fields {
+            m.insert("actor".into(), json!(format!("web:{actor}")));
+        }
+        match self.audit.record_async(event, fields).await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(error = %e, event, "audit log write failed");
+                false
+            }
+        }
+    }
+}
+
+/// The web UI's routes.
+pub fn router(state: Arc<WebState>) -> Router {
+    let https = state.https;
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/requests") }))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/requests", get(pages::requests))
+        .route("/requests/{id}/approve", post(pages::approve))
+        .route("/requests/{id}/deny", post(pages::deny))
+        .route("/grants", get(pages::grants))
+        .route("/grants/{id}/revoke", post(pages::revoke))
+        .route("/sessions", get(pages::sessions))
+        .route("/sessions/{id}", get(pages::session_detail))
+        .route("/sessions/{id}/terminate", post(pages::terminate))
+        .route("/review", get(pages::review))
+        .route("/review/{id}", post(pages::mark_reviewed))
+        .route("/static/style.css", get(pages::style))
+        .route("/static/replay.js", get(pages::replay_js))
+        .fallback(|| async { html::error(StatusCode::NOT_FOUND, "There is no such page.") })
+        .layer(axum::middleware::map_response(
+            move |mut r: Response| async move {
+                security_headers(r.headers_mut(), https);
+                r
+            },
+        ))
+        .with_state(state)
+}
+
+fn security_headers(h: &mut HeaderMap, https: bool) {
+    let set = |h: &mut HeaderMap, k: header::HeaderName, v: &'static str| {
+        h.entry(k).or_insert(HeaderValue::from_static(v));
+    };
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    set(h, header::CACHE_CONTROL, "no-store");
+    if https {
+        set(
+            h,
+            header::STRICT_TRANSPORT_SECURITY,
+            "max-age=31536000; includeSubDomains",
+        );
+    }
+}
+
+/// SHA-256 of a cookie token, as stored.
+pub(crate) fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// 32 random bytes, hex.
+pub(crate) fn random_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// Compares two tokens without leaking where they differ.
+pub(crate) fn same_token(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && !a.is_empty() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// A cookie's value from the request headers.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A `Set-Cookie` value with Postern's attributes. Cookies are always `Secure`: browsers accept
+/// them on HTTPS and on loopback addresses, which is where the web form should be reached.
+pub(crate) fn set_cookie(name: &str, value: &str, path: &str, max_age: i64) -> HeaderValue {
+    let v = format!(
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
+    );
+    HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("x=; Max-Age=0"))
+}
+
+/// A signed-in approver; pages that take one send everyone else to the sign-in form.
+pub struct Signed {
+    pub login: WebLogin,
+    pub token_hash: String,
+}
+
+impl Signed {
+    pub fn name(&self) -> &str {
+        &self.login.approver.name
+    }
+}
+
+impl FromRequestParts<Arc<WebState>> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<WebState>,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+            return Err(Redirect::to("/login").into_response());
+        };
+        let hash = token_hash(token);
+        match state.store.web_login(&hash, crate::time::now()).await {
+            Ok(Some(login)) => Ok(Signed {
+                login,
+                token_hash: hash,
+            }),
+            Ok(None) => Err(Redirect::to("/login").into_response()),
+            Err(e) => {
+                warn!(error = %e, "web sign-in check failed");
+                Err(html::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The control plane is unavailable; try again shortly.",
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(same_token("abc", "abc"));
+        assert!(!same_token("abc", "abd"));
+        assert!(!same_token("abc", "abcd"));
+        assert!(!same_token("", ""));
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; postern_session=xyz"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("xyz"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "c"), None);
+    }
+}

@@ -1,0 +1,937 @@
+//! The pages and form actions of the web UI.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::warn;
+
+use super::html::{self, Nav, csrf_field, dur, esc, time};
+use super::{
+    LOGIN_COOKIE, LOGIN_TTL, SESSION_COOKIE, Signed, WebState, cookie, random_token, same_token,
+    set_cookie, token_hash,
+};
+use crate::notify::Event;
+use crate::store::StoreError;
+use crate::time::{now, parse_duration, parse_time};
+
+type St = State<Arc<WebState>>;
+type Page = Result<Response, Response>;
+
+/// Turns a store error into a page: what the approver did wrong, or that the control plane failed.
+fn store_error(e: StoreError) -> Response {
+    let status = match &e {
+        StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        StoreError::Conflict(_) => StatusCode::CONFLICT,
+        StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+        StoreError::Db(_) | StoreError::Migrate(_) => {
+            warn!(error = %e, "web: database error");
+            return html::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The control plane is unavailable; nothing was changed. Try again shortly.",
+            );
+        }
+    };
+    html::error(status, &e.to_string())
+}
+
+fn audit_failed() -> Response {
+    html::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The audit log cannot be written, so nothing was changed.",
+    )
+}
+
+/// Refuses a form whose CSRF token is missing or not this sign-in's, and records the attempt.
+async fn check_csrf(
+    state: &WebState,
+    s: &Signed,
+    token: &str,
+    action: &str,
+) -> Result<(), Response> {
+    if same_token(token, &s.login.csrf) {
+        return Ok(());
+    }
+    state
+        .audit(
+            "web.csrf_refused",
+            s.name(),
+            json!({"action": action, "token": if token.is_empty() { "missing" } else { "wrong" }}),
+        )
+        .await;
+    Err(html::error(
+        StatusCode::FORBIDDEN,
+        "This form did not come from your Postern session (its CSRF token is missing or wrong). Reload the page and try again.",
+    ))
+}
+
+/// The sites an approver answers for, with each site's region.
+struct Scope {
+    regions: HashMap<String, Option<String>>,
+}
+
+impl Scope {
+    async fn load(state: &WebState) -> Result<Scope, Response> {
+        let sites = state.store.sites().await.map_err(store_error)?;
+        Ok(Scope {
+            regions: sites.into_iter().map(|s| (s.name, s.region)).collect(),
+        })
+    }
+
+    fn covers(&self, s: &Signed, site: &str) -> bool {
+        let region = self.regions.get(site).and_then(|r| r.as_deref());
+        s.login.approver.covers(site, region)
+    }
+}
+
+fn not_yours(what: &str, id: &str) -> Response {
+    html::error(
+        StatusCode::NOT_FOUND,
+        &format!("There is no {what} {id} among your sites."),
+    )
+}
+
+fn back(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+// ---- sign-in ----
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct LoginForm {
+    csrf: String,
+    name: String,
+    password: String,
+    code: String,
+}
+
+fn login_page(status: StatusCode, message: Option<&str>) -> Response {
+    let token = random_token();
+    let msg = message
+        .map(|m| format!(r#"<p class="error" role="alert">{}</p>"#, esc(m)))
+        .unwrap_or_default();
+    let body = format!(
+        r#"<main class="narrow"><h1>Postern</h1><p>Approvers sign in with their password and the code from their authenticator app.</p>{msg}
+<form method="post" action="/login" class="card">{}
+<label>Name <input name="name" autocomplete="username" required autofocus></label>
+<label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+<label>Code <input name="code" inputmode="numeric" pattern="[0-9]{{6}}" autocomplete="one-time-code" required></label>
+<button type="submit">Sign in</button></form></main>"#,
+        csrf_field(&token)
+    );
+    let mut r = (status, Html(html::document("Sign in", &body))).into_response();
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(LOGIN_COOKIE, &token, "/login", 900),
+    );
+    r
+}
+
+pub async fn login_form() -> Response {
+    login_page(StatusCode::OK, None)
+}
+
+pub async fn login(
+    State(state): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let source = addr.ip().to_string();
+    // The sign-in form's token must match its cookie (no cross-site sign-in).
+    if !cookie(&headers, LOGIN_COOKIE).is_some_and(|c| same_token(c, &f.csrf)) {
+        return login_page(
+            StatusCode::FORBIDDEN,
+            Some("The sign-in form expired or did not come from Postern. Please sign in again."),
+        );
+    }
+    let name = f.name.trim().to_owned();
+    if !state.limiter.allowed(&name, &source) {
+        state
+            .audit(
+                "web.login_failed",
+                &name,
+                json!({"approver": name, "source": source, "reason": "rate limited"}),
+            )
+            .await;
+        return login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("Too many failed sign-ins. Wait a few minutes and try again."),
+        );
+    }
+    let approver = match state.store.approver(&name).await {
+        Ok(a) => a,
+        Err(e) => return store_error(e),
+    };
+    let password = f.password;
+    let hash = approver.as_ref().map(|a| a.password_hash.clone());
+    // Hash even for unknown names, so timing does not tell which names exist.
+    let password_ok = tokio::task::spawn_blocking(move || match hash {
+        Some(h) => crate::approvers::verify_password(&password, &h),
+        None => {
+            let _ = crate::approvers::verify_password(
+                &password,
+                "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$CTFhFdXPJO1aFaMaO6Mm5c8y7cJHAph8ArZWb2GRPPc",
+            );
+            false
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let reason = match &approver {
+        None => Some("unknown approver"),
+        Some(a) if a.disabled != 0 => Some("approver disabled"),
+        Some(_) if !password_ok => Some("wrong password"),
+        Some(a) => match crate::totp::check(&a.totp_secret, &f.code, now() as u64) {
+            Ok(Some(step)) => match state
+                .store
+                .consume_approver_totp_step(&a.name, step as i64)
+                .await
+            {
+                Ok(true) => None,
+                Ok(false) => Some("TOTP code already used"),
+                Err(e) => return store_error(e),
+            },
+            Ok(None) => Some("wrong TOTP code"),
+            Err(_) => Some("TOTP secret unreadable"),
+        },
+    };
+    if let Some(reason) = reason {
+        state.limiter.failed(&name, &source);
+        state
+            .audit(
+                "web.login_failed",
+                &name,
+                json!({"approver": name, "source": source, "reason": reason}),
+            )
+            .await;
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            Some("Name, password or code is wrong."),
+        );
+    }
+    let token = random_token();
+    let csrf = random_token();
+    let t = now();
+    if let Err(e) = state
+        .store
+        .create_web_login(&token_hash(&token), &name, &csrf, t, t + LOGIN_TTL)
+        .await
+    {
+        return store_error(e);
+    }
+    if !state
+        .audit(
+            "web.login",
+            &name,
+            json!({"approver": name, "source": source}),
+        )
+        .await
+    {
+        let _ = state.store.end_web_login(&token_hash(&token)).await;
+        return audit_failed();
+    }
+    let mut r = Redirect::to("/requests").into_response();
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    let h = r.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, &token, "/", LOGIN_TTL),
+    );
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(LOGIN_COOKIE, "", "/login", 0),
+    );
+    r
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct CsrfOnly {
+    csrf: String,
+}
+
+pub async fn logout(State(state): St, s: Signed, Form(f): Form<CsrfOnly>) -> Page {
+    check_csrf(&state, &s, &f.csrf, "logout").await?;
+    state
+        .store
+        .end_web_login(&s.token_hash)
+        .await
+        .map_err(store_error)?;
+    state
+        .audit("web.logout", s.name(), json!({"approver": s.name()}))
+        .await;
+    let mut r = Redirect::to("/login").into_response();
+    r.headers_mut()
+        .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", "/", 0));
+    Ok(r)
+}
+
+// ---- requests ----
+
+pub async fn requests(State(state): St, s: Signed) -> Page {
+    let scope = Scope::load(&state).await?;
+    let all = state.store.requests(None).await.map_err(store_error)?;
+    let orgs: HashMap<String, String> = state
+        .store
+        .vendors()
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .map(|v| (v.name, v.org))
+        .collect();
+    let max: HashMap<String, i64> = state
+        .store
+        .functions()
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .map(|f| (f.name, f.max_window))
+        .collect();
+    let mine: Vec<_> = all
+        .into_iter()
+        .filter(|r| scope.covers(&s, &r.site))
+        .collect();
+    let csrf = &s.login.csrf;
+    let mut body = String::from("<h1>Pending requests</h1>");
+    let pending: Vec<_> = mine.iter().filter(|r| r.status == "pending").collect();
+    if pending.is_empty() {
+        body.push_str(r#"<p class="empty">No requests are waiting for you.</p>"#);
+    }
+    for r in pending {
+        let id = esc(&r.id);
+        body.push_str(&format!(
+            r#"<section class="card request" id="{id}"><h2>{vendor} <small>{org}</small></h2>
+<dl><dt>Target</dt><dd>{site}/{device}</dd><dt>Function</dt><dd>{function}</dd><dt>Asked for</dt><dd>{asked}</dd><dt>Filed</dt><dd>{filed}</dd><dt>Reason</dt><dd class="reason">{reason}</dd></dl>
+<form method="post" action="/requests/{id}/approve" class="inline">{csrf_f}
+<label>From <input name="from" value="now" size="8"></label>
+<label>For <input name="duration" value="{asked}" size="8"> <small>at most {max}</small></label>
+<button type="submit" class="approve">Approve</button></form>
+<form method="post" action="/requests/{id}/deny" class="inline">{csrf_f}
+<label>Reason <input name="reason" required placeholder="why not"></label>
+<button type="submit" class="deny">Deny</button></form></section>"#,
+            vendor = esc(&r.vendor),
+            org = esc(orgs.get(&r.vendor).map_or("", String::as_str)),
+            site = esc(&r.site),
+            device = esc(&r.device),
+            function = esc(&r.function),
+            asked = esc(&dur(r.duration)),
+            filed = time(r.created),
+            reason = esc(&r.reason),
+            max = esc(&dur(max.get(&r.function).copied().unwrap_or(0))),
+            csrf_f = csrf_field(csrf),
+        ));
+    }
+    body.push_str("<h2>Recently decided</h2><ul class=\"list\">");
+    for r in mine.iter().filter(|r| r.status != "pending").take(20) {
+        body.push_str(&format!(
+            "<li><b>{}</b> {} at {}/{} ({}): <span class=\"status {}\">{}</span> by {} after {}{}</li>",
+            esc(&r.id),
+            esc(&r.vendor),
+            esc(&r.site),
+            esc(&r.device),
+            esc(&r.function),
+            esc(&r.status),
+            esc(&r.status),
+            esc(r.decided_by.as_deref().unwrap_or("-")),
+            esc(&r.latency().map(dur).unwrap_or_else(|| "-".into())),
+            r.decision_reason
+                .as_deref()
+                .map(|d| format!(": {}", esc(d)))
+                .unwrap_or_default(),
+        ));
+    }
+    body.push_str("</ul>");
+    Ok(html::page("Requests", Nav::Requests, s.name(), csrf, &body))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ApproveForm {
+    csrf: String,
+    from: String,
+    duration: String,
+}
+
+async fn my_request(
+    state: &WebState,
+    s: &Signed,
+    id: &str,
+) -> Result<crate::AccessRequestRow, Response> {
+    let scope = Scope::load(state).await?;
+    match state.store.request(id).await.map_err(store_error)? {
+        Some(r) if scope.covers(s, &r.site) => Ok(r),
+        _ => Err(not_yours("request", id)),
+    }
+}
+
+pub async fn approve(
+    State(state): St,
+    s: Signed,
+    Path(id): Path<String>,
+    Form(f): Form<ApproveForm>,
+) -> Page {
+    check_csrf(&state, &s, &f.csrf, "request.approve").await?;
+    let req = my_request(&state, &s, &id).await?;
+    let t = now();
+    let from = if f.from.trim().is_empty() {
+        t
+    } else {
+        parse_time(f.from.trim(), t)
+            .map_err(|e| html::error(StatusCode::BAD_REQUEST, &format!("From: {e}")))?
+    };
+    let duration = if f.duration.trim().is_empty() {
+        req.duration
+    } else {
+        parse_duration(f.duration.trim())
+            .map_err(|e| html::error(StatusCode::BAD_REQUEST, &format!("For: {e}")))?
+    };
+    let (req, grant) = state
+        .store
+        .approve_request(&id, s.name(), from, from + duration, t)
+        .await
+        .map_err(store_error)?;
+    if !state
+        .audit(
+            "request.approve",
+            s.name(),
+            json!({"request": id, "vendor": req.vendor, "site": req.site, "function": req.function, "grant": grant.id,
+                   "from": crate::time::fmt_time(from), "until": crate::time::fmt_time(grant.valid_until), "latency": req.latency()}),
+        )
+        .await
+    {
+        // Fail closed: a grant nobody can account for is withdrawn.
+        let _ = state.store.revoke_grant(&grant.id, s.name(), t).await;
+        return Err(audit_failed());
+    }
+    state
+        .notifier
+        .notify(
+            Event::RequestGranted,
+            &format!(
+                "{} granted {} {} at {}/{} until {} (request {})",
+                s.name(),
+                req.vendor,
+                req.function,
+                req.site,
+                req.device,
+                crate::time::fmt_time(grant.valid_until),
+                req.id
+            ),
+            json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
+                   "grant": grant.id, "until": grant.valid_until, "approver": s.name(), "latency": req.latency()}),
+        )
+        .await;
+    Ok(back("/requests"))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ReasonForm {
+    csrf: String,
+    reason: String,
+}
+
+pub async fn deny(
+    State(state): St,
+    s: Signed,
+    Path(id): Path<String>,
+    Form(f): Form<ReasonForm>,
+) -> Page {
+    check_csrf(&state, &s, &f.csrf, "request.deny").await?;
+    my_request(&state, &s, &id).await?;
+    let reason = f.reason.trim();
+    if reason.is_empty() {
+        return Err(html::error(
+            StatusCode::BAD_REQUEST,
+            "A denial needs a reason: the vendor sees it.",
+        ));
+    }
+    let req = state
+        .store
+        .deny_request(&id, s.name(), reason, now())
+        .await
+        .map_err(store_error)?;
+    state
+        .audit(
+            "request.deny",
+            s.name(),
+            json!({"request": id, "vendor": req.vendor, "site": req.site, "reason": reason, "latency": req.latency()}),
+        )
+        .await;
+    state
+        .notifier
+        .notify(
+            Event::RequestDenied,
+            &format!(
+                "{} denied {}'s request {} for {} at {}/{}: {reason}",
+                s.name(),
+                req.vendor,
+                req.id,
+                req.function,
+                req.site,
+                req.device
+            ),
+            json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
+                   "approver": s.name(), "reason": reason, "latency": req.latency()}),
+        )
+        .await;
+    Ok(back("/requests"))
+}
+
+// ---- grants ----
+
+pub async fn grants(State(state): St, s: Signed) -> Page {
+    let scope = Scope::load(&state).await?;
+    let t = now();
+    let csrf = &s.login.csrf;
+    let mut body = String::from("<h1>Active grants</h1>");
+    let mut any = false;
+    for g in state.store.grants().await.map_err(store_error)? {
+        if g.revoked_at.is_some() || g.valid_until <= t || !scope.covers(&s, &g.site) {
+            continue;
+        }
+        any = true;
+        let flag = if g.granted_by == "break-glass" {
+            r#" <span class="flag">break-glass</span>"#
+        } else {
+            ""
+        };
+        body.push_str(&format!(
+            r#"<section class="card"><h2>{vendor} <small>{function} at {site}</small>{flag}</h2>
+<dl><dt>Window</dt><dd>{from} – {until}</dd><dt>Granted by</dt><dd>{by}</dd><dt>Reason</dt><dd class="reason">{reason}</dd></dl>
+<form method="post" action="/grants/{id}/revoke">{csrf_f}<button type="submit" class="deny">Revoke</button></form></section>"#,
+            id = esc(&g.id),
+            vendor = esc(&g.vendor),
+            function = esc(&g.function),
+            site = esc(&g.site),
+            from = time(g.valid_from),
+            until = time(g.valid_until),
+            by = esc(&g.granted_by),
+            reason = esc(&g.reason),
+            csrf_f = csrf_field(csrf),
+        ));
+    }
+    if !any {
+        body.push_str(r#"<p class="empty">No grants are active at your sites.</p>"#);
+    }
+    Ok(html::page("Grants", Nav::Grants, s.name(), csrf, &body))
+}
+
+pub async fn revoke(
+    State(state): St,
+    s: Signed,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Page {
+    check_csrf(&state, &s, &f.csrf, "grant.revoke").await?;
+    let scope = Scope::load(&state).await?;
+    let grant = state
+        .store
+        .grants()
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .find(|g| g.id == id && scope.covers(&s, &g.site))
+        .ok_or_else(|| not_yours("grant", &id))?;
+    let g = state
+        .store
+        .revoke_grant(&grant.id, s.name(), now())
+        .await
+        .map_err(store_error)?;
+    state
+        .audit(
+            "grant.revoke",
+            s.name(),
+            json!({"grant": g.id, "vendor": g.vendor, "site": g.site, "function": g.function}),
+        )
+        .await;
+    Ok(back("/grants"))
+}
+
+// ---- sessions ----
+
+fn session_line(x: &crate::Session) -> String {
+    format!(
+        r#"<a href="/sessions/{id}">{id}</a> <b>{vendor}</b> at {site}/{device} ({function}){flag}"#,
+        id = esc(&x.id),
+        vendor = esc(&x.vendor),
+        site = esc(&x.site),
+        device = esc(&x.device),
+        function = esc(&x.function),
+        flag = if x.breakglass.is_some() {
+            r#" <span class="flag">break-glass</span>"#
+        } else {
+            ""
+        }
+    )
+}
+
+pub async fn sessions(State(state): St, s: Signed) -> Page {
+    let scope = Scope::load(&state).await?;
+    let csrf = &s.login.csrf;
+    let mut all: Vec<_> = state
+        .store
+        .sessions(false)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|x| scope.covers(&s, &x.site))
+        .collect();
+    all.reverse();
+    let mut body = String::from("<h1>Live sessions</h1>");
+    let live: Vec<_> = all.iter().filter(|x| x.ended.is_none()).collect();
+    if live.is_empty() {
+        body.push_str(r#"<p class="empty">No sessions are open at your sites.</p>"#);
+    }
+    for x in live {
+        let closing = if x.kill_requested != 0 {
+            r#" <span class="flag">closing</span>"#
+        } else {
+            ""
+        };
+        body.push_str(&format!(
+            r#"<section class="card live"><h2>{line}{closing}</h2><dl><dt>Since</dt><dd>{since}</dd><dt>From</dt><dd>{source}</dd><dt>Node</dt><dd>{node}</dd></dl>
+<form method="post" action="/sessions/{id}/terminate">{csrf_f}<button type="submit" class="deny">Terminate</button></form></section>"#,
+            line = session_line(x),
+            since = time(x.started),
+            source = esc(&x.source),
+            node = esc(&x.node),
+            id = esc(&x.id),
+            csrf_f = csrf_field(csrf),
+        ));
+    }
+    body.push_str("<h1>History</h1><ul class=\"list\">");
+    for x in all.iter().filter(|x| x.ended.is_some()).take(100) {
+        body.push_str(&format!(
+            "<li>{} — {} to {}: {}</li>",
+            session_line(x),
+            time(x.started),
+            x.ended.map(time).unwrap_or_default(),
+            esc(x.end_reason.as_deref().unwrap_or(""))
+        ));
+    }
+    body.push_str("</ul>");
+    Ok(html::page("Sessions", Nav::Sessions, s.name(), csrf, &body))
+}
+
+pub async fn terminate(
+    State(state): St,
+    s: Signed,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Page {
+    check_csrf(&state, &s, &f.csrf, "session.kill").await?;
+    let scope = Scope::load(&state).await?;
+    match state.store.session(&id).await.map_err(store_error)? {
+        Some(x) if scope.covers(&s, &x.site) => {}
+        _ => return Err(not_yours("session", &id)),
+    }
+    let x = state.store.request_kill(&id).await.map_err(store_error)?;
+    state
+        .audit(
+            "session.kill_requested",
+            s.name(),
+            json!({"session": id, "vendor": x.vendor, "node": x.node}),
+        )
+        .await;
+    state
+        .notifier
+        .notify(
+            Event::SessionTerminated,
+            &format!(
+                "{} terminated {}'s session {} at {}/{}",
+                s.name(),
+                x.vendor,
+                x.id,
+                x.site,
+                x.device
+            ),
+            json!({"session": x.id, "vendor": x.vendor, "site": x.site, "device": x.device, "by": s.name()}),
+        )
+        .await;
+    Ok(back("/sessions"))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct AtQuery {
+    at: Option<f64>,
+}
+
+/// Screens kept for an in-browser replay: enough for smooth playback of a long session while the
+/// page stays a reasonable size.
+const REPLAY_SCREENS: usize = 1500;
+
+pub async fn session_detail(
+    State(state): St,
+    s: Signed,
+    Path(id): Path<String>,
+    Query(q): Query<AtQuery>,
+) -> Page {
+    let scope = Scope::load(&state).await?;
+    let x = match state.store.session(&id).await.map_err(store_error)? {
+        Some(x) if scope.covers(&s, &x.site) => x,
+        _ => return Err(not_yours("session", &id)),
+    };
+    let path = state.recordings.join(&x.recording);
+    let (events, integrity) = tokio::task::spawn_blocking({
+        let path = path.clone();
+        let final_hash = x.final_hash.clone();
+        move || {
+            let integrity = match recorder::verify_file(&path) {
+                Ok(r) => match (&r.problem, &final_hash, r.last_hash) {
+                    (Some(p), _, _) => format!("DAMAGED: {p}"),
+                    (None, Some(h), Some(last)) if *h != hex::encode(last) => format!(
+                        "DOES NOT MATCH its recorded final hash ({} records read)",
+                        r.records
+                    ),
+                    (None, Some(_), _) => {
+                        format!("intact: {} records, final hash matches", r.records)
+                    }
+                    (None, None, _) => format!("{} records so far, chain intact", r.records),
+                },
+                Err(e) => format!("unreadable: {e}"),
+            };
+            let events = recorder::Reader::open(&path)
+                .ok()
+                .map(|reader| recorder::terminal_events(reader, false));
+            (events, integrity)
+        }
+    })
+    .await
+    .map_err(|_| html::error(StatusCode::INTERNAL_SERVER_ERROR, "replay failed"))?;
+    let frames = events
+        .as_ref()
+        .map(|e| recorder::screens(e, 0.05, REPLAY_SCREENS))
+        .unwrap_or_default();
+    let shown = match q.at {
+        Some(at) => frames
+            .iter()
+            .rev()
+            .find(|f| f.time <= at)
+            .or(frames.first()),
+        None => frames.last(),
+    };
+    let commands = state
+        .store
+        .commands_of_session(&id)
+        .await
+        .map_err(store_error)?;
+    let bg = match &x.breakglass {
+        Some(b) => state.store.breakglass(b).await.map_err(store_error)?,
+        None => None,
+    };
+    let mut body = format!(
+        r#"<h1>Session {id}</h1><section class="card"><h2>{line}</h2><dl>
+<dt>Started</dt><dd>{started}</dd><dt>Ended</dt><dd>{ended}</dd><dt>From</dt><dd>{source}</dd><dt>Grant</dt><dd>{grant}</dd><dt>Recording</dt><dd class="{cls}">{integrity}</dd>{bgline}</dl></section>"#,
+        id = esc(&x.id),
+        line = session_line(&x),
+        started = time(x.started),
+        ended = x
+            .ended
+            .map(|e| format!(
+                "{} ({})",
+                time(e),
+                esc(x.end_reason.as_deref().unwrap_or(""))
+            ))
+            .unwrap_or_else(|| "live".into()),
+        source = esc(&x.source),
+        grant = esc(&x.grant_id),
+        cls = if integrity.starts_with("intact") || integrity.contains("chain intact") {
+            "ok"
+        } else {
+            "error"
+        },
+        integrity = esc(&integrity),
+        bgline = bg
+            .map(|b| format!(
+                "<dt>Break-glass</dt><dd class=\"reason\">{}{}</dd>",
+                esc(&b.reason),
+                b.reviewed_by
+                    .map(|r| format!(" — reviewed by {}", esc(&r)))
+                    .unwrap_or_else(|| " — not yet reviewed".into())
+            ))
+            .unwrap_or_default(),
+    );
+    body.push_str("<h2>Commands</h2>");
+    if commands.is_empty() {
+        body.push_str(r#"<p class="empty">No commands recorded (yet).</p>"#);
+    } else {
+        body.push_str(r#"<ol class="commands">"#);
+        for c in &commands {
+            let at = c.offset_ms as f64 / 1000.0;
+            body.push_str(&format!(
+                r##"<li><a href="?at={at:.3}#replay" data-at="{at:.3}">{clock}</a> <span class="kind">{kind}</span> <code>{cmd}</code></li>"##,
+                clock = clock(at),
+                kind = esc(&c.kind),
+                cmd = esc(&c.command),
+            ));
+        }
+        body.push_str("</ol>");
+    }
+    body.push_str(r#"<h2 id="replay">Replay</h2>"#);
+    match shown {
+        None => body
+            .push_str(r#"<p class="empty">Nothing was shown on a terminal in this session.</p>"#),
+        Some(f) => {
+            let data = serde_json::to_string(&frames)
+                .unwrap_or_else(|_| "[]".into())
+                .replace('<', "\\u003c");
+            body.push_str(&format!(
+                r#"<div class="player"><div class="controls"><button type="button" id="play">Play</button> <input type="range" id="seek" min="0" max="{max:.3}" step="0.1" value="{at:.3}" aria-label="position"> <span id="clock">{clock}</span></div>
+<pre id="screen" class="screen">{screen}</pre></div>
+<script type="application/json" id="frames">{data}</script><script src="/static/replay.js"></script>"#,
+                max = frames.last().map_or(0.0, |f| f.time),
+                at = f.time,
+                clock = clock(f.time),
+                screen = esc(&f.lines.join("\n")),
+            ));
+        }
+    }
+    Ok(html::page(
+        "Session",
+        Nav::Sessions,
+        s.name(),
+        &s.login.csrf,
+        &body,
+    ))
+}
+
+fn clock(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+// ---- break-glass review ----
+
+pub async fn review(State(state): St, s: Signed) -> Page {
+    let scope = Scope::load(&state).await?;
+    let csrf = &s.login.csrf;
+    let all: Vec<_> = state
+        .store
+        .breakglass_list(false)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|b| scope.covers(&s, &b.site))
+        .collect();
+    let sessions: Vec<_> = state
+        .store
+        .sessions(false)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|x| x.breakglass.is_some())
+        .collect();
+    let links = |bg: &str| {
+        sessions
+            .iter()
+            .filter(|x| x.breakglass.as_deref() == Some(bg))
+            .map(|x| format!(r#"<a href="/sessions/{0}">{0}</a>"#, esc(&x.id)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut body = String::from("<h1>Break-glass review</h1>");
+    let open: Vec<_> = all.iter().filter(|b| b.reviewed_at.is_none()).collect();
+    if open.is_empty() {
+        body.push_str(r#"<p class="empty">Nothing is waiting for review.</p>"#);
+    }
+    for b in open {
+        body.push_str(&format!(
+            r#"<section class="card breakglass" id="{id}"><h2>{vendor} <small>{org}</small> <span class="flag">break-glass</span></h2>
+<dl><dt>Target</dt><dd>{site}/{device}</dd><dt>Function</dt><dd>{function}</dd><dt>Opened</dt><dd>{opened}, until {until}</dd><dt>Reason</dt><dd class="reason">{reason}</dd><dt>Sessions</dt><dd>{sessions}</dd></dl>
+<form method="post" action="/review/{id}" class="inline">{csrf_f}<label>Note <input name="note" placeholder="what you checked"></label><button type="submit" class="approve">Mark reviewed</button></form></section>"#,
+            id = esc(&b.id),
+            vendor = esc(&b.vendor),
+            org = esc(&b.org),
+            site = esc(&b.site),
+            device = esc(&b.device),
+            function = esc(&b.function),
+            opened = time(b.opened),
+            until = time(b.valid_until),
+            reason = esc(&b.reason),
+            sessions = links(&b.id),
+            csrf_f = csrf_field(csrf),
+        ));
+    }
+    body.push_str("<h2>Reviewed</h2><ul class=\"list\">");
+    for b in all.iter().filter(|b| b.reviewed_at.is_some()).take(50) {
+        body.push_str(&format!(
+            "<li><b>{}</b> {} at {}/{} on {}: reviewed by {}{} — {}</li>",
+            esc(&b.id),
+            esc(&b.vendor),
+            esc(&b.site),
+            esc(&b.device),
+            time(b.opened),
+            esc(b.reviewed_by.as_deref().unwrap_or("")),
+            b.review_note
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .map(|n| format!(" ({})", esc(n)))
+                .unwrap_or_default(),
+            links(&b.id),
+        ));
+    }
+    body.push_str("</ul>");
+    Ok(html::page("Review", Nav::Review, s.name(), csrf, &body))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct NoteForm {
+    csrf: String,
+    note: String,
+}
+
+pub async fn mark_reviewed(
+    State(state): St,
+    s: Signed,
+    Path(id): Path<String>,
+    Form(f): Form<NoteForm>,
+) -> Page {
+    check_csrf(&state, &s, &f.csrf, "breakglass.review").await?;
+    let scope = Scope::load(&state).await?;
+    match state.store.breakglass(&id).await.map_err(store_error)? {
+        Some(b) if scope.covers(&s, &b.site) => {}
+        _ => return Err(not_yours("break-glass opening", &id)),
+    }
+    let b = state
+        .store
+        .review_breakglass(&id, s.name(), &f.note, now())
+        .await
+        .map_err(store_error)?;
+    state
+        .audit(
+            "breakglass.review",
+            s.name(),
+            json!({"breakglass": b.id, "vendor": b.vendor, "site": b.site, "note": b.review_note}),
+        )
+        .await;
+    Ok(back("/review"))
+}
+
+// ---- static files (our own) ----
+
+pub async fn style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("static/style.css"),
+    )
+        .into_response()
+}
+
+pub async fn replay_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("static/replay.js"),
+    )
+        .into_response()
+}
