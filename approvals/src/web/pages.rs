@@ -786,7 +786,7 @@ pub async fn session_detail(
                 .unwrap_or_else(|_| "[]".into())
                 .replace('<', "\\u003c");
             body.push_str(&format!(
-                r#"<div class="player"><div class="controls"><button type="button" id="play">Play</button> <input type="range" id="seek" min="0" max="{max:.3}" step="0.1" value="{at:.3}" aria-label="position"> <span id="clock">{clock}</span></div>
+                r#"<div class="player"><div class="controls"><button type="button" id="play">Play</button> <input type="range" id="seek" min="0" max="{max:.3}" step="any" value="{at:.3}" aria-label="position"> <span id="clock">{clock}</span></div>
 <pre id="screen" class="screen">{screen}</pre></div>
 <script type="application/json" id="frames">{data}</script><script src="/static/replay.js"></script>"#,
                 max = frames.last().map_or(0.0, |f| f.time),
