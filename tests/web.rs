@@ -536,3 +536,74 @@ fn webhooks_get_every_event_and_a_dead_receiver_delays_nothing() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+#[test]
+fn the_web_form_is_served_over_https_when_configured() {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("web.pem"), dir.path().join("web.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let w = World::with_config(
+        9,
+        "5m",
+        &format!(
+            "web_tls_cert = \"{}\"\nweb_tls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    assert!(w.web_url.starts_with("https://127.0.0.1:"), "{}", w.web_url);
+    let client = reqwest::blocking::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let r = client.get(format!("{}/login", w.web_url)).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["strict-transport-security"],
+        "max-age=31536000; includeSubDomains"
+    );
+    assert!(r.text().unwrap().contains("Sign in"));
+    // Plain HTTP to the HTTPS port gets no page.
+    let plain = w.web_url.replace("https://", "http://");
+    let r = reqwest::blocking::get(format!("{plain}/login"));
+    assert!(r.is_err() || !r.unwrap().status().is_success());
+
+    // A certificate that cannot be loaded stops `serve` at once, with one clear line.
+    let data = dir.path().join("bad");
+    assert!(
+        harness::run(
+            std::process::Command::new(harness::postern_bin())
+                .arg("init")
+                .arg("--data")
+                .arg(&data)
+        )
+        .status
+        .success()
+    );
+    let cfg = data.join("postern.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + &format!(
+            "web_tls_cert = \"{}\"\nweb_tls_key = \"{}/missing.key\"\n",
+            cert.display(),
+            dir.path().display()
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let out = harness::run(
+        std::process::Command::new(harness::postern_bin())
+            .args([
+                "serve",
+                "--ssh",
+                "127.0.0.1:0",
+                "--web",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(&data),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("web UI: loading certificate"), "{err}");
+}
