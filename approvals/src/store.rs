@@ -357,9 +357,6 @@ impl Store {
             ));
         }
         let orgs = emergency_orgs.unwrap_or_default();
-        for o in orgs {
-            check_name("organisation", o)?;
-        }
         sqlx::query("INSERT INTO functions (name, allow, login, max_window, emergency, emergency_orgs, created) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(name)
             .bind(allow.to_string())

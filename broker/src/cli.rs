@@ -123,7 +123,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { action, ssh } => crate::devicesim::demo(&cli, action.is_some(), ssh).await,
+        Command::Demo { action, ssh, web } => {
+            let code_of = action
+                .as_ref()
+                .map(|crate::DemoAction::Code { approver }| *approver);
+            crate::devicesim::demo(&cli, code_of, ssh, web.as_deref()).await
+        }
         Command::Serve { ssh, web } => {
             let env = Env::open(&cli).await?;
             let addr = ssh.clone().unwrap_or_else(|| env.cfg.ssh_listen.clone());

@@ -392,6 +392,7 @@ pub async fn run_standalone(listen: &str, host_key: &Path, authorized: &Path) ->
 
 // ---- the demo ----
 
+const ORG: &str = "Acme Maintenance";
 const VENDOR: &str = "alice";
 const SITE: &str = "demo-site";
 const DEVICE: &str = "sim-01";
@@ -419,15 +420,32 @@ impl DemoPaths {
     fn known_hosts(&self) -> PathBuf {
         self.dir.join("known_hosts")
     }
+    fn approver_totp(&self) -> PathBuf {
+        self.dir.join("ops.totp")
+    }
+    fn approver_password(&self) -> PathBuf {
+        self.dir.join("ops.password")
+    }
 }
 
-pub async fn demo(cli: &crate::Cli, code_only: bool, ssh: &str) -> Result<ExitCode> {
+/// `postern demo`: with `code_of`, only print the vendor's (false) or approver's (true) code.
+pub async fn demo(
+    cli: &crate::Cli,
+    code_of: Option<bool>,
+    ssh: &str,
+    web: Option<&str>,
+) -> Result<ExitCode> {
     let data = crate::config::DataDir::new(&cli.data);
     let paths = DemoPaths {
         dir: data.root.join("demo"),
     };
-    if code_only {
-        let secret = std::fs::read_to_string(paths.totp()).with_context(|| {
+    if let Some(approver) = code_of {
+        let file = if approver {
+            paths.approver_totp()
+        } else {
+            paths.totp()
+        };
+        let secret = std::fs::read_to_string(file).with_context(|| {
             format!(
                 "no demo in {} (run `postern demo` first)",
                 data.root.display()
@@ -501,11 +519,20 @@ pub async fn demo(cli: &crate::Cli, code_only: bool, ssh: &str) -> Result<ExitCo
         "Afterwards:  postern sessions --data {d}   postern replay ID --data {d}   postern verify --data {d}"
     );
     println!();
-    serve_demo(env, ssh, sim).await
-}
-
-async fn serve_demo(env: Env, ssh: &str, sim: tokio::task::JoinHandle<()>) -> Result<ExitCode> {
-    let web = env.cfg.web_listen.clone();
+    let web = web
+        .map(str::to_owned)
+        .unwrap_or_else(|| env.cfg.web_listen.clone());
+    println!(
+        "Just-in-time access: connect as '{VENDOR}:{SITE}/{DEVICE}:firmware@127.0.0.1' (no grant yet) and file a request;"
+    );
+    println!(
+        "approve it in the web UI at http://{web}/ as approver 'ops', password in {}, code from:  postern demo code --approver --data {d}",
+        paths.approver_password().display()
+    );
+    println!(
+        "Break-glass: connect as '{VENDOR}:{SITE}/{DEVICE}:emergency@127.0.0.1'; it opens at once and waits for review in the web UI."
+    );
+    println!();
     crate::cli::serve(env, ssh, &web, Some(sim)).await
 }
 
@@ -536,11 +563,33 @@ async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result
     store
         .add_function("maint", &allow, None, 8 * 3600, None, now)
         .await?;
-    let secret = approvals::totp::new_secret();
+    // Functions without a grant, to try requests and break-glass.
+    let shell = approvals::ChannelSet::parse("shell,exec,sftp").map_err(|e| anyhow!(e))?;
     store
-        .add_vendor(VENDOR, "Acme Maintenance", None, &secret, now)
+        .add_function("firmware", &shell, None, 4 * 3600, None, now)
         .await?;
+    let orgs = [ORG.to_owned()];
+    store
+        .add_function("emergency", &shell, None, 2 * 3600, Some(&orgs), now)
+        .await?;
+    let secret = approvals::totp::new_secret();
+    store.add_vendor(VENDOR, ORG, None, &secret, now).await?;
     crate::config::write_private(&paths.totp(), secret.as_bytes())?;
+    // The site's approver, for the web UI.
+    let password = hex::encode(rand::random::<[u8; 12]>());
+    let approver_secret = approvals::totp::new_secret();
+    store
+        .add_approver(
+            "ops",
+            &approvals::approvers::hash_password(&password)?,
+            &approver_secret,
+            &[SITE.to_owned()],
+            &[],
+            now,
+        )
+        .await?;
+    crate::config::write_private(&paths.approver_password(), password.as_bytes())?;
+    crate::config::write_private(&paths.approver_totp(), approver_secret.as_bytes())?;
     crate::cli::issue_certificate(
         env,
         VENDOR,

@@ -55,6 +55,9 @@ pub enum Command {
         action: Option<DemoAction>,
         #[arg(long, default_value = "127.0.0.1:2222")]
         ssh: String,
+        /// Where the approvers' web UI listens (default from config: 127.0.0.1:8080).
+        #[arg(long)]
+        web: Option<String>,
     },
     /// Serve vendors (SSH).
     Serve {
@@ -178,8 +181,11 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum DemoAction {
-    /// Print the demo vendor's current TOTP code.
-    Code,
+    /// Print the demo vendor's current TOTP code (or the demo approver's, with --approver).
+    Code {
+        #[arg(long)]
+        approver: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
