@@ -228,18 +228,7 @@ fn decode_base64(s: &str) -> Vec<u8> {
 #[test]
 fn an_approver_works_the_web_form_in_chromium() {
     let w = World::new(9, "5m");
-    w.ok(&[
-        "function",
-        "add",
-        "emergency",
-        "--allow",
-        "shell,exec",
-        "--max-window",
-        "2h",
-        "--emergency",
-        "--orgs",
-        "acme",
-    ]);
+    w.emergency_function();
     let olga = w.approver("olga", &["--sites", "site-a"]);
     // A phone-sized window: the form must work there.
     let mut b = Browser::start(412, 915);
@@ -256,12 +245,12 @@ fn an_approver_works_the_web_form_in_chromium() {
 
     // A vendor asks from ssh; the request shows up; approve it with a 20-minute window.
     let rae = w.vendor("rae", &[]);
-    let mut sh = w.shell(&rae, "rae:site-a/dev:maint");
-    sh.expect("Reason (empty to cancel): ", T);
-    sh.send("camera offline since 02:00\r");
-    sh.expect("For how long?", T);
-    sh.send("1h\r");
-    sh.expect("is waiting for an approver", T);
+    let mut sh = w.file_request(
+        &rae,
+        "rae:site-a/dev:maint",
+        "camera offline since 02:00",
+        "1h",
+    );
     b.wait_text("camera offline since 02:00");
     b.screenshot("pending-request");
     b.fill("input[name=duration]", "20m");

@@ -472,6 +472,55 @@ impl World {
         }
     }
 
+    /// Adds the function `emergency` (shell, exec; at most 2h) that vendors of `acme` may open at
+    /// once (break-glass).
+    pub fn emergency_function(&self) {
+        self.ok(&[
+            "function",
+            "add",
+            "emergency",
+            "--allow",
+            "shell,exec",
+            "--max-window",
+            "2h",
+            "--emergency",
+            "--orgs",
+            "acme",
+        ]);
+    }
+
+    /// Connects with a terminal to a function the vendor has no grant for and files a request
+    /// (`duration` empty: the default); returns once the connection waits for an approver.
+    pub fn file_request(&self, v: &Vendor, login: &str, reason: &str, duration: &str) -> Pty {
+        let t = Duration::from_secs(15);
+        let mut sh = self.shell(v, login);
+        sh.expect("Reason (empty to cancel): ", t);
+        sh.send(&format!("{reason}\r"));
+        sh.expect("For how long?", t);
+        sh.send(&format!("{duration}\r"));
+        sh.expect("is waiting for an approver", t);
+        sh
+    }
+
+    /// The id of the vendor's pending request, once filed.
+    pub fn pending_request(&self, vendor: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let rows: Vec<Value> = serde_json::from_str(
+                &self.ok(&["request", "list", "--status", "pending", "--json"]),
+            )
+            .unwrap();
+            if let Some(r) = rows.iter().find(|r| r["vendor"] == vendor) {
+                return r["id"].as_str().unwrap().to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no pending request from {vendor}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A web client for the approvers' UI.
     pub fn web(&self) -> WebClient {
         WebClient::new(&self.web_url)

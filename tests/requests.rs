@@ -8,23 +8,6 @@ use std::time::Duration;
 use harness::World;
 use serde_json::Value;
 
-fn pending(w: &World, vendor: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows: Vec<Value> =
-            serde_json::from_str(&w.ok(&["request", "list", "--status", "pending", "--json"]))
-                .unwrap();
-        if let Some(r) = rows.iter().find(|r| r["vendor"] == vendor) {
-            return r["id"].as_str().unwrap().to_owned();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no pending request from {vendor}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn request_from_ssh_then_approve_or_deny() {
     let w = World::new(9, "5m");
@@ -32,13 +15,13 @@ fn request_from_ssh_then_approve_or_deny() {
 
     // Approved: the waiting session continues to the device.
     let rae = w.vendor("rae", &[]);
-    let mut sh = w.shell(&rae, "rae:site-a/dev:maint");
-    sh.expect("Reason (empty to cancel): ", t);
-    sh.send("camera offline since 02:00\r");
-    sh.expect("For how long?", t);
-    sh.send("30m\r");
-    sh.expect("is waiting for an approver", t);
-    let id = pending(&w, "rae");
+    let mut sh = w.file_request(
+        &rae,
+        "rae:site-a/dev:maint",
+        "camera offline since 02:00",
+        "30m",
+    );
+    let id = w.pending_request("rae");
     let out = w.ok(&["request", "approve", &id]);
     assert!(out.contains("approved"), "{out}");
     sh.expect("granted by operator", t);
@@ -68,13 +51,8 @@ fn request_from_ssh_then_approve_or_deny() {
 
     // Denied: the vendor sees the approver's reason.
     let dee = w.vendor("dee", &[]);
-    let mut sh = w.shell(&dee, "dee:site-a/dev:maint");
-    sh.expect("Reason (empty to cancel): ", t);
-    sh.send("firmware update\r");
-    sh.expect("For how long?", t);
-    sh.send("\r");
-    sh.expect("is waiting for an approver", t);
-    let id = pending(&w, "dee");
+    let mut sh = w.file_request(&dee, "dee:site-a/dev:maint", "firmware update", "");
+    let id = w.pending_request("dee");
     w.ok(&["request", "deny", &id, "--reason", "use the Tuesday window"]);
     sh.expect("use the Tuesday window", t);
     sh.wait_exit(t);

@@ -11,24 +11,6 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);
 
-/// The id of the vendor's pending request, once filed.
-fn pending(w: &World, vendor: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows: Vec<Value> =
-            serde_json::from_str(&w.ok(&["request", "list", "--status", "pending", "--json"]))
-                .unwrap();
-        if let Some(r) = rows.iter().find(|r| r["vendor"] == vendor) {
-            return r["id"].as_str().unwrap().to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no pending request from {vendor}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn status_of(w: &World, id: &str) -> String {
     let rows: Vec<Value> = serde_json::from_str(&w.ok(&["request", "list", "--json"])).unwrap();
     rows.iter().find(|r| r["id"] == id).unwrap()["status"]
@@ -87,13 +69,8 @@ fn approvers_decide_in_the_web_form() {
 
     // A vendor asks from ssh; the approver approves in the web form with a shorter window.
     let rae = w.vendor("rae", &[]);
-    let mut sh = w.shell(&rae, "rae:site-a/dev:maint");
-    sh.expect("Reason (empty to cancel): ", T);
-    sh.send("camera <b>offline</b>\r");
-    sh.expect("For how long?", T);
-    sh.send("1h\r");
-    sh.expect("is waiting for an approver", T);
-    let id = pending(&w, "rae");
+    let mut sh = w.file_request(&rae, "rae:site-a/dev:maint", "camera <b>offline</b>", "1h");
+    let id = w.pending_request("rae");
     let page = web.get("/requests");
     assert!(page.body.contains(&id), "{}", page.body);
     assert!(
@@ -201,13 +178,8 @@ fn approvers_decide_in_the_web_form() {
 
     // Denied in the web form: the waiting vendor sees the reason.
     let dee = w.vendor("dee", &[]);
-    let mut sh = w.shell(&dee, "dee:site-a/dev:maint");
-    sh.expect("Reason (empty to cancel): ", T);
-    sh.send("firmware update\r");
-    sh.expect("For how long?", T);
-    sh.send("\r");
-    sh.expect("is waiting for an approver", T);
-    let id = pending(&w, "dee");
+    let mut sh = w.file_request(&dee, "dee:site-a/dev:maint", "firmware update", "");
+    let id = w.pending_request("dee");
     let page = web.get("/requests");
     let r = web.post(
         &format!("/requests/{id}/deny"),
@@ -235,18 +207,7 @@ fn approvers_decide_in_the_web_form() {
 #[test]
 fn breakglass_opens_at_once_and_waits_for_review() {
     let w = World::new(9, "5m");
-    w.ok(&[
-        "function",
-        "add",
-        "emergency",
-        "--allow",
-        "shell,exec",
-        "--max-window",
-        "2h",
-        "--emergency",
-        "--orgs",
-        "acme",
-    ]);
+    w.emergency_function();
     let olga = w.approver("olga", &["--sites", "site-a"]);
     let bob = w.approver("bob", &["--sites", "site-b"]);
 
@@ -388,21 +349,6 @@ impl Receiver {
     }
 }
 
-fn emergency_function(w: &World) {
-    w.ok(&[
-        "function",
-        "add",
-        "emergency",
-        "--allow",
-        "shell,exec",
-        "--max-window",
-        "2h",
-        "--emergency",
-        "--orgs",
-        "acme",
-    ]);
-}
-
 /// Opens break-glass from a terminal; returns the pty and how long the session took to open after
 /// the vendor answered the last question.
 fn break_glass(w: &World, v: &harness::Vendor, login: &str) -> (harness::Pty, Duration) {
@@ -420,17 +366,12 @@ fn break_glass(w: &World, v: &harness::Vendor, login: &str) -> (harness::Pty, Du
 fn webhooks_get_every_event_and_a_dead_receiver_delays_nothing() {
     let rx = Receiver::start(false);
     let w = World::with_config(9, "5m", &format!("webhook_url = \"{}\"\n", rx.url));
-    emergency_function(&w);
+    w.emergency_function();
     w.approver("olga", &["--sites", "site-a"]);
 
     // Filed and granted.
     let rae = w.vendor("rae", &[]);
-    let mut sh = w.shell(&rae, "rae:site-a/dev:maint");
-    sh.expect("Reason (empty to cancel): ", T);
-    sh.send("camera offline\r");
-    sh.expect("For how long?", T);
-    sh.send("30m\r");
-    sh.expect("is waiting for an approver", T);
+    let mut sh = w.file_request(&rae, "rae:site-a/dev:maint", "camera offline", "30m");
     let filed = rx.wait_for("request.filed");
     assert!(
         filed["text"]
@@ -440,7 +381,7 @@ fn webhooks_get_every_event_and_a_dead_receiver_delays_nothing() {
         "{filed}"
     );
     assert_eq!(filed["approvers"], serde_json::json!(["olga"]));
-    let id = pending(&w, "rae");
+    let id = w.pending_request("rae");
     w.ok(&["request", "approve", &id]);
     sh.expect("access until", T);
     sh.send("exit\r");
@@ -450,13 +391,8 @@ fn webhooks_get_every_event_and_a_dead_receiver_delays_nothing() {
 
     // Denied.
     let dee = w.vendor("dee", &[]);
-    let mut sh = w.shell(&dee, "dee:site-a/dev:maint");
-    sh.expect("Reason (empty to cancel): ", T);
-    sh.send("update\r");
-    sh.expect("For how long?", T);
-    sh.send("\r");
-    sh.expect("is waiting for an approver", T);
-    let id = pending(&w, "dee");
+    let mut sh = w.file_request(&dee, "dee:site-a/dev:maint", "update", "");
+    let id = w.pending_request("dee");
     w.ok(&["request", "deny", &id, "--reason", "not today"]);
     sh.wait_exit(T);
     assert_eq!(rx.wait_for("request.denied")["reason"], "not today");
@@ -500,7 +436,7 @@ fn webhooks_get_every_event_and_a_dead_receiver_delays_nothing() {
     // A receiver that accepts and never answers: sessions open at once; the notification waits.
     let dead = Receiver::start(true);
     let w = World::with_config(9, "5m", &format!("webhook_url = \"{}\"\n", dead.url));
-    emergency_function(&w);
+    w.emergency_function();
     let ivy = w.vendor("ivy", &[]);
     let (mut sh, took) = break_glass(&w, &ivy, "ivy:site-a/dev:emergency");
     sh.send("echo still-$((40+2))\r");
