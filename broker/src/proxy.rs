@@ -162,7 +162,8 @@ fn env_allowed(ctx: &Ctx, name: &str) -> bool {
 
 /// Drives a session channel (shell, exec, sftp) between the vendor and the device.
 /// `initial` holds requests the vendor already sent on this channel before it was connected to
-/// the device (while filing an access request); they are handled first, in order.
+/// the device (while filing an access request); they are handled first, in order. The broker has
+/// already answered the requests among them, so the device's answers to those are not passed on.
 pub async fn session_channel(
     ctx: Arc<Ctx>,
     live: Arc<LiveSession>,
@@ -176,8 +177,8 @@ pub async fn session_channel(
     let ch = u32::from(id);
     let handle = live.handle.clone();
     let rec = &live.recording;
-    // Replies owed to the vendor for requests forwarded to the device, in order.
-    let mut pending: VecDeque<&'static str> = VecDeque::new();
+    // Requests forwarded to the device, in order, and whether the vendor still awaits the reply.
+    let mut pending: VecDeque<(&'static str, bool)> = VecDeque::new();
     let mut content = Content::Unknown;
     let mut transfers = Transfers::None;
     let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
@@ -189,8 +190,9 @@ pub async fn session_channel(
                 // The supervisor is closing the session: hold the channels open for its notice.
                 std::future::pending::<()>().await;
             }
-            msg = async { match initial.next() { Some(m) => Some(m), None => vch.wait().await } } => {
-                let Some(msg) = msg else { break };
+            msg = async { match initial.next() { Some(m) => Some((true, m)), None => vch.wait().await.map(|m| (false, m)) } } => {
+                let Some((answered, msg)) = msg else { break };
+                let owed = !answered;
                 match msg {
                     ChannelMsg::Data { data } => {
                         bytes_in += data.len() as u64;
@@ -207,7 +209,7 @@ pub async fn session_channel(
                         let _ = rec.json(Kind::Resize, ch, &json!({"cols": col_width, "rows": row_height, "term": term}));
                         live.mark_interactive(id);
                         if uch.request_pty(true, &term, col_width, row_height, pix_width, pix_height, &terminal_modes).await.is_err() { break }
-                        pending.push_back("pty-req");
+                        pending.push_back(("pty-req", owed));
                     }
                     ChannelMsg::RequestShell { .. } => {
                         if let Err(reason) = allowed(&ctx, &live, Kind2::Shell).await {
@@ -223,7 +225,7 @@ pub async fn session_channel(
                         );
                         let _ = handle.extended_data(id, 1, banner.into_bytes()).await;
                         if uch.request_shell(true).await.is_err() { break }
-                        pending.push_back("shell");
+                        pending.push_back(("shell", owed));
                     }
                     ChannelMsg::Exec { command, .. } => {
                         let line = String::from_utf8_lossy(&command).into_owned();
@@ -237,7 +239,7 @@ pub async fn session_channel(
                         content = if is_scp { Content::Transfer } else { Content::Terminal };
                         if let Some(t) = crate::transfer::ScpTracker::for_command(&line) { transfers = Transfers::Scp(t); }
                         if uch.exec(true, command).await.is_err() { break }
-                        pending.push_back("exec");
+                        pending.push_back(("exec", owed));
                     }
                     ChannelMsg::RequestSubsystem { name, .. } => {
                         let _ = rec.json(Kind::Event, ch, &json!({"event": "subsystem", "name": name}));
@@ -249,7 +251,7 @@ pub async fn session_channel(
                         content = Content::Transfer;
                         transfers = Transfers::Sftp(Default::default());
                         if uch.request_subsystem(true, name).await.is_err() { break }
-                        pending.push_back("subsystem");
+                        pending.push_back(("subsystem", owed));
                     }
                     ChannelMsg::SetEnv { variable_name, variable_value, .. } if env_allowed(&ctx, &variable_name) => {
                         let _ = uch.set_env(false, variable_name, variable_value).await;
@@ -299,13 +301,21 @@ pub async fn session_channel(
                         let _ = handle.exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag).await;
                     }
                     ChannelMsg::Success => {
-                        pending.pop_front();
-                        let _ = handle.channel_success(id).await;
+                        let owed = pending.pop_front().is_none_or(|(_, owed)| owed);
+                        if owed {
+                            let _ = handle.channel_success(id).await;
+                        }
                     }
                     ChannelMsg::Failure => {
-                        let what = pending.pop_front().unwrap_or("request");
+                        let (what, owed) = pending.pop_front().unwrap_or(("request", true));
                         let _ = rec.json(Kind::Event, ch, &json!({"event": "device_refused", "request": what}));
-                        let _ = handle.channel_failure(id).await;
+                        if owed {
+                            let _ = handle.channel_failure(id).await;
+                        } else if what == "shell" || what == "pty-req" {
+                            // The vendor was told yes already: say why nothing will happen.
+                            refuse(&handle, id, &format!("the device refused the {what} request")).await;
+                            break;
+                        }
                     }
                     _ => {}
                 }

@@ -7,6 +7,7 @@
 //! instead: a reason, and the session opens at once, flagged for review, with every approver of
 //! the site notified.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,48 +23,6 @@ use crate::session::{Ctx, LiveSession};
 
 async fn say(handle: &Handle, id: ChannelId, text: &str) {
     let _ = handle.data(id, text.as_bytes().to_vec()).await;
-}
-
-/// Reads one line typed in the vendor's terminal, echoing it (the broker is the terminal's far end
-/// here). `None` if the vendor cancels (Ctrl-C, Ctrl-D) or the channel closes. Window changes are
-/// kept for the device.
-async fn read_line(
-    vch: &mut Channel<Msg>,
-    handle: &Handle,
-    kept: &mut Vec<ChannelMsg>,
-) -> Option<String> {
-    let id = vch.id();
-    let mut line = String::new();
-    loop {
-        match vch.wait().await? {
-            ChannelMsg::Data { data } => {
-                for &b in data.iter() {
-                    match b {
-                        b'\r' | b'\n' => {
-                            say(handle, id, "\r\n").await;
-                            return Some(line);
-                        }
-                        0x03 | 0x04 => {
-                            say(handle, id, "^C\r\n").await;
-                            return None;
-                        }
-                        0x7f | 0x08 if !line.is_empty() => {
-                            line.pop();
-                            say(handle, id, "\x08 \x08").await;
-                        }
-                        0x20..=0x7e if line.len() < 200 => {
-                            line.push(b as char);
-                            let _ = handle.data(id, vec![b]).await;
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            m @ ChannelMsg::WindowChange { .. } => kept.push(m),
-            ChannelMsg::Close | ChannelMsg::Eof => return None,
-            _ => {}
-        }
-    }
 }
 
 /// Runs the request dialogue on a session channel. `set_live` registers the session once it starts.
@@ -137,6 +96,7 @@ pub async fn offer(
         vch,
         handle: handle.clone(),
         kept,
+        typed: VecDeque::new(),
     };
     if breakglass {
         let heading = format!(
@@ -198,7 +158,9 @@ pub async fn offer(
                    "reason": req.reason, "duration": req.duration, "approvers": approvers}),
         )
         .await;
-    // Wait for a decision, showing how long it has been.
+    // Wait for a decision, showing how long it has been. Keys pressed while waiting (other than
+    // Ctrl-C) are not for the device.
+    dialogue.typed.clear();
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let decided = loop {
@@ -280,17 +242,57 @@ struct Dialogue {
     handle: Handle,
     /// Window changes (and the client's early requests) kept for the device.
     kept: Vec<ChannelMsg>,
+    /// What the vendor typed past the end of the last answer: the next answer, or keystrokes
+    /// meant for the device (it gets them once the session opens).
+    typed: VecDeque<u8>,
 }
 
 impl Dialogue {
+    /// Reads one line typed in the vendor's terminal, echoing it (the broker is the terminal's
+    /// far end here). `None` if the vendor cancels (Ctrl-C, Ctrl-D) or the channel closes.
+    async fn read_line(&mut self) -> Option<String> {
+        let id = self.vch.id();
+        let mut line = String::new();
+        loop {
+            while let Some(b) = self.typed.pop_front() {
+                match b {
+                    b'\r' | b'\n' => {
+                        if b == b'\r' && self.typed.front() == Some(&b'\n') {
+                            self.typed.pop_front();
+                        }
+                        say(&self.handle, id, "\r\n").await;
+                        return Some(line);
+                    }
+                    0x03 | 0x04 => {
+                        say(&self.handle, id, "^C\r\n").await;
+                        return None;
+                    }
+                    0x7f | 0x08 if !line.is_empty() => {
+                        line.pop();
+                        say(&self.handle, id, "\x08 \x08").await;
+                    }
+                    0x20..=0x7e if line.len() < 200 => {
+                        line.push(b as char);
+                        let _ = self.handle.data(id, vec![b]).await;
+                    }
+                    _ => {}
+                }
+            }
+            match self.vch.wait().await? {
+                ChannelMsg::Data { data } => self.typed.extend(data.iter()),
+                m @ ChannelMsg::WindowChange { .. } => self.kept.push(m),
+                ChannelMsg::Close | ChannelMsg::Eof => return None,
+                _ => {}
+            }
+        }
+    }
+
     /// Asks for a reason (after `heading`) and a duration of at most `max` seconds. `None` if the
     /// vendor cancels.
     async fn ask(&mut self, heading: &str, max: i64, default: i64) -> Option<(String, i64)> {
         let id = self.vch.id();
         say(&self.handle, id, heading).await;
-        let reason = read_line(&mut self.vch, &self.handle, &mut self.kept)
-            .await
-            .filter(|r| !r.trim().is_empty())?;
+        let reason = self.read_line().await.filter(|r| !r.trim().is_empty())?;
         for _ in 0..3 {
             say(
                 &self.handle,
@@ -302,7 +304,7 @@ impl Dialogue {
                 ),
             )
             .await;
-            let text = read_line(&mut self.vch, &self.handle, &mut self.kept).await?;
+            let text = self.read_line().await?;
             match if text.trim().is_empty() {
                 Ok(default)
             } else {
@@ -426,7 +428,18 @@ async fn proceed(
     banner: impl FnOnce(i64) -> String,
     breakglass: Option<String>,
 ) {
-    let Dialogue { vch, handle, kept } = dialogue;
+    let Dialogue {
+        vch,
+        handle,
+        mut kept,
+        typed,
+    } = dialogue;
+    if !typed.is_empty() {
+        // Typed ahead after the last answer: for the device's shell.
+        kept.push(ChannelMsg::Data {
+            data: Vec::from(typed).into(),
+        });
+    }
     let id = vch.id();
     let q = AccessRequest {
         vendor: target.vendor.clone(),
