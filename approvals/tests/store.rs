@@ -483,3 +483,179 @@ async fn approvers_and_requests(db: Db) {
 }
 
 both!(approvers_and_requests);
+
+async fn breakglass_and_review(db: Db) {
+    let s = &db.store;
+    directory(s).await;
+    s.add_vendor("gus", "globex", None, "JBSWY3DPEHPK3PXP", NOW)
+        .await
+        .unwrap();
+    let allow = ChannelSet::parse("shell").unwrap();
+    let orgs = ["acme".to_owned()];
+    s.add_function("emergency", &allow, None, 2 * 3600, Some(&orgs), NOW)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.add_function("nobody", &allow, None, 3600, Some(&[]), NOW)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let open =
+        |vendor: &str, function: &str, reason: &str, duration: i64| approvals::NewBreakGlass {
+            vendor: vendor.into(),
+            site: "store-1".into(),
+            device: "cam-01".into(),
+            function: function.into(),
+            reason: reason.into(),
+            duration,
+        };
+    // Only a pre-approved org, only an emergency function, a reason, within the longest window.
+    for (b, why) in [
+        (open("gus", "emergency", "x", 600), "other org"),
+        (
+            open("alice", "maint", "x", 600),
+            "not an emergency function",
+        ),
+        (open("alice", "emergency", " ", 600), "no reason"),
+        (open("alice", "emergency", "x", 3 * 3600), "too long"),
+    ] {
+        assert!(
+            matches!(
+                s.open_breakglass(&b, NOW).await,
+                Err(StoreError::Invalid(_))
+            ),
+            "{why}"
+        );
+    }
+    let (bg, g) = s
+        .open_breakglass(&open("alice", "emergency", "freezer alarm", 1800), NOW)
+        .await
+        .unwrap();
+    assert_eq!((bg.org.as_str(), bg.valid_until), ("acme", NOW + 1800));
+    assert_eq!(
+        (g.granted_by.as_str(), g.valid_until),
+        ("break-glass", NOW + 1800)
+    );
+    // The grant is an ordinary one to the policy decision.
+    let facts = s
+        .facts("alice", "store-1", "cam-01", Some("emergency"))
+        .await
+        .unwrap();
+    let mut q = req("store-1");
+    q.function = Some("emergency".into());
+    assert!(matches!(
+        decide(&q, &facts, NOW + 1),
+        Decision::Allow { .. }
+    ));
+    assert_eq!(s.breakglass_list(true).await.unwrap().len(), 1);
+    let r = s
+        .review_breakglass(&bg.id, "nina", " checked ", NOW + 60)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.reviewed_by.as_deref(), r.review_note.as_deref()),
+        (Some("nina"), Some("checked"))
+    );
+    assert!(matches!(
+        s.review_breakglass(&bg.id, "sam", "", NOW + 61).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.breakglass_list(true).await.unwrap().is_empty());
+    assert_eq!(s.breakglass_list(false).await.unwrap().len(), 1);
+    db.drop_pg().await;
+}
+
+async fn web_logins(db: Db) {
+    let s = &db.store;
+    directory(s).await;
+    let h = approvals::approvers::hash_password("pw").unwrap();
+    s.add_approver(
+        "nina",
+        &h,
+        "JBSWY3DPEHPK3PXP",
+        &["store-1".into()],
+        &[],
+        NOW,
+    )
+    .await
+    .unwrap();
+    assert!(s.consume_approver_totp_step("nina", 10).await.unwrap());
+    assert!(!s.consume_approver_totp_step("nina", 10).await.unwrap());
+    assert!(!s.consume_approver_totp_step("nina", 9).await.unwrap());
+    s.create_web_login("hash-1", "nina", "csrf-1", NOW, NOW + 100)
+        .await
+        .unwrap();
+    let l = s.web_login("hash-1", NOW + 1).await.unwrap().unwrap();
+    assert_eq!(
+        (l.approver.name.as_str(), l.csrf.as_str()),
+        ("nina", "csrf-1")
+    );
+    assert!(
+        s.web_login("hash-1", NOW + 100).await.unwrap().is_none(),
+        "expired"
+    );
+    assert!(s.web_login("other", NOW).await.unwrap().is_none());
+    // A new sign-in clears expired ones; signing out ends one.
+    s.create_web_login("hash-2", "nina", "csrf-2", NOW + 200, NOW + 300)
+        .await
+        .unwrap();
+    assert!(s.web_login("hash-1", NOW).await.unwrap().is_none());
+    s.end_web_login("hash-2").await.unwrap();
+    assert!(s.web_login("hash-2", NOW + 201).await.unwrap().is_none());
+    db.drop_pg().await;
+}
+
+async fn notification_outbox(db: Db) {
+    let s = &db.store;
+    let t = NOW * 1000;
+    s.enqueue_notification("request.filed", r#"{"text":"a"}"#, t)
+        .await
+        .unwrap();
+    s.enqueue_notification("vendor.disabled", r#"{"text":"b"}"#, t + 1)
+        .await
+        .unwrap();
+    let due = s.due_notifications(t + 1, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    assert_eq!(s.due_notifications(t, 10).await.unwrap().len(), 1);
+    assert_eq!(s.due_notifications(t + 1, 1).await.unwrap().len(), 1);
+    // Two nodes see the same row: one claim wins.
+    let n = &due[0];
+    assert!(s.claim_notification(n, t + 2).await.unwrap());
+    assert!(!s.claim_notification(n, t + 2).await.unwrap());
+    assert_eq!(
+        s.due_notifications(t + 2, 10).await.unwrap().len(),
+        1,
+        "a claimed notification is leased"
+    );
+    // A failure is retried after the backoff, then given up after the last attempt.
+    assert!(
+        !s.notification_failed(&n.id, 1, "refused", t + 3)
+            .await
+            .unwrap()
+    );
+    assert!(s.due_notifications(t + 1000, 10).await.unwrap().len() == 1);
+    assert_eq!(s.due_notifications(t + 1003, 10).await.unwrap().len(), 2);
+    assert!(
+        s.notification_failed(&n.id, approvals::notify::MAX_ATTEMPTS, "refused", t + 4)
+            .await
+            .unwrap()
+    );
+    s.notification_delivered(&due[1].id, NOW).await.unwrap();
+    assert!(
+        s.due_notifications(t + 10_000_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let all = s.notifications().await.unwrap();
+    assert!(
+        all.iter()
+            .any(|x| x.failed_at.is_some() && x.last_error.as_deref() == Some("refused"))
+    );
+    assert!(all.iter().any(|x| x.delivered_at == Some(NOW)));
+    db.drop_pg().await;
+}
+
+both!(breakglass_and_review);
+both!(web_logins);
+both!(notification_outbox);
