@@ -55,7 +55,7 @@ fn approvers_decide_in_the_web_form() {
             ("csrf", "forged"),
             ("name", "olga"),
             ("password", &olga.password),
-            ("code", &olga.next_code()),
+            ("code", "000000"),
         ],
     );
     assert_eq!(forged.status, 403);
@@ -202,6 +202,32 @@ fn approvers_decide_in_the_web_form() {
     let r = web.post("/logout", &[("csrf", &csrf_of(&page.body))]);
     assert_eq!(r.status, 303);
     assert_eq!(web.get("/requests").location.as_deref(), Some("/login"));
+
+    // An operator resets or disables an approver: their sign-ins end at once.
+    let out: Value = serde_json::from_str(&w.ok(&["approver", "reset", "bob", "--json"])).unwrap();
+    assert_ne!(out["password"], bob.password.as_str());
+    assert_eq!(bob_web.get("/requests").location.as_deref(), Some("/login"));
+    assert_eq!(
+        w.web().login_with(&bob, &bob.password, "000000").status,
+        401
+    );
+    w.wait_audit("bob's old password refused", |e| {
+        e["event"] == "web.login_failed"
+            && e["approver"] == "bob"
+            && e["reason"] == "wrong password"
+    });
+    assert_eq!(web.login(&olga).status, 303);
+    w.ok(&["approver", "disable", "olga"]);
+    assert_eq!(web.get("/requests").location.as_deref(), Some("/login"));
+    assert_eq!(
+        w.web().login_with(&olga, &olga.password, "000000").status,
+        401
+    );
+    w.wait_audit("olga refused as disabled", |e| {
+        e["event"] == "web.login_failed"
+            && e["approver"] == "olga"
+            && e["reason"] == "approver disabled"
+    });
 }
 
 #[test]

@@ -404,6 +404,47 @@ impl Store {
             }))
     }
 
+    /// Replaces an approver's password hash and TOTP secret and ends all their sign-ins.
+    pub async fn reset_approver(
+        &self,
+        name: &str,
+        password_hash: &str,
+        totp_secret: &str,
+    ) -> Result<()> {
+        let n = sqlx::query("UPDATE approvers SET password_hash = $1, totp_secret = $2, totp_last_step = -1 WHERE name = $3")
+            .bind(password_hash)
+            .bind(totp_secret)
+            .bind(name)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no approver named {name}")));
+        }
+        self.end_web_logins_of(name).await
+    }
+
+    /// Disables an approver and ends all their sign-ins.
+    pub async fn disable_approver(&self, name: &str) -> Result<()> {
+        let n = sqlx::query("UPDATE approvers SET disabled = 1 WHERE name = $1")
+            .bind(name)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no approver named {name}")));
+        }
+        self.end_web_logins_of(name).await
+    }
+
+    async fn end_web_logins_of(&self, approver: &str) -> Result<()> {
+        sqlx::query("DELETE FROM web_logins WHERE approver = $1")
+            .bind(approver)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     pub async fn end_web_login(&self, token_hash: &str) -> Result<()> {
         sqlx::query("DELETE FROM web_logins WHERE token_hash = $1")
             .bind(token_hash)

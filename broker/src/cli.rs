@@ -778,38 +778,86 @@ async fn approver(env: &Env, action: &ApproverAction) -> Result<()> {
             sites,
             regions,
         } => {
-            // A random initial password, shown once; only its argon2 hash is stored.
-            let password = hex::encode(rand::random::<[u8; 12]>());
-            let hash = approvals::approvers::hash_password(&password)?;
-            let secret = approvals::totp::new_secret();
-            let uri = approvals::totp::otpauth_uri(&secret, name).map_err(|e| anyhow!(e))?;
+            let creds = ApproverCredentials::new(name)?;
             env.store
-                .add_approver(name, &hash, &secret, sites, regions, now())
+                .add_approver(name, &creds.hash, &creds.secret, sites, regions, now())
                 .await?;
             env.audit(
                 "approver.add",
                 json!({"approver": name, "sites": sites, "regions": regions}),
             )?;
-            if env.json {
-                println!(
-                    "{}",
-                    json!({"approver": name, "password": password, "otpauth": uri})
-                );
-            } else {
-                println!("approver {name} added.");
-                println!("initial password (shown once): {password}");
-                println!("TOTP enrolment (shown once; scan it in an authenticator app):\n{uri}\n");
-                print_qr(&uri);
-            }
+            creds.show(env, name, "added");
+        }
+        ApproverAction::Reset { name } => {
+            let creds = ApproverCredentials::new(name)?;
+            env.store
+                .reset_approver(name, &creds.hash, &creds.secret)
+                .await?;
+            env.audit("approver.reset", json!({"approver": name}))?;
+            creds.show(env, name, "reset; signed out everywhere");
+        }
+        ApproverAction::Disable { name } => {
+            env.store.disable_approver(name).await?;
+            env.audit("approver.disable", json!({"approver": name}))?;
+            println!("approver {name} disabled and signed out");
         }
         ApproverAction::List => {
             let rows = env.store.approvers().await?;
-            env.print_list(&rows, &["APPROVER", "SITES", "REGIONS"], |a| {
-                vec![a.name.clone(), a.sites.clone(), a.regions.clone()]
+            env.print_list(&rows, &["APPROVER", "SITES", "REGIONS", "STATUS"], |a| {
+                vec![
+                    a.name.clone(),
+                    a.sites.clone(),
+                    a.regions.clone(),
+                    if a.disabled != 0 {
+                        "disabled".into()
+                    } else {
+                        "active".into()
+                    },
+                ]
             })?;
         }
     }
     Ok(())
+}
+
+/// A new approver password (random, shown once; only its argon2 hash is stored) and TOTP secret.
+struct ApproverCredentials {
+    password: String,
+    hash: String,
+    secret: String,
+    uri: String,
+}
+
+impl ApproverCredentials {
+    fn new(name: &str) -> Result<ApproverCredentials> {
+        let password = hex::encode(rand::random::<[u8; 12]>());
+        let hash = approvals::approvers::hash_password(&password)?;
+        let secret = approvals::totp::new_secret();
+        let uri = approvals::totp::otpauth_uri(&secret, name).map_err(|e| anyhow!(e))?;
+        Ok(ApproverCredentials {
+            password,
+            hash,
+            secret,
+            uri,
+        })
+    }
+
+    fn show(&self, env: &Env, name: &str, what: &str) {
+        if env.json {
+            println!(
+                "{}",
+                json!({"approver": name, "password": self.password, "otpauth": self.uri})
+            );
+        } else {
+            println!("approver {name} {what}.");
+            println!("password (shown once): {}", self.password);
+            println!(
+                "TOTP enrolment (shown once; scan it in an authenticator app):\n{}\n",
+                self.uri
+            );
+            print_qr(&self.uri);
+        }
+    }
 }
 
 async fn request(env: &Env, action: &RequestAction) -> Result<()> {

@@ -283,6 +283,14 @@ pub enum ApproverAction {
         #[arg(long, value_delimiter = ',')]
         regions: Vec<String>,
     },
+    /// A new password and TOTP secret (a lost phone, a leaked password); signs them out everywhere.
+    Reset {
+        name: String,
+    },
+    /// Disable an approver: signed out at once, cannot sign in or decide.
+    Disable {
+        name: String,
+    },
     List,
 }
 
