@@ -39,7 +39,7 @@ $POSTERN init --data "$D" >/dev/null
 $POSTERN site add bench --data "$D" >/dev/null
 $POSTERN device add bench/dev --addr "127.0.0.1:$SSHD_PORT" --login "$USER_NAME" --key "$W/devkey" --host-key "$W/host.pub" --data "$D" >/dev/null
 $POSTERN function add bulk --allow shell,exec --data "$D" >/dev/null
-$POSTERN serve --ssh 127.0.0.1:0 --data "$D" > "$W/serve.out" 2>/dev/null & SERVE_PID=$!
+$POSTERN serve --ssh 127.0.0.1:0 --web off --data "$D" > "$W/serve.out" 2>/dev/null & SERVE_PID=$!
 for _ in $(seq 1 100); do grep -q "listening" "$W/serve.out" 2>/dev/null && break; sleep 0.1; done
 BROKER_PORT=$(sed -n 's/.*listening for vendors on 127.0.0.1:\([0-9]*\).*/\1/p' "$W/serve.out")
 echo "[127.0.0.1]:$BROKER_PORT $(cat "$D/keys/host_ed25519.pub")" > "$W/known_hosts"

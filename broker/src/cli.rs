@@ -1634,27 +1634,39 @@ pub async fn serve(
         env.data.recordings(),
         https,
     ));
-    let (web_local, web_serving) = crate::web::bind(web_state, web_addr, tls).await?;
+    // `off` serves SSH only (a node whose approvers use another node's web UI).
+    let web = if web_addr == "off" {
+        None
+    } else {
+        Some(crate::web::bind(web_state, web_addr, tls).await?)
+    };
     let listener = tokio::net::TcpListener::bind(ssh_addr)
         .await
         .with_context(|| format!("listening on {ssh_addr}"))?;
     let local = listener.local_addr()?;
-    let web_url = format!("{}://{web_local}", if https { "https" } else { "http" });
+    let web_url = match &web {
+        Some((addr, _)) => format!("{}://{addr}", if https { "https" } else { "http" }),
+        None => "off".to_owned(),
+    };
     env.audit(
         "serve.start",
         json!({"ssh": local.to_string(), "web": web_url}),
     )?;
     tracing::info!(ssh = %local, web = %web_url, node = %env.cfg.node, "postern serving");
     // Tests and scripts wait for these lines (the vendors' line comes last).
-    println!("postern: web UI for approvers on {web_url}");
+    if web.is_some() {
+        println!("postern: web UI for approvers on {web_url}");
+    }
     println!("postern: listening for vendors on {local}");
     std::io::stdout().flush()?;
     tokio::spawn(crate::session::watch_revocations(ctx.clone()));
-    tokio::spawn(async move {
-        if let Err(e) = web_serving.await {
-            tracing::error!(error = %e, "web UI stopped");
-        }
-    });
+    if let Some((_, serving)) = web {
+        tokio::spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "web UI stopped");
+            }
+        });
+    }
     if let Some(url) = env.cfg.webhook_url.clone() {
         tokio::spawn(crate::webhook::deliver(
             env.store.clone(),

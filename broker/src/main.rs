@@ -64,7 +64,7 @@ pub enum Command {
         /// SSH listen address (default from config: 0.0.0.0:2222).
         #[arg(long)]
         ssh: Option<String>,
-        /// Web UI listen address for approvers (default from config: 127.0.0.1:8080).
+        /// Web UI listen address for approvers (default from config: 127.0.0.1:8080); `off` for none.
         #[arg(long)]
         web: Option<String>,
     },
