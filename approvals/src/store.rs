@@ -1,7 +1,6 @@
 //! The database: sqlx with runtime queries through the Any driver, so one set of queries serves
 //! the embedded SQLite default and a shared PostgreSQL. Migrations are embedded in the binary.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -494,27 +493,32 @@ impl Store {
         device: &str,
         function: Option<&str>,
     ) -> Result<Facts> {
+        // Independent lookups, in parallel: on PostgreSQL each is a network round trip.
         let grants =
             sqlx::query_as::<_, Grant>("SELECT * FROM grants WHERE vendor = $1 AND site = $2")
                 .bind(vendor)
                 .bind(site)
-                .fetch_all(&self.pool)
-                .await?;
-        let mut functions = HashMap::new();
-        let names = grants.iter().map(|g| g.function.as_str()).chain(function);
-        for name in names {
-            if !functions.contains_key(name)
-                && let Some(f) = self.function(name).await?
-            {
-                functions.insert(name.to_owned(), f);
-            }
-        }
+                .fetch_all(&self.pool);
+        let functions = sqlx::query_as::<_, Function>(
+            "SELECT * FROM functions WHERE name = $3 OR name IN (SELECT function FROM grants WHERE vendor = $1 AND site = $2)",
+        )
+        .bind(vendor)
+        .bind(site)
+        .bind(function.unwrap_or(""))
+        .fetch_all(&self.pool);
+        let (grants, functions, vendor, site_exists, device) = tokio::try_join!(
+            async { grants.await.map_err(StoreError::from) },
+            async { functions.await.map_err(StoreError::from) },
+            self.vendor(vendor),
+            self.site_exists(site),
+            self.device(site, device),
+        )?;
         Ok(Facts {
-            vendor: self.vendor(vendor).await?,
-            site_exists: self.site_exists(site).await?,
-            device: self.device(site, device).await?,
+            vendor,
+            site_exists,
+            device,
             grants,
-            functions,
+            functions: functions.into_iter().map(|f| (f.name.clone(), f)).collect(),
         })
     }
 
