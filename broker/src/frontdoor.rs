@@ -79,6 +79,9 @@ fn retry_totp() -> Auth {
     }
 }
 
+/// How long a failed authentication step waits before it is answered.
+const FAILURE_DELAY: Duration = Duration::from_millis(300);
+
 fn ki_only() -> MethodSet {
     MethodSet::from(&[MethodKind::KeyboardInteractive][..])
 }
@@ -98,6 +101,8 @@ impl Conn {
             self.ctx.limiter.failed(&t.vendor, &self.source());
         }
         self.shared.fail(reason);
+        // Slows guessing (a TOTP code above all) on top of the rate limit.
+        tokio::time::sleep(FAILURE_DELAY).await;
         Auth::reject()
     }
 
@@ -650,8 +655,11 @@ pub fn server_config(host_key: PrivateKey) -> Arc<russh::server::Config> {
     Arc::new(russh::server::Config {
         server_id: russh::SshId::Standard("SSH-2.0-Postern".into()),
         methods: MethodSet::from(&[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..]),
-        auth_rejection_time: Duration::from_millis(300),
-        auth_rejection_time_initial: Some(Duration::from_millis(0)),
+        // No blanket delay: OpenSSH's normal path here includes two refusals (the bare key it
+        // offers before the certificate, and the certificate's partial success), which a delay
+        // would add to every login. Genuine failures wait in `Conn::reject`.
+        auth_rejection_time: Duration::ZERO,
+        auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![host_key],
         max_auth_attempts: 10,
         inactivity_timeout: Some(Duration::from_secs(3600)),

@@ -1,0 +1,371 @@
+#!/usr/bin/env python3
+"""Postern against OpenSSH, measured in the same run on this machine (loopback only).
+
+    python3 benches/run.py            # full run (256 MiB transfers, 40 setups, 200 keystrokes, 100 sessions)
+    python3 benches/run.py --quick    # smoke: tiny sizes, a few seconds of measuring
+
+Stands up a real sshd as the device, a second plain sshd as a ProxyJump host (no recording), and
+`postern serve` (release build, recording on) in front of the device, then measures:
+
+  1. bulk throughput, device->vendor (`cat FILE`) and vendor->device (`cat > /dev/null`):
+     direct OpenSSH, OpenSSH ProxyJump, Postern; MiB/s and Postern's ratio to both;
+  2. session setup: start of `ssh` to the end of `ssh HOST true` (TCP, key exchange, auth with
+     certificate and TOTP answered by a script, exec), direct vs Postern, p50/p99;
+  3. keystroke echo in an interactive shell (pty), direct vs Postern, p50/p99;
+  4. N idle interactive sessions at once: broker RSS per session and setups per second, against
+     sshd accepting the same sessions directly.
+
+The policy decision benchmark is `cargo bench -p approvals --bench decision`. Results and how to
+read them: BENCHMARKS.md. Every loop is bounded in count and time.
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import platform
+import pty
+import select
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def totp(secret, t=None):
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    step = int(t if t is not None else time.time()) // 30
+    h = hmac.new(key, struct.pack(">Q", step), hashlib.sha1).digest()
+    o = h[-1] & 15
+    return "%06d" % ((struct.unpack(">I", h[o:o + 4])[0] & 0x7FFFFFFF) % 1000000)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.w = tempfile.mkdtemp(prefix="postern-bench-")
+        self.procs = []
+        self.user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+        self.postern = os.path.join(ROOT, "target/release/postern")
+        self.n_vendor = 0
+
+    def path(self, *p):
+        return os.path.join(self.w, *p)
+
+    def run(self, *cmd, **kw):
+        r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+        if r.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)}: {r.stderr.strip()}")
+        return r.stdout
+
+    def pn(self, *args):
+        return self.run(self.postern, *args, "--data", self.path("data"))
+
+    def sshd(self, name):
+        port = free_port()
+        cfg = self.path(f"{name}.conf")
+        with open(cfg, "w") as f:
+            f.write(
+                f"ListenAddress 127.0.0.1:{port}\nHostKey {self.path('host')}\n"
+                f"AuthorizedKeysFile {self.path('authorized_keys')}\nPidFile none\nUsePAM no\n"
+                "StrictModes no\nPermitRootLogin yes\nAllowTcpForwarding yes\nLogLevel ERROR\n"
+                "MaxStartups 2000:30:4000\nMaxSessions 100\n"
+            )
+        p = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", cfg],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        wait_port(port)
+        return port
+
+    def setup(self):
+        print("building postern (release)...", file=sys.stderr)
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "broker"], cwd=ROOT, check=True)
+        os.makedirs("/run/sshd", exist_ok=True)
+        for k in ["host", "devkey"]:
+            self.run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.path(k), "-C", k)
+        shutil.copy(self.path("devkey.pub"), self.path("authorized_keys"))
+        self.device_port = self.sshd("device")
+        self.jump_port = self.sshd("jump")
+        self.run(self.postern, "init", "--data", self.path("data"))
+        self.pn("site", "add", "bench")
+        self.pn("device", "add", "bench/dev", "--addr", f"127.0.0.1:{self.device_port}",
+                "--login", self.user, "--key", self.path("devkey"), "--host-key", self.path("host.pub"))
+        self.pn("function", "add", "bulk", "--allow", "shell,exec")
+        out = open(self.path("serve.out"), "w")
+        self.broker = subprocess.Popen(
+            [self.postern, "serve", "--ssh", "127.0.0.1:0", "--web", "off", "--data", self.path("data")],
+            stdout=out, stderr=subprocess.DEVNULL)
+        self.procs.append(self.broker)
+        end = time.time() + 20
+        self.broker_port = None
+        while time.time() < end and not self.broker_port:
+            for line in open(self.path("serve.out")):
+                if line.startswith("postern: listening for vendors on "):
+                    self.broker_port = int(line.rsplit(":", 1)[1])
+            time.sleep(0.05)
+        if not self.broker_port:
+            raise SystemExit("postern serve did not start")
+        host = open(self.path("host.pub")).read().split()[:2]
+        broker_host = open(self.path("data", "keys", "host_ed25519.pub")).read().split()[:2]
+        with open(self.path("known_hosts"), "w") as f:
+            for port, key in [(self.device_port, host), (self.jump_port, host), (self.broker_port, broker_host)]:
+                f.write(f"[127.0.0.1]:{port} {' '.join(key)}\n")
+        self.opts = ["-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={self.path('known_hosts')}",
+                     "-o", "StrictHostKeyChecking=yes", "-o", "ControlMaster=no", "-c", "aes256-gcm@openssh.com"]
+        with open(self.path("askpass"), "w") as f:
+            f.write('#!/bin/sh\ncat "$BENCH_CODE_FILE"\n')
+        os.chmod(self.path("askpass"), 0o755)
+
+    def vendor(self):
+        """A fresh vendor with a certificate and a grant: each TOTP code works once per vendor."""
+        self.n_vendor += 1
+        v = f"bench{self.n_vendor}"
+        uri = json.loads(self.pn("vendor", "add", v, "--org", "bench", "--json"))["otpauth"]
+        secret = uri.split("secret=")[1].split("&")[0]
+        self.run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.path(v), "-C", v)
+        self.pn("vendor", "cert", v, "--pubkey", self.path(v + ".pub"))
+        self.pn("grant", "add", "--vendor", v, "--site", "bench", "--function", "bulk", "--until", "+2h")
+        return v, secret
+
+    def target(self, path_kind):
+        """(argv prefix, env) for ssh to the device by one path."""
+        env = dict(os.environ)
+        if path_kind == "direct":
+            return ["ssh", *self.opts, "-i", self.path("devkey"), "-p", str(self.device_port),
+                    f"{self.user}@127.0.0.1"], env
+        if path_kind == "jump":
+            proxy = (f"ssh {' '.join(self.opts)} -i {self.path('devkey')} -p {self.jump_port} "
+                     f"-W %h:%p {self.user}@127.0.0.1")
+            return ["ssh", *self.opts, "-i", self.path("devkey"), "-o", f"ProxyCommand={proxy}",
+                    "-p", str(self.device_port), f"{self.user}@127.0.0.1"], env
+        v, secret = self.vendor()
+        code = self.path(f"{v}.code")
+        with open(code, "w") as f:
+            f.write(totp(secret) + "\n")
+        env.update(SSH_ASKPASS=self.path("askpass"), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0",
+                   BENCH_CODE_FILE=code)
+        return ["ssh", *self.opts, "-i", self.path(v), "-p", str(self.broker_port),
+                f"{v}:bench/dev@127.0.0.1"], env
+
+    # ---- 1. throughput ----
+    def throughput(self):
+        mib = self.args.size_mib
+        data = self.path("data.bin")
+        with open(data, "wb") as f:
+            for _ in range(mib):
+                f.write(os.urandom(1 << 20))
+        rows = []
+        for direction in ["device->vendor", "vendor->device"]:
+            speeds = {}
+            for kind in ["direct", "jump", "postern"]:
+                best = 0.0
+                for _ in range(self.args.repeat):
+                    argv, env = self.target(kind)
+                    if direction == "device->vendor":
+                        cmd, stdin = argv + [f"cat {data}"], subprocess.DEVNULL
+                    else:
+                        cmd, stdin = argv + ["cat > /dev/null"], open(data, "rb")
+                    t = time.time()
+                    r = subprocess.run(cmd, env=env, stdin=stdin, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, timeout=600)
+                    el = time.time() - t
+                    if r.returncode != 0:
+                        raise SystemExit(f"{kind} {direction}: {r.stderr.decode()[-300:]}")
+                    best = max(best, mib / el)
+                speeds[kind] = best
+            rows.append((direction, speeds))
+        return rows
+
+    # ---- 2. setup latency ----
+    def setup_latency(self):
+        out = {}
+        for kind in ["direct", "postern"]:
+            times = []
+            for _ in range(self.args.setups):
+                argv, env = self.target(kind)
+                t = time.time()
+                r = subprocess.run(argv + ["echo", "x"], env=env, stdin=subprocess.DEVNULL,
+                                   capture_output=True, timeout=30)
+                times.append(time.time() - t)
+                if r.returncode != 0 or b"x" not in r.stdout:
+                    raise SystemExit(f"{kind} setup: {r.stderr.decode()[-300:]}")
+            out[kind] = times
+        return out
+
+    # ---- 3. keystroke echo ----
+    def echo_latency(self):
+        out = {}
+        for kind in ["direct", "postern"]:
+            argv, env = self.target(kind)
+            pid, fd = pty.fork()
+            if pid == 0:
+                os.execvpe("ssh", ["ssh", "-tt"] + argv[1:], env)
+            buf = b""
+
+            def read_until(pred, timeout):
+                nonlocal buf
+                end = time.time() + timeout
+                while time.time() < end:
+                    r, _, _ = select.select([fd], [], [], 0.05)
+                    if r:
+                        try:
+                            buf += os.read(fd, 65536)
+                        except OSError:
+                            break
+                    if pred(buf):
+                        return True
+                return False
+
+            # The prompt is spelt so that the echo of this very line does not match it.
+            os.write(fd, b"PS1='RE''ADY> '\r")
+            if not read_until(lambda b: b"READY> " in b, 20):
+                raise SystemExit(f"{kind}: no shell prompt: {buf[-300:]!r}")
+            time.sleep(0.3)
+            read_until(lambda b: False, 0.2)
+            times = []
+            for i in range(self.args.keys):
+                buf = b""
+                ch = b"abcdefghij"[i % 10:i % 10 + 1]
+                t = time.time()
+                os.write(fd, ch)
+                if not read_until(lambda b: ch in b, 5):
+                    raise SystemExit(f"{kind}: no echo")
+                times.append(time.time() - t)
+                if i % 20 == 19:
+                    os.write(fd, b"\x15")  # clear the line
+                    read_until(lambda b: False, 0.05)
+            os.write(fd, b"\x15exit\r")
+            read_until(lambda b: False, 0.5)
+            try:
+                os.close(fd)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+            out[kind] = times
+        return out
+
+    # ---- 4. many idle sessions ----
+    def concurrency(self):
+        n = self.args.sessions
+        out = {}
+        for kind in ["direct", "postern"]:
+            base = rss_kib(self.broker.pid)
+            procs = []
+            t = time.time()
+            for i in range(n):
+                argv, env = self.target(kind)
+                procs.append(subprocess.Popen(argv[:1] + ["-tt"] + argv[1:] + ["echo up; exec sleep 600"], env=env,
+                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                              stderr=subprocess.DEVNULL))
+            # All up: each printed "up".
+            for p in procs:
+                line = p.stdout.readline()
+                if b"up" not in line:
+                    raise SystemExit(f"{kind}: a session did not start")
+            el = time.time() - t
+            time.sleep(1)
+            rss = rss_kib(self.broker.pid)
+            out[kind] = (n / el, (rss - base) / n if kind == "postern" else None, rss)
+            for p in procs:
+                p.kill()
+            for p in procs:
+                p.wait()
+            time.sleep(2)
+        return out
+
+    def close(self):
+        for p in self.procs:
+            p.kill()
+        shutil.rmtree(self.w, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke)")
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--repeat", type=int, default=2, help="best of N per throughput cell")
+    ap.add_argument("--setups", type=int, default=40)
+    ap.add_argument("--keys", type=int, default=200)
+    ap.add_argument("--sessions", type=int, default=100)
+    a = ap.parse_args()
+    if a.quick:
+        a.size_mib, a.repeat, a.setups, a.keys, a.sessions = 8, 1, 4, 20, 5
+    b = Bench(a)
+    try:
+        b.setup()
+        print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+              f"{platform.system()} {platform.release()}; "
+              f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")
+        print()
+        print(f"1. bulk throughput, {a.size_mib} MiB incompressible, best of {a.repeat} (MiB/s)")
+        print(f"   {'direction':<16}{'direct':>9}{'ProxyJump':>11}{'Postern':>9}{'vs direct':>11}{'vs jump':>9}")
+        for direction, s in b.throughput():
+            print(f"   {direction:<16}{s['direct']:>9.0f}{s['jump']:>11.0f}{s['postern']:>9.0f}"
+                  f"{s['postern'] / s['direct']:>11.2f}{s['postern'] / s['jump']:>9.2f}")
+        print()
+        lat = b.setup_latency()
+        print(f"2. session setup, `ssh HOST echo x` wall time over {a.setups} runs (ms)")
+        print(f"   {'path':<16}{'p50':>9}{'p99':>9}")
+        for k, label in [("direct", "direct"), ("postern", "Postern")]:
+            print(f"   {label:<16}{pct(lat[k], .5) * 1e3:>9.1f}{pct(lat[k], .99) * 1e3:>9.1f}")
+        print(f"   {'overhead':<16}{(pct(lat['postern'], .5) - pct(lat['direct'], .5)) * 1e3:>9.1f}"
+              f"{(pct(lat['postern'], .99) - pct(lat['direct'], .99)) * 1e3:>9.1f}")
+        print()
+        echo = b.echo_latency()
+        print(f"3. keystroke echo in a shell, {a.keys} keys (ms)")
+        print(f"   {'path':<16}{'p50':>9}{'p99':>9}")
+        for k, label in [("direct", "direct"), ("postern", "Postern")]:
+            print(f"   {label:<16}{pct(echo[k], .5) * 1e3:>9.2f}{pct(echo[k], .99) * 1e3:>9.2f}")
+        print()
+        conc = b.concurrency()
+        print(f"4. {a.sessions} interactive sessions opened at once, then idle")
+        print(f"   {'path':<16}{'setups/s':>9}{'broker KiB/session':>20}{'broker RSS MiB':>16}")
+        for k, label in [("direct", "sshd direct"), ("postern", "Postern")]:
+            rate, per, rss = conc[k]
+            print(f"   {label:<16}{rate:>9.1f}{('-' if per is None else f'{per:.0f}'):>20}{rss / 1024:>16.1f}")
+    finally:
+        b.close()
+
+
+if __name__ == "__main__":
+    main()
