@@ -3,6 +3,7 @@
 
     python3 benches/run.py            # full run (256 MiB transfers, 40 setups, 200 keystrokes, 100 sessions)
     python3 benches/run.py --quick    # smoke: tiny sizes, a few seconds of measuring
+    python3 benches/run.py --quick --debug   # the CI smoke run, on the debug build the tests use
 
 Stands up a real sshd as the device, a second plain sshd as a ProxyJump host (no recording), and
 `postern serve` (release build, recording on) in front of the device, then measures:
@@ -86,7 +87,7 @@ class Bench:
         self.w = tempfile.mkdtemp(prefix="postern-bench-")
         self.procs = []
         self.user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-        self.postern = os.path.join(ROOT, "target/release/postern")
+        self.postern = os.path.join(ROOT, "target", "debug" if args.debug else "release", "postern")
         self.n_vendor = 0
 
     def path(self, *p):
@@ -118,8 +119,9 @@ class Bench:
         return port
 
     def setup(self):
-        print("building postern (release)...", file=sys.stderr)
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "broker"], cwd=ROOT, check=True)
+        profile = [] if self.args.debug else ["--release"]
+        print(f"building postern ({'debug' if self.args.debug else 'release'})...", file=sys.stderr)
+        subprocess.run(["cargo", "build", *profile, "-q", "-p", "broker"], cwd=ROOT, check=True)
         os.makedirs("/run/sshd", exist_ok=True)
         for k in ["host", "devkey"]:
             self.run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.path(k), "-C", k)
@@ -297,10 +299,13 @@ class Bench:
                 procs.append(subprocess.Popen(argv[:1] + ["-tt"] + argv[1:] + ["echo up; exec sleep 600"], env=env,
                                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                               stderr=subprocess.DEVNULL))
-            # All up: each printed "up".
+            # All up: each printed "up" (after whatever the account's shell start-up prints).
             for p in procs:
-                line = p.stdout.readline()
-                if b"up" not in line:
+                for _ in range(50):
+                    line = p.stdout.readline()
+                    if not line or line.startswith(b"up"):
+                        break
+                if not line.startswith(b"up"):
                     raise SystemExit(f"{kind}: a session did not start")
             el = time.time() - t
             time.sleep(1)
@@ -322,6 +327,7 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke)")
+    ap.add_argument("--debug", action="store_true", help="use the debug build (smoke only: not for figures)")
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=2, help="best of N per throughput cell")
     ap.add_argument("--setups", type=int, default=40)

@@ -185,8 +185,14 @@ pub(crate) fn now_us() -> i64 {
 pub(crate) struct Compressor(zstd::stream::raw::Encoder<'static>);
 
 impl Compressor {
+    /// Level 1 with a 64 KiB window: terminal output repeats itself within a screen or two, and
+    /// every live session holds one of these (about 4x smaller than the level-3 defaults).
     pub(crate) fn new() -> std::io::Result<Compressor> {
-        zstd::stream::raw::Encoder::new(3).map(Compressor)
+        use zstd::stream::raw::CParameter;
+        let mut e = zstd::stream::raw::Encoder::new(1)?;
+        e.set_parameter(CParameter::WindowLog(16))?;
+        e.set_parameter(CParameter::HashLog(14))?;
+        Ok(Compressor(e))
     }
 
     pub(crate) fn chunk(&mut self, body: &[u8]) -> std::io::Result<Vec<u8>> {
