@@ -310,7 +310,7 @@ class Bench:
                 if not line.startswith(b"up"):
                     raise SystemExit(f"{kind}: a session did not start")
             el = time.time() - t
-            time.sleep(1)
+            time.sleep(8)  # idle: a recording rests after 5 quiet seconds
             rss = rss_kib(self.broker.pid)
             out[kind] = (n / el, (rss - base) / n if kind == "postern" else None, rss)
             for p in procs:

@@ -47,8 +47,13 @@ impl Recording {
         self.with(|w| w.append(kind, channel, payload.as_bytes()).map(|_| ()))
     }
 
+    /// Flushes (the supervisor calls this every second). After five quiet seconds the recording
+    /// rests: its compression context is freed until the session is active again.
     pub fn flush(&self) -> Result<(), recorder::WriteError> {
-        self.with(Writer::flush)
+        self.with(|w| {
+            w.flush()?;
+            w.rest_if_idle(5).map(|_| ())
+        })
     }
 
     /// Writes the end record and the seal, syncs, and returns the seal with the file's record

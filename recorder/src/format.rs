@@ -181,37 +181,62 @@ pub(crate) fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-/// Streaming compression of record bodies: one zstd stream per file, flushed at every record.
-pub(crate) struct Compressor(zstd::stream::raw::Encoder<'static>);
+/// Streaming compression of record bodies: zstd frames, flushed at every record. A frame can be
+/// ended with a record ([`Compressor::chunk`] with `end_frame`), which frees the compression
+/// context until the next record starts a new frame: an idle session then holds no compressor.
+pub(crate) struct Compressor(Option<zstd::stream::raw::Encoder<'static>>);
 
 impl Compressor {
-    /// Level 1 with a 16 KiB window: terminal output repeats itself within a screen or two, and
-    /// every live session holds one of these: 149 KiB, against 3.5 MiB for the level-3 defaults.
-    pub(crate) fn new() -> std::io::Result<Compressor> {
-        use zstd::stream::raw::CParameter;
-        let mut e = zstd::stream::raw::Encoder::new(1)?;
-        e.set_parameter(CParameter::WindowLog(14))?;
-        e.set_parameter(CParameter::HashLog(12))?;
-        Ok(Compressor(e))
+    pub(crate) fn new() -> Compressor {
+        Compressor(None)
     }
 
-    pub(crate) fn chunk(&mut self, body: &[u8]) -> std::io::Result<Vec<u8>> {
+    /// Whether a frame is open (a context is held).
+    pub(crate) fn is_open(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Level 1 with a 16 KiB window: terminal output repeats itself within a screen or two, and
+    /// every active session holds one of these: 149 KiB, against 3.5 MiB for the level-3 defaults.
+    fn encoder(&mut self) -> std::io::Result<&mut zstd::stream::raw::Encoder<'static>> {
+        use zstd::stream::raw::CParameter;
+        if self.0.is_none() {
+            let mut e = zstd::stream::raw::Encoder::new(1)?;
+            e.set_parameter(CParameter::WindowLog(14))?;
+            e.set_parameter(CParameter::HashLog(12))?;
+            self.0 = Some(e);
+        }
+        self.0
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no compressor"))
+    }
+
+    pub(crate) fn chunk(&mut self, body: &[u8], end_frame: bool) -> std::io::Result<Vec<u8>> {
         use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let enc = self.encoder()?;
         let mut out: Vec<u8> = Vec::with_capacity(body.len() / 2 + 64);
         let mut input = InBuffer::around(body);
         while input.pos() < body.len() {
             out.reserve(body.len() - input.pos() + 256);
             let len = out.len();
             let mut ob = OutBuffer::around_pos(&mut out, len);
-            self.0.run(&mut input, &mut ob)?;
+            enc.run(&mut input, &mut ob)?;
         }
         loop {
             out.reserve(256);
             let len = out.len();
             let mut ob = OutBuffer::around_pos(&mut out, len);
-            if self.0.flush(&mut ob)? == 0 {
+            let left = if end_frame {
+                enc.finish(&mut ob, true)?
+            } else {
+                enc.flush(&mut ob)?
+            };
+            if left == 0 {
                 break;
             }
+        }
+        if end_frame {
+            self.0 = None;
         }
         Ok(out)
     }

@@ -11,9 +11,9 @@ use crate::format::{
 };
 use crate::reader::{Reader, Tail, verify_file};
 
-/// Buffer size of a recording writer: large enough to batch terminal chunks into few syscalls,
-/// small enough that the once-a-second flush bounds what a crash can lose.
-const BUFFER: usize = 64 * 1024;
+/// Buffer size of a recording writer: batches small terminal chunks into few syscalls (larger
+/// records go straight through), and is held by every live session, so it stays small.
+const BUFFER: usize = 8 * 1024;
 
 /// The single writer of one recording file.
 ///
@@ -27,6 +27,9 @@ pub struct Writer {
     next_seq: u64,
     prev: [u8; HASH_LEN],
     compressor: Option<Compressor>,
+    /// Records appended since the last flush, and flushes in a row that found none.
+    appended: u64,
+    quiet_flushes: u32,
     /// Set by the first failed write. After it nothing more is written: the file then ends at the
     /// last complete record, or in a torn one, never in records chained onto a partial write.
     failed: bool,
@@ -58,11 +61,9 @@ impl Writer {
             out,
             next_seq: 0,
             prev: genesis_hash(&header),
-            compressor: if compressed {
-                Some(Compressor::new()?)
-            } else {
-                None
-            },
+            compressor: compressed.then(Compressor::new),
+            appended: 0,
+            quiet_flushes: 0,
             failed: false,
         })
     }
@@ -84,6 +85,30 @@ impl Writer {
         channel: u32,
         payload: &[u8],
     ) -> Result<u64, WriteError> {
+        self.append_inner(time_us, kind, channel, payload, false)
+    }
+
+    /// For a compressed recording with no records over the last `quiet` flushes: appends an
+    /// `idle` event that ends the compression frame, so the idle session holds no compression
+    /// context until its next record. Returns whether it did.
+    pub fn rest_if_idle(&mut self, quiet: u32) -> Result<bool, WriteError> {
+        let open = self.compressor.as_ref().is_some_and(Compressor::is_open);
+        if !open || self.quiet_flushes < quiet {
+            return Ok(false);
+        }
+        self.append_inner(now_us(), Kind::Event, 0, br#"{"event":"idle"}"#, true)?;
+        self.flush()?;
+        Ok(true)
+    }
+
+    fn append_inner(
+        &mut self,
+        time_us: i64,
+        kind: Kind,
+        channel: u32,
+        payload: &[u8],
+        end_frame: bool,
+    ) -> Result<u64, WriteError> {
         if payload.len() > MAX_PAYLOAD {
             return Err(WriteError::TooLarge(payload.len()));
         }
@@ -92,7 +117,7 @@ impl Writer {
         let body = encode_body(seq, time_us, kind, channel, payload);
         let hash = chain_hash(&self.prev, &body);
         let stored = match self.compressor.as_mut() {
-            Some(c) => match c.chunk(&body) {
+            Some(c) => match c.chunk(&body, end_frame) {
                 Ok(chunk) => frame(&chunk, &hash),
                 Err(e) => {
                     // The compression stream's state is unknown now: stop here.
@@ -105,12 +130,19 @@ impl Writer {
         self.guard(|w| w.out.write_all(&stored))?;
         self.prev = hash;
         self.next_seq += 1;
+        self.appended += 1;
         Ok(seq)
     }
 
     /// Pushes buffered records to the operating system.
     pub fn flush(&mut self) -> Result<(), WriteError> {
         self.check()?;
+        if self.appended == 0 {
+            self.quiet_flushes = self.quiet_flushes.saturating_add(1);
+        } else {
+            self.quiet_flushes = 0;
+        }
+        self.appended = 0;
         self.guard(|w| w.out.flush())
     }
 

@@ -391,3 +391,41 @@ fn compressed_garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn a_resting_compressed_recording_frees_its_context_and_reads_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rest.rec");
+    let mut w = Writer::create_compressed(&path, "s-rest").unwrap();
+    let mut written = Vec::new();
+    for round in 0..3 {
+        for i in 0..20 {
+            let line = format!("round {round} line {i}: drwxr-xr-x 2 root root 4096 lib\r\n");
+            w.append(Kind::Output, 1, line.as_bytes()).unwrap();
+            written.push(line);
+        }
+        w.flush().unwrap();
+        assert!(!w.rest_if_idle(2).unwrap(), "not idle yet");
+        w.flush().unwrap();
+        w.flush().unwrap();
+        assert!(w.rest_if_idle(2).unwrap(), "two quiet flushes: rests");
+        assert!(!w.rest_if_idle(2).unwrap(), "already resting");
+    }
+    w.finish().unwrap();
+    let report = verify_file(&path).unwrap();
+    assert!(report.problem.is_none(), "{:?}", report.problem);
+    assert_eq!(report.records, 63);
+    let outputs: Vec<String> = Reader::open(&path)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .filter(|r| r.kind == Kind::Output)
+        .map(|r| String::from_utf8(r.payload).unwrap())
+        .collect();
+    assert_eq!(outputs, written);
+    let idle = Reader::open(&path)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .filter(|r| r.kind == Kind::Event)
+        .count();
+    assert_eq!(idle, 3);
+}
