@@ -147,6 +147,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", key.public().export());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Simulate {
+            sites,
+            devices,
+            authorized_key,
+            out,
+            scripted,
+        } => {
+            crate::devicesim::run_fleet(*sites, *devices, authorized_key, out, *scripted).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::DeviceSim {
             listen,
             host_key,
@@ -267,6 +277,7 @@ async fn command(env: &Env, command: &Command) -> Result<ExitCode> {
         | Command::Demo { .. }
         | Command::Serve { .. }
         | Command::DeviceSim { .. }
+        | Command::Simulate { .. }
         | Command::SealKey => unreachable!("handled in run"),
     }
     Ok(ExitCode::SUCCESS)
@@ -531,6 +542,76 @@ async fn site(env: &Env, action: &SiteAction) -> Result<()> {
 
 async fn device(env: &Env, action: &DeviceAction) -> Result<()> {
     match action {
+        DeviceAction::Import {
+            file,
+            login,
+            key,
+            region,
+        } => {
+            let text = std::fs::read_to_string(key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            keys::parse_private(&text).with_context(|| {
+                format!(
+                    "{} is not an unencrypted OpenSSH private key",
+                    key.display()
+                )
+            })?;
+            let list = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let mut sites: std::collections::HashSet<String> = env
+                .store
+                .sites()
+                .await?
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
+            let t = now();
+            let (mut added, mut new_sites) = (0usize, 0usize);
+            for (n, line) in list.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || (n == 0 && line.starts_with("site,")) {
+                    continue;
+                }
+                let mut f = line.splitn(4, ',');
+                let (Some(site), Some(device), Some(addr), Some(host_key)) =
+                    (f.next(), f.next(), f.next(), f.next())
+                else {
+                    bail!(
+                        "{} line {}: expected site,device,addr,host_key",
+                        file.display(),
+                        n + 1
+                    );
+                };
+                let pinned = russh::keys::PublicKey::from_openssh(host_key.trim())
+                    .map_err(|e| anyhow!("{} line {}: host key: {e}", file.display(), n + 1))?;
+                if !sites.contains(site) {
+                    env.store.add_site(site, region.as_deref(), t).await?;
+                    sites.insert(site.to_owned());
+                    new_sites += 1;
+                }
+                env.store
+                    .add_device(
+                        &NewDevice {
+                            site: site.into(),
+                            name: device.into(),
+                            addr: addr.into(),
+                            login: login.clone(),
+                            credential_kind: "key".into(),
+                            credential: text.clone(),
+                            host_key: pinned.to_openssh().map_err(|e| anyhow!("{e}"))?,
+                        },
+                        t,
+                    )
+                    .await
+                    .with_context(|| format!("{} line {}", file.display(), n + 1))?;
+                added += 1;
+            }
+            env.audit(
+                "device.import",
+                json!({"file": file.display().to_string(), "devices": added, "new_sites": new_sites, "login": login}),
+            )?;
+            println!("{added} devices imported ({new_sites} new sites)");
+        }
         DeviceAction::Add {
             target,
             addr,

@@ -3,6 +3,10 @@
 //! The simulator is an SSH server on loopback that behaves like a maintained device: it accepts
 //! one authorised key (the broker's credential), runs a real shell in a pty, runs exec commands,
 //! serves sftp with the system's sftp-server when present, and forwards to loopback ports.
+//!
+//! `postern simulate` runs a fleet of them in one process, each device on its own port with its
+//! own host key. For scale runs, a device can answer with a scripted shell instead (a prompt and
+//! a few commands, no process per session).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -24,6 +28,7 @@ use crate::keys;
 struct SimConn {
     authorized: Arc<PublicKey>,
     name: Arc<str>,
+    scripted: bool,
 }
 
 impl russh::server::Handler for SimConn {
@@ -48,7 +53,15 @@ impl russh::server::Handler for SimConn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         reply.accept().await;
-        tokio::spawn(sim_channel(channel, session.handle(), self.name.clone()));
+        if self.scripted {
+            tokio::spawn(scripted_channel(
+                channel,
+                session.handle(),
+                self.name.clone(),
+            ));
+        } else {
+            tokio::spawn(sim_channel(channel, session.handle(), self.name.clone()));
+        }
         Ok(())
     }
 
@@ -348,12 +361,111 @@ async fn sim_channel(mut ch: Channel<Msg>, handle: Handle, name: Arc<str>) {
     let _ = ch.close().await;
 }
 
+/// What a scripted device answers to one command line, and the exit status.
+fn scripted(line: &str, name: &str) -> (String, u32) {
+    let line = line.trim();
+    let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match cmd {
+        "" | "true" => (String::new(), 0),
+        "false" => (String::new(), 1),
+        "echo" => (format!("{rest}\n"), 0),
+        "hostname" => (format!("{name}\n"), 0),
+        "uptime" => (
+            " 12:00:00 up 42 days,  1 user,  load average: 0.00, 0.01, 0.05\n".into(),
+            0,
+        ),
+        "uname" => ("Linux\n".into(), 0),
+        _ => (format!("sim: {cmd}: command not found\n"), 127),
+    }
+}
+
+/// A session on a scripted device: exec answers at once; a shell shows a prompt, echoes what is
+/// typed and answers each line. No process is started.
+async fn scripted_channel(mut ch: Channel<Msg>, handle: Handle, name: Arc<str>) {
+    let id = ch.id();
+    loop {
+        let Some(msg) = ch.wait().await else { return };
+        match msg {
+            ChannelMsg::RequestPty { .. } => {
+                let _ = handle.channel_success(id).await;
+            }
+            ChannelMsg::Exec { command, .. } => {
+                let _ = handle.channel_success(id).await;
+                let (out, status) = scripted(&String::from_utf8_lossy(&command), &name);
+                let _ = ch.data(out.as_bytes()).await;
+                let _ = ch.exit_status(status).await;
+                let _ = ch.eof().await;
+                let _ = ch.close().await;
+                return;
+            }
+            ChannelMsg::RequestShell { .. } => {
+                let _ = handle.channel_success(id).await;
+                break;
+            }
+            ChannelMsg::Close | ChannelMsg::Eof => return,
+            ChannelMsg::SetEnv { .. } | ChannelMsg::WindowChange { .. } => {}
+            _ => {
+                let _ = handle.channel_failure(id).await;
+            }
+        }
+    }
+    let prompt = format!("{name}$ ");
+    let _ = ch.data(prompt.as_bytes()).await;
+    let mut line = String::new();
+    while let Some(msg) = ch.wait().await {
+        let ChannelMsg::Data { data } = msg else {
+            if matches!(msg, ChannelMsg::Close | ChannelMsg::Eof) {
+                break;
+            }
+            continue;
+        };
+        let mut echo = Vec::new();
+        for &b in data.iter() {
+            match b {
+                b'\r' | b'\n' => {
+                    echo.extend_from_slice(b"\r\n");
+                    if line.trim() == "exit" {
+                        let _ = ch.data(&echo[..]).await;
+                        let _ = ch.exit_status(0).await;
+                        let _ = ch.eof().await;
+                        let _ = ch.close().await;
+                        return;
+                    }
+                    let (out, _) = scripted(&line, &name);
+                    echo.extend_from_slice(out.replace('\n', "\r\n").as_bytes());
+                    echo.extend_from_slice(prompt.as_bytes());
+                    line.clear();
+                }
+                0x7f | 0x08 if !line.is_empty() => {
+                    line.pop();
+                    echo.extend_from_slice(b"\x08 \x08");
+                }
+                0x03 => {
+                    line.clear();
+                    echo.extend_from_slice(b"^C\r\n");
+                    echo.extend_from_slice(prompt.as_bytes());
+                }
+                0x20..=0x7e if line.len() < 4096 => {
+                    line.push(b as char);
+                    echo.push(b);
+                }
+                _ => {}
+            }
+        }
+        if ch.data(&echo[..]).await.is_err() {
+            break;
+        }
+    }
+    let _ = ch.close().await;
+}
+
 /// Serves simulated devices on `listener` until the task is dropped.
 pub async fn serve_sim(
     listener: TcpListener,
     host_key: PrivateKey,
     authorized: PublicKey,
     name: &str,
+    scripted: bool,
 ) -> std::io::Result<()> {
     let config = Arc::new(russh::server::Config {
         keys: vec![host_key],
@@ -367,6 +479,7 @@ pub async fn serve_sim(
     let conn = SimConn {
         authorized: Arc::new(authorized),
         name: name.into(),
+        scripted,
     };
     loop {
         let (stream, _) = listener.accept().await?;
@@ -386,8 +499,69 @@ pub async fn run_standalone(listen: &str, host_key: &Path, authorized: &Path) ->
         .await
         .with_context(|| format!("listening on {listen}"))?;
     println!("device-sim: listening on {}", listener.local_addr()?);
-    serve_sim(listener, key, auth, "sim").await?;
+    serve_sim(listener, key, auth, "sim", false).await?;
     Ok(())
+}
+
+/// `postern simulate`: `sites` x `devices` simulated devices on loopback, each on its own port
+/// with its own host key, trusting `authorized`. The enrolment list (`site,device,addr,host_key`
+/// per line, for `postern device import`) is written to `out` once every device listens.
+pub async fn run_fleet(
+    sites: usize,
+    devices: usize,
+    authorized: &Path,
+    out: &Path,
+    scripted: bool,
+) -> Result<()> {
+    let auth = keys::load_public(authorized)?;
+    raise_open_files_limit();
+    let mut list = String::from("site,device,addr,host_key\n");
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in 0..sites {
+        for d in 0..devices {
+            let (site, device) = (format!("site-{s:04}"), format!("dev-{d:02}"));
+            let name = format!("{site}/{device}");
+            let key = keys::generate_ed25519(&name)?;
+            let host_key = key.public_key().to_openssh().map_err(|e| anyhow!("{e}"))?;
+            let listener = TcpListener::bind("127.0.0.1:0").await.context(
+                "opening a port for a simulated device (too many open files? raise ulimit -n)",
+            )?;
+            list.push_str(&format!(
+                "{site},{device},{},{host_key}\n",
+                listener.local_addr()?
+            ));
+            let auth = auth.clone();
+            tasks.spawn(async move { serve_sim(listener, key, auth, &name, scripted).await });
+        }
+    }
+    let tmp = out.with_extension("tmp");
+    std::fs::write(&tmp, list).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out)?;
+    println!(
+        "simulate: {} devices at {sites} sites on loopback ({} shell); enrolment list in {}",
+        sites * devices,
+        if scripted { "scripted" } else { "real" },
+        out.display()
+    );
+    if let Some(r) = tasks.join_next().await {
+        r.map_err(|e| anyhow!("{e}"))??;
+    }
+    Ok(())
+}
+
+/// Each simulated device holds a listening socket, and each session two more.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 // ---- the demo ----
@@ -487,7 +661,7 @@ pub async fn demo(
     let sim_key = keys::load_private(&paths.sim_host_key())?;
     let broker_device_pub = keys::load_public(&paths.device_key().with_extension("pub"))?;
     let sim = tokio::spawn(async move {
-        if let Err(e) = serve_sim(sim_listener, sim_key, broker_device_pub, DEVICE).await {
+        if let Err(e) = serve_sim(sim_listener, sim_key, broker_device_pub, DEVICE, false).await {
             tracing::warn!(error = %e, "simulated device stopped");
         }
     });

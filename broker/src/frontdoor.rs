@@ -663,7 +663,11 @@ pub fn server_config(host_key: PrivateKey) -> Arc<russh::server::Config> {
         keys: vec![host_key],
         max_auth_attempts: 10,
         inactivity_timeout: Some(Duration::from_secs(3600)),
-        keepalive_interval: Some(Duration::from_secs(30)),
+        // russh sends its keepalive even while the client is still authenticating, and OpenSSH
+        // then drops the connection ("bad message during authentication"): a vendor who takes
+        // more than the interval to type the TOTP code would be cut off. Dead connections are
+        // found by TCP keepalive instead (see `serve`).
+        keepalive_interval: None,
         nodelay: true,
         ..Default::default()
     })
@@ -677,6 +681,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     loop {
         let (stream, peer) = listener.accept().await?;
+        // A vanished vendor (laptop closed, network gone) is noticed within about two minutes.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(10))
+            .with_retries(6);
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+            warn!(peer = %peer, error = %e, "could not set TCP keepalive");
+        }
         let ctx = ctx.clone();
         let config = config.clone();
         tokio::spawn(async move {

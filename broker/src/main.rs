@@ -167,6 +167,23 @@ pub enum Command {
     },
     /// Print the public key that checks this broker's seals, for third-party verification.
     SealKey,
+    /// Run a fleet of simulated devices on loopback (for tests, demos and benchmarks).
+    Simulate {
+        #[arg(long, default_value_t = 10)]
+        sites: usize,
+        /// Devices per site.
+        #[arg(long, default_value_t = 1)]
+        devices: usize,
+        /// The public key the devices accept (the broker's device credential).
+        #[arg(long)]
+        authorized_key: PathBuf,
+        /// Where to write the enrolment list (for `postern device import`).
+        #[arg(long)]
+        out: PathBuf,
+        /// A cheap scripted shell instead of a real one in a pty (for scale runs).
+        #[arg(long)]
+        scripted: bool,
+    },
     /// Run a simulated device (an SSH server with a real shell) on loopback.
     #[command(hide = true)]
     DeviceSim {
@@ -229,6 +246,19 @@ pub enum SiteAction {
 
 #[derive(Subcommand, Debug)]
 pub enum DeviceAction {
+    /// Add many devices from a list (`site,device,addr,host_key` per line, as `postern simulate`
+    /// writes), with one credential; missing sites are added.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        login: String,
+        /// OpenSSH private key the broker logs in with.
+        #[arg(long)]
+        key: PathBuf,
+        /// Region for sites that do not exist yet.
+        #[arg(long)]
+        region: Option<String>,
+    },
     /// Add a device: SITE/DEVICE, its SSH address, and the broker's credential for it.
     Add {
         target: String,
@@ -351,7 +381,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let serving = matches!(
         cli.command,
-        Command::Serve { .. } | Command::Demo { action: None, .. } | Command::DeviceSim { .. }
+        Command::Serve { .. }
+            | Command::Demo { action: None, .. }
+            | Command::DeviceSim { .. }
+            | Command::Simulate { .. }
     );
     let default = if serving {
         "info,russh=warn"
