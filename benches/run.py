@@ -14,7 +14,9 @@ Stands up a real sshd as the device, a second plain sshd as a ProxyJump host (no
      certificate and TOTP answered by a script, exec), direct vs Postern, p50/p99;
   3. keystroke echo in an interactive shell (pty), direct vs Postern, p50/p99;
   4. N idle interactive sessions at once: broker RSS per session and setups per second, against
-     sshd accepting the same sessions directly.
+     sshd accepting the same sessions directly;
+  1b. recording overhead: table 1's Postern transfers again through a second broker built with the
+     benchmark-only feature `bench-unrecorded` (skipped with --quick or --no-unrecorded).
 
 The policy decision benchmark is `cargo bench -p approvals --bench decision`. Results and how to
 read them: BENCHMARKS.md. Every loop is bounded in count and time.
@@ -118,6 +120,23 @@ class Bench:
         wait_port(port)
         return port
 
+    def start_broker(self, binary, name, config=()):
+        """`postern serve` from `binary`; returns (process, SSH port)."""
+        out = open(self.path(f"{name}.out"), "w")
+        # BENCH_BROKER_WRAPPER (e.g. "valgrind --tool=massif") runs the broker under a profiler.
+        wrapper = os.environ.get("BENCH_BROKER_WRAPPER", "").split() if name == "serve" else []
+        p = subprocess.Popen([*wrapper, binary, "serve", "--ssh", "127.0.0.1:0", "--web", "off",
+                              "--data", self.path("data"), *config],
+                             stdout=out, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        end = time.time() + 60
+        while time.time() < end:
+            for line in open(self.path(f"{name}.out")):
+                if line.startswith("postern: listening for vendors on "):
+                    return p, int(line.rsplit(":", 1)[1])
+            time.sleep(0.05)
+        raise SystemExit(f"{binary} serve did not start")
+
     def setup(self):
         profile = [] if self.args.debug else ["--release"]
         print(f"building postern ({'debug' if self.args.debug else 'release'})...", file=sys.stderr)
@@ -133,26 +152,28 @@ class Bench:
         self.pn("device", "add", "bench/dev", "--addr", f"127.0.0.1:{self.device_port}",
                 "--login", self.user, "--key", self.path("devkey"), "--host-key", self.path("host.pub"))
         self.pn("function", "add", "bulk", "--allow", "shell,exec")
-        out = open(self.path("serve.out"), "w")
-        # BENCH_BROKER_WRAPPER (e.g. "valgrind --tool=massif") runs the broker under a profiler.
-        wrapper = os.environ.get("BENCH_BROKER_WRAPPER", "").split()
-        self.broker = subprocess.Popen(
-            [*wrapper, self.postern, "serve", "--ssh", "127.0.0.1:0", "--web", "off", "--data", self.path("data")],
-            stdout=out, stderr=subprocess.DEVNULL)
-        self.procs.append(self.broker)
-        end = time.time() + 20
-        self.broker_port = None
-        while time.time() < end and not self.broker_port:
-            for line in open(self.path("serve.out")):
-                if line.startswith("postern: listening for vendors on "):
-                    self.broker_port = int(line.rsplit(":", 1)[1])
-            time.sleep(0.05)
-        if not self.broker_port:
-            raise SystemExit("postern serve did not start")
+        self.broker, self.broker_port = self.start_broker(self.postern, "serve")
+        if self.args.unrecorded:
+            # A second broker on the same data, built to skip recording: what recording costs.
+            tdir = os.path.join(ROOT, "target", "bench-unrecorded")
+            print("building postern without recording (benchmark-only feature)...", file=sys.stderr)
+            subprocess.run(["cargo", "build", "--release", "-q", "-p", "broker", "--features",
+                            "bench-unrecorded", "--target-dir", tdir], cwd=ROOT, check=True)
+            # Its own node name: live sessions are tracked per node.
+            cfg = open(self.path("data", "postern.toml")).read()
+            cfg = "\n".join(l for l in cfg.splitlines() if not l.startswith("node ="))
+            with open(self.path("unrecorded.toml"), "w") as f:
+                f.write('node = "bench-unrecorded"\n' + cfg + "\n")
+            self.unrecorded, self.unrecorded_port = self.start_broker(
+                os.path.join(tdir, "release", "postern"), "unrecorded",
+                ["--config", self.path("unrecorded.toml")])
         host = open(self.path("host.pub")).read().split()[:2]
         broker_host = open(self.path("data", "keys", "host_ed25519.pub")).read().split()[:2]
         with open(self.path("known_hosts"), "w") as f:
-            for port, key in [(self.device_port, host), (self.jump_port, host), (self.broker_port, broker_host)]:
+            ports = [(self.device_port, host), (self.jump_port, host), (self.broker_port, broker_host)]
+            if self.args.unrecorded:
+                ports.append((self.unrecorded_port, broker_host))
+            for port, key in ports:
                 f.write(f"[127.0.0.1]:{port} {' '.join(key)}\n")
         self.opts = ["-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={self.path('known_hosts')}",
                      "-o", "StrictHostKeyChecking=yes", "-o", "ControlMaster=no", "-c", "aes256-gcm@openssh.com"]
@@ -183,12 +204,13 @@ class Bench:
             return ["ssh", *self.opts, "-i", self.path("devkey"), "-o", f"ProxyCommand={proxy}",
                     "-p", str(self.device_port), f"{self.user}@127.0.0.1"], env
         v, secret = self.vendor()
+        port = self.unrecorded_port if path_kind == "unrecorded" else self.broker_port
         code = self.path(f"{v}.code")
         with open(code, "w") as f:
             f.write(totp(secret) + "\n")
         env.update(SSH_ASKPASS=self.path("askpass"), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0",
                    BENCH_CODE_FILE=code)
-        return ["ssh", *self.opts, "-i", self.path(v), "-p", str(self.broker_port),
+        return ["ssh", *self.opts, "-i", self.path(v), "-p", str(port),
                 f"{v}:bench/dev@127.0.0.1"], env
 
     # ---- 1. throughput ----
@@ -201,7 +223,8 @@ class Bench:
         rows = []
         for direction in ["device->vendor", "vendor->device"]:
             speeds = {}
-            for kind in ["direct", "jump", "postern"]:
+            kinds = ["direct", "jump", "postern"] + (["unrecorded"] if self.args.unrecorded else [])
+            for kind in kinds:
                 best = 0.0
                 for _ in range(self.args.repeat):
                     argv, env = self.target(kind)
@@ -340,9 +363,12 @@ def main():
     ap.add_argument("--setups", type=int, default=40)
     ap.add_argument("--keys", type=int, default=200)
     ap.add_argument("--sessions", type=int, default=100)
+    ap.add_argument("--no-unrecorded", dest="unrecorded", action="store_false",
+                    help="skip the recording-off comparison (it needs a second release build)")
     a = ap.parse_args()
     if a.quick:
         a.size_mib, a.repeat, a.setups, a.keys, a.sessions = 8, 1, 4, 20, 5
+        a.unrecorded = False
     b = Bench(a)
     try:
         b.setup()
@@ -352,9 +378,17 @@ def main():
         print()
         print(f"1. bulk throughput, {a.size_mib} MiB incompressible, best of {a.repeat} (MiB/s)")
         print(f"   {'direction':<16}{'direct':>9}{'ProxyJump':>11}{'Postern':>9}{'vs direct':>11}{'vs jump':>9}")
-        for direction, s in b.throughput():
+        rows = b.throughput()
+        for direction, s in rows:
             print(f"   {direction:<16}{s['direct']:>9.0f}{s['jump']:>11.0f}{s['postern']:>9.0f}"
                   f"{s['postern'] / s['direct']:>11.2f}{s['postern'] / s['jump']:>9.2f}")
+        if a.unrecorded:
+            print()
+            print("1b. recording overhead: the same transfers through a broker built without recording (MiB/s)")
+            print(f"   {'direction':<16}{'recording on':>14}{'off':>9}{'on / off':>10}")
+            for direction, s in rows:
+                print(f"   {direction:<16}{s['postern']:>14.0f}{s['unrecorded']:>9.0f}"
+                      f"{s['postern'] / s['unrecorded']:>10.2f}")
         print()
         lat = b.setup_latency()
         print(f"2. session setup, `ssh HOST echo x` wall time over {a.setups} runs (ms)")
