@@ -343,6 +343,39 @@ class Bench:
             time.sleep(2)
         return out
 
+    # ---- 4b. thousands of sessions ----
+    def scale(self):
+        """Sessions opened in-process (`postern bench-load`) to one scripted simulated device."""
+        sim_list = self.path("sim.csv")
+        sim = subprocess.Popen([self.postern, "simulate", "--sites", "1", "--devices", "1", "--scripted",
+                                "--authorized-key", self.path("devkey.pub"), "--out", sim_list],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(sim)
+        end = time.time() + 30
+        while not os.path.exists(sim_list):
+            if time.time() > end:
+                raise SystemExit("postern simulate wrote no device list")
+            time.sleep(0.1)
+        self.pn("device", "import", sim_list, "--login", "sim", "--key", self.path("devkey"))
+        out = []
+        for n in self.args.scale:
+            before = rss_kib(self.broker.pid)
+            p = subprocess.Popen([self.postern, "bench-load", "--data", self.path("data"),
+                                  "--broker", f"127.0.0.1:{self.broker_port}", "--target", "site-0000/dev-00:bulk",
+                                  "--sessions", str(n), "--parallel", "32", "--hold", "20"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            line = p.stdout.readline()
+            if "sessions up" not in line:
+                p.kill()
+                raise SystemExit(f"bench-load {n}: {line} {p.stderr.read()[-500:]}")
+            rate = float(line.split("(")[1].split()[0])
+            time.sleep(8)  # idle: recordings rest after 5 quiet seconds
+            rss = rss_kib(self.broker.pid)
+            out.append((n, rate, (rss - before) / n, rss))
+            p.wait(timeout=120)
+            time.sleep(5)
+        return out
+
     def close(self):
         for p in self.procs:
             p.terminate()  # a profiler around the broker writes its report on the way out
@@ -363,12 +396,16 @@ def main():
     ap.add_argument("--setups", type=int, default=40)
     ap.add_argument("--keys", type=int, default=200)
     ap.add_argument("--sessions", type=int, default=100)
+    ap.add_argument("--scale", default="1000,5000",
+                    help="session counts for the in-process concurrency run (comma-separated; empty to skip)")
     ap.add_argument("--no-unrecorded", dest="unrecorded", action="store_false",
                     help="skip the recording-off comparison (it needs a second release build)")
     a = ap.parse_args()
     if a.quick:
         a.size_mib, a.repeat, a.setups, a.keys, a.sessions = 8, 1, 4, 20, 5
         a.unrecorded = False
+        a.scale = "50"
+    a.scale = [int(x) for x in str(a.scale).split(",") if x.strip()]
     b = Bench(a)
     try:
         b.setup()
@@ -410,6 +447,12 @@ def main():
         for k, label in [("direct", "sshd direct"), ("postern", "Postern")]:
             rate, per, rss = conc[k]
             print(f"   {label:<16}{rate:>9.1f}{('-' if per is None else f'{per:.0f}'):>20}{rss / 1024:>16.1f}")
+        if a.scale:
+            print()
+            print("4b. sessions opened in-process (certificate + TOTP + pty shell) to one scripted simulated device, then idle")
+            print(f"   {'sessions':<16}{'setups/s':>9}{'broker KiB/session':>20}{'broker RSS MiB':>16}")
+            for n, rate, per, rss in b.scale():
+                print(f"   {n:<16}{rate:>9.1f}{per:>20.0f}{rss / 1024:>16.1f}")
     finally:
         b.close()
 

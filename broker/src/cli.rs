@@ -147,6 +147,25 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", key.public().export());
             Ok(ExitCode::SUCCESS)
         }
+        Command::BenchLoad {
+            broker,
+            target,
+            sessions,
+            parallel,
+            hold,
+        } => {
+            let env = Env::open(&cli).await?;
+            crate::loadgen::run(
+                &env,
+                *broker,
+                target,
+                *sessions,
+                *parallel,
+                Duration::from_secs(*hold),
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Simulate {
             sites,
             devices,
@@ -278,6 +297,7 @@ async fn command(env: &Env, command: &Command) -> Result<ExitCode> {
         | Command::Serve { .. }
         | Command::DeviceSim { .. }
         | Command::Simulate { .. }
+        | Command::BenchLoad { .. }
         | Command::SealKey => unreachable!("handled in run"),
     }
     Ok(ExitCode::SUCCESS)
@@ -1668,6 +1688,7 @@ pub async fn serve(
     web_addr: &str,
     extra: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<ExitCode> {
+    crate::raise_open_files_limit();
     let host_key = keys::load_private(&env.data.host_key())?;
     let ca = keys::load_public(&env.data.ca_key().with_extension("pub"))?;
     let warn_before = parse_duration(&env.cfg.warn_before).map_err(|e| anyhow!(e))?;

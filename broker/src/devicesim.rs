@@ -514,7 +514,7 @@ pub async fn run_fleet(
     scripted: bool,
 ) -> Result<()> {
     let auth = keys::load_public(authorized)?;
-    raise_open_files_limit();
+    crate::raise_open_files_limit();
     let mut list = String::from("site,device,addr,host_key\n");
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..sites {
@@ -547,21 +547,6 @@ pub async fn run_fleet(
         r.map_err(|e| anyhow!("{e}"))??;
     }
     Ok(())
-}
-
-/// Each simulated device holds a listening socket, and each session two more.
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 // ---- the demo ----

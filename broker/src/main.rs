@@ -5,6 +5,7 @@ mod config;
 mod devicesim;
 mod frontdoor;
 mod keys;
+mod loadgen;
 mod login;
 mod proxy;
 mod recording;
@@ -183,6 +184,25 @@ pub enum Command {
         /// A cheap scripted shell instead of a real one in a pty (for scale runs).
         #[arg(long)]
         scripted: bool,
+    },
+    /// Benchmark only: open many vendor sessions in-process (fresh vendors with grants, written
+    /// into the data dir) and hold them.
+    #[command(hide = true)]
+    BenchLoad {
+        /// The broker's SSH address.
+        #[arg(long)]
+        broker: std::net::SocketAddr,
+        /// SITE/DEVICE:FUNCTION every session opens.
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 100)]
+        sessions: usize,
+        /// Sessions being set up at once.
+        #[arg(long, default_value_t = 32)]
+        parallel: usize,
+        /// Seconds to hold the sessions open once all are up.
+        #[arg(long, default_value_t = 10)]
+        hold: u64,
     },
     /// Run a simulated device (an SSH server with a real shell) on loopback.
     #[command(hide = true)]
@@ -419,6 +439,22 @@ fn main() -> std::process::ExitCode {
             }
             eprintln!("postern: {msg}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every session holds two sockets (vendor and device): raise the soft limit on open files to
+/// the hard one, as servers do, so thousands of sessions fit.
+pub(crate) fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }
