@@ -418,10 +418,7 @@ impl Store {
             .execute(self.pool())
             .await?
             .rows_affected();
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("no approver named {name}")));
-        }
-        self.end_web_logins_of(name).await
+        self.sign_out_changed(name, n).await
     }
 
     /// Disables an approver and ends all their sign-ins.
@@ -431,7 +428,13 @@ impl Store {
             .execute(self.pool())
             .await?
             .rows_affected();
-        if n == 0 {
+        self.sign_out_changed(name, n).await
+    }
+
+    /// After an update of one approver's row: not found if no row changed, else every sign-in of
+    /// theirs ends.
+    async fn sign_out_changed(&self, name: &str, rows: u64) -> Result<()> {
+        if rows == 0 {
             return Err(StoreError::NotFound(format!("no approver named {name}")));
         }
         self.end_web_logins_of(name).await
