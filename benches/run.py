@@ -3,7 +3,7 @@
 
     python3 benches/run.py            # full run (256 MiB transfers, 40 setups, 200 keystrokes, 100 sessions)
     python3 benches/run.py --quick    # smoke: tiny sizes, a few seconds of measuring
-    python3 benches/run.py --quick --debug   # the CI smoke run, on the debug build the tests use
+    python3 benches/run.py --quick --debug   # a check of the harness itself, on the debug build
 
 Stands up a real sshd as the device, a second plain sshd as a ProxyJump host (no recording), and
 `postern serve` (release build, recording on) in front of the device, then measures:
@@ -389,7 +389,7 @@ class Bench:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a quick check)")
     ap.add_argument("--debug", action="store_true", help="use the debug build (smoke only: not for figures)")
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=2, help="best of N per throughput cell")
