@@ -9,7 +9,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::warn;
 
+use crate::approvers::AccessRequestRow;
+use crate::model::{Grant, Session};
 use crate::store::{Store, StoreError, new_id};
+use crate::time::fmt_time;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -96,6 +99,45 @@ impl Notifier {
         {
             warn!(error = %e, event = event.name(), "could not file notification");
         }
+    }
+}
+
+impl Notifier {
+    /// A request was approved (from the CLI or the web form alike).
+    pub async fn request_granted(&self, req: &AccessRequestRow, grant: &Grant, by: &str) {
+        let text = format!(
+            "{by} granted {} {} at {}/{} until {} (request {})",
+            req.vendor,
+            req.function,
+            req.site,
+            req.device,
+            fmt_time(grant.valid_until),
+            req.id
+        );
+        let fields = json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
+                            "grant": grant.id, "until": grant.valid_until, "approver": by, "latency": req.latency()});
+        self.notify(Event::RequestGranted, &text, fields).await;
+    }
+
+    /// A request was denied, with the reason the vendor sees.
+    pub async fn request_denied(&self, req: &AccessRequestRow, by: &str, reason: &str) {
+        let text = format!(
+            "{by} denied {}'s request {} for {} at {}/{}: {reason}",
+            req.vendor, req.id, req.function, req.site, req.device
+        );
+        let fields = json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
+                            "approver": by, "reason": reason, "latency": req.latency()});
+        self.notify(Event::RequestDenied, &text, fields).await;
+    }
+
+    /// Someone asked for a live session to be closed.
+    pub async fn session_terminated(&self, s: &Session, by: &str) {
+        let text = format!(
+            "{by} terminated {}'s session {} at {}/{}",
+            s.vendor, s.id, s.site, s.device
+        );
+        let fields = json!({"session": s.id, "vendor": s.vendor, "site": s.site, "device": s.device, "by": by});
+        self.notify(Event::SessionTerminated, &text, fields).await;
     }
 }
 

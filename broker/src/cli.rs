@@ -1016,22 +1016,7 @@ async fn request(env: &Env, action: &RequestAction) -> Result<()> {
                 json!({"request": id, "vendor": req.vendor, "site": req.site, "function": req.function, "grant": grant.id,
                        "from": fmt_time(from), "until": fmt_time(until), "latency": req.latency()}),
             )?;
-            env.notifier
-                .notify(
-                    approvals::Event::RequestGranted,
-                    &format!(
-                        "{} granted {} {} at {}/{} until {} (request {id})",
-                        actor(),
-                        req.vendor,
-                        req.function,
-                        req.site,
-                        req.device,
-                        fmt_time(until)
-                    ),
-                    json!({"request": id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
-                           "grant": grant.id, "until": until, "approver": actor(), "latency": req.latency()}),
-                )
-                .await;
+            env.notifier.request_granted(&req, &grant, &actor()).await;
             println!(
                 "request {id} approved: grant {} until {}",
                 grant.id,
@@ -1041,21 +1026,7 @@ async fn request(env: &Env, action: &RequestAction) -> Result<()> {
         RequestAction::Deny { id, reason } => {
             let req = env.store.deny_request(id, &actor(), reason, now()).await?;
             env.audit("request.deny", json!({"request": id, "vendor": req.vendor, "site": req.site, "reason": reason, "latency": req.latency()}))?;
-            env.notifier
-                .notify(
-                    approvals::Event::RequestDenied,
-                    &format!(
-                        "{} denied {}'s request {id} for {} at {}/{}: {reason}",
-                        actor(),
-                        req.vendor,
-                        req.function,
-                        req.site,
-                        req.device
-                    ),
-                    json!({"request": id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
-                           "approver": actor(), "reason": reason, "latency": req.latency()}),
-                )
-                .await;
+            env.notifier.request_denied(&req, &actor(), reason).await;
             println!("request {id} denied");
         }
     }
@@ -1069,19 +1040,7 @@ async fn sessions(env: &Env, live: bool, action: Option<&SessionsAction>) -> Res
             "session.kill_requested",
             json!({"session": id, "vendor": s.vendor, "node": s.node}),
         )?;
-        env.notifier
-            .notify(
-                approvals::Event::SessionTerminated,
-                &format!(
-                    "{} terminated {}'s session {id} at {}/{}",
-                    actor(),
-                    s.vendor,
-                    s.site,
-                    s.device
-                ),
-                json!({"session": id, "vendor": s.vendor, "site": s.site, "device": s.device, "by": actor()}),
-            )
-            .await;
+        env.notifier.session_terminated(&s, &actor()).await;
         println!("session {id} is being closed (node {})", s.node);
         return Ok(());
     }

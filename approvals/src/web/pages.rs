@@ -17,7 +17,6 @@ use super::{
     LOGIN_COOKIE, LOGIN_TTL, SESSION_COOKIE, Signed, WebState, cookie, random_token, same_token,
     set_cookie, token_hash,
 };
-use crate::notify::Event;
 use crate::store::StoreError;
 use crate::time::{now, parse_duration, parse_time};
 
@@ -412,24 +411,7 @@ pub async fn approve(
         let _ = state.store.revoke_grant(&grant.id, s.name(), t).await;
         return Err(audit_failed());
     }
-    state
-        .notifier
-        .notify(
-            Event::RequestGranted,
-            &format!(
-                "{} granted {} {} at {}/{} until {} (request {})",
-                s.name(),
-                req.vendor,
-                req.function,
-                req.site,
-                req.device,
-                crate::time::fmt_time(grant.valid_until),
-                req.id
-            ),
-            json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
-                   "grant": grant.id, "until": grant.valid_until, "approver": s.name(), "latency": req.latency()}),
-        )
-        .await;
+    state.notifier.request_granted(&req, &grant, s.name()).await;
     Ok(back("/requests"))
 }
 
@@ -467,23 +449,7 @@ pub async fn deny(
             json!({"request": id, "vendor": req.vendor, "site": req.site, "reason": reason, "latency": req.latency()}),
         )
         .await;
-    state
-        .notifier
-        .notify(
-            Event::RequestDenied,
-            &format!(
-                "{} denied {}'s request {} for {} at {}/{}: {reason}",
-                s.name(),
-                req.vendor,
-                req.id,
-                req.function,
-                req.site,
-                req.device
-            ),
-            json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
-                   "approver": s.name(), "reason": reason, "latency": req.latency()}),
-        )
-        .await;
+    state.notifier.request_denied(&req, s.name(), reason).await;
     Ok(back("/requests"))
 }
 
@@ -643,21 +609,7 @@ pub async fn terminate(
             json!({"session": id, "vendor": x.vendor, "node": x.node}),
         )
         .await;
-    state
-        .notifier
-        .notify(
-            Event::SessionTerminated,
-            &format!(
-                "{} terminated {}'s session {} at {}/{}",
-                s.name(),
-                x.vendor,
-                x.id,
-                x.site,
-                x.device
-            ),
-            json!({"session": x.id, "vendor": x.vendor, "site": x.site, "device": x.device, "by": s.name()}),
-        )
-        .await;
+    state.notifier.session_terminated(&x, s.name()).await;
     Ok(back("/sessions"))
 }
 
