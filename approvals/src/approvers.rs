@@ -346,15 +346,12 @@ pub struct WebLogin {
 impl Store {
     /// Takes an approver's TOTP time step; false if it (or a later one) was used already.
     pub async fn consume_approver_totp_step(&self, approver: &str, step: i64) -> Result<bool> {
-        let n = sqlx::query(
+        self.consume_step(
             "UPDATE approvers SET totp_last_step = $1 WHERE name = $2 AND totp_last_step < $1",
+            approver,
+            step,
         )
-        .bind(step)
-        .bind(approver)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        .await
     }
 
     pub async fn create_web_login(

@@ -143,6 +143,15 @@ impl Store {
             .await?)
     }
 
+    /// Sessions opened by break-glass, oldest first.
+    pub async fn breakglass_sessions(&self) -> Result<Vec<crate::Session>> {
+        Ok(sqlx::query_as::<_, crate::Session>(
+            "SELECT * FROM sessions WHERE breakglass IS NOT NULL ORDER BY started, id",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// Marks the session as opened by break-glass, so every listing flags it.
     pub async fn flag_session_breakglass(&self, session: &str, breakglass: &str) -> Result<()> {
         sqlx::query("UPDATE sessions SET breakglass = $1 WHERE id = $2")

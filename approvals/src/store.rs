@@ -206,14 +206,28 @@ impl Store {
     /// Marks a TOTP step as used if it is later than the last one used: each code works once.
     /// Returns false for a replayed (or older) code. Atomic across broker nodes.
     pub async fn consume_totp_step(&self, vendor: &str, step: i64) -> Result<bool> {
-        let n = sqlx::query(
+        self.consume_step(
             "UPDATE vendors SET totp_last_step = $1 WHERE name = $2 AND totp_last_step < $1",
+            vendor,
+            step,
         )
-        .bind(step)
-        .bind(vendor)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        .await
+    }
+
+    /// The single-use rule for vendors' and approvers' TOTP codes alike: `update` sets the last
+    /// used step of `name` to `step` only if it is later.
+    pub(crate) async fn consume_step(
+        &self,
+        update: &'static str,
+        name: &str,
+        step: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(update)
+            .bind(step)
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(n == 1)
     }
 
@@ -457,6 +471,15 @@ impl Store {
         Ok(
             sqlx::query_as::<_, Grant>("SELECT * FROM grants ORDER BY created, id")
                 .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn grant(&self, id: &str) -> Result<Option<Grant>> {
+        Ok(
+            sqlx::query_as::<_, Grant>("SELECT * FROM grants WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
                 .await?,
         )
     }

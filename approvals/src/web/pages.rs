@@ -500,14 +500,10 @@ pub async fn revoke(
 ) -> Page {
     check_csrf(&state, &s, &f.csrf, "grant.revoke").await?;
     let scope = Scope::load(&state).await?;
-    let grant = state
-        .store
-        .grants()
-        .await
-        .map_err(store_error)?
-        .into_iter()
-        .find(|g| g.id == id && scope.covers(&s, &g.site))
-        .ok_or_else(|| not_yours("grant", &id))?;
+    let grant = match state.store.grant(&id).await.map_err(store_error)? {
+        Some(g) if scope.covers(&s, &g.site) => g,
+        _ => return Err(not_yours("grant", &id)),
+    };
     let g = state
         .store
         .revoke_grant(&grant.id, s.name(), now())
@@ -776,14 +772,11 @@ pub async fn review(State(state): St, s: Signed) -> Page {
         .into_iter()
         .filter(|b| scope.covers(&s, &b.site))
         .collect();
-    let sessions: Vec<_> = state
+    let sessions = state
         .store
-        .sessions(false)
+        .breakglass_sessions()
         .await
-        .map_err(store_error)?
-        .into_iter()
-        .filter(|x| x.breakglass.is_some())
-        .collect();
+        .map_err(store_error)?;
     let links = |bg: &str| {
         sessions
             .iter()
