@@ -387,6 +387,18 @@ class Bench:
         shutil.rmtree(self.w, ignore_errors=True)
 
 
+def latency_table(title, times, digits, overhead=False):
+    """p50 and p99 in ms of direct and Postern timings (seconds), and Postern's overhead if asked."""
+    print(title)
+    print(f"   {'path':<16}{'p50':>9}{'p99':>9}")
+    rows = [("direct", pct(times["direct"], .5), pct(times["direct"], .99)),
+            ("Postern", pct(times["postern"], .5), pct(times["postern"], .99))]
+    if overhead:
+        rows.append(("overhead", rows[1][1] - rows[0][1], rows[1][2] - rows[0][2]))
+    for label, p50, p99 in rows:
+        print(f"   {label:<16}{p50 * 1e3:>9.{digits}f}{p99 * 1e3:>9.{digits}f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a quick check)")
@@ -427,19 +439,10 @@ def main():
                 print(f"   {direction:<16}{s['postern']:>14.0f}{s['unrecorded']:>9.0f}"
                       f"{s['postern'] / s['unrecorded']:>10.2f}")
         print()
-        lat = b.setup_latency()
-        print(f"2. session setup, `ssh HOST echo x` wall time over {a.setups} runs (ms)")
-        print(f"   {'path':<16}{'p50':>9}{'p99':>9}")
-        for k, label in [("direct", "direct"), ("postern", "Postern")]:
-            print(f"   {label:<16}{pct(lat[k], .5) * 1e3:>9.1f}{pct(lat[k], .99) * 1e3:>9.1f}")
-        print(f"   {'overhead':<16}{(pct(lat['postern'], .5) - pct(lat['direct'], .5)) * 1e3:>9.1f}"
-              f"{(pct(lat['postern'], .99) - pct(lat['direct'], .99)) * 1e3:>9.1f}")
+        latency_table(f"2. session setup, `ssh HOST echo x` wall time over {a.setups} runs (ms)",
+                      b.setup_latency(), 1, overhead=True)
         print()
-        echo = b.echo_latency()
-        print(f"3. keystroke echo in a shell, {a.keys} keys (ms)")
-        print(f"   {'path':<16}{'p50':>9}{'p99':>9}")
-        for k, label in [("direct", "direct"), ("postern", "Postern")]:
-            print(f"   {label:<16}{pct(echo[k], .5) * 1e3:>9.2f}{pct(echo[k], .99) * 1e3:>9.2f}")
+        latency_table(f"3. keystroke echo in a shell, {a.keys} keys (ms)", b.echo_latency(), 2)
         print()
         conc = b.concurrency()
         print(f"4. {a.sessions} interactive sessions opened at once, then idle")

@@ -92,58 +92,31 @@ fn bad_input_gets_one_clear_line() {
         ),
         "--max-window",
     );
-    refused(
+    // `grant add` for VENDOR at s1 of maint until UNTIL.
+    let grant_add = |vendor: &str, until: &str| {
         postern(
             &data,
             &[
                 "grant",
                 "add",
                 "--vendor",
-                "nobody",
+                vendor,
                 "--site",
                 "s1",
                 "--function",
                 "maint",
                 "--until",
-                "+1h",
+                until,
             ],
-        ),
-        "no vendor named nobody",
-    );
+        )
+    };
+    refused(grant_add("nobody", "+1h"), "no vendor named nobody");
     refused(
-        postern(
-            &data,
-            &[
-                "grant",
-                "add",
-                "--vendor",
-                "alice",
-                "--site",
-                "s1",
-                "--function",
-                "maint",
-                "--until",
-                "+9h",
-            ],
-        ),
+        grant_add("alice", "+9h"),
         "longer than function maint allows",
     );
     refused(
-        postern(
-            &data,
-            &[
-                "grant",
-                "add",
-                "--vendor",
-                "alice",
-                "--site",
-                "s1",
-                "--function",
-                "maint",
-                "--until",
-                "tomorrow",
-            ],
-        ),
+        grant_add("alice", "tomorrow"),
         "--until: 'tomorrow' is not a time",
     );
     refused(
