@@ -238,8 +238,7 @@ pub async fn login(
         let _ = state.store.end_web_login(&token_hash(&token)).await;
         return audit_failed();
     }
-    let mut r = Redirect::to("/requests").into_response();
-    *r.status_mut() = StatusCode::SEE_OTHER;
+    let mut r = Redirect::to("/requests").into_response(); // 303 See Other
     let h = r.headers_mut();
     h.append(
         header::SET_COOKIE,
