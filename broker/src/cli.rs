@@ -1011,11 +1011,15 @@ async fn request(env: &Env, action: &RequestAction) -> Result<()> {
                 .store
                 .approve_request(id, &actor(), from, until, t)
                 .await?;
-            env.audit(
+            if let Err(e) = env.audit(
                 "request.approve",
                 json!({"request": id, "vendor": req.vendor, "site": req.site, "function": req.function, "grant": grant.id,
                        "from": fmt_time(from), "until": fmt_time(until), "latency": req.latency()}),
-            )?;
+            ) {
+                // As in the web form: a grant the audit log cannot account for is withdrawn.
+                let _ = env.store.revoke_grant(&grant.id, &actor(), t).await;
+                return Err(e);
+            }
             env.notifier.request_granted(&req, &grant, &actor()).await;
             println!(
                 "request {id} approved: grant {} until {}",
