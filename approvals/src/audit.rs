@@ -1,7 +1,10 @@
 //! The audit log: every authentication attempt, decision, grant and directory change and session
 //! event, as JSON records in a hash-chained file (see the `recorder` crate).
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde_json::{Map, Value, json};
 
@@ -70,5 +73,117 @@ impl AuditLog {
                 source: recorder::WriteError::Io(std::io::Error::other(e.to_string())),
             }),
         }
+    }
+}
+
+/// The source a limit applies to: the address, or its /64 for IPv6 (one host has a whole /64).
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Counts of things refused or throttled at the door, written to the audit log as one summary
+/// event per interval so that a flood cannot flood the log.
+#[derive(Default)]
+pub struct Tally {
+    inner: Mutex<TallyInner>,
+}
+
+#[derive(Default)]
+struct TallyInner {
+    by_reason: HashMap<String, u64>,
+    by_source: HashMap<IpAddr, u64>,
+}
+
+/// Sources named in one summary; the rest are only counted.
+const SUMMARY_SOURCES: usize = 10;
+/// Distinct sources counted per interval (memory bound under a flood of sources).
+const SUMMARY_MAX_SOURCES: usize = 4096;
+
+impl Tally {
+    /// Counts one event under `reason` (bounded text chosen by us, not by the client).
+    pub fn count(&self, reason: &str, ip: IpAddr) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *s.by_reason.entry(reason.to_owned()).or_insert(0) += 1;
+        let key = source_key(ip);
+        if s.by_source.len() < SUMMARY_MAX_SOURCES || s.by_source.contains_key(&key) {
+            *s.by_source.entry(key).or_insert(0) += 1;
+        }
+    }
+
+    /// Takes the counts since the last call: `None` if nothing happened.
+    pub fn take(&self) -> Option<serde_json::Value> {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if s.by_reason.is_empty() {
+            return None;
+        }
+        let total: u64 = s.by_reason.values().sum();
+        let sources = s.by_source.len();
+        let mut top: Vec<(IpAddr, u64)> = s.by_source.drain().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1));
+        top.truncate(SUMMARY_SOURCES);
+        let reasons = std::mem::take(&mut s.by_reason);
+        Some(serde_json::json!({
+            "count": total,
+            "reasons": reasons,
+            "distinct_sources": sources,
+            "top_sources": top.into_iter().map(|(ip, n)| serde_json::json!({"source": ip.to_string(), "count": n})).collect::<Vec<_>>(),
+        }))
+    }
+}
+
+/// Truncates and escapes text that came from a client before it is logged: at most `max`
+/// characters, control characters escaped, and the original length noted when cut. An attacker
+/// must not be able to grow the audit log by more than a few hundred bytes per attempt.
+pub fn bounded(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (shown, c) in s.chars().enumerate() {
+        if shown >= max {
+            out.push_str(&format!("…[{} bytes]", s.len()));
+            return out;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_client_text() {
+        assert_eq!(bounded("alice", 64), "alice");
+        assert_eq!(bounded("a\u{1b}[2J", 64), "a\\u{1b}[2J");
+        let long = "x".repeat(100 * 1024);
+        let b = bounded(&long, 64);
+        assert!(b.len() < 100, "{b}");
+        assert!(b.ends_with("…[102400 bytes]"));
+    }
+
+    #[test]
+    fn tally_is_bounded_and_resets() {
+        let t = Tally::default();
+        for i in 0..10_000u32 {
+            let ip = IpAddr::from(i.to_be_bytes());
+            t.count("rate limited", ip);
+        }
+        let v = t.take().unwrap();
+        assert_eq!(v["count"], 10_000);
+        assert_eq!(v["distinct_sources"], SUMMARY_MAX_SOURCES);
+        assert_eq!(v["top_sources"].as_array().unwrap().len(), SUMMARY_SOURCES);
+        assert!(t.take().is_none());
     }
 }

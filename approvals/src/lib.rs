@@ -7,6 +7,7 @@
 pub mod approvers;
 pub mod audit;
 pub mod breakglass;
+pub mod lockout;
 pub mod model;
 pub mod notify;
 pub mod policy;

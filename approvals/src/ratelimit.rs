@@ -1,5 +1,11 @@
-//! Failed-authentication rate limiting per user (vendor or approver) and per source address (per
-//! broker node): used by the SSH front door and the web sign-in.
+//! Failed-attempt rate limiting per key (a source address, or a name at a source), in memory on
+//! one broker node: used by the SSH front door and the web sign-in for failures *before* the
+//! first factor. Failures after it go to [`crate::lockout`], in the database.
+//!
+//! State is bounded and expires: each key keeps at most `max_failures` instants within the
+//! window, empty keys are removed, and at most `max_keys` keys are kept (a flood of new keys
+//! evicts expired ones first, then the stalest). Refused attempts are not counted: a lock ends
+//! when the window passes, however often a stranger knocks.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -7,24 +13,37 @@ use std::time::{Duration, Instant};
 
 pub struct RateLimiter {
     window: Duration,
-    per_vendor: usize,
-    per_source: usize,
+    max_failures: usize,
+    max_keys: usize,
     failures: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
+/// Keys longer than this are cut before they are stored (a name is at most 64 characters).
+const MAX_KEY: usize = 200;
+
+fn key_of(key: &str) -> &str {
+    match key.char_indices().nth(MAX_KEY) {
+        Some((i, _)) => &key[..i],
+        None => key,
+    }
+}
+
 impl RateLimiter {
-    pub fn new(window: Duration, per_vendor: usize, per_source: usize) -> RateLimiter {
+    pub fn new(window: Duration, max_failures: usize, max_keys: usize) -> RateLimiter {
         RateLimiter {
             window,
-            per_vendor,
-            per_source,
+            max_failures: max_failures.max(1),
+            max_keys: max_keys.max(1),
             failures: Mutex::new(HashMap::new()),
         }
     }
 
-    fn count(&self, key: &str, now: Instant) -> usize {
+    /// Whether another attempt is allowed for `key`.
+    pub fn allowed(&self, key: &str) -> bool {
+        let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(q) = map.get_mut(key) else { return 0 };
+        let k = key_of(key);
+        let Some(q) = map.get_mut(k) else { return true };
         while q
             .front()
             .is_some_and(|t| now.duration_since(*t) > self.window)
@@ -33,24 +52,47 @@ impl RateLimiter {
         }
         let n = q.len();
         if n == 0 {
-            map.remove(key);
+            map.remove(k);
         }
-        n
+        n < self.max_failures
     }
 
-    /// Whether another attempt is allowed for this vendor from this source.
-    pub fn allowed(&self, vendor: &str, source: &str) -> bool {
-        let now = Instant::now();
-        self.count(&format!("v:{vendor}"), now) < self.per_vendor
-            && self.count(&format!("s:{source}"), now) < self.per_source
-    }
-
-    pub fn failed(&self, vendor: &str, source: &str) {
+    /// Counts one failure for `key`.
+    pub fn failed(&self, key: &str) {
         let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        for key in [format!("v:{vendor}"), format!("s:{source}")] {
-            map.entry(key).or_default().push_back(now);
+        let k = key_of(key);
+        if !map.contains_key(k) && map.len() >= self.max_keys {
+            let window = self.window;
+            map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) <= window));
+            if map.len() >= self.max_keys {
+                // Still full of live keys: forget the stalest.
+                if let Some(stale) = map
+                    .iter()
+                    .min_by_key(|(_, q)| q.back().copied())
+                    .map(|(k, _)| k.clone())
+                {
+                    map.remove(&stale);
+                }
+            }
         }
+        let q = map.entry(k.to_owned()).or_default();
+        q.push_back(now);
+        while q.len() > self.max_failures {
+            q.pop_front();
+        }
+    }
+
+    /// Keys held now (for tests of the memory bound).
+    pub fn len(&self) -> usize {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -59,22 +101,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_per_vendor_and_per_source() {
-        let rl = RateLimiter::new(Duration::from_secs(60), 3, 5);
+    fn limits_per_key() {
+        let rl = RateLimiter::new(Duration::from_secs(60), 3, 100);
         for _ in 0..3 {
-            assert!(rl.allowed("alice", "1.1.1.1"));
-            rl.failed("alice", "1.1.1.1");
+            assert!(rl.allowed("s:1.1.1.1"));
+            rl.failed("s:1.1.1.1");
         }
-        assert!(
-            !rl.allowed("alice", "2.2.2.2"),
-            "vendor limit holds across sources"
-        );
-        assert!(rl.allowed("bob", "2.2.2.2"));
-        rl.failed("bob", "1.1.1.1");
-        rl.failed("carol", "1.1.1.1");
-        assert!(
-            !rl.allowed("dave", "1.1.1.1"),
-            "source limit holds across vendors"
-        );
+        assert!(!rl.allowed("s:1.1.1.1"));
+        assert!(rl.allowed("s:2.2.2.2"));
+    }
+
+    #[test]
+    fn state_is_bounded_and_expires() {
+        let rl = RateLimiter::new(Duration::from_millis(50), 3, 100);
+        for i in 0..1000 {
+            rl.failed(&format!("n:{i}{}", "x".repeat(10_000)));
+        }
+        assert!(rl.len() <= 100, "{} keys", rl.len());
+        for _ in 0..10 {
+            rl.failed("s:9.9.9.9");
+        }
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(rl.allowed("s:9.9.9.9"), "the lock ends with the window");
+        // Expired keys are dropped when room is needed.
+        rl.failed("s:new");
+        assert!(rl.len() <= 2, "{} keys", rl.len());
     }
 }

@@ -27,6 +27,9 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// The longest window a function may allow.
+pub const MAX_WINDOW: i64 = 366 * 86_400;
+
 /// Handle to the database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -363,6 +366,11 @@ impl Store {
         check_name("function", name)?;
         if max_window <= 0 {
             return Err(StoreError::Invalid("--max-window must be positive".into()));
+        }
+        if max_window > MAX_WINDOW {
+            return Err(StoreError::Invalid(format!(
+                "--max-window is at most 366 days ({MAX_WINDOW}s); longer access is standing access, not a window"
+            )));
         }
         if emergency_orgs.is_some_and(|o| o.is_empty()) {
             return Err(StoreError::Invalid(

@@ -7,18 +7,36 @@ pub fn now() -> i64 {
     Utc::now().timestamp()
 }
 
+/// The longest duration anything in Postern accepts (ten years): every window, validity and
+/// offset is far shorter, and the bound keeps all time arithmetic clear of overflow.
+pub const MAX_DURATION: i64 = 10 * 366 * 86_400;
+
+/// Times before 1970 or after 9999 are typing mistakes or attacks, never real windows.
+const LATEST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+
 /// Parses `now`, `+DURATION`, `-DURATION` or an RFC 3339 time, relative to `now`.
 pub fn parse_time(s: &str, now: i64) -> Result<i64, String> {
     let s = s.trim();
     if s == "now" {
         return Ok(now);
     }
-    if let Some(rest) = s.strip_prefix('+') {
-        return Ok(now + parse_duration(rest)?);
+    let out_of_range = || format!("'{s}' is out of range (1970 to 9999)");
+    let t = if let Some(rest) = s.strip_prefix('+') {
+        now.checked_add(parse_duration(rest)?)
+            .ok_or_else(out_of_range)?
+    } else if let Some(rest) = s.strip_prefix('-') {
+        now.checked_sub(parse_duration(rest)?)
+            .ok_or_else(out_of_range)?
+    } else {
+        parse_absolute(s)?
+    };
+    if !(0..=LATEST).contains(&t) {
+        return Err(out_of_range());
     }
-    if let Some(rest) = s.strip_prefix('-') {
-        return Ok(now - parse_duration(rest)?);
-    }
+    Ok(t)
+}
+
+fn parse_absolute(s: &str) -> Result<i64, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp())
         .or_else(|_| {
@@ -29,7 +47,8 @@ pub fn parse_time(s: &str, now: i64) -> Result<i64, String> {
         .map_err(|_| format!("'{s}' is not a time: use RFC 3339 (2026-11-25T14:00:00Z), a date (2026-12-31), 'now' or '+2h'"))
 }
 
-/// Parses a duration such as `90s`, `15m`, `8h`, `90d`, `1h30m`, in seconds.
+/// Parses a duration such as `90s`, `15m`, `8h`, `90d`, `1h30m`, in seconds; at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<i64, String> {
     let bad = || format!("'{s}' is not a duration: use e.g. 30m, 8h, 90d");
     let mut total: i64 = 0;
@@ -56,6 +75,9 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
     }
     if !num.is_empty() || total <= 0 {
         return Err(bad());
+    }
+    if total > MAX_DURATION {
+        return Err(format!("'{s}' is too long: at most ten years"));
     }
     Ok(total)
 }
@@ -85,5 +107,26 @@ mod tests {
         assert!(parse_duration("0h").is_err());
         assert!(parse_duration("h").is_err());
         assert_eq!(fmt_time(1_795_615_200), "2026-11-25T14:00:00Z");
+    }
+
+    #[test]
+    fn refuses_overflowing_and_absurd_times() {
+        let t = 1_795_615_200;
+        for bad in [
+            "-9223372036854775807s",
+            "+9223372036854775807s",
+            "-99999999999999999999s",
+            "+999999999d",
+            "-106751991167300d",
+            "+3700d",
+            "1960-01-01T00:00:00Z",
+        ] {
+            assert!(parse_time(bad, t).is_err(), "{bad} should be refused");
+        }
+        assert!(parse_duration("999999999d").is_err());
+        assert!(parse_duration("9223372036854775807s").is_err());
+        assert!(parse_duration("99999999999999999999999s").is_err());
+        assert_eq!(parse_duration("3650d"), Ok(3650 * 86_400));
+        assert!(parse_time(&format!("-{}s", t + 1), t).is_err());
     }
 }

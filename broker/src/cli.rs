@@ -84,9 +84,37 @@ fn actor() -> String {
     )
 }
 
+/// Text as it may reach an operator's terminal: control characters (escape sequences that clear
+/// the screen or forge lines) and bidirectional overrides are shown escaped, never acted on.
+/// Every human-readable output goes through this; attacker-supplied names and reasons end up in
+/// tables and the audit log.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if unsafe_char(c) {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             if i < widths.len() {
                 widths[i] = widths[i].max(c.chars().count());
@@ -102,7 +130,7 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
         println!("{}", parts.join("  ").trim_end());
     };
     line(headers.to_vec());
-    for r in rows {
+    for r in &rows {
         line(r.iter().map(String::as_str).collect());
     }
 }
@@ -400,6 +428,8 @@ async fn vendor(env: &Env, action: &VendorAction) -> Result<()> {
             pubkey,
             validity,
             from,
+            no_pty,
+            no_port_forwarding,
         } => {
             let v = env
                 .store
@@ -414,7 +444,11 @@ async fn vendor(env: &Env, action: &VendorAction) -> Result<()> {
                 Some(t) => parse_time(t, now()).map_err(|e| anyhow!("--from: {e}"))?,
                 None => now() - 60,
             };
-            let (out, issued) = issue_certificate(env, name, pubkey, start, secs).await?;
+            let restrict = keys::Restrictions {
+                no_pty: *no_pty,
+                no_port_forwarding: *no_port_forwarding,
+            };
+            let (out, issued) = issue_certificate(env, name, pubkey, start, secs, restrict).await?;
             if env.json {
                 println!(
                     "{}",
@@ -481,15 +515,20 @@ pub async fn issue_certificate(
     pubkey: &Path,
     start: i64,
     secs: i64,
+    restrict: keys::Restrictions,
 ) -> Result<(PathBuf, keys::IssuedCert)> {
     let subject = keys::load_public(pubkey)?;
     let ca = keys::load_private(&env.data.ca_key())?;
+    let end = start
+        .checked_add(secs)
+        .ok_or_else(|| anyhow!("certificate validity out of range"))?;
     let issued = keys::sign_user_cert(
         &ca,
         &subject,
         vendor,
         start.max(0) as u64,
-        (start + secs).max(0) as u64,
+        end.max(0) as u64,
+        restrict,
     )?;
     let text = issued
         .cert
@@ -1306,14 +1345,21 @@ async fn audit(env: &Env, follow: bool, since: Option<&str>) -> Result<()> {
                         .iter()
                         .filter(|(k, _)| !matches!(k.as_str(), "time" | "event" | "node"))
                     {
+                        // JSON text of non-strings escapes control characters already.
                         let text = match val {
-                            Value::String(s) => s.clone(),
+                            Value::String(s) => printable(s).into_owned(),
                             other => other.to_string(),
                         };
-                        details.push(format!("{k}={text}"));
+                        details.push(format!("{}={text}", printable(k)));
                     }
                 }
-                writeln!(out, "{time}  {event:<22} {}", details.join(" "))?;
+                writeln!(
+                    out,
+                    "{}  {:<22} {}",
+                    printable(&time),
+                    printable(&event),
+                    details.join(" ")
+                )?;
             }
         }
         out.flush()?;
@@ -1654,7 +1700,8 @@ pub async fn serve(
     crate::raise_open_files_limit();
     let host_key = keys::load_private(&env.data.host_key())?;
     let ca = keys::load_public(&env.data.ca_key().with_extension("pub"))?;
-    let warn_before = parse_duration(&env.cfg.warn_before).map_err(|e| anyhow!(e))?;
+    let limits = env.cfg.limits().map_err(|e| anyhow!("{e}"))?;
+    let warn_before = limits.warn_before;
     let seal = keys::seal_key(&env.data.seal_key())?;
     env.store
         .register_seal_key(&seal.public().export(), &env.cfg.node, now())
@@ -1681,7 +1728,18 @@ pub async fn serve(
             parse_duration(&env.cfg.request_wait).map_err(|e| anyhow!("request_wait: {e}"))? as u64,
         ),
         env_allow: env.cfg.env_allow.clone(),
-        limiter: approvals::ratelimit::RateLimiter::new(Duration::from_secs(300), 10, 30),
+        // 30 failures before the first factor per address in 5 minutes.
+        source_limiter: approvals::ratelimit::RateLimiter::new(
+            Duration::from_secs(300),
+            30,
+            100_000,
+        ),
+        admission: crate::admission::Admission::new(
+            limits.startups,
+            limits.penalty_exempt.clone(),
+        ),
+        login_grace: limits.login_grace,
+        throttled: approvals::audit::Tally::default(),
         upstream_config: crate::upstream::client_config(),
         notifier: env.notifier.clone(),
         live: Default::default(),
@@ -1692,18 +1750,42 @@ pub async fn serve(
         .clone()
         .zip(env.cfg.web_tls_key.clone());
     let https = tls.is_some();
-    let web_state = Arc::new(approvals::web::WebState::new(
-        env.store.clone(),
-        env.audit.clone(),
-        env.notifier.clone(),
-        env.data.recordings(),
-        https,
-    ));
+    let client_address = approvals::web::ClientAddress::new(
+        limits.trusted_proxies.clone(),
+        &env.cfg.forwarded_header,
+    )
+    .map_err(|e| anyhow!("forwarded_header: {e}"))?;
+    let web_state = Arc::new(
+        approvals::web::WebState::new(
+            env.store.clone(),
+            env.audit.clone(),
+            env.notifier.clone(),
+            env.data.recordings(),
+            https,
+        )
+        .with_client_address(client_address),
+    );
+    // The web listener's own caps: connections in all and per client, idle and header timeouts.
+    let web_limits = crate::web::Limits {
+        admission: crate::admission::Admission::new(
+            crate::admission::Limits {
+                start: env.cfg.web_max_connections,
+                rate: 100,
+                full: env.cfg.web_max_connections,
+                per_source: env.cfg.web_per_source_connections,
+                penalties: false,
+            },
+            // A trusted proxy carries every approver's connections.
+            limits.trusted_proxies.clone(),
+        ),
+        idle: limits.web_idle_timeout,
+        header: limits.web_header_timeout,
+    };
     // `off` serves SSH only (a node whose approvers use another node's web UI).
     let web = if web_addr == "off" {
         None
     } else {
-        Some(crate::web::bind(web_state, web_addr, tls).await?)
+        Some(crate::web::bind(web_state.clone(), web_addr, tls, web_limits.clone()).await?)
     };
     let listener = tokio::net::TcpListener::bind(ssh_addr)
         .await
@@ -1725,13 +1807,16 @@ pub async fn serve(
     println!("postern: listening for vendors on {local}");
     std::io::stdout().flush()?;
     tokio::spawn(crate::session::watch_revocations(ctx.clone()));
-    if let Some((_, serving)) = web {
-        tokio::spawn(async move {
-            if let Err(e) = serving.await {
-                tracing::error!(error = %e, "web UI stopped");
-            }
-        });
-    }
+    tokio::spawn(write_summaries(
+        ctx.clone(),
+        web_state.clone(),
+        web_limits.admission.clone(),
+        limits.audit_summary_interval,
+    ));
+    let web_serving: crate::web::Serving = match web {
+        Some((_, serving)) => serving,
+        None => Box::pin(std::future::pending()),
+    };
     if let Some(url) = env.cfg.webhook_url.clone() {
         tokio::spawn(crate::webhook::deliver(
             env.store.clone(),
@@ -1741,11 +1826,17 @@ pub async fn serve(
     }
     let config = crate::frontdoor::server_config(host_key);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let reason = tokio::select! {
-        r = crate::frontdoor::serve(ctx.clone(), config, listener) => format!("listener failed: {r:?}"),
-        _ = tokio::signal::ctrl_c() => "interrupted".to_string(),
-        _ = sigterm.recv() => "terminated".to_string(),
+    // A listener that stops is a failure (non-zero exit, so the service manager restarts the
+    // node); a signal is a clean stop.
+    let (reason, failed) = tokio::select! {
+        r = crate::frontdoor::serve(ctx.clone(), config, listener) => (format!("SSH listener failed: {r:?}"), true),
+        r = web_serving => (format!("web listener failed: {r:?}"), true),
+        _ = tokio::signal::ctrl_c() => ("interrupted".to_string(), false),
+        _ = sigterm.recv() => ("terminated".to_string(), false),
     };
+    if failed {
+        tracing::error!(reason, "a listener stopped; shutting down");
+    }
     tracing::info!(reason, "shutting down");
     for live in ctx.live_sessions() {
         live.request_close("the broker is shutting down");
@@ -1761,5 +1852,35 @@ pub async fn serve(
         h.abort();
     }
     let _ = env.audit("serve.stop", json!({"reason": reason}));
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Writes what the front doors refused or throttled since the last time as one audit event per
+/// kind and interval: a flood is visible to the auditor without being able to fill the disk.
+async fn write_summaries(
+    ctx: Arc<crate::session::Ctx>,
+    web: Arc<approvals::web::WebState>,
+    web_admission: Arc<crate::admission::Admission>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for (event, tally) in [
+            ("frontdoor.refused", &ctx.admission.tally),
+            ("auth.throttled", &ctx.throttled),
+            ("web.refused", &web_admission.tally),
+            ("web.throttled", &web.throttled),
+        ] {
+            if let Some(mut fields) = tally.take() {
+                fields["interval_seconds"] = json!(every.as_secs());
+                ctx.audit(event, fields).await;
+            }
+        }
+    }
 }

@@ -44,6 +44,44 @@ pub struct Config {
     /// Environment variables a vendor may pass to the device (exact names, or prefixes ending in `*`).
     #[serde(default = "default_env_allow")]
     pub env_allow: Vec<String>,
+    /// How long a vendor connection may take to authenticate (both factors) before it is closed.
+    #[serde(default = "default_login_grace")]
+    pub login_grace: String,
+    /// Unauthenticated SSH connections in all, as OpenSSH's MaxStartups `start:rate:full`: from
+    /// `start` on, new ones are refused with a probability rising from `rate`% to 100% at `full`.
+    #[serde(default = "default_max_startups")]
+    pub max_startups: String,
+    /// Unauthenticated SSH connections from one source address (an IPv6 /64) at once.
+    #[serde(default = "default_per_source_max_startups")]
+    pub per_source_max_startups: usize,
+    /// Refuse for a while sources whose connections fail before the first factor, close without
+    /// trying, or idle past `login_grace` (as OpenSSH's PerSourcePenalties).
+    #[serde(default = "default_true")]
+    pub per_source_penalties: bool,
+    /// Sources (addresses or CIDR networks) never penalised or capped per source, e.g. a
+    /// monitoring probe or a NAT gateway many vendors share.
+    #[serde(default)]
+    pub penalty_exempt: Vec<String>,
+    /// Open connections to the web UI in all, and from one client address.
+    #[serde(default = "default_web_max_connections")]
+    pub web_max_connections: usize,
+    #[serde(default = "default_web_per_source_connections")]
+    pub web_per_source_connections: usize,
+    /// A web connection that moves no byte for this long is closed.
+    #[serde(default = "default_web_idle_timeout")]
+    pub web_idle_timeout: String,
+    /// Time a web client has to send a request's headers (and its first request).
+    #[serde(default = "default_web_header_timeout")]
+    pub web_header_timeout: String,
+    /// TLS-terminating proxies in front of the web UI (addresses or CIDR networks): for requests
+    /// from them, the client address is taken from `forwarded_header`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default = "default_forwarded_header")]
+    pub forwarded_header: String,
+    /// Refused and throttled attempts are written to the audit log as one summary per interval.
+    #[serde(default = "default_audit_summary_interval")]
+    pub audit_summary_interval: String,
 }
 
 fn default_node() -> String {
@@ -65,6 +103,36 @@ fn default_warn_before() -> String {
 fn default_request_wait() -> String {
     "10m".into()
 }
+fn default_login_grace() -> String {
+    "60s".into()
+}
+fn default_max_startups() -> String {
+    "100:30:1000".into()
+}
+fn default_per_source_max_startups() -> usize {
+    10
+}
+fn default_true() -> bool {
+    true
+}
+fn default_web_max_connections() -> usize {
+    1024
+}
+fn default_web_per_source_connections() -> usize {
+    64
+}
+fn default_web_idle_timeout() -> String {
+    "60s".into()
+}
+fn default_web_header_timeout() -> String {
+    "10s".into()
+}
+fn default_forwarded_header() -> String {
+    "X-Forwarded-For".into()
+}
+fn default_audit_summary_interval() -> String {
+    "60s".into()
+}
 fn default_env_allow() -> Vec<String> {
     vec!["LANG".into(), "LC_*".into(), "TZ".into()]
 }
@@ -82,7 +150,83 @@ impl Default for Config {
             web_tls_cert: None,
             web_tls_key: None,
             webhook_url: None,
+            login_grace: default_login_grace(),
+            max_startups: default_max_startups(),
+            per_source_max_startups: default_per_source_max_startups(),
+            per_source_penalties: true,
+            penalty_exempt: Vec::new(),
+            web_max_connections: default_web_max_connections(),
+            web_per_source_connections: default_web_per_source_connections(),
+            web_idle_timeout: default_web_idle_timeout(),
+            web_header_timeout: default_web_header_timeout(),
+            trusted_proxies: Vec::new(),
+            forwarded_header: default_forwarded_header(),
+            audit_summary_interval: default_audit_summary_interval(),
         }
+    }
+}
+
+/// The front doors' limits, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub warn_before: i64,
+    pub login_grace: std::time::Duration,
+    pub startups: crate::admission::Limits,
+    pub penalty_exempt: Vec<ipnet::IpNet>,
+    pub web_idle_timeout: std::time::Duration,
+    pub web_header_timeout: std::time::Duration,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub audit_summary_interval: std::time::Duration,
+}
+
+/// Parses an address or a CIDR network (`10.0.0.5`, `10.0.0.0/8`, `::1`).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("'{s}' is not an address or a CIDR network"))
+}
+
+impl Config {
+    /// Every limit and duration in the config, checked: a typo stops the broker at start.
+    pub fn limits(&self) -> std::result::Result<Limits, String> {
+        use approvals::time::parse_duration;
+        let secs = |name: &str, v: &str| {
+            parse_duration(v)
+                .map(|s| std::time::Duration::from_secs(s as u64))
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        let (start, rate, full) = crate::admission::Limits::parse_startups(&self.max_startups)
+            .map_err(|e| format!("max_startups: {e}"))?;
+        if self.per_source_max_startups == 0 {
+            return Err("per_source_max_startups must be at least 1".into());
+        }
+        if self.web_max_connections == 0 || self.web_per_source_connections == 0 {
+            return Err("web_max_connections and web_per_source_connections must be at least 1".into());
+        }
+        let nets = |name: &str, list: &[String]| {
+            list.iter()
+                .map(|n| parse_net(n).map_err(|e| format!("{name}: {e}")))
+                .collect::<std::result::Result<Vec<_>, String>>()
+        };
+        approvals::web::ClientAddress::new(Vec::new(), &self.forwarded_header)
+            .map_err(|e| format!("forwarded_header: {e}"))?;
+        Ok(Limits {
+            warn_before: parse_duration(&self.warn_before).map_err(|e| format!("warn_before: {e}"))?,
+            login_grace: secs("login_grace", &self.login_grace)?,
+            startups: crate::admission::Limits {
+                start,
+                rate,
+                full,
+                per_source: self.per_source_max_startups,
+                penalties: self.per_source_penalties,
+            },
+            penalty_exempt: nets("penalty_exempt", &self.penalty_exempt)?,
+            web_idle_timeout: secs("web_idle_timeout", &self.web_idle_timeout)?,
+            web_header_timeout: secs("web_header_timeout", &self.web_header_timeout)?,
+            trusted_proxies: nets("trusted_proxies", &self.trusted_proxies)?,
+            audit_summary_interval: secs("audit_summary_interval", &self.audit_summary_interval)?,
+        })
     }
 }
 
@@ -150,8 +294,8 @@ impl DataDir {
             .with_context(|| format!("reading {}", path.display()))?;
         let cfg: Config =
             toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
-        approvals::time::parse_duration(&cfg.warn_before)
-            .map_err(|e| anyhow::anyhow!("{}: warn_before: {e}", path.display()))?;
+        cfg.limits()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if cfg.web_tls_cert.is_some() != cfg.web_tls_key.is_some() {
             bail!(
                 "{}: set both web_tls_cert and web_tls_key for HTTPS, or neither",

@@ -755,6 +755,7 @@ async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result
         &paths.vendor_key().with_extension("pub"),
         now - 60,
         30 * 86_400,
+        crate::keys::Restrictions::default(),
     )
     .await?;
     env.audit(

@@ -2,9 +2,14 @@
 //! policy decision, and hands channels to the proxy.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use approvals::audit::bounded;
+use approvals::lockout::Subject;
 use approvals::time::now;
 use approvals::{AccessRequest, Decision, Deny};
 use russh::keys::ssh_key::certificate::CertType;
@@ -12,12 +17,28 @@ use russh::keys::{Certificate, PrivateKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, Response, Session};
 use russh::{Channel, ChannelOpenFailure, MethodKind, MethodSet};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
+use crate::admission::{Outcome, Ticket, accept_backoff};
 use crate::login::{self, Target};
 use crate::proxy;
-use crate::session::{Ctx, LiveSession, connection_ended};
+use crate::session::{Ctx, LiveSession, Permits, connection_ended};
+
+/// The longest SSH user name looked at: `VENDOR:SITE/DEVICE:FUNCTION` with 64-character parts
+/// fits easily. Longer names are refused before anything else happens.
+pub const MAX_USER: usize = 300;
+/// How much of a client-supplied name or reason goes into the audit log.
+const LOGGED: usize = 200;
+/// Failure reasons kept per connection for its summary event.
+const MAX_REASONS: usize = 16;
+/// Authentication callbacks one connection may make (each key offered is one) before it is
+/// dropped: every offer costs a database lookup.
+const MAX_AUTH_CALLS: u32 = 32;
+/// What the vendor is told when the control plane cannot be reached.
+pub const OUTAGE: &str =
+    "the broker cannot reach its control plane; try again shortly (this is an outage, not a refusal)";
 
 /// State shared between a connection's handler and the task that waits for it to end.
 #[derive(Default)]
@@ -27,17 +48,101 @@ struct ConnShared {
     /// What went wrong so far, for the audit event of a connection that never authenticates.
     failures: Mutex<Vec<String>>,
     last_user: Mutex<String>,
+    /// This connection's place among the unauthenticated ones (see [`crate::admission`]).
+    ticket: Mutex<Option<Ticket>>,
+    /// Opened when both factors passed; the login grace time no longer applies.
+    gate: Arc<Gate>,
+    /// Authentication callbacks so far.
+    auth_calls: AtomicU32,
 }
 
 impl ConnShared {
     fn fail(&self, reason: String) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(reason);
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if f.len() < MAX_REASONS {
+            f.push(bounded(&reason, LOGGED));
+        }
     }
     fn set_user(&self, user: &str) {
-        *self.last_user.lock().unwrap_or_else(|p| p.into_inner()) = user.to_owned();
+        *self.last_user.lock().unwrap_or_else(|p| p.into_inner()) = bounded(user, LOGGED);
+    }
+    fn outcome(&self, o: Outcome) {
+        if let Some(t) = self
+            .ticket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            t.set_outcome(o);
+        }
+    }
+}
+
+/// Whether a connection has authenticated, and whether its login grace time ran out first.
+#[derive(Default)]
+struct Gate {
+    authenticated: AtomicBool,
+    expired: AtomicBool,
+}
+
+/// The vendor's TCP stream, cut (every read and write fails) once the login grace time has run
+/// out before both factors passed. It works at the byte level, so it holds whatever state the
+/// SSH session is in: a client that never sends its version line, stalls the key exchange or
+/// sits at the TOTP prompt alike.
+struct GraceStream {
+    inner: TcpStream,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    gate: Arc<Gate>,
+}
+
+impl GraceStream {
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        if self.gate.authenticated.load(Ordering::Acquire) {
+            return None;
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.gate.expired.store(true, Ordering::Release);
+            return Some(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "login grace time exceeded",
+            ));
+        }
+        None
+    }
+}
+
+impl AsyncRead for GraceStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(e) = self.expired(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GraceStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(e) = self.expired(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -47,6 +152,7 @@ struct CertPassed {
     target: Target,
     key_id: String,
     serial: u64,
+    permits: Permits,
 }
 
 pub struct Conn {
@@ -56,6 +162,9 @@ pub struct Conn {
     denied: Option<Deny>,
     /// Why an allowed session could not start (recording, database): for the vendor's message.
     start_error: Option<String>,
+    /// The control plane could not be reached when deciding: an outage, not a denial.
+    outage: bool,
+    permits: Permits,
     /// The target, once both factors passed.
     target: Option<Target>,
     shared: Arc<ConnShared>,
@@ -91,23 +200,133 @@ impl Conn {
         self.peer.ip().to_string()
     }
 
-    /// Audits a failed step and remembers it; returns a plain rejection.
-    async fn reject(&mut self, event: &str, user: &str, reason: String) -> Auth {
+    /// A failure before the first factor passed (no certificate, a foreign or unissued one, a
+    /// malformed login): audited (bounded), counted against the *source* only, never against the
+    /// named vendor, so that a stranger cannot lock anyone out.
+    async fn refuse_first_factor(&mut self, event: &str, user: &str, reason: String) -> Auth {
+        let user = bounded(user, LOGGED);
+        let reason = bounded(&reason, LOGGED);
         warn!(peer = %self.peer, user, reason, "{event}");
         self.ctx
             .audit(event, json!({"user": user, "source": self.peer.to_string(), "outcome": "denied", "reason": reason}))
             .await;
-        if let Ok(t) = login::parse(user) {
-            self.ctx.limiter.failed(&t.vendor, &self.source());
-        }
+        self.ctx.source_limiter.failed(&self.source());
+        self.shared.outcome(Outcome::AuthFail);
         self.shared.fail(reason);
-        // Slows guessing (a TOTP code above all) on top of the rate limit.
         tokio::time::sleep(FAILURE_DELAY).await;
         Auth::reject()
     }
 
+    /// The source is over its limit of failures: counted into the periodic summary instead of
+    /// one audit event each, so that a flood cannot fill the disk.
+    async fn throttled(&mut self) -> Auth {
+        self.ctx
+            .throttled
+            .count("too many failed attempts from this address", self.peer.ip());
+        self.shared.outcome(Outcome::AuthFail);
+        self.shared
+            .fail("too many failed attempts from this address: try again later".into());
+        tokio::time::sleep(FAILURE_DELAY).await;
+        Auth::reject()
+    }
+
+    /// A wrong second factor after a verified certificate: counted against the vendor in the
+    /// database (shared by every node, exponential backoff), audited.
+    async fn refuse_second_factor(&mut self, user: &str, vendor: &str, reason: &str) {
+        let locked = self
+            .ctx
+            .store
+            .second_factor_failed(Subject::Vendor(vendor), now())
+            .await;
+        let locked_until = match &locked {
+            Ok(l) => l.map(approvals::time::fmt_time),
+            Err(e) => {
+                warn!(error = %e, "could not count a wrong TOTP code");
+                None
+            }
+        };
+        warn!(peer = %self.peer, user, reason, "auth.totp");
+        self.ctx
+            .audit("auth.totp", json!({"user": user, "source": self.peer.to_string(), "outcome": "denied", "reason": reason, "locked_until": locked_until}))
+            .await;
+        self.shared.outcome(Outcome::SecondFactorFail);
+        self.shared.fail(reason.to_owned());
+        tokio::time::sleep(FAILURE_DELAY).await;
+    }
+
+    /// The control plane failed during authentication: nothing is counted against anyone.
+    async fn outage_during_auth(&mut self, event: &str, user: &str, error: String) -> Auth {
+        warn!(peer = %self.peer, error, "{event}: control plane unavailable");
+        self.ctx
+            .audit(event, json!({"user": bounded(user, LOGGED), "source": self.peer.to_string(), "outcome": "error", "reason": format!("control plane unavailable: {}", bounded(&error, LOGGED))}))
+            .await;
+        self.shared.fail("control plane unavailable".into());
+        Auth::reject()
+    }
+
+    /// Counts an authentication callback; `false` once the connection has made too many.
+    fn count_call(&self) -> bool {
+        self.shared.auth_calls.fetch_add(1, Ordering::Relaxed) < MAX_AUTH_CALLS
+    }
+
     /// The checks russh leaves to us: CA, type, principal, critical options, vendor state.
-    async fn check_certificate(&self, target: &Target, cert: &Certificate) -> Result<(), String> {
+    async fn check_certificate(
+        &self,
+        target: &Target,
+        cert: &Certificate,
+    ) -> Result<(), CertRefusal> {
+        self.certificate_fields(target, cert)
+            .map_err(CertRefusal::Refused)?;
+        match self.ctx.store.vendor(&target.vendor).await {
+            Err(e) => return Err(CertRefusal::Outage(e.to_string())),
+            Ok(None) => {
+                return Err(CertRefusal::Refused(format!(
+                    "unknown vendor {}",
+                    target.vendor
+                )));
+            }
+            Ok(Some(v)) if v.is_disabled() => {
+                return Err(CertRefusal::Refused(format!(
+                    "vendor {} is disabled",
+                    target.vendor
+                )));
+            }
+            Ok(Some(v)) if v.contract_end.is_some_and(|end| now() >= end) => {
+                return Err(CertRefusal::Refused(format!(
+                    "the contract of vendor {} has ended",
+                    target.vendor
+                )));
+            }
+            Ok(Some(_)) => {}
+        }
+        // Only certificates the broker issued to this vendor (serial, key id and key as
+        // registered, not revoked): a CA key copied elsewhere cannot mint working certificates.
+        let fp = cert.public_key().fingerprint(russh::keys::HashAlg::Sha256).to_string();
+        let issued = self
+            .ctx
+            .store
+            .certificates_for_key(&fp)
+            .await
+            .map_err(|e| CertRefusal::Outage(e.to_string()))?;
+        let serial = cert.serial().to_string();
+        match issued
+            .iter()
+            .find(|c| c.serial == serial && c.vendor == target.vendor && c.key_id == cert.key_id())
+        {
+            None => Err(CertRefusal::Refused(format!(
+                "certificate serial {serial} (key id {}) was not issued by this broker to vendor {}",
+                bounded(cert.key_id(), 80),
+                target.vendor
+            ))),
+            Some(c) if c.revoked != 0 => Err(CertRefusal::Refused(format!(
+                "certificate serial {serial} has been revoked"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// What can be checked from the certificate alone: CA, type, principal, critical options.
+    fn certificate_fields(&self, target: &Target, cert: &Certificate) -> Result<(), String> {
         cert.validate([&self.ctx.ca]).map_err(|e| match e {
             russh::keys::ssh_key::Error::CertificateValidation => {
                 "certificate is not signed by a trusted vendor CA (or is outside its validity)"
@@ -150,21 +369,13 @@ impl Conn {
                 }
                 other => {
                     return Err(format!(
-                        "certificate has unsupported critical option {other}"
+                        "certificate has unsupported critical option {}",
+                        bounded(other, 64)
                     ));
                 }
             }
         }
-        match self.ctx.store.vendor(&target.vendor).await {
-            Err(e) => Err(format!("control plane unavailable: {e}")),
-            Ok(None) => Err(format!("unknown vendor {}", target.vendor)),
-            Ok(Some(v)) if v.is_disabled() => Err(format!("vendor {} is disabled", target.vendor)),
-            Ok(Some(v)) if v.contract_end.is_some_and(|end| now() >= end) => Err(format!(
-                "the contract of vendor {} has ended",
-                target.vendor
-            )),
-            Ok(Some(_)) => Ok(()),
-        }
+        Ok(())
     }
 
     /// After both factors: ask the policy and, if allowed, start the live session.
@@ -188,12 +399,10 @@ impl Conn {
         {
             Ok(facts) => approvals::decide(&req, &facts, now()),
             Err(e) => {
+                // An outage, not a denial: no request dialogue, and the vendor is told so.
                 warn!(error = %e, "policy facts unavailable");
-                self.denied = Some(Deny::NoGrant {
-                    site: target.site.clone(),
-                    function: target.function.clone(),
-                });
-                self.ctx.audit("session.denied", json!({"login": target.to_string(), "reason": format!("control plane unavailable: {e}")})).await;
+                self.outage = true;
+                self.ctx.audit("session.error", json!({"login": target.to_string(), "source": self.peer.to_string(), "reason": format!("control plane unavailable: {}", bounded(&e.to_string(), LOGGED))})).await;
                 return;
             }
         };
@@ -214,6 +423,7 @@ impl Conn {
             {
                 Ok(live) => {
                     info!(session = %live.id, login = %target, "session started");
+                    live.set_permits(self.permits);
                     *self.shared.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(live);
                 }
                 Err(e) => {
@@ -240,8 +450,12 @@ impl Conn {
     }
 
     fn refusal(&self) -> String {
+        if self.outage {
+            return OUTAGE.into();
+        }
         match (&self.denied, &self.start_error) {
             (Some(d), _) => d.to_string(),
+            (None, Some(e)) if e.starts_with("cannot register") => OUTAGE.into(),
             (None, Some(e)) if e.contains("recording") => {
                 "access denied: the broker cannot record sessions right now (storage full or failing); the operator has been told".into()
             }
@@ -253,7 +467,11 @@ impl Conn {
 impl russh::server::Handler for Conn {
     type Error = russh::Error;
 
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        if !self.count_call() {
+            return Err(russh::Error::Disconnect);
+        }
+        self.shared.set_user(user);
         Ok(Auth::Reject {
             proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
             partial_success: false,
@@ -265,11 +483,20 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        if !self.count_call() {
+            return Err(russh::Error::Disconnect);
+        }
+        self.shared.set_user(user);
+        if user.len() > MAX_USER {
+            self.shared
+                .fail(format!("user name of {} bytes refused", user.len()));
+            self.shared.outcome(Outcome::AuthFail);
+            return Ok(Auth::reject());
+        }
         // Plain keys are never enough; note why for the connection's failure summary. OpenSSH
         // offers the bare key after russh silently refused its expired certificate, so the
         // registry of issued certificates can name that reason.
         let fp = crate::keys::fingerprint(key.public_key);
-        self.shared.set_user(user);
         let reason = match self.ctx.store.certificates_for_key(&fp).await {
             Ok(certs) if !certs.is_empty() => {
                 let t = now();
@@ -303,23 +530,33 @@ impl russh::server::Handler for Conn {
         user: &str,
         cert: &Certificate,
     ) -> Result<Auth, Self::Error> {
+        if !self.count_call() {
+            return Err(russh::Error::Disconnect);
+        }
         self.cert = None;
         self.shared.set_user(user);
+        // Refused before anything else: no parsing, no lookup, a bounded audit entry.
+        if user.len() > MAX_USER {
+            let reason = format!("user name of {} bytes is too long", user.len());
+            return Ok(self.refuse_first_factor("auth.certificate", user, reason).await);
+        }
+        if !self.ctx.source_limiter.allowed(&self.source()) {
+            return Ok(self.throttled().await);
+        }
         let target = match login::parse(user) {
             Ok(t) => t,
-            Err(e) => return Ok(self.reject("auth.certificate", user, e).await),
+            Err(e) => return Ok(self.refuse_first_factor("auth.certificate", user, e).await),
         };
-        if !self.ctx.limiter.allowed(&target.vendor, &self.source()) {
-            return Ok(self
-                .reject(
-                    "auth.certificate",
-                    user,
-                    "too many failed attempts: try again later".into(),
-                )
-                .await);
-        }
-        if let Err(reason) = self.check_certificate(&target, cert).await {
-            return Ok(self.reject("auth.certificate", user, reason).await);
+        match self.check_certificate(&target, cert).await {
+            Ok(()) => {}
+            Err(CertRefusal::Refused(reason)) => {
+                return Ok(self
+                    .refuse_first_factor("auth.certificate", user, reason)
+                    .await);
+            }
+            Err(CertRefusal::Outage(e)) => {
+                return Ok(self.outage_during_auth("auth.certificate", user, e).await);
+            }
         }
         let (key_id, serial) = (cert.key_id().to_owned(), cert.serial());
         if !self
@@ -334,6 +571,7 @@ impl russh::server::Handler for Conn {
             target,
             key_id,
             serial,
+            permits: Permits::of(cert),
         });
         Ok(Auth::Reject {
             proceed_with_methods: Some(ki_only()),
@@ -347,12 +585,19 @@ impl russh::server::Handler for Conn {
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        if !self.count_call() {
+            return Err(russh::Error::Disconnect);
+        }
         // russh does not enforce the method order: only a connection whose certificate passed for
         // this very user name may answer the TOTP prompt.
         let Some(passed) = self.cert.as_ref().filter(|c| c.user == user) else {
             self.cert = None;
+            self.shared.set_user(user);
+            if !self.ctx.source_limiter.allowed(&self.source()) {
+                return Ok(self.throttled().await);
+            }
             return Ok(self
-                .reject(
+                .refuse_first_factor(
                     "auth.totp",
                     user,
                     "keyboard-interactive without a valid certificate first".into(),
@@ -369,50 +614,71 @@ impl russh::server::Handler for Conn {
         let (vendor, target) = (passed.target.vendor.clone(), passed.target.clone());
         let key_id = passed.key_id.clone();
         let serial = passed.serial;
-        if !self.ctx.limiter.allowed(&vendor, &self.source()) {
-            self.cert = None;
-            return Ok(self
-                .reject(
-                    "auth.totp",
-                    user,
-                    "too many failed attempts: try again later".into(),
-                )
-                .await);
+        let permits = passed.permits;
+        let t = now();
+        // The vendor's backoff after wrong codes, shared by every node: while locked, no code is
+        // even looked at.
+        match self
+            .ctx
+            .store
+            .second_factor_locked(Subject::Vendor(&vendor), t)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(until)) => {
+                self.cert = None;
+                let reason = format!(
+                    "too many wrong TOTP codes: locked until {}",
+                    approvals::time::fmt_time(until)
+                );
+                warn!(peer = %self.peer, user, reason, "auth.totp");
+                self.ctx
+                    .audit("auth.totp", json!({"user": user, "source": self.peer.to_string(), "outcome": "denied", "reason": reason}))
+                    .await;
+                self.shared.outcome(Outcome::SecondFactorFail);
+                self.shared.fail(reason);
+                tokio::time::sleep(FAILURE_DELAY).await;
+                return Ok(Auth::reject());
+            }
+            Err(e) => return Ok(self.outage_during_auth("auth.totp", user, e.to_string()).await),
         }
         let secret = match self.ctx.store.vendor(&vendor).await {
             Ok(Some(v)) => v.totp_secret,
             Ok(None) => {
                 return Ok(self
-                    .reject("auth.totp", user, format!("unknown vendor {vendor}"))
+                    .refuse_first_factor("auth.totp", user, format!("unknown vendor {vendor}"))
                     .await);
             }
-            Err(e) => {
-                return Ok(self
-                    .reject("auth.totp", user, format!("control plane unavailable: {e}"))
-                    .await);
-            }
+            Err(e) => return Ok(self.outage_during_auth("auth.totp", user, e.to_string()).await),
         };
-        let step = match approvals::totp::check(&secret, &code, now() as u64) {
+        let step = match approvals::totp::check(&secret, &code, t as u64) {
             Ok(Some(step)) => step,
             Ok(None) => {
-                self.reject("auth.totp", user, "wrong TOTP code".into())
+                self.refuse_second_factor(user, &vendor, "wrong TOTP code")
                     .await;
                 return Ok(retry_totp());
             }
-            Err(e) => return Ok(self.reject("auth.totp", user, e).await),
+            Err(e) => {
+                warn!(vendor, error = %e, "TOTP secret unreadable");
+                return Ok(self.outage_during_auth("auth.totp", user, e).await);
+            }
         };
         match self.ctx.store.consume_totp_step(&vendor, step as i64).await {
             Ok(true) => {}
             Ok(false) => {
-                self.reject("auth.totp", user, "TOTP code already used (replay)".into())
+                self.refuse_second_factor(user, &vendor, "TOTP code already used (replay)")
                     .await;
                 return Ok(retry_totp());
             }
-            Err(e) => {
-                return Ok(self
-                    .reject("auth.totp", user, format!("control plane unavailable: {e}"))
-                    .await);
-            }
+            Err(e) => return Ok(self.outage_during_auth("auth.totp", user, e.to_string()).await),
+        }
+        if let Err(e) = self
+            .ctx
+            .store
+            .second_factor_passed(Subject::Vendor(&vendor))
+            .await
+        {
+            return Ok(self.outage_during_auth("auth.totp", user, e.to_string()).await);
         }
         let ok = self
             .ctx
@@ -421,11 +687,22 @@ impl russh::server::Handler for Conn {
         if !ok {
             return Ok(Auth::reject());
         }
+        self.permits = permits;
         *self
             .shared
             .authenticated
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(target.to_string());
+        self.shared.gate.authenticated.store(true, Ordering::Release);
+        if let Some(t) = self
+            .shared
+            .ticket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            t.authenticated();
+        }
         Ok(Auth::Accept)
     }
 
@@ -477,11 +754,12 @@ impl russh::server::Handler for Conn {
         {
             // No grant for a named function: offer to file a request from this terminal.
             reply.accept().await;
-            let (ctx, shared, refusal, source) = (
+            let (ctx, shared, refusal, source, permits) = (
                 self.ctx.clone(),
                 self.shared.clone(),
                 self.refusal(),
                 self.peer.to_string(),
+                self.permits,
             );
             tokio::spawn(crate::request_flow::offer(
                 ctx,
@@ -491,6 +769,7 @@ impl russh::server::Handler for Conn {
                 handle,
                 source,
                 move |live| {
+                    live.set_permits(permits);
                     *shared.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(live);
                 },
             ));
@@ -555,9 +834,16 @@ impl russh::server::Handler for Conn {
         // Forwards reach services on the device itself, never a third host.
         let local = matches!(host, "localhost" | "127.0.0.1" | "::1") || host == live.target.device;
         let verdict = match (local, u16::try_from(port)) {
+            // As sshd: a certificate without permit-port-forwarding forwards nothing.
+            _ if !live.permits().port_forwarding => {
+                let refusal = "port forwarding is not permitted by your certificate (no permit-port-forwarding)".to_string();
+                proxy::audited_answer(&self.ctx, &live, &kind, Some(refusal)).await
+            }
             (false, _) => {
-                let refusal =
-                    format!("forward target {host} is not the device: use localhost:{port}");
+                let refusal = format!(
+                    "forward target {} is not the device: use localhost:{port}",
+                    bounded(host, 80)
+                );
                 proxy::audited_answer(&self.ctx, &live, &kind, Some(refusal)).await
             }
             (true, Ok(p)) => proxy::allowed(&self.ctx, &live, approvals::Channel::Forward(p)).await,
@@ -673,14 +959,45 @@ pub fn server_config(host_key: PrivateKey) -> Arc<russh::server::Config> {
     })
 }
 
-/// Accepts vendor connections until the listener fails.
+/// Why a certificate was not accepted.
+enum CertRefusal {
+    Refused(String),
+    /// The control plane could not be asked: nothing is counted against anyone.
+    Outage(String),
+}
+
+/// Accepts vendor connections for as long as the broker runs. A failing `accept` (descriptors
+/// exhausted, the kernel short of memory) is retried with backoff, never the end of the loop:
+/// live sessions must not die because a flood used up the descriptors for a moment.
 pub async fn serve(
     ctx: Arc<Ctx>,
     config: Arc<russh::server::Config>,
     listener: TcpListener,
 ) -> std::io::Result<()> {
+    let mut failures: u32 = 0;
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => {
+                failures = 0;
+                s
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait = accept_backoff(failures);
+                if failures == 1 || failures.is_power_of_two() {
+                    warn!(error = %e, failures, "accepting a vendor connection failed; retrying");
+                }
+                ctx.throttled
+                    .count("accept failed (descriptors or memory exhausted)", std::net::IpAddr::from([0, 0, 0, 0]));
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        let ticket = match ctx.admission.admit(peer.ip()) {
+            Ok(t) => t,
+            // Refused at the door: closed at once, counted into the periodic summary.
+            Err(_) => continue,
+        };
         // A vanished vendor (laptop closed, network gone) is noticed within about two minutes.
         let keepalive = socket2::TcpKeepalive::new()
             .with_time(Duration::from_secs(60))
@@ -692,13 +1009,25 @@ pub async fn serve(
         let ctx = ctx.clone();
         let config = config.clone();
         tokio::spawn(async move {
-            let shared = Arc::new(ConnShared::default());
+            let gate = Arc::new(Gate::default());
+            let shared = Arc::new(ConnShared {
+                ticket: Mutex::new(Some(ticket)),
+                gate: gate.clone(),
+                ..Default::default()
+            });
+            let stream = GraceStream {
+                inner: stream,
+                deadline: Box::pin(tokio::time::sleep(ctx.login_grace)),
+                gate: gate.clone(),
+            };
             let conn = Conn {
                 ctx: ctx.clone(),
                 peer,
                 cert: None,
                 denied: None,
                 start_error: None,
+                outage: false,
+                permits: Permits::NONE,
                 target: None,
                 shared: shared.clone(),
             };
@@ -710,11 +1039,13 @@ pub async fn serve(
                 info!(peer = %peer, error = %e, "connection ended with an error");
             }
             let live = shared.live.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let authenticated = shared
-                .authenticated
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some();
+            let authenticated = gate.authenticated.load(Ordering::Acquire);
+            let expired = gate.expired.load(Ordering::Acquire);
+            if expired {
+                shared.outcome(Outcome::GraceExceeded);
+            }
+            // Settles the source's penalty and frees its place.
+            drop(shared.ticket.lock().unwrap_or_else(|p| p.into_inner()).take());
             if !authenticated {
                 let reasons =
                     std::mem::take(&mut *shared.failures.lock().unwrap_or_else(|p| p.into_inner()));
@@ -723,16 +1054,28 @@ pub async fn serve(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
-                let reasons = if reasons.is_empty() {
-                    vec!["closed before authenticating".to_string()]
+                if reasons.is_empty() && user.is_empty() {
+                    // Never named anyone (a scanner, a flood of idle connections): counted, not
+                    // logged one by one.
+                    let why = if expired {
+                        "login grace time exceeded before authenticating"
+                    } else {
+                        "closed before authenticating"
+                    };
+                    ctx.throttled.count(why, peer.ip());
                 } else {
-                    reasons
-                };
-                ctx.audit(
-                    "auth.failed",
-                    json!({"user": user, "source": peer.to_string(), "reasons": reasons}),
-                )
-                .await;
+                    let mut reasons = reasons;
+                    if expired {
+                        reasons.push("login grace time exceeded".into());
+                    } else if reasons.is_empty() {
+                        reasons.push("closed before authenticating".into());
+                    }
+                    ctx.audit(
+                        "auth.failed",
+                        json!({"user": user, "source": peer.to_string(), "reasons": reasons}),
+                    )
+                    .await;
+                }
             }
             connection_ended(live).await;
         });

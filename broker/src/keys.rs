@@ -80,6 +80,15 @@ pub struct IssuedCert {
     pub key_id: String,
 }
 
+/// What a certificate withholds, as OpenSSH's `ssh-keygen -O no-pty` etc. The broker honours
+/// the certificate's extensions as sshd does: no terminal without `permit-pty`, no `ssh -L`
+/// without `permit-port-forwarding`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Restrictions {
+    pub no_pty: bool,
+    pub no_port_forwarding: bool,
+}
+
 /// Signs an OpenSSH user certificate for `vendor` with the vendor CA.
 pub fn sign_user_cert(
     ca: &PrivateKey,
@@ -87,6 +96,7 @@ pub fn sign_user_cert(
     vendor: &str,
     valid_after: u64,
     valid_before: u64,
+    restrict: Restrictions,
 ) -> Result<IssuedCert> {
     if valid_before <= valid_after {
         bail!("certificate validity must be positive");
@@ -105,9 +115,15 @@ pub fn sign_user_cert(
         .and_then(|b| b.cert_type(CertType::User))
         .and_then(|b| b.key_id(key_id.clone()))
         .and_then(|b| b.valid_principal(vendor))
-        .and_then(|b| b.extension("permit-pty", ""))
-        .and_then(|b| b.extension("permit-port-forwarding", ""))
         .map_err(|e| anyhow!("certificate: {e}"))?;
+    if !restrict.no_pty {
+        b.extension("permit-pty", "")
+            .map_err(|e| anyhow!("certificate: {e}"))?;
+    }
+    if !restrict.no_port_forwarding {
+        b.extension("permit-port-forwarding", "")
+            .map_err(|e| anyhow!("certificate: {e}"))?;
+    }
     let cert = b
         .sign(ca)
         .map_err(|e| anyhow!("signing certificate: {e}"))?;

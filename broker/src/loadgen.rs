@@ -83,14 +83,28 @@ pub async fn run(
             )
             .await?;
         let key = keys::generate_ed25519(&name)?;
-        let cert = keys::sign_user_cert(
+        let issued = keys::sign_user_cert(
             &ca,
             key.public_key(),
             &name,
             (t - 60) as u64,
             (t + 7200) as u64,
-        )?
-        .cert;
+            keys::Restrictions::default(),
+        )?;
+        // The broker accepts only certificates in its registry of issued ones.
+        env.store
+            .record_certificate(&approvals::IssuedCertificate {
+                serial: issued.serial.to_string(),
+                vendor: name.clone(),
+                key_id: issued.key_id.clone(),
+                key_fingerprint: keys::fingerprint(key.public_key()),
+                valid_after: t - 60,
+                valid_before: t + 7200,
+                revoked: 0,
+                created: t,
+            })
+            .await?;
+        let cert = issued.cert;
         vendors.push((name, secret, Arc::new(key), cert));
     }
     let config = Arc::new(client::Config {

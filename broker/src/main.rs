@@ -1,5 +1,6 @@
 //! `postern`: the broker binary and the operator CLI.
 
+mod admission;
 mod cli;
 mod config;
 mod devicesim;
@@ -246,6 +247,12 @@ pub enum VendorAction {
         /// Start of validity (default: now, less a minute for clock skew).
         #[arg(long, allow_hyphen_values = true)]
         from: Option<String>,
+        /// Leave out `permit-pty`: no terminal (exec, sftp and scp only).
+        #[arg(long)]
+        no_pty: bool,
+        /// Leave out `permit-port-forwarding`: no `ssh -L`.
+        #[arg(long)]
+        no_port_forwarding: bool,
     },
     /// Disable a vendor: revokes their grants and closes their live sessions.
     Disable {

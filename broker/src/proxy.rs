@@ -25,8 +25,22 @@ enum Content {
     Unknown,
     /// Terminal or command I/O: recorded in full.
     Terminal,
-    /// File transfer (sftp, scp): byte counts only.
+    /// File transfer (sftp, scp): recorded in full as transfer bytes (not shown as terminal
+    /// output), plus each file's path, size and hash.
     Transfer,
+}
+
+impl Content {
+    /// The record kind for bytes of `terminal` kind (input or output) on this channel: every
+    /// channel's bytes are recorded, a transfer's as transfer bytes.
+    fn kind(self, terminal: Kind) -> Option<Kind> {
+        match (self, terminal) {
+            (Content::Unknown, _) => None,
+            (Content::Terminal, k) => Some(k),
+            (Content::Transfer, Kind::Input) => Some(Kind::TransferIn),
+            (Content::Transfer, _) => Some(Kind::TransferOut),
+        }
+    }
 }
 
 /// Asks the policy whether this channel kind may be opened now; audits the answer.
@@ -183,6 +197,8 @@ pub async fn session_channel(
     let mut transfers = Transfers::None;
     let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
     let mut failed_record = None;
+    // A legacy scp exec, until the device's first byte proves it is an scp server.
+    let mut scp_unproven: Option<crate::transfer::ScpInvocation> = None;
     let _ = rec.json(Kind::ChannelOpen, ch, &json!({"type": "session"}));
     loop {
         tokio::select! {
@@ -197,7 +213,7 @@ pub async fn session_channel(
                     ChannelMsg::Data { data } => {
                         bytes_in += data.len() as u64;
                         record_transfers(&ctx, &live, ch, transfers.vendor_sent(&data)).await;
-                        if content == Content::Terminal && let Err(e) = rec.bytes(Kind::Input, ch, &data) {
+                        if let Some(kind) = content.kind(Kind::Input) && let Err(e) = rec.bytes(kind, ch, &data) {
                             failed_record = Some(e);
                             break;
                         }
@@ -205,6 +221,14 @@ pub async fn session_channel(
                     }
                     ChannelMsg::Eof => { let _ = uch.eof().await; }
                     ChannelMsg::Close => { let _ = uch.close().await; break }
+                    ChannelMsg::RequestPty { .. } if !live.permits().pty => {
+                        // As sshd: no terminal for a certificate without permit-pty. The channel
+                        // goes on without one (OpenSSH says "PTY allocation request failed").
+                        let _ = audited_answer(&ctx, &live, "pty", Some("a terminal is not permitted by your certificate (no permit-pty)".into())).await;
+                        if owed {
+                            let _ = handle.channel_failure(id).await;
+                        }
+                    }
                     ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. } => {
                         let _ = rec.json(Kind::Resize, ch, &json!({"cols": col_width, "rows": row_height, "term": term}));
                         live.mark_interactive(id);
@@ -229,15 +253,20 @@ pub async fn session_channel(
                     }
                     ChannelMsg::Exec { command, .. } => {
                         let line = String::from_utf8_lossy(&command).into_owned();
-                        let is_scp = line.trim_start().starts_with("scp ");
-                        let kind = if is_scp { Kind2::Sftp } else { Kind2::Exec };
-                        let _ = rec.json(Kind::Exec, ch, &json!({"command": line, "transfer": is_scp}));
+                        // A file transfer only if the line is exactly an scp server invocation;
+                        // anything else is an exec, allowed or refused as one.
+                        let scp = crate::transfer::ScpInvocation::parse(&line);
+                        let kind = if scp.is_some() { Kind2::Sftp } else { Kind2::Exec };
+                        let _ = rec.json(Kind::Exec, ch, &json!({"command": line, "transfer": scp.is_some()}));
                         if let Err(reason) = allowed(&ctx, &live, kind).await {
                             refuse(&handle, id, &reason).await;
                             break;
                         }
-                        content = if is_scp { Content::Transfer } else { Content::Terminal };
-                        if let Some(t) = crate::transfer::ScpTracker::for_command(&line) { transfers = Transfers::Scp(t); }
+                        content = if scp.is_some() { Content::Transfer } else { Content::Terminal };
+                        if let Some(inv) = &scp {
+                            transfers = Transfers::Scp(crate::transfer::ScpTracker::new(inv));
+                        }
+                        scp_unproven = scp;
                         if uch.exec(true, command).await.is_err() { break }
                         pending.push_back(("exec", owed));
                     }
@@ -275,8 +304,16 @@ pub async fn session_channel(
                 match msg {
                     ChannelMsg::Data { data } => {
                         bytes_out += data.len() as u64;
+                        if let Some(inv) = scp_unproven.take_if(|_| !data.is_empty()) && !inv.answers_like_scp(data[0]) {
+                            // Whatever runs on the device is not an scp server: stop before a
+                            // byte of it reaches the vendor.
+                            let _ = rec.bytes(Kind::TransferOut, ch, &data);
+                            let _ = audited_answer(&ctx, &live, "sftp", Some("the device did not answer as an scp server; closing the channel".into())).await;
+                            refuse(&handle, id, "the device did not answer as an scp server").await;
+                            break;
+                        }
                         record_transfers(&ctx, &live, ch, transfers.device_sent(&data)).await;
-                        if content == Content::Terminal && let Err(e) = rec.bytes(Kind::Output, ch, &data) {
+                        if let Some(kind) = content.kind(Kind::Output) && let Err(e) = rec.bytes(kind, ch, &data) {
                             failed_record = Some(e);
                             break;
                         }
@@ -284,7 +321,7 @@ pub async fn session_channel(
                     }
                     ChannelMsg::ExtendedData { data, ext } => {
                         bytes_out += data.len() as u64;
-                        if content == Content::Terminal && let Err(e) = rec.bytes(Kind::Stderr, ch, &data) {
+                        if content != Content::Unknown && let Err(e) = rec.bytes(Kind::Stderr, ch, &data) {
                             failed_record = Some(e);
                             break;
                         }

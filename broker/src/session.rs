@@ -35,7 +35,14 @@ pub struct Ctx {
     /// How long a vendor's connection waits for an approver's decision on a request.
     pub request_wait: Duration,
     pub env_allow: Vec<String>,
-    pub limiter: approvals::ratelimit::RateLimiter,
+    /// Failed attempts before the first factor, per source address (this node).
+    pub source_limiter: approvals::ratelimit::RateLimiter,
+    /// Unauthenticated connections: caps and penalties (see [`crate::admission`]).
+    pub admission: Arc<crate::admission::Admission>,
+    /// How long a connection may take to authenticate.
+    pub login_grace: Duration,
+    /// Throttled and silent connections, summarised into the audit log per interval.
+    pub throttled: approvals::audit::Tally,
     pub upstream_config: Arc<russh::client::Config>,
     pub notifier: approvals::Notifier,
     pub live: Mutex<HashMap<String, Arc<LiveSession>>>,
@@ -63,6 +70,30 @@ impl Ctx {
     }
 }
 
+/// What the vendor's certificate permits, as OpenSSH's extensions say (`permit-pty`,
+/// `permit-port-forwarding`); sshd's rules: without the extension, no terminal or no forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permits {
+    pub pty: bool,
+    pub port_forwarding: bool,
+}
+
+impl Permits {
+    /// Nothing beyond exec, shell without a terminal, and sftp.
+    pub const NONE: Permits = Permits {
+        pty: false,
+        port_forwarding: false,
+    };
+
+    pub fn of(cert: &russh::keys::Certificate) -> Permits {
+        let ext = cert.extensions();
+        Permits {
+            pty: ext.contains_key("permit-pty"),
+            port_forwarding: ext.contains_key("permit-port-forwarding"),
+        }
+    }
+}
+
 pub struct LiveSession {
     pub id: String,
     pub target: Target,
@@ -81,6 +112,8 @@ pub struct LiveSession {
     /// Tells channel tasks to stop forwarding while keeping their channels open (dropping a
     /// channel closes it, and the vendor's client would exit before hearing why).
     stop: tokio::sync::watch::Sender<bool>,
+    /// Set once by the front door from the vendor's certificate; unset means nothing permitted.
+    permits: std::sync::OnceLock<Permits>,
 }
 
 impl LiveSession {
@@ -158,6 +191,7 @@ impl LiveSession {
             close_tx,
             closed: AtomicBool::new(false),
             stop: tokio::sync::watch::Sender::new(false),
+            permits: std::sync::OnceLock::new(),
         });
         ctx.live
             .lock()
@@ -176,6 +210,16 @@ impl LiveSession {
             function: Some(self.function.clone()),
             channel,
         }
+    }
+
+    /// Records what the vendor's certificate permits (once; later calls change nothing).
+    pub fn set_permits(&self, p: Permits) {
+        let _ = self.permits.set(p);
+    }
+
+    /// What the vendor's certificate permits; nothing if the front door never said.
+    pub fn permits(&self) -> Permits {
+        self.permits.get().copied().unwrap_or(Permits::NONE)
     }
 
     /// Asks the supervisor to close the session; safe to call from anywhere, any number of times.

@@ -231,6 +231,66 @@ impl SftpTracker {
     }
 }
 
+/// A legacy scp server invocation exactly as OpenSSH's `scp -O` sends it:
+/// `scp [-v] [-r] [-p] [-d] -t|-f [--] PATH`, where PATH is plain (letters, digits and
+/// `/._-~+,@%=:` plus the glob characters `*?[]`) or single-quoted. Anything else on the line
+/// (a `;`, a `$(...)`, a redirection, a second command) makes it an ordinary exec: a command is
+/// never classified as a file transfer by what it starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScpInvocation {
+    /// `-t`: the device receives (an upload); `-f`: the device sends (a download).
+    pub upload: bool,
+    pub path: String,
+}
+
+impl ScpInvocation {
+    pub fn parse(line: &str) -> Option<ScpInvocation> {
+        let mut rest = line.strip_prefix("scp ")?;
+        let upload = loop {
+            let (word, after) = rest.split_once(' ')?;
+            rest = after;
+            match word {
+                "-v" | "-r" | "-p" | "-d" => continue,
+                "-t" => break true,
+                "-f" => break false,
+                _ => return None,
+            }
+        };
+        let (path, dashes) = match rest.strip_prefix("-- ") {
+            Some(p) => (p, true),
+            None => (rest, false),
+        };
+        let plain = |c: char| {
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    '/' | '.' | '_' | '-' | '~' | '+' | ',' | '@' | '%' | '=' | ':' | '*' | '?' | '[' | ']'
+                )
+        };
+        let ok = if let Some(inner) = path.strip_prefix('\'').and_then(|p| p.strip_suffix('\'')) {
+            // Single quotes make everything inside literal to the device's shell.
+            !inner.is_empty() && !inner.contains('\'') && !inner.chars().any(char::is_control)
+        } else {
+            !path.is_empty() && path.chars().all(plain) && (dashes || !path.starts_with('-'))
+        };
+        ok.then(|| ScpInvocation {
+            upload,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Whether `first`, the first byte the device sent, is what an scp server in this mode sends
+    /// first: a sink (`-t`) says ready (`\0`) or an error (`\1`, `\2`); a source (`-f`) starts
+    /// a file (`C`), a directory (`D`), times (`T`) or an error.
+    pub fn answers_like_scp(&self, first: u8) -> bool {
+        if self.upload {
+            matches!(first, 0 | 1 | 2)
+        } else {
+            matches!(first, b'C' | b'D' | b'T' | 1 | 2)
+        }
+    }
+}
+
 /// Follows the legacy scp protocol in the direction that carries files (`C<mode> <size> <name>`
 /// then `size` bytes then a zero byte).
 pub struct ScpTracker {
@@ -243,26 +303,21 @@ pub struct ScpTracker {
 
 impl ScpTracker {
     /// `command` is the exec line (`scp -t PATH` receives an upload, `scp -f PATH` sends a download).
+    #[cfg(test)]
     pub fn for_command(command: &str) -> Option<ScpTracker> {
-        let words: Vec<&str> = command.split_whitespace().collect();
-        if words.first() != Some(&"scp") {
-            return None;
-        }
-        let direction = if words.contains(&"-t") {
-            "upload"
-        } else if words.contains(&"-f") {
-            "download"
-        } else {
-            return None;
-        };
-        let base = words.last().map(|s| s.to_string()).unwrap_or_default();
-        Some(ScpTracker {
+        ScpInvocation::parse(command).map(|i| ScpTracker::new(&i))
+    }
+
+    pub fn new(inv: &ScpInvocation) -> ScpTracker {
+        let direction = if inv.upload { "upload" } else { "download" };
+        let base = inv.path.trim_matches('\'').to_owned();
+        ScpTracker {
             direction,
             base,
             line: Vec::new(),
             current: None,
             broken: false,
-        })
+        }
     }
 
     pub fn is_upload(&self) -> bool {
@@ -408,6 +463,7 @@ mod tests {
     #[test]
     fn scp_upload_and_download() {
         let mut up = ScpTracker::for_command("scp -t /tmp/").unwrap();
+        assert!(ScpTracker::for_command("scp -t /tmp/; id").is_none());
         let mut out = up.push(b"C0644 5 a.txt\nhel");
         out.extend(up.push(b"lo\0"));
         assert_eq!(
@@ -425,5 +481,46 @@ mod tests {
             ("download", "/etc/hostname", 3)
         );
         assert!(ScpTracker::for_command("ls -la").is_none());
+    }
+
+    #[test]
+    fn scp_is_recognised_only_exactly() {
+        for (line, upload, path) in [
+            ("scp -t /tmp/", true, "/tmp/"),
+            ("scp -v -r -p -d -t -- -odd", true, "-odd"),
+            ("scp -f /etc/hostname", false, "/etc/hostname"),
+            ("scp -p -f /var/log/*.log", false, "/var/log/*.log"),
+            ("scp -t 'with space/x'", true, "'with space/x'"),
+        ] {
+            let i = ScpInvocation::parse(line).unwrap_or_else(|| panic!("{line}"));
+            assert_eq!((i.upload, i.path.as_str()), (upload, path), "{line}");
+        }
+        for evil in [
+            "scp 2>/dev/null; exec bash -i",
+            "scp -t /tmp; bash -i",
+            "scp -t /tmp && id",
+            "scp -t $(id)",
+            "scp -t `id`",
+            "scp -t /tmp|sh",
+            "scp -t /tmp >x",
+            "scp -t 'a'b'",
+            "scp -t 'a\nb'",
+            "scp -t\t/tmp",
+            "scp -x -t /tmp",
+            "scp -t -f",
+            "scp -t",
+            "scp -t ",
+            "scp  -t /tmp",
+            "scp -t /tmp\nid",
+            "scp -r /tmp",
+            " scp -t /tmp",
+            "scp -t /a /b",
+        ] {
+            assert!(ScpInvocation::parse(evil).is_none(), "{evil:?} must not count as scp");
+        }
+        let up = ScpInvocation::parse("scp -t /tmp").unwrap();
+        assert!(up.answers_like_scp(0) && !up.answers_like_scp(b'$'));
+        let down = ScpInvocation::parse("scp -f /x").unwrap();
+        assert!(down.answers_like_scp(b'C') && !down.answers_like_scp(0) && !down.answers_like_scp(b'b'));
     }
 }

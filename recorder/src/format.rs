@@ -58,6 +58,10 @@ pub enum Kind {
     Audit,
     /// JSON: the broker's signature over every record before it. Last record of a sealed file.
     Seal,
+    /// Bytes the vendor sent on a file-transfer channel (sftp, scp): evidence, not terminal output.
+    TransferIn,
+    /// Bytes the device sent on a file-transfer channel.
+    TransferOut,
 }
 
 impl Kind {
@@ -76,6 +80,8 @@ impl Kind {
             Kind::SessionEnd => 11,
             Kind::Audit => 12,
             Kind::Seal => 13,
+            Kind::TransferIn => 14,
+            Kind::TransferOut => 15,
         }
     }
 
@@ -94,6 +100,8 @@ impl Kind {
             11 => Kind::SessionEnd,
             12 => Kind::Audit,
             13 => Kind::Seal,
+            14 => Kind::TransferIn,
+            15 => Kind::TransferOut,
             _ => return None,
         })
     }

@@ -366,7 +366,10 @@ pub fn verify<R: BufRead>(input: R) -> Result<VerifyReport, ReadError> {
                 }
                 // Keep payloads of the kinds a caller inspects at the end; not terminal data.
                 report.last = Some(
-                    if matches!(r.kind, Kind::Output | Kind::Input | Kind::Stderr) {
+                    if matches!(
+                        r.kind,
+                        Kind::Output | Kind::Input | Kind::Stderr | Kind::TransferIn | Kind::TransferOut
+                    ) {
                         Record {
                             payload: Vec::new(),
                             ..r

@@ -36,6 +36,10 @@ use crate::store::Store;
 pub const SESSION_COOKIE: &str = "postern_session";
 /// The cookie that carries the sign-in form's CSRF token (before there is a session).
 pub const LOGIN_COOKIE: &str = "postern_login";
+/// The largest request body accepted (every form fits easily).
+pub const MAX_BODY: usize = 16 * 1024;
+/// The longest approver name looked at; longer names are refused before anything else.
+pub const MAX_NAME: usize = 64;
 /// How long a sign-in lasts.
 pub const LOGIN_TTL: i64 = 12 * 3600;
 
@@ -47,7 +51,72 @@ pub struct WebState {
     pub recordings: PathBuf,
     /// Whether the page is served over HTTPS (adds Strict-Transport-Security).
     pub https: bool,
-    pub limiter: RateLimiter,
+    /// Failed sign-ins per client address (wrong name or password: before the first factor).
+    pub per_source: RateLimiter,
+    /// Failed sign-ins per name *at one address*: a stranger elsewhere cannot lock the name out.
+    /// Wrong codes after a right password go to [`crate::lockout`] instead, shared by all nodes.
+    pub per_name_source: RateLimiter,
+    /// Where the client address comes from (the peer, or a trusted proxy's header).
+    pub client_address: ClientAddress,
+    /// Sign-ins refused by the rate limits, written to the audit log as one summary per interval.
+    pub throttled: crate::audit::Tally,
+}
+
+/// How the web UI finds a client's address: the TCP peer, unless the peer is a trusted
+/// TLS-terminating proxy, in which case the proxy's forwarding header says who the client is.
+#[derive(Debug, Clone)]
+pub struct ClientAddress {
+    trusted_proxies: Vec<ipnet::IpNet>,
+    header: header::HeaderName,
+}
+
+impl ClientAddress {
+    /// `header` is e.g. `X-Forwarded-For` (a list, client first, each proxy appending the address
+    /// it saw) or `X-Real-IP` (one address).
+    pub fn new(trusted_proxies: Vec<ipnet::IpNet>, header: &str) -> Result<ClientAddress, String> {
+        let header = header
+            .parse::<header::HeaderName>()
+            .map_err(|_| format!("'{header}' is not an HTTP header name"))?;
+        Ok(ClientAddress {
+            trusted_proxies,
+            header,
+        })
+    }
+
+    fn trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client's address. From a trusted proxy: the right-most address in the header that is
+    /// not itself a trusted proxy (addresses further left were written by the client and prove
+    /// nothing). Anyone else's header is ignored.
+    pub fn of(&self, peer: std::net::IpAddr, headers: &HeaderMap) -> std::net::IpAddr {
+        if !self.trusted(peer) {
+            return peer;
+        }
+        let mut hops: Vec<std::net::IpAddr> = Vec::new();
+        for v in headers.get_all(&self.header).iter() {
+            let Ok(text) = v.to_str() else { return peer };
+            for item in text.split(',') {
+                let item = item.trim();
+                // Accept `1.2.3.4`, `[2001:db8::1]` and `1.2.3.4:5678` forms.
+                let parsed = item
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+                    .or_else(|| item.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+                    .or_else(|| item.trim_start_matches('[').trim_end_matches(']').parse().ok());
+                match parsed {
+                    Some(ip) => hops.push(ip),
+                    // A hop we cannot read: stop trusting the chain there.
+                    None => hops.clear(),
+                }
+            }
+        }
+        hops.into_iter()
+            .rev()
+            .find(|ip| !self.trusted(*ip))
+            .unwrap_or(peer)
+    }
 }
 
 impl WebState {
@@ -64,9 +133,21 @@ impl WebState {
             notifier,
             recordings,
             https,
-            // Per approver 5, per source 20 failed sign-ins in 5 minutes.
-            limiter: RateLimiter::new(Duration::from_secs(300), 5, 20),
+            // Per source 20, per name at one source 5 failed sign-ins in 5 minutes.
+            per_source: RateLimiter::new(Duration::from_secs(300), 20, 100_000),
+            per_name_source: RateLimiter::new(Duration::from_secs(300), 5, 100_000),
+            client_address: ClientAddress {
+                trusted_proxies: Vec::new(),
+                header: header::HeaderName::from_static("x-forwarded-for"),
+            },
+            throttled: crate::audit::Tally::default(),
         }
+    }
+
+    /// Serves behind the given proxies (see [`ClientAddress`]).
+    pub fn with_client_address(mut self, client_address: ClientAddress) -> WebState {
+        self.client_address = client_address;
+        self
     }
 
     /// Writes an audit event on behalf of a web user. `false` if the audit log could not be
@@ -105,6 +186,8 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/static/style.css", get(pages::style))
         .route("/static/replay.js", get(pages::replay_js))
         .fallback(|| async { html::error(StatusCode::NOT_FOUND, "There is no such page.") })
+        // Every form is small; a large body is an attack on memory, refused before it is read.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(
             move |mut r: Response| async move {
                 security_headers(r.headers_mut(), https);
@@ -216,6 +299,25 @@ impl FromRequestParts<Arc<WebState>> for Signed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_address_trusts_only_configured_proxies() {
+        let proxy: std::net::IpAddr = "10.0.0.5".parse().unwrap();
+        let ca = ClientAddress::new(vec!["10.0.0.0/24".parse().unwrap()], "X-Forwarded-For").unwrap();
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 203.0.113.9, 10.0.0.7"));
+        // From the proxy: the right-most address that is not a proxy.
+        assert_eq!(ca.of(proxy, &h), "203.0.113.9".parse::<std::net::IpAddr>().unwrap());
+        // From anyone else, the header is the client's own claim: ignored.
+        let other: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(ca.of(other, &h), other);
+        // No header: the proxy itself.
+        assert_eq!(ca.of(proxy, &HeaderMap::new()), proxy);
+        let mut bad = HeaderMap::new();
+        bad.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9, junk"));
+        assert_eq!(ca.of(proxy, &bad), proxy);
+        assert!(ClientAddress::new(vec![], "bad header").is_err());
+    }
 
     #[test]
     fn tokens_compare_exactly() {

@@ -14,9 +14,11 @@ use tracing::warn;
 
 use super::html::{self, Nav, csrf_field, dur, esc, time};
 use super::{
-    LOGIN_COOKIE, LOGIN_TTL, SESSION_COOKIE, Signed, WebState, cookie, random_token, same_token,
+    LOGIN_COOKIE, LOGIN_TTL, MAX_NAME, SESSION_COOKIE, Signed, WebState, cookie, random_token, same_token,
     set_cookie, token_hash,
 };
+use crate::audit::bounded;
+use crate::lockout::Subject;
 use crate::store::StoreError;
 use crate::time::{now, parse_duration, parse_time};
 
@@ -143,7 +145,8 @@ pub async fn login(
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
-    let source = addr.ip().to_string();
+    let ip = state.client_address.of(addr.ip(), &headers);
+    let source = ip.to_string();
     // The sign-in form's token must match its cookie (no cross-site sign-in).
     if !cookie(&headers, LOGIN_COOKIE).is_some_and(|c| same_token(c, &f.csrf)) {
         return login_page(
@@ -152,18 +155,43 @@ pub async fn login(
         );
     }
     let name = f.name.trim().to_owned();
-    if !state.limiter.allowed(&name, &source) {
-        state
-            .audit(
-                "web.login_failed",
-                &name,
-                json!({"approver": name, "source": source, "reason": "rate limited"}),
-            )
-            .await;
+    let wrong = || {
+        login_page(
+            StatusCode::UNAUTHORIZED,
+            Some("Name, password or code is wrong."),
+        )
+    };
+    // Whatever the client typed is logged bounded and escaped.
+    let logged_name = bounded(&name, MAX_NAME);
+    let name_at_source = format!("{source} {logged_name}");
+    // Before the first factor, failures count per address and per name *at that address*: a
+    // stranger elsewhere cannot lock an approver out. Throttled attempts are only counted, into
+    // one summary event per interval, so a flood cannot flood the audit log.
+    if !state.per_source.allowed(&source) || !state.per_name_source.allowed(&name_at_source) {
+        state.throttled.count("web sign-in rate limited", ip);
         return login_page(
             StatusCode::TOO_MANY_REQUESTS,
             Some("Too many failed sign-ins. Wait a few minutes and try again."),
         );
+    }
+    let first_factor_failed = |reason: &'static str| {
+        let state = state.clone();
+        let (name, source, key) = (logged_name.clone(), source.clone(), name_at_source.clone());
+        async move {
+            state.per_source.failed(&source);
+            state.per_name_source.failed(&key);
+            state
+                .audit(
+                    "web.login_failed",
+                    &name,
+                    json!({"approver": name, "source": source, "reason": reason}),
+                )
+                .await;
+        }
+    };
+    if name.chars().count() > MAX_NAME {
+        first_factor_failed("name too long").await;
+        return wrong();
     }
     let approver = match state.store.approver(&name).await {
         Ok(a) => a,
@@ -185,41 +213,75 @@ pub async fn login(
     })
     .await
     .unwrap_or(false);
-    let reason = match &approver {
-        None => Some("unknown approver"),
-        Some(a) if a.disabled != 0 => Some("approver disabled"),
-        Some(_) if !password_ok => Some("wrong password"),
-        Some(a) => match crate::totp::check(&a.totp_secret, &f.code, now() as u64) {
-            Ok(Some(step)) => match state
-                .store
-                .consume_approver_totp_step(&a.name, step as i64)
-                .await
-            {
-                Ok(true) => None,
-                Ok(false) => Some("TOTP code already used"),
-                Err(e) => return store_error(e),
-            },
-            Ok(None) => Some("wrong TOTP code"),
-            Err(_) => Some("TOTP secret unreadable"),
+    let a = match &approver {
+        None => {
+            first_factor_failed("unknown approver").await;
+            return wrong();
+        }
+        Some(a) if a.disabled != 0 => {
+            first_factor_failed("approver disabled").await;
+            return wrong();
+        }
+        Some(_) if !password_ok => {
+            first_factor_failed("wrong password").await;
+            return wrong();
+        }
+        Some(a) => a,
+    };
+    // The password was right: from here on, wrong codes count against the approver, in the
+    // database (every node, across restarts), with exponential backoff.
+    let who = Subject::Approver(&a.name);
+    let t = now();
+    match state.store.second_factor_locked(who, t).await {
+        Ok(None) => {}
+        Ok(Some(until)) => {
+            state
+                .audit(
+                    "web.login_failed",
+                    &name,
+                    json!({"approver": name, "source": source, "reason": "too many wrong codes", "locked_until": crate::time::fmt_time(until)}),
+                )
+                .await;
+            return login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("Too many wrong codes. Wait a few minutes and try again."),
+            );
+        }
+        Err(e) => return store_error(e),
+    }
+    let reason = match crate::totp::check(&a.totp_secret, &f.code, t as u64) {
+        Ok(Some(step)) => match state
+            .store
+            .consume_approver_totp_step(&a.name, step as i64)
+            .await
+        {
+            Ok(true) => None,
+            Ok(false) => Some("TOTP code already used"),
+            Err(e) => return store_error(e),
         },
+        Ok(None) => Some("wrong TOTP code"),
+        Err(_) => Some("TOTP secret unreadable"),
     };
     if let Some(reason) = reason {
-        state.limiter.failed(&name, &source);
+        let locked = match state.store.second_factor_failed(who, t).await {
+            Ok(l) => l,
+            Err(e) => return store_error(e),
+        };
         state
             .audit(
                 "web.login_failed",
                 &name,
-                json!({"approver": name, "source": source, "reason": reason}),
+                json!({"approver": name, "source": source, "reason": reason,
+                       "locked_until": locked.map(crate::time::fmt_time)}),
             )
             .await;
-        return login_page(
-            StatusCode::UNAUTHORIZED,
-            Some("Name, password or code is wrong."),
-        );
+        return wrong();
+    }
+    if let Err(e) = state.store.second_factor_passed(who).await {
+        return store_error(e);
     }
     let token = random_token();
     let csrf = random_token();
-    let t = now();
     if let Err(e) = state
         .store
         .create_web_login(&token_hash(&token), &name, &csrf, t, t + LOGIN_TTL)
