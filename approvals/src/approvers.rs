@@ -203,8 +203,14 @@ impl Store {
         if reason.trim().is_empty() {
             return Err(StoreError::Invalid("a request needs a reason".into()));
         }
+        // The grant it may become covers this device only: it has to exist.
+        if self.device(site, device).await?.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "no device {device} at {site}"
+            )));
+        }
         let id = new_id("r");
-        sqlx::query("INSERT INTO requests (id, vendor, site, device, function, reason, duration, status, created) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)")
+        let inserted = sqlx::query("INSERT INTO requests (id, vendor, site, device, function, reason, duration, status, created) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)")
             .bind(&id)
             .bind(vendor)
             .bind(site)
@@ -214,8 +220,30 @@ impl Store {
             .bind(duration)
             .bind(now)
             .execute(self.pool())
-            .await
-            .map_err(|e| crate::store::conflict_on_unique(e, "request refers to an unknown vendor, site or function".into()))?;
+            .await;
+        if let Err(e) = inserted {
+            // The partial unique index allows one pending request per vendor, site, device and
+            // function, also when two nodes file at once: name the one already waiting.
+            if let sqlx::Error::Database(d) = &e
+                && d.is_unique_violation()
+            {
+                let pending: Option<String> = sqlx::query_scalar("SELECT id FROM requests WHERE vendor = $1 AND site = $2 AND device = $3 AND function = $4 AND status = 'pending'")
+                    .bind(vendor)
+                    .bind(site)
+                    .bind(device)
+                    .bind(function)
+                    .fetch_optional(self.pool())
+                    .await?;
+                return Err(StoreError::Conflict(format!(
+                    "request {} for {function} at {site}/{device} is already waiting for an approver",
+                    pending.as_deref().unwrap_or("(just decided)")
+                )));
+            }
+            return Err(crate::store::conflict_on_unique(
+                e,
+                "request refers to an unknown vendor, site or function".into(),
+            ));
+        }
         self.request(&id)
             .await?
             .ok_or_else(|| StoreError::NotFound(id))
@@ -279,6 +307,8 @@ impl Store {
                     valid_until: until,
                     granted_by: by.to_owned(),
                     reason: format!("request {id}: {}", req.reason),
+                    // A request is for one device: its grant covers that device only.
+                    devices: vec![req.device.clone()],
                 },
                 now,
             )
