@@ -62,6 +62,14 @@ impl AccessRequestRow {
     pub fn latency(&self) -> Option<i64> {
         self.decided_at.map(|d| d - self.created)
     }
+
+    /// Why another request for the same target is refused while this one is pending.
+    pub fn already_waiting(&self) -> String {
+        format!(
+            "request {} for {} at {}/{} is already waiting for an approver",
+            self.id, self.function, self.site, self.device
+        )
+    }
 }
 
 /// What a vendor asks for.
@@ -227,17 +235,14 @@ impl Store {
             if let sqlx::Error::Database(d) = &e
                 && d.is_unique_violation()
             {
-                let pending: Option<String> = sqlx::query_scalar("SELECT id FROM requests WHERE vendor = $1 AND site = $2 AND device = $3 AND function = $4 AND status = 'pending'")
-                    .bind(vendor)
-                    .bind(site)
-                    .bind(device)
-                    .bind(function)
-                    .fetch_optional(self.pool())
-                    .await?;
-                return Err(StoreError::Conflict(format!(
-                    "request {} for {function} at {site}/{device} is already waiting for an approver",
-                    pending.as_deref().unwrap_or("(just decided)")
-                )));
+                let pending = self.pending_request(vendor, site, device, function).await?;
+                return Err(StoreError::Conflict(match pending {
+                    Some(p) => p.already_waiting(),
+                    // Decided between the insert and this look-up: filing again will do.
+                    None => format!(
+                        "a request for {function} at {site}/{device} was just decided; try again"
+                    ),
+                }));
             }
             return Err(crate::store::conflict_on_unique(
                 e,
@@ -247,6 +252,23 @@ impl Store {
         self.request(&id)
             .await?
             .ok_or_else(|| StoreError::NotFound(id))
+    }
+
+    /// The vendor's open request for this device and function, if any (there is at most one).
+    pub async fn pending_request(
+        &self,
+        vendor: &str,
+        site: &str,
+        device: &str,
+        function: &str,
+    ) -> Result<Option<AccessRequestRow>> {
+        Ok(sqlx::query_as::<_, AccessRequestRow>("SELECT * FROM requests WHERE vendor = $1 AND site = $2 AND device = $3 AND function = $4 AND status = 'pending'")
+            .bind(vendor)
+            .bind(site)
+            .bind(device)
+            .bind(function)
+            .fetch_optional(self.pool())
+            .await?)
     }
 
     pub async fn request(&self, id: &str) -> Result<Option<AccessRequestRow>> {
