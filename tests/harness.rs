@@ -557,6 +557,31 @@ impl World {
         .to_owned()
     }
 
+    /// Adds another device, `SITE/NAME`, served by the same sshd as `SITE/dev` (a sibling at the
+    /// site, e.g. to test that a grant for one device does not reach the other).
+    pub fn add_device(&self, site_device: &str) {
+        let key = self.dir.path().join("broker_device_key");
+        let (addr, hk) = (
+            format!("127.0.0.1:{}", self.sshd_port),
+            self.sshd_host_pub.display().to_string(),
+        );
+        let key = key.display().to_string();
+        let login = self.device_login.clone();
+        self.ok(&[
+            "device",
+            "add",
+            site_device,
+            "--addr",
+            &addr,
+            "--login",
+            &login,
+            "--key",
+            &key,
+            "--host-key",
+            &hk,
+        ]);
+    }
+
     /// Common OpenSSH options for a vendor: only this key (and its certificate), the broker's pinned host key.
     pub fn ssh_args(&self, v: &Vendor) -> Vec<String> {
         vec![

@@ -62,6 +62,14 @@ impl AccessRequestRow {
     pub fn latency(&self) -> Option<i64> {
         self.decided_at.map(|d| d - self.created)
     }
+
+    /// Why another request for the same target is refused while this one is pending.
+    pub fn already_waiting(&self) -> String {
+        format!(
+            "request {} for {} at {}/{} is already waiting for an approver",
+            self.id, self.function, self.site, self.device
+        )
+    }
 }
 
 /// What a vendor asks for.
@@ -203,8 +211,14 @@ impl Store {
         if reason.trim().is_empty() {
             return Err(StoreError::Invalid("a request needs a reason".into()));
         }
+        // The grant it may become covers this device only: it has to exist.
+        if self.device(site, device).await?.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "no device {device} at {site}"
+            )));
+        }
         let id = new_id("r");
-        sqlx::query("INSERT INTO requests (id, vendor, site, device, function, reason, duration, status, created) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)")
+        let inserted = sqlx::query("INSERT INTO requests (id, vendor, site, device, function, reason, duration, status, created) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)")
             .bind(&id)
             .bind(vendor)
             .bind(site)
@@ -214,11 +228,47 @@ impl Store {
             .bind(duration)
             .bind(now)
             .execute(self.pool())
-            .await
-            .map_err(|e| crate::store::conflict_on_unique(e, "request refers to an unknown vendor, site or function".into()))?;
+            .await;
+        if let Err(e) = inserted {
+            // The partial unique index allows one pending request per vendor, site, device and
+            // function, also when two nodes file at once: name the one already waiting.
+            if let sqlx::Error::Database(d) = &e
+                && d.is_unique_violation()
+            {
+                let pending = self.pending_request(vendor, site, device, function).await?;
+                return Err(StoreError::Conflict(match pending {
+                    Some(p) => p.already_waiting(),
+                    // Decided between the insert and this look-up: filing again will do.
+                    None => format!(
+                        "a request for {function} at {site}/{device} was just decided; try again"
+                    ),
+                }));
+            }
+            return Err(crate::store::conflict_on_unique(
+                e,
+                "request refers to an unknown vendor, site or function".into(),
+            ));
+        }
         self.request(&id)
             .await?
             .ok_or_else(|| StoreError::NotFound(id))
+    }
+
+    /// The vendor's open request for this device and function, if any (there is at most one).
+    pub async fn pending_request(
+        &self,
+        vendor: &str,
+        site: &str,
+        device: &str,
+        function: &str,
+    ) -> Result<Option<AccessRequestRow>> {
+        Ok(sqlx::query_as::<_, AccessRequestRow>("SELECT * FROM requests WHERE vendor = $1 AND site = $2 AND device = $3 AND function = $4 AND status = 'pending'")
+            .bind(vendor)
+            .bind(site)
+            .bind(device)
+            .bind(function)
+            .fetch_optional(self.pool())
+            .await?)
     }
 
     pub async fn request(&self, id: &str) -> Result<Option<AccessRequestRow>> {
@@ -279,6 +329,8 @@ impl Store {
                     valid_until: until,
                     granted_by: by.to_owned(),
                     reason: format!("request {id}: {}", req.reason),
+                    // A request is for one device: its grant covers that device only.
+                    devices: vec![req.device.clone()],
                 },
                 now,
             )

@@ -93,6 +93,8 @@ impl Store {
                     valid_until: now + b.duration,
                     granted_by: "break-glass".into(),
                     reason: format!("break-glass {id}: {}", b.reason.trim()),
+                    // Emergency access opens the device asked for, not the whole site.
+                    devices: vec![b.device.clone()],
                 },
                 now,
             )

@@ -93,11 +93,51 @@ pub struct Grant {
     pub created: i64,
     pub revoked_at: Option<i64>,
     pub revoked_by: Option<String>,
+    /// The devices at the site this grant covers, comma-separated; empty for every device there.
+    /// In JSON, a list (empty: the whole site).
+    #[serde(serialize_with = "device_list_json")]
+    pub devices: String,
+}
+
+fn device_list_json<S: serde::Serializer>(devices: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(split_devices(devices))
+}
+
+/// The names in a stored comma-separated device list.
+pub fn split_devices(devices: &str) -> impl Iterator<Item = &str> + Clone {
+    devices.split(',').map(str::trim).filter(|d| !d.is_empty())
 }
 
 impl Grant {
     pub fn is_active(&self, now: i64) -> bool {
         self.revoked_at.is_none() && self.valid_from <= now && now < self.valid_until
+    }
+
+    /// Whether the grant names no devices, i.e. covers every device at its site.
+    pub fn whole_site(&self) -> bool {
+        split_devices(&self.devices).next().is_none()
+    }
+
+    /// The devices named by the grant (none: the whole site).
+    pub fn device_list(&self) -> Vec<String> {
+        split_devices(&self.devices).map(str::to_owned).collect()
+    }
+
+    /// Whether the grant reaches `device` at its site.
+    pub fn covers(&self, device: &str) -> bool {
+        self.whole_site() || split_devices(&self.devices).any(|d| d == device)
+    }
+
+    /// What the grant reaches, for people: `all devices at SITE` or `SITE/a, SITE/b`.
+    pub fn coverage(&self) -> String {
+        if self.whole_site() {
+            format!("all devices at {}", self.site)
+        } else {
+            split_devices(&self.devices)
+                .map(|d| format!("{}/{d}", self.site))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
     }
 }
 

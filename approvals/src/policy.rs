@@ -87,6 +87,14 @@ pub enum Deny {
         channel: String,
         function: String,
     },
+    /// The vendor holds a grant at the site, but for other devices than the one asked for.
+    DeviceNotCovered {
+        grant: String,
+        site: String,
+        device: String,
+        /// The devices the grant does cover.
+        covers: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for Deny {
@@ -144,6 +152,19 @@ impl std::fmt::Display for Deny {
                     "access denied: {channel} is not allowed by function {function}"
                 )
             }
+            Deny::DeviceNotCovered {
+                grant,
+                site,
+                device,
+                covers,
+            } => {
+                let covered: Vec<String> = covers.iter().map(|d| format!("{site}/{d}")).collect();
+                write!(
+                    f,
+                    "access denied: grant {grant} covers {} only, not {site}/{device}",
+                    covered.join(", ")
+                )
+            }
         }
     }
 }
@@ -194,7 +215,13 @@ pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
         .filter(|g| g.vendor == req.vendor && g.site == req.site)
         .filter(|g| req.function.as_ref().is_none_or(|f| &g.function == f))
         .collect();
-    let active: Vec<&Grant> = relevant
+    // Only grants that name the device (or the whole site) open it.
+    let covering: Vec<&Grant> = relevant
+        .iter()
+        .copied()
+        .filter(|g| g.covers(&req.device))
+        .collect();
+    let active: Vec<&Grant> = covering
         .iter()
         .copied()
         .filter(|g| g.is_active(now))
@@ -208,7 +235,15 @@ pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
     }
     // Of several active grants for one function, the one that lasts longest.
     let Some(grant) = active.iter().max_by_key(|g| g.valid_until) else {
-        return Decision::deny(explain_no_active(req, &relevant, now));
+        if let Some(other) = not_covering(&relevant, &covering, now) {
+            return Decision::deny(Deny::DeviceNotCovered {
+                grant: other.id.clone(),
+                site: req.site.clone(),
+                device: req.device.clone(),
+                covers: other.device_list(),
+            });
+        }
+        return Decision::deny(explain_no_active(req, &covering, now));
     };
     let Some(function) = facts.functions.get(&grant.function) else {
         return Decision::deny(Deny::UnknownFunction {
@@ -232,6 +267,24 @@ pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
             .clone()
             .unwrap_or_else(|| device.login.clone()),
     }
+}
+
+/// When no grant covering the device is active: a grant for other devices of the site to name
+/// instead, if that says more. An active one comes first (the vendor has access, only not to this
+/// device); failing that, when no grant covers the device at all, the latest made.
+fn not_covering<'g>(relevant: &[&'g Grant], covering: &[&Grant], now: i64) -> Option<&'g Grant> {
+    let others = relevant.iter().copied().filter(|g| !g.whole_site());
+    if let Some(g) = others
+        .clone()
+        .filter(|g| g.is_active(now))
+        .max_by_key(|g| g.valid_until)
+    {
+        return Some(g);
+    }
+    if covering.is_empty() {
+        return others.max_by_key(|g| (g.created, g.valid_until));
+    }
+    None
 }
 
 /// The most useful explanation when no grant is active: the next window to open, else the most
@@ -335,6 +388,14 @@ mod tests {
             created: 0,
             revoked_at: None,
             revoked_by: None,
+            devices: String::new(),
+        }
+    }
+
+    fn grant_for(id: &str, devices: &str, from: i64, until: i64) -> Grant {
+        Grant {
+            devices: devices.into(),
+            ..grant(id, "maint", from, until)
         }
     }
 
@@ -510,5 +571,76 @@ mod tests {
                 at: NOW - 5
             }
         );
+    }
+
+    #[test]
+    fn a_grant_for_one_device_refuses_its_siblings() {
+        let mut f = facts();
+        f.grants.push(grant_for("g1", "other", NOW - 10, NOW + 10));
+        // The request is for s1/cam; the grant names s1/other only.
+        assert_eq!(
+            reason(decide(&req(None, None), &f, NOW)),
+            Deny::DeviceNotCovered {
+                grant: "g1".into(),
+                site: "s1".into(),
+                device: "cam".into(),
+                covers: vec!["other".into()]
+            }
+        );
+        assert_eq!(
+            reason(decide(&req(None, None), &f, NOW)).to_string(),
+            "access denied: grant g1 covers s1/other only, not s1/cam"
+        );
+        // Naming the device (among others) opens it; so does a whole-site grant.
+        f.grants = vec![grant_for("g2", "other,cam", NOW - 10, NOW + 10)];
+        assert!(matches!(
+            decide(&req(None, Some(Channel::Shell)), &f, NOW),
+            Decision::Allow { ref grant, .. } if grant == "g2"
+        ));
+        f.grants = vec![grant_for("g3", "", NOW - 10, NOW + 10)];
+        assert!(matches!(
+            decide(&req(None, None), &f, NOW),
+            Decision::Allow { ref grant, .. } if grant == "g3"
+        ));
+    }
+
+    #[test]
+    fn device_scope_explanations() {
+        let mut f = facts();
+        // An ended grant for this device and an active one for another: the active one is named,
+        // the vendor has access, only not here.
+        f.grants.push(grant_for("old", "cam", NOW - 20, NOW - 10));
+        f.grants.push(grant_for("now", "other", NOW - 10, NOW + 10));
+        assert!(matches!(
+            reason(decide(&req(None, None), &f, NOW)),
+            Deny::DeviceNotCovered { ref grant, .. } if grant == "now"
+        ));
+        // Only the ended grant for this device and a future one elsewhere: the window ended.
+        f.grants[1] = grant_for("later", "other", NOW + 10, NOW + 20);
+        assert_eq!(
+            reason(decide(&req(None, None), &f, NOW)),
+            Deny::WindowEnded {
+                function: "maint".into(),
+                at: NOW - 10
+            }
+        );
+        // Nothing ever covered this device: the grant for the other one is named.
+        f.grants.remove(0);
+        assert!(matches!(
+            reason(decide(&req(None, None), &f, NOW)),
+            Deny::DeviceNotCovered { ref grant, .. } if grant == "later"
+        ));
+        // Grants of other devices do not make the function ambiguous for this one.
+        f.grants = vec![
+            grant_for("m", "cam", NOW - 10, NOW + 10),
+            Grant {
+                devices: "other".into(),
+                ..grant("x", "fw", NOW - 10, NOW + 10)
+            },
+        ];
+        assert!(matches!(
+            decide(&req(None, None), &f, NOW),
+            Decision::Allow { ref grant, .. } if grant == "m"
+        ));
     }
 }

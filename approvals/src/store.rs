@@ -58,6 +58,8 @@ pub struct NewGrant {
     pub valid_until: i64,
     pub granted_by: String,
     pub reason: String,
+    /// The devices at the site the grant covers; empty for every device there.
+    pub devices: Vec<String>,
 }
 
 pub(crate) fn conflict_on_unique(e: sqlx::Error, what: String) -> StoreError {
@@ -447,6 +449,7 @@ impl Store {
                 func.max_window
             )));
         }
+        let devices = self.check_grant_devices(&g.site, &g.devices).await?;
         let grant = Grant {
             id: new_id("g"),
             vendor: g.vendor.clone(),
@@ -459,8 +462,9 @@ impl Store {
             created: now,
             revoked_at: None,
             revoked_by: None,
+            devices,
         };
-        sqlx::query("INSERT INTO grants (id, vendor, site, function, valid_from, valid_until, granted_by, reason, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        sqlx::query("INSERT INTO grants (id, vendor, site, function, valid_from, valid_until, granted_by, reason, created, devices) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind(&grant.id)
             .bind(&grant.vendor)
             .bind(&grant.site)
@@ -470,9 +474,31 @@ impl Store {
             .bind(&grant.granted_by)
             .bind(&grant.reason)
             .bind(now)
+            .bind(&grant.devices)
             .execute(&self.pool)
             .await?;
         Ok(grant)
+    }
+
+    /// A grant's device list as stored (sorted, comma-separated; empty for the whole site), after
+    /// checking that every device named exists at the site.
+    async fn check_grant_devices(&self, site: &str, devices: &[String]) -> Result<String> {
+        let mut names: Vec<&str> = devices.iter().map(|d| d.trim()).collect();
+        // A blank name must not quietly widen the grant to the whole site.
+        if names.iter().any(|d| d.is_empty()) {
+            return Err(StoreError::Invalid(
+                "an empty device name: name each device, or none for the whole site".into(),
+            ));
+        }
+        names.sort_unstable();
+        names.dedup();
+        for d in &names {
+            check_name("device", d)?;
+            if self.device(site, d).await?.is_none() {
+                return Err(StoreError::NotFound(format!("no device {d} at {site}")));
+            }
+        }
+        Ok(names.join(","))
     }
 
     pub async fn grants(&self) -> Result<Vec<Grant>> {

@@ -102,6 +102,7 @@ fn grant(from: i64, until: i64) -> NewGrant {
         valid_until: until,
         granted_by: "operator".into(),
         reason: "ticket 42".into(),
+        devices: vec![],
     }
 }
 
@@ -483,6 +484,227 @@ async fn approvers_and_requests(db: Db) {
 }
 
 both!(approvers_and_requests);
+
+async fn add_device(s: &Store, site: &str, name: &str) {
+    s.add_device(
+        &NewDevice {
+            site: site.into(),
+            name: name.into(),
+            addr: "127.0.0.1:22".into(),
+            login: "root".into(),
+            credential_kind: "password".into(),
+            credential: "secret".into(),
+            host_key: "ssh-ed25519 AAAA".into(),
+        },
+        NOW,
+    )
+    .await
+    .unwrap();
+}
+
+fn decide_for(facts: &approvals::policy::Facts, device: &str, at: i64) -> Decision {
+    let mut q = req("store-1");
+    q.device = device.into();
+    decide(&q, facts, at)
+}
+
+/// A grant names the devices it covers; a request's grant covers the request's device only.
+async fn grants_scoped_to_devices(db: Db) {
+    let s = &db.store;
+    directory(s).await;
+    add_device(s, "store-1", "plc-critical").await;
+    add_device(s, "store-1", "cam-02").await;
+
+    // Every named device must exist at the site; a blank one never widens to the whole site.
+    for (devices, want) in [
+        (
+            vec!["cam-01".to_owned(), "nope".to_owned()],
+            "no device nope at store-1",
+        ),
+        (vec![" ".to_owned()], "empty device name"),
+    ] {
+        let mut g = grant(NOW, NOW + 3600);
+        g.devices = devices;
+        let e = s.add_grant(&g, NOW).await.unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+    }
+    let mut g = grant(NOW, NOW + 3600);
+    g.devices = vec!["cam-02".into(), "cam-01".into(), "cam-01".into()];
+    let two = s.add_grant(&g, NOW).await.unwrap();
+    assert_eq!(two.device_list(), vec!["cam-01", "cam-02"]);
+    assert_eq!(two.coverage(), "store-1/cam-01, store-1/cam-02");
+    // Stored and read back the same way (on both dialects).
+    assert_eq!(s.grant(&two.id).await.unwrap().unwrap(), two);
+    let json = serde_json::to_value(&two).unwrap();
+    assert_eq!(json["devices"], serde_json::json!(["cam-01", "cam-02"]));
+
+    let facts = s
+        .facts("alice", "store-1", "plc-critical", None)
+        .await
+        .unwrap();
+    match decide_for(&facts, "plc-critical", NOW) {
+        Decision::Deny { reason } => assert_eq!(
+            reason.to_string(),
+            format!(
+                "access denied: grant {} covers store-1/cam-01, store-1/cam-02 only, not store-1/plc-critical",
+                two.id
+            )
+        ),
+        other => panic!("the sibling must be refused: {other:?}"),
+    }
+    let facts = s.facts("alice", "store-1", "cam-02", None).await.unwrap();
+    assert!(matches!(
+        decide_for(&facts, "cam-02", NOW),
+        Decision::Allow { .. }
+    ));
+
+    // A request for store-1/cam-01, approved: the grant covers cam-01 and nothing else.
+    s.revoke_grant(&two.id, "operator", NOW).await.unwrap();
+    let ask = approvals::NewRequest {
+        vendor: "alice".into(),
+        site: "store-1".into(),
+        device: "cam-01".into(),
+        function: "maint".into(),
+        reason: "camera offline".into(),
+        duration: 3600,
+    };
+    let r = s.add_request(&ask, NOW).await.unwrap();
+    let (_, g) = s
+        .approve_request(&r.id, "nina", NOW, NOW + 3600, NOW + 1)
+        .await
+        .unwrap();
+    assert_eq!((g.devices.as_str(), g.whole_site()), ("cam-01", false));
+    let facts = s.facts("alice", "store-1", "cam-01", None).await.unwrap();
+    assert!(matches!(
+        decide_for(&facts, "cam-01", NOW + 2),
+        Decision::Allow { ref grant, .. } if *grant == g.id
+    ));
+    let facts = s
+        .facts("alice", "store-1", "plc-critical", None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        decide_for(&facts, "plc-critical", NOW + 2),
+        Decision::Deny { reason: Deny::DeviceNotCovered { ref grant, .. } } if *grant == g.id
+    ));
+    // A request for a device that does not exist is refused at once.
+    let mut bad = ask.clone();
+    bad.device = "ghost".into();
+    assert!(matches!(
+        s.add_request(&bad, NOW).await,
+        Err(StoreError::NotFound(m)) if m.contains("no device ghost at store-1")
+    ));
+
+    // Break-glass for store-1/cam-02 opens cam-02 only.
+    let allow = ChannelSet::parse("shell").unwrap();
+    s.add_function(
+        "emergency",
+        &allow,
+        None,
+        3600,
+        Some(&["acme".to_owned()]),
+        NOW,
+    )
+    .await
+    .unwrap();
+    let (_, bg) = s
+        .open_breakglass(
+            &approvals::NewBreakGlass {
+                vendor: "alice".into(),
+                site: "store-1".into(),
+                device: "cam-02".into(),
+                function: "emergency".into(),
+                reason: "freezer alarm".into(),
+                duration: 600,
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(bg.device_list(), vec!["cam-02"]);
+
+    // Without devices, the whole site, shown as such.
+    let whole = s.add_grant(&grant(NOW, NOW + 600), NOW).await.unwrap();
+    assert!(whole.whole_site() && whole.covers("plc-critical"));
+    assert_eq!(whole.coverage(), "all devices at store-1");
+    assert_eq!(
+        serde_json::to_value(&whole).unwrap()["devices"],
+        serde_json::json!([])
+    );
+    db.drop_pg().await;
+}
+
+both!(grants_scoped_to_devices);
+
+/// One pending request per vendor, site, device and function; the second names the first.
+async fn one_pending_request_at_a_time(db: Db) {
+    let s = &db.store;
+    directory(s).await;
+    add_device(s, "store-1", "cam-02").await;
+    let ask = |device: &str| approvals::NewRequest {
+        vendor: "alice".into(),
+        site: "store-1".into(),
+        device: device.into(),
+        function: "maint".into(),
+        reason: "camera offline".into(),
+        duration: 600,
+    };
+    let first = s.add_request(&ask("cam-01"), NOW).await.unwrap();
+    match s.add_request(&ask("cam-01"), NOW + 1).await {
+        Err(StoreError::Conflict(m)) => assert_eq!(
+            m,
+            format!(
+                "request {} for maint at store-1/cam-01 is already waiting for an approver",
+                first.id
+            )
+        ),
+        other => panic!("a second pending request must be refused: {other:?}"),
+    }
+    // Another device is another request.
+    s.add_request(&ask("cam-02"), NOW + 2).await.unwrap();
+    // Filed at the same moment from several connections: exactly one succeeds.
+    let mut other = ask("cam-01");
+    other.site = "store-2".into();
+    let results = file_at_once(s, &other).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, StoreError::Conflict(m) if m.contains("already waiting")))
+    );
+    // Once decided, the next one may be filed.
+    s.deny_request(&first.id, "nina", "not today", NOW + 3)
+        .await
+        .unwrap();
+    let again = s.add_request(&ask("cam-01"), NOW + 4).await.unwrap();
+    assert_eq!(again.status, "pending");
+    assert_eq!(s.requests(Some("pending")).await.unwrap().len(), 3);
+    db.drop_pg().await;
+}
+
+async fn file_at_once(
+    s: &Store,
+    r: &approvals::NewRequest,
+) -> Vec<Result<approvals::approvers::AccessRequestRow, StoreError>> {
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let (s, r) = (s.clone(), r.clone());
+            tokio::spawn(async move { s.add_request(&r, NOW + 10 + i).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+both!(one_pending_request_at_a_time);
 
 async fn breakglass_and_review(db: Db) {
     let s = &db.store;

@@ -842,6 +842,7 @@ async fn grant(env: &Env, action: &GrantAction) -> Result<()> {
             from,
             until,
             reason,
+            devices,
         } => {
             let t = now();
             let from = parse_time(from, t).map_err(|e| anyhow!("--from: {e}"))?;
@@ -857,11 +858,12 @@ async fn grant(env: &Env, action: &GrantAction) -> Result<()> {
                         valid_until: until,
                         granted_by: actor(),
                         reason: reason.clone(),
+                        devices: devices.clone(),
                     },
                     t,
                 )
                 .await?;
-            env.audit("grant.add", json!({"grant": g.id, "vendor": vendor, "site": site, "function": function, "from": fmt_time(from), "until": fmt_time(until), "reason": reason}))?;
+            env.audit("grant.add", json!({"grant": g.id, "vendor": vendor, "site": site, "devices": g.device_list(), "function": function, "from": fmt_time(from), "until": fmt_time(until), "reason": reason}))?;
             if env.json {
                 println!("{}", serde_json::to_string(&g)?);
             } else {
@@ -874,7 +876,8 @@ async fn grant(env: &Env, action: &GrantAction) -> Result<()> {
             env.print_list(
                 &rows,
                 &[
-                    "GRANT", "VENDOR", "SITE", "FUNCTION", "FROM", "UNTIL", "STATE", "BY",
+                    "GRANT", "VENDOR", "SITE", "DEVICES", "FUNCTION", "FROM", "UNTIL", "STATE",
+                    "BY",
                 ],
                 |g| {
                     let state = if g.revoked_at.is_some() {
@@ -890,6 +893,11 @@ async fn grant(env: &Env, action: &GrantAction) -> Result<()> {
                         g.id.clone(),
                         g.vendor.clone(),
                         g.site.clone(),
+                        if g.whole_site() {
+                            "all devices".into()
+                        } else {
+                            g.device_list().join(",")
+                        },
                         g.function.clone(),
                         fmt_time(g.valid_from),
                         fmt_time(g.valid_until),

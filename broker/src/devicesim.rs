@@ -783,6 +783,7 @@ async fn ensure_grant(env: &Env) -> Result<()> {
                     valid_until: now + 3600,
                     granted_by: "demo".into(),
                     reason: "postern demo".into(),
+                    devices: Vec::new(),
                 },
                 now,
             )

@@ -746,7 +746,12 @@ impl russh::server::Handler for Conn {
             .is_some()
             && matches!(
                 self.denied,
-                Some(Deny::NoGrant { .. } | Deny::WindowEnded { .. } | Deny::Revoked { .. })
+                Some(
+                    Deny::NoGrant { .. }
+                        | Deny::WindowEnded { .. }
+                        | Deny::Revoked { .. }
+                        | Deny::DeviceNotCovered { .. }
+                )
             );
         if offer
             && self.live().is_none()

@@ -78,6 +78,7 @@ pub async fn run(
                     valid_until: t + 7200,
                     granted_by: "bench-load".into(),
                     reason: "concurrency benchmark".into(),
+                    devices: Vec::new(),
                 },
                 t,
             )

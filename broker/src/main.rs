@@ -390,6 +390,10 @@ pub enum GrantAction {
         until: String,
         #[arg(long, default_value = "operator grant")]
         reason: String,
+        /// A device at the site the grant covers (repeatable, or comma-separated); without it,
+        /// every device at the site.
+        #[arg(long = "device", value_name = "DEVICE", value_delimiter = ',')]
+        devices: Vec<String>,
     },
     List,
     /// Revoke a grant; live sessions under it close within a second.

@@ -113,6 +113,31 @@ pub async fn offer(
         .await;
         return;
     }
+    // One open request per vendor, device and function: say so before asking anything. (The
+    // database refuses a second one anyway, should two connections race past this check.)
+    match ctx
+        .store
+        .pending_request(&target.vendor, &target.site, &target.device, &function)
+        .await
+    {
+        Ok(None) => {}
+        Ok(Some(p)) => {
+            proxy::refuse(
+                &handle,
+                id,
+                &format!(
+                    "{refusal}; {} (connect again once it is decided)",
+                    p.already_waiting()
+                ),
+            )
+            .await;
+            return;
+        }
+        Err(e) => {
+            proxy::refuse(&handle, id, &format!("control plane unavailable: {e}")).await;
+            return;
+        }
+    }
     let heading =
         format!("postern: {refusal}.\r\nYou can ask for access now. Reason (empty to cancel): ");
     let Some((reason, duration)) = dialogue.ask(&heading, max, max.min(3600)).await else {

@@ -374,7 +374,7 @@ pub async fn requests(State(state): St, s: Signed) -> Page {
 <form method="post" action="/requests/{id}/approve" class="inline">{csrf_f}
 <label>From <input name="from" value="now" size="8"></label>
 <label>For <input name="duration" value="{asked}" size="8"> <small>at most {max}</small></label>
-<button type="submit" class="approve">Approve</button></form>
+<button type="submit" class="approve">Approve</button> <small class="covers">grants {device} at {site} only</small></form>
 <form method="post" action="/requests/{id}/deny" class="inline">{csrf_f}
 <label>Reason <input name="reason" required placeholder="why not"></label>
 <button type="submit" class="deny">Deny</button></form></section>"#,
@@ -392,8 +392,21 @@ pub async fn requests(State(state): St, s: Signed) -> Page {
     }
     body.push_str("<h2>Recently decided</h2><ul class=\"list\">");
     for r in mine.iter().filter(|r| r.status != "pending").take(20) {
+        // The grant a request became covers the requested device only: say so next to its id.
+        let granted = r
+            .grant_id
+            .as_deref()
+            .map(|g| {
+                format!(
+                    " (grant {} for {}/{})",
+                    esc(g),
+                    esc(&r.site),
+                    esc(&r.device)
+                )
+            })
+            .unwrap_or_default();
         body.push_str(&format!(
-            "<li><b>{}</b> {} at {}/{} ({}): <span class=\"status {}\">{}</span> by {} after {}{}</li>",
+            "<li><b>{}</b> {} at {}/{} ({}): <span class=\"status {}\">{}</span>{granted} by {} after {}{}</li>",
             esc(&r.id),
             esc(&r.vendor),
             esc(&r.site),
@@ -534,12 +547,13 @@ pub async fn grants(State(state): St, s: Signed) -> Page {
         };
         body.push_str(&format!(
             r#"<section class="card"><h2>{vendor} <small>{function} at {site}</small>{flag}</h2>
-<dl><dt>Window</dt><dd>{from} – {until}</dd><dt>Granted by</dt><dd>{by}</dd><dt>Reason</dt><dd class="reason">{reason}</dd></dl>
+<dl><dt>Covers</dt><dd class="covers">{covers}</dd><dt>Window</dt><dd>{from} – {until}</dd><dt>Granted by</dt><dd>{by}</dd><dt>Reason</dt><dd class="reason">{reason}</dd></dl>
 <form method="post" action="/grants/{id}/revoke">{csrf_f}<button type="submit" class="deny">Revoke</button></form></section>"#,
             id = esc(&g.id),
             vendor = esc(&g.vendor),
             function = esc(&g.function),
             site = esc(&g.site),
+            covers = esc(&g.coverage()),
             from = time(g.valid_from),
             until = time(g.valid_until),
             by = esc(&g.granted_by),
