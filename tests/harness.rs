@@ -117,7 +117,7 @@ pub struct Approver {
     pub name: String,
     pub password: String,
     pub secret: String,
-    next_step: Mutex<u64>,
+    pub next_step: Mutex<u64>,
 }
 
 impl Approver {
@@ -198,10 +198,22 @@ impl World {
             String::from_utf8_lossy(&w_init.stderr)
         );
         let cfg_path = data.join("postern.toml");
-        let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace(
-            "warn_before = \"5m\"",
-            &format!("warn_before = \"{warn_before}\""),
-        ) + extra_config;
+        // Every test vendor connects from 127.0.0.1: exempt it from per-source caps and penalties
+        // (the flood tests attack from other loopback addresses). Keys given in `extra_config`
+        // replace the ones `init` wrote.
+        let extra = format!(
+            "warn_before = \"{warn_before}\"\npenalty_exempt = [\"127.0.0.1\"]\n{extra_config}"
+        );
+        let key_of = |line: &str| line.split_once('=').map(|(k, _)| k.trim().to_owned());
+        let overridden: Vec<String> = extra.lines().filter_map(key_of).collect();
+        let mut cfg: String = std::fs::read_to_string(&cfg_path)
+            .unwrap()
+            .lines()
+            .filter(|l| !key_of(l).is_some_and(|k| overridden.contains(&k)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        cfg.push_str(&extra);
+        cfg.push('\n');
         std::fs::write(&cfg_path, cfg).unwrap();
 
         // The device: a real sshd on loopback that trusts the broker's device key.
@@ -325,7 +337,20 @@ impl World {
     }
 
     pub fn start_broker(&mut self) {
-        let mut child = Command::new(postern_bin())
+        self.start_broker_under(&[]);
+    }
+
+    /// Starts the broker under a wrapper command (e.g. `prlimit --nofile=64:64`).
+    pub fn start_broker_under(&mut self, wrapper: &[&str]) {
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(need(prog));
+                c.args(args).arg(postern_bin());
+                c
+            }
+            None => Command::new(postern_bin()),
+        };
+        let mut child = cmd
             .args([
                 "serve",
                 "--ssh",
@@ -381,6 +406,11 @@ impl World {
     }
 
     /// Kills the broker with SIGKILL (no chance to close anything) and reaps it.
+    /// The broker's process id, while it runs.
+    pub fn broker_pid(&self) -> Option<u32> {
+        self.broker.as_ref().map(|c| c.id())
+    }
+
     pub fn kill_broker(&mut self) {
         if let Some(mut b) = self.broker.take() {
             let _ = b.kill();
@@ -814,9 +844,19 @@ pub struct WebResponse {
 
 impl WebClient {
     pub fn new(base: &str) -> WebClient {
+        WebClient::forwarded_for(base, None)
+    }
+
+    /// A client whose requests carry `X-Forwarded-For: ip`, as a TLS-terminating proxy adds.
+    pub fn forwarded_for(base: &str, ip: Option<&str>) -> WebClient {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(ip) = ip {
+            headers.insert("x-forwarded-for", ip.parse().unwrap());
+        }
         WebClient {
             base: base.trim_end_matches('/').to_owned(),
             client: reqwest::blocking::Client::builder()
+                .default_headers(headers)
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(30))
                 .build()
