@@ -786,13 +786,16 @@ fn private_sqlite_files(url: &str) -> Result<()> {
             return Ok(());
         }
         let io = |e: std::io::Error| StoreError::Invalid(format!("database file {path}: {e}"));
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
+        // Only where the URL lets SQLite create the file; otherwise a missing file stays an error.
+        if url.contains("mode=rwc") {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+        }
         for file in [
             path.to_owned(),
             format!("{path}-wal"),
