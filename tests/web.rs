@@ -168,7 +168,9 @@ fn approvers_decide_in_the_web_form() {
         detail.body
     );
     assert!(
-        detail.body.contains("final hash matches"),
+        detail
+            .body
+            .contains("sealed by a trusted key; seal anchored in the audit log"),
         "{}",
         detail.body
     );

@@ -4,7 +4,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use serde::Serialize;
 
 use crate::model::Grant;
-use crate::store::{NewGrant, Store, StoreError, new_id};
+use crate::store::{NewGrant, Store, StoreError, Tx, new_id};
 
 /// An approver, accountable for the listed sites and every site of the listed regions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -309,6 +309,25 @@ impl Store {
         until: i64,
         now: i64,
     ) -> Result<(AccessRequestRow, Grant)> {
+        let mut tx = self.begin().await?;
+        let done = self
+            .approve_request_in(&mut tx, id, by, from, until, now)
+            .await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// [`Store::approve_request`] inside the caller's transaction: the grant and the decision are
+    /// one change, undone together by a rollback.
+    pub async fn approve_request_in(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        by: &str,
+        from: i64,
+        until: i64,
+        now: i64,
+    ) -> Result<(AccessRequestRow, Grant)> {
         let req = self
             .request(id)
             .await?
@@ -320,7 +339,8 @@ impl Store {
             )));
         }
         let grant = self
-            .add_grant(
+            .add_grant_in(
+                tx,
                 &NewGrant {
                     vendor: req.vendor.clone(),
                     site: req.site.clone(),
@@ -340,18 +360,16 @@ impl Store {
             .bind(by)
             .bind(&grant.id)
             .bind(id)
-            .execute(self.pool())
+            .execute(&mut **tx)
             .await?
             .rows_affected();
         if n == 0 {
-            // Someone decided first: withdraw the grant just made.
-            let _ = self.revoke_grant(&grant.id, by, now).await;
+            // Someone decided first: the caller's rollback withdraws the grant just made.
             return Err(StoreError::Conflict(format!(
                 "request {id} was decided by someone else first"
             )));
         }
-        let req = self
-            .request(id)
+        let req = request_in(tx, id)
             .await?
             .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         Ok((req, grant))
@@ -364,16 +382,30 @@ impl Store {
         reason: &str,
         now: i64,
     ) -> Result<AccessRequestRow> {
+        let mut tx = self.begin().await?;
+        let req = self.deny_request_in(&mut tx, id, by, reason, now).await?;
+        tx.commit().await?;
+        Ok(req)
+    }
+
+    /// [`Store::deny_request`] inside the caller's transaction.
+    pub async fn deny_request_in(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<AccessRequestRow> {
         let n = sqlx::query("UPDATE requests SET status = 'denied', decided_at = $1, decided_by = $2, decision_reason = $3 WHERE id = $4 AND status = 'pending'")
             .bind(now)
             .bind(by)
             .bind(reason)
             .bind(id)
-            .execute(self.pool())
+            .execute(&mut **tx)
             .await?
             .rows_affected();
-        let req = self
-            .request(id)
+        let req = request_in(tx, id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("no request with id {id}")))?;
         if n == 0 {
@@ -384,6 +416,16 @@ impl Store {
         }
         Ok(req)
     }
+}
+
+/// One request, as the transaction sees it.
+async fn request_in(tx: &mut Tx, id: &str) -> Result<Option<AccessRequestRow>> {
+    Ok(
+        sqlx::query_as::<_, AccessRequestRow>("SELECT * FROM requests WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
 }
 
 /// A signed-in approver, found by the hash of their cookie's token.

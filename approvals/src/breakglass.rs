@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::model::{Function, Grant};
-use crate::store::{NewGrant, Store, StoreError, new_id};
+use crate::store::{NewGrant, Store, StoreError, Tx, new_id};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -172,16 +172,34 @@ impl Store {
         note: &str,
         now: i64,
     ) -> Result<BreakGlass> {
+        let mut tx = self.begin().await?;
+        let bg = self
+            .review_breakglass_in(&mut tx, id, by, note, now)
+            .await?;
+        tx.commit().await?;
+        Ok(bg)
+    }
+
+    /// [`Store::review_breakglass`] inside the caller's transaction.
+    pub async fn review_breakglass_in(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        by: &str,
+        note: &str,
+        now: i64,
+    ) -> Result<BreakGlass> {
         let n = sqlx::query("UPDATE breakglass SET reviewed_at = $1, reviewed_by = $2, review_note = $3 WHERE id = $4 AND reviewed_at IS NULL")
             .bind(now)
             .bind(by)
             .bind(note.trim())
             .bind(id)
-            .execute(self.pool())
+            .execute(&mut **tx)
             .await?
             .rows_affected();
-        let bg = self
-            .breakglass(id)
+        let bg = sqlx::query_as::<_, BreakGlass>("SELECT * FROM breakglass WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("no break-glass opening with id {id}")))?;
         if n == 0 {

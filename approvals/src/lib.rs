@@ -4,6 +4,7 @@
 //! The broker asks [`policy::decide`] — one pure function over facts loaded by the [`Store`] — at
 //! session start and at every new channel; it never decides on its own.
 
+pub mod actions;
 pub mod approvers;
 pub mod audit;
 pub mod breakglass;
@@ -15,8 +16,10 @@ pub mod ratelimit;
 pub mod store;
 pub mod time;
 pub mod totp;
+pub mod verify;
 pub mod web;
 
+pub use actions::{ActionError, Actions, Actor};
 pub use approvers::{AccessRequestRow, Approver, NewRequest, WebLogin};
 pub use audit::AuditLog;
 pub use breakglass::{BreakGlass, NewBreakGlass};

@@ -11,7 +11,7 @@ use tracing::warn;
 
 use crate::approvers::AccessRequestRow;
 use crate::model::{Grant, Session};
-use crate::store::{Store, StoreError, new_id};
+use crate::store::{Store, StoreError, Tx, new_id};
 use crate::time::fmt_time;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -62,6 +62,87 @@ pub struct Notification {
     pub last_error: Option<String>,
 }
 
+/// One notification about to be filed: its event, the human sentence (Slack shows the `text`
+/// field) and the details.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub event: Event,
+    pub text: String,
+    pub fields: Value,
+}
+
+impl Message {
+    pub fn new(event: Event, text: String, fields: Value) -> Message {
+        Message {
+            event,
+            text,
+            fields,
+        }
+    }
+
+    /// The JSON body that is POSTed.
+    fn body(&self, now: chrono::DateTime<chrono::Utc>) -> String {
+        let mut body = json!({
+            "text": format!("postern: {}", self.text),
+            "event": self.event.name(),
+            "time": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+        if let (Some(b), Value::Object(f)) = (body.as_object_mut(), &self.fields) {
+            for (k, v) in f {
+                b.entry(k.clone()).or_insert(v.clone());
+            }
+        }
+        body.to_string()
+    }
+
+    /// A request was approved (from the CLI or the web form alike).
+    pub fn request_granted(req: &AccessRequestRow, grant: &Grant, by: &str) -> Message {
+        let text = format!(
+            "{by} granted {} {} at {}/{} until {} (request {})",
+            req.vendor,
+            req.function,
+            req.site,
+            req.device,
+            fmt_time(grant.valid_until),
+            req.id
+        );
+        let fields = json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
+                            "grant": grant.id, "until": grant.valid_until, "approver": by, "latency": req.latency()});
+        Message::new(Event::RequestGranted, text, fields)
+    }
+
+    /// A request was denied, with the reason the vendor sees.
+    pub fn request_denied(req: &AccessRequestRow, by: &str, reason: &str) -> Message {
+        let text = format!(
+            "{by} denied {}'s request {} for {} at {}/{}: {reason}",
+            req.vendor, req.id, req.function, req.site, req.device
+        );
+        let fields = json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
+                            "approver": by, "reason": reason, "latency": req.latency()});
+        Message::new(Event::RequestDenied, text, fields)
+    }
+
+    /// Someone asked for a live session to be closed.
+    pub fn session_terminated(s: &Session, by: &str) -> Message {
+        let text = format!(
+            "{by} terminated {}'s session {} at {}/{}",
+            s.vendor, s.id, s.site, s.device
+        );
+        let fields = json!({"session": s.id, "vendor": s.vendor, "site": s.site, "device": s.device, "by": by});
+        Message::new(Event::SessionTerminated, text, fields)
+    }
+
+    /// A vendor was disabled: their grants revoked, their live sessions closing.
+    pub fn vendor_disabled(vendor: &str, by: &str, revoked: &[String]) -> Message {
+        let text = format!(
+            "vendor {vendor} was disabled by {by}; {} grant(s) revoked and live sessions closed",
+            revoked.len()
+        );
+        let fields = json!({"vendor": vendor, "by": by, "grants_revoked": revoked});
+        Message::new(Event::VendorDisabled, text, fields)
+    }
+}
+
 /// Files notifications when a webhook is configured; does nothing otherwise.
 #[derive(Clone, Debug)]
 pub struct Notifier {
@@ -74,70 +155,38 @@ impl Notifier {
         Notifier { store, enabled }
     }
 
-    /// Files one notification. `text` is the human sentence (Slack shows the `text` field);
-    /// `fields` carry the details. A failure is logged, never returned: the change it reports has
-    /// already happened and must not be undone for want of a message.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Files one notification on its own. `text` is the human sentence; `fields` carry the
+    /// details. A failure is logged, never returned: the change it reports has already happened
+    /// and must not be undone for want of a message. Operator actions use [`Notifier::file_in`].
     pub async fn notify(&self, event: Event, text: &str, fields: Value) {
         if !self.enabled {
             return;
         }
         let now = chrono::Utc::now();
-        let mut body = json!({
-            "text": format!("postern: {text}"),
-            "event": event.name(),
-            "time": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        });
-        if let (Some(b), Value::Object(f)) = (body.as_object_mut(), fields) {
-            for (k, v) in f {
-                b.entry(k).or_insert(v);
-            }
-        }
+        let body = Message::new(event, text.to_owned(), fields).body(now);
         if let Err(e) = self
             .store
-            .enqueue_notification(event.name(), &body.to_string(), now.timestamp_millis())
+            .enqueue_notification(event.name(), &body, now.timestamp_millis())
             .await
         {
             warn!(error = %e, event = event.name(), "could not file notification");
         }
     }
-}
 
-impl Notifier {
-    /// A request was approved (from the CLI or the web form alike).
-    pub async fn request_granted(&self, req: &AccessRequestRow, grant: &Grant, by: &str) {
-        let text = format!(
-            "{by} granted {} {} at {}/{} until {} (request {})",
-            req.vendor,
-            req.function,
-            req.site,
-            req.device,
-            fmt_time(grant.valid_until),
-            req.id
-        );
-        let fields = json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
-                            "grant": grant.id, "until": grant.valid_until, "approver": by, "latency": req.latency()});
-        self.notify(Event::RequestGranted, &text, fields).await;
-    }
-
-    /// A request was denied, with the reason the vendor sees.
-    pub async fn request_denied(&self, req: &AccessRequestRow, by: &str, reason: &str) {
-        let text = format!(
-            "{by} denied {}'s request {} for {} at {}/{}: {reason}",
-            req.vendor, req.id, req.function, req.site, req.device
-        );
-        let fields = json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device, "function": req.function,
-                            "approver": by, "reason": reason, "latency": req.latency()});
-        self.notify(Event::RequestDenied, &text, fields).await;
-    }
-
-    /// Someone asked for a live session to be closed.
-    pub async fn session_terminated(&self, s: &Session, by: &str) {
-        let text = format!(
-            "{by} terminated {}'s session {} at {}/{}",
-            s.vendor, s.id, s.site, s.device
-        );
-        let fields = json!({"session": s.id, "vendor": s.vendor, "site": s.site, "device": s.device, "by": by});
-        self.notify(Event::SessionTerminated, &text, fields).await;
+    /// Files a notification inside the transaction that makes the change it reports, so the
+    /// notification exists exactly when the change does. An error here aborts the change.
+    pub async fn file_in(&self, tx: &mut Tx, m: &Message) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let now = chrono::Utc::now();
+        self.store
+            .enqueue_notification_in(tx, m.event.name(), &m.body(now), now.timestamp_millis())
+            .await
     }
 }
 
@@ -154,13 +203,28 @@ impl Store {
         payload: &str,
         now_ms: i64,
     ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        self.enqueue_notification_in(&mut tx, event, payload, now_ms)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::enqueue_notification`] inside the caller's transaction.
+    pub async fn enqueue_notification_in(
+        &self,
+        tx: &mut Tx,
+        event: &str,
+        payload: &str,
+        now_ms: i64,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO notifications (id, event, payload, created, attempts, next_attempt_ms) VALUES ($1, $2, $3, $4, 0, $5)")
             .bind(new_id("n"))
             .bind(event)
             .bind(payload)
             .bind(now_ms / 1000)
             .bind(now_ms)
-            .execute(self.pool())
+            .execute(&mut **tx)
             .await?;
         Ok(())
     }

@@ -30,6 +30,10 @@ type Result<T> = std::result::Result<T, StoreError>;
 /// The longest window a function may allow.
 pub const MAX_WINDOW: i64 = 366 * 86_400;
 
+/// A database transaction: operator actions make their change, queue its notification and write
+/// its audit record inside one (see [`crate::actions`]).
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
 /// Handle to the database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -90,6 +94,9 @@ impl Store {
                 url.split(':').next().unwrap_or("")
             )));
         }
+        if sqlite {
+            private_sqlite_files(url)?;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 4 } else { 16 })
             .acquire_timeout(Duration::from_secs(5))
@@ -105,6 +112,11 @@ impl Store {
         // the folder per dialect and choose here.
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool, postgres })
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(self.pool.begin().await?)
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {
@@ -182,9 +194,22 @@ impl Store {
     /// Disables a vendor and revokes all their grants; returns the ids of the grants revoked.
     pub async fn disable_vendor(&self, name: &str, by: &str, now: i64) -> Result<Vec<String>> {
         let mut tx = self.pool.begin().await?;
+        let ids = self.disable_vendor_in(&mut tx, name, by, now).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// [`Store::disable_vendor`] inside the caller's transaction.
+    pub async fn disable_vendor_in(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<Vec<String>> {
         let n = sqlx::query("UPDATE vendors SET disabled = 1 WHERE name = $1")
             .bind(name)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?
             .rows_affected();
         if n == 0 {
@@ -195,16 +220,15 @@ impl Store {
         )
         .bind(name)
         .bind(now)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         sqlx::query("UPDATE grants SET revoked_at = $1, revoked_by = $2 WHERE vendor = $3 AND revoked_at IS NULL AND valid_until > $1")
             .bind(now)
             .bind(by)
             .bind(name)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
-        self.bump_revision(&mut *tx).await?;
-        tx.commit().await?;
+        self.bump_revision(&mut **tx).await?;
         Ok(ids)
     }
 
@@ -416,6 +440,14 @@ impl Store {
     /// Adds a grant after checking that everything it names exists and that the window is
     /// well-formed and no longer than the function allows.
     pub async fn add_grant(&self, g: &NewGrant, now: i64) -> Result<Grant> {
+        let mut tx = self.pool.begin().await?;
+        let grant = self.add_grant_in(&mut tx, g, now).await?;
+        tx.commit().await?;
+        Ok(grant)
+    }
+
+    /// [`Store::add_grant`] inside the caller's transaction.
+    pub async fn add_grant_in(&self, tx: &mut Tx, g: &NewGrant, now: i64) -> Result<Grant> {
         let vendor = self
             .vendor(&g.vendor)
             .await?
@@ -475,7 +507,7 @@ impl Store {
             .bind(&grant.reason)
             .bind(now)
             .bind(&grant.devices)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await?;
         Ok(grant)
     }
@@ -520,16 +552,29 @@ impl Store {
 
     pub async fn revoke_grant(&self, id: &str, by: &str, now: i64) -> Result<Grant> {
         let mut tx = self.pool.begin().await?;
+        let grant = self.revoke_grant_in(&mut tx, id, by, now).await?;
+        tx.commit().await?;
+        Ok(grant)
+    }
+
+    /// [`Store::revoke_grant`] inside the caller's transaction.
+    pub async fn revoke_grant_in(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<Grant> {
         let n = sqlx::query("UPDATE grants SET revoked_at = $1, revoked_by = $2 WHERE id = $3 AND revoked_at IS NULL")
             .bind(now)
             .bind(by)
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?
             .rows_affected();
         let grant = sqlx::query_as::<_, Grant>("SELECT * FROM grants WHERE id = $1")
             .bind(id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("no grant with id {id}")))?;
         if n == 0 {
@@ -537,8 +582,7 @@ impl Store {
                 "grant {id} was already revoked"
             )));
         }
-        self.bump_revision(&mut *tx).await?;
-        tx.commit().await?;
+        self.bump_revision(&mut **tx).await?;
         Ok(grant)
     }
 
@@ -646,15 +690,22 @@ impl Store {
     /// Asks whichever node runs a live session to close it.
     pub async fn request_kill(&self, id: &str) -> Result<Session> {
         let mut tx = self.pool.begin().await?;
+        let s = self.request_kill_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(s)
+    }
+
+    /// [`Store::request_kill`] inside the caller's transaction.
+    pub async fn request_kill_in(&self, tx: &mut Tx, id: &str) -> Result<Session> {
         let n =
             sqlx::query("UPDATE sessions SET kill_requested = 1 WHERE id = $1 AND ended IS NULL")
                 .bind(id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?
                 .rows_affected();
         let s = sqlx::query_as::<_, Session>("SELECT * FROM sessions WHERE id = $1")
             .bind(id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("no session with id {id}")))?;
         if n == 0 {
@@ -662,8 +713,7 @@ impl Store {
                 "session {id} has already ended"
             )));
         }
-        self.bump_revision(&mut *tx).await?;
-        tx.commit().await?;
+        self.bump_revision(&mut **tx).await?;
         Ok(s)
     }
 
@@ -755,6 +805,48 @@ impl Store {
             .or_else(|_| row.try_get::<i64, _>(0).map(|v| v as i32))?;
         Ok(())
     }
+}
+
+/// The SQLite database holds TOTP secrets and device credentials: its file is created readable by
+/// its owner only, before SQLite opens it (SQLite gives its `-wal` and `-shm` files the database
+/// file's mode), and files left more open by an older version are tightened.
+fn private_sqlite_files(url: &str) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+        let path = rest.split('?').next().unwrap_or("");
+        if path.is_empty() || path.starts_with(':') || url.contains("mode=memory") {
+            return Ok(());
+        }
+        let io = |e: std::io::Error| StoreError::Invalid(format!("database file {path}: {e}"));
+        // Only where the URL lets SQLite create the file; otherwise a missing file stays an error.
+        if url.contains("mode=rwc") {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+        }
+        for file in [
+            path.to_owned(),
+            format!("{path}-wal"),
+            format!("{path}-shm"),
+        ] {
+            match std::fs::metadata(&file) {
+                Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                        .map_err(io)?;
+                }
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = url;
+    Ok(())
 }
 
 /// Names appear in login strings (`VENDOR:SITE/DEVICE:FUNCTION`), file names and URLs.

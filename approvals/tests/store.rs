@@ -881,3 +881,249 @@ async fn notification_outbox(db: Db) {
 both!(breakglass_and_review);
 both!(web_logins);
 both!(notification_outbox);
+
+/// Operator actions are all or nothing: with the audit log unwritable each is refused and changes
+/// nothing (no state change, no notification, no revision bump); with it writable each makes its
+/// change, queues its notification and leaves its audit record, with who acted.
+async fn actions_are_all_or_nothing(db: Db) {
+    use approvals::{ActionError, Actions, Actor, AuditLog, Notifier};
+    let s = &db.store;
+    directory(s).await;
+    let allow = ChannelSet::parse("shell").unwrap();
+    let orgs = ["acme".to_owned()];
+    s.add_function("emergency", &allow, None, 2 * 3600, Some(&orgs), NOW)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let notifier = Notifier::new(s.clone(), true);
+    let ok = Actions::new(s.clone(), AuditLog::new(&log, "n1"), notifier.clone());
+    // A directory where the audit log should be: every write fails, as on a broken disk.
+    let refused = Actions::new(s.clone(), AuditLog::new(dir.path(), "n1"), notifier);
+    let olga = Actor::web("olga");
+    let root = Actor::operator("root");
+
+    let g = s.add_grant(&grant(NOW, NOW + 600), NOW).await.unwrap();
+    s.start_session(&approvals::Session {
+        id: "s-1".into(),
+        vendor: "alice".into(),
+        site: "store-1".into(),
+        device: "cam-01".into(),
+        function: "maint".into(),
+        grant_id: g.id.clone(),
+        node: "n1".into(),
+        source: "127.0.0.1:5555".into(),
+        recording: "s-1.rec".into(),
+        started: NOW,
+        ended: None,
+        end_reason: None,
+        kill_requested: 0,
+        records: None,
+        final_hash: None,
+        breakglass: None,
+    })
+    .await
+    .unwrap();
+    let ask = || approvals::NewRequest {
+        vendor: "alice".into(),
+        site: "store-1".into(),
+        device: "cam-01".into(),
+        function: "maint".into(),
+        reason: "camera offline".into(),
+        duration: 3600,
+    };
+    let r1 = s.add_request(&ask(), NOW).await.unwrap();
+    let r2 = s.add_request(&ask(), NOW).await.unwrap();
+    let (bg, _) = s
+        .open_breakglass(
+            &approvals::NewBreakGlass {
+                vendor: "alice".into(),
+                site: "store-1".into(),
+                device: "cam-01".into(),
+                function: "emergency".into(),
+                reason: "freezer alarm".into(),
+                duration: 1800,
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    let grants_before = s.grants().await.unwrap();
+    let revision = s.revision().await.unwrap();
+    let unwritable = |r: Result<(), ActionError>, what: &str| {
+        assert!(
+            matches!(r, Err(ActionError::AuditUnwritable(_))),
+            "{what}: {r:?}"
+        );
+    };
+
+    unwritable(
+        refused
+            .approve_request(&olga, &r1.id, NOW, None, NOW)
+            .await
+            .map(drop),
+        "approve",
+    );
+    unwritable(
+        refused
+            .deny_request(&olga, &r2.id, "not today", NOW)
+            .await
+            .map(drop),
+        "deny",
+    );
+    unwritable(
+        refused.revoke_grant(&olga, &g.id, NOW).await.map(drop),
+        "revoke",
+    );
+    unwritable(refused.kill_session(&olga, "s-1").await.map(drop), "kill");
+    unwritable(
+        refused.disable_vendor(&root, "alice", NOW).await.map(drop),
+        "disable",
+    );
+    unwritable(
+        refused
+            .review_breakglass(&olga, &bg.id, "checked", NOW)
+            .await
+            .map(drop),
+        "review",
+    );
+    unwritable(
+        refused
+            .add_grant(&root, &grant(NOW, NOW + 60), NOW)
+            .await
+            .map(drop),
+        "grant add",
+    );
+    // Nothing happened.
+    assert_eq!(s.request(&r1.id).await.unwrap().unwrap().status, "pending");
+    assert_eq!(s.request(&r2.id).await.unwrap().unwrap().status, "pending");
+    assert_eq!(s.grants().await.unwrap(), grants_before);
+    let session = s.session("s-1").await.unwrap().unwrap();
+    assert_eq!((session.kill_requested, session.ended), (0, None));
+    assert!(!s.vendor("alice").await.unwrap().unwrap().is_disabled());
+    assert!(
+        s.breakglass(&bg.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .reviewed_at
+            .is_none()
+    );
+    assert!(s.notifications().await.unwrap().is_empty());
+    assert_eq!(s.revision().await.unwrap(), revision);
+    assert!(!log.exists());
+
+    // The same actions with the audit log writable.
+    let (r, granted) = ok
+        .approve_request(&olga, &r1.id, NOW, None, NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.decided_by.as_deref()),
+        ("approved", Some("olga"))
+    );
+    assert_eq!(granted.valid_until, NOW + 3600, "as long as asked for");
+    assert!(matches!(
+        ok.approve_request(&olga, &r1.id, NOW, None, NOW).await,
+        Err(ActionError::Conflict(_))
+    ));
+    assert!(matches!(
+        ok.deny_request(&olga, &r2.id, "  ", NOW).await,
+        Err(ActionError::Invalid(_))
+    ));
+    ok.deny_request(&olga, &r2.id, "not today", NOW)
+        .await
+        .unwrap();
+    ok.revoke_grant(&olga, &g.id, NOW).await.unwrap();
+    assert!(matches!(
+        ok.revoke_grant(&olga, "g-none", NOW).await,
+        Err(ActionError::NotFound(_))
+    ));
+    ok.kill_session(&olga, "s-1").await.unwrap();
+    ok.review_breakglass(&olga, &bg.id, "checked", NOW)
+        .await
+        .unwrap();
+    let added = ok
+        .add_grant(&root, &grant(NOW, NOW + 60), NOW)
+        .await
+        .unwrap();
+    assert_eq!(added.granted_by, "operator:root");
+    let revoked = ok.disable_vendor(&root, "alice", NOW).await.unwrap();
+    assert!(revoked.contains(&added.id) && revoked.contains(&granted.id));
+    assert!(s.session("s-1").await.unwrap().unwrap().kill_requested == 1);
+    assert!(s.revision().await.unwrap() > revision);
+    let mut events: Vec<String> = s
+        .notifications()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.event)
+        .collect();
+    events.sort();
+    assert_eq!(
+        events,
+        [
+            "request.denied",
+            "request.granted",
+            "session.terminated",
+            "vendor.disabled"
+        ]
+    );
+    let records: Vec<serde_json::Value> = recorder::Reader::open(&log)
+        .unwrap()
+        .map(|r| r.unwrap().json().unwrap())
+        .collect();
+    let names: Vec<&str> = records
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "request.approve",
+            "request.deny",
+            "grant.revoke",
+            "session.kill_requested",
+            "breakglass.review",
+            "grant.add",
+            "vendor.disable"
+        ]
+    );
+    assert_eq!(records[0]["actor"], "web:olga");
+    assert_eq!(records[0]["grant"], granted.id.as_str());
+    assert_eq!(records[1]["reason"], "not today");
+    assert_eq!(records[6]["actor"], "operator:root");
+    db.drop_pg().await;
+}
+
+both!(actions_are_all_or_nothing);
+
+/// The SQLite files hold TOTP secrets and device credentials: owner-only, -wal and -shm included,
+/// and a file left readable by an older version is tightened.
+#[tokio::test]
+async fn sqlite_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    let s = Store::open(&format!("sqlite://{}?mode=rwc", db.display()))
+        .await
+        .unwrap();
+    directory(&s).await;
+    let mode = |name: &str| {
+        std::fs::metadata(dir.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for f in ["p.db", "p.db-wal", "p.db-shm"] {
+        assert_eq!(mode(f), 0o600, "{f}");
+    }
+    s.close().await;
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = Store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    assert_eq!(mode("p.db"), 0o600);
+    s.close().await;
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use approvals::time::{fmt_time, now, parse_duration, parse_time};
+use approvals::verify::Finding;
 use approvals::{AuditLog, ChannelSet, NewDevice, NewGrant, Store};
 use serde_json::{Value, json};
 
@@ -58,6 +59,24 @@ impl Env {
             .map_err(|e| anyhow!("{e}"))
     }
 
+    /// Where operator actions are taken (the same code the web form uses).
+    fn actions(&self) -> approvals::Actions {
+        approvals::Actions::new(
+            self.store.clone(),
+            self.audit.clone(),
+            self.notifier.clone(),
+        )
+    }
+
+    /// Where this node's evidence is, for the verifier.
+    fn evidence(&self) -> approvals::verify::Evidence {
+        approvals::verify::Evidence {
+            audit_log: self.data.audit_log(),
+            recordings: self.data.recordings(),
+            local_seal_key: Some(self.data.seal_key().with_extension("pub")),
+        }
+    }
+
     fn print_list<T: serde::Serialize>(
         &self,
         rows: &[T],
@@ -76,11 +95,15 @@ impl Env {
 
 /// Who ran an operator command, for the audit log.
 fn actor() -> String {
-    format!(
-        "operator:{}",
-        std::env::var("SUDO_USER")
+    operator().tag().to_owned()
+}
+
+/// The operator running this command, as the actor of an action.
+fn operator() -> approvals::Actor {
+    approvals::Actor::operator(
+        &std::env::var("SUDO_USER")
             .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| "unknown".into())
+            .unwrap_or_else(|_| "unknown".into()),
     )
 }
 
@@ -459,22 +482,10 @@ async fn vendor(env: &Env, action: &VendorAction) -> Result<()> {
             }
         }
         VendorAction::Disable { name } => {
-            let revoked = env.store.disable_vendor(name, &actor(), now()).await?;
-            env.audit(
-                "vendor.disable",
-                json!({"vendor": name, "grants_revoked": revoked}),
-            )?;
-            env.notifier
-                .notify(
-                    approvals::Event::VendorDisabled,
-                    &format!(
-                        "vendor {name} was disabled by {}; {} grant(s) revoked and live sessions closed",
-                        actor(),
-                        revoked.len()
-                    ),
-                    json!({"vendor": name, "by": actor(), "grants_revoked": revoked}),
-                )
-                .await;
+            let revoked = env
+                .actions()
+                .disable_vendor(&operator(), name, now())
+                .await?;
             if env.json {
                 println!(
                     "{}",
@@ -848,8 +859,9 @@ async fn grant(env: &Env, action: &GrantAction) -> Result<()> {
             let from = parse_time(from, t).map_err(|e| anyhow!("--from: {e}"))?;
             let until = parse_time(until, t).map_err(|e| anyhow!("--until: {e}"))?;
             let g = env
-                .store
+                .actions()
                 .add_grant(
+                    &operator(),
                     &NewGrant {
                         vendor: vendor.clone(),
                         site: site.clone(),
@@ -863,7 +875,6 @@ async fn grant(env: &Env, action: &GrantAction) -> Result<()> {
                     t,
                 )
                 .await?;
-            env.audit("grant.add", json!({"grant": g.id, "vendor": vendor, "site": site, "devices": g.device_list(), "function": function, "from": fmt_time(from), "until": fmt_time(until), "reason": reason}))?;
             if env.json {
                 println!("{}", serde_json::to_string(&g)?);
             } else {
@@ -908,11 +919,7 @@ async fn grant(env: &Env, action: &GrantAction) -> Result<()> {
             )?;
         }
         GrantAction::Revoke { id } => {
-            let g = env.store.revoke_grant(id, &actor(), now()).await?;
-            env.audit(
-                "grant.revoke",
-                json!({"grant": id, "vendor": g.vendor, "site": g.site, "function": g.function}),
-            )?;
+            env.actions().revoke_grant(&operator(), id, now()).await?;
             println!("grant {id} revoked; live sessions under it close within a second");
         }
     }
@@ -1037,11 +1044,6 @@ async fn request(env: &Env, action: &RequestAction) -> Result<()> {
         }
         RequestAction::Approve { id, from, until } => {
             let t = now();
-            let req = env
-                .store
-                .request(id)
-                .await?
-                .ok_or_else(|| anyhow!("no request with id {id}"))?;
             let from = from
                 .as_deref()
                 .map(|f| parse_time(f, t))
@@ -1052,32 +1054,21 @@ async fn request(env: &Env, action: &RequestAction) -> Result<()> {
                 .as_deref()
                 .map(|u| parse_time(u, t))
                 .transpose()
-                .map_err(|e| anyhow!("--until: {e}"))?
-                .unwrap_or(from + req.duration);
-            let (req, grant) = env
-                .store
-                .approve_request(id, &actor(), from, until, t)
+                .map_err(|e| anyhow!("--until: {e}"))?;
+            let (_, grant) = env
+                .actions()
+                .approve_request(&operator(), id, from, until, t)
                 .await?;
-            if let Err(e) = env.audit(
-                "request.approve",
-                json!({"request": id, "vendor": req.vendor, "site": req.site, "function": req.function, "grant": grant.id,
-                       "from": fmt_time(from), "until": fmt_time(until), "latency": req.latency()}),
-            ) {
-                // As in the web form: a grant the audit log cannot account for is withdrawn.
-                let _ = env.store.revoke_grant(&grant.id, &actor(), t).await;
-                return Err(e);
-            }
-            env.notifier.request_granted(&req, &grant, &actor()).await;
             println!(
                 "request {id} approved: grant {} until {}",
                 grant.id,
-                fmt_time(until)
+                fmt_time(grant.valid_until)
             );
         }
         RequestAction::Deny { id, reason } => {
-            let req = env.store.deny_request(id, &actor(), reason, now()).await?;
-            env.audit("request.deny", json!({"request": id, "vendor": req.vendor, "site": req.site, "reason": reason, "latency": req.latency()}))?;
-            env.notifier.request_denied(&req, &actor(), reason).await;
+            env.actions()
+                .deny_request(&operator(), id, reason, now())
+                .await?;
             println!("request {id} denied");
         }
     }
@@ -1086,12 +1077,7 @@ async fn request(env: &Env, action: &RequestAction) -> Result<()> {
 
 async fn sessions(env: &Env, live: bool, action: Option<&SessionsAction>) -> Result<()> {
     if let Some(SessionsAction::Kill { id }) = action {
-        let s = env.store.request_kill(id).await?;
-        env.audit(
-            "session.kill_requested",
-            json!({"session": id, "vendor": s.vendor, "node": s.node}),
-        )?;
-        env.notifier.session_terminated(&s, &actor()).await;
+        let s = env.actions().kill_session(&operator(), id).await?;
         println!("session {id} is being closed (node {})", s.node);
         return Ok(());
     }
@@ -1380,213 +1366,6 @@ async fn audit(env: &Env, follow: bool, since: Option<&str>) -> Result<()> {
     }
 }
 
-/// One verification finding.
-#[derive(serde::Serialize)]
-struct Finding {
-    item: String,
-    ok: bool,
-    records: u64,
-    detail: String,
-}
-
-impl Finding {
-    fn ok(item: &str, records: u64, detail: impl Into<String>) -> Finding {
-        Finding {
-            item: item.to_owned(),
-            ok: true,
-            records,
-            detail: detail.into(),
-        }
-    }
-    fn bad(item: &str, records: u64, detail: impl Into<String>) -> Finding {
-        Finding {
-            item: item.to_owned(),
-            ok: false,
-            records,
-            detail: detail.into(),
-        }
-    }
-}
-
-/// What the audit log says a session's seal was.
-struct AuditSeal {
-    records: u64,
-    hash: String,
-}
-
-/// Checks one recording: its chain; once the session has ended, its seal (signed by a trusted
-/// key, covering every record) and the seal values kept in the database and the audit log. So a
-/// changed byte, a dropped or reordered record, a truncation, a recomputed chain, a swapped file
-/// and a deleted file are each reported, at the record where they show.
-fn verify_recording(
-    path: &Path,
-    s: &approvals::Session,
-    trusted: &[recorder::SealPublicKey],
-    audit_seal: Option<&AuditSeal>,
-) -> Finding {
-    let item = format!("session {}", s.id);
-    if !path.exists() {
-        return Finding::bad(&item, 0, format!("recording {} is missing", path.display()));
-    }
-    let r = match recorder::verify_file(path) {
-        Ok(r) => r,
-        Err(e) => return Finding::bad(&item, 0, format!("{}: {e}", path.display())),
-    };
-    if r.stream_id != s.id {
-        return Finding::bad(
-            &item,
-            r.records,
-            format!(
-                "file belongs to stream {}, not {} (recording swapped)",
-                r.stream_id, s.id
-            ),
-        );
-    }
-    if let Some(p) = &r.problem {
-        return Finding::bad(&item, r.records, p.to_string());
-    }
-    let crashed = s.ended.is_some() && s.records.is_none();
-    match (&r.tail, s.ended, crashed) {
-        (recorder::Tail::Torn { offset, .. }, Some(_), false) => {
-            return Finding::bad(
-                &item,
-                r.records,
-                format!(
-                    "record {}: incomplete at byte {offset} (file truncated)",
-                    r.records
-                ),
-            );
-        }
-        (recorder::Tail::Torn { offset, .. }, _, _) => {
-            return Finding::ok(
-                &item,
-                r.records,
-                format!(
-                    "chain intact; unsealed tail at byte {offset} (session not closed cleanly)"
-                ),
-            );
-        }
-        _ => {}
-    }
-    if s.ended.is_none() || crashed {
-        let why = if crashed {
-            "never sealed (broker crash or recording write error)"
-        } else {
-            "live, not sealed yet"
-        };
-        return Finding::ok(&item, r.records, format!("chain intact; {why}"));
-    }
-    let (Some(n), Some(h)) = (s.records, s.final_hash.as_deref()) else {
-        return Finding::bad(
-            &item,
-            r.records,
-            "session ended but its seal is missing from the database",
-        );
-    };
-    if (r.records as i64) < n {
-        return Finding::bad(
-            &item,
-            r.records,
-            format!(
-                "record {}: missing (recording truncated; sealed with {n} records)",
-                r.records
-            ),
-        );
-    }
-    let seal = match r.seal(trusted) {
-        Ok(seal) => seal,
-        Err(e) => return Finding::bad(&item, r.records, e.to_string()),
-    };
-    let last = r.last_hash.map(hex::encode).unwrap_or_default();
-    if r.records as i64 > n || last != h {
-        return Finding::bad(
-            &item,
-            r.records,
-            format!(
-                "record {}: recording does not match the seal in the database",
-                n - 1
-            ),
-        );
-    }
-    if let Some(a) = audit_seal
-        && (a.records != seal.records || a.hash != seal.final_hash)
-    {
-        return Finding::bad(
-            &item,
-            r.records,
-            format!(
-                "record {}: recording does not match the seal in the audit log",
-                seal.records
-            ),
-        );
-    }
-    let anchored = if audit_seal.is_some() {
-        "; seal anchored in the audit log"
-    } else {
-        ""
-    };
-    Finding::ok(
-        &item,
-        r.records,
-        format!("chain intact; sealed by a trusted key{anchored}"),
-    )
-}
-
-/// Checks the audit log's chain and collects the seals it holds.
-fn verify_audit_log(path: &Path) -> (Finding, std::collections::HashMap<String, AuditSeal>) {
-    let mut seals = std::collections::HashMap::new();
-    let item = "audit log";
-    let reader = match recorder::Reader::open(path) {
-        Ok(r) => r,
-        Err(e) => return (Finding::bad(item, 0, e.to_string()), seals),
-    };
-    let mut n = 0u64;
-    for rec in reader {
-        match rec {
-            Ok(r) => {
-                n += 1;
-                if let Some(v) = r.json().filter(|v| v["event"] == "session.seal")
-                    && let (Some(id), Some(records), Some(hash)) = (
-                        v["session"].as_str(),
-                        v["sealed_records"].as_u64(),
-                        v["sealed_hash"].as_str(),
-                    )
-                {
-                    seals.insert(
-                        id.to_owned(),
-                        AuditSeal {
-                            records,
-                            hash: hash.to_owned(),
-                        },
-                    );
-                }
-            }
-            // A torn tail is a crash during an append; the next append repairs it.
-            Err(recorder::ReadError::Torn { offset, .. }) => {
-                return (
-                    Finding::ok(
-                        item,
-                        n,
-                        format!(
-                            "chain intact; torn tail at byte {offset} from an interrupted write"
-                        ),
-                    ),
-                    seals,
-                );
-            }
-            Err(e) => return (Finding::bad(item, n, e.to_string()), seals),
-        }
-    }
-    (Finding::ok(item, n, "chain intact"), seals)
-}
-
-fn trusted_keys(lines: &[String]) -> Vec<recorder::SealPublicKey> {
-    lines
-        .iter()
-        .filter_map(|l| recorder::SealPublicKey::parse(l).ok())
-        .collect()
-}
-
 fn report(findings: &[Finding], json: bool) -> Result<ExitCode> {
     let failed = findings.iter().filter(|f| !f.ok).count();
     if json {
@@ -1596,13 +1375,7 @@ fn report(findings: &[Finding], json: bool) -> Result<ExitCode> {
         );
     } else {
         for f in findings {
-            println!(
-                "{} {}: {} ({} records)",
-                if f.ok { "OK    " } else { "FAILED" },
-                f.item,
-                f.detail,
-                f.records
-            );
+            println!("{}", f.line());
         }
     }
     if failed > 0 {
@@ -1645,48 +1418,7 @@ pub fn verify_standalone(file: &Path, public_key: &Path, json: bool) -> Result<E
 }
 
 pub async fn verify(env: &Env, id: Option<&str>) -> Result<ExitCode> {
-    let mut findings = Vec::new();
-    let (audit_finding, audit_seals) = verify_audit_log(&env.data.audit_log());
-    let mut keys = env.store.seal_keys().await?;
-    if let Ok(local) = std::fs::read_to_string(env.data.seal_key().with_extension("pub")) {
-        keys.push(local);
-    }
-    let trusted = trusted_keys(&keys);
-    let sessions = match id {
-        Some(id) => vec![
-            env.store
-                .session(id)
-                .await?
-                .ok_or_else(|| anyhow!("no session with id {id}"))?,
-        ],
-        None => env.store.sessions(false).await?,
-    };
-    for s in &sessions {
-        findings.push(verify_recording(
-            &env.data.recordings().join(&s.recording),
-            s,
-            &trusted,
-            audit_seals.get(&s.id),
-        ));
-    }
-    if id.is_none() {
-        // Sessions the audit log sealed must still be known to the database.
-        let known: std::collections::HashSet<&str> =
-            sessions.iter().map(|s| s.id.as_str()).collect();
-        let mut orphans: Vec<&String> = audit_seals
-            .keys()
-            .filter(|k| !known.contains(k.as_str()))
-            .collect();
-        orphans.sort();
-        for o in orphans {
-            findings.push(Finding::bad(
-                &format!("session {o}"),
-                0,
-                "sealed in the audit log but missing from the database",
-            ));
-        }
-        findings.push(audit_finding);
-    }
+    let findings = approvals::verify::verify(&env.store, &env.evidence(), id).await?;
     let failed = findings.iter().filter(|f| !f.ok).count();
     // The verification itself is evidence.
     let _ = env.audit(
@@ -1771,7 +1503,8 @@ pub async fn serve(
             env.data.recordings(),
             https,
         )
-        .with_client_address(client_address),
+        .with_client_address(client_address)
+        .with_local_seal_key(env.data.seal_key().with_extension("pub")),
     );
     // The web listener's own caps: connections in all and per client, idle and header timeouts.
     let web_limits = crate::web::Limits {

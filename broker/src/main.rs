@@ -417,6 +417,15 @@ fn main() -> std::process::ExitCode {
             | Command::DeviceSim { .. }
             | Command::Simulate { .. }
     );
+    if !serving && !matches!(cli.command, Command::BenchLoad { .. }) {
+        // Rust ignores SIGPIPE, so printing to a closed pipe (`postern commands | head -1`)
+        // panics. A one-shot command instead ends quietly, as Unix tools do, when its reader has
+        // gone. Serving processes keep ignoring it: a vendor hanging up must not stop the broker.
+        // SAFETY: restores the default disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let default = if serving {
         "info,russh=warn"
     } else {

@@ -26,11 +26,13 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
+use crate::actions::Actions;
 use crate::approvers::WebLogin;
 use crate::audit::AuditLog;
 use crate::notify::Notifier;
 use crate::ratelimit::RateLimiter;
 use crate::store::Store;
+use crate::verify::Evidence;
 
 /// The cookie that carries a signed-in approver's token.
 pub const SESSION_COOKIE: &str = "postern_session";
@@ -60,6 +62,9 @@ pub struct WebState {
     pub client_address: ClientAddress,
     /// Sign-ins refused by the rate limits, written to the audit log as one summary per interval.
     pub throttled: crate::audit::Tally,
+    /// This node's seal public key file, trusted by the session page's verification as by
+    /// `postern verify`.
+    pub local_seal_key: Option<PathBuf>,
 }
 
 /// How the web UI finds a client's address: the TCP peer, unless the peer is a trusted
@@ -141,6 +146,31 @@ impl WebState {
                 header: header::HeaderName::from_static("x-forwarded-for"),
             },
             throttled: crate::audit::Tally::default(),
+            local_seal_key: None,
+        }
+    }
+
+    /// Trusts this node's own seal public key file too when verifying recordings.
+    pub fn with_local_seal_key(mut self, path: PathBuf) -> WebState {
+        self.local_seal_key = Some(path);
+        self
+    }
+
+    /// Where operator actions are taken (the same code the CLI uses).
+    pub(crate) fn actions(&self) -> Actions {
+        Actions::new(
+            self.store.clone(),
+            self.audit.clone(),
+            self.notifier.clone(),
+        )
+    }
+
+    /// Where the evidence is, for the verifier `postern verify` uses too.
+    pub(crate) fn evidence(&self) -> Evidence {
+        Evidence {
+            audit_log: self.audit.path().to_owned(),
+            recordings: self.recordings.clone(),
+            local_seal_key: self.local_seal_key.clone(),
         }
     }
 

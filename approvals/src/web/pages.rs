@@ -17,6 +17,7 @@ use super::{
     LOGIN_COOKIE, LOGIN_TTL, MAX_NAME, SESSION_COOKIE, Signed, WebState, cookie, random_token, same_token,
     set_cookie, token_hash,
 };
+use crate::actions::{ActionError, Actor};
 use crate::audit::bounded;
 use crate::lockout::Subject;
 use crate::store::StoreError;
@@ -33,6 +34,27 @@ fn store_error(e: StoreError) -> Response {
         StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
         StoreError::Db(_) | StoreError::Migrate(_) => {
             warn!(error = %e, "web: database error");
+            return html::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The control plane is unavailable; nothing was changed. Try again shortly.",
+            );
+        }
+    };
+    html::error(status, &e.to_string())
+}
+
+/// Turns a refused action into a page; nothing was changed in any case.
+fn action_error(e: ActionError) -> Response {
+    let status = match &e {
+        ActionError::NotFound(_) => StatusCode::NOT_FOUND,
+        ActionError::Conflict(_) => StatusCode::CONFLICT,
+        ActionError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ActionError::AuditUnwritable(_) => {
+            warn!(error = %e, "web: action refused");
+            return audit_failed();
+        }
+        ActionError::Unavailable(_) => {
+            warn!(error = %e, "web: action refused");
             return html::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The control plane is unavailable; nothing was changed. Try again shortly.",
@@ -467,25 +489,11 @@ pub async fn approve(
         parse_duration(f.duration.trim())
             .map_err(|e| html::error(StatusCode::BAD_REQUEST, &format!("For: {e}")))?
     };
-    let (req, grant) = state
-        .store
-        .approve_request(&id, s.name(), from, from + duration, t)
+    state
+        .actions()
+        .approve_request(&Actor::web(s.name()), &id, from, Some(from + duration), t)
         .await
-        .map_err(store_error)?;
-    if !state
-        .audit(
-            "request.approve",
-            s.name(),
-            json!({"request": id, "vendor": req.vendor, "site": req.site, "function": req.function, "grant": grant.id,
-                   "from": crate::time::fmt_time(from), "until": crate::time::fmt_time(grant.valid_until), "latency": req.latency()}),
-        )
-        .await
-    {
-        // Fail closed: a grant nobody can account for is withdrawn.
-        let _ = state.store.revoke_grant(&grant.id, s.name(), t).await;
-        return Err(audit_failed());
-    }
-    state.notifier.request_granted(&req, &grant, s.name()).await;
+        .map_err(action_error)?;
     Ok(back("/requests"))
 }
 
@@ -504,26 +512,11 @@ pub async fn deny(
 ) -> Page {
     check_csrf(&state, &s, &f.csrf, "request.deny").await?;
     my_request(&state, &s, &id).await?;
-    let reason = f.reason.trim();
-    if reason.is_empty() {
-        return Err(html::error(
-            StatusCode::BAD_REQUEST,
-            "A denial needs a reason: the vendor sees it.",
-        ));
-    }
-    let req = state
-        .store
-        .deny_request(&id, s.name(), reason, now())
-        .await
-        .map_err(store_error)?;
     state
-        .audit(
-            "request.deny",
-            s.name(),
-            json!({"request": id, "vendor": req.vendor, "site": req.site, "reason": reason, "latency": req.latency()}),
-        )
-        .await;
-    state.notifier.request_denied(&req, s.name(), reason).await;
+        .actions()
+        .deny_request(&Actor::web(s.name()), &id, &f.reason, now())
+        .await
+        .map_err(action_error)?;
     Ok(back("/requests"))
 }
 
@@ -579,18 +572,11 @@ pub async fn revoke(
         Some(g) if scope.covers(&s, &g.site) => g,
         _ => return Err(not_yours("grant", &id)),
     };
-    let g = state
-        .store
-        .revoke_grant(&grant.id, s.name(), now())
-        .await
-        .map_err(store_error)?;
     state
-        .audit(
-            "grant.revoke",
-            s.name(),
-            json!({"grant": g.id, "vendor": g.vendor, "site": g.site, "function": g.function}),
-        )
-        .await;
+        .actions()
+        .revoke_grant(&Actor::web(s.name()), &grant.id, now())
+        .await
+        .map_err(action_error)?;
     Ok(back("/grants"))
 }
 
@@ -672,15 +658,11 @@ pub async fn terminate(
         Some(x) if scope.covers(&s, &x.site) => {}
         _ => return Err(not_yours("session", &id)),
     }
-    let x = state.store.request_kill(&id).await.map_err(store_error)?;
     state
-        .audit(
-            "session.kill_requested",
-            s.name(),
-            json!({"session": id, "vendor": x.vendor, "node": x.node}),
-        )
-        .await;
-    state.notifier.session_terminated(&x, s.name()).await;
+        .actions()
+        .kill_session(&Actor::web(s.name()), &id)
+        .await
+        .map_err(action_error)?;
     Ok(back("/sessions"))
 }
 
@@ -706,28 +688,27 @@ pub async fn session_detail(
         _ => return Err(not_yours("session", &id)),
     };
     let path = state.recordings.join(&x.recording);
-    let (events, integrity) = tokio::task::spawn_blocking({
+    // What `postern verify ID` says about this session, from the same verifier.
+    let integrity = match crate::verify::verify(&state.store, &state.evidence(), Some(&id)).await {
+        Ok(findings) => findings.into_iter().next(),
+        Err(e) => {
+            warn!(error = %e, "web: verification failed");
+            None
+        }
+    }
+    .unwrap_or_else(|| {
+        crate::verify::Finding::bad(
+            &format!("session {id}"),
+            0,
+            "could not be verified right now",
+        )
+    });
+    let events = tokio::task::spawn_blocking({
         let path = path.clone();
-        let final_hash = x.final_hash.clone();
         move || {
-            let integrity = match recorder::verify_file(&path) {
-                Ok(r) => match (&r.problem, &final_hash, r.last_hash) {
-                    (Some(p), _, _) => format!("DAMAGED: {p}"),
-                    (None, Some(h), Some(last)) if *h != hex::encode(last) => format!(
-                        "DOES NOT MATCH its recorded final hash ({} records read)",
-                        r.records
-                    ),
-                    (None, Some(_), _) => {
-                        format!("intact: {} records, final hash matches", r.records)
-                    }
-                    (None, None, _) => format!("{} records so far, chain intact", r.records),
-                },
-                Err(e) => format!("unreadable: {e}"),
-            };
-            let events = recorder::Reader::open(&path)
+            recorder::Reader::open(&path)
                 .ok()
-                .map(|reader| recorder::terminal_events(reader, false));
-            (events, integrity)
+                .map(|reader| recorder::terminal_events(reader, false))
         }
     })
     .await
@@ -769,12 +750,8 @@ pub async fn session_detail(
             .unwrap_or_else(|| "live".into()),
         source = esc(&x.source),
         grant = esc(&x.grant_id),
-        cls = if integrity.starts_with("intact") || integrity.contains("chain intact") {
-            "ok"
-        } else {
-            "error"
-        },
-        integrity = esc(&integrity),
+        cls = if integrity.ok { "ok" } else { "error" },
+        integrity = esc(&integrity.line()),
         bgline = bg
             .map(|b| format!(
                 "<dt>Break-glass</dt><dd class=\"reason\">{}{}</dd>",
@@ -924,18 +901,11 @@ pub async fn mark_reviewed(
         Some(b) if scope.covers(&s, &b.site) => {}
         _ => return Err(not_yours("break-glass opening", &id)),
     }
-    let b = state
-        .store
-        .review_breakglass(&id, s.name(), &f.note, now())
-        .await
-        .map_err(store_error)?;
     state
-        .audit(
-            "breakglass.review",
-            s.name(),
-            json!({"breakglass": b.id, "vendor": b.vendor, "site": b.site, "note": b.review_note}),
-        )
-        .await;
+        .actions()
+        .review_breakglass(&Actor::web(s.name()), &id, &f.note, now())
+        .await
+        .map_err(action_error)?;
     Ok(back("/review"))
 }
 

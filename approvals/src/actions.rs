@@ -1,0 +1,436 @@
+//! Operator actions: approve or deny a request, add or revoke a grant, kill a session, disable a
+//! vendor, review a break-glass opening. The CLI and the web form both call these; neither makes
+//! these changes itself.
+//!
+//! Each action runs in one database transaction: it makes the change, queues its notification in
+//! the outbox, writes its audit record (fsynced) and only then commits. If the audit record cannot
+//! be written the transaction is rolled back and nothing happened: an action the audit log cannot
+//! account for does not take effect. Should the commit itself fail after the record was written,
+//! a follow-up record (`action.not_committed`) says so.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing::warn;
+
+use crate::approvers::AccessRequestRow;
+use crate::audit::{AuditError, AuditLog};
+use crate::breakglass::BreakGlass;
+use crate::model::{Grant, Session};
+use crate::notify::{Message, Notifier};
+use crate::store::{NewGrant, Store, StoreError, Tx};
+use crate::time::fmt_time;
+
+/// Why an action was refused. Whatever the reason, nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// The request, grant, session, vendor or opening does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// It is no longer in a state the action applies to (already decided, revoked, ended).
+    #[error("{0}")]
+    Conflict(String),
+    /// The inputs are wrong (a window too long, a missing reason).
+    #[error("{0}")]
+    Invalid(String),
+    /// The audit log cannot be written, so the action was not taken.
+    #[error("the audit log cannot be written, so nothing was changed: {0}")]
+    AuditUnwritable(#[source] AuditError),
+    /// The database failed.
+    #[error("the control plane is unavailable, so nothing was changed: {0}")]
+    Unavailable(#[source] StoreError),
+}
+
+impl From<StoreError> for ActionError {
+    fn from(e: StoreError) -> ActionError {
+        match e {
+            StoreError::NotFound(m) => ActionError::NotFound(m),
+            StoreError::Conflict(m) => ActionError::Conflict(m),
+            StoreError::Invalid(m) => ActionError::Invalid(m),
+            e @ (StoreError::Db(_) | StoreError::Migrate(_)) => ActionError::Unavailable(e),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ActionError>;
+
+/// Who acts: `name` is stored as the decider (`decided_by`, `granted_by`, `revoked_by`) and shown
+/// to vendors and in notifications; `tag` is the audit log's `actor` (`operator:USER`, `web:NAME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    name: String,
+    tag: String,
+}
+
+impl Actor {
+    /// An operator at the CLI (the Unix user who ran it).
+    pub fn operator(user: &str) -> Actor {
+        let name = format!("operator:{user}");
+        Actor {
+            tag: name.clone(),
+            name,
+        }
+    }
+
+    /// A signed-in approver in the web form.
+    pub fn web(approver: &str) -> Actor {
+        Actor {
+            name: approver.to_owned(),
+            tag: format!("web:{approver}"),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+}
+
+/// The audit records of operator actions. Event names and field names are stable: auditors'
+/// tools, the tests and the README rely on them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ActionRecord {
+    RequestApprove {
+        request: String,
+        vendor: String,
+        site: String,
+        /// The devices the grant covers (empty: the whole site).
+        devices: Vec<String>,
+        function: String,
+        grant: String,
+        from: String,
+        until: String,
+        latency: Option<i64>,
+    },
+    RequestDeny {
+        request: String,
+        vendor: String,
+        site: String,
+        reason: String,
+        latency: Option<i64>,
+    },
+    GrantAdd {
+        grant: String,
+        vendor: String,
+        site: String,
+        /// The devices the grant covers (empty: the whole site).
+        devices: Vec<String>,
+        function: String,
+        from: String,
+        until: String,
+        reason: String,
+    },
+    GrantRevoke {
+        grant: String,
+        vendor: String,
+        site: String,
+        function: String,
+    },
+    SessionKill {
+        session: String,
+        vendor: String,
+        node: String,
+    },
+    VendorDisable {
+        vendor: String,
+        grants_revoked: Vec<String>,
+    },
+    BreakglassReview {
+        breakglass: String,
+        vendor: String,
+        site: String,
+        note: Option<String>,
+    },
+    /// The action's record was written but its transaction did not commit: it did not happen.
+    NotCommitted { action: String, error: String },
+}
+
+impl ActionRecord {
+    /// The audit event name.
+    pub fn event(&self) -> &'static str {
+        match self {
+            ActionRecord::RequestApprove { .. } => "request.approve",
+            ActionRecord::RequestDeny { .. } => "request.deny",
+            ActionRecord::GrantAdd { .. } => "grant.add",
+            ActionRecord::GrantRevoke { .. } => "grant.revoke",
+            ActionRecord::SessionKill { .. } => "session.kill_requested",
+            ActionRecord::VendorDisable { .. } => "vendor.disable",
+            ActionRecord::BreakglassReview { .. } => "breakglass.review",
+            ActionRecord::NotCommitted { .. } => "action.not_committed",
+        }
+    }
+
+    /// The record's fields, with who acted.
+    fn fields(&self, actor: &Actor) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or_else(|_| json!({}));
+        if let Value::Object(m) = &mut v {
+            m.insert("actor".into(), json!(actor.tag()));
+        }
+        v
+    }
+}
+
+/// The one place operator actions are taken. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Actions {
+    store: Store,
+    audit: AuditLog,
+    notifier: Notifier,
+}
+
+impl Actions {
+    pub fn new(store: Store, audit: AuditLog, notifier: Notifier) -> Actions {
+        Actions {
+            store,
+            audit,
+            notifier,
+        }
+    }
+
+    /// Approves a pending request with the window `from`..`until` (by default as long as the
+    /// vendor asked for).
+    pub async fn approve_request(
+        &self,
+        actor: &Actor,
+        id: &str,
+        from: i64,
+        until: Option<i64>,
+        now: i64,
+    ) -> Result<(AccessRequestRow, Grant)> {
+        let asked = self
+            .store
+            .request(id)
+            .await?
+            .ok_or_else(|| ActionError::NotFound(format!("no request with id {id}")))?;
+        let until = until.unwrap_or(from + asked.duration);
+        let mut tx = self.store.begin().await?;
+        let (req, grant) = self
+            .store
+            .approve_request_in(&mut tx, id, actor.name(), from, until, now)
+            .await?;
+        self.notifier
+            .file_in(
+                &mut tx,
+                &Message::request_granted(&req, &grant, actor.name()),
+            )
+            .await?;
+        let record = ActionRecord::RequestApprove {
+            request: req.id.clone(),
+            vendor: req.vendor.clone(),
+            site: req.site.clone(),
+            devices: grant.device_list(),
+            function: req.function.clone(),
+            grant: grant.id.clone(),
+            from: fmt_time(grant.valid_from),
+            until: fmt_time(grant.valid_until),
+            latency: req.latency(),
+        };
+        self.finish(tx, actor, record).await?;
+        Ok((req, grant))
+    }
+
+    /// Denies a pending request; the reason is shown to the vendor.
+    pub async fn deny_request(
+        &self,
+        actor: &Actor,
+        id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<AccessRequestRow> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(ActionError::Invalid(
+                "a denial needs a reason: the vendor sees it".into(),
+            ));
+        }
+        let mut tx = self.store.begin().await?;
+        let req = self
+            .store
+            .deny_request_in(&mut tx, id, actor.name(), reason, now)
+            .await?;
+        self.notifier
+            .file_in(
+                &mut tx,
+                &Message::request_denied(&req, actor.name(), reason),
+            )
+            .await?;
+        let record = ActionRecord::RequestDeny {
+            request: req.id.clone(),
+            vendor: req.vendor.clone(),
+            site: req.site.clone(),
+            reason: reason.to_owned(),
+            latency: req.latency(),
+        };
+        self.finish(tx, actor, record).await?;
+        Ok(req)
+    }
+
+    /// Adds a grant on the actor's authority (`granted_by` is the actor).
+    pub async fn add_grant(&self, actor: &Actor, g: &NewGrant, now: i64) -> Result<Grant> {
+        let mut g = g.clone();
+        g.granted_by = actor.name().to_owned();
+        let mut tx = self.store.begin().await?;
+        let grant = self.store.add_grant_in(&mut tx, &g, now).await?;
+        let record = ActionRecord::GrantAdd {
+            grant: grant.id.clone(),
+            vendor: grant.vendor.clone(),
+            site: grant.site.clone(),
+            devices: grant.device_list(),
+            function: grant.function.clone(),
+            from: fmt_time(grant.valid_from),
+            until: fmt_time(grant.valid_until),
+            reason: grant.reason.clone(),
+        };
+        self.finish(tx, actor, record).await?;
+        Ok(grant)
+    }
+
+    /// Revokes a grant; live sessions under it close within a second.
+    pub async fn revoke_grant(&self, actor: &Actor, id: &str, now: i64) -> Result<Grant> {
+        let mut tx = self.store.begin().await?;
+        let g = self
+            .store
+            .revoke_grant_in(&mut tx, id, actor.name(), now)
+            .await?;
+        let record = ActionRecord::GrantRevoke {
+            grant: g.id.clone(),
+            vendor: g.vendor.clone(),
+            site: g.site.clone(),
+            function: g.function.clone(),
+        };
+        self.finish(tx, actor, record).await?;
+        Ok(g)
+    }
+
+    /// Asks whichever node runs a live session to close it.
+    pub async fn kill_session(&self, actor: &Actor, id: &str) -> Result<Session> {
+        let mut tx = self.store.begin().await?;
+        let s = self.store.request_kill_in(&mut tx, id).await?;
+        self.notifier
+            .file_in(&mut tx, &Message::session_terminated(&s, actor.name()))
+            .await?;
+        let record = ActionRecord::SessionKill {
+            session: s.id.clone(),
+            vendor: s.vendor.clone(),
+            node: s.node.clone(),
+        };
+        self.finish(tx, actor, record).await?;
+        Ok(s)
+    }
+
+    /// Disables a vendor and revokes their grants; returns the ids of the grants revoked.
+    pub async fn disable_vendor(&self, actor: &Actor, name: &str, now: i64) -> Result<Vec<String>> {
+        let mut tx = self.store.begin().await?;
+        let revoked = self
+            .store
+            .disable_vendor_in(&mut tx, name, actor.name(), now)
+            .await?;
+        self.notifier
+            .file_in(
+                &mut tx,
+                &Message::vendor_disabled(name, actor.name(), &revoked),
+            )
+            .await?;
+        let record = ActionRecord::VendorDisable {
+            vendor: name.to_owned(),
+            grants_revoked: revoked.clone(),
+        };
+        self.finish(tx, actor, record).await?;
+        Ok(revoked)
+    }
+
+    /// Marks a break-glass opening reviewed, closing it in the review queue.
+    pub async fn review_breakglass(
+        &self,
+        actor: &Actor,
+        id: &str,
+        note: &str,
+        now: i64,
+    ) -> Result<BreakGlass> {
+        let mut tx = self.store.begin().await?;
+        let b = self
+            .store
+            .review_breakglass_in(&mut tx, id, actor.name(), note, now)
+            .await?;
+        let record = ActionRecord::BreakglassReview {
+            breakglass: b.id.clone(),
+            vendor: b.vendor.clone(),
+            site: b.site.clone(),
+            note: b.review_note.clone(),
+        };
+        self.finish(tx, actor, record).await?;
+        Ok(b)
+    }
+
+    /// Writes the action's audit record, then commits; rolls back if the record cannot be written.
+    async fn finish(&self, tx: Tx, actor: &Actor, record: ActionRecord) -> Result<()> {
+        if let Err(e) = self
+            .audit
+            .record_async(record.event(), record.fields(actor))
+            .await
+        {
+            warn!(error = %e, event = record.event(), "audit log write failed; action rolled back");
+            if let Err(r) = tx.rollback().await {
+                // Dropping the transaction rolls it back all the same.
+                warn!(error = %r, "rollback failed");
+            }
+            return Err(ActionError::AuditUnwritable(e));
+        }
+        if let Err(e) = tx.commit().await {
+            let error = StoreError::from(e);
+            warn!(error = %error, event = record.event(), "action recorded but not committed");
+            let undo = ActionRecord::NotCommitted {
+                action: record.event().to_owned(),
+                error: error.to_string(),
+            };
+            if let Err(a) = self
+                .audit
+                .record_async(undo.event(), undo.fields(actor))
+                .await
+            {
+                warn!(error = %a, "could not record that the action did not take effect");
+            }
+            return Err(ActionError::Unavailable(error));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_keep_their_event_and_field_names() {
+        let r = ActionRecord::SessionKill {
+            session: "s-1".into(),
+            vendor: "v".into(),
+            node: "n".into(),
+        };
+        assert_eq!(r.event(), "session.kill_requested");
+        assert_eq!(
+            r.fields(&Actor::web("olga")),
+            json!({"session": "s-1", "vendor": "v", "node": "n", "actor": "web:olga"})
+        );
+        let r = ActionRecord::VendorDisable {
+            vendor: "v".into(),
+            grants_revoked: vec!["g-1".into()],
+        };
+        assert_eq!(r.event(), "vendor.disable");
+        assert_eq!(
+            r.fields(&Actor::operator("root")),
+            json!({"vendor": "v", "grants_revoked": ["g-1"], "actor": "operator:root"})
+        );
+    }
+
+    #[test]
+    fn actors_name_and_tag() {
+        let a = Actor::web("olga");
+        assert_eq!((a.name(), a.tag()), ("olga", "web:olga"));
+        let o = Actor::operator("root");
+        assert_eq!((o.name(), o.tag()), ("operator:root", "operator:root"));
+    }
+}
