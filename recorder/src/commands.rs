@@ -157,10 +157,19 @@ impl Shell {
         if line.prompt.is_empty() {
             return None;
         }
-        let c = self.term.cursor();
-        let row: String = self.term.screen().line(c.row)?.chars().collect();
-        row.strip_prefix(line.prompt.as_str())
+        self.cursor_row()
+            .strip_prefix(line.prompt.as_str())
             .map(|t| t.trim_end().to_owned())
+    }
+
+    /// The cursor's whole screen line.
+    fn cursor_row(&self) -> String {
+        let c = self.term.cursor();
+        self.term
+            .screen()
+            .line(c.row)
+            .map(|l| l.chars().collect())
+            .unwrap_or_default()
     }
 
     /// The cursor's screen line, left of the cursor.
@@ -233,10 +242,10 @@ impl Shell {
         line.unseen(&screen)
     }
 
-    /// At a line end in the output, for a line typed ahead: the line shows it, or it was a
-    /// secret prompt; otherwise undecided.
+    /// At a line end in the output, for a line typed ahead: the line ends with it (a prompt and
+    /// its echo), or it is a secret prompt; otherwise undecided.
     fn judge_ahead(&self, line: &Line) -> Option<Decision> {
-        let shown = self.before_cursor();
+        let shown = self.cursor_row();
         let shown = shown.trim_end();
         if let Some(r) = line.reconstructed().filter(|r| !r.trim().is_empty())
             && shown.ends_with(r.as_str())
@@ -255,7 +264,9 @@ impl Shell {
         let mut rest = text.as_str();
         let mut out = Vec::new();
         while !rest.is_empty() {
-            let (Some(head), Some(i)) = (self.waiting.front(), rest.find(['\r', '\n'])) else {
+            // The line end is a newline: a bare carriage return is the shell redrawing the line
+            // (readline after Ctrl-U, or a history search).
+            let (Some(head), Some(i)) = (self.waiting.front(), rest.find('\n')) else {
                 self.term.feed(rest);
                 break;
             };
@@ -680,6 +691,16 @@ mod tests {
             ),
         ]);
         assert_eq!(kinds(&log), vec![("shell", "ls -l"), ("shell", "id -u")]);
+        // Bash redraws a killed line from the start of the row: a carriage return is no line end.
+        let log = session(&[
+            (false, "root@vm:~# "),
+            (true, "echo never-run\x15echo killed\r"),
+            (
+                false,
+                "echo never-run\rroot@vm:~# \x1b[Kecho killed\r\n\x1b[?2004l\rkilled\r\n",
+            ),
+        ]);
+        assert_eq!(kinds(&log), vec![("shell", "echo killed")]);
         // The same with echo off: rebuilt from the keys.
         let log = session(&[
             (false, "$ "),
