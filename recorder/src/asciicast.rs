@@ -146,6 +146,18 @@ pub struct KeyLine {
     pub keys: String,
 }
 
+/// Most keys shown for one line (a file piped to a command's stdin can be one long "line").
+const MAX_KEY_LINE: usize = 4096;
+
+fn key_line(time: f64, keys: &str) -> KeyLine {
+    let n = keys.chars().count();
+    let mut shown = escape_keys(&keys.chars().take(MAX_KEY_LINE).collect::<String>());
+    if n > MAX_KEY_LINE {
+        shown.push_str(&format!(" ... ({} more keys)", n - MAX_KEY_LINE));
+    }
+    KeyLine { time, keys: shown }
+}
+
 /// The input events (`"i"`) of a recording as lines of keystrokes, split after each Enter.
 pub fn key_lines(events: &TerminalEvents) -> Vec<KeyLine> {
     let mut lines: Vec<KeyLine> = Vec::new();
@@ -166,18 +178,12 @@ pub fn key_lines(events: &TerminalEvents) -> Vec<KeyLine> {
             if (c == '\r' || c == '\n')
                 && let Some((time, keys)) = cur.take()
             {
-                lines.push(KeyLine {
-                    time,
-                    keys: escape_keys(&keys),
-                });
+                lines.push(key_line(time, &keys));
             }
         }
     }
     if let Some((time, keys)) = cur {
-        lines.push(KeyLine {
-            time,
-            keys: escape_keys(&keys),
-        });
+        lines.push(key_line(time, &keys));
     }
     lines
 }
@@ -259,6 +265,24 @@ mod tests {
                 (1.0, "id\\r")
             ]
         );
+    }
+
+    #[test]
+    fn a_long_key_line_is_cut_with_a_count() {
+        let te = TerminalEvents {
+            width: 80,
+            height: 24,
+            timestamp: 0,
+            events: vec![AsciicastEvent {
+                time: 1.0,
+                code: "i",
+                data: "y".repeat(MAX_KEY_LINE + 3),
+            }],
+            problem: None,
+        };
+        let lines = key_lines(&te);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].keys.ends_with("y ... (3 more keys)"));
     }
 
     #[test]

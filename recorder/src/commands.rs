@@ -31,6 +31,8 @@ const MAX_LINE: usize = 4096;
 /// Most input lines logged one by one per channel without a terminal (a file sent to a command's
 /// stdin); the rest is summarised in one entry.
 const MAX_RAW_LINES: usize = 1000;
+/// Most lines entered at a terminal that wait for the device's echo at once.
+const MAX_WAITING: usize = 256;
 
 /// One command, with where it happened.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,6 +60,8 @@ struct Line {
     prompt: String,
     /// Whether anything stood on the line from `start` when Enter was pressed.
     shown_at_enter: bool,
+    /// The line rebuilt from the keys, once Enter is pressed (see [`reconstruct_line`]).
+    recon: Option<String>,
 }
 
 impl Line {
@@ -66,10 +70,7 @@ impl Line {
     }
 
     fn reconstructed(&self) -> Option<String> {
-        if self.cut > 0 {
-            return None;
-        }
-        reconstruct_line(&self.keys())
+        self.recon.clone()
     }
 
     /// The entry for a line the device did not show as typed: withheld at a secret prompt,
@@ -183,15 +184,26 @@ impl Shell {
     }
 
     /// One vendor key.
-    fn key(&mut self, b: u8, at: i64) {
+    /// One vendor key; gives a decision when too many lines wait and the oldest is settled.
+    fn key(&mut self, b: u8, at: i64) -> Option<Decision> {
         match b {
             b'\r' | b'\n' => {
-                let Some(mut line) = self.typing.take() else {
-                    return;
-                };
+                let mut line = self.typing.take()?;
                 line.enter_us = at;
                 line.shown_at_enter = self.line_text(&line).is_some_and(|t| !t.is_empty());
+                if line.cut == 0 {
+                    line.recon = reconstruct_line(&line.keys());
+                }
                 self.waiting.push_back(line);
+                // A flood of lines the device never answers must not grow without bound.
+                if self.waiting.len() > MAX_WAITING {
+                    let oldest = self.waiting.pop_front()?;
+                    return if oldest.start.is_some() {
+                        self.judge_echoed(&oldest)
+                    } else {
+                        oldest.unseen("")
+                    };
+                }
             }
             // Ctrl-C abandons the line; Ctrl-D on an empty line ends input.
             0x03 => self.typing = None,
@@ -210,6 +222,7 @@ impl Shell {
                             String::new()
                         },
                         shown_at_enter: false,
+                        recon: None,
                     });
                 }
                 if let Some(line) = self.typing.as_mut() {
@@ -221,6 +234,7 @@ impl Shell {
                 }
             }
         }
+        None
     }
 
     /// The device echoed the line end of a line typed at its prompt.
@@ -505,10 +519,8 @@ impl CommandLog {
             }
             Kind::Input => {
                 if let Some(sh) = self.shells.get_mut(&r.channel) {
-                    let d = sh.settle_ahead();
-                    for &b in &r.payload {
-                        sh.key(b, r.time_us);
-                    }
+                    let mut d = sh.settle_ahead();
+                    d.extend(r.payload.iter().filter_map(|&b| sh.key(b, r.time_us)));
                     self.add(r.channel, d);
                 } else if let Some(s) = self.stdins.get_mut(&r.channel) {
                     let d = s.input(&r.payload, r.time_us);
@@ -854,6 +866,21 @@ mod tests {
             "{:?}",
             log.last()
         );
+    }
+
+    #[test]
+    fn lines_the_device_never_answers_are_logged_in_bounded_memory() {
+        let burst: String = (0..MAX_WAITING + 50)
+            .map(|i| format!("echo {i}\r"))
+            .collect();
+        let log = session(&[(false, "$ "), (true, &burst)]);
+        assert_eq!(log.len(), MAX_WAITING + 50);
+        assert_eq!(log[0].command, "echo 0");
+        assert_eq!(
+            log.last().unwrap().command,
+            format!("echo {}", MAX_WAITING + 49)
+        );
+        assert!(log.iter().all(|e| e.kind == "input"));
     }
 
     #[test]
