@@ -884,6 +884,44 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_keys_and_output_never_panic() {
+        // A small LCG: the same noise every run, biased towards control and escape bytes.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        };
+        let mut recs = vec![
+            chan(0, Kind::Resize, 1, br#"{"cols":5,"rows":2,"term":"xterm"}"#),
+            chan(1, Kind::Event, 1, br#"{"event":"shell"}"#),
+            chan(2, Kind::Event, 2, br#"{"event":"shell"}"#),
+        ];
+        let alphabet = b"\r\n\x1b[~ODCABH\x7f\x08\x15\x17\x03\x04\tab :$#";
+        for i in 0..3000u64 {
+            let len = usize::from(next() % 40);
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| match next() % 4 {
+                    0 => next(),
+                    _ => alphabet[usize::from(next()) % alphabet.len()],
+                })
+                .collect();
+            let kind = if next() % 2 == 0 {
+                Kind::Input
+            } else {
+                Kind::Output
+            };
+            recs.push(chan(i + 3, kind, 1 + u32::from(next() % 2), &bytes));
+            if next() % 200 == 0 {
+                recs.push(chan(i + 3, Kind::Resize, 1, br#"{"cols":3,"rows":1}"#));
+            }
+        }
+        let (log, _) = extract_commands(recs.into_iter().map(Ok));
+        assert!(log.windows(2).all(|w| w[0].time_us <= w[1].time_us));
+    }
+
+    #[test]
     fn echo_arriving_after_enter_is_waited_for() {
         let log = session(&[
             (false, "$ "),
