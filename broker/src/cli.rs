@@ -1349,7 +1349,18 @@ async fn commands(
         },
     )?;
     if !env.json && !rows.is_empty() {
-        println!("(replay from a command: postern replay SESSION --at AT)");
+        println!(
+            "(replay from a command: postern replay SESSION --at AT; add --input for the keys)"
+        );
+        if rows
+            .iter()
+            .any(|r| matches!(r.kind.as_str(), "input" | "unreconstructed" | "secret"))
+        {
+            // Kinds that come from keystrokes rather than the screen: say what each means.
+            println!(
+                "(input: rebuilt from the keys, the screen did not show it; unreconstructed: raw keys, escaped; secret: typed at a password prompt, withheld)"
+            );
+        }
     }
     Ok(())
 }
