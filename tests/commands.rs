@@ -1,5 +1,7 @@
 //! The command log shows what the device ran, after line editing, completion and history, found
-//! across sessions by `postern commands` and linked to a replay offset.
+//! across sessions by `postern commands` and linked to a replay offset; lines the screen never
+//! showed (echo off, bursts, typed ahead, no terminal) are logged from the keystrokes, and the
+//! input view shows every key.
 
 mod harness;
 
