@@ -187,7 +187,8 @@ impl Shell {
     /// One vendor key; gives a decision when too many lines wait and the oldest is settled.
     fn key(&mut self, b: u8, at: i64) -> Option<Decision> {
         match b {
-            b'\r' | b'\n' => {
+            // Enter, Ctrl-J, and Ctrl-O (readline runs the line and fetches the next one).
+            b'\r' | b'\n' | 0x0f => {
                 let mut line = self.typing.take()?;
                 line.enter_us = at;
                 line.shown_at_enter = self.line_text(&line).is_some_and(|t| !t.is_empty());
@@ -335,9 +336,27 @@ struct Stdin {
     logged: usize,
     /// Lines past [`MAX_RAW_LINES`]: count, bytes, time of the first.
     unlisted: (usize, usize, Option<i64>),
+    /// The last line of output so far, unfinished: a prompt such as `sudo -S` prints.
+    prompt: String,
+    utf8: Utf8Stream,
 }
 
 impl Stdin {
+    fn output(&mut self, bytes: &[u8]) {
+        let text = self.utf8.push(bytes);
+        match text.rfind(['\n', '\r']) {
+            Some(i) => self.prompt = text[i + 1..].to_owned(),
+            None => self.prompt.push_str(&text),
+        }
+        if self.prompt.len() > 512 {
+            let cut = self.prompt.len() - 256;
+            let at = (cut..self.prompt.len())
+                .find(|i| self.prompt.is_char_boundary(*i))
+                .unwrap_or(self.prompt.len());
+            self.prompt.drain(..at);
+        }
+    }
+
     fn input(&mut self, bytes: &[u8], at: i64) -> Vec<Decision> {
         let mut out = Vec::new();
         for &b in bytes {
@@ -362,6 +381,10 @@ impl Stdin {
         let text = text.strip_suffix('\r').unwrap_or(&text);
         if text.trim().is_empty() && cut == 0 {
             return None;
+        }
+        if is_secret_prompt(&self.prompt) {
+            let prompt = std::mem::take(&mut self.prompt);
+            return Some((at, "secret", withheld(&prompt)));
         }
         if self.logged >= MAX_RAW_LINES {
             let u = &mut self.unlisted;
@@ -515,6 +538,8 @@ impl CommandLog {
                 if let Some(sh) = self.shells.get_mut(&r.channel) {
                     let d = sh.output(&r.payload);
                     self.add(r.channel, d);
+                } else if let Some(s) = self.stdins.get_mut(&r.channel) {
+                    s.output(&r.payload);
                 }
             }
             Kind::Input => {
@@ -744,7 +769,7 @@ mod tests {
     fn lines_typed_ahead_are_each_logged() {
         let log = session(&[
             (false, "$ "),
-            (true, "echo one\recho two\rsudo id\rhunter2\r"),
+            (true, "echo one\recho two\x0fsudo id\rhunter2\r"),
             (
                 false,
                 "echo one\r\none\r\n$ echo two\r\ntwo\r\n$ sudo id\r\n",
@@ -825,6 +850,38 @@ mod tests {
         );
         assert_eq!(log[1].time_us, 2000);
         assert!((log[1].offset - 0.002).abs() < 1e-9, "{:?}", log[1]);
+    }
+
+    #[test]
+    fn a_password_asked_for_without_a_terminal_is_withheld() {
+        let log = extract_commands(
+            vec![
+                chan(
+                    0,
+                    Kind::Exec,
+                    1,
+                    br#"{"command":"sudo -S id","transfer":false}"#,
+                ),
+                chan(1, Kind::Stderr, 1, b"[sudo] password for ed: "),
+                chan(2, Kind::Input, 1, b"hunter2\n"),
+                chan(3, Kind::Output, 1, b"uid=0(root)\n"),
+                chan(4, Kind::Input, 1, b"more\n"),
+            ]
+            .into_iter()
+            .map(Ok),
+        )
+        .0;
+        assert_eq!(
+            kinds(&log),
+            vec![
+                ("exec", "sudo -S id"),
+                (
+                    "secret",
+                    "(typed at \"[sudo] password for ed:\": withheld here, kept in the recording)"
+                ),
+                ("input", "more")
+            ]
+        );
     }
 
     #[test]
