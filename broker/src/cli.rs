@@ -259,7 +259,8 @@ async fn command(env: &Env, command: &Command) -> Result<ExitCode> {
             speed,
             idle_limit,
             at,
-        } => replay(env, id, *speed, *idle_limit, *at).await?,
+            input,
+        } => replay(env, id, *speed, *idle_limit, *at, *input).await?,
         Command::Notifications => {
             let rows = env.store.notifications().await?;
             env.print_list(
@@ -340,7 +341,7 @@ async fn command(env: &Env, command: &Command) -> Result<ExitCode> {
             )
             .await?
         }
-        Command::Export { id } => export(env, id).await?,
+        Command::Export { id, input } => export(env, id, *input).await?,
         Command::Audit { follow, since } => audit(env, *follow, since.as_deref()).await?,
         Command::Verify { id, .. } => return verify(env, id.as_deref()).await,
         Command::Init
@@ -1112,14 +1113,14 @@ async fn recording_path(env: &Env, id: &str) -> Result<PathBuf> {
     Ok(env.data.recordings().join(&s.recording))
 }
 
-fn load_events(path: &Path) -> Result<recorder::TerminalEvents> {
+fn load_events(path: &Path, input: bool) -> Result<recorder::TerminalEvents> {
     let reader = recorder::Reader::open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    Ok(recorder::terminal_events(reader, false))
+    Ok(recorder::terminal_events(reader, input))
 }
 
-async fn export(env: &Env, id: &str) -> Result<()> {
+async fn export(env: &Env, id: &str, input: bool) -> Result<()> {
     let path = recording_path(env, id).await?;
-    let te = load_events(&path)?;
+    let te = load_events(&path, input)?;
     let stdout = std::io::stdout();
     recorder::export_asciicast(&te, stdout.lock())?;
     if let Some(p) = te.problem {
@@ -1204,7 +1205,77 @@ impl Drop for Keys {
     }
 }
 
-async fn replay(env: &Env, id: &str, speed: f64, idle_limit: f64, at: f64) -> Result<()> {
+/// The input view of a replay: the keys of the line being typed, escaped, in reverse video on
+/// the bottom row, which is kept out of the scrolling region so output does not carry it away.
+struct KeyBar {
+    cols: usize,
+    rows: usize,
+    keys: String,
+    /// The last line was ended by Enter: the next key starts a new one.
+    entered: bool,
+}
+
+impl KeyBar {
+    fn new(cols: u32, rows: u32) -> KeyBar {
+        KeyBar {
+            cols: (cols as usize).max(20),
+            rows: (rows as usize).max(3),
+            keys: String::new(),
+            entered: false,
+        }
+    }
+
+    /// Reserves the bottom row (also after a resize).
+    fn reserve(&self, out: &mut impl Write) -> std::io::Result<()> {
+        write!(out, "\x1b7\x1b[1;{}r\x1b8", self.rows - 1)
+    }
+
+    fn resize(&mut self, size: &str, out: &mut impl Write) -> std::io::Result<()> {
+        if let Some((c, r)) = size.split_once('x')
+            && let (Ok(c), Ok(r)) = (c.parse::<usize>(), r.parse::<usize>())
+        {
+            self.cols = c.max(20);
+            self.rows = r.max(3);
+            self.reserve(out)?;
+            self.draw(out)?;
+        }
+        Ok(())
+    }
+
+    fn keys(&mut self, typed: &str, out: &mut impl Write) -> std::io::Result<()> {
+        if self.entered {
+            self.keys.clear();
+        }
+        self.keys.push_str(typed);
+        self.entered = typed.ends_with(['\r', '\n']);
+        self.draw(out)
+    }
+
+    fn draw(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let shown = recorder::escape_keys(&self.keys);
+        let room = self.cols.saturating_sub(8);
+        let n = shown.chars().count();
+        let tail: String = shown.chars().skip(n.saturating_sub(room)).collect();
+        write!(
+            out,
+            "\x1b7\x1b[{};1H\x1b[0m\x1b[2K\x1b[7m keys: {tail}\x1b[0m\x1b8",
+            self.rows
+        )
+    }
+
+    fn finish(&self, out: &mut impl Write) -> std::io::Result<()> {
+        write!(out, "\x1b[r\x1b[{};1H\r\n", self.rows)
+    }
+}
+
+async fn replay(
+    env: &Env,
+    id: &str,
+    speed: f64,
+    idle_limit: f64,
+    at: f64,
+    input: bool,
+) -> Result<()> {
     if !(speed > 0.0 && speed.is_finite()) {
         bail!("--speed must be a positive number");
     }
@@ -1212,14 +1283,19 @@ async fn replay(env: &Env, id: &str, speed: f64, idle_limit: f64, at: f64) -> Re
         bail!("--at must be a number of seconds from the start");
     }
     let path = recording_path(env, id).await?;
-    let te = load_events(&path)?;
+    let te = load_events(&path, input)?;
     let mut out = std::io::stdout().lock();
     let keys = Keys::take();
     if keys.saved.is_some() {
         eprintln!("postern: replaying {id}; space pauses and resumes, q quits");
     }
+    let mut bar = input.then(|| KeyBar::new(te.width, te.height));
+    if let Some(b) = &bar {
+        b.reserve(&mut out)?;
+    }
     let mut prev = at;
-    for e in te.events.iter().filter(|e| e.code == "o") {
+    let shown = |e: &&recorder::AsciicastEvent| e.code == "o" || (input && e.code != "m");
+    for e in te.events.iter().filter(shown) {
         // Before --at: drawn at once, to rebuild the screen as it was.
         let pause = if e.time <= at {
             0.0
@@ -1238,7 +1314,15 @@ async fn replay(env: &Env, id: &str, speed: f64, idle_limit: f64, at: f64) -> Re
         if keys.quit() {
             break;
         }
-        out.write_all(e.data.as_bytes())?;
+        match (e.code, bar.as_mut()) {
+            ("i", Some(b)) => b.keys(&e.data, &mut out)?,
+            ("r", Some(b)) => b.resize(&e.data, &mut out)?,
+            ("o", _) => out.write_all(e.data.as_bytes())?,
+            _ => {}
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish(&mut out)?;
     }
     out.flush()?;
     if let Some(p) = te.problem {
@@ -1298,7 +1382,18 @@ async fn commands(
         },
     )?;
     if !env.json && !rows.is_empty() {
-        println!("(replay from a command: postern replay SESSION --at AT)");
+        println!(
+            "(replay from a command: postern replay SESSION --at AT; add --input for the keys)"
+        );
+        if rows
+            .iter()
+            .any(|r| matches!(r.kind.as_str(), "input" | "unreconstructed" | "secret"))
+        {
+            // Kinds that come from keystrokes rather than the screen: say what each means.
+            println!(
+                "(input: rebuilt from the keys, the screen did not show it; unreconstructed: raw keys, escaped; secret: typed at a password prompt, withheld)"
+            );
+        }
     }
     Ok(())
 }

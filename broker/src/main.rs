@@ -126,12 +126,17 @@ pub enum Command {
         /// is drawn at once, so the screen is as it was.
         #[arg(long, default_value_t = 0.0)]
         at: f64,
+        /// Also show the vendor's keystrokes (every key, echoed or not), escaped, on the
+        /// bottom line.
+        #[arg(long)]
+        input: bool,
     },
     /// Webhook notifications and their delivery (queued, delivered, retrying, given up).
     Notifications,
     /// Break-glass openings and their review (approvers review them in the web UI).
     Breakglass,
-    /// The command log across sessions: exec lines exactly, shell commands as the device ran them.
+    /// The command log across sessions: exec lines exactly, shell commands as the device ran them,
+    /// lines typed but not shown (echo off, bursts, no terminal) from the keystrokes.
     Commands {
         #[arg(long)]
         vendor: Option<String>,
@@ -156,7 +161,12 @@ pub enum Command {
         since: Option<String>,
     },
     /// Write a session's recording as asciicast v2 on stdout.
-    Export { id: String },
+    Export {
+        id: String,
+        /// Include the vendor's keystrokes as "i" events.
+        #[arg(long)]
+        input: bool,
+    },
     /// Recompute hash chains and seals of recordings and the audit log; non-zero exit on tampering.
     Verify {
         id: Option<String>,

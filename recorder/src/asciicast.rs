@@ -2,7 +2,10 @@
 
 use std::io::Write;
 
+use serde::Serialize;
+
 use crate::format::{Kind, Record};
+use crate::keys::escape_keys;
 use crate::reader::ReadError;
 
 /// Decodes a byte stream split at arbitrary points into valid UTF-8, holding back a multi-byte
@@ -134,6 +137,57 @@ where
     te
 }
 
+/// One line of the vendor's keystrokes, for the input view: when its first key came, and the
+/// keys escaped (see [`crate::escape_keys`]), Enter included as `\r`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyLine {
+    /// Seconds since the session started.
+    pub time: f64,
+    pub keys: String,
+}
+
+/// Most keys shown for one line (a file piped to a command's stdin can be one long "line").
+const MAX_KEY_LINE: usize = 4096;
+
+fn key_line(time: f64, keys: &str) -> KeyLine {
+    let n = keys.chars().count();
+    let mut shown = escape_keys(&keys.chars().take(MAX_KEY_LINE).collect::<String>());
+    if n > MAX_KEY_LINE {
+        shown.push_str(&format!(" ... ({} more keys)", n - MAX_KEY_LINE));
+    }
+    KeyLine { time, keys: shown }
+}
+
+/// The input events (`"i"`) of a recording as lines of keystrokes, split after each Enter.
+pub fn key_lines(events: &TerminalEvents) -> Vec<KeyLine> {
+    let mut lines: Vec<KeyLine> = Vec::new();
+    let mut cur: Option<(f64, String)> = None;
+    for e in events.events.iter().filter(|e| e.code == "i") {
+        for c in e.data.chars() {
+            // "\r\n" from one Enter belongs to one line.
+            if c == '\n'
+                && cur.is_none()
+                && let Some(last) = lines.last_mut()
+                && last.keys.ends_with("\\r")
+            {
+                last.keys.push_str("\\n");
+                continue;
+            }
+            let (_, keys) = cur.get_or_insert_with(|| (e.time, String::new()));
+            keys.push(c);
+            if (c == '\r' || c == '\n')
+                && let Some((time, keys)) = cur.take()
+            {
+                lines.push(key_line(time, &keys));
+            }
+        }
+    }
+    if let Some((time, keys)) = cur {
+        lines.push(key_line(time, &keys));
+    }
+    lines
+}
+
 /// Writes asciicast v2: a JSON header line, then one JSON array per event.
 pub fn export_asciicast<W: Write>(te: &TerminalEvents, mut out: W) -> std::io::Result<()> {
     let header = serde_json::json!({
@@ -162,6 +216,73 @@ mod tests {
         assert_eq!(s.push(&[b'a', euro[0]]), "a");
         assert_eq!(s.push(&euro[1..2]), "");
         assert_eq!(s.push(&[euro[2], b'b']), "€b");
+    }
+
+    #[test]
+    fn input_is_exported_as_i_events_and_split_into_key_lines() {
+        use crate::format::HASH_LEN;
+        let rec = |seq: u64, kind, payload: &[u8]| {
+            Ok(Record {
+                seq,
+                time_us: 1_000_000 + seq as i64 * 500_000,
+                kind,
+                channel: 0,
+                payload: payload.to_vec(),
+                hash: [0; HASH_LEN],
+            })
+        };
+        let records = || {
+            vec![
+                rec(0, Kind::Output, b"$ "),
+                rec(1, Kind::Input, b"ls -x\x7fl\r\n"),
+                rec(2, Kind::Input, b"stty -echo\rid"),
+                rec(3, Kind::Input, b"\r"),
+            ]
+        };
+        assert!(
+            terminal_events(records(), false)
+                .events
+                .iter()
+                .all(|e| e.code == "o")
+        );
+        let te = terminal_events(records(), true);
+        let mut cast = Vec::new();
+        export_asciicast(&te, &mut cast).unwrap();
+        let cast = String::from_utf8(cast).unwrap();
+        let second: serde_json::Value = serde_json::from_str(cast.lines().nth(2).unwrap()).unwrap();
+        assert_eq!(
+            second,
+            serde_json::json!([0.5, "i", "ls -x\u{7f}l\r\n"]),
+            "{cast}"
+        );
+        let lines = key_lines(&te);
+        let shown: Vec<(f64, &str)> = lines.iter().map(|l| (l.time, l.keys.as_str())).collect();
+        assert_eq!(
+            shown,
+            vec![
+                (0.5, "ls -x\\x7fl\\r\\n"),
+                (1.0, "stty -echo\\r"),
+                (1.0, "id\\r")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_key_line_is_cut_with_a_count() {
+        let te = TerminalEvents {
+            width: 80,
+            height: 24,
+            timestamp: 0,
+            events: vec![AsciicastEvent {
+                time: 1.0,
+                code: "i",
+                data: "y".repeat(MAX_KEY_LINE + 3),
+            }],
+            problem: None,
+        };
+        let lines = key_lines(&te);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].keys.ends_with("y ... (3 more keys)"));
     }
 
     #[test]

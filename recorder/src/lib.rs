@@ -15,16 +15,19 @@
 mod asciicast;
 mod commands;
 mod format;
+mod keys;
 mod reader;
 mod screens;
 mod seal;
 mod writer;
 
 pub use asciicast::{
-    AsciicastEvent, TerminalEvents, Utf8Stream, export_asciicast, terminal_events,
+    AsciicastEvent, KeyLine, TerminalEvents, Utf8Stream, export_asciicast, key_lines,
+    terminal_events,
 };
 pub use commands::{CommandEntry, CommandLog, extract_commands};
 pub use format::{GENESIS_DOMAIN, HASH_LEN, Kind, MAX_PAYLOAD, Record, genesis_hash};
+pub use keys::{escape_controls, escape_keys, is_secret_prompt, reconstruct_line};
 pub use reader::{ReadError, Reader, ResumePoint, Tail, VerifyReport, verify, verify_file};
 pub use screens::{Screen, screens};
 pub use seal::{KEY_PREFIX, Seal, SealError, SealKey, SealPublicKey, check_seal, seal_message};

@@ -708,7 +708,7 @@ pub async fn session_detail(
         move || {
             recorder::Reader::open(&path)
                 .ok()
-                .map(|reader| recorder::terminal_events(reader, false))
+                .map(|reader| recorder::terminal_events(reader, true))
         }
     })
     .await
@@ -717,6 +717,7 @@ pub async fn session_detail(
         .as_ref()
         .map(|e| recorder::screens(e, 0.05, REPLAY_SCREENS))
         .unwrap_or_default();
+    let key_lines = events.as_ref().map(recorder::key_lines).unwrap_or_default();
     let shown = match q.at {
         Some(at) => frames
             .iter()
@@ -788,15 +789,31 @@ pub async fn session_detail(
                 .replace('<', "\\u003c");
             body.push_str(&format!(
                 r#"<div class="player"><div class="controls"><button type="button" id="play">Play</button> <input type="range" id="seek" min="0" max="{max:.3}" step="any" value="{at:.3}" aria-label="position"> <span id="clock">{clock}</span></div>
-<pre id="screen" class="screen">{screen}</pre></div>
-<script type="application/json" id="frames">{data}</script><script src="/static/replay.js"></script>"#,
+<pre id="screen" class="screen">{screen}</pre>{keybar}</div>
+<script type="application/json" id="frames">{data}</script>{keydata}<script src="/static/replay.js"></script>"#,
                 max = frames.last().map_or(0.0, |f| f.time),
                 at = f.time,
                 clock = clock(f.time),
                 screen = esc(&f.lines.join("\n")),
+                keybar = if key_lines.is_empty() {
+                    String::new()
+                } else {
+                    r#"<p class="keybar"><label><input type="checkbox" id="showkeys"> Show keystrokes</label> <code id="keys"></code></p>"#.to_owned()
+                },
+                keydata = if key_lines.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        r#"<script type="application/json" id="keylines">{}</script>"#,
+                        serde_json::to_string(&key_lines[..key_lines.len().min(KEY_LINES)])
+                            .unwrap_or_else(|_| "[]".into())
+                            .replace('<', "\\u003c")
+                    )
+                },
             ));
         }
     }
+    body.push_str(&keystrokes(&key_lines));
     Ok(html::page(
         "Session",
         Nav::Sessions,
@@ -804,6 +821,38 @@ pub async fn session_detail(
         &s.login.csrf,
         &body,
     ))
+}
+
+/// Most keystroke lines listed on a session page; the rest are in `postern replay --input`.
+const KEY_LINES: usize = 3000;
+
+/// The input view: every line of keys the vendor sent, echoed or not, escaped, with the time to
+/// replay from. Approvers of the site see it, as they see the recording itself.
+fn keystrokes(lines: &[recorder::KeyLine]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        r#"<details class="keystrokes" id="keystrokes"><summary>Keystrokes: {n} lines, every key the vendor sent, shown or not (Enter is \r, Backspace \x7f, arrows \e[A..D)</summary><ol class="commands">"#,
+        n = lines.len()
+    );
+    for l in lines.iter().take(KEY_LINES) {
+        out.push_str(&format!(
+            r##"<li><a href="?at={at:.3}#replay" data-at="{at:.3}">{clock}</a> <code>{keys}</code></li>"##,
+            at = l.time,
+            clock = clock(l.time),
+            keys = esc(&l.keys),
+        ));
+    }
+    out.push_str("</ol>");
+    if lines.len() > KEY_LINES {
+        out.push_str(&format!(
+            r#"<p class="empty">{} more lines: <code>postern replay ID --input</code> on the broker host shows them all.</p>"#,
+            lines.len() - KEY_LINES
+        ));
+    }
+    out.push_str("</details>");
+    out
 }
 
 fn clock(secs: f64) -> String {

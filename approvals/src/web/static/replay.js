@@ -13,6 +13,20 @@
   var end = frames[frames.length - 1].time;
   var pos = parseFloat(seek.value) || 0;
   var timer = null;
+  // The input view: the line of keys typed last before the current position.
+  var keyData = document.getElementById("keylines");
+  var keyLines = keyData ? JSON.parse(keyData.textContent || "[]") : [];
+  var showKeys = document.getElementById("showkeys");
+  var keysOut = document.getElementById("keys");
+
+  function keysAt(t) {
+    var lo = 0, hi = keyLines.length - 1, best = -1;
+    while (lo <= hi) {
+      var mid = (lo + hi) >> 1;
+      if (keyLines[mid].time <= t) { best = mid; lo = mid + 1; } else { hi = mid - 1; }
+    }
+    return best < 0 ? "" : keyLines[best].keys;
+  }
   var startedAt = 0, startedPos = 0;
 
   function fmt(t) {
@@ -33,6 +47,10 @@
     screen.textContent = frameAt(pos).lines.join("\n");
     seek.value = pos;
     clock.textContent = fmt(pos);
+    if (keysOut) {
+      // textContent: the keys are shown as text, never as markup.
+      keysOut.textContent = showKeys && showKeys.checked ? keysAt(pos) : "";
+    }
   }
   function stop() {
     if (timer) { clearInterval(timer); timer = null; }
@@ -49,6 +67,7 @@
     }, 50);
   }
   play.addEventListener("click", function () { if (timer) { stop(); } else { start(); } });
+  if (showKeys) { showKeys.addEventListener("change", function () { show(pos); }); }
   seek.addEventListener("input", function () { stop(); show(parseFloat(seek.value) || 0); });
   document.querySelectorAll("a[data-at]").forEach(function (a) {
     a.addEventListener("click", function (ev) {
