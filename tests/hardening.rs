@@ -36,7 +36,8 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
-        s.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(250)))
+            .unwrap();
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => {}
@@ -137,7 +138,11 @@ fn floods_of_idle_and_half_open_connections_leave_the_broker_serving() {
     // An approver signs in to the web UI during its flood.
     let web = w.web();
     let r = web.login(&approver);
-    assert_eq!(r.status, 303, "approver sign-in during the web flood: {}", r.body);
+    assert_eq!(
+        r.status, 303,
+        "approver sign-in during the web flood: {}",
+        r.body
+    );
 
     // The login grace time (3 s) cuts the admitted SSH connections, the header timeout (2 s) and
     // the idle timeout (3 s) the web ones.
@@ -185,7 +190,10 @@ fn floods_of_idle_and_half_open_connections_leave_the_broker_serving() {
                 && !e["source"].as_str().unwrap_or("").starts_with("127.0.0.1:")
         })
         .count();
-    assert_eq!(per_connection, 0, "silent connections are summarised, not logged one by one");
+    assert_eq!(
+        per_connection, 0,
+        "silent connections are summarised, not logged one by one"
+    );
     drop(live);
     w.kill_broker();
 }
@@ -207,7 +215,9 @@ fn running_out_of_descriptors_does_not_stop_the_broker() {
     live.send("echo up-$((1+1))\r");
     live.expect("up-2", Duration::from_secs(10));
     let pid = w.broker_pid().unwrap();
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     assert!(open < 70, "{open} descriptors open before the flood");
     let mut flood = Vec::new();
     for i in 0..120u32 {
@@ -251,12 +261,22 @@ fn running_out_of_descriptors_does_not_stop_the_broker() {
 fn commands_dressed_as_transfers_and_unissued_or_restricted_certificates_are_refused() {
     let w = World::new(9, "5m");
     w.ok(&[
-        "function", "add", "files", "--allow", "sftp", "--max-window", "8h",
+        "function",
+        "add",
+        "files",
+        "--allow",
+        "sftp",
+        "--max-window",
+        "8h",
     ]);
     let eve = w.vendor("eve", &[]);
     w.grant("eve", "site-a", "files");
     // The scp-prefix trick: a shell behind a line that starts with "scp ".
-    for evil in ["scp 2>/dev/null; exec bash -i", "scp -t /tmp; id", "scp -f $(id)"] {
+    for evil in [
+        "scp 2>/dev/null; exec bash -i",
+        "scp -t /tmp; id",
+        "scp -f $(id)",
+    ] {
         let o = w.ssh(&eve, "eve:site-a/dev", &[evil]);
         assert!(!o.status.success(), "{evil}: must be refused");
         assert!(
@@ -294,7 +314,11 @@ fn commands_dressed_as_transfers_and_unissued_or_restricted_certificates_are_ref
         stderr(&o)
     );
     let o = w.ssh(&rita, "rita:site-a/dev", &["echo", "exec-ok"]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("exec-ok"), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("exec-ok"),
+        "{}",
+        stderr(&o)
+    );
     w.wait_audit("pty refused", |e| {
         e["event"] == "channel.deny" && e["channel"] == "pty"
     });
@@ -311,7 +335,16 @@ fn commands_dressed_as_transfers_and_unissued_or_restricted_certificates_are_ref
     let signed = run(Command::new("ssh-keygen")
         .args(["-q", "-s"])
         .arg(w.data.join("keys/vendor_ca"))
-        .args(["-I", "postern:mallory:1", "-z", "1", "-n", "mallory", "-V", "-5m:+1h"])
+        .args([
+            "-I",
+            "postern:mallory:1",
+            "-z",
+            "1",
+            "-n",
+            "mallory",
+            "-V",
+            "-5m:+1h",
+        ])
         .arg(mallory.key.with_extension("pub")));
     assert!(signed.status.success(), "{}", stderr(&signed));
     let o = w.ssh(&mallory, "mallory:site-a/dev", &["true"]);
@@ -327,19 +360,61 @@ fn absurd_times_are_refused() {
     w.vendor("alice", &[]);
     for (args, want) in [
         (
-            vec!["grant", "add", "--vendor", "alice", "--site", "site-a", "--function", "maint", "--from", "-9223372036854775807s", "--until", "+1h"],
+            vec![
+                "grant",
+                "add",
+                "--vendor",
+                "alice",
+                "--site",
+                "site-a",
+                "--function",
+                "maint",
+                "--from",
+                "-9223372036854775807s",
+                "--until",
+                "+1h",
+            ],
             "too long",
         ),
         (
-            vec!["grant", "add", "--vendor", "alice", "--site", "site-a", "--function", "maint", "--from", "now", "--until", "+99999999999999999999s"],
+            vec![
+                "grant",
+                "add",
+                "--vendor",
+                "alice",
+                "--site",
+                "site-a",
+                "--function",
+                "maint",
+                "--from",
+                "now",
+                "--until",
+                "+99999999999999999999s",
+            ],
             "not a duration",
         ),
         (
-            vec!["function", "add", "forever", "--allow", "shell", "--max-window", "999999999d"],
+            vec![
+                "function",
+                "add",
+                "forever",
+                "--allow",
+                "shell",
+                "--max-window",
+                "999999999d",
+            ],
             "too long",
         ),
         (
-            vec!["function", "add", "year", "--allow", "shell", "--max-window", "400d"],
+            vec![
+                "function",
+                "add",
+                "year",
+                "--allow",
+                "shell",
+                "--max-window",
+                "400d",
+            ],
             "at most 366 days",
         ),
     ] {
@@ -349,7 +424,10 @@ fn absurd_times_are_refused() {
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
-    assert!(w.ok(&["grant", "list"]).lines().count() <= 1, "no grant was written");
+    assert!(
+        w.ok(&["grant", "list"]).lines().count() <= 1,
+        "no grant was written"
+    );
 }
 
 #[test]
@@ -387,7 +465,10 @@ fn huge_and_hostile_user_names_cannot_flood_or_attack_the_audit_log() {
     let out = w.postern(&["audit"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(!text.contains('\u{1b}'), "a raw escape reached the terminal");
+    assert!(
+        !text.contains('\u{1b}'),
+        "a raw escape reached the terminal"
+    );
     assert!(text.contains("\\u{1b}[2J"), "the escape is shown escaped");
 }
 
@@ -443,7 +524,11 @@ fn strangers_cannot_lock_out_a_vendor_or_an_approver() {
     assert_eq!(r.status, 429, "the stranger's address is throttled");
     let own = WebClient::forwarded_for(&w.web_url, Some("198.51.100.4"));
     let r = own.login(&nina);
-    assert_eq!(r.status, 303, "nina was locked out by a stranger: {}", r.body);
+    assert_eq!(
+        r.status, 303,
+        "nina was locked out by a stranger: {}",
+        r.body
+    );
     w.wait_audit("throttled sign-ins summarised", |e| {
         e["event"] == "web.throttled" && e.to_string().contains("203.0.113.9")
     });

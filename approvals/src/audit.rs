@@ -128,7 +128,7 @@ impl Tally {
         let total: u64 = s.by_reason.values().sum();
         let sources = s.by_source.len();
         let mut top: Vec<(IpAddr, u64)> = s.by_source.drain().collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1));
+        top.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
         top.truncate(SUMMARY_SOURCES);
         let reasons = std::mem::take(&mut s.by_reason);
         Some(serde_json::json!({

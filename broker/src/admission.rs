@@ -224,7 +224,12 @@ impl Admission {
             st.penalties.retain(|_, p| p.until > now);
             if st.penalties.len() >= MAX_SOURCES {
                 // Still full of live penalties: forget the one that ends soonest.
-                if let Some(k) = st.penalties.iter().min_by_key(|(_, p)| p.until).map(|(k, _)| *k) {
+                if let Some(k) = st
+                    .penalties
+                    .iter()
+                    .min_by_key(|(_, p)| p.until)
+                    .map(|(k, _)| *k)
+                {
                     st.penalties.remove(&k);
                 }
             }

@@ -113,7 +113,8 @@ fn operator() -> approvals::Actor {
 /// tables and the audit log.
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     let unsafe_char = |c: char| {
-        c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
     };
     if !s.chars().any(unsafe_char) {
         return std::borrow::Cow::Borrowed(s);
@@ -1569,10 +1570,7 @@ pub async fn serve(
             30,
             100_000,
         ),
-        admission: crate::admission::Admission::new(
-            limits.startups,
-            limits.penalty_exempt.clone(),
-        ),
+        admission: crate::admission::Admission::new(limits.startups, limits.penalty_exempt.clone()),
         login_grace: limits.login_grace,
         throttled: approvals::audit::Tally::default(),
         upstream_config: crate::upstream::client_config(),

@@ -202,7 +202,9 @@ impl Config {
             return Err("per_source_max_startups must be at least 1".into());
         }
         if self.web_max_connections == 0 || self.web_per_source_connections == 0 {
-            return Err("web_max_connections and web_per_source_connections must be at least 1".into());
+            return Err(
+                "web_max_connections and web_per_source_connections must be at least 1".into(),
+            );
         }
         let nets = |name: &str, list: &[String]| {
             list.iter()
@@ -212,7 +214,8 @@ impl Config {
         approvals::web::ClientAddress::new(Vec::new(), &self.forwarded_header)
             .map_err(|e| format!("forwarded_header: {e}"))?;
         Ok(Limits {
-            warn_before: parse_duration(&self.warn_before).map_err(|e| format!("warn_before: {e}"))?,
+            warn_before: parse_duration(&self.warn_before)
+                .map_err(|e| format!("warn_before: {e}"))?,
             login_grace: secs("login_grace", &self.login_grace)?,
             startups: crate::admission::Limits {
                 start,

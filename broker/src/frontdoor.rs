@@ -37,8 +37,7 @@ const MAX_REASONS: usize = 16;
 /// dropped: every offer costs a database lookup.
 const MAX_AUTH_CALLS: u32 = 32;
 /// What the vendor is told when the control plane cannot be reached.
-pub const OUTAGE: &str =
-    "the broker cannot reach its control plane; try again shortly (this is an outage, not a refusal)";
+pub const OUTAGE: &str = "the broker cannot reach its control plane; try again shortly (this is an outage, not a refusal)";
 
 /// State shared between a connection's handler and the task that waits for it to end.
 #[derive(Default)]
@@ -138,10 +137,7 @@ impl AsyncWrite for GraceStream {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -301,7 +297,10 @@ impl Conn {
         }
         // Only certificates the broker issued to this vendor (serial, key id and key as
         // registered, not revoked): a CA key copied elsewhere cannot mint working certificates.
-        let fp = cert.public_key().fingerprint(russh::keys::HashAlg::Sha256).to_string();
+        let fp = cert
+            .public_key()
+            .fingerprint(russh::keys::HashAlg::Sha256)
+            .to_string();
         let issued = self
             .ctx
             .store
@@ -538,7 +537,9 @@ impl russh::server::Handler for Conn {
         // Refused before anything else: no parsing, no lookup, a bounded audit entry.
         if user.len() > MAX_USER {
             let reason = format!("user name of {} bytes is too long", user.len());
-            return Ok(self.refuse_first_factor("auth.certificate", user, reason).await);
+            return Ok(self
+                .refuse_first_factor("auth.certificate", user, reason)
+                .await);
         }
         if !self.ctx.source_limiter.allowed(&self.source()) {
             return Ok(self.throttled().await);
@@ -640,7 +641,11 @@ impl russh::server::Handler for Conn {
                 tokio::time::sleep(FAILURE_DELAY).await;
                 return Ok(Auth::reject());
             }
-            Err(e) => return Ok(self.outage_during_auth("auth.totp", user, e.to_string()).await),
+            Err(e) => {
+                return Ok(self
+                    .outage_during_auth("auth.totp", user, e.to_string())
+                    .await);
+            }
         }
         let secret = match self.ctx.store.vendor(&vendor).await {
             Ok(Some(v)) => v.totp_secret,
@@ -649,7 +654,11 @@ impl russh::server::Handler for Conn {
                     .refuse_first_factor("auth.totp", user, format!("unknown vendor {vendor}"))
                     .await);
             }
-            Err(e) => return Ok(self.outage_during_auth("auth.totp", user, e.to_string()).await),
+            Err(e) => {
+                return Ok(self
+                    .outage_during_auth("auth.totp", user, e.to_string())
+                    .await);
+            }
         };
         let step = match approvals::totp::check(&secret, &code, t as u64) {
             Ok(Some(step)) => step,
@@ -670,7 +679,11 @@ impl russh::server::Handler for Conn {
                     .await;
                 return Ok(retry_totp());
             }
-            Err(e) => return Ok(self.outage_during_auth("auth.totp", user, e.to_string()).await),
+            Err(e) => {
+                return Ok(self
+                    .outage_during_auth("auth.totp", user, e.to_string())
+                    .await);
+            }
         }
         if let Err(e) = self
             .ctx
@@ -678,7 +691,9 @@ impl russh::server::Handler for Conn {
             .second_factor_passed(Subject::Vendor(&vendor))
             .await
         {
-            return Ok(self.outage_during_auth("auth.totp", user, e.to_string()).await);
+            return Ok(self
+                .outage_during_auth("auth.totp", user, e.to_string())
+                .await);
         }
         let ok = self
             .ctx
@@ -693,7 +708,10 @@ impl russh::server::Handler for Conn {
             .authenticated
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(target.to_string());
-        self.shared.gate.authenticated.store(true, Ordering::Release);
+        self.shared
+            .gate
+            .authenticated
+            .store(true, Ordering::Release);
         if let Some(t) = self
             .shared
             .ticket
@@ -992,8 +1010,10 @@ pub async fn serve(
                 if failures == 1 || failures.is_power_of_two() {
                     warn!(error = %e, failures, "accepting a vendor connection failed; retrying");
                 }
-                ctx.throttled
-                    .count("accept failed (descriptors or memory exhausted)", std::net::IpAddr::from([0, 0, 0, 0]));
+                ctx.throttled.count(
+                    "accept failed (descriptors or memory exhausted)",
+                    std::net::IpAddr::from([0, 0, 0, 0]),
+                );
                 tokio::time::sleep(wait).await;
                 continue;
             }
@@ -1050,7 +1070,13 @@ pub async fn serve(
                 shared.outcome(Outcome::GraceExceeded);
             }
             // Settles the source's penalty and frees its place.
-            drop(shared.ticket.lock().unwrap_or_else(|p| p.into_inner()).take());
+            drop(
+                shared
+                    .ticket
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(),
+            );
             if !authenticated {
                 let reasons =
                     std::mem::take(&mut *shared.failures.lock().unwrap_or_else(|p| p.into_inner()));

@@ -264,7 +264,20 @@ impl ScpInvocation {
             c.is_ascii_alphanumeric()
                 || matches!(
                     c,
-                    '/' | '.' | '_' | '-' | '~' | '+' | ',' | '@' | '%' | '=' | ':' | '*' | '?' | '[' | ']'
+                    '/' | '.'
+                        | '_'
+                        | '-'
+                        | '~'
+                        | '+'
+                        | ','
+                        | '@'
+                        | '%'
+                        | '='
+                        | ':'
+                        | '*'
+                        | '?'
+                        | '['
+                        | ']'
                 )
         };
         let ok = if let Some(inner) = path.strip_prefix('\'').and_then(|p| p.strip_suffix('\'')) {
@@ -284,7 +297,7 @@ impl ScpInvocation {
     /// a file (`C`), a directory (`D`), times (`T`) or an error.
     pub fn answers_like_scp(&self, first: u8) -> bool {
         if self.upload {
-            matches!(first, 0 | 1 | 2)
+            matches!(first, 0..=2)
         } else {
             matches!(first, b'C' | b'D' | b'T' | 1 | 2)
         }
@@ -516,11 +529,18 @@ mod tests {
             " scp -t /tmp",
             "scp -t /a /b",
         ] {
-            assert!(ScpInvocation::parse(evil).is_none(), "{evil:?} must not count as scp");
+            assert!(
+                ScpInvocation::parse(evil).is_none(),
+                "{evil:?} must not count as scp"
+            );
         }
         let up = ScpInvocation::parse("scp -t /tmp").unwrap();
         assert!(up.answers_like_scp(0) && !up.answers_like_scp(b'$'));
         let down = ScpInvocation::parse("scp -f /x").unwrap();
-        assert!(down.answers_like_scp(b'C') && !down.answers_like_scp(0) && !down.answers_like_scp(b'b'));
+        assert!(
+            down.answers_like_scp(b'C')
+                && !down.answers_like_scp(0)
+                && !down.answers_like_scp(b'b')
+        );
     }
 }

@@ -368,7 +368,11 @@ pub fn verify<R: BufRead>(input: R) -> Result<VerifyReport, ReadError> {
                 report.last = Some(
                     if matches!(
                         r.kind,
-                        Kind::Output | Kind::Input | Kind::Stderr | Kind::TransferIn | Kind::TransferOut
+                        Kind::Output
+                            | Kind::Input
+                            | Kind::Stderr
+                            | Kind::TransferIn
+                            | Kind::TransferOut
                     ) {
                         Record {
                             payload: Vec::new(),

@@ -109,7 +109,12 @@ impl ClientAddress {
                     .parse::<std::net::IpAddr>()
                     .ok()
                     .or_else(|| item.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
-                    .or_else(|| item.trim_start_matches('[').trim_end_matches(']').parse().ok());
+                    .or_else(|| {
+                        item.trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .parse()
+                            .ok()
+                    });
                 match parsed {
                     Some(ip) => hops.push(ip),
                     // A hop we cannot read: stop trusting the chain there.
@@ -333,18 +338,28 @@ mod tests {
     #[test]
     fn client_address_trusts_only_configured_proxies() {
         let proxy: std::net::IpAddr = "10.0.0.5".parse().unwrap();
-        let ca = ClientAddress::new(vec!["10.0.0.0/24".parse().unwrap()], "X-Forwarded-For").unwrap();
+        let ca =
+            ClientAddress::new(vec!["10.0.0.0/24".parse().unwrap()], "X-Forwarded-For").unwrap();
         let mut h = HeaderMap::new();
-        h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 203.0.113.9, 10.0.0.7"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.9, 10.0.0.7"),
+        );
         // From the proxy: the right-most address that is not a proxy.
-        assert_eq!(ca.of(proxy, &h), "203.0.113.9".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(
+            ca.of(proxy, &h),
+            "203.0.113.9".parse::<std::net::IpAddr>().unwrap()
+        );
         // From anyone else, the header is the client's own claim: ignored.
         let other: std::net::IpAddr = "198.51.100.1".parse().unwrap();
         assert_eq!(ca.of(other, &h), other);
         // No header: the proxy itself.
         assert_eq!(ca.of(proxy, &HeaderMap::new()), proxy);
         let mut bad = HeaderMap::new();
-        bad.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9, junk"));
+        bad.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, junk"),
+        );
         assert_eq!(ca.of(proxy, &bad), proxy);
         assert!(ClientAddress::new(vec![], "bad header").is_err());
     }

@@ -14,8 +14,8 @@ use tracing::warn;
 
 use super::html::{self, Nav, csrf_field, dur, esc, time};
 use super::{
-    LOGIN_COOKIE, LOGIN_TTL, MAX_NAME, SESSION_COOKIE, Signed, WebState, cookie, random_token, same_token,
-    set_cookie, token_hash,
+    LOGIN_COOKIE, LOGIN_TTL, MAX_NAME, SESSION_COOKIE, Signed, WebState, cookie, random_token,
+    same_token, set_cookie, token_hash,
 };
 use crate::actions::{ActionError, Actor};
 use crate::audit::bounded;
