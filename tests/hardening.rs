@@ -557,3 +557,79 @@ fn wrong_codes_back_off_in_the_database_and_survive_a_restart() {
         e["event"] == "auth.totp" && e.to_string().contains("too many wrong TOTP codes")
     });
 }
+
+/// Runs SQL as the PostgreSQL superuser the tests use (CI starts the server).
+fn psql(sql: &str) {
+    let o = run(Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-c",
+        ])
+        .arg(sql));
+    assert!(o.status.success(), "psql {sql}: {}", stderr(&o));
+}
+
+#[test]
+fn an_outage_at_login_is_reported_as_an_outage() {
+    let db = format!("postern_outage_{}", std::process::id());
+    psql(&format!("DROP DATABASE IF EXISTS {db}"));
+    psql(&format!("CREATE DATABASE {db}"));
+    let mut w = World::with_config(
+        9,
+        "5m",
+        &format!("database_url = \"postgres://postgres@127.0.0.1:5432/{db}\"\n"),
+    );
+    let alice = w.vendor("alice", &[]);
+    w.grant("alice", "site-a", "maint");
+    let o = w.ssh(&alice, "alice:site-a/dev", &["echo", "in-before"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("in-before"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The control plane goes away for this database only.
+    psql(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
+    psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+    ));
+    let o = w.ssh(&alice, "alice:site-a/dev", &["echo", "in-during"]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("cannot reach its control plane"),
+        "the vendor is told it is an outage: {err}"
+    );
+    assert!(
+        !err.contains("no grant"),
+        "an outage is not a denial: {err}"
+    );
+    w.wait_audit("outage audited", |e| {
+        e["outcome"] == "error" && e.to_string().contains("control plane unavailable")
+    });
+
+    // Back: the same vendor gets in, nothing was counted against her.
+    psql(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = w.ssh(&alice, "alice:site-a/dev", &["echo", "in-after"]);
+        if String::from_utf8_lossy(&o.stdout).contains("in-after") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no login after the outage: {}",
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    w.kill_broker();
+    drop(w);
+    psql(&format!("DROP DATABASE IF EXISTS {db}"));
+}

@@ -123,6 +123,8 @@ struct State {
 #[derive(Clone, Copy)]
 struct Penalty {
     until: Instant,
+    /// Penalty time added since the entry last ran out.
+    accrued: Duration,
     active: bool,
 }
 
@@ -236,11 +238,19 @@ impl Admission {
         }
         let p = st.penalties.entry(key).or_insert(Penalty {
             until: now,
+            accrued: Duration::ZERO,
             active: false,
         });
-        let base = p.until.max(now);
-        p.until = (base + add).min(now + PENALTY_MAX);
-        if p.until.duration_since(now) >= PENALTY_MIN {
+        if p.until <= now {
+            *p = Penalty {
+                until: now,
+                accrued: Duration::ZERO,
+                active: false,
+            };
+        }
+        p.until = (p.until + add).min(now + PENALTY_MAX);
+        p.accrued += add;
+        if p.accrued >= PENALTY_MIN {
             p.active = true;
         }
     }

@@ -1718,3 +1718,21 @@ async fn write_summaries(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn hostile_text_is_shown_escaped() {
+        assert_eq!(printable("alice"), "alice");
+        let shown = printable("x\u{1b}[2J\u{1b}[1;1Hforged\r\nline\u{202e}cba");
+        assert!(
+            !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{shown}"
+        );
+        assert!(shown.contains("\\u{1b}[2J"), "{shown}");
+        assert!(shown.contains("\\r\\n"), "{shown}");
+        assert!(shown.contains("\\u{202e}"), "{shown}");
+    }
+}

@@ -53,6 +53,8 @@ struct ConnShared {
     gate: Arc<Gate>,
     /// Authentication callbacks so far.
     auth_calls: AtomicU32,
+    /// The control plane failed during authentication: the vendor is told so.
+    outage: AtomicBool,
 }
 
 impl ConnShared {
@@ -257,6 +259,7 @@ impl Conn {
             .audit(event, json!({"user": bounded(user, LOGGED), "source": self.peer.to_string(), "outcome": "error", "reason": format!("control plane unavailable: {}", bounded(&error, LOGGED))}))
             .await;
         self.shared.fail("control plane unavailable".into());
+        self.shared.outage.store(true, Ordering::Relaxed);
         Auth::reject()
     }
 
@@ -594,6 +597,19 @@ impl russh::server::Handler for Conn {
         let Some(passed) = self.cert.as_ref().filter(|c| c.user == user) else {
             self.cert = None;
             self.shared.set_user(user);
+            if self.shared.outage.load(Ordering::Relaxed) {
+                // The certificate could not be checked because the control plane is down: say
+                // so in the one place OpenSSH shows a server's words before authentication (the
+                // keyboard-interactive instructions), then refuse. Nothing is counted.
+                return Ok(match response {
+                    None => Auth::Partial {
+                        name: "".into(),
+                        instructions: format!("postern: {OUTAGE}").into(),
+                        prompts: Vec::new().into(),
+                    },
+                    Some(_) => Auth::reject(),
+                });
+            }
             if !self.ctx.source_limiter.allowed(&self.source()) {
                 return Ok(self.throttled().await);
             }
