@@ -924,16 +924,17 @@ async fn actions_are_all_or_nothing(db: Db) {
     })
     .await
     .unwrap();
-    let ask = || approvals::NewRequest {
+    // Two requests pending at once: for different functions (one per function at a time).
+    let ask = |function: &str| approvals::NewRequest {
         vendor: "alice".into(),
         site: "store-1".into(),
         device: "cam-01".into(),
-        function: "maint".into(),
+        function: function.into(),
         reason: "camera offline".into(),
         duration: 3600,
     };
-    let r1 = s.add_request(&ask(), NOW).await.unwrap();
-    let r2 = s.add_request(&ask(), NOW).await.unwrap();
+    let r1 = s.add_request(&ask("maint"), NOW).await.unwrap();
+    let r2 = s.add_request(&ask("emergency"), NOW).await.unwrap();
     let (bg, _) = s
         .open_breakglass(
             &approvals::NewBreakGlass {
