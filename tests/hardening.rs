@@ -9,10 +9,10 @@ mod harness;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{WebClient, World, run};
+use harness::{WebClient, World, run, unix_now};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -632,4 +632,195 @@ fn an_outage_at_login_is_reported_as_an_outage() {
     w.kill_broker();
     drop(w);
     psql(&format!("DROP DATABASE IF EXISTS {db}"));
+}
+
+/// One unauthenticated sign-in POST (double-submit CSRF: the attacker picks cookie and token).
+fn post_login(from: Ipv4Addr, port: u16, name: &str, xff: Option<&str>) -> u16 {
+    let body = format!("csrf=x&name={name}&password=guess&code=000000");
+    let xff = xff
+        .map(|ip| format!("X-Forwarded-For: {ip}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "POST /login HTTP/1.1\r\nHost: x\r\nCookie: postern_login=x\r\n{xff}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = connect_from(from, port).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn web_port(w: &World) -> u16 {
+    w.web_url.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+/// Wrong TOTP codes from parallel connections that sit at the prompt and answer together: each
+/// attempt is counted before its code is looked at, so no more are evaluated than one at a time
+/// would be (FREE_FAILURES + 1 = 5) before the lock holds.
+#[test]
+fn totp_backoff_does_not_hold_against_parallel_guesses() {
+    let w = World::new(9, "5m");
+    let v = w.vendor("thief", &[]);
+    let dir = w.dir.path().join("race");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A code that is wrong for every step the broker accepts now.
+    let t = unix_now();
+    let valid: Vec<String> = (0..4)
+        .map(|k| approvals::totp::code_at(&v.secret, (t / 30 + k).saturating_sub(1) * 30).unwrap())
+        .collect();
+    let wrong = (0..10)
+        .map(|i| format!("00000{i}"))
+        .find(|c| !valid.contains(c))
+        .unwrap();
+    assert!(
+        Command::new("mkfifo")
+            .arg(dir.join("go"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let askpass = dir.join("askpass.sh");
+    std::fs::write(
+        &askpass,
+        format!(
+            "#!/bin/sh\ntouch {d}/ready.$$\n: < {d}/go\necho {wrong}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&askpass)
+        .status()
+        .unwrap();
+    const N: usize = 12;
+    let mut kids = Vec::new();
+    for _ in 0..N {
+        let mut cmd = w.client("ssh", &v, "unused");
+        cmd.env("SSH_ASKPASS", &askpass)
+            .arg("thief:site-a/dev:maint@127.0.0.1")
+            .arg("true")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        kids.push(cmd.spawn().unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("ready.")
+            })
+            .count();
+        if ready >= N || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every askpass blocks opening the FIFO for reading; opening it for writing releases all.
+    {
+        let _release = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("go"))
+            .unwrap();
+    }
+    for mut k in kids {
+        let _ = k.wait();
+    }
+    let evaluated = w
+        .audit()
+        .iter()
+        .filter(|e| e["event"] == "auth.totp" && e["reason"] == "wrong TOTP code")
+        .count();
+    let locked = w
+        .audit()
+        .iter()
+        .filter(|e| {
+            e["event"] == "auth.totp"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("locked until"))
+        })
+        .count();
+    eprintln!("wrong codes evaluated: {evaluated}, refused as locked: {locked}");
+    assert!(
+        evaluated <= 5,
+        "{evaluated} wrong codes were evaluated in parallel (sequentially the lock stops at 5)"
+    );
+}
+
+/// A burst of unauthenticated sign-ins from one address: password hashes (argon2, 19 MiB each)
+/// run a few at a time, and each attempt is counted before its hash, so the per-source limit (20
+/// in 5 minutes) holds and memory stays bounded.
+#[test]
+fn unauthenticated_sign_ins_are_bounded_in_memory_and_by_the_limiter() {
+    let w = World::new(9, "5m");
+    let port = web_port(&w);
+    let attacker = Ipv4Addr::new(127, 0, 0, 9);
+    // Warm up (the dummy hash is computed once).
+    post_login(Ipv4Addr::new(127, 0, 0, 10), port, "nobody", None);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = w.broker_rss();
+    const N: usize = 40;
+    let threads: Vec<_> = (0..N)
+        .map(|i| {
+            std::thread::spawn(move || post_login(attacker, port, &format!("nobody{i}"), None))
+        })
+        .collect();
+    let mut peak = before;
+    let t0 = Instant::now();
+    while threads.iter().any(|t| !t.is_finished()) && t0.elapsed() < Duration::from_secs(120) {
+        peak = peak.max(w.broker_rss());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let codes: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let evaluated = codes.iter().filter(|c| **c == 401).count();
+    let throttled = codes.iter().filter(|c| **c == 429).count();
+    let grown = (peak.saturating_sub(before)) / (1024 * 1024);
+    eprintln!(
+        "RSS {} MiB -> peak {} MiB (+{grown} MiB); 401: {evaluated}, 429: {throttled}",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(
+        evaluated <= 20,
+        "{evaluated} sign-ins from one address were evaluated (limit 20 per 5 minutes)"
+    );
+    assert!(
+        grown < 200,
+        "one address made the broker grow by {grown} MiB before signing in"
+    );
+}
+
+/// Behind a trusted proxy, an IPv6 client rotating through its own /64 is throttled like one
+/// address (the web sign-in limits group IPv6 by /64, as the SSH admission does).
+#[test]
+fn web_sign_in_limit_groups_ipv6_by_64() {
+    let w = World::with_config(9, "5m", "trusted_proxies = [\"127.0.0.1\"]");
+    let port = web_port(&w);
+    let mut throttled = 0;
+    for i in 1..=30 {
+        let code = post_login(
+            Ipv4Addr::LOCALHOST,
+            port,
+            "approver",
+            Some(&format!("2001:db8:1:2::{i:x}")),
+        );
+        if code == 429 {
+            throttled += 1;
+        }
+    }
+    assert!(
+        throttled > 0,
+        "30 failed sign-ins from one /64 and none throttled"
+    );
 }

@@ -47,9 +47,71 @@ pub fn lock_for(failures: i64) -> i64 {
     FIRST_LOCK.saturating_mul(1 << doublings).min(MAX_LOCK)
 }
 
+/// The answer to asking for a second-factor attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Go ahead and check the code. The attempt is already counted as a failure (and the lock
+    /// that failure would bring is already set): call [`Store::second_factor_passed`] if the
+    /// code is right.
+    Granted,
+    /// Locked until this time: the code must not even be looked at.
+    Locked(i64),
+}
+
 impl Store {
-    /// Until when the subject's second factor is locked, if it is locked at `now`.
-    pub async fn second_factor_locked(
+    /// Reserves one second-factor attempt for `who`, atomically across connections and nodes: the
+    /// attempt is counted as a failure *before* the code is checked, and the lock it would earn
+    /// is set at once. So guesses sent in parallel cannot all slip in before the first one is
+    /// counted: while a lock holds, every other attempt is refused.
+    pub async fn second_factor_attempt(
+        &self,
+        who: Subject<'_>,
+        now: i64,
+    ) -> Result<Attempt, StoreError> {
+        let key = who.key();
+        let mut tx = self.pool().begin().await?;
+        // The row lock (PostgreSQL) or the write lock (SQLite) taken here is held until commit,
+        // so a concurrent attempt waits and then sees the lock this one sets.
+        let failures: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO second_factor_failures (subject, failures, last_failure, locked_until) \
+             VALUES ($1, 1, $2, 0) \
+             ON CONFLICT (subject) DO UPDATE SET \
+               failures = CASE WHEN second_factor_failures.last_failure < $3 THEN 1 \
+                               ELSE second_factor_failures.failures + 1 END, \
+               last_failure = $2 \
+             WHERE second_factor_failures.locked_until <= $2 \
+             RETURNING failures",
+        )
+        .bind(&key)
+        .bind(now)
+        .bind(now - RESET_AFTER)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(failures) = failures else {
+            let until: i64 = sqlx::query_scalar(
+                "SELECT locked_until FROM second_factor_failures WHERE subject = $1",
+            )
+            .bind(&key)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Attempt::Locked(until));
+        };
+        let lock = lock_for(failures);
+        if lock > 0 {
+            sqlx::query("UPDATE second_factor_failures SET locked_until = $1 WHERE subject = $2")
+                .bind(now + lock)
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Attempt::Granted)
+    }
+
+    /// Until when the subject's second factor is locked, if it is (for messages; the lock itself
+    /// is enforced by [`Store::second_factor_attempt`]).
+    pub async fn second_factor_locked_until(
         &self,
         who: Subject<'_>,
         now: i64,
@@ -63,45 +125,7 @@ impl Store {
         Ok(until.filter(|u| *u > now))
     }
 
-    /// Counts one wrong code; returns until when the subject is now locked (`None`: not locked).
-    /// Atomic across nodes: concurrent failures each count.
-    pub async fn second_factor_failed(
-        &self,
-        who: Subject<'_>,
-        now: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        let key = who.key();
-        let failures: i64 = sqlx::query_scalar(
-            "INSERT INTO second_factor_failures (subject, failures, last_failure, locked_until) \
-             VALUES ($1, 1, $2, 0) \
-             ON CONFLICT (subject) DO UPDATE SET \
-               failures = CASE WHEN second_factor_failures.last_failure < $3 THEN 1 \
-                               ELSE second_factor_failures.failures + 1 END, \
-               last_failure = $2 \
-             RETURNING failures",
-        )
-        .bind(&key)
-        .bind(now)
-        .bind(now - RESET_AFTER)
-        .fetch_one(self.pool())
-        .await?;
-        let lock = lock_for(failures);
-        if lock == 0 {
-            return Ok(None);
-        }
-        let until = now + lock;
-        sqlx::query(
-            "UPDATE second_factor_failures SET locked_until = $1 \
-             WHERE subject = $2 AND locked_until < $1",
-        )
-        .bind(until)
-        .bind(&key)
-        .execute(self.pool())
-        .await?;
-        Ok(Some(until))
-    }
-
-    /// A right code: the count starts afresh.
+    /// A right code: the count starts afresh and the lock this attempt set is lifted.
     pub async fn second_factor_passed(&self, who: Subject<'_>) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM second_factor_failures WHERE subject = $1")
             .bind(who.key())

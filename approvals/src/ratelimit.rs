@@ -83,6 +83,19 @@ impl RateLimiter {
         }
     }
 
+    /// Takes back the newest failure counted for `key`: for callers that count an attempt before
+    /// it is decided (so that parallel attempts cannot all pass `allowed`) and then see it succeed.
+    pub fn forgive(&self, key: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let k = key_of(key);
+        if let Some(q) = map.get_mut(k) {
+            q.pop_back();
+            if q.is_empty() {
+                map.remove(k);
+            }
+        }
+    }
+
     /// Keys held now (for tests of the memory bound).
     pub fn len(&self) -> usize {
         self.failures
@@ -93,6 +106,42 @@ impl RateLimiter {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// How many detailed audit events about clients that have not authenticated are written per
+/// minute, per source (an address or an IPv6 /64) and in all. Past that, attempts are only
+/// counted into the periodic summary ([`crate::audit::Tally`]): the audit log names what
+/// happened without letting a flood of strangers fill the disk.
+pub struct EventBudget {
+    per_source: RateLimiter,
+    all: RateLimiter,
+}
+
+impl EventBudget {
+    pub fn new(per_source_per_minute: usize, all_per_minute: usize) -> EventBudget {
+        EventBudget {
+            per_source: RateLimiter::new(Duration::from_secs(60), per_source_per_minute, 100_000),
+            all: RateLimiter::new(Duration::from_secs(60), all_per_minute, 1),
+        }
+    }
+
+    /// Whether one more detailed event about `ip` may be written now (and, if so, counts it).
+    pub fn allow(&self, ip: std::net::IpAddr) -> bool {
+        let key = crate::audit::source_key(ip).to_string();
+        if !self.per_source.allowed(&key) || !self.all.allowed("all") {
+            return false;
+        }
+        self.per_source.failed(&key);
+        self.all.failed("all");
+        true
+    }
+}
+
+impl Default for EventBudget {
+    /// 10 per source and 300 in all per minute: at most a few hundred kilobytes a minute.
+    fn default() -> Self {
+        EventBudget::new(10, 300)
     }
 }
 
@@ -109,6 +158,8 @@ mod tests {
         }
         assert!(!rl.allowed("s:1.1.1.1"));
         assert!(rl.allowed("s:2.2.2.2"));
+        rl.forgive("s:1.1.1.1");
+        assert!(rl.allowed("s:1.1.1.1"));
     }
 
     #[test]
@@ -127,5 +178,17 @@ mod tests {
         rl.failed("s:new-1");
         rl.failed("s:new-2");
         assert!(rl.len() <= 2, "{} keys", rl.len());
+    }
+
+    #[test]
+    fn event_budget_caps_per_source_and_in_all() {
+        let b = EventBudget::new(2, 3);
+        let x: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let y: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        let y2: std::net::IpAddr = "2001:db8::2".parse().unwrap();
+        assert!(b.allow(x) && b.allow(x));
+        assert!(!b.allow(x), "per source");
+        assert!(b.allow(y));
+        assert!(!b.allow(y2), "in all");
     }
 }

@@ -146,7 +146,8 @@ impl Admission {
         })
     }
 
-    fn exempt(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is in `penalty_exempt` (trusted: no per-source caps, penalties or audit budget).
+    pub fn exempt(&self, ip: IpAddr) -> bool {
         self.exempt.iter().any(|n| n.contains(&ip))
     }
 

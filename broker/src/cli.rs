@@ -1573,6 +1573,7 @@ pub async fn serve(
         admission: crate::admission::Admission::new(limits.startups, limits.penalty_exempt.clone()),
         login_grace: limits.login_grace,
         throttled: approvals::audit::Tally::default(),
+        detail_budget: approvals::ratelimit::EventBudget::default(),
         upstream_config: crate::upstream::client_config(),
         notifier: env.notifier.clone(),
         live: Default::default(),

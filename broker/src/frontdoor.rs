@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use approvals::audit::bounded;
-use approvals::lockout::Subject;
+use approvals::lockout::{Attempt, Subject};
 use approvals::time::now;
 use approvals::{AccessRequest, Decision, Deny};
 use russh::keys::ssh_key::certificate::CertType;
@@ -36,6 +36,8 @@ const MAX_REASONS: usize = 16;
 /// Authentication callbacks one connection may make (each key offered is one) before it is
 /// dropped: every offer costs a database lookup.
 const MAX_AUTH_CALLS: u32 = 32;
+/// Plain keys per connection looked up in the registry to explain a refusal.
+const MAX_KEY_LOOKUPS: u32 = 3;
 /// What the vendor is told when the control plane cannot be reached.
 pub const OUTAGE: &str = "the broker cannot reach its control plane; try again shortly (this is an outage, not a refusal)";
 
@@ -55,6 +57,8 @@ struct ConnShared {
     auth_calls: AtomicU32,
     /// The control plane failed during authentication: the vendor is told so.
     outage: AtomicBool,
+    /// Plain keys looked up in the certificate registry so far.
+    key_lookups: AtomicU32,
 }
 
 impl ConnShared {
@@ -194,8 +198,9 @@ fn ki_only() -> MethodSet {
 }
 
 impl Conn {
+    /// The key failures are counted under: the address, or its /64 for IPv6.
     fn source(&self) -> String {
-        self.peer.ip().to_string()
+        approvals::audit::source_key(self.peer.ip()).to_string()
     }
 
     /// A failure before the first factor passed (no certificate, a foreign or unissued one, a
@@ -205,9 +210,17 @@ impl Conn {
         let user = bounded(user, LOGGED);
         let reason = bounded(&reason, LOGGED);
         warn!(peer = %self.peer, user, reason, "{event}");
-        self.ctx
-            .audit(event, json!({"user": user, "source": self.peer.to_string(), "outcome": "denied", "reason": reason}))
-            .await;
+        if self.ctx.admission.exempt(self.peer.ip()) || self.ctx.detail_budget.allow(self.peer.ip())
+        {
+            self.ctx
+                .audit(event, json!({"user": user, "source": self.peer.to_string(), "outcome": "denied", "reason": reason}))
+                .await;
+        } else {
+            self.ctx.throttled.count(
+                "failed before the first factor (beyond the audit budget)",
+                self.peer.ip(),
+            );
+        }
         self.ctx.source_limiter.failed(&self.source());
         self.shared.outcome(Outcome::AuthFail);
         self.shared.fail(reason);
@@ -228,18 +241,19 @@ impl Conn {
         Auth::reject()
     }
 
-    /// A wrong second factor after a verified certificate: counted against the vendor in the
-    /// database (shared by every node, exponential backoff), audited.
+    /// A wrong second factor after a verified certificate: already counted against the vendor
+    /// in the database when the attempt was granted (shared by every node, exponential
+    /// backoff); audited with the lock it brought.
     async fn refuse_second_factor(&mut self, user: &str, vendor: &str, reason: &str) {
-        let locked = self
+        let locked_until = match self
             .ctx
             .store
-            .second_factor_failed(Subject::Vendor(vendor), now())
-            .await;
-        let locked_until = match &locked {
+            .second_factor_locked_until(Subject::Vendor(vendor), now())
+            .await
+        {
             Ok(l) => l.map(approvals::time::fmt_time),
             Err(e) => {
-                warn!(error = %e, "could not count a wrong TOTP code");
+                warn!(error = %e, "could not read the TOTP lock");
                 None
             }
         };
@@ -260,7 +274,11 @@ impl Conn {
             .await;
         self.shared.fail("control plane unavailable".into());
         self.shared.outage.store(true, Ordering::Relaxed);
-        Auth::reject()
+        // Keyboard-interactive next, where the vendor is told why (see there).
+        Auth::Reject {
+            proceed_with_methods: Some(ki_only()),
+            partial_success: false,
+        }
     }
 
     /// Counts an authentication callback; `false` once the connection has made too many.
@@ -497,8 +515,18 @@ impl russh::server::Handler for Conn {
         }
         // Plain keys are never enough; note why for the connection's failure summary. OpenSSH
         // offers the bare key after russh silently refused its expired certificate, so the
-        // registry of issued certificates can name that reason.
+        // registry of issued certificates can name that reason (for the first few keys only:
+        // each lookup is a database query). A connection that ends on plain keys alone failed
+        // before the first factor.
+        self.shared.outcome(Outcome::AuthFail);
         let fp = crate::keys::fingerprint(key.public_key);
+        let lookups = self.shared.key_lookups.fetch_add(1, Ordering::Relaxed);
+        if lookups >= MAX_KEY_LOOKUPS {
+            self.shared.fail(format!(
+                "plain public key {fp} offered: a vendor certificate is required"
+            ));
+            return Ok(Auth::reject());
+        }
         let reason = match self.ctx.store.certificates_for_key(&fp).await {
             Ok(certs) if !certs.is_empty() => {
                 let t = now();
@@ -633,16 +661,30 @@ impl russh::server::Handler for Conn {
         let serial = passed.serial;
         let permits = passed.permits;
         let t = now();
-        // The vendor's backoff after wrong codes, shared by every node: while locked, no code is
-        // even looked at.
+        let secret = match self.ctx.store.vendor(&vendor).await {
+            Ok(Some(v)) => v.totp_secret,
+            Ok(None) => {
+                return Ok(self
+                    .refuse_first_factor("auth.totp", user, format!("unknown vendor {vendor}"))
+                    .await);
+            }
+            Err(e) => {
+                return Ok(self
+                    .outage_during_auth("auth.totp", user, e.to_string())
+                    .await);
+            }
+        };
+        // The vendor's backoff after wrong codes, shared by every node: the attempt is counted
+        // before the code is looked at, so parallel guesses cannot slip past a lock; while
+        // locked, no code is even looked at.
         match self
             .ctx
             .store
-            .second_factor_locked(Subject::Vendor(&vendor), t)
+            .second_factor_attempt(Subject::Vendor(&vendor), t)
             .await
         {
-            Ok(None) => {}
-            Ok(Some(until)) => {
+            Ok(Attempt::Granted) => {}
+            Ok(Attempt::Locked(until)) => {
                 self.cert = None;
                 let reason = format!(
                     "too many wrong TOTP codes: locked until {}",
@@ -663,19 +705,6 @@ impl russh::server::Handler for Conn {
                     .await);
             }
         }
-        let secret = match self.ctx.store.vendor(&vendor).await {
-            Ok(Some(v)) => v.totp_secret,
-            Ok(None) => {
-                return Ok(self
-                    .refuse_first_factor("auth.totp", user, format!("unknown vendor {vendor}"))
-                    .await);
-            }
-            Err(e) => {
-                return Ok(self
-                    .outage_during_auth("auth.totp", user, e.to_string())
-                    .await);
-            }
-        };
         let step = match approvals::totp::check(&secret, &code, t as u64) {
             Ok(Some(step)) => step,
             Ok(None) => {
@@ -1117,11 +1146,16 @@ pub async fn serve(
                     } else if reasons.is_empty() {
                         reasons.push("closed before authenticating".into());
                     }
-                    ctx.audit(
-                        "auth.failed",
-                        json!({"user": user, "source": peer.to_string(), "reasons": reasons}),
-                    )
-                    .await;
+                    if ctx.admission.exempt(peer.ip()) || ctx.detail_budget.allow(peer.ip()) {
+                        ctx.audit(
+                            "auth.failed",
+                            json!({"user": user, "source": peer.to_string(), "reasons": reasons}),
+                        )
+                        .await;
+                    } else {
+                        ctx.throttled
+                            .count("failed connection (beyond the audit budget)", peer.ip());
+                    }
                 }
             }
             connection_ended(live).await;

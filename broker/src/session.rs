@@ -43,6 +43,8 @@ pub struct Ctx {
     pub login_grace: Duration,
     /// Throttled and silent connections, summarised into the audit log per interval.
     pub throttled: approvals::audit::Tally,
+    /// Detailed audit events about unauthenticated clients, per source and in all.
+    pub detail_budget: approvals::ratelimit::EventBudget,
     pub upstream_config: Arc<russh::client::Config>,
     pub notifier: approvals::Notifier,
     pub live: Mutex<HashMap<String, Arc<LiveSession>>>,

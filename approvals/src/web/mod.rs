@@ -40,6 +40,12 @@ pub const SESSION_COOKIE: &str = "postern_session";
 pub const LOGIN_COOKIE: &str = "postern_login";
 /// The largest request body accepted (every form fits easily).
 pub const MAX_BODY: usize = 16 * 1024;
+/// Password hashes checked at once (see [`WebState::passwords`]).
+pub const HASHING_AT_ONCE: usize = 2;
+/// Password checks waiting at most; beyond, sign-ins are told the broker is busy.
+pub const HASHING_QUEUE: usize = 32;
+/// How long a sign-in waits for its turn to have its password checked.
+pub const HASHING_WAIT: Duration = Duration::from_secs(10);
 /// The longest approver name looked at; longer names are refused before anything else.
 pub const MAX_NAME: usize = 64;
 /// How long a sign-in lasts.
@@ -62,6 +68,9 @@ pub struct WebState {
     pub client_address: ClientAddress,
     /// Sign-ins refused by the rate limits, written to the audit log as one summary per interval.
     pub throttled: crate::audit::Tally,
+    /// Where approvers' passwords are checked: each check takes ~19 MiB and a core for a while,
+    /// so a few dedicated threads do it, from a bounded queue.
+    pub passwords: crate::approvers::PasswordChecker,
     /// This node's seal public key file, trusted by the session page's verification as by
     /// `postern verify`.
     pub local_seal_key: Option<PathBuf>,
@@ -151,6 +160,7 @@ impl WebState {
                 header: header::HeaderName::from_static("x-forwarded-for"),
             },
             throttled: crate::audit::Tally::default(),
+            passwords: crate::approvers::PasswordChecker::new(HASHING_AT_ONCE, HASHING_QUEUE),
             local_seal_key: None,
         }
     }

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::actions::{ActionError, Actor};
 use crate::audit::bounded;
-use crate::lockout::Subject;
+use crate::lockout::{Attempt, Subject};
 use crate::store::StoreError;
 use crate::time::{now, parse_duration, parse_time};
 
@@ -185,23 +185,27 @@ pub async fn login(
     };
     // Whatever the client typed is logged bounded and escaped.
     let logged_name = bounded(&name, MAX_NAME);
-    let name_at_source = format!("{source} {logged_name}");
+    // Limits apply to the address, or its /64 for IPv6 (one host holds a whole /64).
+    let limit_source = crate::audit::source_key(ip).to_string();
+    let name_at_source = format!("{limit_source} {logged_name}");
     // Before the first factor, failures count per address and per name *at that address*: a
     // stranger elsewhere cannot lock an approver out. Throttled attempts are only counted, into
     // one summary event per interval, so a flood cannot flood the audit log.
-    if !state.per_source.allowed(&source) || !state.per_name_source.allowed(&name_at_source) {
+    if !state.per_source.allowed(&limit_source) || !state.per_name_source.allowed(&name_at_source) {
         state.throttled.count("web sign-in rate limited", ip);
         return login_page(
             StatusCode::TOO_MANY_REQUESTS,
             Some("Too many failed sign-ins. Wait a few minutes and try again."),
         );
     }
+    // The attempt counts as a failure from now on, before the slow password check, so a burst
+    // of parallel attempts cannot all pass the check above; a right password takes it back.
+    state.per_source.failed(&limit_source);
+    state.per_name_source.failed(&name_at_source);
     let first_factor_failed = |reason: &'static str| {
         let state = state.clone();
-        let (name, source, key) = (logged_name.clone(), source.clone(), name_at_source.clone());
+        let (name, source) = (logged_name.clone(), source.clone());
         async move {
-            state.per_source.failed(&source);
-            state.per_name_source.failed(&key);
             state
                 .audit(
                     "web.login_failed",
@@ -221,20 +225,19 @@ pub async fn login(
     };
     let password = f.password;
     let hash = approver.as_ref().map(|a| a.password_hash.clone());
-    // Hash even for unknown names, so timing does not tell which names exist.
-    let password_ok = tokio::task::spawn_blocking(move || match hash {
-        Some(h) => crate::approvers::verify_password(&password, &h),
-        None => {
-            static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-            let dummy = DUMMY.get_or_init(|| {
-                crate::approvers::hash_password("postern: no such approver").unwrap_or_default()
-            });
-            let _ = crate::approvers::verify_password(&password, dummy);
-            false
-        }
-    })
-    .await
-    .unwrap_or(false);
+    // Checked on a few dedicated threads with a bounded queue: memory stays bounded however
+    // many sign-ins arrive. Unknown names are hashed too, so timing does not tell which exist.
+    let checked =
+        tokio::time::timeout(super::HASHING_WAIT, state.passwords.check(password, hash)).await;
+    let Ok(Some(password_ok)) = checked else {
+        state
+            .throttled
+            .count("web sign-in refused: password checks busy", ip);
+        return login_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("Postern is busy checking other sign-ins. Try again in a moment."),
+        );
+    };
     let a = match &approver {
         None => {
             first_factor_failed("unknown approver").await;
@@ -250,13 +253,16 @@ pub async fn login(
         }
         Some(a) => a,
     };
-    // The password was right: from here on, wrong codes count against the approver, in the
-    // database (every node, across restarts), with exponential backoff.
+    // The password was right: the first factor passed, so this attempt no longer counts against
+    // the address. From here on, wrong codes count against the approver, in the database (every
+    // node, across restarts), with exponential backoff.
+    state.per_source.forgive(&limit_source);
+    state.per_name_source.forgive(&name_at_source);
     let who = Subject::Approver(&a.name);
     let t = now();
-    match state.store.second_factor_locked(who, t).await {
-        Ok(None) => {}
-        Ok(Some(until)) => {
+    match state.store.second_factor_attempt(who, t).await {
+        Ok(Attempt::Granted) => {}
+        Ok(Attempt::Locked(until)) => {
             state
                 .audit(
                     "web.login_failed",
@@ -285,7 +291,8 @@ pub async fn login(
         Err(_) => Some("TOTP secret unreadable"),
     };
     if let Some(reason) = reason {
-        let locked = match state.store.second_factor_failed(who, t).await {
+        // Counted already, when the attempt was granted.
+        let locked = match state.store.second_factor_locked_until(who, t).await {
             Ok(l) => l,
             Err(e) => return store_error(e),
         };
