@@ -161,6 +161,23 @@ impl Store {
         totp_secret: &str,
         now: i64,
     ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.add_vendor_in(&mut tx, name, org, contract_end, totp_secret, now)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::add_vendor`] inside the caller's transaction.
+    pub async fn add_vendor_in(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        org: &str,
+        contract_end: Option<i64>,
+        totp_secret: &str,
+        now: i64,
+    ) -> Result<()> {
         check_name("vendor", name)?;
         sqlx::query("INSERT INTO vendors (name, org, contract_end, disabled, totp_secret, totp_last_step, created) VALUES ($1, $2, $3, 0, $4, -1, $5)")
             .bind(name)
@@ -168,10 +185,20 @@ impl Store {
             .bind(contract_end)
             .bind(totp_secret)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await
             .map_err(|e| conflict_on_unique(e, format!("vendor {name} already exists")))?;
         Ok(())
+    }
+
+    /// One vendor, as the caller's transaction sees it.
+    pub async fn vendor_in(&self, tx: &mut Tx, name: &str) -> Result<Option<Vendor>> {
+        Ok(
+            sqlx::query_as::<_, Vendor>("SELECT * FROM vendors WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?,
+        )
     }
 
     pub async fn vendor(&self, name: &str) -> Result<Option<Vendor>> {
@@ -261,6 +288,14 @@ impl Store {
     }
 
     pub async fn record_certificate(&self, c: &IssuedCertificate) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.record_certificate_in(&mut tx, c).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::record_certificate`] inside the caller's transaction.
+    pub async fn record_certificate_in(&self, tx: &mut Tx, c: &IssuedCertificate) -> Result<()> {
         sqlx::query("INSERT INTO certificates (serial, vendor, key_id, key_fingerprint, valid_after, valid_before, revoked, created) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)")
             .bind(&c.serial)
             .bind(&c.vendor)
@@ -269,7 +304,7 @@ impl Store {
             .bind(c.valid_after)
             .bind(c.valid_before)
             .bind(c.created)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await
             .map_err(|e| conflict_on_unique(e, format!("certificate serial {} already recorded", c.serial)))?;
         Ok(())
@@ -312,12 +347,26 @@ impl Store {
     // ---- sites, devices, functions ----
 
     pub async fn add_site(&self, name: &str, region: Option<&str>, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.add_site_in(&mut tx, name, region, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::add_site`] inside the caller's transaction.
+    pub async fn add_site_in(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        region: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
         check_name("site", name)?;
         sqlx::query("INSERT INTO sites (name, region, created) VALUES ($1, $2, $3)")
             .bind(name)
             .bind(region)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await
             .map_err(|e| conflict_on_unique(e, format!("site {name} already exists")))?;
         Ok(())
@@ -332,8 +381,16 @@ impl Store {
     }
 
     pub async fn add_device(&self, d: &NewDevice, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.add_device_in(&mut tx, d, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::add_device`] inside the caller's transaction (which sees sites it added itself).
+    pub async fn add_device_in(&self, tx: &mut Tx, d: &NewDevice, now: i64) -> Result<()> {
         check_name("device", &d.name)?;
-        if !self.site_exists(&d.site).await? {
+        if !self.site_exists_in(tx, &d.site).await? {
             return Err(StoreError::NotFound(format!(
                 "no site named {}: add it with `postern site add {}`",
                 d.site, d.site
@@ -348,7 +405,7 @@ impl Store {
             .bind(&d.credential)
             .bind(&d.host_key)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await
             .map_err(|e| conflict_on_unique(e, format!("device {}/{} already exists", d.site, d.name)))?;
         Ok(())
@@ -380,8 +437,36 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Whether a site exists, as the caller's transaction sees it.
+    pub(crate) async fn site_exists_in(&self, tx: &mut Tx, site: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sites WHERE name = $1")
+            .bind(site)
+            .fetch_one(&mut **tx)
+            .await?;
+        Ok(n > 0)
+    }
+
     pub async fn add_function(
         &self,
+        name: &str,
+        allow: &ChannelSet,
+        login: Option<&str>,
+        max_window: i64,
+        emergency_orgs: Option<&[String]>,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.add_function_in(&mut tx, name, allow, login, max_window, emergency_orgs, now)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::add_function`] inside the caller's transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn add_function_in(
+        &self,
+        tx: &mut Tx,
         name: &str,
         allow: &ChannelSet,
         login: Option<&str>,
@@ -412,7 +497,7 @@ impl Store {
             .bind(emergency_orgs.is_some() as i64)
             .bind(orgs.join(","))
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await
             .map_err(|e| conflict_on_unique(e, format!("function {name} already exists")))?;
         Ok(())
