@@ -1285,7 +1285,7 @@ async fn directory_actions_are_all_or_nothing(db: Db) {
     assert!(s.vendor("bob").await.unwrap().is_some());
     assert_eq!(
         s.certificates_for_key("SHA256:k").await.unwrap(),
-        [cert.clone()]
+        std::slice::from_ref(&cert)
     );
     let olga = s.approver("olga").await.unwrap().unwrap();
     assert_eq!((olga.totp_secret.as_str(), olga.disabled), ("NEWSECRET", 1));
