@@ -469,6 +469,8 @@ impl Actions {
     /// usable certificate behind.
     pub async fn issue_certificate(&self, actor: &Actor, c: &IssuedCertificate) -> Result<()> {
         let mut tx = self.store.begin().await?;
+        // Recorded first (write first, see `Tx`); a disabled vendor's rolls back below.
+        self.store.record_certificate_in(&mut tx, c).await?;
         let vendor = self
             .store
             .vendor_in(&mut tx, &c.vendor)
@@ -480,7 +482,6 @@ impl Actions {
                 c.vendor
             )));
         }
-        self.store.record_certificate_in(&mut tx, c).await?;
         let record = ActionRecord::VendorCert {
             vendor: c.vendor.clone(),
             serial: c.serial.clone(),
@@ -619,20 +620,14 @@ impl Actions {
             }
         };
         for (line, d) in devices {
-            if !known.contains(d.site.as_str()) {
-                if !self
+            if known.insert(d.site.as_str())
+                && self
                     .store
-                    .site_exists_in(&mut tx, &d.site)
+                    .add_site_if_new_in(&mut tx, &d.site, region, now)
                     .await
                     .map_err(|e| at(*line, e))?
-                {
-                    self.store
-                        .add_site_in(&mut tx, &d.site, region, now)
-                        .await
-                        .map_err(|e| at(*line, e))?;
-                    new_sites += 1;
-                }
-                known.insert(d.site.as_str());
+            {
+                new_sites += 1;
             }
             self.store
                 .add_device_in(&mut tx, d, now)

@@ -149,11 +149,6 @@ impl Store {
                 "an approver needs --sites or --regions".into(),
             ));
         }
-        for s in sites {
-            if !self.site_exists_in(tx, s).await? {
-                return Err(StoreError::NotFound(format!("no site named {s}")));
-            }
-        }
         sqlx::query("INSERT INTO approvers (name, password_hash, totp_secret, totp_last_step, sites, regions, disabled, created) VALUES ($1, $2, $3, -1, $4, $5, 0, $6)")
             .bind(name)
             .bind(password_hash)
@@ -164,6 +159,17 @@ impl Store {
             .execute(&mut **tx)
             .await
             .map_err(|e| crate::store::conflict_on_unique(e, format!("approver {name} already exists")))?;
+        // Checked after the insert (write first, see `Tx`); an unknown site fails the
+        // transaction, which the caller then rolls back.
+        for s in sites {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sites WHERE name = $1")
+                .bind(s)
+                .fetch_one(&mut **tx)
+                .await?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no site named {s}")));
+            }
+        }
         Ok(())
     }
 

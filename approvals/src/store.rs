@@ -31,7 +31,9 @@ type Result<T> = std::result::Result<T, StoreError>;
 pub const MAX_WINDOW: i64 = 366 * 86_400;
 
 /// A database transaction: operator actions make their change, queue its notification and write
-/// its audit record inside one (see [`crate::actions`]).
+/// its audit record inside one (see [`crate::actions`]). The `*_in` functions write before they
+/// read: on SQLite a transaction that reads first cannot take the write lock once another
+/// connection has written meanwhile (the broker writes all the time), so it would fail at random.
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 /// Handle to the database. Cheap to clone.
@@ -64,6 +66,15 @@ pub struct NewGrant {
     pub reason: String,
     /// The devices at the site the grant covers; empty for every device there.
     pub devices: Vec<String>,
+}
+
+/// An insert's error: a duplicate is `duplicate`, a reference to nothing is `missing`.
+fn insert_error(e: sqlx::Error, duplicate: String, missing: String) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(duplicate),
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::NotFound(missing),
+        _ => StoreError::Db(e),
+    }
 }
 
 pub(crate) fn conflict_on_unique(e: sqlx::Error, what: String) -> StoreError {
@@ -306,7 +317,13 @@ impl Store {
             .bind(c.created)
             .execute(&mut **tx)
             .await
-            .map_err(|e| conflict_on_unique(e, format!("certificate serial {} already recorded", c.serial)))?;
+            .map_err(|e| {
+                insert_error(
+                    e,
+                    format!("certificate serial {} already recorded", c.serial),
+                    format!("no vendor named {}", c.vendor),
+                )
+            })?;
         Ok(())
     }
 
@@ -390,12 +407,7 @@ impl Store {
     /// [`Store::add_device`] inside the caller's transaction (which sees sites it added itself).
     pub async fn add_device_in(&self, tx: &mut Tx, d: &NewDevice, now: i64) -> Result<()> {
         check_name("device", &d.name)?;
-        if !self.site_exists_in(tx, &d.site).await? {
-            return Err(StoreError::NotFound(format!(
-                "no site named {}: add it with `postern site add {}`",
-                d.site, d.site
-            )));
-        }
+        // The site is checked by its foreign key (see [`Tx`] for why not by a look-up first).
         sqlx::query("INSERT INTO devices (site, name, addr, login, credential_kind, credential, host_key, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(&d.site)
             .bind(&d.name)
@@ -407,7 +419,16 @@ impl Store {
             .bind(now)
             .execute(&mut **tx)
             .await
-            .map_err(|e| conflict_on_unique(e, format!("device {}/{} already exists", d.site, d.name)))?;
+            .map_err(|e| {
+                insert_error(
+                    e,
+                    format!("device {}/{} already exists", d.site, d.name),
+                    format!(
+                        "no site named {}: add it with `postern site add {}`",
+                        d.site, d.site
+                    ),
+                )
+            })?;
         Ok(())
     }
 
@@ -437,13 +458,23 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Whether a site exists, as the caller's transaction sees it.
-    pub(crate) async fn site_exists_in(&self, tx: &mut Tx, site: &str) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sites WHERE name = $1")
-            .bind(site)
-            .fetch_one(&mut **tx)
-            .await?;
-        Ok(n > 0)
+    /// Adds a site unless it exists (in any region); true if it was added.
+    pub async fn add_site_if_new_in(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        region: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        check_name("site", name)?;
+        let n = sqlx::query("INSERT INTO sites (name, region, created) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(region)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
     }
 
     pub async fn add_function(

@@ -1243,6 +1243,54 @@ async fn directory_actions_are_all_or_nothing(db: Db) {
     assert_eq!(s.sites().await.unwrap(), sites);
     assert_eq!(s.devices().await.unwrap(), devices);
 
+    // What refers to nothing is refused and leaves nothing behind.
+    let e = ok
+        .add_device(
+            &root,
+            &device("store-8", "cam-01"),
+            "SHA256:h",
+            "from file",
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ActionError::NotFound(m) if m.starts_with("no site named store-8")),
+        "{e:?}"
+    );
+    let e = ok
+        .add_approver(
+            &root,
+            "pat",
+            "hash",
+            "PATSECRET",
+            &["store-8".into()],
+            &[],
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ActionError::NotFound(m) if m == "no site named store-8"),
+        "{e:?}"
+    );
+    assert_eq!(s.approvers().await.unwrap(), approvers);
+    assert_eq!(s.devices().await.unwrap(), devices);
+    let e = ok
+        .issue_certificate(
+            &root,
+            &IssuedCertificate {
+                vendor: "nobody".into(),
+                ..cert.clone()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ActionError::NotFound(m) if m == "no vendor named nobody"),
+        "{e:?}"
+    );
+
     // With the log writable, each goes through.
     ok.add_vendor(&root, "bob", "acme", None, "BOBSECRET", NOW)
         .await
