@@ -384,3 +384,222 @@ fn one_shot_commands_end_quietly_on_a_closed_pipe() {
 fn libc_sigpipe() -> i32 {
     13
 }
+
+/// How many certificates the registry holds for a public key (what the front door checks).
+fn registered_certificates(data: &Path, pubkey: &Path) -> usize {
+    let key =
+        russh::keys::PublicKey::from_openssh(&std::fs::read_to_string(pubkey).unwrap()).unwrap();
+    let fp = key.fingerprint(russh::keys::HashAlg::Sha256).to_string();
+    let url = format!("sqlite://{}", data.join("postern.db").display());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let store = approvals::Store::open(&url).await.unwrap();
+            let n = store.certificates_for_key(&fp).await.unwrap().len();
+            store.close().await;
+            n
+        })
+}
+
+fn names(w: &World, args: &[&str], key: &str) -> Vec<String> {
+    json_list(w, args)
+        .iter()
+        .map(|r| r[key].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn device_names(w: &World) -> Vec<String> {
+    json_list(w, &["device", "list"])
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["site"].as_str().unwrap(),
+                d["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn directory_changes_are_refused_when_the_audit_log_cannot_be_written() {
+    let w = World::new(9, "5m");
+    let root = w.dir.path();
+    let olga = w.approver("olga", &["--sites", "site-a"]);
+    let web = w.web();
+    assert_eq!(web.login(&olga).status, 303);
+    // A vendor whose certificate file is gone: issuing it again is one of the changes.
+    let gil = w.vendor("gil", &[]);
+    std::fs::remove_file(gil.cert()).unwrap();
+    let gil_pub = gil.key.with_extension("pub");
+    assert_eq!(registered_certificates(&w.data, &gil_pub), 1);
+
+    let addr = format!("127.0.0.1:{}", w.sshd_port);
+    let hk = w.sshd_host_pub.display().to_string();
+    let host_key = std::fs::read_to_string(&w.sshd_host_pub).unwrap();
+    let list = root.join("devices.csv");
+    std::fs::write(
+        &list,
+        format!(
+            "site,device,addr,host_key\nsite-c,dev,{addr},{hk}\nsite-a,dev-2,{addr},{hk}\n",
+            hk = host_key.trim()
+        ),
+    )
+    .unwrap();
+    let device_key = root.join("broker_device_key").display().to_string();
+    let password = "s3cret-device-password";
+    let pw_file = root.join("device.pw");
+    std::fs::write(&pw_file, format!("{password}\n")).unwrap();
+    let pw_file = pw_file.display().to_string();
+    let gil_pub_s = gil_pub.display().to_string();
+    let list_s = list.display().to_string();
+    let login = w.device_login.clone();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["vendor", "add", "newv", "--org", "acme"],
+        vec!["vendor", "cert", "gil", "--pubkey", &gil_pub_s],
+        vec!["approver", "add", "pat", "--sites", "site-a"],
+        vec!["approver", "reset", "olga"],
+        vec!["approver", "disable", "olga"],
+        vec!["site", "add", "site-z", "--region", "north"],
+        vec![
+            "device",
+            "add",
+            "site-a/dev-3",
+            "--addr",
+            &addr,
+            "--login",
+            &login,
+            "--password-file",
+            &pw_file,
+            "--host-key",
+            &hk,
+        ],
+        vec![
+            "device",
+            "import",
+            &list_s,
+            "--login",
+            "maint",
+            "--key",
+            &device_key,
+            "--region",
+            "south",
+        ],
+        vec![
+            "function",
+            "add",
+            "diag",
+            "--allow",
+            "shell",
+            "--max-window",
+            "1h",
+        ],
+    ];
+    let vendors = names(&w, &["vendor", "list"], "name");
+    let approvers = json_list(&w, &["approver", "list"]);
+    let sites = names(&w, &["site", "list"], "name");
+    let devices = device_names(&w);
+    let functions = names(&w, &["function", "list"], "name");
+
+    {
+        let _broken = BrokenAuditLog::new(&w.data);
+        for args in &commands {
+            let o = w.postern(args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{args:?} went ahead");
+            assert!(
+                err.contains("audit log cannot be written, so nothing was changed"),
+                "{args:?}: {err}"
+            );
+            // No password or enrolment secret is handed out for a change that did not happen.
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                !out.contains("otpauth") && !out.contains("password"),
+                "{args:?}: {out}"
+            );
+        }
+
+        // Nothing changed: no vendor, no certificate (neither the file nor its registry row), no
+        // approver, olga neither reset nor disabled nor signed out, no site, device or function.
+        assert_eq!(names(&w, &["vendor", "list"], "name"), vendors);
+        assert!(!gil.cert().exists(), "a refused certificate was written");
+        assert_eq!(registered_certificates(&w.data, &gil_pub), 1);
+        assert_eq!(json_list(&w, &["approver", "list"]), approvers);
+        assert_eq!(web.get("/requests").status, 200, "olga was signed out");
+        assert_eq!(names(&w, &["site", "list"], "name"), sites);
+        assert_eq!(device_names(&w), devices);
+        assert_eq!(names(&w, &["function", "list"], "name"), functions);
+    }
+
+    // The audit log is back. olga's password was not reset: she signs in with it.
+    assert_eq!(w.web().login(&olga).status, 303);
+    for args in &commands {
+        w.ok(args);
+    }
+    assert!(names(&w, &["vendor", "list"], "name").contains(&"newv".to_owned()));
+    assert!(gil.cert().exists());
+    assert_eq!(registered_certificates(&w.data, &gil_pub), 2);
+    let approvers = json_list(&w, &["approver", "list"]);
+    assert_eq!(find(&approvers, "name", "olga")["disabled"], 1);
+    assert!(approvers.iter().any(|a| a["name"] == "pat"));
+    assert_eq!(web.get("/requests").location.as_deref(), Some("/login"));
+    let sites = names(&w, &["site", "list"], "name");
+    assert!(sites.contains(&"site-z".to_owned()) && sites.contains(&"site-c".to_owned()));
+    let devices = device_names(&w);
+    for d in ["site-a/dev-3", "site-a/dev-2", "site-c/dev"] {
+        assert!(devices.contains(&d.to_owned()), "{d} missing: {devices:?}");
+    }
+    assert!(names(&w, &["function", "list"], "name").contains(&"diag".to_owned()));
+    // The certificate issued once the log was back works.
+    w.grant("gil", "site-a", "maint");
+    let o = w.ssh(&gil, "gil:site-a/dev", &["echo", "cert-ok"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "cert-ok",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Each change has its record, by the operator, and no secret is in the log.
+    let events = w.audit();
+    let by_operator = |event: &str, key: &str, value: &str| {
+        let e = events
+            .iter()
+            .find(|e| e["event"] == event && e[key] == value)
+            .unwrap_or_else(|| panic!("no {event} with {key}={value}"));
+        assert!(e["actor"].as_str().unwrap().starts_with("operator:"), "{e}");
+        e.clone()
+    };
+    by_operator("vendor.add", "vendor", "newv");
+    by_operator("approver.add", "approver", "pat");
+    by_operator("approver.reset", "approver", "olga");
+    by_operator("approver.disable", "approver", "olga");
+    by_operator("site.add", "site", "site-z");
+    by_operator("function.add", "function", "diag");
+    let certs: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "vendor.cert" && e["vendor"] == "gil")
+        .collect();
+    assert_eq!(certs.len(), 2, "{certs:?}");
+    let dev = by_operator("device.add", "device", "dev-3");
+    assert_eq!(dev["credential"], "password");
+    let import = by_operator("device.import", "login", "maint");
+    assert_eq!(
+        (import["devices"].as_u64(), import["new_sites"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let log = std::fs::read(w.data.join("audit.log")).unwrap();
+    let log = String::from_utf8_lossy(&log);
+    assert!(
+        !log.contains(password),
+        "a device password is in the audit log"
+    );
+    for secret in [&olga.secret, &gil.secret] {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a TOTP secret is in the audit log"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Operator actions: approve or deny a request, add or revoke a grant, kill a session, disable a
-//! vendor, review a break-glass opening. The CLI and the web form both call these; neither makes
-//! these changes itself.
+//! vendor, review a break-glass opening, and the directory changes (vendors and their
+//! certificates, approvers, sites, devices, functions). The CLI and the web form both call these;
+//! neither makes these changes itself.
 //!
 //! Each action runs in one database transaction: it makes the change, queues its notification in
 //! the outbox, writes its audit record (fsynced) and only then commits. If the audit record cannot
@@ -15,9 +16,9 @@ use tracing::warn;
 use crate::approvers::AccessRequestRow;
 use crate::audit::{AuditError, AuditLog};
 use crate::breakglass::BreakGlass;
-use crate::model::{Grant, Session};
+use crate::model::{ChannelSet, Grant, IssuedCertificate, Session};
 use crate::notify::{Message, Notifier};
-use crate::store::{NewGrant, Store, StoreError, Tx};
+use crate::store::{NewDevice, NewGrant, Store, StoreError, Tx};
 use crate::time::fmt_time;
 
 /// Why an action was refused. Whatever the reason, nothing was changed.
@@ -144,8 +145,66 @@ pub enum ActionRecord {
         site: String,
         note: Option<String>,
     },
+    /// Directory records never carry secrets: no TOTP secret, password or device credential.
+    VendorAdd {
+        vendor: String,
+        org: String,
+        contract_end: Option<String>,
+    },
+    VendorCert {
+        vendor: String,
+        serial: String,
+        key_id: String,
+        /// The fingerprint of the vendor's public key.
+        key: String,
+        valid_before: String,
+    },
+    ApproverAdd {
+        approver: String,
+        sites: Vec<String>,
+        regions: Vec<String>,
+    },
+    ApproverReset {
+        approver: String,
+    },
+    ApproverDisable {
+        approver: String,
+    },
+    SiteAdd {
+        site: String,
+        region: Option<String>,
+    },
+    DeviceAdd {
+        site: String,
+        device: String,
+        addr: String,
+        login: String,
+        /// The kind of credential (`key` or `password`), never the credential.
+        credential: String,
+        /// The pinned host key's fingerprint.
+        host_key: String,
+        /// How the host key was pinned.
+        pinned: String,
+    },
+    DeviceImport {
+        file: String,
+        devices: usize,
+        new_sites: usize,
+        login: String,
+    },
+    FunctionAdd {
+        function: String,
+        allow: String,
+        login: Option<String>,
+        max_window: i64,
+        emergency: bool,
+        emergency_orgs: Vec<String>,
+    },
     /// The action's record was written but its transaction did not commit: it did not happen.
-    NotCommitted { action: String, error: String },
+    NotCommitted {
+        action: String,
+        error: String,
+    },
 }
 
 impl ActionRecord {
@@ -159,6 +218,15 @@ impl ActionRecord {
             ActionRecord::SessionKill { .. } => "session.kill_requested",
             ActionRecord::VendorDisable { .. } => "vendor.disable",
             ActionRecord::BreakglassReview { .. } => "breakglass.review",
+            ActionRecord::VendorAdd { .. } => "vendor.add",
+            ActionRecord::VendorCert { .. } => "vendor.cert",
+            ActionRecord::ApproverAdd { .. } => "approver.add",
+            ActionRecord::ApproverReset { .. } => "approver.reset",
+            ActionRecord::ApproverDisable { .. } => "approver.disable",
+            ActionRecord::SiteAdd { .. } => "site.add",
+            ActionRecord::DeviceAdd { .. } => "device.add",
+            ActionRecord::DeviceImport { .. } => "device.import",
+            ActionRecord::FunctionAdd { .. } => "function.add",
             ActionRecord::NotCommitted { .. } => "action.not_committed",
         }
     }
@@ -171,6 +239,13 @@ impl ActionRecord {
         }
         v
     }
+}
+
+/// What an import enrolled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub devices: usize,
+    pub new_sites: usize,
 }
 
 /// The one place operator actions are taken. Cheap to clone.
@@ -365,6 +440,241 @@ impl Actions {
         Ok(b)
     }
 
+    // ---- the directory ----
+
+    /// Adds a vendor with their TOTP secret (which the record does not carry).
+    pub async fn add_vendor(
+        &self,
+        actor: &Actor,
+        name: &str,
+        org: &str,
+        contract_end: Option<i64>,
+        totp_secret: &str,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        self.store
+            .add_vendor_in(&mut tx, name, org, contract_end, totp_secret, now)
+            .await?;
+        let record = ActionRecord::VendorAdd {
+            vendor: name.to_owned(),
+            org: org.to_owned(),
+            contract_end: contract_end.map(fmt_time),
+        };
+        self.finish(tx, actor, record).await
+    }
+
+    /// Enters a signed certificate in the registry the front door checks. The caller hands the
+    /// certificate out (writes its file) only after this succeeded: a refused issue leaves no
+    /// usable certificate behind.
+    pub async fn issue_certificate(&self, actor: &Actor, c: &IssuedCertificate) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        // Recorded first (write first, see `Tx`); a disabled vendor's rolls back below.
+        self.store.record_certificate_in(&mut tx, c).await?;
+        let vendor = self
+            .store
+            .vendor_in(&mut tx, &c.vendor)
+            .await?
+            .ok_or_else(|| ActionError::NotFound(format!("no vendor named {}", c.vendor)))?;
+        if vendor.is_disabled() {
+            return Err(ActionError::Conflict(format!(
+                "vendor {} is disabled",
+                c.vendor
+            )));
+        }
+        let record = ActionRecord::VendorCert {
+            vendor: c.vendor.clone(),
+            serial: c.serial.clone(),
+            key_id: c.key_id.clone(),
+            key: c.key_fingerprint.clone(),
+            valid_before: fmt_time(c.valid_before),
+        };
+        self.finish(tx, actor, record).await
+    }
+
+    /// Adds an approver for the listed sites and regions; only the password's hash is stored.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn add_approver(
+        &self,
+        actor: &Actor,
+        name: &str,
+        password_hash: &str,
+        totp_secret: &str,
+        sites: &[String],
+        regions: &[String],
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        self.store
+            .add_approver_in(
+                &mut tx,
+                name,
+                password_hash,
+                totp_secret,
+                sites,
+                regions,
+                now,
+            )
+            .await?;
+        let record = ActionRecord::ApproverAdd {
+            approver: name.to_owned(),
+            sites: sites.to_vec(),
+            regions: regions.to_vec(),
+        };
+        self.finish(tx, actor, record).await
+    }
+
+    /// Gives an approver a new password and TOTP secret and signs them out everywhere.
+    pub async fn reset_approver(
+        &self,
+        actor: &Actor,
+        name: &str,
+        password_hash: &str,
+        totp_secret: &str,
+    ) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        self.store
+            .reset_approver_in(&mut tx, name, password_hash, totp_secret)
+            .await?;
+        let record = ActionRecord::ApproverReset {
+            approver: name.to_owned(),
+        };
+        self.finish(tx, actor, record).await
+    }
+
+    /// Disables an approver and signs them out everywhere.
+    pub async fn disable_approver(&self, actor: &Actor, name: &str) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        self.store.disable_approver_in(&mut tx, name).await?;
+        let record = ActionRecord::ApproverDisable {
+            approver: name.to_owned(),
+        };
+        self.finish(tx, actor, record).await
+    }
+
+    pub async fn add_site(
+        &self,
+        actor: &Actor,
+        name: &str,
+        region: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        self.store.add_site_in(&mut tx, name, region, now).await?;
+        let record = ActionRecord::SiteAdd {
+            site: name.to_owned(),
+            region: region.map(str::to_owned),
+        };
+        self.finish(tx, actor, record).await
+    }
+
+    /// Enrols a device. `host_key_fingerprint` and `pinned` (how the key was obtained) are for
+    /// the record; the credential stays out of it.
+    pub async fn add_device(
+        &self,
+        actor: &Actor,
+        d: &NewDevice,
+        host_key_fingerprint: &str,
+        pinned: &str,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        self.store.add_device_in(&mut tx, d, now).await?;
+        let record = ActionRecord::DeviceAdd {
+            site: d.site.clone(),
+            device: d.name.clone(),
+            addr: d.addr.clone(),
+            login: d.login.clone(),
+            credential: d.credential_kind.clone(),
+            host_key: host_key_fingerprint.to_owned(),
+            pinned: pinned.to_owned(),
+        };
+        self.finish(tx, actor, record).await
+    }
+
+    /// Enrols a list of devices from `file` (each with the line it came from, for errors) as one
+    /// change: all of them or none. Sites not yet known are added in `region`. Returns how many
+    /// devices and new sites.
+    pub async fn import_devices(
+        &self,
+        actor: &Actor,
+        file: &str,
+        login: &str,
+        region: Option<&str>,
+        devices: &[(usize, NewDevice)],
+        now: i64,
+    ) -> Result<ImportSummary> {
+        let mut tx = self.store.begin().await?;
+        let mut known = std::collections::HashSet::new();
+        let mut new_sites = 0;
+        let at = |line: usize, e: StoreError| -> ActionError {
+            match ActionError::from(e) {
+                ActionError::NotFound(m) => {
+                    ActionError::NotFound(format!("{file} line {line}: {m}"))
+                }
+                ActionError::Conflict(m) => {
+                    ActionError::Conflict(format!("{file} line {line}: {m}"))
+                }
+                ActionError::Invalid(m) => ActionError::Invalid(format!("{file} line {line}: {m}")),
+                other => other,
+            }
+        };
+        for (line, d) in devices {
+            if known.insert(d.site.as_str())
+                && self
+                    .store
+                    .add_site_if_new_in(&mut tx, &d.site, region, now)
+                    .await
+                    .map_err(|e| at(*line, e))?
+            {
+                new_sites += 1;
+            }
+            self.store
+                .add_device_in(&mut tx, d, now)
+                .await
+                .map_err(|e| at(*line, e))?;
+        }
+        let summary = ImportSummary {
+            devices: devices.len(),
+            new_sites,
+        };
+        let record = ActionRecord::DeviceImport {
+            file: file.to_owned(),
+            devices: summary.devices,
+            new_sites: summary.new_sites,
+            login: login.to_owned(),
+        };
+        self.finish(tx, actor, record).await?;
+        Ok(summary)
+    }
+
+    /// Adds a function; `emergency_orgs` makes it a break-glass function for those organisations.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn add_function(
+        &self,
+        actor: &Actor,
+        name: &str,
+        allow: &ChannelSet,
+        login: Option<&str>,
+        max_window: i64,
+        emergency_orgs: Option<&[String]>,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        self.store
+            .add_function_in(&mut tx, name, allow, login, max_window, emergency_orgs, now)
+            .await?;
+        let record = ActionRecord::FunctionAdd {
+            function: name.to_owned(),
+            allow: allow.to_string(),
+            login: login.map(str::to_owned),
+            max_window,
+            emergency: emergency_orgs.is_some(),
+            emergency_orgs: emergency_orgs.unwrap_or_default().to_vec(),
+        };
+        self.finish(tx, actor, record).await
+    }
+
     /// Writes the action's audit record, then commits; rolls back if the record cannot be written.
     async fn finish(&self, tx: Tx, actor: &Actor, record: ActionRecord) -> Result<()> {
         if let Err(e) = self
@@ -423,6 +733,44 @@ mod tests {
         assert_eq!(
             r.fields(&Actor::operator("root")),
             json!({"vendor": "v", "grants_revoked": ["g-1"], "actor": "operator:root"})
+        );
+    }
+
+    #[test]
+    fn directory_records_keep_their_names_and_carry_no_secrets() {
+        let r = ActionRecord::DeviceAdd {
+            site: "s".into(),
+            device: "d".into(),
+            addr: "127.0.0.1:22".into(),
+            login: "root".into(),
+            credential: "password".into(),
+            host_key: "SHA256:x".into(),
+            pinned: "from file".into(),
+        };
+        assert_eq!(r.event(), "device.add");
+        assert_eq!(
+            r.fields(&Actor::operator("root")),
+            json!({"site": "s", "device": "d", "addr": "127.0.0.1:22", "login": "root",
+                   "credential": "password", "host_key": "SHA256:x", "pinned": "from file",
+                   "actor": "operator:root"})
+        );
+        let r = ActionRecord::VendorAdd {
+            vendor: "v".into(),
+            org: "acme".into(),
+            contract_end: None,
+        };
+        assert_eq!(r.event(), "vendor.add");
+        assert_eq!(
+            r.fields(&Actor::operator("root")),
+            json!({"vendor": "v", "org": "acme", "contract_end": null, "actor": "operator:root"})
+        );
+        let r = ActionRecord::ApproverReset {
+            approver: "olga".into(),
+        };
+        assert_eq!(r.event(), "approver.reset");
+        assert_eq!(
+            r.fields(&Actor::operator("root")),
+            json!({"approver": "olga", "actor": "operator:root"})
         );
     }
 

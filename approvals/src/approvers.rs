@@ -227,16 +227,38 @@ impl Store {
         regions: &[String],
         now: i64,
     ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        self.add_approver_in(
+            &mut tx,
+            name,
+            password_hash,
+            totp_secret,
+            sites,
+            regions,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::add_approver`] inside the caller's transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn add_approver_in(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        password_hash: &str,
+        totp_secret: &str,
+        sites: &[String],
+        regions: &[String],
+        now: i64,
+    ) -> Result<()> {
         crate::store::check_name("approver", name)?;
         if sites.is_empty() && regions.is_empty() {
             return Err(StoreError::Invalid(
                 "an approver needs --sites or --regions".into(),
             ));
-        }
-        for s in sites {
-            if !self.site_exists(s).await? {
-                return Err(StoreError::NotFound(format!("no site named {s}")));
-            }
         }
         sqlx::query("INSERT INTO approvers (name, password_hash, totp_secret, totp_last_step, sites, regions, disabled, created) VALUES ($1, $2, $3, -1, $4, $5, 0, $6)")
             .bind(name)
@@ -245,9 +267,20 @@ impl Store {
             .bind(sites.join(","))
             .bind(regions.join(","))
             .bind(now)
-            .execute(self.pool())
+            .execute(&mut **tx)
             .await
             .map_err(|e| crate::store::conflict_on_unique(e, format!("approver {name} already exists")))?;
+        // Checked after the insert (write first, see `Tx`); an unknown site fails the
+        // transaction, which the caller then rolls back.
+        for s in sites {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sites WHERE name = $1")
+                .bind(s)
+                .fetch_one(&mut **tx)
+                .await?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no site named {s}")));
+            }
+        }
         Ok(())
     }
 
@@ -539,6 +572,19 @@ async fn request_in(tx: &mut Tx, id: &str) -> Result<Option<AccessRequestRow>> {
     )
 }
 
+/// After an update of one approver's row: not found if no row changed, else every sign-in of
+/// theirs ends (in the same transaction, so a rolled-back change keeps them signed in).
+async fn sign_out_changed(tx: &mut Tx, name: &str, rows: u64) -> Result<()> {
+    if rows == 0 {
+        return Err(StoreError::NotFound(format!("no approver named {name}")));
+    }
+    sqlx::query("DELETE FROM web_logins WHERE approver = $1")
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// A signed-in approver, found by the hash of their cookie's token.
 #[derive(Debug, Clone)]
 pub struct WebLogin {
@@ -613,41 +659,47 @@ impl Store {
         password_hash: &str,
         totp_secret: &str,
     ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        self.reset_approver_in(&mut tx, name, password_hash, totp_secret)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::reset_approver`] inside the caller's transaction.
+    pub async fn reset_approver_in(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        password_hash: &str,
+        totp_secret: &str,
+    ) -> Result<()> {
         let n = sqlx::query("UPDATE approvers SET password_hash = $1, totp_secret = $2, totp_last_step = -1 WHERE name = $3")
             .bind(password_hash)
             .bind(totp_secret)
             .bind(name)
-            .execute(self.pool())
+            .execute(&mut **tx)
             .await?
             .rows_affected();
-        self.sign_out_changed(name, n).await
+        sign_out_changed(tx, name, n).await
     }
 
     /// Disables an approver and ends all their sign-ins.
     pub async fn disable_approver(&self, name: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        self.disable_approver_in(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::disable_approver`] inside the caller's transaction.
+    pub async fn disable_approver_in(&self, tx: &mut Tx, name: &str) -> Result<()> {
         let n = sqlx::query("UPDATE approvers SET disabled = 1 WHERE name = $1")
             .bind(name)
-            .execute(self.pool())
+            .execute(&mut **tx)
             .await?
             .rows_affected();
-        self.sign_out_changed(name, n).await
-    }
-
-    /// After an update of one approver's row: not found if no row changed, else every sign-in of
-    /// theirs ends.
-    async fn sign_out_changed(&self, name: &str, rows: u64) -> Result<()> {
-        if rows == 0 {
-            return Err(StoreError::NotFound(format!("no approver named {name}")));
-        }
-        self.end_web_logins_of(name).await
-    }
-
-    async fn end_web_logins_of(&self, approver: &str) -> Result<()> {
-        sqlx::query("DELETE FROM web_logins WHERE approver = $1")
-            .bind(approver)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        sign_out_changed(tx, name, n).await
     }
 
     pub async fn end_web_login(&self, token_hash: &str) -> Result<()> {

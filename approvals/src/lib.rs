@@ -19,7 +19,7 @@ pub mod totp;
 pub mod verify;
 pub mod web;
 
-pub use actions::{ActionError, Actions, Actor};
+pub use actions::{ActionError, Actions, Actor, ImportSummary};
 pub use approvers::{AccessRequestRow, Approver, NewRequest, WebLogin};
 pub use audit::AuditLog;
 pub use breakglass::{BreakGlass, NewBreakGlass};

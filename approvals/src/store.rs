@@ -31,7 +31,9 @@ type Result<T> = std::result::Result<T, StoreError>;
 pub const MAX_WINDOW: i64 = 366 * 86_400;
 
 /// A database transaction: operator actions make their change, queue its notification and write
-/// its audit record inside one (see [`crate::actions`]).
+/// its audit record inside one (see [`crate::actions`]). The `*_in` functions write before they
+/// read: on SQLite a transaction that reads first cannot take the write lock once another
+/// connection has written meanwhile (the broker writes all the time), so it would fail at random.
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 /// Handle to the database. Cheap to clone.
@@ -64,6 +66,15 @@ pub struct NewGrant {
     pub reason: String,
     /// The devices at the site the grant covers; empty for every device there.
     pub devices: Vec<String>,
+}
+
+/// An insert's error: a duplicate is `duplicate`, a reference to nothing is `missing`.
+fn insert_error(e: sqlx::Error, duplicate: String, missing: String) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(duplicate),
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::NotFound(missing),
+        _ => StoreError::Db(e),
+    }
 }
 
 pub(crate) fn conflict_on_unique(e: sqlx::Error, what: String) -> StoreError {
@@ -161,6 +172,23 @@ impl Store {
         totp_secret: &str,
         now: i64,
     ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.add_vendor_in(&mut tx, name, org, contract_end, totp_secret, now)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::add_vendor`] inside the caller's transaction.
+    pub async fn add_vendor_in(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        org: &str,
+        contract_end: Option<i64>,
+        totp_secret: &str,
+        now: i64,
+    ) -> Result<()> {
         check_name("vendor", name)?;
         sqlx::query("INSERT INTO vendors (name, org, contract_end, disabled, totp_secret, totp_last_step, created) VALUES ($1, $2, $3, 0, $4, -1, $5)")
             .bind(name)
@@ -168,10 +196,20 @@ impl Store {
             .bind(contract_end)
             .bind(totp_secret)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await
             .map_err(|e| conflict_on_unique(e, format!("vendor {name} already exists")))?;
         Ok(())
+    }
+
+    /// One vendor, as the caller's transaction sees it.
+    pub async fn vendor_in(&self, tx: &mut Tx, name: &str) -> Result<Option<Vendor>> {
+        Ok(
+            sqlx::query_as::<_, Vendor>("SELECT * FROM vendors WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?,
+        )
     }
 
     pub async fn vendor(&self, name: &str) -> Result<Option<Vendor>> {
@@ -261,6 +299,14 @@ impl Store {
     }
 
     pub async fn record_certificate(&self, c: &IssuedCertificate) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.record_certificate_in(&mut tx, c).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::record_certificate`] inside the caller's transaction.
+    pub async fn record_certificate_in(&self, tx: &mut Tx, c: &IssuedCertificate) -> Result<()> {
         sqlx::query("INSERT INTO certificates (serial, vendor, key_id, key_fingerprint, valid_after, valid_before, revoked, created) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)")
             .bind(&c.serial)
             .bind(&c.vendor)
@@ -269,9 +315,15 @@ impl Store {
             .bind(c.valid_after)
             .bind(c.valid_before)
             .bind(c.created)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await
-            .map_err(|e| conflict_on_unique(e, format!("certificate serial {} already recorded", c.serial)))?;
+            .map_err(|e| {
+                insert_error(
+                    e,
+                    format!("certificate serial {} already recorded", c.serial),
+                    format!("no vendor named {}", c.vendor),
+                )
+            })?;
         Ok(())
     }
 
@@ -312,12 +364,26 @@ impl Store {
     // ---- sites, devices, functions ----
 
     pub async fn add_site(&self, name: &str, region: Option<&str>, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.add_site_in(&mut tx, name, region, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::add_site`] inside the caller's transaction.
+    pub async fn add_site_in(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        region: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
         check_name("site", name)?;
         sqlx::query("INSERT INTO sites (name, region, created) VALUES ($1, $2, $3)")
             .bind(name)
             .bind(region)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await
             .map_err(|e| conflict_on_unique(e, format!("site {name} already exists")))?;
         Ok(())
@@ -332,13 +398,16 @@ impl Store {
     }
 
     pub async fn add_device(&self, d: &NewDevice, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.add_device_in(&mut tx, d, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::add_device`] inside the caller's transaction (which sees sites it added itself).
+    pub async fn add_device_in(&self, tx: &mut Tx, d: &NewDevice, now: i64) -> Result<()> {
         check_name("device", &d.name)?;
-        if !self.site_exists(&d.site).await? {
-            return Err(StoreError::NotFound(format!(
-                "no site named {}: add it with `postern site add {}`",
-                d.site, d.site
-            )));
-        }
+        // The site is checked by its foreign key (see [`Tx`] for why not by a look-up first).
         sqlx::query("INSERT INTO devices (site, name, addr, login, credential_kind, credential, host_key, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(&d.site)
             .bind(&d.name)
@@ -348,9 +417,18 @@ impl Store {
             .bind(&d.credential)
             .bind(&d.host_key)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await
-            .map_err(|e| conflict_on_unique(e, format!("device {}/{} already exists", d.site, d.name)))?;
+            .map_err(|e| {
+                insert_error(
+                    e,
+                    format!("device {}/{} already exists", d.site, d.name),
+                    format!(
+                        "no site named {}: add it with `postern site add {}`",
+                        d.site, d.site
+                    ),
+                )
+            })?;
         Ok(())
     }
 
@@ -380,8 +458,46 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Adds a site unless it exists (in any region); true if it was added.
+    pub async fn add_site_if_new_in(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        region: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        check_name("site", name)?;
+        let n = sqlx::query("INSERT INTO sites (name, region, created) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(region)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
     pub async fn add_function(
         &self,
+        name: &str,
+        allow: &ChannelSet,
+        login: Option<&str>,
+        max_window: i64,
+        emergency_orgs: Option<&[String]>,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.add_function_in(&mut tx, name, allow, login, max_window, emergency_orgs, now)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::add_function`] inside the caller's transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn add_function_in(
+        &self,
+        tx: &mut Tx,
         name: &str,
         allow: &ChannelSet,
         login: Option<&str>,
@@ -412,7 +528,7 @@ impl Store {
             .bind(emergency_orgs.is_some() as i64)
             .bind(orgs.join(","))
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await
             .map_err(|e| conflict_on_unique(e, format!("function {name} already exists")))?;
         Ok(())

@@ -1099,6 +1099,300 @@ async fn actions_are_all_or_nothing(db: Db) {
 
 both!(actions_are_all_or_nothing);
 
+/// Directory changes are actions too: refused with the audit log unwritable (nothing added, no
+/// certificate registered, no approver reset, disabled or signed out), made with their record
+/// otherwise. An import is one change: sites it adds are seen by its later devices, and a list
+/// with one bad line adds nothing.
+async fn directory_actions_are_all_or_nothing(db: Db) {
+    use approvals::{ActionError, Actions, Actor, AuditLog, IssuedCertificate, Notifier};
+    let s = &db.store;
+    directory(s).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let notifier = Notifier::new(s.clone(), false);
+    let ok = Actions::new(s.clone(), AuditLog::new(&log, "n1"), notifier.clone());
+    let refused = Actions::new(s.clone(), AuditLog::new(dir.path(), "n1"), notifier);
+    let root = Actor::operator("root");
+    s.add_approver("olga", "hash", "OLGASECRET", &["store-1".into()], &[], NOW)
+        .await
+        .unwrap();
+    s.create_web_login("tok", "olga", "csrf", NOW, NOW + 600)
+        .await
+        .unwrap();
+    let device = |site: &str, name: &str| NewDevice {
+        site: site.into(),
+        name: name.into(),
+        addr: "127.0.0.1:22".into(),
+        login: "root".into(),
+        credential_kind: "password".into(),
+        credential: "DEVICEPASSWORD".into(),
+        host_key: "ssh-ed25519 AAAA".into(),
+    };
+    let cert = IssuedCertificate {
+        serial: "42".into(),
+        vendor: "alice".into(),
+        key_id: "alice-42".into(),
+        key_fingerprint: "SHA256:k".into(),
+        valid_after: NOW,
+        valid_before: NOW + 3600,
+        revoked: 0,
+        created: NOW,
+    };
+    let list = [
+        (2, device("store-9", "cam-01")),
+        (3, device("store-9", "cam-02")),
+    ];
+    let allow = ChannelSet::parse("shell").unwrap();
+    let unwritable = |r: Result<(), ActionError>, what: &str| {
+        assert!(
+            matches!(r, Err(ActionError::AuditUnwritable(_))),
+            "{what}: {r:?}"
+        );
+    };
+    let vendors = s.vendors().await.unwrap();
+    let approvers = s.approvers().await.unwrap();
+    let sites = s.sites().await.unwrap();
+    let devices = s.devices().await.unwrap();
+    let functions = s.functions().await.unwrap();
+
+    unwritable(
+        refused
+            .add_vendor(&root, "bob", "acme", None, "BOBSECRET", NOW)
+            .await,
+        "vendor add",
+    );
+    unwritable(refused.issue_certificate(&root, &cert).await, "vendor cert");
+    unwritable(
+        refused
+            .add_approver(
+                &root,
+                "pat",
+                "hash",
+                "PATSECRET",
+                &[],
+                &["north".into()],
+                NOW,
+            )
+            .await,
+        "approver add",
+    );
+    unwritable(
+        refused
+            .reset_approver(&root, "olga", "hash2", "NEWSECRET")
+            .await,
+        "approver reset",
+    );
+    unwritable(
+        refused.disable_approver(&root, "olga").await,
+        "approver disable",
+    );
+    unwritable(
+        refused.add_site(&root, "store-3", None, NOW).await,
+        "site add",
+    );
+    unwritable(
+        refused
+            .add_device(
+                &root,
+                &device("store-1", "cam-02"),
+                "SHA256:h",
+                "from file",
+                NOW,
+            )
+            .await,
+        "device add",
+    );
+    unwritable(
+        refused
+            .import_devices(&root, "list.csv", "root", Some("south"), &list, NOW)
+            .await
+            .map(drop),
+        "device import",
+    );
+    unwritable(
+        refused
+            .add_function(&root, "diag", &allow, None, 3600, None, NOW)
+            .await,
+        "function add",
+    );
+    assert_eq!(s.vendors().await.unwrap(), vendors);
+    assert!(s.certificates_for_key("SHA256:k").await.unwrap().is_empty());
+    assert_eq!(s.approvers().await.unwrap(), approvers);
+    assert!(
+        s.web_login("tok", NOW).await.unwrap().is_some(),
+        "signed out"
+    );
+    assert_eq!(s.sites().await.unwrap(), sites);
+    assert_eq!(s.devices().await.unwrap(), devices);
+    assert_eq!(s.functions().await.unwrap(), functions);
+    assert!(!log.exists());
+
+    // A list with a bad line (a duplicate) adds nothing, not even its new site.
+    let bad = [
+        (2, device("store-9", "cam-01")),
+        (3, device("store-9", "cam-01")),
+    ];
+    let e = ok
+        .import_devices(&root, "list.csv", "root", Some("south"), &bad, NOW)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ActionError::Conflict(m) if m.starts_with("list.csv line 3: ")),
+        "{e:?}"
+    );
+    assert_eq!(s.sites().await.unwrap(), sites);
+    assert_eq!(s.devices().await.unwrap(), devices);
+
+    // What refers to nothing is refused and leaves nothing behind.
+    let e = ok
+        .add_device(
+            &root,
+            &device("store-8", "cam-01"),
+            "SHA256:h",
+            "from file",
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ActionError::NotFound(m) if m.starts_with("no site named store-8")),
+        "{e:?}"
+    );
+    let e = ok
+        .add_approver(
+            &root,
+            "pat",
+            "hash",
+            "PATSECRET",
+            &["store-8".into()],
+            &[],
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ActionError::NotFound(m) if m == "no site named store-8"),
+        "{e:?}"
+    );
+    assert_eq!(s.approvers().await.unwrap(), approvers);
+    assert_eq!(s.devices().await.unwrap(), devices);
+    let e = ok
+        .issue_certificate(
+            &root,
+            &IssuedCertificate {
+                vendor: "nobody".into(),
+                ..cert.clone()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ActionError::NotFound(m) if m == "no vendor named nobody"),
+        "{e:?}"
+    );
+
+    // With the log writable, each goes through.
+    ok.add_vendor(&root, "bob", "acme", None, "BOBSECRET", NOW)
+        .await
+        .unwrap();
+    ok.issue_certificate(&root, &cert).await.unwrap();
+    ok.add_approver(
+        &root,
+        "pat",
+        "hash",
+        "PATSECRET",
+        &[],
+        &["north".into()],
+        NOW,
+    )
+    .await
+    .unwrap();
+    ok.reset_approver(&root, "olga", "hash2", "NEWSECRET")
+        .await
+        .unwrap();
+    assert!(s.web_login("tok", NOW).await.unwrap().is_none());
+    ok.disable_approver(&root, "olga").await.unwrap();
+    ok.add_site(&root, "store-3", None, NOW).await.unwrap();
+    ok.add_device(
+        &root,
+        &device("store-1", "cam-02"),
+        "SHA256:h",
+        "from file",
+        NOW,
+    )
+    .await
+    .unwrap();
+    let done = ok
+        .import_devices(&root, "list.csv", "root", Some("south"), &list, NOW)
+        .await
+        .unwrap();
+    assert_eq!((done.devices, done.new_sites), (2, 1));
+    ok.add_function(&root, "diag", &allow, None, 3600, None, NOW)
+        .await
+        .unwrap();
+    assert!(s.vendor("bob").await.unwrap().is_some());
+    assert_eq!(
+        s.certificates_for_key("SHA256:k").await.unwrap(),
+        std::slice::from_ref(&cert)
+    );
+    let olga = s.approver("olga").await.unwrap().unwrap();
+    assert_eq!((olga.totp_secret.as_str(), olga.disabled), ("NEWSECRET", 1));
+    assert!(s.approver("pat").await.unwrap().is_some());
+    assert!(s.device("store-9", "cam-02").await.unwrap().is_some());
+    assert!(s.function("diag").await.unwrap().is_some());
+    // A certificate for a disabled vendor is refused.
+    s.disable_vendor("bob", "root", NOW).await.unwrap();
+    let for_bob = IssuedCertificate {
+        serial: "43".into(),
+        vendor: "bob".into(),
+        ..cert.clone()
+    };
+    assert!(matches!(
+        ok.issue_certificate(&root, &for_bob).await,
+        Err(ActionError::Conflict(_))
+    ));
+
+    let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    for secret in [
+        "BOBSECRET",
+        "PATSECRET",
+        "NEWSECRET",
+        "DEVICEPASSWORD",
+        "hash2",
+    ] {
+        assert!(!text.contains(secret), "{secret} is in the audit log");
+    }
+    let records: Vec<serde_json::Value> = recorder::Reader::open(&log)
+        .unwrap()
+        .map(|r| r.unwrap().json().unwrap())
+        .collect();
+    let names: Vec<&str> = records
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "vendor.add",
+            "vendor.cert",
+            "approver.add",
+            "approver.reset",
+            "approver.disable",
+            "site.add",
+            "device.add",
+            "device.import",
+            "function.add"
+        ]
+    );
+    assert!(records.iter().all(|r| r["actor"] == "operator:root"));
+    assert_eq!(records[1]["serial"], "42");
+    assert_eq!(records[6]["credential"], "password");
+    assert_eq!(records[7]["devices"], 2);
+    db.drop_pg().await;
+}
+
+both!(directory_actions_are_all_or_nothing);
+
 /// The SQLite files hold TOTP secrets and device credentials: owner-only, -wal and -shm included,
 /// and a file left readable by an older version is tightened.
 #[tokio::test]

@@ -60,7 +60,7 @@ impl Env {
     }
 
     /// Where operator actions are taken (the same code the web form uses).
-    fn actions(&self) -> approvals::Actions {
+    pub(crate) fn actions(&self) -> approvals::Actions {
         approvals::Actions::new(
             self.store.clone(),
             self.audit.clone(),
@@ -99,7 +99,7 @@ fn actor() -> String {
 }
 
 /// The operator running this command, as the actor of an action.
-fn operator() -> approvals::Actor {
+pub(crate) fn operator() -> approvals::Actor {
     approvals::Actor::operator(
         &std::env::var("SUDO_USER")
             .or_else(|_| std::env::var("USER"))
@@ -435,11 +435,9 @@ async fn vendor(env: &Env, action: &VendorAction) -> Result<()> {
                 .map_err(|e| anyhow!("--contract-end: {e}"))?;
             let secret = approvals::totp::new_secret();
             let uri = approvals::totp::otpauth_uri(&secret, name).map_err(|e| anyhow!(e))?;
-            env.store.add_vendor(name, org, end, &secret, now()).await?;
-            env.audit(
-                "vendor.add",
-                json!({"vendor": name, "org": org, "contract_end": end.map(fmt_time)}),
-            )?;
+            env.actions()
+                .add_vendor(&operator(), name, org, end, &secret, now())
+                .await?;
             if env.json {
                 println!("{}", json!({"vendor": name, "org": org, "otpauth": uri}));
             } else {
@@ -519,9 +517,10 @@ async fn vendor(env: &Env, action: &VendorAction) -> Result<()> {
     Ok(())
 }
 
-/// Signs a user certificate for `vendor`'s public key with the vendor CA, writes it next to the
-/// key as `KEY-cert.pub` (where OpenSSH looks for it), and records it in the registry and the
-/// audit log. Returns the certificate's path.
+/// Signs a user certificate for `vendor`'s public key with the vendor CA, records it in the
+/// registry and the audit log (one action), and only then writes it next to the key as
+/// `KEY-cert.pub` (where OpenSSH looks for it): a refused action leaves no certificate behind.
+/// Returns the certificate's path.
 pub async fn issue_certificate(
     env: &Env,
     vendor: &str,
@@ -547,28 +546,27 @@ pub async fn issue_certificate(
         .cert
         .to_openssh()
         .map_err(|e| anyhow!("encoding certificate: {e}"))?;
+    let fp = keys::fingerprint(&subject);
+    env.actions()
+        .issue_certificate(
+            &operator(),
+            &approvals::IssuedCertificate {
+                serial: issued.serial.to_string(),
+                vendor: vendor.to_owned(),
+                key_id: issued.key_id.clone(),
+                key_fingerprint: fp,
+                valid_after: start,
+                valid_before: end,
+                revoked: 0,
+                created: now(),
+            },
+        )
+        .await?;
     let out = cert_path(pubkey);
     let tmp = out.with_extension("tmp");
     std::fs::write(&tmp, format!("{text}\n"))
         .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &out)?;
-    let fp = keys::fingerprint(&subject);
-    env.store
-        .record_certificate(&approvals::IssuedCertificate {
-            serial: issued.serial.to_string(),
-            vendor: vendor.to_owned(),
-            key_id: issued.key_id.clone(),
-            key_fingerprint: fp.clone(),
-            valid_after: start,
-            valid_before: start + secs,
-            revoked: 0,
-            created: now(),
-        })
-        .await?;
-    env.audit(
-        "vendor.cert",
-        json!({"vendor": vendor, "serial": issued.serial.to_string(), "key_id": issued.key_id, "key": fp, "valid_before": fmt_time(start + secs)}),
-    )?;
+    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
     Ok((out, issued))
 }
 
@@ -595,8 +593,9 @@ fn print_qr(uri: &str) {
 async fn site(env: &Env, action: &SiteAction) -> Result<()> {
     match action {
         SiteAction::Add { site, region } => {
-            env.store.add_site(site, region.as_deref(), now()).await?;
-            env.audit("site.add", json!({"site": site, "region": region}))?;
+            env.actions()
+                .add_site(&operator(), site, region.as_deref(), now())
+                .await?;
             println!("site {site} added");
         }
         SiteAction::List => {
@@ -630,15 +629,7 @@ async fn device(env: &Env, action: &DeviceAction) -> Result<()> {
             })?;
             let list = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let mut sites: std::collections::HashSet<String> = env
-                .store
-                .sites()
-                .await?
-                .into_iter()
-                .map(|s| s.name)
-                .collect();
-            let t = now();
-            let (mut added, mut new_sites) = (0usize, 0usize);
+            let mut devices = Vec::new();
             for (n, line) in list.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || (n == 0 && line.starts_with("site,")) {
@@ -656,32 +647,32 @@ async fn device(env: &Env, action: &DeviceAction) -> Result<()> {
                 };
                 let pinned = russh::keys::PublicKey::from_openssh(host_key.trim())
                     .map_err(|e| anyhow!("{} line {}: host key: {e}", file.display(), n + 1))?;
-                if !sites.contains(site) {
-                    env.store.add_site(site, region.as_deref(), t).await?;
-                    sites.insert(site.to_owned());
-                    new_sites += 1;
-                }
-                env.store
-                    .add_device(
-                        &NewDevice {
-                            site: site.into(),
-                            name: device.into(),
-                            addr: addr.into(),
-                            login: login.clone(),
-                            credential_kind: "key".into(),
-                            credential: text.clone(),
-                            host_key: pinned.to_openssh().map_err(|e| anyhow!("{e}"))?,
-                        },
-                        t,
-                    )
-                    .await
-                    .with_context(|| format!("{} line {}", file.display(), n + 1))?;
-                added += 1;
+                devices.push((
+                    n + 1,
+                    NewDevice {
+                        site: site.into(),
+                        name: device.into(),
+                        addr: addr.into(),
+                        login: login.clone(),
+                        credential_kind: "key".into(),
+                        credential: text.clone(),
+                        host_key: pinned.to_openssh().map_err(|e| anyhow!("{e}"))?,
+                    },
+                ));
             }
-            env.audit(
-                "device.import",
-                json!({"file": file.display().to_string(), "devices": added, "new_sites": new_sites, "login": login}),
-            )?;
+            // All or nothing, with one record: a list refused halfway leaves no devices behind.
+            let done = env
+                .actions()
+                .import_devices(
+                    &operator(),
+                    &file.display().to_string(),
+                    login,
+                    region.as_deref(),
+                    &devices,
+                    now(),
+                )
+                .await?;
+            let (added, new_sites) = (done.devices, done.new_sites);
             println!("{added} devices imported ({new_sites} new sites)");
         }
         DeviceAction::Add {
@@ -730,8 +721,9 @@ async fn device(env: &Env, action: &DeviceAction) -> Result<()> {
             };
             let host_key_line = pinned.to_openssh().map_err(|e| anyhow!("{e}"))?;
             let fp = keys::fingerprint(&pinned);
-            env.store
+            env.actions()
                 .add_device(
+                    &operator(),
                     &NewDevice {
                         site: site.into(),
                         name: name.into(),
@@ -741,10 +733,11 @@ async fn device(env: &Env, action: &DeviceAction) -> Result<()> {
                         credential,
                         host_key: host_key_line,
                     },
+                    &fp,
+                    how,
                     now(),
                 )
                 .await?;
-            env.audit("device.add", json!({"site": site, "device": name, "addr": addr, "login": login, "credential": kind, "host_key": fp, "pinned": how}))?;
             println!("device {site}/{name} added; host key {fp} pinned ({how})");
         }
         DeviceAction::List => {
@@ -808,8 +801,9 @@ async fn function(env: &Env, action: &FunctionAction) -> Result<()> {
                 .map(|o| o.trim().to_owned())
                 .filter(|o| !o.is_empty())
                 .collect();
-            env.store
+            env.actions()
                 .add_function(
+                    &operator(),
                     name,
                     &set,
                     login.as_deref(),
@@ -818,7 +812,6 @@ async fn function(env: &Env, action: &FunctionAction) -> Result<()> {
                     now(),
                 )
                 .await?;
-            env.audit("function.add", json!({"function": name, "allow": set.to_string(), "login": login, "max_window": max, "emergency": emergency, "emergency_orgs": orgs}))?;
             println!("function {name} added (allows {set})");
         }
         FunctionAction::List => {
@@ -936,26 +929,28 @@ async fn approver(env: &Env, action: &ApproverAction) -> Result<()> {
             regions,
         } => {
             let creds = ApproverCredentials::new(name)?;
-            env.store
-                .add_approver(name, &creds.hash, &creds.secret, sites, regions, now())
+            env.actions()
+                .add_approver(
+                    &operator(),
+                    name,
+                    &creds.hash,
+                    &creds.secret,
+                    sites,
+                    regions,
+                    now(),
+                )
                 .await?;
-            env.audit(
-                "approver.add",
-                json!({"approver": name, "sites": sites, "regions": regions}),
-            )?;
             creds.show(env, name, "added");
         }
         ApproverAction::Reset { name } => {
             let creds = ApproverCredentials::new(name)?;
-            env.store
-                .reset_approver(name, &creds.hash, &creds.secret)
+            env.actions()
+                .reset_approver(&operator(), name, &creds.hash, &creds.secret)
                 .await?;
-            env.audit("approver.reset", json!({"approver": name}))?;
             creds.show(env, name, "reset; signed out everywhere");
         }
         ApproverAction::Disable { name } => {
-            env.store.disable_approver(name).await?;
-            env.audit("approver.disable", json!({"approver": name}))?;
+            env.actions().disable_approver(&operator(), name).await?;
             println!("approver {name} disabled and signed out");
         }
         ApproverAction::List => {

@@ -697,14 +697,15 @@ pub async fn demo(
 
 async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result<()> {
     let now = approvals::time::now();
-    let store = &env.store;
-    store.add_site(SITE, Some("demo"), now).await?;
-    let host_key = keys::load_public(&paths.sim_host_key().with_extension("pub"))?
-        .to_openssh()
-        .map_err(|e| anyhow!("{e}"))?;
+    // The same actions as the CLI's: each change has its audit record, or does not happen.
+    let actions = env.actions();
+    let op = crate::cli::operator();
+    actions.add_site(&op, SITE, Some("demo"), now).await?;
+    let host_key = keys::load_public(&paths.sim_host_key().with_extension("pub"))?;
     let login = std::env::var("USER").unwrap_or_else(|_| "demo".into());
-    store
+    actions
         .add_device(
+            &op,
             &approvals::NewDevice {
                 site: SITE.into(),
                 name: DEVICE.into(),
@@ -712,33 +713,38 @@ async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result
                 login,
                 credential_kind: "key".into(),
                 credential: std::fs::read_to_string(paths.device_key())?,
-                host_key,
+                host_key: host_key.to_openssh().map_err(|e| anyhow!("{e}"))?,
             },
+            &keys::fingerprint(&host_key),
+            "from file",
             now,
         )
         .await?;
     let allow =
         approvals::ChannelSet::parse("shell,exec,sftp,forward:8080").map_err(|e| anyhow!(e))?;
-    store
-        .add_function("maint", &allow, None, 8 * 3600, None, now)
+    actions
+        .add_function(&op, "maint", &allow, None, 8 * 3600, None, now)
         .await?;
     // Functions without a grant, to try requests and break-glass.
     let shell = approvals::ChannelSet::parse("shell,exec,sftp").map_err(|e| anyhow!(e))?;
-    store
-        .add_function("firmware", &shell, None, 4 * 3600, None, now)
+    actions
+        .add_function(&op, "firmware", &shell, None, 4 * 3600, None, now)
         .await?;
     let orgs = [ORG.to_owned()];
-    store
-        .add_function("emergency", &shell, None, 2 * 3600, Some(&orgs), now)
+    actions
+        .add_function(&op, "emergency", &shell, None, 2 * 3600, Some(&orgs), now)
         .await?;
     let secret = approvals::totp::new_secret();
-    store.add_vendor(VENDOR, ORG, None, &secret, now).await?;
+    actions
+        .add_vendor(&op, VENDOR, ORG, None, &secret, now)
+        .await?;
     crate::config::write_private(&paths.totp(), secret.as_bytes())?;
     // The site's approver, for the web UI.
     let password = hex::encode(rand::random::<[u8; 12]>());
     let approver_secret = approvals::totp::new_secret();
-    store
+    actions
         .add_approver(
+            &op,
             "ops",
             &approvals::approvers::hash_password(&password)?,
             &approver_secret,
@@ -772,9 +778,10 @@ async fn ensure_grant(env: &Env) -> Result<()> {
         g.vendor == VENDOR && g.site == SITE && g.is_active(now) && g.valid_until - now > 600
     });
     if !active {
-        let g = env
-            .store
+        // An operator action like `postern grant add`: recorded, or not granted.
+        env.actions()
             .add_grant(
+                &crate::cli::operator(),
                 &approvals::NewGrant {
                     vendor: VENDOR.into(),
                     site: SITE.into(),
@@ -788,7 +795,6 @@ async fn ensure_grant(env: &Env) -> Result<()> {
                 now,
             )
             .await?;
-        env.audit("grant.add", json!({"grant": g.id, "vendor": VENDOR, "site": SITE, "function": "maint", "reason": "postern demo"}))?;
     }
     Ok(())
 }
