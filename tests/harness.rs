@@ -590,11 +590,13 @@ impl World {
     /// Adds another device, `SITE/NAME`, served by the same sshd as `SITE/dev` (a sibling at the
     /// site, e.g. to test that a grant for one device does not reach the other).
     pub fn add_device(&self, site_device: &str) {
+        self.add_device_at(site_device, &format!("127.0.0.1:{}", self.sshd_port));
+    }
+
+    /// Adds a device reached at `addr` (e.g. through a [`Relay`]) that is the local sshd.
+    pub fn add_device_at(&self, site_device: &str, addr: &str) {
         let key = self.dir.path().join("broker_device_key");
-        let (addr, hk) = (
-            format!("127.0.0.1:{}", self.sshd_port),
-            self.sshd_host_pub.display().to_string(),
-        );
+        let (addr, hk) = (addr.to_owned(), self.sshd_host_pub.display().to_string());
         let key = key.display().to_string();
         let login = self.device_login.clone();
         self.ok(&[
@@ -957,4 +959,129 @@ pub fn csrf_of(html: &str) -> String {
     let marker = r#"name="csrf" value=""#;
     let start = html.find(marker).expect("a form with a CSRF token") + marker.len();
     html[start..].split('"').next().unwrap().to_owned()
+}
+
+/// A TCP relay on loopback between a client and a server, that a test can freeze (stop
+/// forwarding, keep the connections open: a hung peer) or sever (close every connection and
+/// refuse new ones: a dead link), and then restore.
+pub struct Relay {
+    pub port: u16,
+    state: Arc<std::sync::atomic::AtomicU8>,
+    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+const RELAY_PASS: u8 = 0;
+const RELAY_FROZEN: u8 = 1;
+const RELAY_SEVERED: u8 = 2;
+
+impl Relay {
+    pub fn new(target: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("relay listener");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(std::sync::atomic::AtomicU8::new(RELAY_PASS));
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (st, cs) = (state.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if st.load(Ordering::SeqCst) == RELAY_SEVERED {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                for s in [&client, &server] {
+                    let _ = s.set_nodelay(true);
+                    cs.lock().unwrap().push(s.try_clone().unwrap());
+                }
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let st = st.clone();
+                    std::thread::spawn(move || relay_copy(from, to, st));
+                }
+            }
+        });
+        Relay { port, state, conns }
+    }
+
+    /// Stops forwarding; connections stay open and silent.
+    pub fn freeze(&self) {
+        self.state
+            .store(RELAY_FROZEN, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every connection and refuses new ones.
+    pub fn sever(&self) {
+        self.state
+            .store(RELAY_SEVERED, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Forwards again (new connections after a sever; held data after a freeze).
+    pub fn restore(&self) {
+        self.state
+            .store(RELAY_PASS, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn relay_copy(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    state: Arc<std::sync::atomic::AtomicU8>,
+) {
+    use std::sync::atomic::Ordering;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match state.load(Ordering::SeqCst) {
+            RELAY_SEVERED => break,
+            RELAY_FROZEN => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            _ => {}
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+impl World {
+    /// Stops the broker with SIGTERM (a clean shutdown) and waits for it.
+    pub fn terminate_broker(&mut self) -> std::process::ExitStatus {
+        let mut b = self.broker.take().expect("broker running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &b.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = b.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = b.kill();
+                panic!("the broker did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

@@ -47,7 +47,9 @@ impl From<StoreError> for ActionError {
             StoreError::NotFound(m) => ActionError::NotFound(m),
             StoreError::Conflict(m) => ActionError::Conflict(m),
             StoreError::Invalid(m) => ActionError::Invalid(m),
-            e @ (StoreError::Db(_) | StoreError::Migrate(_)) => ActionError::Unavailable(e),
+            e @ (StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Timeout) => {
+                ActionError::Unavailable(e)
+            }
         }
     }
 }

@@ -23,6 +23,22 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// The database did not answer in time: a hung or unreachable control plane.
+    #[error("the database did not answer within {} seconds", DEADLINE.as_secs())]
+    Timeout,
+}
+
+/// How long the broker waits for one database operation on a vendor's path (authentication, the
+/// policy decision, a session's start and end, the revocation check) before it counts the control
+/// plane as unreachable. A database that accepts connections and never answers is an outage
+/// found within seconds, never a hang.
+pub const DEADLINE: Duration = Duration::from_secs(3);
+
+/// Runs a database operation within [`DEADLINE`].
+pub async fn deadline<T>(operation: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(DEADLINE, operation)
+        .await
+        .unwrap_or(Err(StoreError::Timeout))
 }
 
 type Result<T> = std::result::Result<T, StoreError>;

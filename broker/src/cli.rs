@@ -775,7 +775,7 @@ async fn fetch_host_key(addr: &str) -> Result<russh::keys::PublicKey> {
         }
     }
     let seen = Arc::new(std::sync::Mutex::new(None));
-    let cfg = crate::upstream::client_config();
+    let cfg = crate::upstream::client_config(Duration::from_secs(15));
     let attempt = russh::client::connect(cfg, addr, Capture(seen.clone()));
     let _ = tokio::time::timeout(Duration::from_secs(10), attempt).await;
     let key = seen.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -1537,6 +1537,20 @@ pub async fn serve(
     env.store
         .register_seal_key(&seal.public().export(), &env.cfg.node, now())
         .await?;
+    // Session ends the database missed (an outage, a crash) go in first, with their true end
+    // times; only sessions with no end anywhere are then marked as cut short.
+    let journal = crate::journal::Journal::open(&env.data.journal())
+        .with_context(|| format!("opening the journal {}", env.data.journal().display()))?;
+    for end in journal.pending() {
+        if crate::journal::apply(&env.store, &env.data.recordings(), &journal, &end).await {
+            tracing::info!(session = %end.session, reason = %end.reason, "session end recorded from the journal");
+        } else {
+            bail!(
+                "the journal holds the end of session {} but the database does not take it",
+                end.session
+            );
+        }
+    }
     let orphans = env
         .store
         .end_orphaned_sessions(&env.cfg.node, now())
@@ -1569,7 +1583,8 @@ pub async fn serve(
         login_grace: limits.login_grace,
         throttled: approvals::audit::Tally::default(),
         detail_budget: approvals::ratelimit::EventBudget::default(),
-        upstream_config: crate::upstream::client_config(),
+        journal: journal.clone(),
+        upstream_config: crate::upstream::client_config(limits.device_keepalive),
         notifier: env.notifier.clone(),
         live: Default::default(),
     });
@@ -1637,6 +1652,11 @@ pub async fn serve(
     println!("postern: listening for vendors on {local}");
     std::io::stdout().flush()?;
     tokio::spawn(crate::session::watch_revocations(ctx.clone()));
+    tokio::spawn(crate::journal::drain(
+        env.store.clone(),
+        env.data.recordings(),
+        journal.clone(),
+    ));
     tokio::spawn(write_summaries(
         ctx.clone(),
         web_state.clone(),
@@ -1669,10 +1689,11 @@ pub async fn serve(
     }
     tracing::info!(reason, "shutting down");
     for live in ctx.live_sessions() {
-        live.request_close("the broker is shutting down");
+        live.request_close(crate::session::EndReason::ShuttingDown);
     }
-    // Give supervisors a moment to seal recordings.
-    for _ in 0..50 {
+    // Give supervisors a moment to seal recordings and write their ends to the audit log and the
+    // journal (they do not wait for the database; the next start applies the journal).
+    for _ in 0..100 {
         if ctx.live_sessions().is_empty() {
             break;
         }

@@ -7,6 +7,7 @@
 //! DATA/keys/vendor_ca[.pub]  the CA that signs vendor certificates
 //! DATA/recordings/ID.rec     one hash-chained recording per session
 //! DATA/audit.log             the hash-chained audit log
+//! DATA/journal/ID.end.json   session ends not yet in the database (applied when it is back)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -82,6 +83,10 @@ pub struct Config {
     /// Refused and throttled attempts are written to the audit log as one summary per interval.
     #[serde(default = "default_audit_summary_interval")]
     pub audit_summary_interval: String,
+    /// Keepalive interval towards devices; a device that misses three in a row "stopped
+    /// answering" and its sessions end with that reason.
+    #[serde(default = "default_device_keepalive")]
+    pub device_keepalive: String,
 }
 
 fn default_node() -> String {
@@ -133,6 +138,9 @@ fn default_forwarded_header() -> String {
 fn default_audit_summary_interval() -> String {
     "60s".into()
 }
+fn default_device_keepalive() -> String {
+    "15s".into()
+}
 fn default_env_allow() -> Vec<String> {
     vec!["LANG".into(), "LC_*".into(), "TZ".into()]
 }
@@ -162,6 +170,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             forwarded_header: default_forwarded_header(),
             audit_summary_interval: default_audit_summary_interval(),
+            device_keepalive: default_device_keepalive(),
         }
     }
 }
@@ -177,6 +186,7 @@ pub struct Limits {
     pub web_header_timeout: std::time::Duration,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub audit_summary_interval: std::time::Duration,
+    pub device_keepalive: std::time::Duration,
 }
 
 /// Parses an address or a CIDR network (`10.0.0.5`, `10.0.0.0/8`, `::1`).
@@ -229,6 +239,7 @@ impl Config {
             web_header_timeout: secs("web_header_timeout", &self.web_header_timeout)?,
             trusted_proxies: nets("trusted_proxies", &self.trusted_proxies)?,
             audit_summary_interval: secs("audit_summary_interval", &self.audit_summary_interval)?,
+            device_keepalive: secs("device_keepalive", &self.device_keepalive)?,
         })
     }
 }
@@ -263,6 +274,10 @@ impl DataDir {
     }
     pub fn recordings(&self) -> PathBuf {
         self.root.join("recordings")
+    }
+    /// Session ends the database has not recorded yet (see `journal`).
+    pub fn journal(&self) -> PathBuf {
+        self.root.join("journal")
     }
     pub fn audit_log(&self) -> PathBuf {
         self.root.join("audit.log")

@@ -245,11 +245,12 @@ impl Conn {
     /// in the database when the attempt was granted (shared by every node, exponential
     /// backoff); audited with the lock it brought.
     async fn refuse_second_factor(&mut self, user: &str, vendor: &str, reason: &str) {
-        let locked_until = match self
-            .ctx
-            .store
-            .second_factor_locked_until(Subject::Vendor(vendor), now())
-            .await
+        let locked_until = match approvals::store::deadline(
+            self.ctx
+                .store
+                .second_factor_locked_until(Subject::Vendor(vendor), now()),
+        )
+        .await
         {
             Ok(l) => l.map(approvals::time::fmt_time),
             Err(e) => {
@@ -294,7 +295,7 @@ impl Conn {
     ) -> Result<(), CertRefusal> {
         self.certificate_fields(target, cert)
             .map_err(CertRefusal::Refused)?;
-        match self.ctx.store.vendor(&target.vendor).await {
+        match approvals::store::deadline(self.ctx.store.vendor(&target.vendor)).await {
             Err(e) => return Err(CertRefusal::Outage(e.to_string())),
             Ok(None) => {
                 return Err(CertRefusal::Refused(format!(
@@ -322,10 +323,7 @@ impl Conn {
             .public_key()
             .fingerprint(russh::keys::HashAlg::Sha256)
             .to_string();
-        let issued = self
-            .ctx
-            .store
-            .certificates_for_key(&fp)
+        let issued = approvals::store::deadline(self.ctx.store.certificates_for_key(&fp))
             .await
             .map_err(|e| CertRefusal::Outage(e.to_string()))?;
         let serial = cert.serial().to_string();
@@ -411,11 +409,13 @@ impl Conn {
             function: target.function.clone(),
             channel: None,
         };
-        let decision = match self
-            .ctx
-            .store
-            .facts(&req.vendor, &req.site, &req.device, req.function.as_deref())
-            .await
+        let decision = match approvals::store::deadline(self.ctx.store.facts(
+            &req.vendor,
+            &req.site,
+            &req.device,
+            req.function.as_deref(),
+        ))
+        .await
         {
             Ok(facts) => approvals::decide(&req, &facts, now()),
             Err(e) => {
@@ -527,30 +527,31 @@ impl russh::server::Handler for Conn {
             ));
             return Ok(Auth::reject());
         }
-        let reason = match self.ctx.store.certificates_for_key(&fp).await {
-            Ok(certs) if !certs.is_empty() => {
-                let t = now();
-                if certs
-                    .iter()
-                    .any(|c| c.valid_after <= t && t < c.valid_before && c.revoked == 0)
-                {
-                    format!("key {fp} was offered without its certificate")
-                } else if let Some(c) = certs
-                    .iter()
-                    .filter(|c| c.valid_before <= t)
-                    .max_by_key(|c| c.valid_before)
-                {
-                    format!(
-                        "certificate {} for key {fp} expired at {}",
-                        c.key_id,
-                        approvals::time::fmt_time(c.valid_before)
-                    )
-                } else {
-                    format!("certificate for key {fp} is not yet valid")
+        let reason =
+            match approvals::store::deadline(self.ctx.store.certificates_for_key(&fp)).await {
+                Ok(certs) if !certs.is_empty() => {
+                    let t = now();
+                    if certs
+                        .iter()
+                        .any(|c| c.valid_after <= t && t < c.valid_before && c.revoked == 0)
+                    {
+                        format!("key {fp} was offered without its certificate")
+                    } else if let Some(c) = certs
+                        .iter()
+                        .filter(|c| c.valid_before <= t)
+                        .max_by_key(|c| c.valid_before)
+                    {
+                        format!(
+                            "certificate {} for key {fp} expired at {}",
+                            c.key_id,
+                            approvals::time::fmt_time(c.valid_before)
+                        )
+                    } else {
+                        format!("certificate for key {fp} is not yet valid")
+                    }
                 }
-            }
-            _ => format!("plain public key {fp} offered: a vendor certificate is required"),
-        };
+                _ => format!("plain public key {fp} offered: a vendor certificate is required"),
+            };
         self.shared.fail(reason);
         Ok(Auth::reject())
     }
@@ -661,7 +662,7 @@ impl russh::server::Handler for Conn {
         let serial = passed.serial;
         let permits = passed.permits;
         let t = now();
-        let secret = match self.ctx.store.vendor(&vendor).await {
+        let secret = match approvals::store::deadline(self.ctx.store.vendor(&vendor)).await {
             Ok(Some(v)) => v.totp_secret,
             Ok(None) => {
                 return Ok(self
@@ -677,11 +678,12 @@ impl russh::server::Handler for Conn {
         // The vendor's backoff after wrong codes, shared by every node: the attempt is counted
         // before the code is looked at, so parallel guesses cannot slip past a lock; while
         // locked, no code is even looked at.
-        match self
-            .ctx
-            .store
-            .second_factor_attempt(Subject::Vendor(&vendor), t)
-            .await
+        match approvals::store::deadline(
+            self.ctx
+                .store
+                .second_factor_attempt(Subject::Vendor(&vendor), t),
+        )
+        .await
         {
             Ok(Attempt::Granted) => {}
             Ok(Attempt::Locked(until)) => {
@@ -717,7 +719,9 @@ impl russh::server::Handler for Conn {
                 return Ok(self.outage_during_auth("auth.totp", user, e).await);
             }
         };
-        match self.ctx.store.consume_totp_step(&vendor, step as i64).await {
+        match approvals::store::deadline(self.ctx.store.consume_totp_step(&vendor, step as i64))
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 self.refuse_second_factor(user, &vendor, "TOTP code already used (replay)")
@@ -730,11 +734,12 @@ impl russh::server::Handler for Conn {
                     .await);
             }
         }
-        if let Err(e) = self
-            .ctx
-            .store
-            .second_factor_passed(Subject::Vendor(&vendor))
-            .await
+        if let Err(e) = approvals::store::deadline(
+            self.ctx
+                .store
+                .second_factor_passed(Subject::Vendor(&vendor)),
+        )
+        .await
         {
             return Ok(self
                 .outage_during_auth("auth.totp", user, e.to_string())
@@ -970,9 +975,12 @@ impl russh::server::Handler for Conn {
 
 /// A vendor's own access requests, newest first, as text for their terminal.
 async fn requests_listing(ctx: &Ctx, vendor: &str) -> String {
-    let rows = match ctx.store.requests_of_vendor(vendor).await {
+    let rows = match approvals::store::deadline(ctx.store.requests_of_vendor(vendor)).await {
         Ok(r) => r,
-        Err(e) => return format!("postern: control plane unavailable: {e}\r\n"),
+        Err(e) => {
+            warn!(error = %e, "requests listing: control plane unavailable");
+            return format!("postern: {OUTAGE}\r\n");
+        }
     };
     if rows.is_empty() {
         return "postern: you have filed no access requests\r\n".into();

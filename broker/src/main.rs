@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod devicesim;
 mod frontdoor;
+mod journal;
 mod keys;
 mod loadgen;
 mod login;

@@ -47,11 +47,17 @@ impl Content {
 pub async fn allowed(ctx: &Ctx, live: &LiveSession, channel: Kind2) -> Result<(), String> {
     let req = live.request(Some(channel));
     let t = &live.target;
-    let facts = ctx
-        .store
-        .facts(&t.vendor, &t.site, &t.device, Some(&live.function))
-        .await
-        .map_err(|e| format!("control plane unavailable: {e}"))?;
+    let facts = approvals::store::deadline(ctx.store.facts(
+        &t.vendor,
+        &t.site,
+        &t.device,
+        Some(&live.function),
+    ))
+    .await
+        .map_err(|e| {
+            tracing::warn!(session = %live.id, error = %e, "channel decision: control plane unavailable");
+            crate::frontdoor::OUTAGE.to_owned()
+        })?;
     let refusal = match approvals::decide(&req, &facts, now()) {
         Decision::Allow { .. } => None,
         Decision::Deny { reason } => Some(reason.to_string()),
@@ -197,6 +203,8 @@ pub async fn session_channel(
     let mut transfers = Transfers::None;
     let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
     let mut failed_record = None;
+    // The device's connection ended under this channel (not a channel close).
+    let mut device_gone = false;
     // A legacy scp exec, until the device's first byte proves it is an scp server.
     let mut scp_unproven: Option<crate::transfer::ScpInvocation> = None;
     let _ = rec.json(Kind::ChannelOpen, ch, &json!({"type": "session"}));
@@ -300,7 +308,7 @@ pub async fn session_channel(
                 }
             }
             msg = uch.wait() => {
-                let Some(msg) = msg else { break };
+                let Some(msg) = msg else { device_gone = true; break };
                 match msg {
                     ChannelMsg::Data { data } => {
                         bytes_out += data.len() as u64;
@@ -358,6 +366,14 @@ pub async fn session_channel(
                 }
             }
         }
+    }
+    if device_gone {
+        // The session ends for that, named by the upstream watcher (disconnected or stopped
+        // answering); keep the vendor's channel open so they read why. Should the watcher not
+        // have said anything in two seconds, say it here.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        live.request_close(crate::session::EndReason::DeviceDisconnected);
+        std::future::pending::<()>().await;
     }
     if let Some(e) = failed_record {
         // The supervisor tells the vendor why and disconnects; keep the channel open for that

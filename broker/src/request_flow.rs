@@ -134,7 +134,8 @@ pub async fn offer(
             return;
         }
         Err(e) => {
-            proxy::refuse(&handle, id, &format!("control plane unavailable: {e}")).await;
+            tracing::warn!(error = %e, "request flow: control plane unavailable");
+            proxy::refuse(&handle, id, crate::frontdoor::OUTAGE).await;
             return;
         }
     }
@@ -480,7 +481,8 @@ async fn proceed(
     {
         Ok(f) => approvals::decide(&q, &f, now()),
         Err(e) => {
-            proxy::refuse(&handle, id, &format!("control plane unavailable: {e}")).await;
+            tracing::warn!(error = %e, "request flow: control plane unavailable");
+            proxy::refuse(&handle, id, crate::frontdoor::OUTAGE).await;
             return;
         }
     };

@@ -45,6 +45,8 @@ pub struct Ctx {
     pub throttled: approvals::audit::Tally,
     /// Detailed audit events about unauthenticated clients, per source and in all.
     pub detail_budget: approvals::ratelimit::EventBudget,
+    /// Session ends the database has not recorded yet.
+    pub journal: crate::journal::Journal,
     pub upstream_config: Arc<russh::client::Config>,
     pub notifier: approvals::Notifier,
     pub live: Mutex<HashMap<String, Arc<LiveSession>>>,
@@ -69,6 +71,70 @@ impl Ctx {
                 false
             }
         }
+    }
+}
+
+/// Why a session ended: what the database, the audit log and the recording say (`reason`), and
+/// what the vendor is told (`vendor_line`). A fault names itself: a vendor whose device went away
+/// is not told, and the auditor does not read, "vendor disconnected".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    VendorDisconnected,
+    DeviceDisconnected,
+    DeviceStoppedAnswering,
+    /// The device could not be reached or logged in to (the detail is for the vendor).
+    DeviceUnreachable(String),
+    ControlPlaneUnreachable,
+    ShuttingDown,
+    /// Window end, revocation, termination, recording failure: the text says it all.
+    Said(String),
+}
+
+impl EndReason {
+    pub fn reason(&self) -> &str {
+        match self {
+            EndReason::VendorDisconnected => "vendor disconnected",
+            EndReason::DeviceDisconnected => "device disconnected",
+            EndReason::DeviceStoppedAnswering => "device stopped answering",
+            EndReason::DeviceUnreachable(_) => "device unreachable",
+            EndReason::ControlPlaneUnreachable => "control plane unreachable",
+            EndReason::ShuttingDown => "broker shutting down",
+            EndReason::Said(s) => s,
+        }
+    }
+
+    /// The one line the vendor sees (nothing for a vendor who is gone).
+    pub fn vendor_line(&self) -> String {
+        match self {
+            EndReason::VendorDisconnected => String::new(),
+            EndReason::DeviceDisconnected => {
+                "the device closed the connection (device disconnected); this session is over".into()
+            }
+            EndReason::DeviceStoppedAnswering => {
+                "the device stopped answering (device stopped answering); this session is over"
+                    .into()
+            }
+            EndReason::DeviceUnreachable(detail) => {
+                format!("the device could not be reached ({detail}); this session is over")
+            }
+            EndReason::ControlPlaneUnreachable => "the broker cannot reach its control plane, so it cannot keep checking this session's access; closing (control plane unreachable: an outage, not a revocation)".into(),
+            EndReason::ShuttingDown => {
+                "the broker is shutting down (broker shutting down); reconnect in a moment".into()
+            }
+            EndReason::Said(s) => s.clone(),
+        }
+    }
+}
+
+impl From<String> for EndReason {
+    fn from(s: String) -> EndReason {
+        EndReason::Said(s)
+    }
+}
+
+impl From<&str> for EndReason {
+    fn from(s: &str) -> EndReason {
+        EndReason::Said(s.to_owned())
     }
 }
 
@@ -109,7 +175,7 @@ pub struct LiveSession {
     tasks: Mutex<Vec<AbortHandle>>,
     /// Channels with a terminal, where notices (warnings, the reason for closing) are written.
     interactive: Mutex<Vec<ChannelId>>,
-    close_tx: mpsc::UnboundedSender<String>,
+    close_tx: mpsc::UnboundedSender<EndReason>,
     closed: AtomicBool,
     /// Tells channel tasks to stop forwarding while keeping their channels open (dropping a
     /// channel closes it, and the vendor's client would exit before hearing why).
@@ -170,8 +236,7 @@ impl LiveSession {
         recording
             .flush()
             .map_err(|e| format!("cannot start the recording: {e}"))?;
-        ctx.store
-            .start_session(&row)
+        approvals::store::deadline(ctx.store.start_session(&row))
             .await
             .map_err(|e| format!("cannot register the session: {e}"))?;
         if !ctx.audit("session.start", meta).await {
@@ -225,7 +290,7 @@ impl LiveSession {
     }
 
     /// Asks the supervisor to close the session; safe to call from anywhere, any number of times.
-    pub fn request_close(&self, reason: impl Into<String>) {
+    pub fn request_close(&self, reason: impl Into<EndReason>) {
         let _ = self.close_tx.send(reason.into());
     }
 
@@ -253,17 +318,35 @@ impl LiveSession {
     pub async fn upstream(&self, ctx: &Ctx) -> Result<Arc<Upstream>, String> {
         self.upstream
             .get_or_init(|| async {
-                let device = match ctx.store.device(&self.target.site, &self.target.device).await {
+                let device = match approvals::store::deadline(ctx.store.device(&self.target.site, &self.target.device)).await {
                     Ok(Some(d)) => d,
                     Ok(None) => return Err(format!("device {}/{} no longer exists", self.target.site, self.target.device)),
-                    Err(e) => return Err(format!("control plane unavailable: {e}")),
+                    Err(e) => {
+                        warn!(session = %self.id, error = %e, "device lookup: control plane unavailable");
+                        return Err(crate::frontdoor::OUTAGE.to_owned());
+                    }
                 };
                 match upstream::connect(ctx.upstream_config.clone(), &device, &self.login).await {
-                    Ok(h) => Ok(Arc::new(h)),
+                    Ok((h, mut ended)) => {
+                        // The device going away ends the session, named for what happened.
+                        let close = self.close_tx.clone();
+                        tokio::spawn(async move {
+                            let end = ended.wait_for(Option::is_some).await.ok().and_then(|e| *e);
+                            let reason = match end {
+                                Some(upstream::DeviceEnd::StoppedAnswering) => EndReason::DeviceStoppedAnswering,
+                                _ => EndReason::DeviceDisconnected,
+                            };
+                            let _ = close.send(reason);
+                        });
+                        Ok(Arc::new(h))
+                    }
                     Err(e) => {
                         let event = if matches!(e, UpstreamError::HostKeyMismatch { .. }) { "device.hostkey_mismatch" } else { "device.connect_failed" };
                         ctx.audit(event, json!({"session": self.id, "site": device.site, "device": device.name, "error": e.to_string()})).await;
                         let _ = self.recording.json(Kind::Event, 0, &json!({"event": event, "error": e.to_string()}));
+                        // No channel of this session can work: end it, saying why. The channel
+                        // that asked is refused with the same words first.
+                        let _ = self.close_tx.send(EndReason::DeviceUnreachable(e.to_string()));
                         Err(e.to_string())
                     }
                 }
@@ -299,7 +382,7 @@ fn instant_at(unix: i64) -> tokio::time::Instant {
 async fn supervise(
     ctx: Arc<Ctx>,
     live: Arc<LiveSession>,
-    mut close_rx: mpsc::UnboundedReceiver<String>,
+    mut close_rx: mpsc::UnboundedReceiver<EndReason>,
 ) {
     let end = instant_at(live.window_end);
     let warn_at = instant_at(live.window_end - ctx.warn_before);
@@ -309,7 +392,7 @@ async fn supervise(
         tokio::select! {
             _ = flush.tick() => {
                 if let Err(e) = live.recording.flush() {
-                    break format!("the recording cannot be written ({e}); closing");
+                    break EndReason::Said(format!("the recording cannot be written ({e}); closing"));
                 }
             }
             _ = tokio::time::sleep_until(warn_at), if !warned => {
@@ -317,20 +400,27 @@ async fn supervise(
                 let mins = ((live.window_end - now()) as f64 / 60.0).ceil() as i64;
                 live.notice(&format!("this session closes at {} (in {mins} minute{})", fmt_time(live.window_end), if mins == 1 { "" } else { "s" })).await;
             }
-            _ = tokio::time::sleep_until(end) => break format!("the access window ended at {}", fmt_time(live.window_end)),
-            r = close_rx.recv() => break r.unwrap_or_else(|| "session closed".into()),
+            _ = tokio::time::sleep_until(end) => break EndReason::Said(format!("the access window ended at {}", fmt_time(live.window_end))),
+            r = close_rx.recv() => break r.unwrap_or_else(|| EndReason::Said("session closed".into())),
         }
     };
     finish(&ctx, &live, &reason).await;
 }
 
 /// Closes the session for `reason`. Runs once.
-async fn finish(ctx: &Ctx, live: &LiveSession, reason: &str) {
+///
+/// Evidence first, database last: the recording is sealed and `session.end`/`session.seal` are
+/// in the audit log before the database is asked anything; then the end is journaled on local
+/// disk (see [`crate::journal`]) and the session leaves the live set, so a shutdown waiting for
+/// live sessions never waits on the database; the database write comes last, and if it fails the
+/// journal's drain task retries it until the database has it.
+async fn finish(ctx: &Ctx, live: &LiveSession, why: &EndReason) {
     if live.closed.swap(true, Ordering::SeqCst) {
         return;
     }
+    let reason = why.reason().to_owned();
     info!(session = %live.id, reason, "closing session");
-    let vendor_gone = reason == "vendor disconnected";
+    let vendor_gone = *why == EndReason::VendorDisconnected;
     let tasks: Vec<AbortHandle> = live
         .tasks
         .lock()
@@ -354,10 +444,11 @@ async fn finish(ctx: &Ctx, live: &LiveSession, reason: &str) {
             0,
             &json!({"event": "channels_stopped", "reason": reason}),
         );
-        live.notice(reason).await;
+        let line = why.vendor_line();
+        live.notice(&line).await;
         let bye = live.handle.disconnect(
             russh::Disconnect::ByApplication,
-            format!("postern: {reason}"),
+            format!("postern: {line}"),
             String::new(),
         );
         let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
@@ -391,54 +482,80 @@ async fn finish(ctx: &Ctx, live: &LiveSession, reason: &str) {
             (-1, String::new(), None)
         }
     };
-    let stored = seal.as_ref().map(|_| (records, hash.as_str()));
-    if let Err(e) = ctx.store.end_session(&live.id, reason, stored, ended).await {
-        warn!(session = %live.id, error = %e, "could not record the session end");
-    }
     ctx.audit(
         "session.end",
         json!({"session": live.id, "vendor": live.target.vendor, "site": live.target.site, "device": live.target.device,
-               "reason": reason, "records": records, "final_hash": hash}),
+               "reason": reason, "ended": fmt_time(ended), "records": records, "final_hash": hash}),
     )
     .await;
     // The seal also goes into the chained audit log, so deleting or swapping a whole recording
     // cannot make it disappear.
-    crate::recording::index_commands(&ctx.store, &ctx.recordings, &live.id).await;
-    if let Some(seal) = seal {
+    if let Some(seal) = &seal {
         let fields = json!({"session": live.id, "sealed_records": seal.records, "sealed_hash": seal.final_hash, "key": seal.key, "signature": seal.signature});
         ctx.audit("session.seal", fields).await;
     }
+    let end = crate::journal::SessionEnd {
+        session: live.id.clone(),
+        reason: reason.clone(),
+        ended,
+        records: seal.as_ref().map(|_| records),
+        final_hash: seal.as_ref().map(|_| hash.clone()),
+    };
+    let journaled = match ctx.journal.write(&end) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(session = %live.id, error = %e, "could not journal the session end");
+            false
+        }
+    };
     ctx.live
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&live.id);
+    if !crate::journal::apply(&ctx.store, &ctx.recordings, &ctx.journal, &end).await {
+        if journaled {
+            ctx.journal.wake();
+        } else {
+            // Neither the journal nor the database has it: the audit log does, and the next
+            // start marks the session as cut short.
+            warn!(session = %live.id, "session end is only in the audit log");
+        }
+    }
 }
 
 /// Polls the database's change counter and re-checks live sessions when it moves, so that a
 /// revocation, disable or kill made by any process on any node closes sessions within a second.
-/// If the control plane cannot be reached for longer than `grace`, sessions close (fail closed).
+/// If the control plane has not answered for [`CONTROL_PLANE_GRACE`] (each check gives up after
+/// a second, so a hung database counts like a dead one), sessions close: no control plane, no
+/// access.
 pub async fn watch_revocations(ctx: Arc<Ctx>) {
-    let grace = Duration::from_secs(5);
     let mut last = None;
-    let mut down_since: Option<tokio::time::Instant> = None;
+    let mut last_ok = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match ctx.store.revision().await {
-            Ok(rev) => {
-                down_since = None;
+        let checked = tokio::time::timeout(Duration::from_secs(1), ctx.store.revision()).await;
+        match checked {
+            Ok(Ok(rev)) => {
+                last_ok = tokio::time::Instant::now();
                 if last != Some(rev) {
                     last = Some(rev);
                     recheck(&ctx).await;
                 }
             }
-            Err(e) => {
-                let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() > grace {
-                    for live in ctx.live_sessions() {
-                        live.request_close(format!(
-                            "the control plane is unreachable ({e}); closing"
-                        ));
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer within a second".to_owned(),
+                };
+                if last_ok.elapsed() > CONTROL_PLANE_GRACE {
+                    let live = ctx.live_sessions();
+                    if !live.is_empty() {
+                        warn!(error = %why, sessions = live.len(), "control plane unreachable; closing live sessions");
+                    }
+                    for s in live {
+                        s.request_close(EndReason::ControlPlaneUnreachable);
                     }
                 }
             }
@@ -446,12 +563,15 @@ pub async fn watch_revocations(ctx: Arc<Ctx>) {
     }
 }
 
+/// How long live sessions outlast an unreachable control plane.
+pub const CONTROL_PLANE_GRACE: Duration = Duration::from_secs(5);
+
 async fn recheck(ctx: &Ctx) {
     let live = ctx.live_sessions();
     if live.is_empty() {
         return;
     }
-    match ctx.store.kill_requests(&ctx.node).await {
+    match approvals::store::deadline(ctx.store.kill_requests(&ctx.node)).await {
         Ok(ids) => {
             for s in live.iter().filter(|s| ids.contains(&s.id)) {
                 ctx.audit(
@@ -466,10 +586,13 @@ async fn recheck(ctx: &Ctx) {
     }
     for s in live {
         let req = s.request(None);
-        match ctx
-            .store
-            .facts(&req.vendor, &req.site, &req.device, req.function.as_deref())
-            .await
+        match approvals::store::deadline(ctx.store.facts(
+            &req.vendor,
+            &req.site,
+            &req.device,
+            req.function.as_deref(),
+        ))
+        .await
         {
             Ok(facts) => {
                 if let Decision::Deny { reason } = approvals::decide(&req, &facts, now()) {
@@ -485,6 +608,6 @@ async fn recheck(ctx: &Ctx) {
 /// Called when the vendor's connection ends, whatever the reason.
 pub async fn connection_ended(live: Option<Arc<LiveSession>>) {
     if let Some(live) = live {
-        live.request_close("vendor disconnected");
+        live.request_close(EndReason::VendorDisconnected);
     }
 }

@@ -28,10 +28,21 @@ pub enum UpstreamError {
     BadCredential(String, String),
 }
 
-/// Checks the device's host key; remembers what it saw so a mismatch can be reported.
+/// Why the connection to a device ended without the broker ending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceEnd {
+    /// The device closed the connection (its sshd stopped, it rebooted, it sent a disconnect).
+    Disconnected,
+    /// The device stopped answering keepalives (powered off, cable pulled, link down).
+    StoppedAnswering,
+}
+
+/// Checks the device's host key; remembers what it saw so a mismatch can be reported, and says
+/// when the connection ends.
 pub struct DeviceHandler {
     pinned: PublicKey,
     seen: Arc<Mutex<Option<String>>>,
+    ended: tokio::sync::watch::Sender<Option<DeviceEnd>>,
 }
 
 impl client::Handler for DeviceHandler {
@@ -51,32 +62,57 @@ impl client::Handler for DeviceHandler {
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fingerprint(&presented));
         Ok(presented.key_data() == self.pinned.key_data())
     }
+
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        let end = match &reason {
+            client::DisconnectReason::Error(russh::Error::KeepaliveTimeout) => {
+                DeviceEnd::StoppedAnswering
+            }
+            _ => DeviceEnd::Disconnected,
+        };
+        self.ended.send_replace(Some(end));
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
 }
 
 pub type Upstream = client::Handle<DeviceHandler>;
 
-pub fn client_config() -> Arc<client::Config> {
+/// Keepalives to the device: one every `device_keepalive` (15 s by default), and a device that
+/// misses `KEEPALIVE_MAX` in a row has stopped answering (found within about a minute).
+pub const KEEPALIVE_MAX: usize = 3;
+
+pub fn client_config(keepalive: Duration) -> Arc<client::Config> {
     Arc::new(client::Config {
         inactivity_timeout: None,
-        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_interval: Some(keepalive),
+        keepalive_max: KEEPALIVE_MAX,
         nodelay: true,
         ..Default::default()
     })
 }
 
-/// Connects to the device and logs in as `login`.
+/// Connects to the device and logs in as `login`. The receiver says when (and why) the device
+/// ended the connection.
 pub async fn connect(
     config: Arc<client::Config>,
     device: &Device,
     login: &str,
-) -> Result<Upstream, UpstreamError> {
+) -> Result<(Upstream, tokio::sync::watch::Receiver<Option<DeviceEnd>>), UpstreamError> {
     let name = format!("{}/{}", device.site, device.name);
     let pinned = parse_public(&device.host_key)
         .map_err(|e| UpstreamError::BadCredential(name.clone(), format!("pinned host key: {e}")))?;
     let seen = Arc::new(Mutex::new(None));
+    let (ended, ended_rx) = tokio::sync::watch::channel(None);
     let handler = DeviceHandler {
         pinned: pinned.clone(),
         seen: seen.clone(),
+        ended,
     };
     let connecting = client::connect(config, device.addr.as_str(), handler);
     let mut handle = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
@@ -126,7 +162,7 @@ pub async fn connect(
         }
     };
     match result {
-        Ok(r) if r.success() => Ok(handle),
+        Ok(r) if r.success() => Ok((handle, ended_rx)),
         Ok(_) => Err(UpstreamError::AuthFailed(name)),
         Err(e) => Err(UpstreamError::Unreachable(name, e.to_string())),
     }
