@@ -8,63 +8,10 @@ mod harness;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{Relay, World, run};
+use harness::{PgDb, Relay, World, run};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn psql(sql: &str) {
-    let o = run(Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-q",
-            "-c",
-        ])
-        .arg(sql));
-    assert!(o.status.success(), "psql {sql}: {}", stderr(&o));
-}
-
-/// A fresh PostgreSQL database for one test, dropped at the end.
-struct Db(String);
-
-impl Db {
-    fn new(tag: &str) -> Db {
-        let name = format!("postern_{tag}_{}", std::process::id());
-        psql(&format!("DROP DATABASE IF EXISTS {name}"));
-        psql(&format!("CREATE DATABASE {name}"));
-        Db(name)
-    }
-
-    /// The database refuses connections and its open ones are cut (a dead control plane).
-    fn cut(&self) {
-        psql(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            self.0
-        ));
-        psql(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
-            self.0
-        ));
-    }
-
-    fn restore(&self) {
-        psql(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.0));
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-q", "-c"])
-            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0))
-            .status();
-    }
 }
 
 fn session_end(w: &World, session: &str) -> serde_json::Value {
@@ -129,7 +76,7 @@ fn device_faults_name_themselves_to_the_vendor_and_in_the_audit_log() {
 
 #[test]
 fn session_ends_during_an_outage_reach_the_database_when_it_is_back() {
-    let db = Db::new("journal");
+    let db = PgDb::new("journal");
     let w = World::with_config(
         9,
         "5m",
@@ -213,16 +160,9 @@ fn chrono_like(t: &str) -> i64 {
 
 #[test]
 fn a_hung_database_closes_sessions_within_the_bound_and_shutdown_keeps_every_end() {
-    let db = Db::new("hung");
+    let db = PgDb::new("hung");
     let relay = Relay::new("127.0.0.1:5432".parse().unwrap());
-    let mut w = World::with_config(
-        9,
-        "5m",
-        &format!(
-            "database_url = \"postgres://postgres@127.0.0.1:{}/{}\"\n",
-            relay.port, db.0
-        ),
-    );
+    let mut w = World::with_config(9, "5m", &db.config(relay.port));
     let alice = w.vendor("alice", &[]);
     let bob = w.vendor("bob", &[]);
     w.grant("alice", "site-a", "maint");

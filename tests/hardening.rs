@@ -237,19 +237,7 @@ fn running_out_of_descriptors_does_not_stop_the_broker() {
     drop(flood);
     let bob = w.vendor("bob", &[]);
     w.grant("bob", "site-a", "maint");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = w.ssh(&bob, "bob:site-a/dev", &["echo", "bob-in"]);
-        if String::from_utf8_lossy(&o.stdout).contains("bob-in") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no login after the flood went away: {}",
-            stderr(&o)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    w.ssh_until_in(&bob, "bob:site-a/dev", "bob-in", Duration::from_secs(20));
     live.send("echo end-$((3+1))\r");
     live.expect("end-4", Duration::from_secs(10));
     w.wait_audit("accept failures summarised", |e| {
@@ -558,33 +546,10 @@ fn wrong_codes_back_off_in_the_database_and_survive_a_restart() {
     });
 }
 
-/// Runs SQL as the PostgreSQL superuser the tests use (CI starts the server).
-fn psql(sql: &str) {
-    let o = run(Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-q",
-            "-c",
-        ])
-        .arg(sql));
-    assert!(o.status.success(), "psql {sql}: {}", stderr(&o));
-}
-
 #[test]
 fn an_outage_at_login_is_reported_as_an_outage() {
-    let db = format!("postern_outage_{}", std::process::id());
-    psql(&format!("DROP DATABASE IF EXISTS {db}"));
-    psql(&format!("CREATE DATABASE {db}"));
-    let mut w = World::with_config(
-        9,
-        "5m",
-        &format!("database_url = \"postgres://postgres@127.0.0.1:5432/{db}\"\n"),
-    );
+    let db = harness::PgDb::new("outage");
+    let mut w = World::with_config(9, "5m", &db.config(5432));
     let alice = w.vendor("alice", &[]);
     w.grant("alice", "site-a", "maint");
     let o = w.ssh(&alice, "alice:site-a/dev", &["echo", "in-before"]);
@@ -595,10 +560,7 @@ fn an_outage_at_login_is_reported_as_an_outage() {
     );
 
     // The control plane goes away for this database only.
-    psql(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
-    psql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
-    ));
+    db.cut();
     let o = w.ssh(&alice, "alice:site-a/dev", &["echo", "in-during"]);
     let err = stderr(&o);
     assert!(!o.status.success());
@@ -615,23 +577,14 @@ fn an_outage_at_login_is_reported_as_an_outage() {
     });
 
     // Back: the same vendor gets in, nothing was counted against her.
-    psql(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = w.ssh(&alice, "alice:site-a/dev", &["echo", "in-after"]);
-        if String::from_utf8_lossy(&o.stdout).contains("in-after") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no login after the outage: {}",
-            stderr(&o)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    db.restore();
+    w.ssh_until_in(
+        &alice,
+        "alice:site-a/dev",
+        "in-after",
+        Duration::from_secs(20),
+    );
     w.kill_broker();
-    drop(w);
-    psql(&format!("DROP DATABASE IF EXISTS {db}"));
 }
 
 /// One unauthenticated sign-in POST (double-submit CSRF: the attacker picks cookie and token).

@@ -285,24 +285,7 @@ impl World {
         };
         for site in ["site-a", "site-b"] {
             w.ok(&["site", "add", site, "--region", "north"]);
-            let dev = format!("{site}/dev");
-            let addr = format!("127.0.0.1:{sshd_port}");
-            let key = device_key.display().to_string();
-            let hk = w.sshd_host_pub.display().to_string();
-            let login = w.device_login.clone();
-            w.ok(&[
-                "device",
-                "add",
-                &dev,
-                "--addr",
-                &addr,
-                "--login",
-                &login,
-                "--key",
-                &key,
-                "--host-key",
-                &hk,
-            ]);
+            w.add_device(&format!("{site}/dev"));
         }
         w.ok(&[
             "function",
@@ -1083,5 +1066,92 @@ impl World {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl World {
+    /// `ssh LOGIN@broker echo MARKER`, retried until it prints MARKER (a broker recovering from
+    /// a fault), for at most `within`.
+    pub fn ssh_until_in(&self, v: &Vendor, login: &str, marker: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let o = self.ssh(v, login, &["echo", marker]);
+            if String::from_utf8_lossy(&o.stdout).contains(marker) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{login} could not get in within {within:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Runs SQL as the PostgreSQL superuser the tests use (`.ci/run` starts the server).
+pub fn psql(sql: &str) {
+    let o = run(Command::new(need("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-c",
+        ])
+        .arg(sql));
+    assert!(
+        o.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A fresh PostgreSQL database for one test, dropped at the end.
+pub struct PgDb(pub String);
+
+impl PgDb {
+    pub fn new(tag: &str) -> PgDb {
+        let name = format!("postern_{tag}_{}", std::process::id());
+        psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        psql(&format!("CREATE DATABASE {name}"));
+        PgDb(name)
+    }
+
+    /// `database_url = ...` for this database, reached at `port` (5432, or a relay's).
+    pub fn config(&self, port: u16) -> String {
+        format!(
+            "database_url = \"postgres://postgres@127.0.0.1:{port}/{}\"\n",
+            self.0
+        )
+    }
+
+    /// The database refuses connections and its open ones are cut (a dead control plane). The
+    /// broker connects as a superuser, so a connection limit alone would not do.
+    pub fn cut(&self) {
+        psql(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            self.0
+        ));
+        psql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            self.0
+        ));
+    }
+
+    pub fn restore(&self) {
+        psql(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.0));
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = Command::new(need("psql"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-q", "-c"])
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0))
+            .status();
     }
 }

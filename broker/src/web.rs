@@ -52,8 +52,6 @@ pub async fn bind(
         admission: limits.admission.clone(),
         idle: limits.idle,
     };
-    // Refused connections are counted into the audit summary; no log line each.
-    let quiet = |_: Option<&SocketAddr>, _: &std::io::Error| {};
     let serving: Serving = match tls {
         Some((cert, key)) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
@@ -65,29 +63,29 @@ pub async fn bind(
                         key.display()
                     )
                 })?;
-            let mut server = axum_server::from_tcp_rustls(listener, config)?
-                .map(|tls| tls.handshake_timeout(limits.header).acceptor(guard))
-                .first_request_timeout(limits.header)
-                .accept_error_handler(quiet);
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(limits.header);
-            Box::pin(server.serve(app))
+            let server = axum_server::from_tcp_rustls(listener, config)?
+                .map(|tls| tls.handshake_timeout(limits.header).acceptor(guard));
+            Box::pin(timed(server, limits.header).serve(app))
         }
         None => {
-            let mut server = axum_server::from_tcp(listener)?
-                .acceptor(guard)
-                .first_request_timeout(limits.header)
-                .accept_error_handler(quiet);
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(limits.header);
-            Box::pin(server.serve(app))
+            let server = axum_server::from_tcp(listener)?.acceptor(guard);
+            Box::pin(timed(server, limits.header).serve(app))
         }
     };
     Ok((local, serving))
+}
+
+/// The time limits every web server here has: the first request and each request's headers
+/// within `header`. Refused connections are counted into the audit summary, not logged each.
+fn timed<A>(
+    server: axum_server::Server<SocketAddr, A>,
+    header: Duration,
+) -> axum_server::Server<SocketAddr, A> {
+    let mut server = server
+        .first_request_timeout(header)
+        .accept_error_handler(|_, _| {});
+    server.http_builder().http1().header_read_timeout(header);
+    server
 }
 
 /// Admits a connection (or drops it at once) and wraps it in the idle timeout.
