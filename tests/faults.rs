@@ -190,6 +190,20 @@ fn a_hung_database_closes_sessions_within_the_bound_and_shutdown_keeps_every_end
         !screen.contains("5432") && !screen.contains(&db.0),
         "no internals: {screen}"
     );
+    // A login while the database hangs gets the outage line within seconds, not a hang.
+    let asked = Instant::now();
+    let o = w.ssh(&bob, "bob:site-a/dev", &["true"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cannot reach its control plane"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "login took {:?}",
+        asked.elapsed()
+    );
 
     // Back, then a shutdown while the database hangs again: every session's end is kept.
     relay.restore();
