@@ -616,7 +616,7 @@ fn web_port(w: &World) -> u16 {
 /// attempt is counted before its code is looked at, so no more are evaluated than one at a time
 /// would be (FREE_FAILURES + 1 = 5) before the lock holds.
 #[test]
-fn totp_backoff_does_not_hold_against_parallel_guesses() {
+fn totp_backoff_holds_against_parallel_guesses() {
     let w = World::new(9, "5m");
     let v = w.vendor("thief", &[]);
     let dir = w.dir.path().join("race");
