@@ -14,6 +14,9 @@ use serde_json::{Map, Value, json};
 pub struct AuditLog {
     path: PathBuf,
     node: String,
+    /// The stream id in the file's header, which the chain's genesis hash binds: `audit:` and the
+    /// installation's random id, so that no two installations' logs share a genesis.
+    stream: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,19 @@ impl AuditLog {
         AuditLog {
             path: path.to_owned(),
             node: node.to_owned(),
+            stream: "audit".to_owned(),
+        }
+    }
+
+    /// The audit log of the installation `id` (its genesis is bound to the id; an existing log
+    /// keeps the header it was created with).
+    pub fn of_installation(path: &Path, node: &str, id: Option<&str>) -> AuditLog {
+        AuditLog {
+            stream: match id {
+                Some(id) => format!("audit:{id}"),
+                None => "audit".to_owned(),
+            },
+            ..AuditLog::new(path, node)
         }
     }
 
@@ -51,7 +67,7 @@ impl AuditLog {
         let payload = Value::Object(obj).to_string();
         recorder::append_locked(
             &self.path,
-            "audit",
+            &self.stream,
             recorder::Kind::Audit,
             payload.as_bytes(),
         )

@@ -109,6 +109,13 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", hex::encode(bytes))
 }
 
+/// A 128-bit random id with a readable prefix, for ids that name evidence (sessions, whose
+/// recordings and seals are bound to them): not guessable, never reused.
+pub fn new_evidence_id(prefix: &str) -> String {
+    let bytes: [u8; 16] = rand::random();
+    format!("{prefix}-{}", hex::encode(bytes))
+}
+
 impl Store {
     /// Connects and applies migrations. `url` is `sqlite://PATH` or `postgres://...`.
     pub async fn open(url: &str) -> Result<Store> {

@@ -35,7 +35,11 @@ impl Env {
         let cfg = data.load_config(cli.config.as_deref())?;
         let url = data.database_url(&cfg);
         let store = Store::open(&url).await.context("opening the database")?;
-        let audit = AuditLog::new(&data.audit_log(), &cfg.node);
+        let audit = AuditLog::of_installation(
+            &data.audit_log(),
+            &cfg.node,
+            data.installation_id().as_deref(),
+        );
         let notifier = approvals::Notifier::new(store.clone(), cfg.webhook_url.is_some());
         Ok(Env {
             data,
@@ -407,14 +411,22 @@ async fn build_data_dir(d: &DataDir) -> Result<()> {
     keys::write_keypair(&d.host_key(), &keys::generate_ed25519("postern-host")?)?;
     keys::write_keypair(&d.ca_key(), &keys::generate_ed25519("postern-vendor-ca")?)?;
     keys::seal_key(&d.seal_key())?;
+    let installation = hex::encode(rand::random::<[u8; 16]>());
+    crate::config::write_private(
+        &d.installation_file(),
+        format!("{installation}\n").as_bytes(),
+    )?;
     // The database lives in the final directory; create it there after the rename would leave a
     // window, so create it here: SQLite paths are not stored anywhere but derived at each start.
     let store = Store::open(&d.sqlite_url())
         .await
         .context("creating the database")?;
     store.close().await;
-    AuditLog::new(&d.audit_log(), &cfg.node)
-        .record("init", json!({"actor": actor()}))
+    AuditLog::of_installation(&d.audit_log(), &cfg.node, Some(&installation))
+        .record(
+            "init",
+            json!({"actor": actor(), "installation": installation}),
+        )
         .map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
@@ -1419,6 +1431,8 @@ async fn audit(env: &Env, follow: bool, since: Option<&str>) -> Result<()> {
             if env.json {
                 if let Value::Object(m) = &mut v {
                     m.insert("seq".into(), json!(r.seq));
+                    // The record's chain hash, so an auditor can compare with a shipped head.
+                    m.insert("hash".into(), json!(hex::encode(r.hash)));
                 }
                 writeln!(out, "{v}")?;
             } else {

@@ -275,6 +275,17 @@ impl DataDir {
     pub fn recordings(&self) -> PathBuf {
         self.root.join("recordings")
     }
+    /// The installation's random id (written by `init`), bound into the audit log's genesis.
+    pub fn installation_file(&self) -> PathBuf {
+        self.root.join("installation")
+    }
+    /// The installation id, if this data directory has one (older ones do not).
+    pub fn installation_id(&self) -> Option<String> {
+        std::fs::read_to_string(self.installation_file())
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
     /// Session ends the database has not recorded yet (see `journal`).
     pub fn journal(&self) -> PathBuf {
         self.root.join("journal")

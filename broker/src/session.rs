@@ -202,7 +202,7 @@ impl LiveSession {
         else {
             return Err("not allowed".into());
         };
-        let id = approvals::store::new_id("s");
+        let id = approvals::store::new_evidence_id("s");
         let file = format!("{id}.rec");
         let recording = Recording::create(&ctx.recordings.join(&file), &id)
             .map_err(|e| format!("cannot start the recording: {e}"))?;
