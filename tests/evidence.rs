@@ -256,3 +256,95 @@ fn recordings_export_verify_and_reveal_tampering() {
         "{out}"
     );
 }
+
+/// The database may lag the audit log (a broker that cannot reach its database still writes
+/// `session.end` and `session.seal`): a row that still says "live" does not excuse a recording
+/// cut short. The recording is held to the record count and final hash the audit log gives.
+#[test]
+fn a_live_row_does_not_excuse_a_truncated_recording() {
+    let w = World::new(9, "5m");
+    let v = w.vendor("lena", &[]);
+    w.grant("lena", "site-a", "maint");
+    let o = w.ssh(
+        &v,
+        "lena:site-a/dev",
+        &["for i in 1 2 3 4 5 6; do echo line $i; sleep 0.05; done"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = w.sessions()[0]["id"].as_str().unwrap().to_owned();
+    w.wait_audit("seal", |e| {
+        e["event"] == "session.seal" && e["session"] == id.as_str()
+    });
+    let end = w.wait_audit("end", |e| {
+        e["event"] == "session.end" && e["session"] == id.as_str()
+    });
+    let ended_with = end["records"].as_u64().unwrap();
+
+    // The row says live, as when the end could not be written to the database.
+    let db = w.data.join("postern.db");
+    let o = run(Command::new("sqlite3").arg(&db).arg(format!(
+        "UPDATE sessions SET ended = NULL, end_reason = NULL, records = NULL, final_hash = NULL \
+         WHERE id = '{id}'"
+    )));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let row = w
+        .sessions()
+        .into_iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap();
+    assert!(row["ended"].is_null() && row["records"].is_null(), "{row}");
+
+    // Intact: it passes, held to its seal and the audit log.
+    let ok = w.postern(&["verify", &id]);
+    let out = String::from_utf8_lossy(&ok.stdout).into_owned();
+    assert!(ok.status.success(), "{out}");
+    assert!(
+        out.contains("sealed by a trusted key; seal anchored in the audit log"),
+        "{out}"
+    );
+
+    let path = recording_of(&w, &id);
+    let original = std::fs::read(&path).unwrap();
+    let recs = record_offsets(&original);
+    assert_eq!(
+        recs.len() as u64,
+        ended_with,
+        "the audit log counts every record"
+    );
+    let t = Tamper {
+        w: &w,
+        id: id.clone(),
+        path: path.clone(),
+        original: original.clone(),
+    };
+    // Its last records cut off, seal included: at a boundary and inside a record.
+    let cut = recs.len() - 3;
+    t.expect_failure(
+        "last 3 records cut off",
+        original[..recs[cut].0].to_vec(),
+        &format!(
+            "record {cut}: missing (recording truncated; the audit log says it ended with {ended_with} records)"
+        ),
+    );
+    t.expect_failure(
+        "cut inside a record",
+        original[..recs[cut].0 + 9].to_vec(),
+        &format!("record {cut}: incomplete"),
+    );
+    t.expect_failure(
+        "cut inside a record",
+        original[..recs[cut].0 + 9].to_vec(),
+        "recording truncated",
+    );
+    // The whole verification fails too, and says so.
+    std::fs::write(&path, &original[..recs[cut].0]).unwrap();
+    let all = w.postern(&["verify"]);
+    let out = String::from_utf8_lossy(&all.stdout).into_owned();
+    assert!(!all.status.success(), "{out}");
+    assert!(
+        out.contains("FAILED session") && out.contains("truncated"),
+        "{out}"
+    );
+    std::fs::write(&path, &original).unwrap();
+    assert!(w.postern(&["verify"]).status.success());
+}

@@ -52,6 +52,11 @@ impl AuditLog {
         &self.path
     }
 
+    /// The node this log belongs to.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Writes one event synchronously (the write is fsynced). `fields` must be a JSON object.
     pub fn record(&self, event: &str, fields: Value) -> Result<u64, AuditError> {
         let mut obj = Map::new();

@@ -384,6 +384,37 @@ impl Store {
         )
     }
 
+    /// Registers a node's vendor CA public key (OpenSSH format) so every node trusts the
+    /// certificates it issues. A new key bumps the revision so running nodes reload the set.
+    pub async fn register_vendor_ca(&self, public_key: &str, node: &str, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let known: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM vendor_cas WHERE public_key = $1")
+                .bind(public_key)
+                .fetch_one(&mut *tx)
+                .await?;
+        if known == 0 {
+            sqlx::query("INSERT INTO vendor_cas (public_key, node, created) VALUES ($1, $2, $3)")
+                .bind(public_key)
+                .bind(node)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            self.bump_revision(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every registered vendor CA public key (OpenSSH format).
+    pub async fn vendor_cas(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT public_key FROM vendor_cas ORDER BY created")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     // ---- sites, devices, functions ----
 
     pub async fn add_site(&self, name: &str, region: Option<&str>, now: i64) -> Result<()> {

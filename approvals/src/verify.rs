@@ -1,10 +1,11 @@
 //! The one verifier of the evidence, used by `postern verify` and the web form's session page
 //! alike, so both say the same thing about a recording.
 //!
-//! For each session it checks the recording's hash chain and, once the session has ended, its
-//! seal (signed by a registered seal key, covering every record) against the seal kept in the
-//! database and the one anchored in the chained audit log (`session.seal`). Pure chain and seal
-//! checking lives in `recorder`; this module adds what the store and the audit log know.
+//! It believes the evidence, never a database flag: each recording is judged by what the
+//! recording itself (its chain and its seal) and this node's chained audit log (`session.end`,
+//! `session.seal`, `session.crash_recovered`) say, whatever the database's "live" flag says, since
+//! the database may lag the audit log. Pure chain and seal checking lives in `recorder`; this
+//! module adds what the store and the audit log know. It repairs nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,6 +22,10 @@ pub struct Finding {
     pub ok: bool,
     pub records: u64,
     pub detail: String,
+    /// The node that holds this session's evidence, when it is another node: not checked here,
+    /// and not a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elsewhere: Option<String>,
 }
 
 impl Finding {
@@ -30,6 +35,7 @@ impl Finding {
             ok: true,
             records,
             detail: detail.into(),
+            elsewhere: None,
         }
     }
 
@@ -39,6 +45,18 @@ impl Finding {
             ok: false,
             records,
             detail: detail.into(),
+            elsewhere: None,
+        }
+    }
+
+    /// A session whose recording and audit log are on `node`, not here.
+    pub fn elsewhere(item: &str, node: &str) -> Finding {
+        Finding {
+            item: item.to_owned(),
+            ok: true,
+            records: 0,
+            detail: format!("recorded on node {node}; verify it there"),
+            elsewhere: Some(node.to_owned()),
         }
     }
 
@@ -46,7 +64,11 @@ impl Finding {
     pub fn line(&self) -> String {
         format!(
             "{} {}: {} ({} records)",
-            if self.ok { "OK    " } else { "FAILED" },
+            match (self.ok, &self.elsewhere) {
+                (false, _) => "FAILED",
+                (true, Some(_)) => "REMOTE",
+                (true, None) => "OK    ",
+            },
             self.item,
             self.detail,
             self.records
@@ -67,6 +89,9 @@ pub enum VerifyError {
 /// Where a node keeps its evidence.
 #[derive(Debug, Clone)]
 pub struct Evidence {
+    /// This node's name (`node` in the config): its sessions are expected here, in `recordings`
+    /// and in `audit_log`; other nodes' sessions are expected on those nodes.
+    pub node: String,
     pub audit_log: PathBuf,
     pub recordings: PathBuf,
     /// This node's own seal public key file, trusted besides the keys registered in the store.
@@ -78,6 +103,17 @@ pub struct Evidence {
 struct AuditSeal {
     records: u64,
     hash: String,
+}
+
+/// What this node's audit log says about one session.
+#[derive(Debug, Clone, Default)]
+struct AuditFacts {
+    /// `session.end`: the recording's record count and final hash; `None` inside when the
+    /// recording could not be sealed (a recording write error, `records` = -1).
+    end: Option<Option<(u64, String)>>,
+    seal: Option<AuditSeal>,
+    /// Named by `session.crash_recovered`: the broker stopped without closing it.
+    crash_recovered: bool,
 }
 
 /// Verifies one session (`id`) or every session plus the audit log itself and the sessions the
@@ -111,24 +147,28 @@ pub async fn verify(
 
 fn check(evidence: &Evidence, keys: &[String], sessions: &[Session], all: bool) -> Vec<Finding> {
     let trusted = trusted_keys(keys);
-    let (audit_finding, audit_seals) = verify_audit_log(&evidence.audit_log);
+    let (audit_finding, facts) = verify_audit_log(&evidence.audit_log);
+    let none = AuditFacts::default();
     let mut findings: Vec<Finding> = sessions
         .iter()
         .map(|s| {
-            verify_recording(
-                &evidence.recordings.join(&s.recording),
-                s,
-                &trusted,
-                audit_seals.get(&s.id),
-            )
+            // The audit log is per node: it speaks only for this node's sessions.
+            let local = s.node == evidence.node;
+            let facts = if local {
+                facts.get(&s.id).unwrap_or(&none)
+            } else {
+                &none
+            };
+            verify_recording(evidence, s, local, &trusted, facts)
         })
         .collect();
     if all {
         // Sessions the audit log sealed must still be known to the database.
         let known: HashSet<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
-        let mut orphans: Vec<&String> = audit_seals
-            .keys()
-            .filter(|k| !known.contains(k.as_str()))
+        let mut orphans: Vec<&String> = facts
+            .iter()
+            .filter(|(k, f)| f.seal.is_some() && !known.contains(k.as_str()))
+            .map(|(k, _)| k)
             .collect();
         orphans.sort();
         for o in orphans {
@@ -143,21 +183,39 @@ fn check(evidence: &Evidence, keys: &[String], sessions: &[Session], all: bool) 
     findings
 }
 
-/// Checks one recording: its chain; once the session has ended, its seal (signed by a trusted
-/// key, covering every record) and the seal values kept in the database and the audit log. So a
-/// changed byte, a dropped or reordered record, a truncation, a recomputed chain, a swapped file
-/// and a deleted file are each reported, at the record where they show.
+/// A record count and final hash the recording must end with, and who says so.
+struct Expected {
+    records: u64,
+    /// Hash of the recording's last record (the seal), when the source gives it.
+    hash: Option<String>,
+    /// Completes "recording truncated; ...".
+    says: String,
+    /// Completes "recording does not match ...".
+    source: &'static str,
+}
+
+/// Checks one recording against what the evidence says it must be: its chain; its seal, if it
+/// has one (signed by a trusted key, covering every record); the record count and final hash in
+/// this node's audit log (`session.end`, `session.seal`) and in the database. Only a session with
+/// no end in the audit log and no seal anywhere (live, or cut by a crash) may have an unsealed or
+/// torn tail. So a changed byte, a dropped or reordered record, a truncation, a recomputed chain,
+/// a swapped file and a deleted file are each reported, at the record where they show.
 fn verify_recording(
-    path: &Path,
+    evidence: &Evidence,
     s: &Session,
+    local: bool,
     trusted: &[recorder::SealPublicKey],
-    audit_seal: Option<&AuditSeal>,
+    facts: &AuditFacts,
 ) -> Finding {
     let item = format!("session {}", s.id);
+    let path = evidence.recordings.join(&s.recording);
     if !path.exists() {
+        if !local {
+            return Finding::elsewhere(&item, &s.node);
+        }
         return Finding::bad(&item, 0, format!("recording {} is missing", path.display()));
     }
-    let r = match recorder::verify_file(path) {
+    let r = match recorder::verify_file(&path) {
         Ok(r) => r,
         Err(e) => return Finding::bad(&item, 0, format!("{}: {e}", path.display())),
     };
@@ -174,70 +232,136 @@ fn verify_recording(
     if let Some(p) = &r.problem {
         return Finding::bad(&item, r.records, p.to_string());
     }
-    let crashed = s.ended.is_some() && s.records.is_none();
-    match (&r.tail, s.ended, crashed) {
-        (recorder::Tail::Torn { offset, .. }, Some(_), false) => {
-            return Finding::bad(
+
+    let mut expected = Vec::new();
+    if let Some(Some((n, h))) = &facts.end {
+        expected.push(Expected {
+            records: *n,
+            hash: Some(h.clone()),
+            says: format!("the audit log says it ended with {n} records"),
+            source: "the end in the audit log",
+        });
+    }
+    if let Some(a) = &facts.seal {
+        // The seal record follows the records it covers.
+        let n = a.records + 1;
+        expected.push(Expected {
+            records: n,
+            hash: None,
+            says: format!("the audit log says it was sealed with {n} records"),
+            source: "the seal in the audit log",
+        });
+    }
+    // The database's copy of the seal is one more anchor when it has one; its absence (a live
+    // flag, a lagging write) never excuses anything.
+    if let (Some(n), Some(h)) = (s.records, s.final_hash.as_deref())
+        && let Ok(n) = u64::try_from(n)
+    {
+        expected.push(Expected {
+            records: n,
+            hash: Some(h.to_owned()),
+            says: format!("sealed with {n} records"),
+            source: "the seal in the database",
+        });
+    }
+    let sealed_file = r
+        .last
+        .as_ref()
+        .is_some_and(|l| l.kind == recorder::Kind::Seal);
+
+    if let recorder::Tail::Torn { offset, .. } = r.tail {
+        return match expected.first() {
+            Some(e) if r.records < e.records => Finding::bad(
                 &item,
                 r.records,
                 format!(
-                    "record {}: incomplete at byte {offset} (file truncated)",
+                    "record {}: incomplete at byte {offset} (recording truncated; {})",
+                    r.records, e.says
+                ),
+            ),
+            Some(_) => Finding::bad(
+                &item,
+                r.records,
+                format!(
+                    "record {}: incomplete at byte {offset} (file altered after its end)",
                     r.records
                 ),
-            );
-        }
-        (recorder::Tail::Torn { offset, .. }, _, _) => {
-            return Finding::ok(
+            ),
+            None if sealed_file => Finding::bad(
+                &item,
+                r.records,
+                format!(
+                    "record {}: incomplete at byte {offset} (file altered after its seal)",
+                    r.records
+                ),
+            ),
+            None => Finding::ok(
                 &item,
                 r.records,
                 format!(
                     "chain intact; unsealed tail at byte {offset} (session not closed cleanly)"
                 ),
-            );
-        }
-        _ => {}
+            ),
+        };
     }
-    if s.ended.is_none() || crashed {
-        let why = if crashed {
+
+    if !sealed_file {
+        if let Some(e) = expected.first() {
+            if r.records < e.records {
+                return Finding::bad(
+                    &item,
+                    r.records,
+                    format!(
+                        "record {}: missing (recording truncated; {})",
+                        r.records, e.says
+                    ),
+                );
+            }
+            // As long as the evidence says, yet unsealed: the seal was removed or replaced.
+            return match r.seal(trusted) {
+                Err(err) => Finding::bad(&item, r.records, err.to_string()),
+                Ok(_) => Finding::bad(&item, r.records, "recording is not sealed"),
+            };
+        }
+        let why = if matches!(facts.end, Some(None)) {
+            "never sealed (recording write error)"
+        } else if facts.crash_recovered || s.ended.is_some() {
             "never sealed (broker crash or recording write error)"
         } else {
             "live, not sealed yet"
         };
         return Finding::ok(&item, r.records, format!("chain intact; {why}"));
     }
-    let (Some(n), Some(h)) = (s.records, s.final_hash.as_deref()) else {
-        return Finding::bad(
-            &item,
-            r.records,
-            "session ended but its seal is missing from the database",
-        );
-    };
-    if (r.records as i64) < n {
-        return Finding::bad(
-            &item,
-            r.records,
-            format!(
-                "record {}: missing (recording truncated; sealed with {n} records)",
-                r.records
-            ),
-        );
-    }
+
     let seal = match r.seal(trusted) {
         Ok(seal) => seal,
         Err(e) => return Finding::bad(&item, r.records, e.to_string()),
     };
     let last = r.last_hash.map(hex::encode).unwrap_or_default();
-    if r.records as i64 > n || last != h {
-        return Finding::bad(
-            &item,
-            r.records,
-            format!(
-                "record {}: recording does not match the seal in the database",
-                n - 1
-            ),
-        );
+    for e in &expected {
+        if r.records < e.records {
+            return Finding::bad(
+                &item,
+                r.records,
+                format!(
+                    "record {}: missing (recording truncated; {})",
+                    r.records, e.says
+                ),
+            );
+        }
+        if r.records > e.records || e.hash.as_ref().is_some_and(|h| *h != last) {
+            return Finding::bad(
+                &item,
+                r.records,
+                format!(
+                    "record {}: recording does not match {}",
+                    e.records.saturating_sub(1),
+                    e.source
+                ),
+            );
+        }
     }
-    if let Some(a) = audit_seal
+    if let Some(a) = &facts.seal
         && (a.records != seal.records || a.hash != seal.final_hash)
     {
         return Finding::bad(
@@ -249,7 +373,7 @@ fn verify_recording(
             ),
         );
     }
-    let anchored = if audit_seal.is_some() {
+    let anchored = if facts.seal.is_some() || matches!(facts.end, Some(Some(_))) {
         "; seal anchored in the audit log"
     } else {
         ""
@@ -261,33 +385,21 @@ fn verify_recording(
     )
 }
 
-/// Checks the audit log's chain and collects the seals it holds.
-fn verify_audit_log(path: &Path) -> (Finding, HashMap<String, AuditSeal>) {
-    let mut seals = HashMap::new();
+/// Checks the audit log's chain and collects what it says about sessions' ends and seals.
+fn verify_audit_log(path: &Path) -> (Finding, HashMap<String, AuditFacts>) {
+    let mut facts: HashMap<String, AuditFacts> = HashMap::new();
     let item = "audit log";
     let reader = match recorder::Reader::open(path) {
         Ok(r) => r,
-        Err(e) => return (Finding::bad(item, 0, e.to_string()), seals),
+        Err(e) => return (Finding::bad(item, 0, e.to_string()), facts),
     };
     let mut n = 0u64;
     for rec in reader {
         match rec {
             Ok(r) => {
                 n += 1;
-                if let Some(v) = r.json().filter(|v| v["event"] == "session.seal")
-                    && let (Some(id), Some(records), Some(hash)) = (
-                        v["session"].as_str(),
-                        v["sealed_records"].as_u64(),
-                        v["sealed_hash"].as_str(),
-                    )
-                {
-                    seals.insert(
-                        id.to_owned(),
-                        AuditSeal {
-                            records,
-                            hash: hash.to_owned(),
-                        },
-                    );
+                if let Some(v) = r.json() {
+                    note(&mut facts, &v);
                 }
             }
             // A torn tail is a crash during an append; the next append repairs it.
@@ -300,13 +412,48 @@ fn verify_audit_log(path: &Path) -> (Finding, HashMap<String, AuditSeal>) {
                             "chain intact; torn tail at byte {offset} from an interrupted write"
                         ),
                     ),
-                    seals,
+                    facts,
                 );
             }
-            Err(e) => return (Finding::bad(item, n, e.to_string()), seals),
+            Err(e) => return (Finding::bad(item, n, e.to_string()), facts),
         }
     }
-    (Finding::ok(item, n, "chain intact"), seals)
+    (Finding::ok(item, n, "chain intact"), facts)
+}
+
+/// Takes what one audit entry says about a session's end.
+fn note(facts: &mut HashMap<String, AuditFacts>, v: &serde_json::Value) {
+    match v["event"].as_str() {
+        Some("session.end") => {
+            if let Some(id) = v["session"].as_str() {
+                let end = match (v["records"].as_i64(), v["final_hash"].as_str()) {
+                    (Some(n), Some(h)) if n >= 0 => Some((n as u64, h.to_owned())),
+                    _ => None,
+                };
+                facts.entry(id.to_owned()).or_default().end = Some(end);
+            }
+        }
+        Some("session.seal") => {
+            if let (Some(id), Some(records), Some(hash)) = (
+                v["session"].as_str(),
+                v["sealed_records"].as_u64(),
+                v["sealed_hash"].as_str(),
+            ) {
+                facts.entry(id.to_owned()).or_default().seal = Some(AuditSeal {
+                    records,
+                    hash: hash.to_owned(),
+                });
+            }
+        }
+        Some("session.crash_recovered") => {
+            for id in v["sessions"].as_array().into_iter().flatten() {
+                if let Some(id) = id.as_str() {
+                    facts.entry(id.to_owned()).or_default().crash_recovered = true;
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 fn trusted_keys(lines: &[String]) -> Vec<recorder::SealPublicKey> {
@@ -314,4 +461,204 @@ fn trusted_keys(lines: &[String]) -> Vec<recorder::SealPublicKey> {
         .iter()
         .filter_map(|l| recorder::SealPublicKey::parse(l).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditLog;
+    use recorder::{Kind, SealKey, Writer};
+    use serde_json::json;
+
+    struct Node {
+        _dir: tempfile::TempDir,
+        evidence: Evidence,
+        audit: AuditLog,
+        key: SealKey,
+    }
+
+    fn node(name: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let evidence = Evidence {
+            node: name.into(),
+            audit_log: dir.path().join("audit.log"),
+            recordings: dir.path().join("recordings"),
+            local_seal_key: None,
+        };
+        std::fs::create_dir_all(&evidence.recordings).unwrap();
+        let audit = AuditLog::new(&evidence.audit_log, name);
+        audit.record("serve.start", json!({})).unwrap();
+        Node {
+            _dir: dir,
+            evidence,
+            audit,
+            key: SealKey::from_seed(&[7; 32]),
+        }
+    }
+
+    /// A session row as the database may hold it: still "live" (no end, no seal).
+    fn row(id: &str, node: &str) -> Session {
+        Session {
+            id: id.into(),
+            vendor: "v".into(),
+            site: "s".into(),
+            device: "d".into(),
+            function: "f".into(),
+            grant_id: "g".into(),
+            node: node.into(),
+            source: "127.0.0.1".into(),
+            recording: format!("{id}.rec"),
+            started: 0,
+            ended: None,
+            end_reason: None,
+            kill_requested: 0,
+            records: None,
+            final_hash: None,
+            breakglass: None,
+        }
+    }
+
+    impl Node {
+        /// Records a session of 6 records; `sealed` ends it as the broker does (end record,
+        /// seal, `session.end` and `session.seal` in the audit log).
+        fn record(&self, id: &str, sealed: bool) -> Vec<u8> {
+            let path = self.evidence.recordings.join(format!("{id}.rec"));
+            let mut w = Writer::create(&path, id).unwrap();
+            w.append(Kind::SessionStart, 0, b"{}").unwrap();
+            for i in 0..3 {
+                w.append(Kind::Output, 0, format!("line {i}\r\n").as_bytes())
+                    .unwrap();
+            }
+            if sealed {
+                w.append(Kind::SessionEnd, 0, b"{}").unwrap();
+                let seal = w.seal(&self.key).unwrap();
+                let (n, h) = w.finish().unwrap();
+                self.audit
+                    .record(
+                        "session.end",
+                        json!({"session": id, "records": n, "final_hash": hex::encode(h)}),
+                    )
+                    .unwrap();
+                self.audit
+                    .record(
+                        "session.seal",
+                        json!({"session": id, "sealed_records": seal.records, "sealed_hash": seal.final_hash}),
+                    )
+                    .unwrap();
+            } else {
+                w.finish().unwrap();
+            }
+            std::fs::read(&path).unwrap()
+        }
+
+        fn verify(&self, sessions: &[Session]) -> Vec<Finding> {
+            check(
+                &self.evidence,
+                &[self.key.public().export()],
+                sessions,
+                false,
+            )
+        }
+    }
+
+    #[test]
+    fn the_audit_log_not_the_live_flag_decides() {
+        let n = node("node-a");
+        let bytes = n.record("s-1", true);
+        let live = row("s-1", "node-a");
+        let f = &n.verify(std::slice::from_ref(&live))[0];
+        assert!(f.ok, "{}", f.line());
+        assert!(f.detail.contains("sealed by a trusted key"), "{}", f.line());
+
+        // Cut at a record boundary, seal and end record gone: the chain alone is intact.
+        let path = n.evidence.recordings.join("s-1.rec");
+        let cut = recorder::verify(&bytes[..]).unwrap();
+        assert_eq!(cut.records, 6);
+        let mut short = bytes.clone();
+        loop {
+            short.pop();
+            let r = recorder::verify(&short[..]).unwrap();
+            if r.records == 4 && r.tail == recorder::Tail::Clean {
+                break;
+            }
+        }
+        std::fs::write(&path, &short).unwrap();
+        let f = &n.verify(std::slice::from_ref(&live))[0];
+        assert!(!f.ok, "{}", f.line());
+        assert_eq!(
+            f.detail,
+            "record 4: missing (recording truncated; the audit log says it ended with 6 records)"
+        );
+    }
+
+    #[test]
+    fn only_a_session_without_an_end_may_be_unsealed() {
+        let n = node("node-a");
+        n.record("s-live", false);
+        let f = &n.verify(&[row("s-live", "node-a")])[0];
+        assert!(
+            f.ok && f.detail.contains("live, not sealed yet"),
+            "{}",
+            f.line()
+        );
+
+        n.audit
+            .record("session.crash_recovered", json!({"sessions": ["s-live"]}))
+            .unwrap();
+        let f = &n.verify(&[row("s-live", "node-a")])[0];
+        assert!(f.ok && f.detail.contains("never sealed"), "{}", f.line());
+
+        // The audit log says it ended with 6 records; the unsealed file has 4.
+        n.audit
+            .record(
+                "session.end",
+                json!({"session": "s-live", "records": 6, "final_hash": "00"}),
+            )
+            .unwrap();
+        let f = &n.verify(&[row("s-live", "node-a")])[0];
+        assert!(!f.ok && f.detail.contains("truncated"), "{}", f.line());
+    }
+
+    #[test]
+    fn another_nodes_session_is_not_a_missing_one() {
+        let n = node("node-a");
+        let theirs = &n.verify(&[row("s-b", "node-b")])[0];
+        assert!(theirs.ok, "{}", theirs.line());
+        assert_eq!(theirs.elsewhere.as_deref(), Some("node-b"));
+        assert!(
+            theirs
+                .line()
+                .starts_with("REMOTE session s-b: recorded on node node-b; verify it there"),
+            "{}",
+            theirs.line()
+        );
+        let mine = &n.verify(&[row("s-a", "node-a")])[0];
+        assert!(
+            !mine.ok && mine.detail.contains("is missing"),
+            "{}",
+            mine.line()
+        );
+
+        // A copy of another node's recording kept here is held to its seal and the database's
+        // copy of it (this node's audit log does not speak for that node).
+        let bytes = n.record("s-b2", true);
+        let full = recorder::verify(&bytes[..]).unwrap();
+        let mut theirs = row("s-b2", "node-b");
+        theirs.records = Some(full.records as i64);
+        theirs.final_hash = full.last_hash.map(hex::encode);
+        let f = &n.verify(std::slice::from_ref(&theirs))[0];
+        assert!(
+            f.ok && f.detail == "chain intact; sealed by a trusted key",
+            "{}",
+            f.line()
+        );
+        let path = n.evidence.recordings.join("s-b2.rec");
+        std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+        let f = &n.verify(std::slice::from_ref(&theirs))[0];
+        assert!(
+            !f.ok && f.detail.contains("incomplete") && f.detail.contains("sealed with 6 records"),
+            "{}",
+            f.line()
+        );
+    }
 }

@@ -75,6 +75,7 @@ impl Env {
     /// Where this node's evidence is, for the verifier.
     fn evidence(&self) -> approvals::verify::Evidence {
         approvals::verify::Evidence {
+            node: self.cfg.node.clone(),
             audit_log: self.data.audit_log(),
             recordings: self.data.recordings(),
             local_seal_key: Some(self.data.seal_key().with_extension("pub")),
@@ -1472,15 +1473,31 @@ async fn audit(env: &Env, follow: bool, since: Option<&str>) -> Result<()> {
 }
 
 fn report(findings: &[Finding], json: bool) -> Result<ExitCode> {
+    report_with(findings, json, false)
+}
+
+/// Prints the findings; `summary` adds a count line (sessions kept on other nodes apart: they
+/// are neither checked nor failed here).
+fn report_with(findings: &[Finding], json: bool, summary: bool) -> Result<ExitCode> {
     let failed = findings.iter().filter(|f| !f.ok).count();
+    let elsewhere = findings.iter().filter(|f| f.elsewhere.is_some()).count();
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"ok": failed == 0, "findings": findings}))?
+            serde_json::to_string_pretty(
+                &json!({"ok": failed == 0, "failed": failed, "elsewhere": elsewhere, "findings": findings})
+            )?
         );
     } else {
         for f in findings {
             println!("{}", f.line());
+        }
+        if summary {
+            println!(
+                "{} checked: {} OK, {failed} failed; {elsewhere} recorded on other nodes",
+                findings.len() - elsewhere,
+                findings.len() - elsewhere - failed
+            );
         }
     }
     if failed > 0 {
@@ -1525,12 +1542,13 @@ pub fn verify_standalone(file: &Path, public_key: &Path, json: bool) -> Result<E
 pub async fn verify(env: &Env, id: Option<&str>) -> Result<ExitCode> {
     let findings = approvals::verify::verify(&env.store, &env.evidence(), id).await?;
     let failed = findings.iter().filter(|f| !f.ok).count();
+    let elsewhere = findings.iter().filter(|f| f.elsewhere.is_some()).count();
     // The verification itself is evidence.
     let _ = env.audit(
         "verify",
-        json!({"session": id, "checked": findings.len(), "failed": failed}),
+        json!({"session": id, "checked": findings.len() - elsewhere, "failed": failed, "elsewhere": elsewhere}),
     );
-    report(&findings, env.json)
+    report_with(&findings, env.json, id.is_none())
 }
 
 // ---- serving ----
@@ -1544,7 +1562,20 @@ pub async fn serve(
 ) -> Result<ExitCode> {
     crate::raise_open_files_limit();
     let host_key = keys::load_private(&env.data.host_key())?;
-    let ca = keys::load_public(&env.data.ca_key().with_extension("pub"))?;
+    // The CA private key is needed only where certificates are issued; a node trusts every vendor
+    // CA registered in the database, its own (if it has one) registered here.
+    let ca_pub = env.data.ca_key().with_extension("pub");
+    let own_ca = if ca_pub.exists() {
+        let ca = keys::load_public(&ca_pub)?;
+        env.store
+            .register_vendor_ca(&ca.to_openssh()?, &env.cfg.node, now())
+            .await?;
+        Some(ca.fingerprint(russh::keys::HashAlg::Sha256))
+    } else {
+        None
+    };
+    let ca = Arc::new(crate::vendor_ca::VendorCas::load(&env.store, own_ca).await?);
+    tokio::spawn(ca.clone().watch(env.store.clone()));
     let limits = env.cfg.limits().map_err(|e| anyhow!("{e}"))?;
     let warn_before = limits.warn_before;
     let seal = keys::seal_key(&env.data.seal_key())?;
@@ -1580,7 +1611,7 @@ pub async fn serve(
         audit: env.audit.clone(),
         node: env.cfg.node.clone(),
         recordings: env.data.recordings(),
-        ca: ca.fingerprint(russh::keys::HashAlg::Sha256),
+        ca,
         warn_before,
         seal,
         request_wait: Duration::from_secs(

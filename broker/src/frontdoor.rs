@@ -345,7 +345,7 @@ impl Conn {
 
     /// What can be checked from the certificate alone: CA, type, principal, critical options.
     fn certificate_fields(&self, target: &Target, cert: &Certificate) -> Result<(), String> {
-        cert.validate([&self.ctx.ca]).map_err(|e| match e {
+        cert.validate(&self.ctx.ca.current()).map_err(|e| match e {
             russh::keys::ssh_key::Error::CertificateValidation => {
                 "certificate is not signed by a trusted vendor CA (or is outside its validity)"
                     .to_string()

@@ -15,6 +15,7 @@ mod request_flow;
 mod session;
 mod transfer;
 mod upstream;
+mod vendor_ca;
 mod web;
 mod webhook;
 

@@ -29,7 +29,7 @@ pub struct Ctx {
     pub audit: AuditLog,
     pub node: String,
     pub recordings: std::path::PathBuf,
-    pub ca: russh::keys::ssh_key::Fingerprint,
+    pub ca: Arc<crate::vendor_ca::VendorCas>,
     pub warn_before: i64,
     pub seal: recorder::SealKey,
     /// How long a vendor's connection waits for an approver's decision on a request.

@@ -183,6 +183,7 @@ impl WebState {
     /// Where the evidence is, for the verifier `postern verify` uses too.
     pub(crate) fn evidence(&self) -> Evidence {
         Evidence {
+            node: self.audit.node().to_owned(),
             audit_log: self.audit.path().to_owned(),
             recordings: self.recordings.clone(),
             local_seal_key: self.local_seal_key.clone(),

@@ -1,0 +1,176 @@
+//! Two broker nodes sharing one PostgreSQL database work as one: a certificate issued on either
+//! node works on both without copying keys (each node registers its vendor CA in the database),
+//! and `verify` on each node checks its own sessions and says the other's are recorded there,
+//! while a recording deleted on its own node still fails.
+
+mod harness;
+
+use std::process::{Command, Output};
+
+use harness::{World, run};
+
+fn psql(sql: &str) {
+    let o = run(Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-c",
+        ])
+        .arg(sql));
+    assert!(
+        o.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A fresh database, dropped when the test ends (after the brokers using it are gone).
+struct Db(String);
+
+impl Db {
+    fn create(name: String) -> Db {
+        psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        psql(&format!("CREATE DATABASE {name}"));
+        Db(name)
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "database_url = \"postgres://postgres@127.0.0.1:5432/{}\"",
+            self.0
+        )
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The id of the one session of `vendor`.
+fn session_of(w: &World, vendor: &str) -> (String, String) {
+    let s = w
+        .sessions()
+        .into_iter()
+        .find(|s| s["vendor"] == vendor)
+        .unwrap_or_else(|| panic!("no session of {vendor}"));
+    (
+        s["id"].as_str().unwrap().to_owned(),
+        s["node"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn two_nodes_share_keys_and_verify_each_others_sessions() {
+    let pid = std::process::id();
+    let shared = Db::create(format!("postern_multinode_{pid}"));
+    let scratch = Db::create(format!("postern_multinode_scratch_{pid}"));
+    let a = World::with_config(
+        9,
+        "5m",
+        &format!("node = \"node-a\"\n{}\n", shared.config()),
+    );
+    // Node B has its own data directory (host key, vendor CA, seal key, recordings, audit log).
+    // It is set up against a scratch database (the directory is already in the shared one), then
+    // joined to the shared database; no key is copied between the nodes.
+    let mut b = World::with_config(
+        9,
+        "5m",
+        &format!("node = \"node-b\"\n{}\n", scratch.config()),
+    );
+    b.kill_broker();
+    let cfg_path = b.data.join("postern.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    assert!(cfg.contains(&scratch.config()), "{cfg}");
+    std::fs::write(&cfg_path, cfg.replace(&scratch.config(), &shared.config())).unwrap();
+    b.start_broker();
+    assert_ne!(
+        std::fs::read(a.data.join("keys/vendor_ca.pub")).unwrap(),
+        std::fs::read(b.data.join("keys/vendor_ca.pub")).unwrap(),
+        "each node has its own vendor CA"
+    );
+
+    // A certificate issued on node A works on node B, and one issued on B works on A (A started
+    // before B registered its CA: it learns the new key from the database).
+    let alice = a.vendor("alice", &[]);
+    a.grant("alice", "site-a", "maint");
+    let o = b.ssh(&alice, "alice:site-a/dev", &["echo", "alice-on-b"]);
+    assert!(text(&o).contains("alice-on-b"), "{}", text(&o));
+    let bob = b.vendor("bob", &[]);
+    b.grant("bob", "site-a", "maint");
+    let o = a.ssh(&bob, "bob:site-a/dev", &["echo", "bob-on-a"]);
+    assert!(text(&o).contains("bob-on-a"), "{}", text(&o));
+
+    let (on_b, node) = session_of(&a, "alice");
+    assert_eq!(node, "node-b");
+    let (on_a, node) = session_of(&b, "bob");
+    assert_eq!(node, "node-a");
+    b.wait_audit("alice's seal", |e| {
+        e["event"] == "session.seal" && e["session"] == on_b.as_str()
+    });
+    a.wait_audit("bob's seal", |e| {
+        e["event"] == "session.seal" && e["session"] == on_a.as_str()
+    });
+
+    // Each node verifies its own session and names the other's node.
+    for (w, mine, theirs, other) in [(&a, &on_a, &on_b, "node-b"), (&b, &on_b, &on_a, "node-a")] {
+        let o = w.postern(&["verify"]);
+        let out = text(&o);
+        assert!(o.status.success(), "{out}");
+        assert!(
+            out.contains(&format!(
+                "OK     session {mine}: chain intact; sealed by a trusted key; seal anchored in the audit log"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "REMOTE session {theirs}: recorded on node {other}; verify it there"
+            )),
+            "{out}"
+        );
+        assert!(out.contains("1 recorded on other nodes"), "{out}");
+        let one = w.postern(&["verify", theirs]);
+        assert!(one.status.success(), "{}", text(&one));
+    }
+
+    // A recording deleted on its own node is a failure there, not "elsewhere".
+    let s = a
+        .sessions()
+        .into_iter()
+        .find(|s| s["id"] == on_a.as_str())
+        .unwrap();
+    std::fs::remove_file(
+        a.data
+            .join("recordings")
+            .join(s["recording"].as_str().unwrap()),
+    )
+    .unwrap();
+    let o = a.postern(&["verify"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains(&format!("FAILED session {on_a}: recording")) && out.contains("is missing"),
+        "{out}"
+    );
+    // Node B still has nothing to fault: the missing file is node A's to keep.
+    let o = b.postern(&["verify"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    drop(b);
+    drop(a);
+}
