@@ -279,10 +279,23 @@ fn a_live_row_does_not_excuse_a_truncated_recording() {
         e["event"] == "session.end" && e["session"] == id.as_str()
     });
     let ended_with = end["records"].as_u64().unwrap();
+    // The evidence comes first; wait for the database to have the end too before undoing it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !w
+        .sessions()
+        .iter()
+        .any(|s| s["id"] == id.as_str() && !s["records"].is_null())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the end never reached the database"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     // The row says live, as when the end could not be written to the database.
     let db = w.data.join("postern.db");
-    let o = run(Command::new("sqlite3").arg(&db).arg(format!(
+    let o = run(Command::new("sqlite3").args(["-cmd", ".timeout 5000"]).arg(&db).arg(format!(
         "UPDATE sessions SET ended = NULL, end_reason = NULL, records = NULL, final_hash = NULL \
          WHERE id = '{id}'"
     )));
