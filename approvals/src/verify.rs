@@ -138,14 +138,24 @@ pub async fn verify(
         ],
         None => store.sessions(false).await?,
     };
+    let mut commands = HashMap::new();
+    for s in sessions.iter().filter(|s| s.ended.is_some()) {
+        commands.insert(s.id.clone(), store.commands_of_session(&s.id).await?);
+    }
     let evidence = evidence.clone();
     let all = id.is_none();
-    tokio::task::spawn_blocking(move || check(&evidence, &keys, &sessions, all))
+    tokio::task::spawn_blocking(move || check(&evidence, &keys, &sessions, &commands, all))
         .await
         .map_err(|e| VerifyError::Stopped(e.to_string()))
 }
 
-fn check(evidence: &Evidence, keys: &[String], sessions: &[Session], all: bool) -> Vec<Finding> {
+fn check(
+    evidence: &Evidence,
+    keys: &[String],
+    sessions: &[Session],
+    commands: &HashMap<String, Vec<crate::CommandRow>>,
+    all: bool,
+) -> Vec<Finding> {
     let trusted = trusted_keys(keys);
     let (audit_finding, facts) = verify_audit_log(&evidence.audit_log);
     let none = AuditFacts::default();
@@ -159,7 +169,14 @@ fn check(evidence: &Evidence, keys: &[String], sessions: &[Session], all: bool) 
             } else {
                 &none
             };
-            verify_recording(evidence, s, local, &trusted, facts)
+            verify_recording(
+                evidence,
+                s,
+                local,
+                &trusted,
+                facts,
+                commands.get(&s.id).map(Vec::as_slice),
+            )
         })
         .collect();
     if all {
@@ -176,6 +193,24 @@ fn check(evidence: &Evidence, keys: &[String], sessions: &[Session], all: bool) 
                 &format!("session {o}"),
                 0,
                 "sealed in the audit log but missing from the database",
+            ));
+        }
+        // Recording files the database does not know (a session whose row was deleted, or a
+        // file planted to pass for one).
+        let files: HashSet<&str> = sessions.iter().map(|s| s.recording.as_str()).collect();
+        let mut strays: Vec<String> = std::fs::read_dir(&evidence.recordings)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".rec") && !files.contains(n.as_str()))
+            .collect();
+        strays.sort();
+        for f in strays {
+            findings.push(Finding::bad(
+                &format!("recording {f}"),
+                0,
+                "no session in the database has this recording",
             ));
         }
         findings.push(audit_finding);
@@ -201,6 +236,78 @@ struct Expected {
 /// torn tail. So a changed byte, a dropped or reordered record, a truncation, a recomputed chain,
 /// a swapped file and a deleted file are each reported, at the record where they show.
 fn verify_recording(
+    evidence: &Evidence,
+    s: &Session,
+    local: bool,
+    trusted: &[recorder::SealPublicKey],
+    facts: &AuditFacts,
+    stored_commands: Option<&[crate::CommandRow]>,
+) -> Finding {
+    let finding = verify_chain_and_seal(evidence, s, local, trusted, facts);
+    let path = evidence.recordings.join(&s.recording);
+    if !finding.ok || finding.elsewhere.is_some() || !path.exists() {
+        return finding;
+    }
+    let item = finding.item.clone();
+    let seal = recorder::verify_file(&path)
+        .ok()
+        .and_then(|r| r.seal(trusted).ok());
+    // A recording sealed here must have left its end or seal in this node's audit log.
+    if local && seal.is_some() && facts.seal.is_none() && facts.end.is_none() {
+        return Finding::bad(
+            &item,
+            finding.records,
+            "sealed, but this node's audit log has neither its end nor its seal (the audit log was cut or rewritten)",
+        );
+    }
+    if let Some(differs) = row_disagrees(&path, s, seal.as_ref()) {
+        return Finding::bad(&item, finding.records, differs);
+    }
+    // The command log is indexed from the recording when the session ends; an unsealed
+    // recording (a crash, a write error) may have kept data its index never saw.
+    if let Some(stored) = stored_commands.filter(|_| s.ended.is_some() && seal.is_some()) {
+        match command_rows(&path, s) {
+            Ok(from_recording) => {
+                let key = |c: &crate::CommandRow| {
+                    (c.channel, c.offset_ms, c.kind.clone(), c.command.clone())
+                };
+                let differs = from_recording
+                    .iter()
+                    .map(key)
+                    .zip(stored.iter().map(key))
+                    .position(|(a, b)| a != b)
+                    .or_else(|| {
+                        (from_recording.len() != stored.len())
+                            .then(|| from_recording.len().min(stored.len()))
+                    });
+                if let Some(at) = differs {
+                    return Finding::bad(
+                        &item,
+                        finding.records,
+                        format!(
+                            "the command log in the database differs from the recording at command {at} ({} stored, {} recorded)",
+                            stored.len(),
+                            from_recording.len()
+                        ),
+                    );
+                }
+            }
+            Err(e) => return Finding::bad(&item, finding.records, e),
+        }
+    }
+    let version = match seal.as_ref().map(recorder::Seal::version) {
+        Some(1) => "; seal v1 (binds the recording only)",
+        Some(_) => "; seal v2 (binds the session's metadata)",
+        None => "",
+    };
+    Finding {
+        detail: format!("{}{version}", finding.detail),
+        ..finding
+    }
+}
+
+/// The chain and seal half of [`verify_recording`].
+fn verify_chain_and_seal(
     evidence: &Evidence,
     s: &Session,
     local: bool,
@@ -456,6 +563,96 @@ fn note(facts: &mut HashMap<String, AuditFacts>, v: &serde_json::Value) {
     }
 }
 
+/// A recording's command log as database rows: what `index_commands` stores at a session's end,
+/// and what `verify` holds the stored rows to.
+pub fn command_rows(path: &Path, session: &Session) -> Result<Vec<crate::CommandRow>, String> {
+    let reader = recorder::Reader::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // A damaged or torn tail still yields every command before it.
+    let (entries, _problem) = recorder::extract_commands(reader);
+    Ok(entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| crate::CommandRow {
+            session: session.id.clone(),
+            seq: i as i64,
+            vendor: session.vendor.clone(),
+            site: session.site.clone(),
+            device: session.device.clone(),
+            time_us: e.time_us,
+            offset_ms: (e.offset * 1000.0).round() as i64,
+            channel: i64::from(e.channel),
+            kind: e.kind.to_owned(),
+            command: e.command,
+        })
+        .collect())
+}
+
+/// Holds the database's row for a session to the recording: its first record (who, where, which
+/// grant, from where, on which node) and, for a version 2 seal, the metadata the seal signed.
+/// `None` when they agree; otherwise what differs.
+fn row_disagrees(path: &Path, s: &Session, seal: Option<&recorder::Seal>) -> Option<String> {
+    let first = recorder::Reader::open(path)
+        .ok()
+        .and_then(|mut r| r.next_record())
+        .and_then(Result::ok);
+    let Some(first) = first.filter(|r| r.kind == recorder::Kind::SessionStart) else {
+        return Some("record 0: not the start of a session".into());
+    };
+    let start = first.json().unwrap_or_default();
+    let text = |k: &str| start[k].as_str().unwrap_or_default().to_owned();
+    let mut differs: Vec<String> = Vec::new();
+    for (what, row, recorded) in [
+        ("vendor", s.vendor.as_str(), text("vendor")),
+        ("site", s.site.as_str(), text("site")),
+        ("device", s.device.as_str(), text("device")),
+        ("function", s.function.as_str(), text("function")),
+        ("grant", s.grant_id.as_str(), text("grant")),
+        ("node", s.node.as_str(), text("node")),
+        ("source", s.source.as_str(), text("source")),
+    ] {
+        if row != recorded {
+            differs.push(format!("{what} {row} (the recording says {recorded})"));
+        }
+    }
+    // The row's start is the second the first record was written in (or the one before).
+    let recorded_start = first.time_us.div_euclid(1_000_000);
+    if !(recorded_start - 1..=recorded_start + 1).contains(&s.started) {
+        differs.push(format!(
+            "start {} (the recording says {recorded_start})",
+            s.started
+        ));
+    }
+    if let Some(meta) = seal.and_then(|seal| seal.meta.as_ref()) {
+        for (what, row, sealed) in [
+            ("vendor", s.vendor.as_str(), meta.vendor.as_str()),
+            ("site", s.site.as_str(), meta.site.as_str()),
+            ("device", s.device.as_str(), meta.device.as_str()),
+            ("function", s.function.as_str(), meta.function.as_str()),
+            ("grant", s.grant_id.as_str(), meta.grant.as_str()),
+            ("node", s.node.as_str(), meta.node.as_str()),
+        ] {
+            if row != sealed {
+                differs.push(format!("{what} {row} (the seal says {sealed})"));
+            }
+        }
+        if meta.started != s.started {
+            differs.push(format!(
+                "start {} (the seal says {})",
+                s.started, meta.started
+            ));
+        }
+        if let Some(ended) = s.ended.filter(|e| *e != meta.ended) {
+            differs.push(format!("end {ended} (the seal says {})", meta.ended));
+        }
+    }
+    if differs.is_empty() {
+        None
+    } else {
+        differs.dedup();
+        Some(format!("the database row differs: {}", differs.join(", ")))
+    }
+}
+
 fn trusted_keys(lines: &[String]) -> Vec<recorder::SealPublicKey> {
     lines
         .iter()
@@ -508,7 +705,7 @@ mod tests {
             node: node.into(),
             source: "127.0.0.1".into(),
             recording: format!("{id}.rec"),
-            started: 0,
+            started: crate::time::now(),
             ended: None,
             end_reason: None,
             kill_requested: 0,
@@ -522,9 +719,17 @@ mod tests {
         /// Records a session of 6 records; `sealed` ends it as the broker does (end record,
         /// seal, `session.end` and `session.seal` in the audit log).
         fn record(&self, id: &str, sealed: bool) -> Vec<u8> {
+            self.record_as(id, &self.evidence.node.clone(), sealed)
+        }
+
+        /// [`Node::record`] for a session that `node` recorded (a copy kept here).
+        fn record_as(&self, id: &str, node: &str, sealed: bool) -> Vec<u8> {
             let path = self.evidence.recordings.join(format!("{id}.rec"));
             let mut w = Writer::create(&path, id).unwrap();
-            w.append(Kind::SessionStart, 0, b"{}").unwrap();
+            let start = json!({"session": id, "vendor": "v", "site": "s", "device": "d", "function": "f",
+                               "grant": "g", "source": "127.0.0.1", "node": node});
+            w.append(Kind::SessionStart, 0, start.to_string().as_bytes())
+                .unwrap();
             for i in 0..3 {
                 w.append(Kind::Output, 0, format!("line {i}\r\n").as_bytes())
                     .unwrap();
@@ -556,6 +761,7 @@ mod tests {
                 &self.evidence,
                 &[self.key.public().export()],
                 sessions,
+                &HashMap::new(),
                 false,
             )
         }
@@ -641,14 +847,15 @@ mod tests {
 
         // A copy of another node's recording kept here is held to its seal and the database's
         // copy of it (this node's audit log does not speak for that node).
-        let bytes = n.record("s-b2", true);
+        let bytes = n.record_as("s-b2", "node-b", true);
         let full = recorder::verify(&bytes[..]).unwrap();
         let mut theirs = row("s-b2", "node-b");
         theirs.records = Some(full.records as i64);
         theirs.final_hash = full.last_hash.map(hex::encode);
         let f = &n.verify(std::slice::from_ref(&theirs))[0];
         assert!(
-            f.ok && f.detail == "chain intact; sealed by a trusted key",
+            f.ok && f.detail
+                == "chain intact; sealed by a trusted key; seal v1 (binds the recording only)",
             "{}",
             f.line()
         );

@@ -67,41 +67,16 @@ impl Recording {
         &self,
         end: &Value,
         key: &recorder::SealKey,
+        meta: recorder::SealMeta,
     ) -> Result<(recorder::Seal, u64, [u8; 32]), recorder::WriteError> {
         let payload = end.to_string();
         self.with(|w| {
             w.append(Kind::SessionEnd, 0, payload.as_bytes())?;
-            let seal = w.seal(key)?;
+            let seal = w.seal_v2(key, meta)?;
             let (n, h) = w.finish()?;
             Ok((seal, n, h))
         })
     }
-}
-
-/// Extracts a recording's command log as rows for the database.
-pub fn command_rows(
-    path: &Path,
-    session: &approvals::Session,
-) -> Result<Vec<approvals::CommandRow>, String> {
-    let reader = recorder::Reader::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // A damaged or torn tail still yields every command before it.
-    let (entries, _problem) = recorder::extract_commands(reader);
-    Ok(entries
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| approvals::CommandRow {
-            session: session.id.clone(),
-            seq: i as i64,
-            vendor: session.vendor.clone(),
-            site: session.site.clone(),
-            device: session.device.clone(),
-            time_us: e.time_us,
-            offset_ms: (e.offset * 1000.0).round() as i64,
-            channel: i64::from(e.channel),
-            kind: e.kind.to_owned(),
-            command: e.command,
-        })
-        .collect())
 }
 
 /// Indexes a finished session's commands; failures are logged, never fatal (the recording holds
@@ -112,14 +87,17 @@ pub async fn index_commands(store: &approvals::Store, recordings: &Path, session
         _ => return,
     };
     let path = recordings.join(&session.recording);
-    let rows = match tokio::task::spawn_blocking(move || command_rows(&path, &session)).await {
-        Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => {
-            tracing::warn!(session = session_id, error = %e, "command log not extracted");
-            return;
-        }
-        Err(_) => return,
-    };
+    let rows =
+        match tokio::task::spawn_blocking(move || approvals::verify::command_rows(&path, &session))
+            .await
+        {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                tracing::warn!(session = session_id, error = %e, "command log not extracted");
+                return;
+            }
+            Err(_) => return,
+        };
     if let Err(e) = store.set_commands(session_id, &rows).await {
         tracing::warn!(session = session_id, error = %e, "command log not stored");
     }

@@ -164,6 +164,8 @@ impl Permits {
 
 pub struct LiveSession {
     pub id: String,
+    /// Unix seconds, as registered.
+    pub started: i64,
     pub target: Target,
     pub function: String,
     pub grant: String,
@@ -204,8 +206,15 @@ impl LiveSession {
         };
         let id = approvals::store::new_evidence_id("s");
         let file = format!("{id}.rec");
-        let recording = Recording::create(&ctx.recordings.join(&file), &id)
+        let path = ctx.recordings.join(&file);
+        let recording = Recording::create(&path, &id)
             .map_err(|e| format!("cannot start the recording: {e}"))?;
+        // A session that never got registered leaves no recording behind: `verify` reports a
+        // recording without a session as planted or orphaned.
+        let abandon = |why: String| {
+            let _ = std::fs::remove_file(&path);
+            why
+        };
         let started = now();
         let row = approvals::Session {
             id: id.clone(),
@@ -232,19 +241,20 @@ impl LiveSession {
         });
         recording
             .json(Kind::SessionStart, 0, &meta)
-            .map_err(|e| format!("cannot start the recording: {e}"))?;
+            .map_err(|e| abandon(format!("cannot start the recording: {e}")))?;
         recording
             .flush()
-            .map_err(|e| format!("cannot start the recording: {e}"))?;
+            .map_err(|e| abandon(format!("cannot start the recording: {e}")))?;
         approvals::store::deadline(ctx.store.start_session(&row))
             .await
-            .map_err(|e| format!("cannot register the session: {e}"))?;
+            .map_err(|e| abandon(format!("cannot register the session: {e}")))?;
         if !ctx.audit("session.start", meta).await {
             return Err("the audit log cannot be written".into());
         }
         let (close_tx, close_rx) = mpsc::unbounded_channel();
         let live = Arc::new(LiveSession {
             id: id.clone(),
+            started,
             target,
             function: function.clone(),
             grant: grant.clone(),
@@ -465,9 +475,26 @@ async fn finish(ctx: &Ctx, live: &LiveSession, why: &EndReason) {
         });
     }
     let ended = now();
+    // The seal binds the session's metadata and where the audit log stood (seal v2).
+    let head = recorder::last_record(ctx.audit.path()).ok().flatten();
+    let meta = recorder::SealMeta {
+        node: ctx.node.clone(),
+        vendor: live.target.vendor.clone(),
+        site: live.target.site.clone(),
+        device: live.target.device.clone(),
+        function: live.function.clone(),
+        grant: live.grant.clone(),
+        started: live.started,
+        ended,
+        key_id: ctx.seal.public().id(),
+        sealed_at: now(),
+        audit_head_seq: head.as_ref().map(|r| r.seq),
+        audit_head_hash: head.as_ref().map(|r| hex::encode(r.hash)),
+    };
     let sealed = live.recording.finish(
         &json!({"reason": reason, "ended": fmt_time(ended)}),
         &ctx.seal,
+        meta,
     );
     let (records, hash, seal) = match sealed {
         Ok((seal, n, h)) => (n as i64, hex::encode(h), Some(seal)),

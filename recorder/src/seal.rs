@@ -1,6 +1,11 @@
 //! Seals: the broker's Ed25519 signature over a finished recording's length and final hash,
 //! written as the recording's last record. Anyone with the exported public key can check a
 //! recording on its own; no database or broker is needed.
+//!
+//! Version 2 seals also bind the session's metadata ([`SealMeta`]: node, vendor, site, device,
+//! function, grant, start and end, key id, seal time and the audit log's head at sealing) under
+//! their own domain tag, so that a database row edited afterwards disagrees with a signature.
+//! Version 1 seals (no metadata) still verify, and say so.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -21,6 +26,29 @@ pub struct SealKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealPublicKey(VerifyingKey);
 
+/// What a version 2 seal binds besides the recording's length and final hash: who, where, what,
+/// when, with which key, and where the audit log stood.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealMeta {
+    pub node: String,
+    pub vendor: String,
+    pub site: String,
+    pub device: String,
+    pub function: String,
+    pub grant: String,
+    /// Unix seconds.
+    pub started: i64,
+    pub ended: i64,
+    /// [`SealPublicKey::id`] of the signing key.
+    pub key_id: String,
+    /// Unix seconds.
+    pub sealed_at: i64,
+    /// The audit log's last record when the recording was sealed: its sequence number and hash
+    /// (hex), if the log had any.
+    pub audit_head_seq: Option<u64>,
+    pub audit_head_hash: Option<String>,
+}
+
 /// The payload of a `Seal` record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seal {
@@ -32,8 +60,20 @@ pub struct Seal {
     pub final_hash: String,
     /// The signing key, as exported.
     pub key: String,
-    /// Ed25519 signature over [`seal_message`], base64.
+    /// Ed25519 signature over [`seal_message`] (version 1) or [`seal_message_v2`], base64.
     pub signature: String,
+    /// 2 for a seal with metadata; absent (1) for the first format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<SealMeta>,
+}
+
+impl Seal {
+    /// 1 or 2.
+    pub fn version(&self) -> u32 {
+        self.version.unwrap_or(1)
+    }
 }
 
 /// What is signed: a domain tag, the stream id, the record count and the final hash.
@@ -43,6 +83,25 @@ pub fn seal_message(stream: &str, records: u64, final_hash: &[u8; HASH_LEN]) -> 
     m.push(0);
     m.extend_from_slice(&records.to_be_bytes());
     m.extend_from_slice(final_hash);
+    m
+}
+
+/// What a version 2 seal signs: its own domain tag, then the stream id, record count, final hash
+/// and the metadata as canonical JSON (fields in [`SealMeta`]'s declared order).
+pub fn seal_message_v2(
+    stream: &str,
+    records: u64,
+    final_hash: &[u8; HASH_LEN],
+    meta: &SealMeta,
+) -> Vec<u8> {
+    let mut m = b"postern seal v2\0".to_vec();
+    m.extend_from_slice(stream.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&records.to_be_bytes());
+    m.extend_from_slice(final_hash);
+    // Serialising a plain struct of strings and integers cannot fail; an empty body would only
+    // make the signature fail to verify, never pass.
+    m.extend_from_slice(&serde_json::to_vec(meta).unwrap_or_default());
     m
 }
 
@@ -67,11 +126,67 @@ impl SealKey {
             final_hash: hex::encode(final_hash),
             key: self.public().export(),
             signature: B64.encode(sig.to_bytes()),
+            version: None,
+            meta: None,
         }
+    }
+
+    /// A version 2 seal, binding `meta` too.
+    pub fn seal_v2(
+        &self,
+        stream: &str,
+        records: u64,
+        final_hash: &[u8; HASH_LEN],
+        meta: SealMeta,
+    ) -> Seal {
+        let sig = self
+            .signing
+            .sign(&seal_message_v2(stream, records, final_hash, &meta));
+        Seal {
+            stream: stream.to_owned(),
+            records,
+            final_hash: hex::encode(final_hash),
+            key: self.public().export(),
+            signature: B64.encode(sig.to_bytes()),
+            version: Some(2),
+            meta: Some(meta),
+        }
+    }
+
+    /// Signs `message` under `domain` (for other evidence this key vouches for, such as audit
+    /// checkpoints); the domain keeps it from ever being taken for a seal.
+    pub fn sign_domain(&self, domain: &[u8], message: &[u8]) -> String {
+        let mut m = domain.to_vec();
+        m.push(0);
+        m.extend_from_slice(message);
+        B64.encode(self.signing.sign(&m).to_bytes())
     }
 }
 
 impl SealPublicKey {
+    /// A short stable id: the first 16 bytes of the SHA-256 of the raw key, hex.
+    pub fn id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(&Sha256::digest(self.0.to_bytes())[..16])
+    }
+
+    /// Checks a signature made by [`SealKey::sign_domain`].
+    pub fn verify_domain(&self, domain: &[u8], message: &[u8], signature: &str) -> bool {
+        let Some(sig) = B64
+            .decode(signature)
+            .ok()
+            .and_then(|v| <[u8; 64]>::try_from(v).ok())
+        else {
+            return false;
+        };
+        let mut m = domain.to_vec();
+        m.push(0);
+        m.extend_from_slice(message);
+        self.0
+            .verify_strict(&m, &Signature::from_bytes(&sig))
+            .is_ok()
+    }
+
     /// One line: `postern-seal-ed25519 BASE64`.
     pub fn export(&self) -> String {
         format!("{KEY_PREFIX} {}", B64.encode(self.0.to_bytes()))
@@ -174,11 +289,18 @@ pub fn check_seal(
         .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or(SealError::Unreadable { seq })?;
+    let message = match (seal.version(), &seal.meta) {
+        (1, None) => seal_message(stream, seal.records, &prev),
+        (2, Some(meta)) => {
+            if meta.key_id != key.id() {
+                return Err(SealError::Unreadable { seq });
+            }
+            seal_message_v2(stream, seal.records, &prev, meta)
+        }
+        _ => return Err(SealError::Unreadable { seq }),
+    };
     key.0
-        .verify_strict(
-            &seal_message(stream, seal.records, &prev),
-            &Signature::from_bytes(&sig),
-        )
+        .verify_strict(&message, &Signature::from_bytes(&sig))
         .map_err(|_| SealError::BadSignature { seq })?;
     Ok(seal)
 }

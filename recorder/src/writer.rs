@@ -168,6 +168,20 @@ impl Writer {
     /// Appends the seal: a signature over every record written so far. Nothing may follow it.
     pub fn seal(&mut self, key: &crate::SealKey) -> Result<crate::Seal, WriteError> {
         let seal = key.seal(&self.stream_id, self.next_seq, &self.prev);
+        self.write_seal(seal)
+    }
+
+    /// Appends a version 2 seal binding `meta` (see [`crate::SealMeta`]).
+    pub fn seal_v2(
+        &mut self,
+        key: &crate::SealKey,
+        meta: crate::SealMeta,
+    ) -> Result<crate::Seal, WriteError> {
+        let seal = key.seal_v2(&self.stream_id, self.next_seq, &self.prev, meta);
+        self.write_seal(seal)
+    }
+
+    fn write_seal(&mut self, seal: crate::Seal) -> Result<crate::Seal, WriteError> {
         let payload =
             serde_json::to_vec(&seal).map_err(|e| WriteError::Io(std::io::Error::other(e)))?;
         self.append(Kind::Seal, 0, &payload)?;
