@@ -70,17 +70,29 @@ impl AuditLog {
             obj.extend(extra);
         }
         let payload = Value::Object(obj).to_string();
-        recorder::append_locked(
-            &self.path,
-            &self.stream,
-            recorder::Kind::Audit,
-            payload.as_bytes(),
+        let appended = self.append(payload.as_bytes())?;
+        if let Some((at, bytes)) = appended.repaired {
+            // Never silent: the cut goes on record right after the entry that caused it.
+            let note = json!({
+                "time": crate::time::fmt_time(crate::time::now()),
+                "node": self.node,
+                "event": "audit.tail_repaired",
+                "cut_at_byte": at,
+                "bytes_cut": bytes,
+                "before_seq": appended.seq,
+            });
+            self.append(note.to_string().as_bytes())?;
+        }
+        Ok(appended.seq)
+    }
+
+    fn append(&self, payload: &[u8]) -> Result<recorder::Appended, AuditError> {
+        recorder::append_locked(&self.path, &self.stream, recorder::Kind::Audit, payload).map_err(
+            |source| AuditError {
+                path: self.path.display().to_string(),
+                source,
+            },
         )
-        .map(|(seq, _)| seq)
-        .map_err(|source| AuditError {
-            path: self.path.display().to_string(),
-            source,
-        })
     }
 
     /// [`AuditLog::record`] off the async runtime's threads.

@@ -501,22 +501,30 @@ fn verify_audit_log(path: &Path) -> (Finding, HashMap<String, AuditFacts>) {
         Err(e) => return (Finding::bad(item, 0, e.to_string()), facts),
     };
     let mut n = 0u64;
+    let mut repairs: Vec<String> = Vec::new();
     for rec in reader {
         match rec {
             Ok(r) => {
                 n += 1;
                 if let Some(v) = r.json() {
+                    if v["event"] == "audit.tail_repaired" {
+                        repairs.push(format!(
+                            "{} bytes cut at byte {} before record {}",
+                            v["bytes_cut"], v["cut_at_byte"], v["before_seq"]
+                        ));
+                    }
                     note(&mut facts, &v);
                 }
             }
-            // A torn tail is a crash during an append; the next append repairs it.
+            // An incomplete last record: an interrupted write, or a log cut short. Either way it
+            // is reported, never repaired here; the checkpoints shipped off the host tell which.
             Err(recorder::ReadError::Torn { offset, .. }) => {
                 return (
-                    Finding::ok(
+                    Finding::bad(
                         item,
                         n,
                         format!(
-                            "chain intact; torn tail at byte {offset} from an interrupted write"
+                            "record {n}: incomplete at byte {offset} (an interrupted write, or the log was cut; compare with the shipped checkpoints)"
                         ),
                     ),
                     facts,
@@ -525,7 +533,25 @@ fn verify_audit_log(path: &Path) -> (Finding, HashMap<String, AuditFacts>) {
             Err(e) => return (Finding::bad(item, n, e.to_string()), facts),
         }
     }
-    (Finding::ok(item, n, "chain intact"), facts)
+    let detail = if repairs.is_empty() {
+        "chain intact".to_owned()
+    } else {
+        format!(
+            "chain intact; the broker cut {} incomplete record(s) left by interrupted writes ({}); compare with the shipped checkpoints",
+            repairs.len(),
+            repairs.join("; ")
+        )
+    };
+    (Finding::ok(item, n, detail), facts)
+}
+
+/// Whether the audit log has an incomplete tail or a broken chain (appending to it would cut or
+/// hide what is there).
+pub fn audit_log_damaged(path: &Path) -> bool {
+    match recorder::verify_file(path) {
+        Ok(r) => r.problem.is_some() || matches!(r.tail, recorder::Tail::Torn { .. }),
+        Err(_) => path.exists(),
+    }
 }
 
 /// Takes what one audit entry says about a session's end.

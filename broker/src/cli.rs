@@ -195,8 +195,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify {
             file: Some(file),
             public_key: Some(key),
+            expect_session,
             ..
-        } => verify_standalone(file, key, cli.json),
+        } => verify_standalone(file, key, expect_session.as_deref(), cli.json),
         Command::SealKey => {
             let data = DataDir::new(&cli.data);
             let key = keys::seal_key(&data.seal_key())
@@ -1508,7 +1509,12 @@ fn report_with(findings: &[Finding], json: bool, summary: bool) -> Result<ExitCo
 }
 
 /// Checks one recording file with only a seal public key: no data directory, no database.
-pub fn verify_standalone(file: &Path, public_key: &Path, json: bool) -> Result<ExitCode> {
+pub fn verify_standalone(
+    file: &Path,
+    public_key: &Path,
+    expect_session: Option<&str>,
+    json: bool,
+) -> Result<ExitCode> {
     let key_text = std::fs::read_to_string(public_key)
         .with_context(|| format!("reading {}", public_key.display()))?;
     let key = recorder::SealPublicKey::parse(&key_text)
@@ -1516,6 +1522,15 @@ pub fn verify_standalone(file: &Path, public_key: &Path, json: bool) -> Result<E
     let item = file.display().to_string();
     let finding = match recorder::verify_file(file) {
         Err(e) => Finding::bad(&item, 0, e.to_string()),
+        Ok(r) if expect_session.is_some_and(|want| want != r.stream_id) => Finding::bad(
+            &item,
+            r.records,
+            format!(
+                "the file is session {}, not {} (a recording of another session)",
+                r.stream_id,
+                expect_session.unwrap_or_default()
+            ),
+        ),
         Ok(r) => match (&r.problem, &r.tail) {
             (Some(p), _) => Finding::bad(&item, r.records, p.to_string()),
             (None, recorder::Tail::Torn { offset, .. }) => Finding::bad(
@@ -1543,11 +1558,15 @@ pub async fn verify(env: &Env, id: Option<&str>) -> Result<ExitCode> {
     let findings = approvals::verify::verify(&env.store, &env.evidence(), id).await?;
     let failed = findings.iter().filter(|f| !f.ok).count();
     let elsewhere = findings.iter().filter(|f| f.elsewhere.is_some()).count();
-    // The verification itself is evidence.
-    let _ = env.audit(
+    // The verification itself is evidence, but verify never changes what it judged: with the
+    // audit log damaged or cut, appending (which would cut an incomplete tail) is left out.
+    let log_damaged = approvals::verify::audit_log_damaged(&env.evidence().audit_log);
+    if !log_damaged {
+        let _ = env.audit(
         "verify",
-        json!({"session": id, "checked": findings.len() - elsewhere, "failed": failed, "elsewhere": elsewhere}),
-    );
+            json!({"session": id, "checked": findings.len() - elsewhere, "failed": failed, "elsewhere": elsewhere}),
+        );
+    }
     report_with(&findings, env.json, id.is_none())
 }
 

@@ -178,6 +178,10 @@ pub enum Command {
         /// The seal public key (`postern seal-key` prints it).
         #[arg(long, requires = "file")]
         public_key: Option<PathBuf>,
+        /// With --file: the session the file must be (a recording of another session, however
+        /// well sealed, is refused).
+        #[arg(long, requires = "file")]
+        expect_session: Option<String>,
     },
     /// Print the public key that checks this broker's seals, for third-party verification.
     SealKey,

@@ -34,7 +34,7 @@ pub use seal::{
     KEY_PREFIX, Seal, SealError, SealKey, SealMeta, SealPublicKey, check_seal, seal_message,
     seal_message_v2,
 };
-pub use writer::{Writer, append_locked, last_record};
+pub use writer::{Appended, Writer, append_locked, last_record};
 
 /// Errors raised while writing evidence.
 #[derive(Debug, thiserror::Error)]

@@ -259,12 +259,23 @@ fn read_header_len(file: &mut File) -> Result<u64, WriteError> {
 /// Takes an exclusive lock, chains onto the last record, writes and syncs. A torn tail left by a
 /// crash (an incomplete last record after a valid chain) is cut off before appending; any other
 /// damage makes the append fail, so that nothing is chained onto a broken log.
+/// What [`append_locked`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub hash: [u8; HASH_LEN],
+    /// An incomplete record at the end of the file (a write interrupted by a crash) was cut
+    /// before appending: where it started and how many bytes went. The caller should say so in
+    /// the log itself, so that the repair is never silent.
+    pub repaired: Option<(u64, u64)>,
+}
+
 pub fn append_locked(
     path: &Path,
     stream_id: &str,
     kind: Kind,
     payload: &[u8],
-) -> Result<(u64, [u8; HASH_LEN]), WriteError> {
+) -> Result<Appended, WriteError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(WriteError::TooLarge(payload.len()));
     }
@@ -285,30 +296,42 @@ fn append_under_lock(
     stream_id: &str,
     kind: Kind,
     payload: &[u8],
-) -> Result<(u64, [u8; HASH_LEN]), WriteError> {
+) -> Result<Appended, WriteError> {
     let size = file.seek(SeekFrom::End(0))?;
     if size == 0 {
         file.write_all(&header_line(stream_id))?;
     }
+    let mut repaired = None;
     let (seq, prev) = match last_record_of(file) {
         Ok(Some(r)) => (r.seq + 1, r.hash),
         Ok(None) => {
             let mut reader = Reader::open(path).map_err(|e| WriteError::Damaged(e.to_string()))?;
             (0, reader.genesis())
         }
-        Err(_) => repair_torn_tail(file, path)?,
+        Err(_) => {
+            let (seq, prev, at) = repair_torn_tail(file, path)?;
+            repaired = Some((at, size.saturating_sub(at)));
+            (seq, prev)
+        }
     };
     let body = encode_body(seq, now_us(), kind, 0, payload);
     let hash = chain_hash(&prev, &body);
     file.seek(SeekFrom::End(0))?;
     file.write_all(&frame(&body, &hash))?;
     file.sync_data()?;
-    Ok((seq, hash))
+    Ok(Appended {
+        seq,
+        hash,
+        repaired,
+    })
 }
 
 /// Called when the end of the file does not hold a complete record: verify the whole chain and,
 /// only if the damage is a torn final record, cut it off.
-fn repair_torn_tail(file: &mut File, path: &Path) -> Result<(u64, [u8; HASH_LEN]), WriteError> {
+fn repair_torn_tail(
+    file: &mut File,
+    path: &Path,
+) -> Result<(u64, [u8; HASH_LEN], u64), WriteError> {
     let report = verify_file(path).map_err(|e| WriteError::Damaged(e.to_string()))?;
     if let Some(problem) = report.problem {
         return Err(WriteError::Damaged(problem.to_string()));
@@ -322,7 +345,7 @@ fn repair_torn_tail(file: &mut File, path: &Path) -> Result<(u64, [u8; HASH_LEN]
                     .map_err(|e| WriteError::Damaged(e.to_string()))?
                     .genesis(),
             };
-            Ok((report.records, prev))
+            Ok((report.records, prev, offset))
         }
         Tail::Clean => Err(WriteError::Damaged(
             "file end does not match its records".into(),

@@ -185,14 +185,14 @@ fn locked_appends_chain_across_writers_and_repair_only_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     for i in 0..5 {
-        let (seq, _) = append_locked(
+        let appended = append_locked(
             &path,
             "audit",
             Kind::Audit,
             format!("{{\"n\":{i}}}").as_bytes(),
         )
         .unwrap();
-        assert_eq!(seq, i);
+        assert_eq!((appended.seq, appended.repaired), (i, None));
     }
     // Several threads at once, as the CLI and the server would.
     std::thread::scope(|s| {
@@ -206,14 +206,14 @@ fn locked_appends_chain_across_writers_and_repair_only_a_torn_tail() {
     });
     let r = verify_file(&path).unwrap();
     assert_eq!((r.records, r.problem.clone()), (105, None));
-    // A crash mid-append leaves a torn tail: the next append cuts it and chains on.
+    // A crash mid-append leaves a torn tail: the next append cuts it, chains on, and says what
+    // it cut.
     let mut bytes = fs::read(&path).unwrap();
+    let clean = bytes.len() as u64;
     bytes.extend_from_slice(&[0, 0, 0, 40, 1, 2, 3]);
     fs::write(&path, &bytes).unwrap();
-    assert_eq!(
-        append_locked(&path, "audit", Kind::Audit, b"{}").unwrap().0,
-        105
-    );
+    let appended = append_locked(&path, "audit", Kind::Audit, b"{}").unwrap();
+    assert_eq!((appended.seq, appended.repaired), (105, Some((clean, 7))));
     assert_eq!(verify_file(&path).unwrap().problem, None);
     // Real damage is never chained onto.
     let mut bytes = fs::read(&path).unwrap();
