@@ -1962,7 +1962,7 @@ fn seal_keyring_export(data: &DataDir, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn keys_command(env: &Env, action: &crate::KeysAction) -> Result<()> {
+pub(crate) async fn keys_command(env: &Env, action: &crate::KeysAction) -> Result<()> {
     use crate::KeysAction;
     let now = now();
     let ring_path = keys::keyring_path(&env.data);
@@ -1989,6 +1989,15 @@ async fn keys_command(env: &Env, action: &crate::KeysAction) -> Result<()> {
         } => {
             let root = keys::load_root_key(root)?;
             let public = root.public();
+            if let Some(pinned) = keys::pinned_root(&env.data)?
+                && pinned != public
+            {
+                bail!(
+                    "this node pins another root key ({}) in {}; certify with that one, or remove the file to change roots",
+                    pinned.fingerprint(),
+                    keys::root_pub_path(&env.data).display()
+                );
+            }
             let ring = open_keyring(&ring_path, &public)?;
             let valid_for = parse_duration(valid_for).map_err(|e| anyhow!("--valid-for: {e}"))?;
             let from = match from {
@@ -2001,15 +2010,6 @@ async fn keys_command(env: &Env, action: &crate::KeysAction) -> Result<()> {
                 bail!("internal: certify made no certificate");
             };
             drop(ring);
-            if let Some(pinned) = keys::pinned_root(&env.data)?
-                && pinned != public
-            {
-                bail!(
-                    "this node pins another root key ({}) in {}; certify with that one, or remove the file to change roots",
-                    pinned.fingerprint(),
-                    keys::root_pub_path(&env.data).display()
-                );
-            }
             env.audit(
                 "keys.certify",
                 json!({
