@@ -1799,24 +1799,6 @@ async fn write_summaries(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::printable;
-
-    #[test]
-    fn hostile_text_is_shown_escaped() {
-        assert_eq!(printable("alice"), "alice");
-        let shown = printable("x\u{1b}[2J\u{1b}[1;1Hforged\r\nline\u{202e}cba");
-        assert!(
-            !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
-            "{shown}"
-        );
-        assert!(shown.contains("\\u{1b}[2J"), "{shown}");
-        assert!(shown.contains("\\r\\n"), "{shown}");
-        assert!(shown.contains("\\u{202e}"), "{shown}");
-    }
-}
-
 /// A recording's seal checked against the keys `root` certified for the time it was sealed (the
 /// seal record's time).
 fn sealed_by_keyring(
@@ -2129,4 +2111,22 @@ fn open_keyring(
     ring.check(root)
         .with_context(|| format!("{} does not check against this root key", path.display()))?;
     Ok(ring)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn hostile_text_is_shown_escaped() {
+        assert_eq!(printable("alice"), "alice");
+        let shown = printable("x\u{1b}[2J\u{1b}[1;1Hforged\r\nline\u{202e}cba");
+        assert!(
+            !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{shown}"
+        );
+        assert!(shown.contains("\\u{1b}[2J"), "{shown}");
+        assert!(shown.contains("\\r\\n"), "{shown}");
+        assert!(shown.contains("\\u{202e}"), "{shown}");
+    }
 }
