@@ -148,6 +148,9 @@ class Bench:
         self.device_port = self.sshd("device")
         self.jump_port = self.sshd("jump")
         self.run(self.postern, "init", "--data", self.path("data"))
+        # The operator's root key, outside the data dir, certifies the seal key: serve needs it.
+        self.pn("keys", "root", "init", "--out", self.path("root.key"))
+        self.pn("keys", "certify", "--root", self.path("root.key"))
         # Every benchmark client connects from 127.0.0.1: exempt it from the per-source caps and
         # penalties meant for strangers (as a NAT gateway many vendors share would be).
         cfg_path = self.path("data", "postern.toml")

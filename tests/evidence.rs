@@ -177,7 +177,7 @@ fn recordings_export_verify_and_reveal_tampering() {
 
     // A third party with only the exported public key, and no data directory.
     let key = w.dir.path().join("seal.pub");
-    std::fs::write(&key, w.ok(&["seal-key"])).unwrap();
+    std::fs::write(&key, w.ok(&["seal-key", "--current"])).unwrap();
     let nowhere = w.dir.path().join("no-data-here");
     let third = |file: &Path| {
         run(Command::new(harness::postern_bin())

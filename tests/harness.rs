@@ -158,6 +158,27 @@ impl Vendor {
     }
 }
 
+/// Makes the operator root key `root_key` (and `root_key.pub`) if it does not exist yet, and
+/// certifies the seal key of data directory `data` with it, as an operator does before `serve`.
+pub fn certify_seal_key(data: &Path, root_key: &Path) {
+    let postern = |args: &[&str]| {
+        let o = run(Command::new(postern_bin())
+            .args(args)
+            .arg("--data")
+            .arg(data));
+        assert!(
+            o.status.success(),
+            "postern {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let key = root_key.to_str().unwrap();
+    if !root_key.exists() {
+        postern(&["keys", "root", "init", "--out", key]);
+    }
+    postern(&["keys", "certify", "--root", key]);
+}
+
 pub struct World {
     pub dir: tempfile::TempDir,
     pub data: PathBuf,
@@ -197,6 +218,9 @@ impl World {
             "init: {}",
             String::from_utf8_lossy(&w_init.stderr)
         );
+        // The operator's root key lives outside the data directory; it certifies the node's
+        // seal key, without which `serve` refuses to start.
+        certify_seal_key(&data, &root.join("root.key"));
         let cfg_path = data.join("postern.toml");
         // Every test vendor connects from 127.0.0.1: exempt it from per-source caps and penalties
         // (the flood tests attack from other loopback addresses). Keys given in `extra_config`

@@ -147,7 +147,7 @@ fn planted_files_cut_logs_and_borrowed_recordings_are_caught() {
 
     // A third party is handed ben's recording as if it were ann's.
     let key = w.dir.path().join("seal.pub");
-    std::fs::write(&key, w.ok(&["seal-key"])).unwrap();
+    std::fs::write(&key, w.ok(&["seal-key", "--current"])).unwrap();
     let file = recs.join(format!("{ben}.rec"));
     let (f, k) = (file.display().to_string(), key.display().to_string());
     let o = w.postern(&[

@@ -545,6 +545,7 @@ fn the_web_form_is_served_over_https_when_configured() {
         .status
         .success()
     );
+    harness::certify_seal_key(&data, &dir.path().join("root.key"));
     let cfg = data.join("postern.toml");
     let text = std::fs::read_to_string(&cfg).unwrap()
         + &format!(

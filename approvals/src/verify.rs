@@ -94,8 +94,51 @@ pub struct Evidence {
     pub node: String,
     pub audit_log: PathBuf,
     pub recordings: PathBuf,
-    /// This node's own seal public key file, trusted besides the keys registered in the store.
+    /// This node's own seal public key file, trusted besides the keys registered in the store
+    /// when no root is pinned (older installations).
     pub local_seal_key: Option<PathBuf>,
+    /// The seal keyring (`DATA/keys/keyring`) and the root public key the auditor trusts: when a
+    /// root is given, seals count only if the keyring (checked against that root) certified
+    /// their key for the time they were made; the database and the data directory's key files
+    /// are then ignored.
+    pub keyring: Option<PathBuf>,
+    pub root: Option<recorder::keyring::RootPublicKey>,
+}
+
+/// Whose word makes a seal key trusted.
+enum Trust {
+    /// The operator's root, through the keyring.
+    Root {
+        ring: recorder::keyring::Keyring,
+        root: recorder::keyring::RootPublicKey,
+    },
+    /// No root pinned: the keys the database and the data directory name (labelled as such).
+    Unpinned(Vec<recorder::SealPublicKey>),
+    /// The keyring does not check against the root: nothing is trusted.
+    Broken(String),
+}
+
+impl Trust {
+    /// The keys trusted for a seal made at `at` (unix seconds).
+    fn keys_at(&self, at: i64) -> Vec<recorder::SealPublicKey> {
+        match self {
+            Trust::Root { ring, root } => ring
+                .trusted(root, at)
+                .map(|v| v.into_iter().map(|(k, _)| k).collect())
+                .unwrap_or_default(),
+            Trust::Unpinned(keys) => keys.clone(),
+            Trust::Broken(_) => Vec::new(),
+        }
+    }
+
+    /// Why `key` is not trusted at `at`, in words.
+    fn why_not(&self, key: &recorder::SealPublicKey, at: i64) -> Option<String> {
+        match self {
+            Trust::Root { ring, root } => ring.status(root, key, at).ok().map(|s| s.to_string()),
+            Trust::Unpinned(_) => None,
+            Trust::Broken(e) => Some(e.clone()),
+        }
+    }
 }
 
 /// What the audit log says a session's seal was.
@@ -156,7 +199,21 @@ fn check(
     commands: &HashMap<String, Vec<crate::CommandRow>>,
     all: bool,
 ) -> Vec<Finding> {
-    let trusted = trusted_keys(keys);
+    let trust = match (&evidence.root, &evidence.keyring) {
+        (Some(root), Some(path)) => match recorder::keyring::Keyring::load(path)
+            .and_then(|ring| ring.check(root).map(|()| ring))
+        {
+            Ok(ring) => Trust::Root {
+                ring,
+                root: root.clone(),
+            },
+            Err(e) => Trust::Broken(format!(
+                "the seal keyring does not check against the root: {e}"
+            )),
+        },
+        (Some(_), None) => Trust::Broken("no seal keyring to check seals with".into()),
+        (None, _) => Trust::Unpinned(trusted_keys(keys)),
+    };
     let (audit_finding, facts) = verify_audit_log(&evidence.audit_log);
     let none = AuditFacts::default();
     let mut findings: Vec<Finding> = sessions
@@ -173,7 +230,7 @@ fn check(
                 evidence,
                 s,
                 local,
-                &trusted,
+                &trust,
                 facts,
                 commands.get(&s.id).map(Vec::as_slice),
             )
@@ -214,6 +271,19 @@ fn check(
             ));
         }
         findings.push(audit_finding);
+        findings.push(match &trust {
+            Trust::Root { root, .. } => Finding::ok(
+                "seal keys",
+                0,
+                format!("trusted through the keyring certified by root {}", root.fingerprint()),
+            ),
+            Trust::Unpinned(_) => Finding::ok(
+                "seal keys",
+                0,
+                "no root pinned: seal keys taken from the database and the data directory (an insider could add one; pin the operator's root with `postern keys pin` and verify with --root)",
+            ),
+            Trust::Broken(e) => Finding::bad("seal keys", 0, e.clone()),
+        });
     }
     findings
 }
@@ -239,19 +309,20 @@ fn verify_recording(
     evidence: &Evidence,
     s: &Session,
     local: bool,
-    trusted: &[recorder::SealPublicKey],
+    trust: &Trust,
     facts: &AuditFacts,
     stored_commands: Option<&[crate::CommandRow]>,
 ) -> Finding {
-    let finding = verify_chain_and_seal(evidence, s, local, trusted, facts);
+    let finding = verify_chain_and_seal(evidence, s, local, trust, facts);
     let path = evidence.recordings.join(&s.recording);
     if !finding.ok || finding.elsewhere.is_some() || !path.exists() {
         return finding;
     }
     let item = finding.item.clone();
-    let seal = recorder::verify_file(&path)
-        .ok()
-        .and_then(|r| r.seal(trusted).ok());
+    let seal = recorder::verify_file(&path).ok().and_then(|r| {
+        let at = sealed_at(&r);
+        r.seal(&trust.keys_at(at)).ok()
+    });
     // A recording sealed here must have left its end or seal in this node's audit log.
     if local && seal.is_some() && facts.seal.is_none() && facts.end.is_none() {
         return Finding::bad(
@@ -311,7 +382,7 @@ fn verify_chain_and_seal(
     evidence: &Evidence,
     s: &Session,
     local: bool,
-    trusted: &[recorder::SealPublicKey],
+    trust: &Trust,
     facts: &AuditFacts,
 ) -> Finding {
     let item = format!("session {}", s.id);
@@ -375,6 +446,9 @@ fn verify_chain_and_seal(
         .last
         .as_ref()
         .is_some_and(|l| l.kind == recorder::Kind::Seal);
+    // Keys are trusted for the time the seal was made.
+    let trusted = trust.keys_at(sealed_at(&r));
+    let trusted = trusted.as_slice();
 
     if let recorder::Tail::Torn { offset, .. } = r.tail {
         return match expected.first() {
@@ -442,7 +516,19 @@ fn verify_chain_and_seal(
 
     let seal = match r.seal(trusted) {
         Ok(seal) => seal,
-        Err(e) => return Finding::bad(&item, r.records, e.to_string()),
+        Err(e) => {
+            let why = match &e {
+                recorder::SealError::UnknownKey { key, .. } => recorder::SealPublicKey::parse(key)
+                    .ok()
+                    .and_then(|k| trust.why_not(&k, sealed_at(&r))),
+                _ => None,
+            };
+            let detail = match why {
+                Some(why) => format!("{e}: {why}"),
+                None => e.to_string(),
+            };
+            return Finding::bad(&item, r.records, detail);
+        }
     };
     let last = r.last_hash.map(hex::encode).unwrap_or_default();
     for e in &expected {
@@ -543,6 +629,14 @@ fn verify_audit_log(path: &Path) -> (Finding, HashMap<String, AuditFacts>) {
         )
     };
     (Finding::ok(item, n, detail), facts)
+}
+
+/// When a recording's last record (its seal, if it has one) was written, in unix seconds.
+fn sealed_at(r: &recorder::VerifyReport) -> i64 {
+    r.last
+        .as_ref()
+        .map(|l| l.time_us.div_euclid(1_000_000))
+        .unwrap_or_default()
 }
 
 /// Whether the audit log has an incomplete tail or a broken chain (appending to it would cut or
@@ -707,6 +801,8 @@ mod tests {
             audit_log: dir.path().join("audit.log"),
             recordings: dir.path().join("recordings"),
             local_seal_key: None,
+            keyring: None,
+            root: None,
         };
         std::fs::create_dir_all(&evidence.recordings).unwrap();
         let audit = AuditLog::new(&evidence.audit_log, name);

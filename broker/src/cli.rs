@@ -79,6 +79,9 @@ impl Env {
             audit_log: self.data.audit_log(),
             recordings: self.data.recordings(),
             local_seal_key: Some(self.data.seal_key().with_extension("pub")),
+            keyring: Some(keys::keyring_path(&self.data)),
+            // The node's pinned copy; `verify --root` takes the auditor's own.
+            root: keys::load_root_public(&keys::root_pub_path(&self.data)).ok(),
         }
     }
 
@@ -197,12 +200,48 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             public_key: Some(key),
             expect_session,
             ..
-        } => verify_standalone(file, key, expect_session.as_deref(), cli.json),
-        Command::SealKey => {
+        } => verify_standalone(
+            file,
+            &FileTrust::Key(key),
+            expect_session.as_deref(),
+            cli.json,
+        ),
+        Command::Verify {
+            file: Some(file),
+            keyring: Some(keyring),
+            root: Some(root),
+            expect_session,
+            ..
+        } => verify_standalone(
+            file,
+            &FileTrust::Keyring { keyring, root },
+            expect_session.as_deref(),
+            cli.json,
+        ),
+        Command::SealKey { current: true } => {
             let data = DataDir::new(&cli.data);
             let key = keys::seal_key(&data.seal_key())
                 .with_context(|| format!("no seal key in {}", data.root.display()))?;
             println!("{}", key.public().export());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SealKey { current: false } => {
+            seal_keyring_export(&DataDir::new(&cli.data), cli.json)
+        }
+        Command::Keys {
+            action:
+                crate::KeysAction::Root {
+                    action: crate::RootAction::Init { out },
+                },
+        } => {
+            let public = keys::root_init(out, &DataDir::new(&cli.data))?;
+            println!("{}", public.export());
+            println!("fingerprint {}", public.fingerprint());
+            println!(
+                "root private key in {} (keep it off the broker); public key in {}",
+                out.display(),
+                keys::root_pub_beside(out).display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchLoad {
@@ -350,14 +389,17 @@ async fn command(env: &Env, command: &Command) -> Result<ExitCode> {
         }
         Command::Export { id, input } => export(env, id, *input).await?,
         Command::Audit { follow, since } => audit(env, *follow, since.as_deref()).await?,
-        Command::Verify { id, .. } => return verify(env, id.as_deref()).await,
+        Command::Verify { id, root, .. } => {
+            return verify(env, id.as_deref(), root.as_deref()).await;
+        }
+        Command::Keys { action } => keys_command(env, action).await?,
         Command::Init
         | Command::Demo { .. }
         | Command::Serve { .. }
         | Command::DeviceSim { .. }
         | Command::Simulate { .. }
         | Command::BenchLoad { .. }
-        | Command::SealKey => unreachable!("handled in run"),
+        | Command::SealKey { .. } => unreachable!("handled in run"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1508,18 +1550,47 @@ fn report_with(findings: &[Finding], json: bool, summary: bool) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// Checks one recording file with only a seal public key: no data directory, no database.
+/// What a third party trusts to check one recording file.
+pub enum FileTrust<'a> {
+    /// One seal public key, taken on trust.
+    Key(&'a Path),
+    /// A keyring and the checker's own copy of the root public key: the keys the root certified
+    /// for the time the recording was sealed.
+    Keyring { keyring: &'a Path, root: &'a Path },
+}
+
+/// Checks one recording file with only a seal public key, or a keyring and a root public key:
+/// no data directory, no database.
 pub fn verify_standalone(
     file: &Path,
-    public_key: &Path,
+    trust: &FileTrust<'_>,
     expect_session: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
-    let key_text = std::fs::read_to_string(public_key)
-        .with_context(|| format!("reading {}", public_key.display()))?;
-    let key = recorder::SealPublicKey::parse(&key_text)
-        .map_err(|e| anyhow!("{}: {e}", public_key.display()))?;
     let item = file.display().to_string();
+    let (key, ring) = match trust {
+        FileTrust::Key(public_key) => {
+            let key_text = std::fs::read_to_string(public_key)
+                .with_context(|| format!("reading {}", public_key.display()))?;
+            let key = recorder::SealPublicKey::parse(&key_text)
+                .map_err(|e| anyhow!("{}: {e}", public_key.display()))?;
+            (Some(key), None)
+        }
+        FileTrust::Keyring { keyring, root } => {
+            let root = keys::load_root_public(root)?;
+            if !keyring.exists() {
+                bail!("reading {}: no such file", keyring.display());
+            }
+            let ring = recorder::keyring::Keyring::load(keyring)?;
+            (None, Some((ring, root)))
+        }
+    };
+    if let Some((ring, root)) = &ring {
+        // A keyring that does not check against the auditor's root proves nothing.
+        if let Err(e) = ring.check(root) {
+            return report(&[Finding::bad(&item, 0, e.to_string())], json);
+        }
+    }
     let finding = match recorder::verify_file(file) {
         Err(e) => Finding::bad(&item, 0, e.to_string()),
         Ok(r) if expect_session.is_some_and(|want| want != r.stream_id) => Finding::bad(
@@ -1538,24 +1609,32 @@ pub fn verify_standalone(
                 r.records,
                 format!("record {}: incomplete at byte {offset}", r.records),
             ),
-            (None, recorder::Tail::Clean) => match r.seal(&[key]) {
-                Ok(seal) => Finding::ok(
-                    &item,
-                    r.records,
-                    format!(
-                        "session {}: chain intact; sealed over {} records by this key",
-                        seal.stream, seal.records
+            (None, recorder::Tail::Clean) => match (&key, &ring) {
+                (Some(key), _) => match r.seal(&[*key]) {
+                    Ok(seal) => Finding::ok(
+                        &item,
+                        r.records,
+                        format!(
+                            "session {}: chain intact; sealed over {} records by this key",
+                            seal.stream, seal.records
+                        ),
                     ),
-                ),
-                Err(e) => Finding::bad(&item, r.records, e.to_string()),
+                    Err(e) => Finding::bad(&item, r.records, e.to_string()),
+                },
+                (None, Some((ring, root))) => sealed_by_keyring(&item, &r, ring, root),
+                (None, None) => Finding::bad(&item, r.records, "no key to check the seal with"),
             },
         },
     };
     report(&[finding], json)
 }
 
-pub async fn verify(env: &Env, id: Option<&str>) -> Result<ExitCode> {
-    let findings = approvals::verify::verify(&env.store, &env.evidence(), id).await?;
+pub async fn verify(env: &Env, id: Option<&str>, root: Option<&Path>) -> Result<ExitCode> {
+    let mut evidence = env.evidence();
+    if let Some(root) = root {
+        evidence.root = Some(keys::load_root_public(root)?);
+    }
+    let findings = approvals::verify::verify(&env.store, &evidence, id).await?;
     let failed = findings.iter().filter(|f| !f.ok).count();
     let elsewhere = findings.iter().filter(|f| f.elsewhere.is_some()).count();
     // The verification itself is evidence, but verify never changes what it judged: with the
@@ -1598,6 +1677,10 @@ pub async fn serve(
     let limits = env.cfg.limits().map_err(|e| anyhow!("{e}"))?;
     let warn_before = limits.warn_before;
     let seal = keys::seal_key(&env.data.seal_key())?;
+    // Sealing with a key no root vouches for would make evidence nobody can trust: refuse.
+    let seal_id = keys::require_certified(&env.data, &seal.public(), now())?;
+    tracing::info!(key_id = %seal_id, "seal key certified by the pinned root");
+    // A hint for listings; verifiers trust the keyring, not this row.
     env.store
         .register_seal_key(&seal.public().export(), &env.cfg.node, now())
         .await?;
@@ -1672,7 +1755,11 @@ pub async fn serve(
             https,
         )
         .with_client_address(client_address)
-        .with_local_seal_key(env.data.seal_key().with_extension("pub")),
+        .with_local_seal_key(env.data.seal_key().with_extension("pub"))
+        .with_keyring(
+            keys::keyring_path(&env.data),
+            keys::load_root_public(&keys::root_pub_path(&env.data)).ok(),
+        ),
     );
     // The web listener's own caps: connections in all and per client, idle and header timeouts.
     let web_limits = crate::web::Limits {
@@ -1798,6 +1885,320 @@ async fn write_summaries(
             }
         }
     }
+}
+
+/// A recording's seal checked against the keys `root` certified for the time it was sealed (the
+/// seal record's time).
+fn sealed_by_keyring(
+    item: &str,
+    r: &recorder::VerifyReport,
+    ring: &recorder::keyring::Keyring,
+    root: &recorder::keyring::RootPublicKey,
+) -> Finding {
+    let at = r.last.as_ref().map(|l| l.time_us / 1_000_000).unwrap_or(0);
+    let trusted = match ring.trusted(root, at) {
+        Ok(t) => t,
+        Err(e) => return Finding::bad(item, r.records, e.to_string()),
+    };
+    let keys: Vec<recorder::SealPublicKey> = trusted.iter().map(|(k, _)| *k).collect();
+    match r.seal(&keys) {
+        Ok(seal) => {
+            let id = recorder::SealPublicKey::parse(&seal.key)
+                .map(|k| recorder::keyring::KeyId::of(&k).to_string())
+                .unwrap_or_default();
+            Finding::ok(
+                item,
+                r.records,
+                format!(
+                    "session {}: chain intact; sealed over {} records at {} by key {id}, certified by root {} at that time",
+                    seal.stream,
+                    seal.records,
+                    fmt_time(at),
+                    root.fingerprint()
+                ),
+            )
+        }
+        Err(recorder::SealError::UnknownKey { seq, key }) => {
+            // Say why the keyring does not vouch for this key then.
+            let why = match recorder::SealPublicKey::parse(&key) {
+                Err(_) => "an unreadable key".to_owned(),
+                Ok(k) => match ring.status(root, &k, at) {
+                    Ok(recorder::keyring::KeyStatus::NotCertified(id)) => {
+                        format!("key {id}, which the root never certified")
+                    }
+                    Ok(recorder::keyring::KeyStatus::Revoked { key_id, at: from }) => {
+                        format!("key {key_id}, revoked from {}", fmt_time(from))
+                    }
+                    Ok(recorder::keyring::KeyStatus::Expired { key_id, at: end }) => {
+                        format!("key {key_id}, whose certificate ended at {}", fmt_time(end))
+                    }
+                    Ok(recorder::keyring::KeyStatus::NotYetValid { key_id, from }) => {
+                        format!("key {key_id}, certified only from {}", fmt_time(from))
+                    }
+                    Ok(recorder::keyring::KeyStatus::Trusted(id)) => format!("key {id}"),
+                    Err(e) => e.to_string(),
+                },
+            };
+            Finding::bad(
+                item,
+                r.records,
+                format!(
+                    "record {seq}: sealed at {} with {why}: not trusted",
+                    fmt_time(at)
+                ),
+            )
+        }
+        Err(e) => Finding::bad(item, r.records, e.to_string()),
+    }
+}
+
+// ---- seal-key trust ----
+
+/// `postern seal-key`: the keyring as signed lines an auditor checks with their own root public
+/// key, each key's history in comments first.
+fn seal_keyring_export(data: &DataDir, json: bool) -> Result<ExitCode> {
+    let ring = recorder::keyring::Keyring::load(&keys::keyring_path(data))?;
+    let current = keys::seal_key(&data.seal_key())
+        .with_context(|| format!("no seal key in {}", data.root.display()))?
+        .public();
+    let current_id = recorder::keyring::KeyId::of(&current);
+    let root = keys::pinned_root(data)?;
+    let history = match &root {
+        Some(root) => ring.history(root).map_err(|e| e.to_string()),
+        None => Err("no root public key is pinned here".to_owned()),
+    };
+    if json {
+        let entries: Vec<&recorder::keyring::Entry> = ring.entries().collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "current": {"key_id": current_id, "key": current.export()},
+                "pinned_root": root.map(|r| r.fingerprint()),
+                "keys": history.as_ref().ok(),
+                "problem": history.as_ref().err(),
+                "entries": entries,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "# Postern seal keyring. Check it with your own copy of the operator's root public key:"
+    );
+    println!("#   postern verify --file RECORDING --keyring THIS_FILE --root ROOT_PUB");
+    match (&root, &history) {
+        (Some(root), Ok(history)) => {
+            println!("# Pinned on this node: root {}", root.fingerprint());
+            for h in history {
+                let windows: Vec<String> = h
+                    .windows
+                    .iter()
+                    .map(|(a, b)| format!("{} to {}", fmt_time(*a), fmt_time(*b)))
+                    .collect();
+                let mut line = format!(
+                    "# {} node {} certified {}",
+                    h.key_id,
+                    printable(&h.node),
+                    windows.join(", ")
+                );
+                if let Some(r) = h.revoked {
+                    line.push_str(&format!("; revoked from {}", fmt_time(r)));
+                }
+                if let Some((from, at)) = &h.replaces {
+                    line.push_str(&format!("; replaced {from} at {}", fmt_time(*at)));
+                }
+                if let Some((to, at)) = &h.replaced_by {
+                    line.push_str(&format!("; replaced by {to} at {}", fmt_time(*at)));
+                }
+                if h.key_id == current_id {
+                    line.push_str("; sealing now");
+                }
+                println!("{line}");
+            }
+        }
+        (_, Err(problem)) => println!("# WARNING: {problem}"),
+        (None, Ok(_)) => {}
+    }
+    if !ring
+        .entries()
+        .any(|e| matches!(e, recorder::keyring::Entry::Certify(c) if c.key_id == current_id))
+    {
+        println!(
+            "# The key sealing now ({current_id}) is not certified: run `postern keys certify --root ROOT_KEY_FILE`"
+        );
+    }
+    for e in ring.entries() {
+        println!("{}", e.line());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn keys_command(env: &Env, action: &crate::KeysAction) -> Result<()> {
+    use crate::KeysAction;
+    let now = now();
+    let ring_path = keys::keyring_path(&env.data);
+    match action {
+        // Handled before the data directory is opened.
+        KeysAction::Root { .. } => unreachable!("handled in run"),
+        KeysAction::Pin { root_pub } => {
+            let root = keys::load_root_public(root_pub)?;
+            env.audit("keys.pin", json!({"root": root.fingerprint()}))?;
+            if keys::pin_root(&env.data, &root)? {
+                println!(
+                    "pinned root {} in {} (for this broker's start-up check; auditors use their own copy)",
+                    root.fingerprint(),
+                    keys::root_pub_path(&env.data).display()
+                );
+            } else {
+                println!("root {} was already pinned", root.fingerprint());
+            }
+        }
+        KeysAction::Certify {
+            root,
+            valid_for,
+            from,
+        } => {
+            let root = keys::load_root_key(root)?;
+            let public = root.public();
+            if let Some(pinned) = keys::pinned_root(&env.data)?
+                && pinned != public
+            {
+                bail!(
+                    "this node pins another root key ({}) in {}; certify with that one, or remove the file to change roots",
+                    pinned.fingerprint(),
+                    keys::root_pub_path(&env.data).display()
+                );
+            }
+            let ring = open_keyring(&ring_path, &public)?;
+            let valid_for = parse_duration(valid_for).map_err(|e| anyhow!("--valid-for: {e}"))?;
+            let from = match from {
+                Some(f) => parse_time(f, now).map_err(|e| anyhow!("--from: {e}"))?,
+                None => now,
+            };
+            let seal = keys::seal_key(&env.data.seal_key())?.public();
+            let entry = keys::certify_entry(&root, &seal, &env.cfg.node, from, valid_for, now)?;
+            let recorder::keyring::Entry::Certify(cert) = &entry else {
+                bail!("internal: certify made no certificate");
+            };
+            drop(ring);
+            env.audit(
+                "keys.certify",
+                json!({
+                    "key_id": cert.key_id, "key": cert.key, "node": cert.node,
+                    "not_before": cert.not_before, "not_after": cert.not_after,
+                    "root": public.fingerprint(),
+                }),
+            )?;
+            let pinned = keys::pin_root(&env.data, &public)?;
+            recorder::keyring::Keyring::append(&ring_path, std::slice::from_ref(&entry))?;
+            // The database row is only a hint for other nodes' listings; trust is the keyring.
+            env.store
+                .register_seal_key(&cert.key, &env.cfg.node, now)
+                .await?;
+            println!(
+                "certified seal key {} of node {} from {} to {} by root {}",
+                cert.key_id,
+                printable(&cert.node),
+                fmt_time(cert.not_before),
+                fmt_time(cert.not_after),
+                public.fingerprint()
+            );
+            if pinned {
+                println!(
+                    "pinned root {} in {} (for this broker's start-up check; auditors use their own copy)",
+                    public.fingerprint(),
+                    keys::root_pub_path(&env.data).display()
+                );
+            }
+        }
+        KeysAction::Revoke {
+            key_id,
+            root,
+            at,
+            reason,
+        } => {
+            let root = keys::load_root_key(root)?;
+            let ring = open_keyring(&ring_path, &root.public())?;
+            let id = recorder::keyring::KeyId(key_id.clone());
+            if !ring
+                .entries()
+                .any(|e| matches!(e, recorder::keyring::Entry::Certify(c) if c.key_id == id))
+            {
+                bail!("no key {} in {}", printable(key_id), ring_path.display());
+            }
+            let at = match at {
+                Some(a) => parse_time(a, now).map_err(|e| anyhow!("--at: {e}"))?,
+                None => now,
+            };
+            let entry = recorder::keyring::Entry::Revoke(root.revoke(&id, at, now, reason));
+            env.audit(
+                "keys.revoke",
+                json!({"key_id": id, "not_after": at, "reason": reason, "root": root.public().fingerprint()}),
+            )?;
+            recorder::keyring::Keyring::append(&ring_path, std::slice::from_ref(&entry))?;
+            println!(
+                "revoked seal key {id}: its seals from {} on are not trusted",
+                fmt_time(at)
+            );
+        }
+        KeysAction::Rotate {
+            root,
+            valid_for,
+            overlap,
+        } => {
+            let root = keys::load_root_key(root)?;
+            let ring = open_keyring(&ring_path, &root.public())?;
+            let valid_for = parse_duration(valid_for).map_err(|e| anyhow!("--valid-for: {e}"))?;
+            let overlap = parse_duration(overlap).map_err(|e| anyhow!("--overlap: {e}"))?;
+            let old_seed = keys::seal_seed(&env.data.seal_key())?;
+            let old_id =
+                recorder::keyring::KeyId::of(&recorder::SealKey::from_seed(&old_seed).public());
+            if !ring
+                .entries()
+                .any(|e| matches!(e, recorder::keyring::Entry::Certify(c) if c.key_id == old_id))
+            {
+                bail!(
+                    "the current seal key {old_id} was never certified: certify it with `postern keys certify --root ROOT_KEY_FILE` instead"
+                );
+            }
+            let rot = keys::rotation(&root, &old_seed, &env.cfg.node, valid_for, overlap, now)?;
+            let entries: Vec<Value> = rot
+                .entries
+                .iter()
+                .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+                .collect();
+            // The transition, signed by both keys, goes into the audit log as well as the keyring.
+            env.audit(
+                "keys.rotate",
+                json!({"from": rot.from, "to": rot.to, "at": now, "old_not_after": now.saturating_add(overlap), "entries": entries}),
+            )?;
+            recorder::keyring::Keyring::append(&ring_path, &rot.entries)?;
+            keys::install_seal_seed(&env.data.seal_key(), &rot.new_seed)?;
+            let new_public = recorder::SealKey::from_seed(&rot.new_seed).public();
+            env.store
+                .register_seal_key(&new_public.export(), &env.cfg.node, now)
+                .await?;
+            println!(
+                "rotated seal key {} to {}; {} stays trusted until {}: restart the broker before then",
+                rot.from,
+                rot.to,
+                rot.from,
+                fmt_time(now.saturating_add(overlap))
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The data directory's keyring, refused if it does not check against the root about to sign
+/// into it: never extend a keyring someone has tampered with.
+fn open_keyring(
+    path: &Path,
+    root: &recorder::keyring::RootPublicKey,
+) -> Result<recorder::keyring::Keyring> {
+    let ring = recorder::keyring::Keyring::load(path)?;
+    ring.check(root)
+        .with_context(|| format!("{} does not check against this root key", path.display()))?;
+    Ok(ring)
 }
 
 #[cfg(test)]

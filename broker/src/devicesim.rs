@@ -620,6 +620,7 @@ pub async fn demo(
         println!("initialised {}", data.root.display());
     }
     let env = Env::open(cli).await?;
+    certify_demo_seal_key(&env).await?;
     let first = !paths.dir.exists();
     if first {
         std::fs::create_dir_all(&paths.dir)?;
@@ -693,6 +694,40 @@ pub async fn demo(
     );
     println!();
     crate::cli::serve(env, ssh, &web, Some(sim)).await
+}
+
+/// The demo plays the operator too: it makes a root key beside the data directory
+/// (`DATA/../postern-demo-root`) and certifies the seal key with it, so that `serve` starts. A
+/// real operator keeps the root key off the broker.
+async fn certify_demo_seal_key(env: &Env) -> Result<()> {
+    let seal = keys::seal_key(&env.data.seal_key())?.public();
+    if keys::require_certified(&env.data, &seal, approvals::time::now()).is_ok() {
+        return Ok(());
+    }
+    let root = env
+        .data
+        .root
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .join("postern-demo-root");
+    if !root.exists() {
+        keys::root_init(&root, &env.data)?;
+    }
+    crate::cli::keys_command(
+        env,
+        &crate::KeysAction::Certify {
+            root: root.clone(),
+            valid_for: "365d".into(),
+            from: None,
+        },
+    )
+    .await?;
+    println!(
+        "demo root key (certifies the seal key; keep a real one off the broker): {}",
+        root.display()
+    );
+    Ok(())
 }
 
 async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result<()> {

@@ -133,13 +133,22 @@ pub async fn apply(
     journal: &Journal,
     end: &SessionEnd,
 ) -> bool {
+    // The command log first: once the database says the session ended, its command log is
+    // there too (verify holds the two together).
+    if !crate::recording::index_commands(store, recordings, &end.session).await {
+        warn!(session = %end.session, "command log not yet in the database; the end stays in the journal");
+        return false;
+    }
     let seal = end.records.zip(end.final_hash.as_deref());
-    let written =
-        approvals::store::deadline(store.end_session(&end.session, &end.reason, seal, end.ended))
-            .await;
+    let written = approvals::store::deadline(store.end_session(
+        &end.session,
+        &end.reason,
+        seal,
+        end.ended,
+    ))
+    .await;
     match written {
         Ok(()) => {
-            crate::recording::index_commands(store, recordings, &end.session).await;
             journal.remove(&end.session);
             true
         }

@@ -1,6 +1,6 @@
 //! SSH keys and the vendor certificate authority.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use russh::keys::ssh_key::certificate::{Builder, CertType};
@@ -8,12 +8,26 @@ use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
 use russh::keys::ssh_key::{HashAlg, LineEnding};
 use russh::keys::{Certificate, PrivateKey, PublicKey};
 
-use crate::config::write_private;
+use approvals::time::fmt_time;
+use recorder::keyring::{Entry, KeyId, KeyStatus, Keyring, RootKey, RootPublicKey, Transition};
 
-/// A fresh Ed25519 key. Seeded from the OS CSPRNG through `rand` (ssh-key's own generator wants
-/// a different rand_core version than the rest of the tree).
+use crate::config::{DataDir, write_private};
+
+/// 32 bytes straight from the operating system's CSPRNG, for long-lived keys (root, seal, host,
+/// CA): no user-space generator state that a fork or a snapshot could duplicate.
+pub fn os_seed() -> Result<[u8; 32]> {
+    use rand::TryRngCore;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut seed)
+        .map_err(|e| anyhow!("reading OS randomness: {e}"))?;
+    Ok(seed)
+}
+
+/// A fresh Ed25519 key, seeded from [`os_seed`] (ssh-key's own generator wants a different
+/// rand_core version than the rest of the tree).
 pub fn generate_ed25519(comment: &str) -> Result<PrivateKey> {
-    let seed: [u8; 32] = rand::random();
+    let seed = os_seed()?;
     let mut key = PrivateKey::new(
         KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)),
         comment,
@@ -134,10 +148,16 @@ pub fn sign_user_cert(
     })
 }
 
-/// Loads the seal key, creating it (and its `.pub`) on first use.
+/// Loads the seal key, creating it (and its `.pub`) on first use. A new key seals nothing the
+/// broker will use until the operator's root key certifies it (see [`require_certified`]).
 pub fn seal_key(path: &Path) -> Result<recorder::SealKey> {
+    Ok(recorder::SealKey::from_seed(&seal_seed(path)?))
+}
+
+/// The seal key's seed, creating a new key on first use.
+pub fn seal_seed(path: &Path) -> Result<[u8; 32]> {
     if !path.exists() {
-        let seed: [u8; 32] = rand::random();
+        let seed = os_seed()?;
         write_private(path, hex::encode(seed).as_bytes())?;
         let key = recorder::SealKey::from_seed(&seed);
         std::fs::write(
@@ -145,11 +165,225 @@ pub fn seal_key(path: &Path) -> Result<recorder::SealKey> {
             format!("{}\n", key.public().export()),
         )?;
     }
+    read_seal_seed(path)
+}
+
+fn read_seal_seed(path: &Path) -> Result<[u8; 32]> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let seed: [u8; 32] = hex::decode(text.trim())
+    hex::decode(text.trim())
         .ok()
         .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| anyhow!("{} is not a seal key", path.display()))?;
-    Ok(recorder::SealKey::from_seed(&seed))
+        .ok_or_else(|| anyhow!("{} is not a seal key", path.display()))
+}
+
+// ---- seal-key trust: the operator's root key and the keyring ----
+
+/// The signed keyring in the data directory: certificates, revocations, transitions.
+pub fn keyring_path(data: &DataDir) -> PathBuf {
+    data.keys().join("keyring")
+}
+
+/// The data directory's copy of the root public key. A convenience for the broker's own start-up
+/// check only: whoever can write the data directory can replace it, so auditors use their own.
+pub fn root_pub_path(data: &DataDir) -> PathBuf {
+    data.keys().join("root.pub")
+}
+
+/// `FILE.pub` next to a root key file.
+pub fn root_pub_beside(key: &Path) -> PathBuf {
+    let mut name = key.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+/// Makes an operator root key at `out` (0600) and its public key at `out.pub`. Refuses a place
+/// inside `data` or inside any Postern data directory: the root key must not live on a broker.
+pub fn root_init(out: &Path, data: &DataDir) -> Result<RootPublicKey> {
+    let target = resolved(out)?;
+    let data_root = resolved(&data.root)?;
+    let inside_data_dir = target.starts_with(&data_root)
+        || target
+            .ancestors()
+            .skip(1)
+            .any(|d| d.join("postern.toml").is_file() && d.join("keys").is_dir());
+    if inside_data_dir {
+        bail!(
+            "{} is inside a Postern data directory: keep the root key off the broker (removable media, an offline machine)",
+            out.display()
+        );
+    }
+    let key = RootKey::from_seed(&os_seed()?);
+    let public = key.public();
+    write_private(out, key.export_secret().as_bytes())?;
+    let pub_path = root_pub_beside(out);
+    std::fs::write(&pub_path, format!("{}\n", public.export()))
+        .with_context(|| format!("writing {}", pub_path.display()))?;
+    Ok(public)
+}
+
+/// An absolute path with symlinks resolved as far as the path exists.
+fn resolved(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+    // Resolve the deepest existing ancestor, then re-append the rest.
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut out = existing
+        .canonicalize()
+        .unwrap_or_else(|_| existing.to_owned());
+    out.extend(rest.iter().rev());
+    Ok(out)
+}
+
+pub fn load_root_key(path: &Path) -> Result<RootKey> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    RootKey::parse_secret(&text).with_context(|| format!("{}", path.display()))
+}
+
+pub fn load_root_public(path: &Path) -> Result<RootPublicKey> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    RootPublicKey::parse(&text).with_context(|| format!("{}", path.display()))
+}
+
+/// The root public key pinned in the data directory, if any.
+pub fn pinned_root(data: &DataDir) -> Result<Option<RootPublicKey>> {
+    let path = root_pub_path(data);
+    if !path.exists() {
+        return Ok(None);
+    }
+    load_root_public(&path).map(Some)
+}
+
+/// Pins `root` in the data directory. The same key again is a no-op (`false`); another key is
+/// refused: changing roots is a deliberate act (delete the file first).
+pub fn pin_root(data: &DataDir, root: &RootPublicKey) -> Result<bool> {
+    match pinned_root(data)? {
+        Some(p) if p == *root => Ok(false),
+        Some(p) => bail!(
+            "{} already pins another root key ({}); remove it first if this node is to change roots",
+            root_pub_path(data).display(),
+            p.fingerprint()
+        ),
+        None => {
+            let path = root_pub_path(data);
+            std::fs::write(&path, format!("{}\n", root.export()))
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(true)
+        }
+    }
+}
+
+/// The start-up check: the seal key must be certified by the pinned root and valid `now`. The
+/// error is one line saying what to run.
+pub fn require_certified(data: &DataDir, key: &recorder::SealPublicKey, now: i64) -> Result<KeyId> {
+    let certify = "run `postern keys certify --root ROOT_KEY_FILE` with the operator's root key";
+    let Some(root) = pinned_root(data)? else {
+        bail!(
+            "refusing to seal with an uncertified key: no root public key is pinned in {}; {certify}",
+            root_pub_path(data).display()
+        );
+    };
+    let ring = Keyring::load(&keyring_path(data))?;
+    let fp = root.fingerprint();
+    match ring.status(&root, key, now).with_context(|| {
+        format!(
+            "refusing to start: {} does not check against the pinned root {fp}",
+            keyring_path(data).display()
+        )
+    })? {
+        KeyStatus::Trusted(id) => Ok(id),
+        KeyStatus::NotCertified(id) => bail!(
+            "refusing to seal with an uncertified key: seal key {id} is not certified by the root {fp}; {certify}"
+        ),
+        KeyStatus::NotYetValid { key_id, from } => bail!(
+            "refusing to start: seal key {key_id} is certified only from {}; wait, or {certify}",
+            fmt_time(from)
+        ),
+        KeyStatus::Expired { key_id, at } => bail!(
+            "refusing to start: the certificate of seal key {key_id} ended at {}; {certify}",
+            fmt_time(at)
+        ),
+        KeyStatus::Revoked { key_id, at } => bail!(
+            "refusing to start: seal key {key_id} was revoked from {}; run `postern keys rotate --root ROOT_KEY_FILE`",
+            fmt_time(at)
+        ),
+    }
+}
+
+/// Certifies this node's seal key with `root` for `[from, from + valid_for)`: returns the entry
+/// (not yet written).
+pub fn certify_entry(
+    root: &RootKey,
+    key: &recorder::SealPublicKey,
+    node: &str,
+    from: i64,
+    valid_for: i64,
+    now: i64,
+) -> Result<Entry> {
+    let until = from
+        .checked_add(valid_for)
+        .ok_or_else(|| anyhow!("validity out of range"))?;
+    Ok(Entry::Certify(root.certify(key, node, from, until, now)))
+}
+
+/// A rotation: a new seal key (seed returned, not yet written), certified from `now`; the
+/// transition signed by the old and the new key; the old key's certificate ended at
+/// `now + overlap` (time to restart brokers still holding it).
+pub struct Rotation {
+    pub new_seed: [u8; 32],
+    pub from: KeyId,
+    pub to: KeyId,
+    pub entries: Vec<Entry>,
+}
+
+pub fn rotation(
+    root: &RootKey,
+    old_seed: &[u8; 32],
+    node: &str,
+    valid_for: i64,
+    overlap: i64,
+    now: i64,
+) -> Result<Rotation> {
+    let new_seed = os_seed()?;
+    let old = recorder::SealKey::from_seed(old_seed).public();
+    let new = recorder::SealKey::from_seed(&new_seed).public();
+    let (from, to) = (KeyId::of(&old), KeyId::of(&new));
+    let certify = certify_entry(root, &new, node, now, valid_for, now)?;
+    let transition = Entry::Transition(Transition::sign(node, old_seed, &new_seed, now));
+    let retire = Entry::Revoke(root.revoke(
+        &from,
+        now.saturating_add(overlap),
+        now,
+        &format!("rotated to {to}"),
+    ));
+    Ok(Rotation {
+        new_seed,
+        from,
+        to,
+        entries: vec![certify, transition, retire],
+    })
+}
+
+/// Puts a rotated-in seal key in place: written beside the old one, then renamed over it, so the
+/// file is always one whole key. The old private key is gone; its public key stays in the
+/// keyring, which is all a verifier needs.
+pub fn install_seal_seed(path: &Path, seed: &[u8; 32]) -> Result<()> {
+    let staging = path.with_extension("new");
+    let _ = std::fs::remove_file(&staging);
+    write_private(&staging, hex::encode(seed).as_bytes())?;
+    std::fs::rename(&staging, path).with_context(|| format!("replacing {}", path.display()))?;
+    let public = recorder::SealKey::from_seed(seed).public();
+    std::fs::write(path.with_extension("pub"), format!("{}\n", public.export()))?;
+    Ok(())
 }

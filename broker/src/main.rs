@@ -172,19 +172,38 @@ pub enum Command {
     /// Recompute hash chains and seals of recordings and the audit log; non-zero exit on tampering.
     Verify {
         id: Option<String>,
-        /// Check this recording file alone, with only a seal public key (no data directory needed).
-        #[arg(long, requires = "public_key", conflicts_with = "id")]
+        /// Check this recording file alone, with only a seal public key or a keyring and your own
+        /// copy of the root public key (no data directory needed).
+        #[arg(long, conflicts_with = "id", requires = "file_trust")]
         file: Option<PathBuf>,
-        /// The seal public key (`postern seal-key` prints it).
-        #[arg(long, requires = "file")]
+        /// The seal public key (`postern seal-key --current` prints it).
+        #[arg(long, requires = "file", group = "file_trust")]
         public_key: Option<PathBuf>,
         /// With --file: the session the file must be (a recording of another session, however
         /// well sealed, is refused).
         #[arg(long, requires = "file")]
         expect_session: Option<String>,
+        /// The keyring (`postern seal-key` exports it): trusts the keys the root certified for
+        /// the time the recording was sealed.
+        #[arg(long, requires_all = ["file", "root"], group = "file_trust")]
+        keyring: Option<PathBuf>,
+        /// Your own copy of the operator's root public key (not the one on the broker): seals
+        /// count only if the keyring certified their key. Without it, the root pinned in the data
+        /// directory is used, and the output says so.
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
-    /// Print the public key that checks this broker's seals, for third-party verification.
-    SealKey,
+    /// Export the seal keyring: every certified seal key with its window, revocations and
+    /// rotations (with --current, only the key sealing now).
+    SealKey {
+        #[arg(long)]
+        current: bool,
+    },
+    /// Seal-key trust: the operator's root key, certificates, revocations and rotation.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Run a fleet of simulated devices on loopback (for tests, demos and benchmarks).
     Simulate {
         #[arg(long, default_value_t = 10)]
@@ -239,6 +258,58 @@ pub enum DemoAction {
     Code {
         #[arg(long)]
         approver: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysAction {
+    /// The operator's root key, which certifies seal keys. Make it off the broker.
+    Root {
+        #[command(subcommand)]
+        action: RootAction,
+    },
+    /// Copy a root public key into DATA/keys/root.pub, for the broker's start-up check.
+    Pin { root_pub: PathBuf },
+    /// Certify this node's seal key with the root key for a validity window.
+    Certify {
+        /// The root private key file (`postern keys root init` made it).
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long, default_value = "365d")]
+        valid_for: String,
+        /// Start of validity (default: now). Earlier covers sessions already sealed with the key.
+        #[arg(long, allow_hyphen_values = true)]
+        from: Option<String>,
+    },
+    /// Revoke a seal key: its seals made at or after --at are no longer trusted.
+    Revoke {
+        key_id: String,
+        #[arg(long)]
+        root: PathBuf,
+        /// From when (default: now; RFC 3339 or relative, e.g. -2d).
+        #[arg(long, allow_hyphen_values = true)]
+        at: Option<String>,
+        #[arg(long, default_value = "revoked by the operator")]
+        reason: String,
+    },
+    /// A new seal key, certified; the old one hands over in a record both keys sign, and its
+    /// certificate ends after --overlap (restart the broker before then).
+    Rotate {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long, default_value = "365d")]
+        valid_for: String,
+        #[arg(long, default_value = "1h")]
+        overlap: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RootAction {
+    /// Make a root key: private key at OUT (0600), public key at OUT.pub.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 

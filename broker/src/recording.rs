@@ -79,26 +79,37 @@ impl Recording {
     }
 }
 
-/// Indexes a finished session's commands; failures are logged, never fatal (the recording holds
-/// the evidence and can be indexed again).
-pub async fn index_commands(store: &approvals::Store, recordings: &Path, session_id: &str) {
-    let session = match store.session(session_id).await {
+/// Indexes a finished session's commands; `false` if the database did not take them (the
+/// recording holds the evidence and can be indexed again). A recording that cannot be read is
+/// logged and counts as done: there is nothing more to index.
+pub async fn index_commands(
+    store: &approvals::Store,
+    recordings: &Path,
+    session_id: &str,
+) -> bool {
+    let session = match approvals::store::deadline(store.session(session_id)).await {
         Ok(Some(s)) => s,
-        _ => return,
+        Ok(None) => return true,
+        Err(_) => return false,
     };
     let path = recordings.join(&session.recording);
-    let rows =
-        match tokio::task::spawn_blocking(move || approvals::verify::command_rows(&path, &session))
-            .await
-        {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => {
-                tracing::warn!(session = session_id, error = %e, "command log not extracted");
-                return;
-            }
-            Err(_) => return,
-        };
-    if let Err(e) = store.set_commands(session_id, &rows).await {
-        tracing::warn!(session = session_id, error = %e, "command log not stored");
+    let rows = match tokio::task::spawn_blocking(move || {
+        approvals::verify::command_rows(&path, &session)
+    })
+    .await
+    {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            tracing::warn!(session = session_id, error = %e, "command log not extracted");
+            return true;
+        }
+        Err(_) => return true,
+    };
+    match approvals::store::deadline(store.set_commands(session_id, &rows)).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(session = session_id, error = %e, "command log not stored");
+            false
+        }
     }
 }

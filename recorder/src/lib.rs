@@ -15,6 +15,7 @@
 mod asciicast;
 mod commands;
 mod format;
+pub mod keyring;
 mod keys;
 mod reader;
 mod screens;

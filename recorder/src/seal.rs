@@ -164,10 +164,9 @@ impl SealKey {
 }
 
 impl SealPublicKey {
-    /// A short stable id: the first 16 bytes of the SHA-256 of the raw key, hex.
+    /// The key's id, as the keyring names it (`sk-` and 16 hex digits).
     pub fn id(&self) -> String {
-        use sha2::{Digest, Sha256};
-        hex::encode(&Sha256::digest(self.0.to_bytes())[..16])
+        crate::keyring::KeyId::of(self).0
     }
 
     /// Checks a signature made by [`SealKey::sign_domain`].

@@ -74,6 +74,9 @@ pub struct WebState {
     /// This node's seal public key file, trusted by the session page's verification as by
     /// `postern verify`.
     pub local_seal_key: Option<PathBuf>,
+    /// The seal keyring and the pinned root that certifies its keys (see `verify::Evidence`).
+    pub keyring: Option<PathBuf>,
+    pub root: Option<recorder::keyring::RootPublicKey>,
 }
 
 /// How the web UI finds a client's address: the TCP peer, unless the peer is a trusted
@@ -162,12 +165,25 @@ impl WebState {
             throttled: crate::audit::Tally::default(),
             passwords: crate::approvers::PasswordChecker::new(HASHING_AT_ONCE, HASHING_QUEUE),
             local_seal_key: None,
+            keyring: None,
+            root: None,
         }
     }
 
     /// Trusts this node's own seal public key file too when verifying recordings.
     pub fn with_local_seal_key(mut self, path: PathBuf) -> WebState {
         self.local_seal_key = Some(path);
+        self
+    }
+
+    /// Trusts seal keys only through `keyring`, as certified by `root` (the node's pinned root).
+    pub fn with_keyring(
+        mut self,
+        keyring: PathBuf,
+        root: Option<recorder::keyring::RootPublicKey>,
+    ) -> WebState {
+        self.keyring = Some(keyring);
+        self.root = root;
         self
     }
 
@@ -187,6 +203,8 @@ impl WebState {
             audit_log: self.audit.path().to_owned(),
             recordings: self.recordings.clone(),
             local_seal_key: self.local_seal_key.clone(),
+            keyring: self.keyring.clone(),
+            root: self.root.clone(),
         }
     }
 
