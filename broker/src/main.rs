@@ -1,6 +1,7 @@
 //! `postern`: the broker binary and the operator CLI.
 
 mod admission;
+mod checkpointer;
 mod cli;
 mod config;
 mod devicesim;
@@ -178,6 +179,15 @@ pub enum Command {
         /// The seal public key (`postern seal-key` prints it).
         #[arg(long, requires = "file")]
         public_key: Option<PathBuf>,
+        /// Check the audit log against these shipped checkpoints (a file or an http(s) URL of
+        /// JSON lines, as `checkpoints export` writes); without it, against the database's (a hint).
+        #[arg(long, conflicts_with = "file")]
+        checkpoints: Option<String>,
+    },
+    /// Signed checkpoints of the audit log's head, as shipped off the host.
+    Checkpoints {
+        #[command(subcommand)]
+        action: CheckpointsAction,
     },
     /// Print the public key that checks this broker's seals, for third-party verification.
     SealKey,
@@ -226,6 +236,16 @@ pub enum Command {
         host_key: PathBuf,
         #[arg(long)]
         authorized_key: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CheckpointsAction {
+    /// Print the checkpoints the database holds as JSON lines (keep them off this host).
+    Export {
+        /// Only this node's.
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 

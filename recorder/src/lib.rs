@@ -30,7 +30,10 @@ pub use format::{GENESIS_DOMAIN, HASH_LEN, Kind, MAX_PAYLOAD, Record, genesis_ha
 pub use keys::{escape_controls, escape_keys, is_secret_prompt, reconstruct_line};
 pub use reader::{ReadError, Reader, ResumePoint, Tail, VerifyReport, verify, verify_file};
 pub use screens::{Screen, screens};
-pub use seal::{KEY_PREFIX, Seal, SealError, SealKey, SealPublicKey, check_seal, seal_message};
+pub use seal::{
+    CHECKPOINT_DOMAIN, KEY_PREFIX, Seal, SealError, SealKey, SealPublicKey, check_seal,
+    seal_message,
+};
 pub use writer::{Writer, append_locked, last_record};
 
 /// Errors raised while writing evidence.

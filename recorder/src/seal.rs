@@ -100,6 +100,33 @@ impl SealPublicKey {
     }
 }
 
+/// Domain tag of audit-log checkpoints: a checkpoint signature can never be taken for a seal's
+/// (or a keyring entry's), nor the other way round.
+pub const CHECKPOINT_DOMAIN: &[u8] = b"postern checkpoint v1\0";
+
+fn checkpoint_message(body: &[u8]) -> Vec<u8> {
+    let mut m = CHECKPOINT_DOMAIN.to_vec();
+    m.extend_from_slice(body);
+    m
+}
+
+impl SealKey {
+    /// Signs a checkpoint's encoded body (the caller's canonical encoding) under
+    /// [`CHECKPOINT_DOMAIN`].
+    pub fn sign_checkpoint(&self, body: &[u8]) -> [u8; 64] {
+        self.signing.sign(&checkpoint_message(body)).to_bytes()
+    }
+}
+
+impl SealPublicKey {
+    /// Checks a signature made by [`SealKey::sign_checkpoint`] (strictly: no malleable forms).
+    pub fn verify_checkpoint(&self, body: &[u8], signature: &[u8; 64]) -> bool {
+        self.0
+            .verify_strict(&checkpoint_message(body), &Signature::from_bytes(signature))
+            .is_ok()
+    }
+}
+
 /// Why a seal does not hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
