@@ -718,7 +718,8 @@ mod tests {
         assert_eq!(cp.check_signature().unwrap(), k.public());
         let json: Checkpoint = serde_json::from_str(&serde_json::to_string(&cp).unwrap()).unwrap();
         assert!(json.check_signature().is_ok());
-        let tampered: Vec<Box<dyn Fn(&mut Checkpoint)>> = vec![
+        type Edit = Box<dyn Fn(&mut Checkpoint)>;
+        let tampered: Vec<Edit> = vec![
             Box::new(|c| c.seq += 1),
             Box::new(|c| c.head = hex::encode([8; 32])),
             Box::new(|c| c.node = "node-b".into()),

@@ -187,24 +187,25 @@ pub async fn run(
         };
         let due = tracker.pending_events() >= settings.every_events
             || (tracker.pending_events() > 0 && since.elapsed() >= settings.interval);
-        if due && !broken {
-            if let Some(cp) = tracker.make(&key, approvals::time::now()) {
-                // Not in the audit log, not made: tried again next tick.
-                match audit
-                    .record_async(AUDIT_EVENT, json!({"checkpoint": cp}))
-                    .await
-                {
-                    Ok(_) => {
-                        tracker.committed(cp.clone());
-                        since = tokio::time::Instant::now();
-                        push_bounded(&mut pending.database, cp.clone(), "database");
-                        if settings.file.is_some() {
-                            push_bounded(&mut pending.file, cp, "file");
-                        }
+        if due
+            && !broken
+            && let Some(cp) = tracker.make(&key, approvals::time::now())
+        {
+            // Not in the audit log, not made: tried again next tick.
+            match audit
+                .record_async(AUDIT_EVENT, json!({"checkpoint": cp}))
+                .await
+            {
+                Ok(_) => {
+                    tracker.committed(cp.clone());
+                    since = tokio::time::Instant::now();
+                    push_bounded(&mut pending.database, cp.clone(), "database");
+                    if settings.file.is_some() {
+                        push_bounded(&mut pending.file, cp, "file");
                     }
-                    Err(e) => {
-                        error!(error = %e, "checkpoint not made: the audit log cannot be written")
-                    }
+                }
+                Err(e) => {
+                    error!(error = %e, "checkpoint not made: the audit log cannot be written")
                 }
             }
         }
