@@ -8,6 +8,7 @@ pub mod actions;
 pub mod approvers;
 pub mod audit;
 pub mod breakglass;
+pub mod checkpoint;
 pub mod lockout;
 pub mod model;
 pub mod notify;

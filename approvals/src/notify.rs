@@ -32,6 +32,8 @@ pub enum Event {
     BreakGlassOpened,
     SessionTerminated,
     VendorDisabled,
+    /// A signed checkpoint of a node's audit log, shipped off the host (the body carries it).
+    Checkpoint,
 }
 
 impl Event {
@@ -43,6 +45,7 @@ impl Event {
             Event::BreakGlassOpened => "breakglass.opened",
             Event::SessionTerminated => "session.terminated",
             Event::VendorDisabled => "vendor.disabled",
+            Event::Checkpoint => "checkpoint",
         }
     }
 }

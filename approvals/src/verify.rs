@@ -203,10 +203,7 @@ fn check(
         (Some(root), Some(path)) => match recorder::keyring::Keyring::load(path)
             .and_then(|ring| ring.check(root).map(|()| ring))
         {
-            Ok(ring) => Trust::Root {
-                ring,
-                root: root.clone(),
-            },
+            Ok(ring) => Trust::Root { ring, root: *root },
             Err(e) => Trust::Broken(format!(
                 "the seal keyring does not check against the root: {e}"
             )),

@@ -882,6 +882,48 @@ both!(breakglass_and_review);
 both!(web_logins);
 both!(notification_outbox);
 
+/// Checkpoints shipped to the database: the webhook outbox gets each once, in the same
+/// transaction; shipping again changes nothing; listed per node in order; the latest continues
+/// the chain.
+async fn checkpoints_shipped(db: Db) {
+    use approvals::checkpoint::Checkpoint;
+    let s = &db.store;
+    let key = recorder::SealKey::from_seed(&[5; 32]);
+    let first = Checkpoint::sign(&key, "inst", "node-a", 10, &[1; 32], 100, &[], None);
+    let second = Checkpoint::sign(&key, "inst", "node-a", 20, &[2; 32], 160, &[], Some(&first));
+    let other = Checkpoint::sign(&key, "inst", "node-b", 5, &[3; 32], 120, &[], None);
+    let notifier = approvals::Notifier::new(s.clone(), true);
+    for cp in [&second, &first, &other, &second] {
+        s.ship_checkpoint(cp, &notifier).await.unwrap();
+    }
+    assert_eq!(
+        s.checkpoints(None).await.unwrap(),
+        vec![first.clone(), second.clone(), other.clone()]
+    );
+    assert_eq!(s.checkpoints(Some("node-b")).await.unwrap(), vec![other]);
+    assert_eq!(
+        s.latest_checkpoint("inst", "node-a").await.unwrap(),
+        Some(second.clone())
+    );
+    assert_eq!(s.latest_checkpoint("other", "node-a").await.unwrap(), None);
+    let sent = s.notifications().await.unwrap();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(sent.iter().all(|n| n.event == "checkpoint"));
+    let body: serde_json::Value = serde_json::from_str(
+        &sent
+            .iter()
+            .find(|n| n.payload.contains("\"seq\":20"))
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
+    let carried: Checkpoint = serde_json::from_value(body["checkpoint"].clone()).unwrap();
+    assert_eq!(carried, second);
+    assert!(carried.check_signature().is_ok());
+    db.drop_pg().await;
+}
+both!(checkpoints_shipped);
+
 /// Operator actions are all or nothing: with the audit log unwritable each is refused and changes
 /// nothing (no state change, no notification, no revision bump); with it writable each makes its
 /// change, queues its notification and leaves its audit record, with who acted.

@@ -389,10 +389,22 @@ async fn command(env: &Env, command: &Command) -> Result<ExitCode> {
         }
         Command::Export { id, input } => export(env, id, *input).await?,
         Command::Audit { follow, since } => audit(env, *follow, since.as_deref()).await?,
-        Command::Verify { id, root, .. } => {
-            return verify(env, id.as_deref(), root.as_deref()).await;
+        Command::Verify {
+            id,
+            root,
+            checkpoints,
+            ..
+        } => {
+            return verify(env, id.as_deref(), root.as_deref(), checkpoints.as_deref()).await;
         }
         Command::Keys { action } => keys_command(env, action).await?,
+        Command::Checkpoints {
+            action: crate::CheckpointsAction::Export { node },
+        } => {
+            for cp in env.store.checkpoints(node.as_deref()).await? {
+                println!("{}", serde_json::to_string(&cp)?);
+            }
+        }
         Command::Init
         | Command::Demo { .. }
         | Command::Serve { .. }
@@ -1629,12 +1641,20 @@ pub fn verify_standalone(
     report(&[finding], json)
 }
 
-pub async fn verify(env: &Env, id: Option<&str>, root: Option<&Path>) -> Result<ExitCode> {
+pub async fn verify(
+    env: &Env,
+    id: Option<&str>,
+    root: Option<&Path>,
+    checkpoints: Option<&str>,
+) -> Result<ExitCode> {
     let mut evidence = env.evidence();
     if let Some(root) = root {
         evidence.root = Some(keys::load_root_public(root)?);
     }
-    let findings = approvals::verify::verify(&env.store, &evidence, id).await?;
+    let mut findings = approvals::verify::verify(&env.store, &evidence, id).await?;
+    if id.is_none() || checkpoints.is_some() {
+        findings.extend(verify_checkpoints(env, checkpoints).await?);
+    }
     let failed = findings.iter().filter(|f| !f.ok).count();
     let elsewhere = findings.iter().filter(|f| f.elsewhere.is_some()).count();
     // The verification itself is evidence, but verify never changes what it judged: with the
@@ -1647,6 +1667,44 @@ pub async fn verify(env: &Env, id: Option<&str>, root: Option<&Path>) -> Result<
         );
     }
     report_with(&findings, env.json, id.is_none())
+}
+
+/// The audit log against shipped checkpoints: from `source` (a file or an http(s) URL of JSON
+/// lines), or the database's, which whoever runs this host can change (a hint, labelled so).
+async fn verify_checkpoints(env: &Env, source: Option<&str>) -> Result<Vec<Finding>> {
+    let (list, label, required) = match source {
+        None => (
+            env.store.checkpoints(None).await?,
+            "database, a hint: only an off-host copy binds".to_owned(),
+            false,
+        ),
+        Some(s) => {
+            let text = if s.starts_with("http://") || s.starts_with("https://") {
+                let r = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()?
+                    .get(s)
+                    .send()
+                    .await
+                    .with_context(|| format!("fetching {s}"))?;
+                if !r.status().is_success() {
+                    bail!("fetching {s}: {}", r.status());
+                }
+                r.text().await.with_context(|| format!("reading {s}"))?
+            } else {
+                std::fs::read_to_string(s).with_context(|| format!("reading {s}"))?
+            };
+            let list =
+                approvals::checkpoint::parse_lines(&text).map_err(|e| anyhow!("{s}: {e}"))?;
+            (list, s.to_owned(), true)
+        }
+    };
+    let (path, node) = (env.data.audit_log(), env.cfg.node.clone());
+    tokio::task::spawn_blocking(move || {
+        approvals::checkpoint::verify_log(&path, &node, &list, &label, required, now())
+    })
+    .await
+    .map_err(|e| anyhow!("{e}"))
 }
 
 // ---- serving ----
@@ -1803,6 +1861,7 @@ pub async fn serve(
     println!("postern: listening for vendors on {local}");
     std::io::stdout().flush()?;
     tokio::spawn(crate::session::watch_revocations(ctx.clone()));
+    crate::checkpointer::spawn(&env)?;
     tokio::spawn(crate::journal::drain(
         env.store.clone(),
         env.data.recordings(),

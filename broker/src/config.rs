@@ -87,6 +87,17 @@ pub struct Config {
     /// answering" and its sessions end with that reason.
     #[serde(default = "default_device_keepalive")]
     pub device_keepalive: String,
+    /// A signed checkpoint of the audit log's head is made after this many audit events or
+    /// `checkpoint_interval`, whichever comes first (only when the head moved), and shipped off
+    /// the host: the database, the webhook (when set) and `checkpoint_file` (when set).
+    #[serde(default = "default_checkpoint_every_events")]
+    pub checkpoint_every_events: u64,
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: String,
+    /// An append-only file (e.g. on a mounted remote volume) that gets every checkpoint as a
+    /// JSON line, for setups without a SIEM.
+    #[serde(default)]
+    pub checkpoint_file: Option<PathBuf>,
 }
 
 fn default_node() -> String {
@@ -141,6 +152,12 @@ fn default_audit_summary_interval() -> String {
 fn default_device_keepalive() -> String {
     "15s".into()
 }
+fn default_checkpoint_every_events() -> u64 {
+    1000
+}
+fn default_checkpoint_interval() -> String {
+    "60s".into()
+}
 fn default_env_allow() -> Vec<String> {
     vec!["LANG".into(), "LC_*".into(), "TZ".into()]
 }
@@ -171,6 +188,9 @@ impl Default for Config {
             forwarded_header: default_forwarded_header(),
             audit_summary_interval: default_audit_summary_interval(),
             device_keepalive: default_device_keepalive(),
+            checkpoint_every_events: default_checkpoint_every_events(),
+            checkpoint_interval: default_checkpoint_interval(),
+            checkpoint_file: None,
         }
     }
 }

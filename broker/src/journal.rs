@@ -140,13 +140,9 @@ pub async fn apply(
         return false;
     }
     let seal = end.records.zip(end.final_hash.as_deref());
-    let written = approvals::store::deadline(store.end_session(
-        &end.session,
-        &end.reason,
-        seal,
-        end.ended,
-    ))
-    .await;
+    let written =
+        approvals::store::deadline(store.end_session(&end.session, &end.reason, seal, end.ended))
+            .await;
     match written {
         Ok(()) => {
             journal.remove(&end.session);

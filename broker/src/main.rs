@@ -1,6 +1,7 @@
 //! `postern`: the broker binary and the operator CLI.
 
 mod admission;
+mod checkpointer;
 mod cli;
 mod config;
 mod devicesim;
@@ -192,6 +193,10 @@ pub enum Command {
         /// directory is used, and the output says so.
         #[arg(long)]
         root: Option<PathBuf>,
+        /// Check the audit log against these shipped checkpoints (a file or an http(s) URL of
+        /// JSON lines, as `checkpoints export` writes); without it, against the database's (a hint).
+        #[arg(long, conflicts_with = "file")]
+        checkpoints: Option<String>,
     },
     /// Export the seal keyring: every certified seal key with its window, revocations and
     /// rotations (with --current, only the key sealing now).
@@ -203,6 +208,11 @@ pub enum Command {
     Keys {
         #[command(subcommand)]
         action: KeysAction,
+    },
+    /// Signed checkpoints of the audit log's head, as shipped off the host.
+    Checkpoints {
+        #[command(subcommand)]
+        action: CheckpointsAction,
     },
     /// Run a fleet of simulated devices on loopback (for tests, demos and benchmarks).
     Simulate {
@@ -249,6 +259,16 @@ pub enum Command {
         host_key: PathBuf,
         #[arg(long)]
         authorized_key: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CheckpointsAction {
+    /// Print the checkpoints the database holds as JSON lines (keep them off this host).
+    Export {
+        /// Only this node's.
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 

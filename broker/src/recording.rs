@@ -82,29 +82,24 @@ impl Recording {
 /// Indexes a finished session's commands; `false` if the database did not take them (the
 /// recording holds the evidence and can be indexed again). A recording that cannot be read is
 /// logged and counts as done: there is nothing more to index.
-pub async fn index_commands(
-    store: &approvals::Store,
-    recordings: &Path,
-    session_id: &str,
-) -> bool {
+pub async fn index_commands(store: &approvals::Store, recordings: &Path, session_id: &str) -> bool {
     let session = match approvals::store::deadline(store.session(session_id)).await {
         Ok(Some(s)) => s,
         Ok(None) => return true,
         Err(_) => return false,
     };
     let path = recordings.join(&session.recording);
-    let rows = match tokio::task::spawn_blocking(move || {
-        approvals::verify::command_rows(&path, &session)
-    })
-    .await
-    {
-        Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => {
-            tracing::warn!(session = session_id, error = %e, "command log not extracted");
-            return true;
-        }
-        Err(_) => return true,
-    };
+    let rows =
+        match tokio::task::spawn_blocking(move || approvals::verify::command_rows(&path, &session))
+            .await
+        {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                tracing::warn!(session = session_id, error = %e, "command log not extracted");
+                return true;
+            }
+            Err(_) => return true,
+        };
     match approvals::store::deadline(store.set_commands(session_id, &rows)).await {
         Ok(()) => true,
         Err(e) => {

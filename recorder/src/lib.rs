@@ -32,8 +32,8 @@ pub use keys::{escape_controls, escape_keys, is_secret_prompt, reconstruct_line}
 pub use reader::{ReadError, Reader, ResumePoint, Tail, VerifyReport, verify, verify_file};
 pub use screens::{Screen, screens};
 pub use seal::{
-    KEY_PREFIX, Seal, SealError, SealKey, SealMeta, SealPublicKey, check_seal, seal_message,
-    seal_message_v2,
+    CHECKPOINT_DOMAIN, KEY_PREFIX, Seal, SealError, SealKey, SealMeta, SealPublicKey, check_seal,
+    seal_message, seal_message_v2,
 };
 pub use writer::{Appended, Writer, append_locked, last_record};
 

@@ -152,38 +152,12 @@ impl SealKey {
             meta: Some(meta),
         }
     }
-
-    /// Signs `message` under `domain` (for other evidence this key vouches for, such as audit
-    /// checkpoints); the domain keeps it from ever being taken for a seal.
-    pub fn sign_domain(&self, domain: &[u8], message: &[u8]) -> String {
-        let mut m = domain.to_vec();
-        m.push(0);
-        m.extend_from_slice(message);
-        B64.encode(self.signing.sign(&m).to_bytes())
-    }
 }
 
 impl SealPublicKey {
     /// The key's id, as the keyring names it (`sk-` and 16 hex digits).
     pub fn id(&self) -> String {
         crate::keyring::KeyId::of(self).0
-    }
-
-    /// Checks a signature made by [`SealKey::sign_domain`].
-    pub fn verify_domain(&self, domain: &[u8], message: &[u8], signature: &str) -> bool {
-        let Some(sig) = B64
-            .decode(signature)
-            .ok()
-            .and_then(|v| <[u8; 64]>::try_from(v).ok())
-        else {
-            return false;
-        };
-        let mut m = domain.to_vec();
-        m.push(0);
-        m.extend_from_slice(message);
-        self.0
-            .verify_strict(&m, &Signature::from_bytes(&sig))
-            .is_ok()
     }
 
     /// One line: `postern-seal-ed25519 BASE64`.
@@ -211,6 +185,33 @@ impl SealPublicKey {
         VerifyingKey::from_bytes(&bytes)
             .map(SealPublicKey)
             .map_err(|_| bad())
+    }
+}
+
+/// Domain tag of audit-log checkpoints: a checkpoint signature can never be taken for a seal's
+/// (or a keyring entry's), nor the other way round.
+pub const CHECKPOINT_DOMAIN: &[u8] = b"postern checkpoint v1\0";
+
+fn checkpoint_message(body: &[u8]) -> Vec<u8> {
+    let mut m = CHECKPOINT_DOMAIN.to_vec();
+    m.extend_from_slice(body);
+    m
+}
+
+impl SealKey {
+    /// Signs a checkpoint's encoded body (the caller's canonical encoding) under
+    /// [`CHECKPOINT_DOMAIN`].
+    pub fn sign_checkpoint(&self, body: &[u8]) -> [u8; 64] {
+        self.signing.sign(&checkpoint_message(body)).to_bytes()
+    }
+}
+
+impl SealPublicKey {
+    /// Checks a signature made by [`SealKey::sign_checkpoint`] (strictly: no malleable forms).
+    pub fn verify_checkpoint(&self, body: &[u8], signature: &[u8; 64]) -> bool {
+        self.0
+            .verify_strict(&checkpoint_message(body), &Signature::from_bytes(signature))
+            .is_ok()
     }
 }
 

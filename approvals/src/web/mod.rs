@@ -204,7 +204,7 @@ impl WebState {
             recordings: self.recordings.clone(),
             local_seal_key: self.local_seal_key.clone(),
             keyring: self.keyring.clone(),
-            root: self.root.clone(),
+            root: self.root,
         }
     }
 
