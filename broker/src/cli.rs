@@ -1700,11 +1700,51 @@ async fn verify_checkpoints(env: &Env, source: Option<&str>) -> Result<Vec<Findi
         }
     };
     let (path, node) = (env.data.audit_log(), env.cfg.node.clone());
+    let evidence = env.evidence();
     tokio::task::spawn_blocking(move || {
-        approvals::checkpoint::verify_log(&path, &node, &list, &label, required, now())
+        let mut findings =
+            approvals::checkpoint::verify_log(&path, &node, &list, &label, required, now());
+        findings.extend(checkpoint_keys(&evidence, &node, &list));
+        findings
     })
     .await
     .map_err(|e| anyhow!("{e}"))
+}
+
+/// A checkpoint counts only if the root certified its key for the time it was made (as seals
+/// do): a key an insider made and signed checkpoints with proves nothing.
+fn checkpoint_keys(
+    evidence: &approvals::verify::Evidence,
+    node: &str,
+    list: &[approvals::checkpoint::Checkpoint],
+) -> Vec<Finding> {
+    let (Some(root), Some(path)) = (&evidence.root, &evidence.keyring) else {
+        return Vec::new();
+    };
+    let ring = match recorder::keyring::Keyring::load(path) {
+        Ok(r) => r,
+        Err(e) => return vec![Finding::bad("checkpoint keys", 0, e.to_string())],
+    };
+    list.iter()
+        .filter(|cp| cp.node == node)
+        .filter_map(|cp| {
+            let key = recorder::SealPublicKey::parse(&cp.key).ok()?;
+            let trusted = ring
+                .trusted(root, cp.time)
+                .is_ok_and(|keys| keys.iter().any(|(k, _)| *k == key));
+            (!trusted).then(|| {
+                let why = ring
+                    .status(root, &key, cp.time)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                Finding::bad(
+                    &format!("checkpoint seq {}", cp.seq),
+                    0,
+                    format!("signed by a key the root did not certify for its time: {why}"),
+                )
+            })
+        })
+        .collect()
 }
 
 // ---- serving ----
