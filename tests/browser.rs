@@ -283,6 +283,7 @@ fn an_approver_works_the_web_form_in_chromium() {
 
     // The session's page: command log and replay, drawn from the recording.
     w.wait_audit("session.seal", |e| e["event"] == "session.seal");
+    w.wait_all_recorded();
     b.click("ul.list a");
     b.wait_text("echo from-the-browser-$((40+2))");
     b.find("#screen");

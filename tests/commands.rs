@@ -84,6 +84,7 @@ fn edited_commands_are_logged_as_the_device_ran_them() {
     sh.wait_exit(t);
     // The command log is indexed when the session is sealed.
     w.wait_audit("the session's seal", |e| e["event"] == "session.seal");
+    w.wait_all_recorded();
 
     let rows: Vec<Value> =
         serde_json::from_str(&w.ok(&["commands", "--vendor", "ed", "--json"])).unwrap();

@@ -706,6 +706,39 @@ impl World {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.wait_all_recorded();
+    }
+
+    /// Waits until every session sealed in the audit log is also recorded as ended in the
+    /// database, with its command log (the evidence comes first; the database follows, command
+    /// log before end).
+    pub fn wait_all_recorded(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let sealed: Vec<String> = self
+                .audit()
+                .iter()
+                .filter(|e| e["event"] == "session.seal")
+                .filter_map(|e| e["session"].as_str().map(str::to_owned))
+                .collect();
+            let rows = self.sessions();
+            let pending: Vec<&String> = sealed
+                .iter()
+                .filter(|id| {
+                    !rows
+                        .iter()
+                        .any(|r| r["id"] == id.as_str() && !r["records"].is_null())
+                })
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sealed sessions never reached the database: {pending:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn sessions(&self) -> Vec<Value> {

@@ -160,6 +160,7 @@ fn approvers_decide_in_the_web_form() {
     w.wait_audit("session.seal", |e| {
         e["event"] == "session.seal" && e["session"] == sid.as_str()
     });
+    w.wait_all_recorded();
     let detail = web.get(&format!("/sessions/{sid}"));
     assert_eq!(detail.status, 200);
     assert!(

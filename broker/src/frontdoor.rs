@@ -293,6 +293,11 @@ impl Conn {
         target: &Target,
         cert: &Certificate,
     ) -> Result<(), CertRefusal> {
+        // A CA registered by another node a moment ago is looked up before anything is refused.
+        let ca = cert
+            .signature_key()
+            .fingerprint(russh::keys::HashAlg::Sha256);
+        let _ = self.ctx.ca.knows(&self.ctx.store, &ca).await;
         self.certificate_fields(target, cert)
             .map_err(CertRefusal::Refused)?;
         match approvals::store::deadline(self.ctx.store.vendor(&target.vendor)).await {

@@ -15,6 +15,9 @@ pub struct VendorCas {
     /// This node's own CA, trusted even before the database answers.
     own: Option<Fingerprint>,
     trusted: RwLock<Vec<Fingerprint>>,
+    /// When an unknown CA last made us ask the database (at most once a second: strangers with
+    /// their own CAs must not turn into database load).
+    asked: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl VendorCas {
@@ -26,6 +29,7 @@ impl VendorCas {
         let cas = VendorCas {
             own,
             trusted: RwLock::new(Vec::new()),
+            asked: std::sync::Mutex::new(None),
         };
         cas.reload(store).await?;
         Ok(cas)
@@ -37,6 +41,25 @@ impl VendorCas {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether `ca` is trusted, asking the database once if it is not known yet: a CA another
+    /// node registered a moment ago works at once, without waiting for the next reload.
+    pub async fn knows(&self, store: &Store, ca: &Fingerprint) -> bool {
+        if self.current().contains(ca) {
+            return true;
+        }
+        {
+            let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+            if asked.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return false;
+            }
+            *asked = Some(std::time::Instant::now());
+        }
+        if let Err(e) = approvals::store::deadline(self.reload(store)).await {
+            warn!(error = %e, "could not reload the vendor CA keys");
+        }
+        self.current().contains(ca)
     }
 
     async fn reload(&self, store: &Store) -> Result<(), approvals::StoreError> {
