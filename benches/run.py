@@ -579,13 +579,17 @@ def soak_main(a):
               f"broker sampled every {a.sample} s")
         base = proc_sample(b.broker.pid)
         rows, answered, failed, after, csv = b.soak()
-        t_end = rows[-1][0]
-        first = [(t, r) for t, r, *_ in rows if t <= t_end / 2]
-        second = [(t, r) for t, r, *_ in rows if t >= t_end / 2]
+        # Slopes over the samples taken while the sessions were held (not their closing).
+        hold = a.minutes * 60
+        held = [r for r in rows if r[0] < hold - 1] or rows
+        t_end = held[-1][0]
+        first = [(t, r) for t, r, *_ in held if t <= t_end / 2]
+        second = [(t, r) for t, r, *_ in held if t >= t_end / 2]
         print()
         print(f"   broker RSS before the sessions {base[0] / 1024:.1f} MiB; with them "
-              f"{rows[0][1] / 1024:.1f} MiB at the start, {rows[-1][1] / 1024:.1f} MiB at the end, "
-              f"peak {max(r for _, r, *_ in rows) / 1024:.1f} MiB; "
+              f"{rows[0][1] / 1024:.1f} MiB at the start, {held[-1][1] / 1024:.1f} MiB at the end, "
+              f"peak {max(r for _, r, *_ in rows) / 1024:.1f} MiB (while closing them: "
+              f"{max(r[2] for r in rows)} threads at most); "
               f"{after[0] / 1024:.1f} MiB 5 s after they closed")
         print(f"   RSS slope: first half {slope(first):+.2f} KiB/s, second half {slope(second):+.2f} KiB/s")
         print(f"   threads {base[1]} -> {after[1]}, open fds {base[2]} -> {after[2]} (before -> after)")
