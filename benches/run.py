@@ -588,8 +588,8 @@ def soak_main(a):
         print()
         print(f"   broker RSS before the sessions {base[0] / 1024:.1f} MiB; with them "
               f"{rows[0][1] / 1024:.1f} MiB at the start, {held[-1][1] / 1024:.1f} MiB at the end, "
-              f"peak {max(r for _, r, *_ in rows) / 1024:.1f} MiB (while closing them: "
-              f"{max(r[2] for r in rows)} threads at most); "
+              f"peak {max(r for _, r, *_ in rows) / 1024:.1f} MiB ("
+              f"{max(r[2] for r in rows)} threads at most, while opening or closing them); "
               f"{after[0] / 1024:.1f} MiB 5 s after they closed")
         print(f"   RSS slope: first half {slope(first):+.2f} KiB/s, second half {slope(second):+.2f} KiB/s")
         print(f"   threads {base[1]} -> {after[1]}, open fds {base[2]} -> {after[2]} (before -> after)")
