@@ -4,6 +4,7 @@
     python3 benches/run.py            # full run (256 MiB transfers, 40 setups, 200 keystrokes, 100 sessions)
     python3 benches/run.py --quick    # smoke: tiny sizes, a few seconds of measuring
     python3 benches/run.py --quick --debug   # a check of the harness itself, on the debug build
+    python3 benches/run.py --soak --minutes 30 --sessions 500   # soak: broker RSS over time
 
 Stands up a real sshd as the device, a second plain sshd as a ProxyJump host (no recording), and
 `postern serve` (release build, recording on) in front of the device, then measures:
@@ -17,6 +18,11 @@ Stands up a real sshd as the device, a second plain sshd as a ProxyJump host (no
      sshd accepting the same sessions directly;
   1b. recording overhead: table 1's Postern transfers again through a second broker built with the
      benchmark-only feature `bench-unrecorded` (skipped with --quick or --no-unrecorded).
+
+With --soak, only this runs instead: `--sessions` interactive sessions opened in-process by
+`postern bench-load` to a scripted simulated device, each typing a command every `--every` seconds
+for `--minutes`, while the broker's RSS, threads and open files are sampled every `--sample`
+seconds; a table, the RSS slope over each half, and a CSV under the target dir.
 
 The policy decision benchmark is `cargo bench -p approvals --bench decision`. Results and how to
 read them: BENCHMARKS.md. Every loop is bounded in count and time.
@@ -41,6 +47,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where cargo puts the binaries (honours CARGO_TARGET_DIR, as cargo does).
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 
 
 def free_port():
@@ -83,13 +91,35 @@ def rss_kib(pid):
     return 0
 
 
+def proc_sample(pid):
+    """(RSS KiB, threads, open fds) of a process."""
+    rss, threads = 0, 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Threads:"):
+                threads = int(line.split()[1])
+    return rss, threads, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def slope(points):
+    """Least-squares slope of (x, y) points (0 with fewer than two)."""
+    if len(points) < 2:
+        return 0.0
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    den = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / den if den else 0.0
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
         self.w = tempfile.mkdtemp(prefix="postern-bench-")
         self.procs = []
         self.user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-        self.postern = os.path.join(ROOT, "target", "debug" if args.debug else "release", "postern")
+        self.postern = os.path.join(TARGET, "debug" if args.debug else "release", "postern")
         self.n_vendor = 0
 
     def path(self, *p):
@@ -164,7 +194,7 @@ class Bench:
         self.broker, self.broker_port = self.start_broker(self.postern, "serve")
         if self.args.unrecorded:
             # A second broker on the same data, built to skip recording: what recording costs.
-            tdir = os.path.join(ROOT, "target", "bench-unrecorded")
+            tdir = os.path.join(TARGET, "bench-unrecorded")
             print("building postern without recording (benchmark-only feature)...", file=sys.stderr)
             subprocess.run(["cargo", "build", "--release", "-q", "-p", "broker", "--features",
                             "bench-unrecorded", "--target-dir", tdir], cwd=ROOT, check=True)
@@ -353,8 +383,8 @@ class Bench:
         return out
 
     # ---- 4b. thousands of sessions ----
-    def scale(self):
-        """Sessions opened in-process (`postern bench-load`) to one scripted simulated device."""
+    def sim_device(self):
+        """One scripted simulated device (`postern simulate --scripted`), imported as site-0000/dev-00."""
         sim_list = self.path("sim.csv")
         sim = subprocess.Popen([self.postern, "simulate", "--sites", "1", "--devices", "1", "--scripted",
                                 "--authorized-key", self.path("devkey.pub"), "--out", sim_list],
@@ -366,6 +396,10 @@ class Bench:
                 raise SystemExit("postern simulate wrote no device list")
             time.sleep(0.1)
         self.pn("device", "import", sim_list, "--login", "sim", "--key", self.path("devkey"))
+
+    def scale(self):
+        """Sessions opened in-process (`postern bench-load`) to one scripted simulated device."""
+        self.sim_device()
         out = []
         for n in self.args.scale:
             before = rss_kib(self.broker.pid)
@@ -384,6 +418,64 @@ class Bench:
             p.wait(timeout=120)
             time.sleep(5)
         return out
+
+    # ---- soak: memory over time ----
+    def soak(self):
+        """N sessions typing for a bounded time while the broker's RSS is sampled."""
+        a = self.args
+        self.sim_device()
+        hold = int(a.minutes * 60)
+        p = subprocess.Popen([self.postern, "bench-load", "--data", self.path("data"),
+                              "--broker", f"127.0.0.1:{self.broker_port}", "--target", "site-0000/dev-00:bulk",
+                              "--sessions", str(a.sessions), "--parallel", "32", "--hold", str(hold),
+                              "--every", str(a.every), "--report", str(a.sample)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        line = p.stdout.readline()
+        if "sessions up" not in line:
+            p.kill()
+            raise SystemExit(f"bench-load: {line} {p.stderr.read()[-500:]}")
+        print(line.strip())
+        os.set_blocking(p.stdout.fileno(), False)
+        pid = self.broker.pid
+        t0 = time.time()
+        rows = []  # (seconds, rss KiB, threads, fds, commands answered, failed)
+        answered, failed, pending = 0, 0, ""
+        print(f"   {'t (s)':>7}{'RSS MiB':>10}{'threads':>9}{'fds':>7}{'answered':>10}{'failed':>8}")
+        # Bounded: one sample per interval for the hold, plus a few for the tail.
+        for i in range(hold // a.sample + 2):
+            time.sleep(max(0.0, t0 + i * a.sample - time.time()))
+            try:
+                chunk = p.stdout.read() or ""
+            except (BlockingIOError, TypeError):
+                chunk = ""
+            pending += chunk
+            *done, pending = pending.split("\n")
+            for l in done:
+                # "bench-load: at T s: N commands answered, F failed, total M, ..."
+                if " commands answered" in l:
+                    answered += int(l.split(": ")[2].split()[0])
+                    failed += int(l.split(", ")[1].split()[0])
+            rss, threads, fds = proc_sample(pid)
+            t = time.time() - t0
+            rows.append((t, rss, threads, fds, answered, failed))
+            print(f"   {t:>7.0f}{rss / 1024:>10.1f}{threads:>9}{fds:>7}{answered:>10}{failed:>8}", flush=True)
+            if p.poll() is not None and i * a.sample >= hold:
+                break
+        p.wait(timeout=120)
+        for l in (pending + (p.stdout.read() or "")).splitlines():
+            if " commands answered" in l:
+                answered += int(l.split(": ")[2].split()[0])
+                failed += int(l.split(", ")[1].split()[0])
+        time.sleep(5)  # the sessions closed: what stays after them
+        after = proc_sample(pid)
+        os.makedirs(TARGET, exist_ok=True)
+        csv = os.path.join(TARGET, f"soak-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+        with open(csv, "w") as f:
+            f.write("seconds,rss_kib,threads,fds,commands_answered,commands_failed\n")
+            for r in rows:
+                f.write(f"{r[0]:.1f},{r[1]},{r[2]},{r[3]},{r[4]},{r[5]}\n")
+        return rows, answered, failed, after, csv
 
     def close(self):
         for p in self.procs:
@@ -416,12 +508,22 @@ def main():
     ap.add_argument("--repeat", type=int, default=2, help="best of N per throughput cell")
     ap.add_argument("--setups", type=int, default=40)
     ap.add_argument("--keys", type=int, default=200)
-    ap.add_argument("--sessions", type=int, default=100)
+    ap.add_argument("--sessions", type=int, default=None,
+                    help="table 4's sessions (default 100); with --soak, the sessions held (default 500)")
+    ap.add_argument("--soak", action="store_true",
+                    help="only the soak: sessions typing for --minutes while the broker's RSS is sampled")
+    ap.add_argument("--minutes", type=float, default=30, help="soak duration")
+    ap.add_argument("--every", type=float, default=5, help="soak: seconds between one session's commands")
+    ap.add_argument("--sample", type=int, default=10, help="soak: seconds between samples")
     ap.add_argument("--scale", default="1000,5000",
                     help="session counts for the in-process concurrency run (comma-separated; empty to skip)")
     ap.add_argument("--no-unrecorded", dest="unrecorded", action="store_false",
                     help="skip the recording-off comparison (it needs a second release build)")
     a = ap.parse_args()
+    if a.sessions is None:
+        a.sessions = 500 if a.soak else 100
+    if a.soak:
+        return soak_main(a)
     if a.quick:
         a.size_mib, a.repeat, a.setups, a.keys, a.sessions = 8, 1, 4, 20, 5
         a.unrecorded = False
@@ -465,6 +567,37 @@ def main():
             print(f"   {'sessions':<16}{'setups/s':>9}{'broker KiB/session':>20}{'broker RSS MiB':>16}")
             for n, rate, per, rss in b.scale():
                 print(f"   {n:<16}{rate:>9.1f}{per:>20.0f}{rss / 1024:>16.1f}")
+    finally:
+        b.close()
+
+
+def soak_main(a):
+    a.unrecorded = False
+    b = Bench(a)
+    try:
+        b.setup()
+        print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+              f"{platform.system()} {platform.release()}")
+        print(f"soak: {a.sessions} sessions, one command each every {a.every:g} s, for {a.minutes:g} min; "
+              f"broker sampled every {a.sample} s")
+        base = proc_sample(b.broker.pid)
+        rows, answered, failed, after, csv = b.soak()
+        # Slopes over the samples taken while the sessions were held (not their closing).
+        hold = a.minutes * 60
+        held = [r for r in rows if r[0] < hold - 1] or rows
+        t_end = held[-1][0]
+        first = [(t, r) for t, r, *_ in held if t <= t_end / 2]
+        second = [(t, r) for t, r, *_ in held if t >= t_end / 2]
+        print()
+        print(f"   broker RSS before the sessions {base[0] / 1024:.1f} MiB; with them "
+              f"{rows[0][1] / 1024:.1f} MiB at the start, {held[-1][1] / 1024:.1f} MiB at the end, "
+              f"peak {max(r for _, r, *_ in rows) / 1024:.1f} MiB ("
+              f"{max(r[2] for r in rows)} threads at most, while opening or closing them); "
+              f"{after[0] / 1024:.1f} MiB 5 s after they closed")
+        print(f"   RSS slope: first half {slope(first):+.2f} KiB/s, second half {slope(second):+.2f} KiB/s")
+        print(f"   threads {base[1]} -> {after[1]}, open fds {base[2]} -> {after[2]} (before -> after)")
+        print(f"   commands answered {answered}, failed {failed}")
+        print(f"   samples: {csv}")
     finally:
         b.close()
 

@@ -250,17 +250,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             sessions,
             parallel,
             hold,
+            every,
+            report,
         } => {
             let env = Env::open(&cli).await?;
-            crate::loadgen::run(
-                &env,
-                *broker,
-                target,
-                *sessions,
-                *parallel,
-                Duration::from_secs(*hold),
-            )
-            .await?;
+            let activity = crate::loadgen::Activity {
+                hold: Duration::from_secs(*hold),
+                every: (*every > 0.0).then(|| Duration::from_secs_f64(*every)),
+                report: Duration::from_secs((*report).max(1)),
+            };
+            crate::loadgen::run(&env, *broker, target, *sessions, *parallel, activity).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate {

@@ -5,9 +5,14 @@
 //! takes: a certificate signed by the broker's CA, then the TOTP code over keyboard-interactive,
 //! then an interactive shell with a pty. Each session is a fresh vendor with a grant, since a
 //! TOTP code works once. Benchmark use only: it writes vendors and grants into the data dir.
+//!
+//! With `--every`, the held sessions keep typing: each runs a command every so many seconds and
+//! waits for its answer, and a line per `--report` interval says how many were answered (the soak
+//! benchmark reads these lines while it samples the broker's memory).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -38,18 +43,37 @@ impl client::Handler for AnyHost {
 /// A logged-in vendor session, held open.
 struct Held {
     _handle: client::Handle<AnyHost>,
-    _channel: russh::Channel<client::Msg>,
+    channel: russh::Channel<client::Msg>,
+}
+
+/// What held sessions do once they are all up.
+pub struct Activity {
+    /// How long to hold the sessions open.
+    pub hold: Duration,
+    /// Each session types a command this often (`None`: the sessions stay idle).
+    pub every: Option<Duration>,
+    /// How often to print the count of commands answered.
+    pub report: Duration,
+}
+
+/// Commands typed by the held sessions, tallied per report interval.
+#[derive(Default)]
+struct Tally {
+    answered: AtomicU64,
+    failed: AtomicU64,
+    /// Round trips of this interval, in microseconds.
+    rtt_us: Mutex<Vec<u64>>,
 }
 
 /// Opens `sessions` interactive sessions to `target` (`SITE/DEVICE:FUNCTION`) through the broker
-/// at `broker`, `parallel` at a time; prints the setup rate, then holds them for `hold`.
+/// at `broker`, `parallel` at a time; prints the setup rate, then holds them as `activity` says.
 pub async fn run(
     env: &Env,
     broker: SocketAddr,
     target: &str,
     sessions: usize,
     parallel: usize,
-    hold: Duration,
+    activity: Activity,
 ) -> Result<()> {
     let (site_device, function) = target
         .split_once(':')
@@ -135,8 +159,118 @@ pub async fn run(
         el.as_secs_f64(),
         held.len() as f64 / el.as_secs_f64()
     );
-    tokio::time::sleep(hold).await;
+    let Some(every) = activity.every else {
+        tokio::time::sleep(activity.hold).await;
+        return Ok(());
+    };
+    keep_typing(held, every, activity.hold, activity.report).await
+}
+
+/// Each held session runs `echo` every `every` until `hold` has passed, waiting at most ten
+/// seconds for each answer; a line per `report` interval tells how many were answered.
+async fn keep_typing(
+    held: Vec<Held>,
+    every: Duration,
+    hold: Duration,
+    report: Duration,
+) -> Result<()> {
+    let tally = Arc::new(Tally::default());
+    let start = tokio::time::Instant::now();
+    let stop = start + hold;
+    let n = held.len().max(1) as u32;
+    let mut typists = tokio::task::JoinSet::new();
+    for (i, h) in held.into_iter().enumerate() {
+        let tally = tally.clone();
+        // Spread the sessions evenly over one period, so the load is steady rather than bursts.
+        let first = start + every * (i as u32) / n;
+        typists.spawn(type_commands(h, i, first, every, stop, tally));
+    }
+    let mut tick = tokio::time::interval_at(start + report, report);
+    let mut total = 0u64;
+    loop {
+        let at = tick.tick().await;
+        let answered = tally.answered.swap(0, Ordering::Relaxed);
+        let failed = tally.failed.swap(0, Ordering::Relaxed);
+        let mut rtt = std::mem::take(&mut *tally.rtt_us.lock().unwrap_or_else(|p| p.into_inner()));
+        rtt.sort_unstable();
+        let q = |p: f64| {
+            rtt.get(((rtt.len() as f64 * p) as usize).min(rtt.len().saturating_sub(1)))
+                .map_or(0.0, |us| *us as f64 / 1000.0)
+        };
+        total += answered;
+        println!(
+            "bench-load: at {:.0} s: {answered} commands answered, {failed} failed, total {total}, \
+             round trip p50 {:.2} ms p99 {:.2} ms",
+            (at - start).as_secs_f64(),
+            q(0.5),
+            q(0.99)
+        );
+        if at >= stop {
+            break;
+        }
+    }
+    // Every typist stops at `stop` or within one answer timeout after it.
+    while typists.join_next().await.is_some() {}
     Ok(())
+}
+
+/// One held session typing `echo` commands until `stop`.
+async fn type_commands(
+    mut h: Held,
+    index: usize,
+    first: tokio::time::Instant,
+    every: Duration,
+    stop: tokio::time::Instant,
+    tally: Arc<Tally>,
+) {
+    let mut next = first;
+    let mut seq = 0u64;
+    while next < stop {
+        tokio::time::sleep_until(next).await;
+        next += every;
+        seq += 1;
+        // The output line, not the echo of the typed line: that one has `echo ` before the marker.
+        let marker = format!("s{index}-{seq}");
+        let want = format!("\r\n{marker}\r\n");
+        let sent = tokio::time::Instant::now();
+        if h.channel
+            .data(format!("echo {marker}\r").as_bytes())
+            .await
+            .is_err()
+        {
+            tally.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let deadline = sent + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        let answered = loop {
+            match tokio::time::timeout_at(deadline, h.channel.wait()).await {
+                Ok(Some(russh::ChannelMsg::Data { data })) => {
+                    seen.extend_from_slice(&data);
+                    if seen.windows(want.len()).any(|w| w == want.as_bytes()) {
+                        break true;
+                    }
+                }
+                Ok(Some(russh::ChannelMsg::Close | russh::ChannelMsg::Eof)) | Ok(None) => {
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Ok(Some(_)) => {}
+                Err(_) => break false,
+            }
+        };
+        if answered {
+            tally.answered.fetch_add(1, Ordering::Relaxed);
+            let us = sent.elapsed().as_micros() as u64;
+            tally
+                .rtt_us
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(us);
+        } else {
+            tally.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 async fn open_one(
@@ -195,6 +329,6 @@ async fn open_one(
     }
     Ok(Held {
         _handle: handle,
-        _channel: channel,
+        channel,
     })
 }

@@ -249,6 +249,12 @@ pub enum Command {
         /// Seconds to hold the sessions open once all are up.
         #[arg(long, default_value_t = 10)]
         hold: u64,
+        /// Each held session runs a command every this many seconds (0: idle).
+        #[arg(long, default_value_t = 0.0)]
+        every: f64,
+        /// Seconds between the lines that count commands answered (with --every).
+        #[arg(long, default_value_t = 10)]
+        report: u64,
     },
     /// Run a simulated device (an SSH server with a real shell) on loopback.
     #[command(hide = true)]
