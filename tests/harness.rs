@@ -256,14 +256,20 @@ impl World {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .unwrap_or("internal-sftp");
+        // The device's shells start in a home of their own: the machine account's start-up files
+        // (a version manager's rehash lock, say) must not slow or break a device login.
+        let device_home = root.join("device-home");
+        std::fs::create_dir_all(&device_home).unwrap();
         let sshd_config = root.join("sshd_config");
         std::fs::write(
             &sshd_config,
             format!(
                 "ListenAddress 127.0.0.1:{sshd_port}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\nUsePAM no\nStrictModes no\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\nAllowTcpForwarding yes\nSubsystem sftp {sftp}\nLogLevel ERROR\n",
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\nAllowTcpForwarding yes\nSubsystem sftp {sftp}\nLogLevel ERROR\n\
+                 SetEnv HOME={}\n",
                 host_key.display(),
-                authorized.display()
+                authorized.display(),
+                device_home.display()
             ),
         )
         .unwrap();

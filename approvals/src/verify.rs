@@ -501,6 +501,15 @@ fn verify_chain_and_seal(
                 Ok(_) => Finding::bad(&item, r.records, "recording is not sealed"),
             };
         }
+        // An end the database claims must be backed by the evidence: this node's audit log has
+        // the end, or names the session as cut by a crash. Otherwise the row was downgraded.
+        if local && s.ended.is_some() && facts.end.is_none() && !facts.crash_recovered {
+            return Finding::bad(
+                &item,
+                r.records,
+                "ended without a seal, but this node's audit log has neither its end nor a crash recovery naming it",
+            );
+        }
         let why = if matches!(facts.end, Some(None)) {
             "never sealed (recording write error)"
         } else if facts.crash_recovered || s.ended.is_some() {
