@@ -4,6 +4,8 @@
 //! The broker asks [`policy::decide`] — one pure function over facts loaded by the [`Store`] — at
 //! session start and at every new channel; it never decides on its own.
 
+#![forbid(unsafe_code)]
+
 pub mod actions;
 pub mod approvers;
 pub mod audit;

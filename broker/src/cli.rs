@@ -1196,7 +1196,8 @@ async fn export(env: &Env, id: &str, input: bool) -> Result<()> {
 struct Keys {
     paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
     quit: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    saved: Option<libc::termios>,
+    /// The terminal's mode, restored when dropped; `None` when stdin is not a terminal.
+    raw: Option<crate::sys::RawInput>,
 }
 
 impl Keys {
@@ -1205,25 +1206,15 @@ impl Keys {
         use std::sync::atomic::{AtomicBool, Ordering};
         let paused = std::sync::Arc::new(AtomicBool::new(false));
         let quit = std::sync::Arc::new(AtomicBool::new(false));
-        let mut keys = Keys {
+        let raw = crate::sys::RawInput::take();
+        let taken = raw.is_some();
+        let keys = Keys {
             paused: paused.clone(),
             quit: quit.clone(),
-            saved: None,
+            raw,
         };
-        // SAFETY: isatty/tcgetattr/tcsetattr on fd 0 with a valid termios struct.
-        unsafe {
-            if libc::isatty(0) != 1 {
-                return keys;
-            }
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut t) != 0 {
-                return keys;
-            }
-            keys.saved = Some(t);
-            t.c_lflag &= !(libc::ICANON | libc::ECHO);
-            t.c_cc[libc::VMIN] = 1;
-            t.c_cc[libc::VTIME] = 0;
-            libc::tcsetattr(0, libc::TCSANOW, &t);
+        if !taken {
+            return keys;
         }
         std::thread::spawn(move || {
             use std::io::Read;
@@ -1254,17 +1245,6 @@ impl Keys {
 
     fn quit(&self) -> bool {
         self.quit.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for Keys {
-    fn drop(&mut self) {
-        if let Some(t) = self.saved {
-            // SAFETY: restoring the attributes read in `take`.
-            unsafe {
-                libc::tcsetattr(0, libc::TCSANOW, &t);
-            }
-        }
     }
 }
 
@@ -1349,7 +1329,7 @@ async fn replay(
     let te = load_events(&path, input)?;
     let mut out = std::io::stdout().lock();
     let keys = Keys::take();
-    if keys.saved.is_some() {
+    if keys.raw.is_some() {
         eprintln!("postern: replaying {id}; space pauses and resumes, q quits");
     }
     let mut bar = input.then(|| KeyBar::new(te.width, te.height));
@@ -1755,7 +1735,7 @@ pub async fn serve(
     web_addr: &str,
     extra: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<ExitCode> {
-    crate::raise_open_files_limit();
+    crate::sys::raise_open_files_limit();
     let host_key = keys::load_private(&env.data.host_key())?;
     // The CA private key is needed only where certificates are issued; a node trusts every vendor
     // CA registered in the database, its own (if it has one) registered here.

@@ -514,7 +514,7 @@ pub async fn run_fleet(
     scripted: bool,
 ) -> Result<()> {
     let auth = keys::load_public(authorized)?;
-    crate::raise_open_files_limit();
+    crate::sys::raise_open_files_limit();
     let mut list = String::from("site,device,addr,host_key\n");
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..sites {

@@ -81,7 +81,7 @@ pub async fn run(
     let (site, _) = site_device
         .split_once('/')
         .ok_or_else(|| anyhow!("--target must be SITE/DEVICE:FUNCTION"))?;
-    crate::raise_open_files_limit();
+    crate::sys::raise_open_files_limit();
     let ca = keys::load_private(&env.data.ca_key())?;
     let run = hex::encode(rand::random::<[u8; 3]>());
     let t = now();

@@ -1,5 +1,8 @@
 //! `postern`: the broker binary and the operator CLI.
 
+// The only `unsafe` is in `sys`.
+#![deny(unsafe_code)]
+
 mod admission;
 mod checkpointer;
 mod cli;
@@ -14,6 +17,7 @@ mod proxy;
 mod recording;
 mod request_flow;
 mod session;
+mod sys;
 mod transfer;
 mod upstream;
 mod vendor_ca;
@@ -534,10 +538,7 @@ fn main() -> std::process::ExitCode {
         // Rust ignores SIGPIPE, so printing to a closed pipe (`postern commands | head -1`)
         // panics. A one-shot command instead ends quietly, as Unix tools do, when its reader has
         // gone. Serving processes keep ignoring it: a vendor hanging up must not stop the broker.
-        // SAFETY: restores the default disposition before any thread is started.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        sys::default_sigpipe();
     }
     let default = if serving {
         "info,russh=warn"
@@ -572,22 +573,6 @@ fn main() -> std::process::ExitCode {
             }
             eprintln!("postern: {msg}");
             std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// Every session holds two sockets (vendor and device): raise the soft limit on open files to
-/// the hard one, as servers do, so thousands of sessions fit.
-pub(crate) fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }

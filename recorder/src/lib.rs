@@ -12,6 +12,8 @@
 //! This crate depends on nothing else of Postern's: whoever holds a recording and its expected
 //! final hash can check it.
 
+#![forbid(unsafe_code)]
+
 mod asciicast;
 mod commands;
 mod format;
