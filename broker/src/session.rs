@@ -528,8 +528,17 @@ async fn finish(ctx: &Ctx, live: &LiveSession, why: &EndReason) {
         records: seal.as_ref().map(|_| records),
         final_hash: seal.as_ref().map(|_| hash.clone()),
     };
-    let journaled = match ctx.journal.write(&end) {
-        Ok(()) => true,
+    // fsync off the runtime's threads, as the audit log's appends are.
+    let written = {
+        let (journal, end) = (ctx.journal.clone(), end.clone());
+        tokio::task::spawn_blocking(move || journal.write(&end)).await
+    };
+    let journaled = match written {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(session = %live.id, error = %e, "could not journal the session end");
+            false
+        }
         Err(e) => {
             tracing::error!(session = %live.id, error = %e, "could not journal the session end");
             false
