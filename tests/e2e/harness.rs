@@ -1,4 +1,5 @@
-//! Shared by the end-to-end tests (included as `mod harness;`); not every test uses every helper.
+//! Shared by the end-to-end tests (the `harness` module of the `e2e` test binary); not every test
+//! uses every helper.
 //!
 //! Test harness: a world with a real OpenSSH `sshd` as the device on loopback, the real
 //! `postern serve` in front of it, and helpers that drive the real OpenSSH clients as vendors.

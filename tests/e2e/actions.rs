@@ -4,14 +4,12 @@
 //! exactly as `postern verify` does. One-shot commands end quietly on a closed pipe, and the
 //! database files are owner-only.
 
-mod harness;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::{World, csrf_of, postern_bin, run};
+use crate::harness::{self, World, csrf_of, postern_bin, run};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);
