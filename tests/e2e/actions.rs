@@ -210,7 +210,12 @@ fn every_action_is_refused_when_the_audit_log_cannot_be_written() {
         find(&json_list(&w, &["request", "list"]), "id", &r1)["status"],
         "pending"
     );
-    // Actions on what is gone are answered as such.
+    // Actions on what is gone are answered as such. The session's end reaches the database after
+    // its seal, which can be after the client has exited (slow under a loaded parallel run).
+    w.wait_audit("seal", |e| {
+        e["event"] == "session.seal" && e["session"] == sid.as_str()
+    });
+    w.wait_all_recorded();
     let r = web.post(&format!("/sessions/{sid}/terminate"), &[("csrf", &csrf)]);
     assert_eq!(r.status, 409, "{}", r.body);
     let r = web.post(
