@@ -4,14 +4,12 @@
 //! the log is rewritten with its whole chain recomputed. The log then checks out on its own;
 //! `verify --checkpoints` finds both, and passes on the intact log saying how old the newest is.
 
-mod harness;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::World;
+use crate::harness::World;
 use serde_json::Value;
 
 /// A webhook receiver on loopback that answers 200 to every POST and keeps the JSON bodies.

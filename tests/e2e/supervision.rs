@@ -1,11 +1,9 @@
 //! Live sessions end within a second when an operator kills them, revokes their grant or disables
 //! the vendor, and at the window's end after a warning; the vendor is told why.
 
-mod harness;
-
 use std::time::{Duration, Instant};
 
-use harness::World;
+use crate::harness::World;
 
 /// Runs `action` while the vendor's interactive session is open; returns how long after the
 /// operator command started the vendor's ssh client exited, and the vendor's terminal.

@@ -2,11 +2,9 @@
 //! sign-in with password and TOTP, approve and deny a request a vendor is waiting on, terminate a
 //! live session, scoping to the approver's sites, CSRF refusal, and break-glass with its review.
 
-mod harness;
-
 use std::time::{Duration, Instant};
 
-use harness::{World, csrf_of};
+use crate::harness::{self, World, csrf_of};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);

@@ -3,12 +3,10 @@
 //! unreachable or hangs; a shutdown while the database is frozen. Links are cut with a relay the
 //! test controls; PostgreSQL is made unreachable for one database only.
 
-mod harness;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{PgDb, Relay, World, run};
+use crate::harness::{PgDb, Relay, World, run};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

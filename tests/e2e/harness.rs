@@ -1,4 +1,5 @@
-//! Shared by the end-to-end tests (included as `mod harness;`); not every test uses every helper.
+//! Shared by the end-to-end tests (the `harness` module of the `e2e` test binary). All the tests
+//! are one binary, so a helper no test uses is dead code and clippy says so.
 //!
 //! Test harness: a world with a real OpenSSH `sshd` as the device on loopback, the real
 //! `postern serve` in front of it, and helpers that drive the real OpenSSH clients as vendors.
@@ -6,8 +7,6 @@
 //! Each vendor has its own TOTP secret, and each code is usable once: the harness hands out codes
 //! for successive time steps (previous, current, next — what the broker accepts), waiting for the
 //! next step only when a vendor has used all three.
-
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

@@ -5,14 +5,12 @@
 //! binary, real OpenSSH and a real sshd device; attackers use loopback addresses other than
 //! 127.0.0.1 (which the harness exempts, as every test vendor comes from it).
 
-mod harness;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{WebClient, World, run, unix_now};
+use crate::harness::{self, WebClient, World, run, unix_now};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -3,14 +3,12 @@
 //! showed (echo off, bursts, typed ahead, no terminal) are logged from the keystrokes, and the
 //! input view shows every key.
 
-mod harness;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::{World, run};
+use crate::harness::{self, World, run};
 use serde_json::Value;
 
 #[test]

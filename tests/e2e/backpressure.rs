@@ -1,13 +1,11 @@
 //! A vendor who stops reading does not make the broker buffer: the device is paused through SSH
 //! flow control instead, and everything arrives once the vendor reads again.
 
-mod harness;
-
 use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
 
-use harness::World;
+use crate::harness::World;
 
 const TOTAL: u64 = 128 << 20;
 

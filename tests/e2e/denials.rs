@@ -4,9 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-mod harness;
-
-use harness::{World, keygen, run};
+use crate::harness::{self, World, keygen, run};
 use serde_json::Value;
 
 fn stderr(o: &std::process::Output) -> String {

@@ -2,12 +2,10 @@
 //! a grant and an approver, and serves. The vendor reaches the device with the printed ssh command
 //! and the code from `postern demo code`; the approver signs in to the web UI.
 
-mod harness;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use harness::{WebClient, postern_bin, run};
+use crate::harness::{self, WebClient, postern_bin, run};
 
 #[test]
 fn the_demo_serves_a_vendor_and_an_approver() {

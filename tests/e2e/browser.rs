@@ -4,13 +4,11 @@
 //! page, the grants and the review queue. Each page is saved as a screenshot for review, under
 //! `target/tmp/web-screenshots/`.
 
-mod harness;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::World;
+use crate::harness::World;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(15);

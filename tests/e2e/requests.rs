@@ -1,11 +1,9 @@
 //! A vendor without a grant asks for access from their own ssh session; once approved, the same
 //! session goes on to the device; when denied, the vendor sees the reason.
 
-mod harness;
-
 use std::time::Duration;
 
-use harness::World;
+use crate::harness::World;
 use serde_json::Value;
 
 #[test]

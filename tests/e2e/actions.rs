@@ -4,14 +4,12 @@
 //! exactly as `postern verify` does. One-shot commands end quietly on a closed pipe, and the
 //! database files are owner-only.
 
-mod harness;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::{World, csrf_of, postern_bin, run};
+use crate::harness::{self, World, csrf_of, postern_bin, run};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);
@@ -212,7 +210,12 @@ fn every_action_is_refused_when_the_audit_log_cannot_be_written() {
         find(&json_list(&w, &["request", "list"]), "id", &r1)["status"],
         "pending"
     );
-    // Actions on what is gone are answered as such.
+    // Actions on what is gone are answered as such. The session's end reaches the database after
+    // its seal, which can be after the client has exited (slow under a loaded parallel run).
+    w.wait_audit("seal", |e| {
+        e["event"] == "session.seal" && e["session"] == sid.as_str()
+    });
+    w.wait_all_recorded();
     let r = web.post(&format!("/sessions/{sid}/terminate"), &[("csrf", &csrf)]);
     assert_eq!(r.status, 409, "{}", r.body);
     let r = web.post(

@@ -1,10 +1,8 @@
 //! Bad operator input: one clear line on stderr, a non-zero exit, and nothing half-written.
 
-mod harness;
-
 use std::process::Command;
 
-use harness::{keygen, postern_bin, run};
+use crate::harness::{keygen, postern_bin, run};
 
 fn postern(data: &std::path::Path, args: &[&str]) -> std::process::Output {
     run(Command::new(postern_bin())

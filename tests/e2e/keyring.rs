@@ -3,15 +3,13 @@
 //! root public key decides which seals count; rotation links old and new keys in a record both
 //! sign; `seal-key` exports the whole history.
 
-mod harness;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use harness::{World, postern_bin, run, unix_now};
+use crate::harness::{World, postern_bin, run, unix_now};
 use recorder::keyring::{Entry, KeyId, Keyring, KeyringError, RootKey, RootPublicKey};
 
 fn postern(data: &Path, args: &[&str]) -> Output {

@@ -3,11 +3,9 @@
 //! clear line, with the real OpenSSH client. And a vendor has one open request per device and
 //! function at a time.
 
-mod harness;
-
 use std::time::Duration;
 
-use harness::{World, csrf_of};
+use crate::harness::{World, csrf_of};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);

@@ -1,12 +1,10 @@
 //! Recordings made through the real broker: exported as asciicast v2 that asciinema accepts,
 //! verified intact, and every kind of damage found at the exact record.
 
-mod harness;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use harness::{World, run};
+use crate::harness::{self, World, run};
 
 /// Byte offsets of each record in a record file (walks the framing: len, body, hash, len).
 fn record_offsets(bytes: &[u8]) -> Vec<(usize, usize)> {

@@ -5,9 +5,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-mod harness;
-
-use harness::{World, run};
+use crate::harness::{World, run};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

@@ -2,12 +2,10 @@
 //! process, each on its own port with its own host key; `postern device import` enrols them all;
 //! vendors reach devices across the fleet through the broker with real OpenSSH.
 
-mod harness;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{World, postern_bin};
+use crate::harness::{World, postern_bin};
 
 struct Fleet(std::process::Child);
 

@@ -2,13 +2,11 @@
 //! say something else. Each attack works on a real broker's data (real sessions through OpenSSH);
 //! each must make `postern verify` fail and say what it found. (Forgeries with keys the operator's
 //! root never certified, and rewrites of the whole audit log, are caught by the keyring and the
-//! shipped checkpoints: `tests/keyring.rs`, `tests/checkpoints.rs`.)
-
-mod harness;
+//! shipped checkpoints: `tests/e2e/keyring.rs`, `tests/e2e/checkpoints.rs`.)
 
 use std::process::Command;
 
-use harness::{World, run};
+use crate::harness::{World, run};
 
 /// A world with two finished sessions of two vendors; returns their ids.
 fn two_sessions() -> (World, String, String) {

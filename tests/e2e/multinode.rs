@@ -3,11 +3,9 @@
 //! and `verify` on each node checks its own sessions and says the other's are recorded there,
 //! while a recording deleted on its own node still fails.
 
-mod harness;
-
 use std::process::{Command, Output};
 
-use harness::{World, run};
+use crate::harness::{World, run};
 
 fn psql(sql: &str) {
     let o = run(Command::new("psql")

@@ -2,11 +2,9 @@
 //! the recording and the audit log stay readable and verifiable, and after a restart the session
 //! is marked as ended by a crash.
 
-mod harness;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use harness::World;
+use crate::harness::World;
 
 #[test]
 fn sigkill_mid_session_leaves_verifiable_evidence() {

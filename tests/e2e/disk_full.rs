@@ -2,14 +2,12 @@
 //! operator; a live session whose recording cannot be written is closed; nothing already written
 //! is damaged. Uses a 1 MiB tmpfs mounted over the recordings directory (needs root, as CI has).
 
-mod harness;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{World, run};
+use crate::harness::{World, run};
 
 struct Mount(PathBuf);
 
