@@ -1,8 +1,9 @@
 //! Postern's control plane: the directory (vendors, sites, devices, functions), grants, sessions,
 //! the policy decision and the audit log.
 //!
-//! The broker asks [`policy::decide`] — one pure function over facts loaded by the [`Store`] — at
-//! session start and at every new channel; it never decides on its own.
+//! The broker asks [`PolicyGate`] — which loads the facts from the [`Store`] and applies
+//! [`policy::decide`], one pure function — at session start and at every new channel; it never
+//! decides on its own.
 
 #![forbid(unsafe_code)]
 
@@ -27,9 +28,9 @@ pub use approvers::{AccessRequestRow, Approver, NewRequest, WebLogin};
 pub use audit::AuditLog;
 pub use breakglass::{BreakGlass, NewBreakGlass};
 pub use model::{
-    Channel, ChannelSet, CommandRow, Device, Function, Grant, IssuedCertificate, Session, Site,
-    Vendor,
+    Channel, ChannelSet, ChannelSetError, CommandRow, Device, Function, Grant, IssuedCertificate,
+    Session, Site, Vendor,
 };
 pub use notify::{Event, Notifier};
-pub use policy::{AccessRequest, Decision, Deny, Facts, decide};
+pub use policy::{AccessRequest, Allowed, Decision, Deny, Facts, PolicyGate, Refusal, decide};
 pub use store::{NewDevice, NewGrant, Store, StoreError};

@@ -193,8 +193,17 @@ pub struct ChannelSet {
     pub forwards: Vec<u16>,
 }
 
+/// Why a function's `allow` list was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelSetError {
+    #[error("'{0}' is not a channel kind: use shell, exec, sftp or forward:PORT")]
+    UnknownKind(String),
+    #[error("a function must allow at least one channel kind")]
+    Empty,
+}
+
 impl ChannelSet {
-    pub fn parse(s: &str) -> Result<ChannelSet, String> {
+    pub fn parse(s: &str) -> Result<ChannelSet, ChannelSetError> {
         let mut set = ChannelSet::default();
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             match item {
@@ -206,9 +215,7 @@ impl ChannelSet {
                         .strip_prefix("forward:")
                         .and_then(|p| p.parse::<u16>().ok())
                         .filter(|p| *p != 0)
-                        .ok_or_else(|| {
-                            format!("'{item}' is not a channel kind: use shell, exec, sftp or forward:PORT")
-                        })?;
+                        .ok_or_else(|| ChannelSetError::UnknownKind(item.to_owned()))?;
                     if !set.forwards.contains(&port) {
                         set.forwards.push(port);
                     }
@@ -216,7 +223,7 @@ impl ChannelSet {
             }
         }
         if set == ChannelSet::default() {
-            return Err("a function must allow at least one channel kind".into());
+            return Err(ChannelSetError::Empty);
         }
         Ok(set)
     }
@@ -274,4 +281,27 @@ pub struct CommandRow {
     pub channel: i64,
     pub kind: String,
     pub command: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_sets_parse_and_refuse_with_their_reasons() {
+        let set = ChannelSet::parse("shell, sftp,forward:8080,forward:8080").unwrap();
+        assert_eq!(set.to_string(), "shell,sftp,forward:8080");
+        assert!(set.allows(Channel::Forward(8080)) && !set.allows(Channel::Exec));
+        let e = ChannelSet::parse("shell,telnet").unwrap_err();
+        assert_eq!(e, ChannelSetError::UnknownKind("telnet".into()));
+        assert_eq!(
+            e.to_string(),
+            "'telnet' is not a channel kind: use shell, exec, sftp or forward:PORT"
+        );
+        assert_eq!(
+            ChannelSet::parse("forward:0"),
+            Err(ChannelSetError::UnknownKind("forward:0".into()))
+        );
+        assert_eq!(ChannelSet::parse(" , "), Err(ChannelSetError::Empty));
+    }
 }

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::model::{Channel, Device, Function, Grant, Vendor};
-use crate::time::fmt_time;
+use crate::store::{Store, StoreError, deadline};
+use crate::time::{fmt_time, now};
 
 /// Who asks for what. `function` is `None` when the login string omitted it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -266,6 +267,80 @@ pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
             .login
             .clone()
             .unwrap_or_else(|| device.login.clone()),
+    }
+}
+
+/// What the policy allowed: the grant and function a session runs under, the end of its window,
+/// and the device account the broker logs in with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    pub grant: String,
+    pub function: String,
+    pub window_end: i64,
+    pub login: String,
+}
+
+/// Why the gate let nothing through: the policy said no, or no decision could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The policy's answer; `Display` is the vendor's line.
+    #[error("{0}")]
+    Deny(Deny),
+    /// The facts could not be loaded within [`crate::store::DEADLINE`]: an outage, not a denial,
+    /// so callers must not treat it as one (no request dialogue, no `session.denied`).
+    #[error("control plane unavailable: {0}")]
+    Unavailable(#[source] StoreError),
+}
+
+/// The one place the broker asks the policy (session start, the request dialogue, every channel,
+/// the periodic re-check): loads the facts within the database deadline, then [`decide`]s.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyGate<'a> {
+    store: &'a Store,
+}
+
+impl<'a> PolicyGate<'a> {
+    pub fn new(store: &'a Store) -> PolicyGate<'a> {
+        PolicyGate { store }
+    }
+
+    /// Decides `req` now (the clock is read after the facts arrive, so a slow database cannot
+    /// stretch a window that ended meanwhile).
+    pub async fn check(&self, req: &AccessRequest) -> Result<Allowed, Refusal> {
+        let facts = self.facts(req).await?;
+        verdict(decide(req, &facts, now()))
+    }
+
+    /// Decides `req` as of `at`.
+    pub async fn check_at(&self, req: &AccessRequest, at: i64) -> Result<Allowed, Refusal> {
+        let facts = self.facts(req).await?;
+        verdict(decide(req, &facts, at))
+    }
+
+    async fn facts(&self, req: &AccessRequest) -> Result<Facts, Refusal> {
+        deadline(
+            self.store
+                .facts(&req.vendor, &req.site, &req.device, req.function.as_deref()),
+        )
+        .await
+        .map_err(Refusal::Unavailable)
+    }
+}
+
+fn verdict(decision: Decision) -> Result<Allowed, Refusal> {
+    match decision {
+        Decision::Allow {
+            grant,
+            function,
+            window_end,
+            login,
+        } => Ok(Allowed {
+            grant,
+            function,
+            window_end,
+            login,
+        }),
+        Decision::Deny { reason } => Err(Refusal::Deny(reason)),
     }
 }
 
@@ -642,5 +717,110 @@ mod tests {
             decide(&req(None, None), &f, NOW),
             Decision::Allow { ref grant, .. } if grant == "m"
         ));
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+    use crate::model::ChannelSet;
+    use crate::store::{NewDevice, NewGrant};
+
+    const AT: i64 = 1_800_000_000;
+
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("g.db").display());
+        let s = Store::open(&url).await.unwrap();
+        s.add_vendor("alice", "acme", None, "JBSWY3DPEHPK3PXP", AT)
+            .await
+            .unwrap();
+        s.add_site("s1", None, AT).await.unwrap();
+        s.add_device(
+            &NewDevice {
+                site: "s1".into(),
+                name: "cam".into(),
+                addr: "127.0.0.1:22".into(),
+                login: "root".into(),
+                credential_kind: "password".into(),
+                credential: "x".into(),
+                host_key: "ssh-ed25519 AAAA".into(),
+            },
+            AT,
+        )
+        .await
+        .unwrap();
+        let allow = ChannelSet::parse("shell,exec").unwrap();
+        s.add_function("maint", &allow, Some("maint"), 8 * 3600, None, AT)
+            .await
+            .unwrap();
+        s.add_grant(
+            &NewGrant {
+                vendor: "alice".into(),
+                site: "s1".into(),
+                function: "maint".into(),
+                valid_from: AT - 60,
+                valid_until: AT + 3600,
+                granted_by: "operator".into(),
+                reason: "ticket 1".into(),
+                devices: vec![],
+            },
+            AT,
+        )
+        .await
+        .unwrap();
+        s
+    }
+
+    fn req(device: &str, channel: Option<Channel>) -> AccessRequest {
+        AccessRequest {
+            vendor: "alice".into(),
+            site: "s1".into(),
+            device: device.into(),
+            function: None,
+            channel,
+        }
+    }
+
+    #[tokio::test]
+    async fn allows_denies_and_tells_an_outage_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let gate = PolicyGate::new(&s);
+
+        let ok = gate
+            .check_at(&req("cam", Some(Channel::Shell)), AT)
+            .await
+            .unwrap();
+        assert_eq!(ok.function, "maint");
+        assert_eq!(ok.window_end, AT + 3600);
+        assert_eq!(ok.login, "maint");
+
+        // The gate's answer is the pure decision's, word for word.
+        match gate.check_at(&req("cam", Some(Channel::Sftp)), AT).await {
+            Err(Refusal::Deny(d)) => {
+                assert_eq!(
+                    d.to_string(),
+                    "access denied: sftp is not allowed by function maint"
+                )
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+        assert!(matches!(
+            gate.check_at(&req("nope", None), AT).await,
+            Err(Refusal::Deny(Deny::UnknownDevice { .. }))
+        ));
+        assert!(matches!(
+            gate.check_at(&req("cam", None), AT + 3600).await,
+            Err(Refusal::Deny(Deny::WindowEnded { .. }))
+        ));
+
+        // A database that cannot answer is an outage, never a denial.
+        s.close().await;
+        match gate.check(&req("cam", None)).await {
+            Err(e @ Refusal::Unavailable(_)) => {
+                assert!(e.to_string().starts_with("control plane unavailable: "))
+            }
+            other => panic!("expected an outage, got {other:?}"),
+        }
     }
 }

@@ -499,9 +499,9 @@ async fn vendor(env: &Env, action: &VendorAction) -> Result<()> {
                 .as_deref()
                 .map(|t| parse_time(t, now()))
                 .transpose()
-                .map_err(|e| anyhow!("--contract-end: {e}"))?;
+                .context("--contract-end")?;
             let secret = approvals::totp::new_secret();
-            let uri = approvals::totp::otpauth_uri(&secret, name).map_err(|e| anyhow!(e))?;
+            let uri = approvals::totp::otpauth_uri(&secret, name)?;
             env.actions()
                 .add_vendor(&operator(), name, org, end, &secret, now())
                 .await?;
@@ -529,9 +529,9 @@ async fn vendor(env: &Env, action: &VendorAction) -> Result<()> {
             if v.is_disabled() {
                 bail!("vendor {name} is disabled");
             }
-            let secs = parse_duration(validity).map_err(|e| anyhow!("--validity: {e}"))?;
+            let secs = parse_duration(validity).context("--validity")?;
             let start = match from {
-                Some(t) => parse_time(t, now()).map_err(|e| anyhow!("--from: {e}"))?,
+                Some(t) => parse_time(t, now()).context("--from")?,
                 None => now() - 60,
             };
             let restrict = keys::Restrictions {
@@ -861,8 +861,8 @@ async fn function(env: &Env, action: &FunctionAction) -> Result<()> {
             emergency,
             orgs,
         } => {
-            let set = ChannelSet::parse(allow).map_err(|e| anyhow!("--allow: {e}"))?;
-            let max = parse_duration(max_window).map_err(|e| anyhow!("--max-window: {e}"))?;
+            let set = ChannelSet::parse(allow).context("--allow")?;
+            let max = parse_duration(max_window).context("--max-window")?;
             let orgs: Vec<String> = orgs
                 .iter()
                 .map(|o| o.trim().to_owned())
@@ -918,8 +918,8 @@ async fn grant(env: &Env, action: &GrantAction) -> Result<()> {
             devices,
         } => {
             let t = now();
-            let from = parse_time(from, t).map_err(|e| anyhow!("--from: {e}"))?;
-            let until = parse_time(until, t).map_err(|e| anyhow!("--until: {e}"))?;
+            let from = parse_time(from, t).context("--from")?;
+            let until = parse_time(until, t).context("--until")?;
             let g = env
                 .actions()
                 .add_grant(
@@ -1052,7 +1052,7 @@ impl ApproverCredentials {
         let password = hex::encode(rand::random::<[u8; 12]>());
         let hash = approvals::approvers::hash_password(&password)?;
         let secret = approvals::totp::new_secret();
-        let uri = approvals::totp::otpauth_uri(&secret, name).map_err(|e| anyhow!(e))?;
+        let uri = approvals::totp::otpauth_uri(&secret, name)?;
         Ok(ApproverCredentials {
             password,
             hash,
@@ -1112,13 +1112,13 @@ async fn request(env: &Env, action: &RequestAction) -> Result<()> {
                 .as_deref()
                 .map(|f| parse_time(f, t))
                 .transpose()
-                .map_err(|e| anyhow!("--from: {e}"))?
+                .context("--from")?
                 .unwrap_or(t);
             let until = until
                 .as_deref()
                 .map(|u| parse_time(u, t))
                 .transpose()
-                .map_err(|e| anyhow!("--until: {e}"))?;
+                .context("--until")?;
             let (_, grant) = env
                 .actions()
                 .approve_request(&operator(), id, from, until, t)
@@ -1385,7 +1385,7 @@ async fn commands(
     let since_us = since
         .map(|t| parse_time(t, now()).map(|s| s * 1_000_000))
         .transpose()
-        .map_err(|e| anyhow!("--since: {e}"))?;
+        .context("--since")?;
     let pattern = grep
         .map(regex::Regex::new)
         .transpose()
@@ -1446,7 +1446,7 @@ async fn audit(env: &Env, follow: bool, since: Option<&str>) -> Result<()> {
     let since = since
         .map(|t| parse_time(t, now()))
         .transpose()
-        .map_err(|e| anyhow!("--since: {e}"))?;
+        .context("--since")?;
     let path = env.data.audit_log();
     let mut reader =
         recorder::Reader::open(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -1794,7 +1794,7 @@ pub async fn serve(
         warn_before,
         seal,
         request_wait: Duration::from_secs(
-            parse_duration(&env.cfg.request_wait).map_err(|e| anyhow!("request_wait: {e}"))? as u64,
+            parse_duration(&env.cfg.request_wait).context("request_wait")? as u64,
         ),
         env_allow: env.cfg.env_allow.clone(),
         // 30 failures before the first factor per address in 5 minutes.
@@ -2147,9 +2147,9 @@ pub(crate) async fn keys_command(env: &Env, action: &crate::KeysAction) -> Resul
                 );
             }
             let ring = open_keyring(&ring_path, &public)?;
-            let valid_for = parse_duration(valid_for).map_err(|e| anyhow!("--valid-for: {e}"))?;
+            let valid_for = parse_duration(valid_for).context("--valid-for")?;
             let from = match from {
-                Some(f) => parse_time(f, now).map_err(|e| anyhow!("--from: {e}"))?,
+                Some(f) => parse_time(f, now).context("--from")?,
                 None => now,
             };
             let seal = keys::seal_key(&env.data.seal_key())?.public();
@@ -2204,7 +2204,7 @@ pub(crate) async fn keys_command(env: &Env, action: &crate::KeysAction) -> Resul
                 bail!("no key {} in {}", printable(key_id), ring_path.display());
             }
             let at = match at {
-                Some(a) => parse_time(a, now).map_err(|e| anyhow!("--at: {e}"))?,
+                Some(a) => parse_time(a, now).context("--at")?,
                 None => now,
             };
             let entry = recorder::keyring::Entry::Revoke(root.revoke(&id, at, now, reason));
@@ -2225,8 +2225,8 @@ pub(crate) async fn keys_command(env: &Env, action: &crate::KeysAction) -> Resul
         } => {
             let root = keys::load_root_key(root)?;
             let ring = open_keyring(&ring_path, &root.public())?;
-            let valid_for = parse_duration(valid_for).map_err(|e| anyhow!("--valid-for: {e}"))?;
-            let overlap = parse_duration(overlap).map_err(|e| anyhow!("--overlap: {e}"))?;
+            let valid_for = parse_duration(valid_for).context("--valid-for")?;
+            let overlap = parse_duration(overlap).context("--overlap")?;
             let old_seed = keys::seal_seed(&env.data.seal_key())?;
             let old_id =
                 recorder::keyring::KeyId::of(&recorder::SealKey::from_seed(&old_seed).public());

@@ -610,8 +610,7 @@ pub async fn demo(
                 data.root.display()
             )
         })?;
-        let code = approvals::totp::code_at(secret.trim(), approvals::time::now() as u64)
-            .map_err(|e| anyhow!(e))?;
+        let code = approvals::totp::code_at(secret.trim(), approvals::time::now() as u64)?;
         println!("{code}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -755,13 +754,12 @@ async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result
             now,
         )
         .await?;
-    let allow =
-        approvals::ChannelSet::parse("shell,exec,sftp,forward:8080").map_err(|e| anyhow!(e))?;
+    let allow = approvals::ChannelSet::parse("shell,exec,sftp,forward:8080")?;
     actions
         .add_function(&op, "maint", &allow, None, 8 * 3600, None, now)
         .await?;
     // Functions without a grant, to try requests and break-glass.
-    let shell = approvals::ChannelSet::parse("shell,exec,sftp").map_err(|e| anyhow!(e))?;
+    let shell = approvals::ChannelSet::parse("shell,exec,sftp")?;
     actions
         .add_function(&op, "firmware", &shell, None, 4 * 3600, None, now)
         .await?;

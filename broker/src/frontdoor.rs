@@ -11,7 +11,7 @@ use std::time::Duration;
 use approvals::audit::bounded;
 use approvals::lockout::{Attempt, Subject};
 use approvals::time::now;
-use approvals::{AccessRequest, Decision, Deny};
+use approvals::{AccessRequest, Deny, PolicyGate, Refusal};
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::{Certificate, PrivateKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, Response, Session};
@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use crate::admission::{Outcome, Ticket, accept_backoff};
 use crate::login::{self, Target};
 use crate::proxy;
-use crate::session::{Ctx, LiveSession, Permits, connection_ended};
+use crate::session::{Ctx, LiveSession, Permits, StartError, connection_ended};
 
 /// The longest SSH user name looked at: `VENDOR:SITE/DEVICE:FUNCTION` with 64-character parts
 /// fits easily. Longer names are refused before anything else happens.
@@ -163,7 +163,7 @@ pub struct Conn {
     cert: Option<CertPassed>,
     denied: Option<Deny>,
     /// Why an allowed session could not start (recording, database): for the vendor's message.
-    start_error: Option<String>,
+    start_error: Option<StartError>,
     /// The control plane could not be reached when deciding: an outage, not a denial.
     outage: bool,
     permits: Permits,
@@ -298,27 +298,14 @@ impl Conn {
             .signature_key()
             .fingerprint(russh::keys::HashAlg::Sha256);
         let _ = self.ctx.ca.knows(&self.ctx.store, &ca).await;
-        self.certificate_fields(target, cert)
-            .map_err(CertRefusal::Refused)?;
+        self.certificate_fields(target, cert)?;
+        let vendor = || target.vendor.clone();
         match approvals::store::deadline(self.ctx.store.vendor(&target.vendor)).await {
-            Err(e) => return Err(CertRefusal::Outage(e.to_string())),
-            Ok(None) => {
-                return Err(CertRefusal::Refused(format!(
-                    "unknown vendor {}",
-                    target.vendor
-                )));
-            }
-            Ok(Some(v)) if v.is_disabled() => {
-                return Err(CertRefusal::Refused(format!(
-                    "vendor {} is disabled",
-                    target.vendor
-                )));
-            }
+            Err(e) => return Err(CertRefusal::Outage(e)),
+            Ok(None) => return Err(CertRefusal::UnknownVendor(vendor())),
+            Ok(Some(v)) if v.is_disabled() => return Err(CertRefusal::VendorDisabled(vendor())),
             Ok(Some(v)) if v.contract_end.is_some_and(|end| now() >= end) => {
-                return Err(CertRefusal::Refused(format!(
-                    "the contract of vendor {} has ended",
-                    target.vendor
-                )));
+                return Err(CertRefusal::ContractEnded(vendor()));
             }
             Ok(Some(_)) => {}
         }
@@ -330,45 +317,43 @@ impl Conn {
             .to_string();
         let issued = approvals::store::deadline(self.ctx.store.certificates_for_key(&fp))
             .await
-            .map_err(|e| CertRefusal::Outage(e.to_string()))?;
+            .map_err(CertRefusal::Outage)?;
         let serial = cert.serial().to_string();
         match issued
             .iter()
             .find(|c| c.serial == serial && c.vendor == target.vendor && c.key_id == cert.key_id())
         {
-            None => Err(CertRefusal::Refused(format!(
-                "certificate serial {serial} (key id {}) was not issued by this broker to vendor {}",
-                bounded(cert.key_id(), 80),
-                target.vendor
-            ))),
-            Some(c) if c.revoked != 0 => Err(CertRefusal::Refused(format!(
-                "certificate serial {serial} has been revoked"
-            ))),
+            None => Err(CertRefusal::NotIssued {
+                serial,
+                key_id: bounded(cert.key_id(), 80),
+                vendor: vendor(),
+            }),
+            Some(c) if c.revoked != 0 => Err(CertRefusal::Revoked(serial)),
             Some(_) => Ok(()),
         }
     }
 
     /// What can be checked from the certificate alone: CA, type, principal, critical options.
-    fn certificate_fields(&self, target: &Target, cert: &Certificate) -> Result<(), String> {
+    fn certificate_fields(
+        &self,
+        target: &Target,
+        cert: &Certificate,
+    ) -> Result<(), CertFieldError> {
         cert.validate(&self.ctx.ca.current()).map_err(|e| match e {
-            russh::keys::ssh_key::Error::CertificateValidation => {
-                "certificate is not signed by a trusted vendor CA (or is outside its validity)"
-                    .to_string()
-            }
-            other => format!("certificate rejected: {other}"),
+            russh::keys::ssh_key::Error::CertificateValidation => CertFieldError::Untrusted,
+            other => CertFieldError::Invalid(other),
         })?;
         if cert.cert_type() != CertType::User {
-            return Err("certificate is not a user certificate".into());
+            return Err(CertFieldError::NotUser);
         }
         if cert.valid_principals().is_empty() {
-            return Err("certificate has no principals".into());
+            return Err(CertFieldError::NoPrincipals);
         }
         if !cert.valid_principals().iter().any(|p| p == &target.vendor) {
-            return Err(format!(
-                "certificate principals {:?} do not include vendor {}",
-                cert.valid_principals(),
-                target.vendor
-            ));
+            return Err(CertFieldError::NotForVendor {
+                principals: cert.valid_principals().to_vec(),
+                vendor: target.vendor.clone(),
+            });
         }
         for (name, value) in cert.critical_options().iter() {
             match name.as_str() {
@@ -384,17 +369,14 @@ impl Conn {
                                 .unwrap_or(false)
                     });
                     if !ok {
-                        return Err(format!(
-                            "source address {} is not allowed by the certificate ({value})",
-                            self.peer.ip()
-                        ));
+                        return Err(CertFieldError::SourceAddress {
+                            peer: self.peer.ip(),
+                            allowed: value.clone(),
+                        });
                     }
                 }
                 other => {
-                    return Err(format!(
-                        "certificate has unsupported critical option {}",
-                        bounded(other, 64)
-                    ));
+                    return Err(CertFieldError::CriticalOption(bounded(other, 64)));
                 }
             }
         }
@@ -414,33 +396,22 @@ impl Conn {
             function: target.function.clone(),
             channel: None,
         };
-        let decision = match approvals::store::deadline(self.ctx.store.facts(
-            &req.vendor,
-            &req.site,
-            &req.device,
-            req.function.as_deref(),
-        ))
-        .await
-        {
-            Ok(facts) => approvals::decide(&req, &facts, now()),
-            Err(e) => {
+        let source = self.peer.to_string();
+        match PolicyGate::new(&self.ctx.store).check(&req).await {
+            Err(Refusal::Unavailable(e)) => {
                 // An outage, not a denial: no request dialogue, and the vendor is told so.
                 warn!(error = %e, "policy facts unavailable");
                 self.outage = true;
-                self.ctx.audit("session.error", json!({"login": target.to_string(), "source": self.peer.to_string(), "reason": format!("control plane unavailable: {}", bounded(&e.to_string(), LOGGED))})).await;
-                return;
+                self.ctx.audit("session.error", json!({"login": target.to_string(), "source": source, "reason": format!("control plane unavailable: {}", bounded(&e.to_string(), LOGGED))})).await;
             }
-        };
-        let source = self.peer.to_string();
-        match &decision {
-            Decision::Deny { reason } => {
+            Err(Refusal::Deny(reason)) => {
                 self.ctx.audit("session.denied", json!({"login": target.to_string(), "source": source, "reason": reason.to_string()})).await;
-                self.denied = Some(reason.clone());
+                self.denied = Some(reason);
             }
-            Decision::Allow { .. } => match LiveSession::start(
+            Ok(allowed) => match LiveSession::start(
                 &self.ctx,
                 target.clone(),
-                &decision,
+                &allowed,
                 source,
                 session.handle(),
             )
@@ -456,7 +427,7 @@ impl Conn {
                     self.ctx
                         .audit(
                             "session.denied",
-                            json!({"login": target.to_string(), "reason": e}),
+                            json!({"login": target.to_string(), "reason": e.to_string()}),
                         )
                         .await;
                     self.denied = None;
@@ -480,8 +451,8 @@ impl Conn {
         }
         match (&self.denied, &self.start_error) {
             (Some(d), _) => d.to_string(),
-            (None, Some(e)) if e.starts_with("cannot register") => OUTAGE.into(),
-            (None, Some(e)) if e.contains("recording") => {
+            (None, Some(StartError::Register(_))) => OUTAGE.into(),
+            (None, Some(StartError::Recording(_))) => {
                 "access denied: the broker cannot record sessions right now (storage full or failing); the operator has been told".into()
             }
             (None, _) => "access denied: the session could not be started (see the broker's log)".into(),
@@ -583,17 +554,23 @@ impl russh::server::Handler for Conn {
         }
         let target = match login::parse(user) {
             Ok(t) => t,
-            Err(e) => return Ok(self.refuse_first_factor("auth.certificate", user, e).await),
+            Err(e) => {
+                return Ok(self
+                    .refuse_first_factor("auth.certificate", user, e.to_string())
+                    .await);
+            }
         };
         match self.check_certificate(&target, cert).await {
             Ok(()) => {}
-            Err(CertRefusal::Refused(reason)) => {
+            Err(CertRefusal::Outage(e)) => {
                 return Ok(self
-                    .refuse_first_factor("auth.certificate", user, reason)
+                    .outage_during_auth("auth.certificate", user, e.to_string())
                     .await);
             }
-            Err(CertRefusal::Outage(e)) => {
-                return Ok(self.outage_during_auth("auth.certificate", user, e).await);
+            Err(refused) => {
+                return Ok(self
+                    .refuse_first_factor("auth.certificate", user, refused.to_string())
+                    .await);
             }
         }
         let (key_id, serial) = (cert.key_id().to_owned(), cert.serial());
@@ -721,7 +698,9 @@ impl russh::server::Handler for Conn {
             }
             Err(e) => {
                 warn!(vendor, error = %e, "TOTP secret unreadable");
-                return Ok(self.outage_during_auth("auth.totp", user, e).await);
+                return Ok(self
+                    .outage_during_auth("auth.totp", user, e.to_string())
+                    .await);
             }
         };
         match approvals::store::deadline(self.ctx.store.consume_totp_step(&vendor, step as i64))
@@ -1040,11 +1019,57 @@ pub fn server_config(host_key: PrivateKey) -> Arc<russh::server::Config> {
     })
 }
 
-/// Why a certificate was not accepted.
+/// What the certificate alone shows to be wrong; `Display` is the audited reason.
+#[derive(Debug, thiserror::Error)]
+enum CertFieldError {
+    #[error("certificate is not signed by a trusted vendor CA (or is outside its validity)")]
+    Untrusted,
+    #[error("certificate rejected: {0}")]
+    Invalid(russh::keys::ssh_key::Error),
+    #[error("certificate is not a user certificate")]
+    NotUser,
+    #[error("certificate has no principals")]
+    NoPrincipals,
+    #[error("certificate principals {principals:?} do not include vendor {vendor}")]
+    NotForVendor {
+        principals: Vec<String>,
+        vendor: String,
+    },
+    #[error("source address {peer} is not allowed by the certificate ({allowed})")]
+    SourceAddress {
+        peer: std::net::IpAddr,
+        allowed: String,
+    },
+    /// The option's name, bounded: it comes from the vendor.
+    #[error("certificate has unsupported critical option {0}")]
+    CriticalOption(String),
+}
+
+/// Why a certificate was not accepted. Every variant but `Outage` is a refusal counted against
+/// the source; `Display` is the audited reason.
+#[derive(Debug, thiserror::Error)]
 enum CertRefusal {
-    Refused(String),
+    #[error(transparent)]
+    Fields(#[from] CertFieldError),
+    #[error("unknown vendor {0}")]
+    UnknownVendor(String),
+    #[error("vendor {0} is disabled")]
+    VendorDisabled(String),
+    #[error("the contract of vendor {0} has ended")]
+    ContractEnded(String),
+    #[error(
+        "certificate serial {serial} (key id {key_id}) was not issued by this broker to vendor {vendor}"
+    )]
+    NotIssued {
+        serial: String,
+        key_id: String,
+        vendor: String,
+    },
+    #[error("certificate serial {0} has been revoked")]
+    Revoked(String),
     /// The control plane could not be asked: nothing is counted against anyone.
-    Outage(String),
+    #[error("{0}")]
+    Outage(approvals::StoreError),
 }
 
 /// Accepts vendor connections for as long as the broker runs. A failing `accept` (descriptors

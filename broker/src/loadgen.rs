@@ -291,7 +291,7 @@ async fn open_one(
         } => {}
         other => bail!("{login}: certificate step: {other:?}"),
     }
-    let code = approvals::totp::code_at(&secret, now() as u64).map_err(|e| anyhow!(e))?;
+    let code = approvals::totp::code_at(&secret, now() as u64)?;
     let mut reply = handle
         .authenticate_keyboard_interactive_start(&login, None)
         .await?;

@@ -39,14 +39,15 @@ fn valid(part: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// A login string that is not of the expected shape; `Display` shows it (escaped, so control
+/// characters typed as a user name cannot reach a terminal or a log line raw).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("login '{}' is not VENDOR:SITE/DEVICE[:FUNCTION]", .0.escape_debug())]
+pub struct BadLogin(String);
+
 /// Parses a login string; the error says what the expected shape is.
-pub fn parse(user: &str) -> Result<Target, String> {
-    let bad = || {
-        format!(
-            "login '{}' is not VENDOR:SITE/DEVICE[:FUNCTION]",
-            user.escape_debug()
-        )
-    };
+pub fn parse(user: &str) -> Result<Target, BadLogin> {
+    let bad = || BadLogin(user.to_owned());
     let (vendor, rest) = user.split_once(':').ok_or_else(bad)?;
     if rest == "requests" && valid(vendor) {
         return Ok(Target {
@@ -108,5 +109,9 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad} should be refused");
         }
+        assert_eq!(
+            parse("a:s/\u{1b}[2J").unwrap_err().to_string(),
+            "login 'a:s/\\u{1b}[2J' is not VENDOR:SITE/DEVICE[:FUNCTION]"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use approvals::time::{fmt_time, now};
-use approvals::{Channel as Kind2, Decision};
+use approvals::{Channel as Kind2, PolicyGate, Refusal};
 use recorder::Kind;
 use russh::server::Msg;
 use russh::{Channel, ChannelId, ChannelMsg};
@@ -46,21 +46,13 @@ impl Content {
 /// Asks the policy whether this channel kind may be opened now; audits the answer.
 pub async fn allowed(ctx: &Ctx, live: &LiveSession, channel: Kind2) -> Result<(), String> {
     let req = live.request(Some(channel));
-    let t = &live.target;
-    let facts = approvals::store::deadline(ctx.store.facts(
-        &t.vendor,
-        &t.site,
-        &t.device,
-        Some(&live.function),
-    ))
-    .await
-        .map_err(|e| {
+    let refusal = match PolicyGate::new(&ctx.store).check(&req).await {
+        Ok(_) => None,
+        Err(Refusal::Deny(reason)) => Some(reason.to_string()),
+        Err(Refusal::Unavailable(e)) => {
             tracing::warn!(session = %live.id, error = %e, "channel decision: control plane unavailable");
-            crate::frontdoor::OUTAGE.to_owned()
-        })?;
-    let refusal = match approvals::decide(&req, &facts, now()) {
-        Decision::Allow { .. } => None,
-        Decision::Deny { reason } => Some(reason.to_string()),
+            return Err(crate::frontdoor::OUTAGE.to_owned());
+        }
     };
     audited_answer(ctx, live, &channel.to_string(), refusal).await
 }

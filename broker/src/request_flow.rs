@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use approvals::time::{fmt_time, now, parse_duration};
-use approvals::{AccessRequest, Decision, Event, NewBreakGlass, NewRequest};
+use approvals::{AccessRequest, Event, NewBreakGlass, NewRequest, PolicyGate, Refusal};
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelId, ChannelMsg};
 use serde_json::json;
@@ -474,26 +474,20 @@ async fn proceed(
         function: Some(function),
         channel: None,
     };
-    let decision = match ctx
-        .store
-        .facts(&q.vendor, &q.site, &q.device, q.function.as_deref())
-        .await
-    {
-        Ok(f) => approvals::decide(&q, &f, now()),
-        Err(e) => {
+    let allowed = match PolicyGate::new(&ctx.store).check(&q).await {
+        Ok(a) => a,
+        Err(Refusal::Unavailable(e)) => {
             tracing::warn!(error = %e, "request flow: control plane unavailable");
             proxy::refuse(&handle, id, crate::frontdoor::OUTAGE).await;
             return;
         }
+        Err(Refusal::Deny(reason)) => {
+            proxy::refuse(&handle, id, &reason.to_string()).await;
+            return;
+        }
     };
-    if let Decision::Deny { reason } = &decision {
-        proxy::refuse(&handle, id, &reason.to_string()).await;
-        return;
-    }
-    if let Decision::Allow { window_end, .. } = &decision {
-        say(&handle, id, &banner(*window_end)).await;
-    }
-    let live = match LiveSession::start(&ctx, target, &decision, source, handle.clone()).await {
+    say(&handle, id, &banner(allowed.window_end)).await;
+    let live = match LiveSession::start(&ctx, target, &allowed, source, handle.clone()).await {
         Ok(l) => l,
         Err(e) => {
             proxy::refuse(&handle, id, &format!("access denied: {e}")).await;

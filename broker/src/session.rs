@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use approvals::time::{fmt_time, now};
-use approvals::{AccessRequest, AuditLog, Decision, Store};
+use approvals::{AccessRequest, Allowed, AuditLog, PolicyGate, Refusal, Store};
 use recorder::Kind;
 use russh::ChannelId;
 use russh::server::Handle;
@@ -162,6 +162,18 @@ impl Permits {
     }
 }
 
+/// Why a session the policy allowed could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start the recording: {0}")]
+    Recording(recorder::WriteError),
+    /// The database did not take the session: the control plane is failing.
+    #[error("cannot register the session: {0}")]
+    Register(approvals::StoreError),
+    #[error("the audit log cannot be written")]
+    Audit,
+}
+
 pub struct LiveSession {
     pub id: String,
     /// Unix seconds, as registered.
@@ -191,27 +203,23 @@ impl LiveSession {
     pub async fn start(
         ctx: &Arc<Ctx>,
         target: Target,
-        decision: &Decision,
+        allowed: &Allowed,
         source: String,
         handle: Handle,
-    ) -> Result<Arc<LiveSession>, String> {
-        let Decision::Allow {
+    ) -> Result<Arc<LiveSession>, StartError> {
+        let Allowed {
             grant,
             function,
             window_end,
             login,
-        } = decision
-        else {
-            return Err("not allowed".into());
-        };
+        } = allowed;
         let id = approvals::store::new_evidence_id("s");
         let file = format!("{id}.rec");
         let path = ctx.recordings.join(&file);
-        let recording = Recording::create(&path, &id)
-            .map_err(|e| format!("cannot start the recording: {e}"))?;
+        let recording = Recording::create(&path, &id).map_err(StartError::Recording)?;
         // A session that never got registered leaves no recording behind: `verify` reports a
         // recording without a session as planted or orphaned.
-        let abandon = |why: String| {
+        let abandon = |why: StartError| {
             let _ = std::fs::remove_file(&path);
             why
         };
@@ -241,15 +249,15 @@ impl LiveSession {
         });
         recording
             .json(Kind::SessionStart, 0, &meta)
-            .map_err(|e| abandon(format!("cannot start the recording: {e}")))?;
+            .map_err(|e| abandon(StartError::Recording(e)))?;
         recording
             .flush()
-            .map_err(|e| abandon(format!("cannot start the recording: {e}")))?;
+            .map_err(|e| abandon(StartError::Recording(e)))?;
         approvals::store::deadline(ctx.store.start_session(&row))
             .await
-            .map_err(|e| abandon(format!("cannot register the session: {e}")))?;
+            .map_err(|e| abandon(StartError::Register(e)))?;
         if !ctx.audit("session.start", meta).await {
-            return Err("the audit log cannot be written".into());
+            return Err(StartError::Audit);
         }
         let (close_tx, close_rx) = mpsc::unbounded_channel();
         let live = Arc::new(LiveSession {
@@ -622,21 +630,13 @@ async fn recheck(ctx: &Ctx) {
     }
     for s in live {
         let req = s.request(None);
-        match approvals::store::deadline(ctx.store.facts(
-            &req.vendor,
-            &req.site,
-            &req.device,
-            req.function.as_deref(),
-        ))
-        .await
-        {
-            Ok(facts) => {
-                if let Decision::Deny { reason } = approvals::decide(&req, &facts, now()) {
-                    ctx.audit("session.revoked", json!({"session": s.id, "vendor": s.target.vendor, "reason": reason.to_string()})).await;
-                    s.request_close(reason.to_string());
-                }
+        match PolicyGate::new(&ctx.store).check(&req).await {
+            Ok(_) => {}
+            Err(Refusal::Deny(reason)) => {
+                ctx.audit("session.revoked", json!({"session": s.id, "vendor": s.target.vendor, "reason": reason.to_string()})).await;
+                s.request_close(reason.to_string());
             }
-            Err(e) => warn!(error = %e, "could not re-check session"),
+            Err(Refusal::Unavailable(e)) => warn!(error = %e, "could not re-check session"),
         }
     }
 }
