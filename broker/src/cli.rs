@@ -1947,6 +1947,10 @@ async fn write_summaries(
     web_admission: Arc<crate::admission::Admission>,
     every: Duration,
 ) {
+    // Summaries the audit log could not take (descriptors or disk exhausted: exactly when floods
+    // happen) wait for the next interval instead of being lost; at most a few hundred are kept.
+    const MAX_PENDING: usize = 256;
+    let mut pending: std::collections::VecDeque<(&'static str, Value)> = Default::default();
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
@@ -1959,7 +1963,17 @@ async fn write_summaries(
         ] {
             if let Some(mut fields) = tally.take() {
                 fields["interval_seconds"] = json!(every.as_secs());
-                ctx.audit(event, fields).await;
+                fields["counted_until"] = json!(fmt_time(now()));
+                pending.push_back((event, fields));
+            }
+        }
+        while pending.len() > MAX_PENDING {
+            pending.pop_front();
+        }
+        while let Some((event, fields)) = pending.pop_front() {
+            if !ctx.audit(event, fields.clone()).await {
+                pending.push_front((event, fields));
+                break;
             }
         }
     }

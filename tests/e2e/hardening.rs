@@ -224,7 +224,22 @@ fn running_out_of_descriptors_does_not_stop_the_broker() {
         }
     }
     // accept() fails with EMFILE now; the broker backs off and keeps its live session.
-    std::thread::sleep(Duration::from_secs(1));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !w
+        .broker_log
+        .lock()
+        .unwrap()
+        .contains("accepting a vendor connection failed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the flood never exhausted the descriptors ({} open)",
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     live.send("echo still-$((2+1))\r");
     live.expect("still-3", Duration::from_secs(10));
     assert!(
