@@ -3,53 +3,9 @@
 //! and `verify` on each node checks its own sessions and says the other's are recorded there,
 //! while a recording deleted on its own node still fails.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::harness::{World, run};
-
-fn psql(sql: &str) {
-    let o = run(Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-q",
-            "-c",
-        ])
-        .arg(sql));
-    assert!(
-        o.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// A fresh database, dropped when the test ends (after the brokers using it are gone).
-struct Db(String);
-
-impl Db {
-    fn create(name: String) -> Db {
-        psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        psql(&format!("CREATE DATABASE {name}"));
-        Db(name)
-    }
-
-    fn config(&self) -> String {
-        format!(
-            "database_url = \"postgres://postgres@127.0.0.1:5432/{}\"",
-            self.0
-        )
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
-    }
-}
+use crate::harness::{PgDb, World};
 
 fn text(o: &Output) -> String {
     format!(
@@ -74,13 +30,12 @@ fn session_of(w: &World, vendor: &str) -> (String, String) {
 
 #[test]
 fn two_nodes_share_keys_and_verify_each_others_sessions() {
-    let pid = std::process::id();
-    let shared = Db::create(format!("postern_multinode_{pid}"));
-    let scratch = Db::create(format!("postern_multinode_scratch_{pid}"));
+    let shared = PgDb::new("multinode");
+    let scratch = PgDb::new("multinode_scratch");
     let a = World::with_config(
         9,
         "5m",
-        &format!("node = \"node-a\"\n{}\n", shared.config()),
+        &format!("node = \"node-a\"\n{}\n", shared.config(5432).trim_end()),
     );
     // Node B has its own data directory (host key, vendor CA, seal key, recordings, audit log).
     // It is set up against a scratch database (the directory is already in the shared one), then
@@ -88,13 +43,20 @@ fn two_nodes_share_keys_and_verify_each_others_sessions() {
     let mut b = World::with_config(
         9,
         "5m",
-        &format!("node = \"node-b\"\n{}\n", scratch.config()),
+        &format!("node = \"node-b\"\n{}\n", scratch.config(5432).trim_end()),
     );
     b.kill_broker();
     let cfg_path = b.data.join("postern.toml");
     let cfg = std::fs::read_to_string(&cfg_path).unwrap();
-    assert!(cfg.contains(&scratch.config()), "{cfg}");
-    std::fs::write(&cfg_path, cfg.replace(&scratch.config(), &shared.config())).unwrap();
+    assert!(cfg.contains(&scratch.config(5432).trim_end()), "{cfg}");
+    std::fs::write(
+        &cfg_path,
+        cfg.replace(
+            &scratch.config(5432).trim_end(),
+            &shared.config(5432).trim_end(),
+        ),
+    )
+    .unwrap();
     b.start_broker();
     assert_ne!(
         std::fs::read(a.data.join("keys/vendor_ca.pub")).unwrap(),
