@@ -48,7 +48,7 @@ fn two_nodes_share_keys_and_verify_each_others_sessions() {
     b.kill_broker();
     let cfg_path = b.data.join("postern.toml");
     let cfg = std::fs::read_to_string(&cfg_path).unwrap();
-    assert!(cfg.contains(&scratch.config(5432).trim_end()), "{cfg}");
+    assert!(cfg.contains(scratch.config(5432).trim_end()), "{cfg}");
     std::fs::write(
         &cfg_path,
         cfg.replace(
