@@ -52,8 +52,8 @@ fn two_nodes_share_keys_and_verify_each_others_sessions() {
     std::fs::write(
         &cfg_path,
         cfg.replace(
-            &scratch.config(5432).trim_end(),
-            &shared.config(5432).trim_end(),
+            scratch.config(5432).trim_end(),
+            shared.config(5432).trim_end(),
         ),
     )
     .unwrap();
