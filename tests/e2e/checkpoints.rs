@@ -4,46 +4,12 @@
 //! the log is rewritten with its whole chain recomputed. The log then checks out on its own;
 //! `verify --checkpoints` finds both, and passes on the intact log saying how old the newest is.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::World;
+use crate::harness::{Receiver, World};
 use serde_json::Value;
-
-/// A webhook receiver on loopback that answers 200 to every POST and keeps the JSON bodies.
-fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let kept = bodies.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(500) {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            if reader.read_exact(&mut body).is_ok()
-                && let Ok(v) = serde_json::from_slice::<Value>(&body)
-            {
-                kept.lock().unwrap().push(v);
-            }
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-        }
-    });
-    (url, bodies)
-}
 
 /// Serves `body` to one GET on loopback (an off-host store the auditor fetches from).
 fn serve_once(body: String) -> String {
@@ -107,7 +73,8 @@ fn text(o: &std::process::Output) -> String {
 
 #[test]
 fn shipped_checkpoints_expose_a_cut_tail_and_a_rechained_audit_log() {
-    let (hook, bodies) = receiver();
+    let rx = Receiver::start(false);
+    let (hook, bodies) = (rx.url.clone(), rx.bodies.clone());
     let offhost = tempfile::tempdir().unwrap();
     let sink = offhost.path().join("sink.jsonl");
     let mut w = World::with_config(

@@ -1217,3 +1217,72 @@ impl Drop for PgDb {
             .status();
     }
 }
+
+/// A webhook receiver on loopback: answers 200 to every POST and keeps the JSON bodies. With
+/// `hang`, it accepts connections and never answers (a dead receiver).
+pub struct Receiver {
+    pub url: String,
+    pub bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    pub fn start(hang: bool) -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().take(500) {
+                let Ok(mut stream) = stream else { continue };
+                if hang {
+                    held.push(stream);
+                    continue;
+                }
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_ok()
+                    && let Ok(v) = serde_json::from_slice::<Value>(&body)
+                {
+                    kept.lock().unwrap().push(v);
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+        });
+        Receiver { url, bodies }
+    }
+
+    pub fn wait_for(&self, event: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(v) = self
+                .bodies
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|v| v["event"] == event)
+            {
+                return v.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the webhook never received {event}; got {:?}",
+                self.bodies.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
