@@ -4,11 +4,10 @@
 //! input view shows every key.
 
 use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::harness::{self, World, run};
+use crate::harness::{self, World};
 use serde_json::Value;
 
 #[test]
@@ -320,21 +319,7 @@ fn keys_the_screen_did_not_show_are_logged_and_viewable() {
     );
     let plain = w.ok(&["export", session]);
     assert!(!plain.contains(r#","i","#), "input only when asked");
-    let asciinema = ["/usr/bin/asciinema", "/usr/local/bin/asciinema"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("asciinema is needed to check exports (.ci/run installs it)");
-    let played = run(Command::new("script").args([
-        "-qec",
-        &format!("{asciinema} cat {}", cast.display()),
-        "/dev/null",
-    ]));
-    assert!(
-        played.status.success(),
-        "asciinema cat: {}",
-        String::from_utf8_lossy(&played.stderr)
-    );
-    assert!(String::from_utf8_lossy(&played.stdout).contains("hidden-42"));
+    assert!(harness::asciinema_cat(&cast).contains("hidden-42"));
 
     // The web page: the keystroke list with replay links, and the player's keystroke toggle.
     let olga = w.approver("olga", &["--sites", "site-a"]);

@@ -78,22 +78,7 @@ fn recordings_export_verify_and_reveal_tampering() {
     // asciicast v2, as the asciinema tools read it.
     let cast = w.dir.path().join("s.cast");
     std::fs::write(&cast, w.ok(&["export", &id])).unwrap();
-    let asciinema = ["/usr/bin/asciinema", "/usr/local/bin/asciinema"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("asciinema is needed to check exports (.ci/run installs it)");
-    // asciinema wants a terminal: `script` gives it one.
-    let played = run(Command::new("script").args([
-        "-qec",
-        &format!("{asciinema} cat {}", cast.display()),
-        "/dev/null",
-    ]));
-    assert!(
-        played.status.success(),
-        "asciinema cat: {}",
-        String::from_utf8_lossy(&played.stderr)
-    );
-    assert!(String::from_utf8_lossy(&played.stdout).contains("line 6"));
+    assert!(harness::asciinema_cat(&cast).contains("line 6"));
 
     // Replay plays the output in order (at high speed here).
     let replayed = w.ok(&["replay", &id, "--speed", "50"]);

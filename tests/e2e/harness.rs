@@ -1286,3 +1286,24 @@ impl Receiver {
         }
     }
 }
+
+/// What `asciinema cat` prints for the asciicast file `cast` (the real player's reading of an
+/// export); fails the test if asciinema refuses the file.
+pub fn asciinema_cat(cast: &Path) -> String {
+    let asciinema = ["/usr/bin/asciinema", "/usr/local/bin/asciinema"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("asciinema is needed to check exports (.ci/run installs it)");
+    // asciinema wants a terminal: `script` gives it one.
+    let played = run(Command::new("script").args([
+        "-qec",
+        &format!("{asciinema} cat {}", cast.display()),
+        "/dev/null",
+    ]));
+    assert!(
+        played.status.success(),
+        "asciinema cat: {}",
+        String::from_utf8_lossy(&played.stderr)
+    );
+    String::from_utf8_lossy(&played.stdout).into_owned()
+}
