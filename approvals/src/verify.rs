@@ -310,16 +310,24 @@ fn verify_recording(
     facts: &AuditFacts,
     stored_commands: Option<&[crate::CommandRow]>,
 ) -> Finding {
-    let finding = verify_chain_and_seal(evidence, s, local, trust, facts);
+    let item = format!("session {}", s.id);
     let path = evidence.recordings.join(&s.recording);
-    if !finding.ok || finding.elsewhere.is_some() || !path.exists() {
+    if !path.exists() {
+        if !local {
+            return Finding::elsewhere(&item, &s.node);
+        }
+        return Finding::bad(&item, 0, format!("recording {} is missing", path.display()));
+    }
+    // The file is read and hashed once; both halves below work from this report.
+    let r = match recorder::verify_file(&path) {
+        Ok(r) => r,
+        Err(e) => return Finding::bad(&item, 0, format!("{}: {e}", path.display())),
+    };
+    let finding = verify_chain_and_seal(s, local, trust, facts, &r);
+    if !finding.ok {
         return finding;
     }
-    let item = finding.item.clone();
-    let seal = recorder::verify_file(&path).ok().and_then(|r| {
-        let at = sealed_at(&r);
-        r.seal(&trust.keys_at(at)).ok()
-    });
+    let seal = r.seal(&trust.keys_at(sealed_at(&r))).ok();
     // A recording sealed here must have left its end or seal in this node's audit log.
     if local && seal.is_some() && facts.seal.is_none() && facts.end.is_none() {
         return Finding::bad(
@@ -374,26 +382,15 @@ fn verify_recording(
     }
 }
 
-/// The chain and seal half of [`verify_recording`].
+/// The chain and seal half of [`verify_recording`], from the recording's verification report.
 fn verify_chain_and_seal(
-    evidence: &Evidence,
     s: &Session,
     local: bool,
     trust: &Trust,
     facts: &AuditFacts,
+    r: &recorder::VerifyReport,
 ) -> Finding {
     let item = format!("session {}", s.id);
-    let path = evidence.recordings.join(&s.recording);
-    if !path.exists() {
-        if !local {
-            return Finding::elsewhere(&item, &s.node);
-        }
-        return Finding::bad(&item, 0, format!("recording {} is missing", path.display()));
-    }
-    let r = match recorder::verify_file(&path) {
-        Ok(r) => r,
-        Err(e) => return Finding::bad(&item, 0, format!("{}: {e}", path.display())),
-    };
     if r.stream_id != s.id {
         return Finding::bad(
             &item,
@@ -444,7 +441,7 @@ fn verify_chain_and_seal(
         .as_ref()
         .is_some_and(|l| l.kind == recorder::Kind::Seal);
     // Keys are trusted for the time the seal was made.
-    let trusted = trust.keys_at(sealed_at(&r));
+    let trusted = trust.keys_at(sealed_at(r));
     let trusted = trusted.as_slice();
 
     if let recorder::Tail::Torn { offset, .. } = r.tail {
@@ -526,7 +523,7 @@ fn verify_chain_and_seal(
             let why = match &e {
                 recorder::SealError::UnknownKey { key, .. } => recorder::SealPublicKey::parse(key)
                     .ok()
-                    .and_then(|k| trust.why_not(&k, sealed_at(&r))),
+                    .and_then(|k| trust.why_not(&k, sealed_at(r))),
                 _ => None,
             };
             let detail = match why {
