@@ -50,7 +50,7 @@ impl Settings {
 
 /// Starts the checkpointer for `serve`: reads the settings and the seal key (failing the start
 /// when they are wrong), then runs in the background.
-pub fn spawn(env: &crate::cli::Env) -> Result<()> {
+pub fn spawn(env: &crate::Node) -> Result<()> {
     let settings = Settings::from_config(&env.cfg)?;
     let key = crate::keys::seal_key(&env.data.seal_key())?;
     tokio::spawn(run(

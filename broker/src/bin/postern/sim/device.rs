@@ -8,8 +8,8 @@
 //! own host key. For scale runs, a device can answer with a scripted shell instead (a prompt and
 //! a few commands, no process per session).
 
-use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +17,10 @@ use anyhow::{Context, Result, anyhow};
 use russh::keys::{PrivateKey, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Handle, Msg, Session};
 use russh::{Channel, ChannelMsg};
-use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::cli::Env;
-use crate::keys;
+use broker::keys;
 
 #[derive(Clone)]
 struct SimConn {
@@ -514,7 +512,7 @@ pub async fn run_fleet(
     scripted: bool,
 ) -> Result<()> {
     let auth = keys::load_public(authorized)?;
-    crate::sys::raise_open_files_limit();
+    broker::sys::raise_open_files_limit();
     let mut list = String::from("site,device,addr,host_key\n");
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..sites {
@@ -550,284 +548,3 @@ pub async fn run_fleet(
 }
 
 // ---- the demo ----
-
-const ORG: &str = "Acme Maintenance";
-const VENDOR: &str = "alice";
-const SITE: &str = "demo-site";
-const DEVICE: &str = "sim-01";
-
-struct DemoPaths {
-    dir: PathBuf,
-}
-
-impl DemoPaths {
-    fn vendor_key(&self) -> PathBuf {
-        self.dir.join("alice_ed25519")
-    }
-    fn totp(&self) -> PathBuf {
-        self.dir.join("alice.totp")
-    }
-    fn device_key(&self) -> PathBuf {
-        self.dir.join("broker_device_ed25519")
-    }
-    fn sim_host_key(&self) -> PathBuf {
-        self.dir.join("sim_host_ed25519")
-    }
-    fn sim_port(&self) -> PathBuf {
-        self.dir.join("sim.port")
-    }
-    fn known_hosts(&self) -> PathBuf {
-        self.dir.join("known_hosts")
-    }
-    fn approver_totp(&self) -> PathBuf {
-        self.dir.join("ops.totp")
-    }
-    fn approver_password(&self) -> PathBuf {
-        self.dir.join("ops.password")
-    }
-}
-
-/// `postern demo`: with `code_of`, only print the vendor's (false) or approver's (true) code.
-pub async fn demo(
-    cli: &crate::Cli,
-    code_of: Option<bool>,
-    ssh: &str,
-    web: Option<&str>,
-) -> Result<ExitCode> {
-    let data = crate::config::DataDir::new(&cli.data);
-    let paths = DemoPaths {
-        dir: data.root.join("demo"),
-    };
-    if let Some(approver) = code_of {
-        let file = if approver {
-            paths.approver_totp()
-        } else {
-            paths.totp()
-        };
-        let secret = std::fs::read_to_string(file).with_context(|| {
-            format!(
-                "no demo in {} (run `postern demo` first)",
-                data.root.display()
-            )
-        })?;
-        let code = approvals::totp::code_at(secret.trim(), approvals::time::now() as u64)?;
-        println!("{code}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    if !data.is_initialised() {
-        crate::cli::init(&data).await?;
-        println!("initialised {}", data.root.display());
-    }
-    let env = Env::open(cli).await?;
-    certify_demo_seal_key(&env).await?;
-    let first = !paths.dir.exists();
-    if first {
-        std::fs::create_dir_all(&paths.dir)?;
-        keys::write_keypair(
-            &paths.device_key(),
-            &keys::generate_ed25519("postern-demo-broker")?,
-        )?;
-        keys::write_keypair(
-            &paths.sim_host_key(),
-            &keys::generate_ed25519("postern-demo-device")?,
-        )?;
-        keys::write_keypair(&paths.vendor_key(), &keys::generate_ed25519("alice@acme")?)?;
-    }
-    // The simulated device keeps its port across runs so the enrolled address stays right.
-    let port: u16 = std::fs::read_to_string(paths.sim_port())
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    let sim_listener = TcpListener::bind(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("starting the simulated device on 127.0.0.1:{port}"))?;
-    let sim_addr = sim_listener.local_addr()?;
-    std::fs::write(paths.sim_port(), sim_addr.port().to_string())?;
-    let sim_key = keys::load_private(&paths.sim_host_key())?;
-    let broker_device_pub = keys::load_public(&paths.device_key().with_extension("pub"))?;
-    let sim = tokio::spawn(async move {
-        if let Err(e) = serve_sim(sim_listener, sim_key, broker_device_pub, DEVICE, false).await {
-            tracing::warn!(error = %e, "simulated device stopped");
-        }
-    });
-    if first {
-        setup_directory(&env, &paths, &sim_addr.to_string()).await?;
-    }
-    ensure_grant(&env).await?;
-    let ssh_port = ssh.rsplit_once(':').map(|(_, p)| p).unwrap_or("2222");
-    let host_pub = std::fs::read_to_string(data.host_key().with_extension("pub"))?;
-    std::fs::write(
-        paths.known_hosts(),
-        format!("[127.0.0.1]:{ssh_port} {}", host_pub.trim()),
-    )?;
-    let d = data.root.display();
-    println!();
-    println!(
-        "Postern demo: vendor {VENDOR} may reach {SITE}/{DEVICE} (a simulated device with a real shell) for one hour."
-    );
-    println!("In another terminal, connect as the vendor:");
-    println!();
-    println!(
-        "  ssh -i {k} -o IdentitiesOnly=yes -o UserKnownHostsFile={kh} -p {ssh_port} '{VENDOR}:{SITE}/{DEVICE}@127.0.0.1'",
-        k = paths.vendor_key().display(),
-        kh = paths.known_hosts().display()
-    );
-    println!();
-    println!("and answer the TOTP prompt with the code from:  postern demo code --data {d}");
-    println!(
-        "Afterwards:  postern sessions --data {d}   postern replay ID --data {d}   postern verify --data {d}"
-    );
-    println!();
-    let web = web
-        .map(str::to_owned)
-        .unwrap_or_else(|| env.cfg.web_listen.clone());
-    println!(
-        "Just-in-time access: connect as '{VENDOR}:{SITE}/{DEVICE}:firmware@127.0.0.1' (no grant yet) and file a request;"
-    );
-    println!(
-        "approve it in the web UI at http://{web}/ as approver 'ops', password in {}, code from:  postern demo code --approver --data {d}",
-        paths.approver_password().display()
-    );
-    println!(
-        "Break-glass: connect as '{VENDOR}:{SITE}/{DEVICE}:emergency@127.0.0.1'; it opens at once and waits for review in the web UI."
-    );
-    println!();
-    crate::cli::serve(env, ssh, &web, Some(sim)).await
-}
-
-/// The demo plays the operator too: it makes a root key beside the data directory
-/// (`DATA/../postern-demo-root`) and certifies the seal key with it, so that `serve` starts. A
-/// real operator keeps the root key off the broker.
-async fn certify_demo_seal_key(env: &Env) -> Result<()> {
-    let seal = keys::seal_key(&env.data.seal_key())?.public();
-    if keys::require_certified(&env.data, &seal, approvals::time::now()).is_ok() {
-        return Ok(());
-    }
-    let root = env
-        .data
-        .root
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."))
-        .join("postern-demo-root");
-    if !root.exists() {
-        keys::root_init(&root, &env.data)?;
-    }
-    crate::cli::keys_command(
-        env,
-        &crate::KeysAction::Certify {
-            root: root.clone(),
-            valid_for: "365d".into(),
-            from: None,
-        },
-    )
-    .await?;
-    println!(
-        "demo root key (certifies the seal key; keep a real one off the broker): {}",
-        root.display()
-    );
-    Ok(())
-}
-
-async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result<()> {
-    let now = approvals::time::now();
-    // The same actions as the CLI's: each change has its audit record, or does not happen.
-    let actions = env.actions();
-    let op = crate::cli::operator();
-    actions.add_site(&op, SITE, Some("demo"), now).await?;
-    let host_key = keys::load_public(&paths.sim_host_key().with_extension("pub"))?;
-    let login = std::env::var("USER").unwrap_or_else(|_| "demo".into());
-    actions
-        .add_device(
-            &op,
-            &approvals::NewDevice {
-                site: SITE.into(),
-                name: DEVICE.into(),
-                addr: sim_addr.into(),
-                login,
-                credential_kind: "key".into(),
-                credential: std::fs::read_to_string(paths.device_key())?,
-                host_key: host_key.to_openssh().map_err(|e| anyhow!("{e}"))?,
-            },
-            &keys::fingerprint(&host_key),
-            "from file",
-            now,
-        )
-        .await?;
-    let allow = approvals::ChannelSet::parse("shell,exec,sftp,forward:8080")?;
-    actions
-        .add_function(&op, "maint", &allow, None, 8 * 3600, None, now)
-        .await?;
-    // Functions without a grant, to try requests and break-glass.
-    let shell = approvals::ChannelSet::parse("shell,exec,sftp")?;
-    actions
-        .add_function(&op, "firmware", &shell, None, 4 * 3600, None, now)
-        .await?;
-    let orgs = [ORG.to_owned()];
-    actions
-        .add_function(&op, "emergency", &shell, None, 2 * 3600, Some(&orgs), now)
-        .await?;
-    let secret = approvals::totp::new_secret();
-    actions
-        .add_vendor(&op, VENDOR, ORG, None, &secret, now)
-        .await?;
-    crate::config::write_private(&paths.totp(), secret.as_bytes())?;
-    // The site's approver, for the web UI.
-    let password = hex::encode(rand::random::<[u8; 12]>());
-    let approver_secret = approvals::totp::new_secret();
-    actions
-        .add_approver(
-            &op,
-            "ops",
-            &approvals::approvers::hash_password(&password)?,
-            &approver_secret,
-            &[SITE.to_owned()],
-            &[],
-            now,
-        )
-        .await?;
-    crate::config::write_private(&paths.approver_password(), password.as_bytes())?;
-    crate::config::write_private(&paths.approver_totp(), approver_secret.as_bytes())?;
-    crate::cli::issue_certificate(
-        env,
-        VENDOR,
-        &paths.vendor_key().with_extension("pub"),
-        now - 60,
-        30 * 86_400,
-        crate::keys::Restrictions::default(),
-    )
-    .await?;
-    env.audit(
-        "demo.setup",
-        json!({"site": SITE, "device": DEVICE, "vendor": VENDOR}),
-    )?;
-    Ok(())
-}
-
-/// A one-hour grant, unless one is already active.
-async fn ensure_grant(env: &Env) -> Result<()> {
-    let now = approvals::time::now();
-    let active = env.store.grants().await?.into_iter().any(|g| {
-        g.vendor == VENDOR && g.site == SITE && g.is_active(now) && g.valid_until - now > 600
-    });
-    if !active {
-        // An operator action like `postern grant add`: recorded, or not granted.
-        env.actions()
-            .add_grant(
-                &crate::cli::operator(),
-                &approvals::NewGrant {
-                    vendor: VENDOR.into(),
-                    site: SITE.into(),
-                    function: "maint".into(),
-                    valid_from: now,
-                    valid_until: now + 3600,
-                    granted_by: "demo".into(),
-                    reason: "postern demo".into(),
-                    devices: Vec::new(),
-                },
-                now,
-            )
-            .await?;
-    }
-    Ok(())
-}

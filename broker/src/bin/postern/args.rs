@@ -1,28 +1,4 @@
-//! `postern`: the broker binary and the operator CLI.
-
-// The only `unsafe` is in `sys`.
-#![deny(unsafe_code)]
-
-mod admission;
-mod checkpointer;
-mod cli;
-mod config;
-mod devicesim;
-mod frontdoor;
-mod journal;
-mod keys;
-mod loadgen;
-mod login;
-mod proxy;
-mod recording;
-mod request_flow;
-mod session;
-mod sys;
-mod transfer;
-mod upstream;
-mod vendor_ca;
-mod web;
-mod webhook;
+//! The command line: clap types for every subcommand (handlers are in `commands/`).
 
 use std::path::PathBuf;
 
@@ -523,56 +499,4 @@ pub enum GrantAction {
 pub enum SessionsAction {
     /// Close a live session within a second.
     Kill { id: String },
-}
-
-fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let serving = matches!(
-        cli.command,
-        Command::Serve { .. }
-            | Command::Demo { action: None, .. }
-            | Command::DeviceSim { .. }
-            | Command::Simulate { .. }
-    );
-    if !serving && !matches!(cli.command, Command::BenchLoad { .. }) {
-        // Rust ignores SIGPIPE, so printing to a closed pipe (`postern commands | head -1`)
-        // panics. A one-shot command instead ends quietly, as Unix tools do, when its reader has
-        // gone. Serving processes keep ignoring it: a vendor hanging up must not stop the broker.
-        sys::default_sigpipe();
-    }
-    let default = if serving {
-        "info,russh=warn"
-    } else {
-        "warn,russh=error"
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
-                .unwrap_or_else(|_| default.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("postern: cannot start: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(cli::run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            // One clear line: the error and its causes.
-            let mut msg = e.to_string();
-            for cause in e.chain().skip(1) {
-                msg.push_str(": ");
-                msg.push_str(&cause.to_string());
-            }
-            eprintln!("postern: {msg}");
-            std::process::ExitCode::FAILURE
-        }
-    }
 }

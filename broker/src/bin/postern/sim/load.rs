@@ -23,8 +23,8 @@ use russh::client::{AuthResult, KeyboardInteractiveAuthResponse};
 use russh::keys::PublicKeyOrCertificate;
 use tokio::sync::Semaphore;
 
-use crate::cli::Env;
-use crate::keys;
+use crate::commands::Env;
+use broker::keys;
 
 /// Trusts the broker it was pointed at (the benchmark runs on loopback).
 struct AnyHost;
@@ -81,7 +81,7 @@ pub async fn run(
     let (site, _) = site_device
         .split_once('/')
         .ok_or_else(|| anyhow!("--target must be SITE/DEVICE:FUNCTION"))?;
-    crate::sys::raise_open_files_limit();
+    broker::sys::raise_open_files_limit();
     let ca = keys::load_private(&env.data.ca_key())?;
     let run = hex::encode(rand::random::<[u8; 3]>());
     let t = now();

@@ -1,0 +1,285 @@
+//! `postern keys` and `postern seal-key`: the root, its pin, certifying and rotating the seal key.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use approvals::time::{fmt_time, now, parse_duration, parse_time};
+use broker::config::DataDir;
+use broker::keys;
+use serde_json::{Value, json};
+
+use super::Env;
+use super::output::printable;
+use crate::args::*;
+
+/// `postern seal-key [--current]`.
+pub fn seal_key(data: &DataDir, current: bool, json: bool) -> Result<ExitCode> {
+    if !current {
+        return seal_keyring_export(data, json);
+    }
+    let key = keys::seal_key(&data.seal_key())
+        .with_context(|| format!("no seal key in {}", data.root.display()))?;
+    println!("{}", key.public().export());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `postern keys root init --out FILE`: needs no opened data directory (only its pin).
+pub fn root_init(data: &DataDir, out: &Path) -> Result<ExitCode> {
+    let public = keys::root_init(out, data)?;
+    println!("{}", public.export());
+    println!("fingerprint {}", public.fingerprint());
+    println!(
+        "root private key in {} (keep it off the broker); public key in {}",
+        out.display(),
+        keys::root_pub_beside(out).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The keyring as signed lines an auditor checks with their own root public
+/// key, each key's history in comments first.
+fn seal_keyring_export(data: &DataDir, json: bool) -> Result<ExitCode> {
+    let ring = recorder::keyring::Keyring::load(&keys::keyring_path(data))?;
+    let current = keys::seal_key(&data.seal_key())
+        .with_context(|| format!("no seal key in {}", data.root.display()))?
+        .public();
+    let current_id = recorder::keyring::KeyId::of(&current);
+    let root = keys::pinned_root(data)?;
+    let history = match &root {
+        Some(root) => ring.history(root).map_err(|e| e.to_string()),
+        None => Err("no root public key is pinned here".to_owned()),
+    };
+    if json {
+        let entries: Vec<&recorder::keyring::Entry> = ring.entries().collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "current": {"key_id": current_id, "key": current.export()},
+                "pinned_root": root.map(|r| r.fingerprint()),
+                "keys": history.as_ref().ok(),
+                "problem": history.as_ref().err(),
+                "entries": entries,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "# Postern seal keyring. Check it with your own copy of the operator's root public key:"
+    );
+    println!("#   postern verify --file RECORDING --keyring THIS_FILE --root ROOT_PUB");
+    match (&root, &history) {
+        (Some(root), Ok(history)) => {
+            println!("# Pinned on this node: root {}", root.fingerprint());
+            for h in history {
+                let windows: Vec<String> = h
+                    .windows
+                    .iter()
+                    .map(|(a, b)| format!("{} to {}", fmt_time(*a), fmt_time(*b)))
+                    .collect();
+                let mut line = format!(
+                    "# {} node {} certified {}",
+                    h.key_id,
+                    printable(&h.node),
+                    windows.join(", ")
+                );
+                if let Some(r) = h.revoked {
+                    line.push_str(&format!("; revoked from {}", fmt_time(r)));
+                }
+                if let Some((from, at)) = &h.replaces {
+                    line.push_str(&format!("; replaced {from} at {}", fmt_time(*at)));
+                }
+                if let Some((to, at)) = &h.replaced_by {
+                    line.push_str(&format!("; replaced by {to} at {}", fmt_time(*at)));
+                }
+                if h.key_id == current_id {
+                    line.push_str("; sealing now");
+                }
+                println!("{line}");
+            }
+        }
+        (_, Err(problem)) => println!("# WARNING: {problem}"),
+        (None, Ok(_)) => {}
+    }
+    if !ring
+        .entries()
+        .any(|e| matches!(e, recorder::keyring::Entry::Certify(c) if c.key_id == current_id))
+    {
+        println!(
+            "# The key sealing now ({current_id}) is not certified: run `postern keys certify --root ROOT_KEY_FILE`"
+        );
+    }
+    for e in ring.entries() {
+        println!("{}", e.line());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(env: &Env, action: &KeysAction) -> Result<()> {
+    use KeysAction;
+    let now = now();
+    let ring_path = keys::keyring_path(&env.data);
+    match action {
+        // Handled before the data directory is opened.
+        KeysAction::Root { .. } => unreachable!("handled in run"),
+        KeysAction::Pin { root_pub } => {
+            let root = keys::load_root_public(root_pub)?;
+            env.audit("keys.pin", json!({"root": root.fingerprint()}))?;
+            if keys::pin_root(&env.data, &root)? {
+                println!(
+                    "pinned root {} in {} (for this broker's start-up check; auditors use their own copy)",
+                    root.fingerprint(),
+                    keys::root_pub_path(&env.data).display()
+                );
+            } else {
+                println!("root {} was already pinned", root.fingerprint());
+            }
+        }
+        KeysAction::Certify {
+            root,
+            valid_for,
+            from,
+        } => {
+            let root = keys::load_root_key(root)?;
+            let public = root.public();
+            if let Some(pinned) = keys::pinned_root(&env.data)?
+                && pinned != public
+            {
+                bail!(
+                    "this node pins another root key ({}) in {}; certify with that one, or remove the file to change roots",
+                    pinned.fingerprint(),
+                    keys::root_pub_path(&env.data).display()
+                );
+            }
+            let ring = open_keyring(&ring_path, &public)?;
+            let valid_for = parse_duration(valid_for).context("--valid-for")?;
+            let from = match from {
+                Some(f) => parse_time(f, now).context("--from")?,
+                None => now,
+            };
+            let seal = keys::seal_key(&env.data.seal_key())?.public();
+            let entry = keys::certify_entry(&root, &seal, &env.cfg.node, from, valid_for, now)?;
+            let recorder::keyring::Entry::Certify(cert) = &entry else {
+                bail!("internal: certify made no certificate");
+            };
+            drop(ring);
+            env.audit(
+                "keys.certify",
+                json!({
+                    "key_id": cert.key_id, "key": cert.key, "node": cert.node,
+                    "not_before": cert.not_before, "not_after": cert.not_after,
+                    "root": public.fingerprint(),
+                }),
+            )?;
+            let pinned = keys::pin_root(&env.data, &public)?;
+            recorder::keyring::Keyring::append(&ring_path, std::slice::from_ref(&entry))?;
+            // The database row is only a hint for other nodes' listings; trust is the keyring.
+            env.store
+                .register_seal_key(&cert.key, &env.cfg.node, now)
+                .await?;
+            println!(
+                "certified seal key {} of node {} from {} to {} by root {}",
+                cert.key_id,
+                printable(&cert.node),
+                fmt_time(cert.not_before),
+                fmt_time(cert.not_after),
+                public.fingerprint()
+            );
+            if pinned {
+                println!(
+                    "pinned root {} in {} (for this broker's start-up check; auditors use their own copy)",
+                    public.fingerprint(),
+                    keys::root_pub_path(&env.data).display()
+                );
+            }
+        }
+        KeysAction::Revoke {
+            key_id,
+            root,
+            at,
+            reason,
+        } => {
+            let root = keys::load_root_key(root)?;
+            let ring = open_keyring(&ring_path, &root.public())?;
+            let id = recorder::keyring::KeyId(key_id.clone());
+            if !ring
+                .entries()
+                .any(|e| matches!(e, recorder::keyring::Entry::Certify(c) if c.key_id == id))
+            {
+                bail!("no key {} in {}", printable(key_id), ring_path.display());
+            }
+            let at = match at {
+                Some(a) => parse_time(a, now).context("--at")?,
+                None => now,
+            };
+            let entry = recorder::keyring::Entry::Revoke(root.revoke(&id, at, now, reason));
+            env.audit(
+                "keys.revoke",
+                json!({"key_id": id, "not_after": at, "reason": reason, "root": root.public().fingerprint()}),
+            )?;
+            recorder::keyring::Keyring::append(&ring_path, std::slice::from_ref(&entry))?;
+            println!(
+                "revoked seal key {id}: its seals from {} on are not trusted",
+                fmt_time(at)
+            );
+        }
+        KeysAction::Rotate {
+            root,
+            valid_for,
+            overlap,
+        } => {
+            let root = keys::load_root_key(root)?;
+            let ring = open_keyring(&ring_path, &root.public())?;
+            let valid_for = parse_duration(valid_for).context("--valid-for")?;
+            let overlap = parse_duration(overlap).context("--overlap")?;
+            let old_seed = keys::seal_seed(&env.data.seal_key())?;
+            let old_id =
+                recorder::keyring::KeyId::of(&recorder::SealKey::from_seed(&old_seed).public());
+            if !ring
+                .entries()
+                .any(|e| matches!(e, recorder::keyring::Entry::Certify(c) if c.key_id == old_id))
+            {
+                bail!(
+                    "the current seal key {old_id} was never certified: certify it with `postern keys certify --root ROOT_KEY_FILE` instead"
+                );
+            }
+            let rot = keys::rotation(&root, &old_seed, &env.cfg.node, valid_for, overlap, now)?;
+            let entries: Vec<Value> = rot
+                .entries
+                .iter()
+                .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+                .collect();
+            // The transition, signed by both keys, goes into the audit log as well as the keyring.
+            env.audit(
+                "keys.rotate",
+                json!({"from": rot.from, "to": rot.to, "at": now, "old_not_after": now.saturating_add(overlap), "entries": entries}),
+            )?;
+            recorder::keyring::Keyring::append(&ring_path, &rot.entries)?;
+            keys::install_seal_seed(&env.data.seal_key(), &rot.new_seed)?;
+            let new_public = recorder::SealKey::from_seed(&rot.new_seed).public();
+            env.store
+                .register_seal_key(&new_public.export(), &env.cfg.node, now)
+                .await?;
+            println!(
+                "rotated seal key {} to {}; {} stays trusted until {}: restart the broker before then",
+                rot.from,
+                rot.to,
+                rot.from,
+                fmt_time(now.saturating_add(overlap))
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The data directory's keyring, refused if it does not check against the root about to sign
+/// into it: never extend a keyring someone has tampered with.
+fn open_keyring(
+    path: &Path,
+    root: &recorder::keyring::RootPublicKey,
+) -> Result<recorder::keyring::Keyring> {
+    let ring = recorder::keyring::Keyring::load(path)?;
+    ring.check(root)
+        .with_context(|| format!("{} does not check against this root key", path.display()))?;
+    Ok(ring)
+}

@@ -1,0 +1,35 @@
+//! `postern serve`: run this node until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use broker::Server;
+use broker::server::{Listen, Listening};
+
+use super::{Env, operator};
+
+pub async fn run(env: Env, ssh: &Option<String>, web: &Option<String>) -> Result<ExitCode> {
+    let ssh = ssh.clone().unwrap_or_else(|| env.cfg.ssh_listen.clone());
+    let web = web.clone().unwrap_or_else(|| env.cfg.web_listen.clone());
+    serve(env, &ssh, &web).await
+}
+
+/// Builds and runs the server; a listener that fails is a non-zero exit (so the service manager
+/// restarts the node), a signal a clean one.
+pub async fn serve(env: Env, ssh: &str, web: &str) -> Result<ExitCode> {
+    let server = Server::build(env.node, operator(), &Listen { ssh, web }).await?;
+    let stopped = server.run(announce).await?;
+    Ok(if stopped.failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Tests and scripts wait for these lines (the vendors' line comes last).
+fn announce(at: &Listening) {
+    if at.web != "off" {
+        println!("postern: web UI for approvers on {}", at.web);
+    }
+    println!("postern: listening for vendors on {}", at.ssh);
+}

@@ -1,0 +1,53 @@
+//! What Postern ships to try it and to measure it, kept out of the data plane: a simulated
+//! device and fleet (`postern simulate`, `postern device-sim`), `postern demo`, and the load
+//! generator the benchmarks drive (`postern bench-load`, hidden). Everything here is a client of
+//! the `broker` library, never the other way round.
+
+pub mod demo;
+pub mod device;
+pub mod load;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::args::{Cli, Command};
+use crate::commands::Env;
+
+/// `postern simulate`, `postern device-sim`, `postern bench-load`.
+pub async fn run(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::BenchLoad {
+            broker,
+            target,
+            sessions,
+            parallel,
+            hold,
+            every,
+            report,
+        } => {
+            let env = Env::open(cli).await?;
+            let activity = load::Activity {
+                hold: Duration::from_secs(*hold),
+                every: (*every > 0.0).then(|| Duration::from_secs_f64(*every)),
+                report: Duration::from_secs((*report).max(1)),
+            };
+            load::run(&env, *broker, target, *sessions, *parallel, activity).await?;
+        }
+        Command::Simulate {
+            sites,
+            devices,
+            authorized_key,
+            out,
+            scripted,
+        } => device::run_fleet(*sites, *devices, authorized_key, out, *scripted).await?,
+        Command::DeviceSim {
+            listen,
+            host_key,
+            authorized_key,
+        } => device::run_standalone(listen, host_key, authorized_key).await?,
+        _ => anyhow::bail!("not a simulator command"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,74 @@
+//! Issuing vendor certificates: signed by the vendor CA, registered, audited, then written where
+//! OpenSSH looks for them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use approvals::Actor;
+use approvals::time::now;
+
+use crate::Node;
+use crate::keys;
+
+/// Signs a user certificate for `vendor`'s public key with the vendor CA, records it in the
+/// registry and the audit log (one action), and only then writes it next to the key as
+/// `KEY-cert.pub` (where OpenSSH looks for it): a refused action leaves no certificate behind.
+/// Returns the certificate's path.
+pub async fn issue_certificate(
+    node: &Node,
+    actor: &Actor,
+    vendor: &str,
+    pubkey: &Path,
+    start: i64,
+    secs: i64,
+    restrict: keys::Restrictions,
+) -> Result<(PathBuf, keys::IssuedCert)> {
+    let subject = keys::load_public(pubkey)?;
+    let ca = keys::load_private(&node.data.ca_key())?;
+    let end = start
+        .checked_add(secs)
+        .ok_or_else(|| anyhow!("certificate validity out of range"))?;
+    let issued = keys::sign_user_cert(
+        &ca,
+        &subject,
+        vendor,
+        start.max(0) as u64,
+        end.max(0) as u64,
+        restrict,
+    )?;
+    let text = issued
+        .cert
+        .to_openssh()
+        .map_err(|e| anyhow!("encoding certificate: {e}"))?;
+    let fp = keys::fingerprint(&subject);
+    node.actions()
+        .issue_certificate(
+            actor,
+            &approvals::IssuedCertificate {
+                serial: issued.serial.to_string(),
+                vendor: vendor.to_owned(),
+                key_id: issued.key_id.clone(),
+                key_fingerprint: fp,
+                valid_after: start,
+                valid_before: end,
+                revoked: 0,
+                created: now(),
+            },
+        )
+        .await?;
+    let out = cert_path(pubkey);
+    let tmp = out.with_extension("tmp");
+    std::fs::write(&tmp, format!("{text}\n"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    Ok((out, issued))
+}
+
+/// `id_ed25519.pub` -> `id_ed25519-cert.pub`, where OpenSSH looks for it.
+pub fn cert_path(pubkey: &Path) -> PathBuf {
+    let s = pubkey.to_string_lossy();
+    match s.strip_suffix(".pub") {
+        Some(base) => PathBuf::from(format!("{base}-cert.pub")),
+        None => PathBuf::from(format!("{s}-cert.pub")),
+    }
+}

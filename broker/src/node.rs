@@ -1,0 +1,85 @@
+//! An opened data directory: one broker node's configuration, database, audit log and
+//! notification outbox. Every subcommand and the server start from one.
+
+use std::path::Path;
+
+use approvals::{Actor, AuditLog, Store};
+use serde_json::{Value, json};
+
+use approvals::audit::AuditError;
+
+use crate::config::{Config, DataDir};
+use crate::keys;
+
+/// Why a data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0:#}")]
+    Config(anyhow::Error),
+    #[error("opening the database: {0}")]
+    Store(#[from] approvals::StoreError),
+}
+
+/// An opened data directory.
+pub struct Node {
+    pub data: DataDir,
+    pub cfg: Config,
+    pub store: Store,
+    pub audit: AuditLog,
+    pub notifier: approvals::Notifier,
+}
+
+impl Node {
+    /// Opens the data directory at `data`, with `config` instead of `DATA/postern.toml` if given.
+    pub async fn open(data: &Path, config: Option<&Path>) -> Result<Node, OpenError> {
+        let data = DataDir::new(data);
+        let cfg = data.load_config(config).map_err(OpenError::Config)?;
+        let url = data.database_url(&cfg);
+        let store = Store::open(&url).await?;
+        let audit = AuditLog::of_installation(
+            &data.audit_log(),
+            &cfg.node,
+            data.installation_id().as_deref(),
+        );
+        let notifier = approvals::Notifier::new(store.clone(), cfg.webhook_url.is_some());
+        Ok(Node {
+            data,
+            cfg,
+            store,
+            audit,
+            notifier,
+        })
+    }
+
+    /// Records what `actor` did; the caller must not go on if this fails.
+    pub fn audit_as(&self, actor: &Actor, event: &str, fields: Value) -> Result<(), AuditError> {
+        let mut fields = fields;
+        if let Value::Object(m) = &mut fields {
+            m.insert("actor".into(), json!(actor.tag()));
+        }
+        self.audit.record(event, fields)?;
+        Ok(())
+    }
+
+    /// Where operator actions are taken (the same code the web form uses).
+    pub fn actions(&self) -> approvals::Actions {
+        approvals::Actions::new(
+            self.store.clone(),
+            self.audit.clone(),
+            self.notifier.clone(),
+        )
+    }
+
+    /// Where this node's evidence is, for the verifier.
+    pub fn evidence(&self) -> approvals::verify::Evidence {
+        approvals::verify::Evidence {
+            node: self.cfg.node.clone(),
+            audit_log: self.data.audit_log(),
+            recordings: self.data.recordings(),
+            local_seal_key: Some(self.data.seal_key().with_extension("pub")),
+            keyring: Some(keys::keyring_path(&self.data)),
+            // The node's pinned copy; `verify --root` takes the auditor's own.
+            root: keys::load_root_public(&keys::root_pub_path(&self.data)).ok(),
+        }
+    }
+}
