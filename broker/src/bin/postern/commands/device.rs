@@ -1,5 +1,6 @@
 //! `postern device`: enrol devices (address, login, broker-held credential, pinned host key), list and remove them.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,63 +19,7 @@ pub async fn run(env: &Env, action: &DeviceAction) -> Result<()> {
             login,
             key,
             region,
-        } => {
-            let text = std::fs::read_to_string(key)
-                .with_context(|| format!("reading {}", key.display()))?;
-            keys::parse_private(&text).with_context(|| {
-                format!(
-                    "{} is not an unencrypted OpenSSH private key",
-                    key.display()
-                )
-            })?;
-            let list = std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let mut devices = Vec::new();
-            for (n, line) in list.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || (n == 0 && line.starts_with("site,")) {
-                    continue;
-                }
-                let mut f = line.splitn(4, ',');
-                let (Some(site), Some(device), Some(addr), Some(host_key)) =
-                    (f.next(), f.next(), f.next(), f.next())
-                else {
-                    bail!(
-                        "{} line {}: expected site,device,addr,host_key",
-                        file.display(),
-                        n + 1
-                    );
-                };
-                let pinned = russh::keys::PublicKey::from_openssh(host_key.trim())
-                    .map_err(|e| anyhow!("{} line {}: host key: {e}", file.display(), n + 1))?;
-                devices.push((
-                    n + 1,
-                    NewDevice {
-                        site: site.into(),
-                        name: device.into(),
-                        addr: addr.into(),
-                        login: login.clone(),
-                        credential_kind: "key".into(),
-                        credential: text.clone(),
-                        host_key: pinned.to_openssh().map_err(|e| anyhow!("{e}"))?,
-                    },
-                ));
-            }
-            // All or nothing, with one record: a list refused halfway leaves no devices behind.
-            let done = env
-                .actions()
-                .import_devices(
-                    &operator(),
-                    &file.display().to_string(),
-                    login,
-                    region.as_deref(),
-                    &devices,
-                    now(),
-                )
-                .await?;
-            let (added, new_sites) = (done.devices, done.new_sites);
-            println!("{added} devices imported ({new_sites} new sites)");
-        }
+        } => import(env, file, login, key, region.as_deref()).await,
         DeviceAction::Add {
             target,
             addr,
@@ -83,80 +28,173 @@ pub async fn run(env: &Env, action: &DeviceAction) -> Result<()> {
             password_file,
             host_key,
         } => {
-            let (site, name) = target
-                .split_once('/')
-                .ok_or_else(|| anyhow!("'{target}' is not SITE/DEVICE"))?;
-            let (kind, credential) = match (key, password_file) {
-                (Some(k), None) => {
-                    let text = std::fs::read_to_string(k)
-                        .with_context(|| format!("reading {}", k.display()))?;
-                    keys::parse_private(&text).with_context(|| {
-                        format!("{} is not an unencrypted OpenSSH private key", k.display())
-                    })?;
-                    ("key", text)
-                }
-                (None, Some(p)) => {
-                    let text = std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?;
-                    let pw = text.trim_end_matches(['\n', '\r']).to_owned();
-                    if pw.is_empty() {
-                        bail!("{} is empty", p.display());
-                    }
-                    ("password", pw)
-                }
-                _ => bail!("give exactly one of --key FILE or --password-file FILE"),
-            };
-            addr.parse::<std::net::SocketAddr>()
-                .map(|_| ())
-                .or_else(|_| {
-                    addr.rsplit_once(':')
-                        .and_then(|(_, p)| p.parse::<u16>().ok())
-                        .map(|_| ())
-                        .ok_or(())
-                })
-                .map_err(|_| anyhow!("--addr '{addr}' is not HOST:PORT"))?;
-            let (pinned, how) = match host_key {
-                Some(f) => (keys::load_public(f)?, "from file"),
-                None => (fetch_host_key(addr).await?, "fetched on first use"),
-            };
-            let host_key_line = pinned.to_openssh().map_err(|e| anyhow!("{e}"))?;
-            let fp = keys::fingerprint(&pinned);
-            env.actions()
-                .add_device(
-                    &operator(),
-                    &NewDevice {
-                        site: site.into(),
-                        name: name.into(),
-                        addr: addr.clone(),
-                        login: login.clone(),
-                        credential_kind: kind.into(),
-                        credential,
-                        host_key: host_key_line,
-                    },
-                    &fp,
-                    how,
-                    now(),
-                )
-                .await?;
-            println!("device {site}/{name} added; host key {fp} pinned ({how})");
+            let credential = Credential::read(key.as_deref(), password_file.as_deref())?;
+            add(env, target, addr, login, credential, host_key.as_deref()).await
         }
-        DeviceAction::List => {
-            let rows = env.store.devices().await?;
-            env.print_list(
-                &rows,
-                &["SITE/DEVICE", "ADDR", "LOGIN", "CREDENTIAL"],
-                |d| {
-                    vec![
-                        format!("{}/{}", d.site, d.name),
-                        d.addr.clone(),
-                        d.login.clone(),
-                        d.credential_kind.clone(),
-                    ]
-                },
-            )?;
+        DeviceAction::List => list(env).await,
+    }
+}
+
+/// `postern device import FILE`: devices from a CSV list, all sharing one key and login.
+async fn import(
+    env: &Env,
+    file: &Path,
+    login: &str,
+    key: &Path,
+    region: Option<&str>,
+) -> Result<()> {
+    let text = Credential::read(Some(key), None)?.secret;
+    let list =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut devices = Vec::new();
+    for (n, line) in list.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || (n == 0 && line.starts_with("site,")) {
+            continue;
+        }
+        let mut f = line.splitn(4, ',');
+        let (Some(site), Some(device), Some(addr), Some(host_key)) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
+            bail!(
+                "{} line {}: expected site,device,addr,host_key",
+                file.display(),
+                n + 1
+            );
+        };
+        let pinned = russh::keys::PublicKey::from_openssh(host_key.trim())
+            .map_err(|e| anyhow!("{} line {}: host key: {e}", file.display(), n + 1))?;
+        devices.push((
+            n + 1,
+            NewDevice {
+                site: site.into(),
+                name: device.into(),
+                addr: addr.into(),
+                login: login.to_owned(),
+                credential_kind: "key".into(),
+                credential: text.clone(),
+                host_key: pinned.to_openssh().map_err(|e| anyhow!("{e}"))?,
+            },
+        ));
+    }
+    // All or nothing, with one record: a list refused halfway leaves no devices behind.
+    let done = env
+        .actions()
+        .import_devices(
+            &operator(),
+            &file.display().to_string(),
+            login,
+            region,
+            &devices,
+            now(),
+        )
+        .await?;
+    let (added, new_sites) = (done.devices, done.new_sites);
+    println!("{added} devices imported ({new_sites} new sites)");
+    Ok(())
+}
+
+/// A device's credential as the operator gave it: a key file or a password file.
+struct Credential {
+    kind: &'static str,
+    secret: String,
+}
+
+impl Credential {
+    fn read(key: Option<&Path>, password_file: Option<&Path>) -> Result<Credential> {
+        match (key, password_file) {
+            (Some(k), None) => {
+                let text = std::fs::read_to_string(k)
+                    .with_context(|| format!("reading {}", k.display()))?;
+                keys::parse_private(&text).with_context(|| {
+                    format!("{} is not an unencrypted OpenSSH private key", k.display())
+                })?;
+                Ok(Credential {
+                    kind: "key",
+                    secret: text,
+                })
+            }
+            (None, Some(p)) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                let pw = text.trim_end_matches(['\n', '\r']).to_owned();
+                if pw.is_empty() {
+                    bail!("{} is empty", p.display());
+                }
+                Ok(Credential {
+                    kind: "password",
+                    secret: pw,
+                })
+            }
+            _ => bail!("give exactly one of --key FILE or --password-file FILE"),
         }
     }
+}
+
+/// `postern device add SITE/DEVICE`: the host key pinned from a file or on first contact.
+async fn add(
+    env: &Env,
+    target: &str,
+    addr: &str,
+    login: &str,
+    credential: Credential,
+    host_key: Option<&Path>,
+) -> Result<()> {
+    let (site, name) = target
+        .split_once('/')
+        .ok_or_else(|| anyhow!("'{target}' is not SITE/DEVICE"))?;
+    let (kind, credential) = (credential.kind, credential.secret);
+    addr.parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .or_else(|_| {
+            addr.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .map(|_| ())
+                .ok_or(())
+        })
+        .map_err(|_| anyhow!("--addr '{addr}' is not HOST:PORT"))?;
+    let (pinned, how) = match host_key {
+        Some(f) => (keys::load_public(f)?, "from file"),
+        None => (fetch_host_key(addr).await?, "fetched on first use"),
+    };
+    let host_key_line = pinned.to_openssh().map_err(|e| anyhow!("{e}"))?;
+    let fp = keys::fingerprint(&pinned);
+    env.actions()
+        .add_device(
+            &operator(),
+            &NewDevice {
+                site: site.into(),
+                name: name.into(),
+                addr: addr.to_owned(),
+                login: login.to_owned(),
+                credential_kind: kind.into(),
+                credential,
+                host_key: host_key_line,
+            },
+            &fp,
+            how,
+            now(),
+        )
+        .await?;
+    println!("device {site}/{name} added; host key {fp} pinned ({how})");
     Ok(())
+}
+
+/// `postern device list`.
+async fn list(env: &Env) -> Result<()> {
+    let rows = env.store.devices().await?;
+    env.print_list(
+        &rows,
+        &["SITE/DEVICE", "ADDR", "LOGIN", "CREDENTIAL"],
+        |d| {
+            vec![
+                format!("{}/{}", d.site, d.name),
+                d.addr.clone(),
+                d.login.clone(),
+                d.credential_kind.clone(),
+            ]
+        },
+    )
 }
 
 /// Connects to a device just far enough to read its host key (trust on first use at enrolment).

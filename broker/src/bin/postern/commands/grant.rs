@@ -44,47 +44,49 @@ pub async fn run(env: &Env, action: &GrantAction) -> Result<()> {
                 println!("{}", g.id);
             }
         }
-        GrantAction::List => {
-            let rows = env.store.grants().await?;
-            let t = now();
-            env.print_list(
-                &rows,
-                &[
-                    "GRANT", "VENDOR", "SITE", "DEVICES", "FUNCTION", "FROM", "UNTIL", "STATE",
-                    "BY",
-                ],
-                |g| {
-                    let state = if g.revoked_at.is_some() {
-                        "revoked"
-                    } else if g.valid_until <= t {
-                        "ended"
-                    } else if g.valid_from > t {
-                        "future"
-                    } else {
-                        "active"
-                    };
-                    vec![
-                        g.id.clone(),
-                        g.vendor.clone(),
-                        g.site.clone(),
-                        if g.whole_site() {
-                            "all devices".into()
-                        } else {
-                            g.device_list().join(",")
-                        },
-                        g.function.clone(),
-                        fmt_time(g.valid_from),
-                        fmt_time(g.valid_until),
-                        state.into(),
-                        g.granted_by.clone(),
-                    ]
-                },
-            )?;
-        }
+        GrantAction::List => list(env).await?,
         GrantAction::Revoke { id } => {
             env.actions().revoke_grant(&operator(), id, now()).await?;
             println!("grant {id} revoked; live sessions under it close within a second");
         }
     }
     Ok(())
+}
+
+/// `postern grant list`, with each grant's state now.
+async fn list(env: &Env) -> Result<()> {
+    let rows = env.store.grants().await?;
+    let t = now();
+    env.print_list(
+        &rows,
+        &[
+            "GRANT", "VENDOR", "SITE", "DEVICES", "FUNCTION", "FROM", "UNTIL", "STATE", "BY",
+        ],
+        |g| {
+            let state = if g.revoked_at.is_some() {
+                "revoked"
+            } else if g.valid_until <= t {
+                "ended"
+            } else if g.valid_from > t {
+                "future"
+            } else {
+                "active"
+            };
+            vec![
+                g.id.clone(),
+                g.vendor.clone(),
+                g.site.clone(),
+                if g.whole_site() {
+                    "all devices".into()
+                } else {
+                    g.device_list().join(",")
+                },
+                g.function.clone(),
+                fmt_time(g.valid_from),
+                fmt_time(g.valid_until),
+                state.into(),
+                g.granted_by.clone(),
+            ]
+        },
+    )
 }

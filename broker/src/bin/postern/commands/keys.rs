@@ -116,159 +116,176 @@ fn seal_keyring_export(data: &DataDir, json: bool) -> Result<ExitCode> {
 }
 
 pub async fn run(env: &Env, action: &KeysAction) -> Result<()> {
-    use KeysAction;
-    let now = now();
-    let ring_path = keys::keyring_path(&env.data);
     match action {
         // Handled before the data directory is opened.
-        KeysAction::Root { .. } => unreachable!("handled in run"),
-        KeysAction::Pin { root_pub } => {
-            let root = keys::load_root_public(root_pub)?;
-            env.audit("keys.pin", json!({"root": root.fingerprint()}))?;
-            if keys::pin_root(&env.data, &root)? {
-                println!(
-                    "pinned root {} in {} (for this broker's start-up check; auditors use their own copy)",
-                    root.fingerprint(),
-                    keys::root_pub_path(&env.data).display()
-                );
-            } else {
-                println!("root {} was already pinned", root.fingerprint());
-            }
-        }
+        KeysAction::Root { .. } => bail!("`keys root init` does not open the data directory"),
+        KeysAction::Pin { root_pub } => pin(env, root_pub),
         KeysAction::Certify {
             root,
             valid_for,
             from,
-        } => {
-            let root = keys::load_root_key(root)?;
-            let public = root.public();
-            if let Some(pinned) = keys::pinned_root(&env.data)?
-                && pinned != public
-            {
-                bail!(
-                    "this node pins another root key ({}) in {}; certify with that one, or remove the file to change roots",
-                    pinned.fingerprint(),
-                    keys::root_pub_path(&env.data).display()
-                );
-            }
-            let ring = open_keyring(&ring_path, &public)?;
-            let valid_for = parse_duration(valid_for).context("--valid-for")?;
-            let from = match from {
-                Some(f) => parse_time(f, now).context("--from")?,
-                None => now,
-            };
-            let seal = keys::seal_key(&env.data.seal_key())?.public();
-            let entry = keys::certify_entry(&root, &seal, &env.cfg.node, from, valid_for, now)?;
-            let recorder::keyring::Entry::Certify(cert) = &entry else {
-                bail!("internal: certify made no certificate");
-            };
-            drop(ring);
-            env.audit(
-                "keys.certify",
-                json!({
-                    "key_id": cert.key_id, "key": cert.key, "node": cert.node,
-                    "not_before": cert.not_before, "not_after": cert.not_after,
-                    "root": public.fingerprint(),
-                }),
-            )?;
-            let pinned = keys::pin_root(&env.data, &public)?;
-            recorder::keyring::Keyring::append(&ring_path, std::slice::from_ref(&entry))?;
-            // The database row is only a hint for other nodes' listings; trust is the keyring.
-            env.store
-                .register_seal_key(&cert.key, &env.cfg.node, now)
-                .await?;
-            println!(
-                "certified seal key {} of node {} from {} to {} by root {}",
-                cert.key_id,
-                printable(&cert.node),
-                fmt_time(cert.not_before),
-                fmt_time(cert.not_after),
-                public.fingerprint()
-            );
-            if pinned {
-                println!(
-                    "pinned root {} in {} (for this broker's start-up check; auditors use their own copy)",
-                    public.fingerprint(),
-                    keys::root_pub_path(&env.data).display()
-                );
-            }
-        }
+        } => certify(env, root, valid_for, from.as_deref()).await,
         KeysAction::Revoke {
             key_id,
             root,
             at,
             reason,
-        } => {
-            let root = keys::load_root_key(root)?;
-            let ring = open_keyring(&ring_path, &root.public())?;
-            let id = recorder::keyring::KeyId(key_id.clone());
-            if !ring
-                .entries()
-                .any(|e| matches!(e, recorder::keyring::Entry::Certify(c) if c.key_id == id))
-            {
-                bail!("no key {} in {}", printable(key_id), ring_path.display());
-            }
-            let at = match at {
-                Some(a) => parse_time(a, now).context("--at")?,
-                None => now,
-            };
-            let entry = recorder::keyring::Entry::Revoke(root.revoke(&id, at, now, reason));
-            env.audit(
-                "keys.revoke",
-                json!({"key_id": id, "not_after": at, "reason": reason, "root": root.public().fingerprint()}),
-            )?;
-            recorder::keyring::Keyring::append(&ring_path, std::slice::from_ref(&entry))?;
-            println!(
-                "revoked seal key {id}: its seals from {} on are not trusted",
-                fmt_time(at)
-            );
-        }
+        } => revoke(env, key_id, root, at.as_deref(), reason),
         KeysAction::Rotate {
             root,
             valid_for,
             overlap,
-        } => {
-            let root = keys::load_root_key(root)?;
-            let ring = open_keyring(&ring_path, &root.public())?;
-            let valid_for = parse_duration(valid_for).context("--valid-for")?;
-            let overlap = parse_duration(overlap).context("--overlap")?;
-            let old_seed = keys::seal_seed(&env.data.seal_key())?;
-            let old_id =
-                recorder::keyring::KeyId::of(&recorder::SealKey::from_seed(&old_seed).public());
-            if !ring
-                .entries()
-                .any(|e| matches!(e, recorder::keyring::Entry::Certify(c) if c.key_id == old_id))
-            {
-                bail!(
-                    "the current seal key {old_id} was never certified: certify it with `postern keys certify --root ROOT_KEY_FILE` instead"
-                );
-            }
-            let rot = keys::rotation(&root, &old_seed, &env.cfg.node, valid_for, overlap, now)?;
-            let entries: Vec<Value> = rot
-                .entries
-                .iter()
-                .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
-                .collect();
-            // The transition, signed by both keys, goes into the audit log as well as the keyring.
-            env.audit(
-                "keys.rotate",
-                json!({"from": rot.from, "to": rot.to, "at": now, "old_not_after": now.saturating_add(overlap), "entries": entries}),
-            )?;
-            recorder::keyring::Keyring::append(&ring_path, &rot.entries)?;
-            keys::install_seal_seed(&env.data.seal_key(), &rot.new_seed)?;
-            let new_public = recorder::SealKey::from_seed(&rot.new_seed).public();
-            env.store
-                .register_seal_key(&new_public.export(), &env.cfg.node, now)
-                .await?;
-            println!(
-                "rotated seal key {} to {}; {} stays trusted until {}: restart the broker before then",
-                rot.from,
-                rot.to,
-                rot.from,
-                fmt_time(now.saturating_add(overlap))
-            );
-        }
+        } => rotate(env, root, valid_for, overlap).await,
     }
+}
+
+/// `postern keys pin ROOT_PUB`.
+fn pin(env: &Env, root_pub: &Path) -> Result<()> {
+    let root = keys::load_root_public(root_pub)?;
+    env.audit("keys.pin", json!({"root": root.fingerprint()}))?;
+    if keys::pin_root(&env.data, &root)? {
+        print_pinned(env, &root);
+    } else {
+        println!("root {} was already pinned", root.fingerprint());
+    }
+    Ok(())
+}
+
+fn print_pinned(env: &Env, root: &recorder::keyring::RootPublicKey) {
+    println!(
+        "pinned root {} in {} (for this broker's start-up check; auditors use their own copy)",
+        root.fingerprint(),
+        keys::root_pub_path(&env.data).display()
+    );
+}
+
+/// `postern keys certify --root KEY`: the root vouches for this node's seal key.
+async fn certify(env: &Env, root: &Path, valid_for: &str, from: Option<&str>) -> Result<()> {
+    let now = now();
+    let ring_path = keys::keyring_path(&env.data);
+    let root = keys::load_root_key(root)?;
+    let public = root.public();
+    if let Some(pinned) = keys::pinned_root(&env.data)?
+        && pinned != public
+    {
+        bail!(
+            "this node pins another root key ({}) in {}; certify with that one, or remove the file to change roots",
+            pinned.fingerprint(),
+            keys::root_pub_path(&env.data).display()
+        );
+    }
+    let ring = open_keyring(&ring_path, &public)?;
+    let valid_for = parse_duration(valid_for).context("--valid-for")?;
+    let from = match from {
+        Some(f) => parse_time(f, now).context("--from")?,
+        None => now,
+    };
+    let seal = keys::seal_key(&env.data.seal_key())?.public();
+    let entry = keys::certify_entry(&root, &seal, &env.cfg.node, from, valid_for, now)?;
+    let recorder::keyring::Entry::Certify(cert) = &entry else {
+        bail!("internal: certify made no certificate");
+    };
+    drop(ring);
+    env.audit(
+        "keys.certify",
+        json!({
+            "key_id": cert.key_id, "key": cert.key, "node": cert.node,
+            "not_before": cert.not_before, "not_after": cert.not_after,
+            "root": public.fingerprint(),
+        }),
+    )?;
+    let pinned = keys::pin_root(&env.data, &public)?;
+    recorder::keyring::Keyring::append(&ring_path, std::slice::from_ref(&entry))?;
+    // The database row is only a hint for other nodes' listings; trust is the keyring.
+    env.store
+        .register_seal_key(&cert.key, &env.cfg.node, now)
+        .await?;
+    println!(
+        "certified seal key {} of node {} from {} to {} by root {}",
+        cert.key_id,
+        printable(&cert.node),
+        fmt_time(cert.not_before),
+        fmt_time(cert.not_after),
+        public.fingerprint()
+    );
+    if pinned {
+        print_pinned(env, &public);
+    }
+    Ok(())
+}
+
+/// `postern keys revoke KEY_ID --root KEY`: seals by that key from `at` on are not trusted.
+fn revoke(env: &Env, key_id: &str, root: &Path, at: Option<&str>, reason: &str) -> Result<()> {
+    let now = now();
+    let ring_path = keys::keyring_path(&env.data);
+    let root = keys::load_root_key(root)?;
+    let ring = open_keyring(&ring_path, &root.public())?;
+    let id = recorder::keyring::KeyId(key_id.to_owned());
+    if !ring
+        .entries()
+        .any(|e| matches!(e, recorder::keyring::Entry::Certify(c) if c.key_id == id))
+    {
+        bail!("no key {} in {}", printable(key_id), ring_path.display());
+    }
+    let at = match at {
+        Some(a) => parse_time(a, now).context("--at")?,
+        None => now,
+    };
+    let entry = recorder::keyring::Entry::Revoke(root.revoke(&id, at, now, reason));
+    env.audit(
+        "keys.revoke",
+        json!({"key_id": id, "not_after": at, "reason": reason, "root": root.public().fingerprint()}),
+    )?;
+    recorder::keyring::Keyring::append(&ring_path, std::slice::from_ref(&entry))?;
+    println!(
+        "revoked seal key {id}: its seals from {} on are not trusted",
+        fmt_time(at)
+    );
+    Ok(())
+}
+
+/// `postern keys rotate --root KEY`: a new seal key, the old one trusted for `overlap` more.
+async fn rotate(env: &Env, root: &Path, valid_for: &str, overlap: &str) -> Result<()> {
+    let now = now();
+    let ring_path = keys::keyring_path(&env.data);
+    let root = keys::load_root_key(root)?;
+    let ring = open_keyring(&ring_path, &root.public())?;
+    let valid_for = parse_duration(valid_for).context("--valid-for")?;
+    let overlap = parse_duration(overlap).context("--overlap")?;
+    let old_seed = keys::seal_seed(&env.data.seal_key())?;
+    let old_id = recorder::keyring::KeyId::of(&recorder::SealKey::from_seed(&old_seed).public());
+    if !ring
+        .entries()
+        .any(|e| matches!(e, recorder::keyring::Entry::Certify(c) if c.key_id == old_id))
+    {
+        bail!(
+            "the current seal key {old_id} was never certified: certify it with `postern keys certify --root ROOT_KEY_FILE` instead"
+        );
+    }
+    let rot = keys::rotation(&root, &old_seed, &env.cfg.node, valid_for, overlap, now)?;
+    let entries: Vec<Value> = rot
+        .entries
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+        .collect();
+    // The transition, signed by both keys, goes into the audit log as well as the keyring.
+    env.audit(
+        "keys.rotate",
+        json!({"from": rot.from, "to": rot.to, "at": now, "old_not_after": now.saturating_add(overlap), "entries": entries}),
+    )?;
+    recorder::keyring::Keyring::append(&ring_path, &rot.entries)?;
+    keys::install_seal_seed(&env.data.seal_key(), &rot.new_seed)?;
+    let new_public = recorder::SealKey::from_seed(&rot.new_seed).public();
+    env.store
+        .register_seal_key(&new_public.export(), &env.cfg.node, now)
+        .await?;
+    println!(
+        "rotated seal key {} to {}; {} stays trusted until {}: restart the broker before then",
+        rot.from,
+        rot.to,
+        rot.from,
+        fmt_time(now.saturating_add(overlap))
+    );
     Ok(())
 }
 

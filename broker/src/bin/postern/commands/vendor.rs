@@ -1,5 +1,7 @@
 //! `postern vendor`: add vendors (with their TOTP enrolment), issue their certificates, disable them, list them.
 
+use std::path::Path;
+
 use anyhow::{Context, Result, anyhow, bail};
 use approvals::time::{fmt_time, now, parse_duration, parse_time};
 use broker::keys;
@@ -15,25 +17,7 @@ pub async fn run(env: &Env, action: &VendorAction) -> Result<()> {
             name,
             org,
             contract_end,
-        } => {
-            let end = contract_end
-                .as_deref()
-                .map(|t| parse_time(t, now()))
-                .transpose()
-                .context("--contract-end")?;
-            let secret = approvals::totp::new_secret();
-            let uri = approvals::totp::otpauth_uri(&secret, name)?;
-            env.actions()
-                .add_vendor(&operator(), name, org, end, &secret, now())
-                .await?;
-            if env.json {
-                println!("{}", json!({"vendor": name, "org": org, "otpauth": uri}));
-            } else {
-                println!("vendor {name} ({org}) added.");
-                println!("TOTP enrolment (shown once; scan it in an authenticator app):\n{uri}\n");
-                print_qr(&uri);
-            }
-        }
+        } => add(env, name, org, contract_end.as_deref()).await,
         VendorAction::Cert {
             name,
             pubkey,
@@ -42,75 +26,109 @@ pub async fn run(env: &Env, action: &VendorAction) -> Result<()> {
             no_pty,
             no_port_forwarding,
         } => {
-            let v = env
-                .store
-                .vendor(name)
-                .await?
-                .ok_or_else(|| anyhow!("no vendor named {name}"))?;
-            if v.is_disabled() {
-                bail!("vendor {name} is disabled");
-            }
-            let secs = parse_duration(validity).context("--validity")?;
-            let start = match from {
-                Some(t) => parse_time(t, now()).context("--from")?,
-                None => now() - 60,
-            };
             let restrict = keys::Restrictions {
                 no_pty: *no_pty,
                 no_port_forwarding: *no_port_forwarding,
             };
-            let (out, issued) = broker::enrol::issue_certificate(
-                env,
-                &operator(),
-                name,
-                pubkey,
-                start,
-                secs,
-                restrict,
-            )
-            .await?;
-            if env.json {
-                println!(
-                    "{}",
-                    json!({"certificate": out, "serial": issued.serial.to_string(), "key_id": issued.key_id, "valid_before": fmt_time(start + secs)})
-                );
-            } else {
-                println!("{}", out.display());
-            }
+            cert(env, name, pubkey, validity, from.as_deref(), restrict).await
         }
-        VendorAction::Disable { name } => {
-            let revoked = env
-                .actions()
-                .disable_vendor(&operator(), name, now())
-                .await?;
-            if env.json {
-                println!(
-                    "{}",
-                    json!({"vendor": name, "disabled": true, "grants_revoked": revoked})
-                );
-            } else {
-                println!(
-                    "vendor {name} disabled; {} grant(s) revoked; live sessions close within a second",
-                    revoked.len()
-                );
-            }
-        }
-        VendorAction::List => {
-            let rows = env.store.vendors().await?;
-            env.print_list(&rows, &["VENDOR", "ORG", "CONTRACT END", "STATUS"], |v| {
-                vec![
-                    v.name.clone(),
-                    v.org.clone(),
-                    opt_time(v.contract_end),
-                    if v.is_disabled() {
-                        "disabled".into()
-                    } else {
-                        "enabled".into()
-                    },
-                ]
-            })?;
-        }
+        VendorAction::Disable { name } => disable(env, name).await,
+        VendorAction::List => list(env).await,
     }
+}
+
+/// `postern vendor add NAME --org ORG`: the TOTP enrolment is shown once.
+async fn add(env: &Env, name: &str, org: &str, contract_end: Option<&str>) -> Result<()> {
+    let end = contract_end
+        .map(|t| parse_time(t, now()))
+        .transpose()
+        .context("--contract-end")?;
+    let secret = approvals::totp::new_secret();
+    let uri = approvals::totp::otpauth_uri(&secret, name)?;
+    env.actions()
+        .add_vendor(&operator(), name, org, end, &secret, now())
+        .await?;
+    if env.json {
+        println!("{}", json!({"vendor": name, "org": org, "otpauth": uri}));
+    } else {
+        println!("vendor {name} ({org}) added.");
+        println!("TOTP enrolment (shown once; scan it in an authenticator app):\n{uri}\n");
+        print_qr(&uri);
+    }
+    Ok(())
+}
+
+/// `postern vendor cert NAME PUBKEY`: a certificate next to the key, registered and audited.
+async fn cert(
+    env: &Env,
+    name: &str,
+    pubkey: &Path,
+    validity: &str,
+    from: Option<&str>,
+    restrict: keys::Restrictions,
+) -> Result<()> {
+    let v = env
+        .store
+        .vendor(name)
+        .await?
+        .ok_or_else(|| anyhow!("no vendor named {name}"))?;
+    if v.is_disabled() {
+        bail!("vendor {name} is disabled");
+    }
+    let secs = parse_duration(validity).context("--validity")?;
+    let start = match from {
+        Some(t) => parse_time(t, now()).context("--from")?,
+        None => now() - 60,
+    };
+    let (out, issued) =
+        broker::enrol::issue_certificate(env, &operator(), name, pubkey, start, secs, restrict)
+            .await?;
+    if env.json {
+        println!(
+            "{}",
+            json!({"certificate": out, "serial": issued.serial.to_string(), "key_id": issued.key_id, "valid_before": fmt_time(start + secs)})
+        );
+    } else {
+        println!("{}", out.display());
+    }
+    Ok(())
+}
+
+/// `postern vendor disable NAME`: grants revoked, live sessions closed.
+async fn disable(env: &Env, name: &str) -> Result<()> {
+    let revoked = env
+        .actions()
+        .disable_vendor(&operator(), name, now())
+        .await?;
+    if env.json {
+        println!(
+            "{}",
+            json!({"vendor": name, "disabled": true, "grants_revoked": revoked})
+        );
+    } else {
+        println!(
+            "vendor {name} disabled; {} grant(s) revoked; live sessions close within a second",
+            revoked.len()
+        );
+    }
+    Ok(())
+}
+
+/// `postern vendor list`.
+async fn list(env: &Env) -> Result<()> {
+    let rows = env.store.vendors().await?;
+    env.print_list(&rows, &["VENDOR", "ORG", "CONTRACT END", "STATUS"], |v| {
+        vec![
+            v.name.clone(),
+            v.org.clone(),
+            opt_time(v.contract_end),
+            if v.is_disabled() {
+                "disabled".into()
+            } else {
+                "enabled".into()
+            },
+        ]
+    })?;
     Ok(())
 }
 

@@ -62,20 +62,7 @@ pub async fn run(
         dir: data.root.join("demo"),
     };
     if let Some(approver) = code_of {
-        let file = if approver {
-            paths.approver_totp()
-        } else {
-            paths.totp()
-        };
-        let secret = std::fs::read_to_string(file).with_context(|| {
-            format!(
-                "no demo in {} (run `postern demo` first)",
-                data.root.display()
-            )
-        })?;
-        let code = approvals::totp::code_at(secret.trim(), approvals::time::now() as u64)?;
-        println!("{code}");
-        return Ok(ExitCode::SUCCESS);
+        return print_code(&data, &paths, approver);
     }
     if !data.is_initialised() {
         broker::init::init(&data, &operator()).await?;
@@ -85,18 +72,65 @@ pub async fn run(
     certify_demo_seal_key(&env).await?;
     let first = !paths.dir.exists();
     if first {
-        std::fs::create_dir_all(&paths.dir)?;
-        keys::write_keypair(
-            &paths.device_key(),
-            &keys::generate_ed25519("postern-demo-broker")?,
-        )?;
-        keys::write_keypair(
-            &paths.sim_host_key(),
-            &keys::generate_ed25519("postern-demo-device")?,
-        )?;
-        keys::write_keypair(&paths.vendor_key(), &keys::generate_ed25519("alice@acme")?)?;
+        make_keys(&paths)?;
     }
-    // The simulated device keeps its port across runs so the enrolled address stays right.
+    let (sim, sim_addr) = start_device(&paths).await?;
+    if first {
+        setup_directory(&env, &paths, &sim_addr.to_string()).await?;
+    }
+    ensure_grant(&env).await?;
+    let ssh_port = ssh.rsplit_once(':').map(|(_, p)| p).unwrap_or("2222");
+    let host_pub = std::fs::read_to_string(data.host_key().with_extension("pub"))?;
+    std::fs::write(
+        paths.known_hosts(),
+        format!("[127.0.0.1]:{ssh_port} {}", host_pub.trim()),
+    )?;
+    let web = web
+        .map(str::to_owned)
+        .unwrap_or_else(|| env.cfg.web_listen.clone());
+    print_guide(&data, &paths, ssh_port, &web);
+    let code = crate::commands::serve::serve(env, ssh, &web).await;
+    sim.abort();
+    code
+}
+
+/// `postern demo code [--approver]`: the current TOTP code of the demo's vendor or approver.
+fn print_code(data: &DataDir, paths: &DemoPaths, approver: bool) -> Result<ExitCode> {
+    let file = if approver {
+        paths.approver_totp()
+    } else {
+        paths.totp()
+    };
+    let secret = std::fs::read_to_string(file).with_context(|| {
+        format!(
+            "no demo in {} (run `postern demo` first)",
+            data.root.display()
+        )
+    })?;
+    let code = approvals::totp::code_at(secret.trim(), approvals::time::now() as u64)?;
+    println!("{code}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The broker's key for the device, the device's host key, the vendor's key.
+fn make_keys(paths: &DemoPaths) -> Result<()> {
+    std::fs::create_dir_all(&paths.dir)?;
+    keys::write_keypair(
+        &paths.device_key(),
+        &keys::generate_ed25519("postern-demo-broker")?,
+    )?;
+    keys::write_keypair(
+        &paths.sim_host_key(),
+        &keys::generate_ed25519("postern-demo-device")?,
+    )?;
+    keys::write_keypair(&paths.vendor_key(), &keys::generate_ed25519("alice@acme")?)?;
+    Ok(())
+}
+
+/// The simulated device, on the port it had last time so the enrolled address stays right.
+async fn start_device(
+    paths: &DemoPaths,
+) -> Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
     let port: u16 = std::fs::read_to_string(paths.sim_port())
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -113,16 +147,11 @@ pub async fn run(
             tracing::warn!(error = %e, "simulated device stopped");
         }
     });
-    if first {
-        setup_directory(&env, &paths, &sim_addr.to_string()).await?;
-    }
-    ensure_grant(&env).await?;
-    let ssh_port = ssh.rsplit_once(':').map(|(_, p)| p).unwrap_or("2222");
-    let host_pub = std::fs::read_to_string(data.host_key().with_extension("pub"))?;
-    std::fs::write(
-        paths.known_hosts(),
-        format!("[127.0.0.1]:{ssh_port} {}", host_pub.trim()),
-    )?;
+    Ok((sim, sim_addr))
+}
+
+/// What to try, with commands that work as printed.
+fn print_guide(data: &DataDir, paths: &DemoPaths, ssh_port: &str, web: &str) {
     let d = data.root.display();
     println!();
     println!(
@@ -141,9 +170,6 @@ pub async fn run(
         "Afterwards:  postern sessions --data {d}   postern replay ID --data {d}   postern verify --data {d}"
     );
     println!();
-    let web = web
-        .map(str::to_owned)
-        .unwrap_or_else(|| env.cfg.web_listen.clone());
     println!(
         "Just-in-time access: connect as '{VENDOR}:{SITE}/{DEVICE}:firmware@127.0.0.1' (no grant yet) and file a request;"
     );
@@ -155,9 +181,6 @@ pub async fn run(
         "Break-glass: connect as '{VENDOR}:{SITE}/{DEVICE}:emergency@127.0.0.1'; it opens at once and waits for review in the web UI."
     );
     println!();
-    let code = crate::commands::serve::serve(env, ssh, &web).await;
-    sim.abort();
-    code
 }
 
 /// The demo plays the operator too: it makes a root key beside the data directory

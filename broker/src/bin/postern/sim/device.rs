@@ -212,30 +212,35 @@ async fn read_some(r: &mut Option<Reader>, buf: &mut [u8]) -> Option<usize> {
     }
 }
 
+/// One session channel of a simulated device: wait for what to run, run it, pump its bytes.
 async fn sim_channel(mut ch: Channel<Msg>, handle: Handle, name: Arc<str>) {
+    let Some(running) = wait_for_start(&mut ch, &handle, &name).await else {
+        return;
+    };
+    let mut pump = Pump {
+        ch,
+        running,
+        status: None,
+        buf: vec![0u8; 32 * 1024],
+        ebuf: vec![0u8; 32 * 1024],
+    };
+    pump.run().await;
+}
+
+/// The channel's requests before it runs anything: a pty, environment, then shell, exec or sftp.
+async fn wait_for_start(ch: &mut Channel<Msg>, handle: &Handle, name: &str) -> Option<Running> {
     let id = ch.id();
     let mut pty: Option<(String, u16, u16)> = None;
     let mut env: Vec<(String, String)> = Vec::new();
-    let shell = if Path::new("/bin/bash").exists() {
-        "/bin/bash"
-    } else {
-        "/bin/sh"
-    };
-    // Wait for what to run.
-    let running = loop {
-        let Some(msg) = ch.wait().await else { return };
-        let started = match msg {
+    loop {
+        let started = match ch.wait().await? {
             ChannelMsg::RequestPty {
                 term,
                 col_width,
                 row_height,
                 ..
             } => {
-                pty = Some((
-                    term,
-                    col_width.min(u16::MAX as u32) as u16,
-                    row_height.min(u16::MAX as u32) as u16,
-                ));
+                pty = Some((term, clamp(col_width), clamp(row_height)));
                 let _ = handle.channel_success(id).await;
                 continue;
             }
@@ -247,41 +252,24 @@ async fn sim_channel(mut ch: Channel<Msg>, handle: Handle, name: Arc<str>) {
                 env.push((variable_name, variable_value));
                 continue;
             }
-            ChannelMsg::RequestShell { .. } => {
-                let args: &[&str] = if shell.ends_with("bash") {
-                    &["--noprofile", "--norc", "-i"]
-                } else {
-                    &["-i"]
-                };
-                spawn(shell, args, pty.clone(), &env, &name)
-            }
+            ChannelMsg::RequestShell { .. } => start_shell(pty.clone(), &env, name),
             ChannelMsg::Exec { command, .. } => {
                 let cmd = String::from_utf8_lossy(&command).into_owned();
-                spawn("/bin/sh", &["-c", &cmd], pty.clone(), &env, &name)
+                spawn("/bin/sh", &["-c", &cmd], pty.clone(), &env, name)
             }
             ChannelMsg::RequestSubsystem { name: sub, .. } if sub == "sftp" => {
-                let server = [
-                    "/usr/lib/openssh/sftp-server",
-                    "/usr/libexec/openssh/sftp-server",
-                    "/usr/libexec/sftp-server",
-                ]
-                .into_iter()
-                .find(|p| Path::new(p).exists());
-                match server {
-                    Some(p) => spawn(p, &[], None, &env, &name),
-                    None => Err(std::io::Error::other("no sftp-server on this machine")),
-                }
+                start_sftp(&env, name)
             }
-            ChannelMsg::Close | ChannelMsg::Eof => return,
+            ChannelMsg::Close | ChannelMsg::Eof => return None,
             _ => {
                 let _ = handle.channel_failure(id).await;
                 continue;
             }
         };
-        match started {
+        return match started {
             Ok(r) => {
                 let _ = handle.channel_success(id).await;
-                break r;
+                Some(r)
             }
             Err(e) => {
                 let _ = handle
@@ -290,73 +278,159 @@ async fn sim_channel(mut ch: Channel<Msg>, handle: Handle, name: Arc<str>) {
                 let _ = handle.channel_failure(id).await;
                 let _ = handle.exit_status_request(id, 127).await;
                 let _ = handle.close(id).await;
-                return;
+                None
+            }
+        };
+    }
+}
+
+fn clamp(n: u32) -> u16 {
+    n.min(u16::MAX as u32) as u16
+}
+
+fn start_shell(
+    pty: Option<(String, u16, u16)>,
+    env: &[(String, String)],
+    name: &str,
+) -> std::io::Result<Running> {
+    let shell = if Path::new("/bin/bash").exists() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    };
+    let args: &[&str] = if shell.ends_with("bash") {
+        &["--noprofile", "--norc", "-i"]
+    } else {
+        &["-i"]
+    };
+    spawn(shell, args, pty, env, name)
+}
+
+fn start_sftp(env: &[(String, String)], name: &str) -> std::io::Result<Running> {
+    let server = [
+        "/usr/lib/openssh/sftp-server",
+        "/usr/libexec/openssh/sftp-server",
+        "/usr/libexec/sftp-server",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
+    match server {
+        Some(p) => spawn(p, &[], None, env, name),
+        None => Err(std::io::Error::other("no sftp-server on this machine")),
+    }
+}
+
+/// A running command's bytes to and from its channel, until it exits and its output ends.
+struct Pump {
+    ch: Channel<Msg>,
+    running: Running,
+    status: Option<u32>,
+    buf: Vec<u8>,
+    ebuf: Vec<u8>,
+}
+
+/// What the pump does after one event.
+enum Next {
+    Go,
+    /// Stop pumping and close the channel with the exit status.
+    Finish,
+    /// The client closed the channel: nothing more to send.
+    Gone,
+}
+
+impl Pump {
+    async fn run(&mut self) {
+        loop {
+            let r = &mut self.running;
+            if self.status.is_some() && r.out.is_none() && r.err.is_none() {
+                break;
+            }
+            let next = tokio::select! {
+                msg = self.ch.wait() => self.client_sent(msg).await,
+                n = read_some(&mut r.out, &mut self.buf) => match n {
+                    Some(n) => sent(self.ch.data(&self.buf[..n]).await),
+                    None => { r.out = None; Next::Go }
+                },
+                n = read_some(&mut r.err, &mut self.ebuf) => match n {
+                    Some(n) => sent(self.ch.extended_data(1, &self.ebuf[..n]).await),
+                    None => { r.err = None; Next::Go }
+                },
+                st = r.child.wait(), if self.status.is_none() => self.exited(st).await,
+            };
+            match next {
+                Next::Go => {}
+                Next::Finish => break,
+                Next::Gone => return,
             }
         }
-    };
-    let Running {
-        mut child,
-        mut input,
-        mut out,
-        mut err,
-        pty: pty_ctl,
-    } = running;
-    let mut status: Option<u32> = None;
-    let (mut buf, mut ebuf) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
-    loop {
-        if status.is_some() && out.is_none() && err.is_none() {
-            break;
+        let _ = self.ch.exit_status(self.status.unwrap_or(0)).await;
+        let _ = self.ch.eof().await;
+        let _ = self.ch.close().await;
+    }
+
+    async fn client_sent(&mut self, msg: Option<ChannelMsg>) -> Next {
+        let r = &mut self.running;
+        match msg {
+            Some(ChannelMsg::Data { data }) => {
+                if let Some(w) = r.input.as_mut()
+                    && w.write_all(&data).await.is_err()
+                {
+                    r.input = None;
+                }
+            }
+            Some(ChannelMsg::Eof) => {
+                if let Some(mut w) = r.input.take() {
+                    let _ = w.shutdown().await;
+                }
+            }
+            Some(ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                ..
+            }) => {
+                if let Some(w) = &r.input {
+                    w.resize(clamp(col_width), clamp(row_height));
+                }
+            }
+            Some(ChannelMsg::Signal { .. }) => {
+                let _ = r.child.start_kill();
+            }
+            Some(ChannelMsg::Close) | None => {
+                let _ = r.child.start_kill();
+                return Next::Gone;
+            }
+            _ => {}
         }
-        tokio::select! {
-            msg = ch.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if let Some(w) = input.as_mut() && w.write_all(&data).await.is_err() {
-                        input = None;
-                    }
+        Next::Go
+    }
+
+    async fn exited(&mut self, st: std::io::Result<std::process::ExitStatus>) -> Next {
+        self.status = Some(st.ok().and_then(|s| s.code()).unwrap_or(255) as u32);
+        // A pty's reader only ends when every holder closes it; don't wait on orphans.
+        if self.running.pty {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            while let Ok(Some(n)) =
+                tokio::time::timeout(Duration::from_millis(50), self.read_out()).await
+            {
+                if n == 0 || self.ch.data(&self.buf[..n]).await.is_err() {
+                    break;
                 }
-                Some(ChannelMsg::Eof) => {
-                    if let Some(mut w) = input.take() {
-                        let _ = w.shutdown().await;
-                    }
-                }
-                Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
-                    if let Some(w) = &input {
-                        w.resize(col_width.min(u16::MAX as u32) as u16, row_height.min(u16::MAX as u32) as u16);
-                    }
-                }
-                Some(ChannelMsg::Signal { .. }) => {
-                    let _ = child.start_kill();
-                }
-                Some(ChannelMsg::Close) | None => {
-                    let _ = child.start_kill();
-                    return;
-                }
-                _ => {}
-            },
-            n = read_some(&mut out, &mut buf) => match n {
-                Some(n) => { if ch.data(&buf[..n]).await.is_err() { break } }
-                None => out = None,
-            },
-            n = read_some(&mut err, &mut ebuf) => match n {
-                Some(n) => { if ch.extended_data(1, &ebuf[..n]).await.is_err() { break } }
-                None => err = None,
-            },
-            st = child.wait(), if status.is_none() => {
-                status = Some(st.ok().and_then(|s| s.code()).unwrap_or(255) as u32);
-                // A pty's reader only ends when every holder closes it; don't wait on orphans.
-                if pty_ctl {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), async { match out.as_mut() { Some(r) => r.read(&mut buf).await, None => Ok(0) } }).await {
-                        if n == 0 || ch.data(&buf[..n]).await.is_err() { break }
-                    }
-                    out = None;
-                }
-            },
+            }
+            self.running.out = None;
+        }
+        Next::Go
+    }
+
+    async fn read_out(&mut self) -> Option<usize> {
+        match self.running.out.as_mut() {
+            Some(r) => r.read(&mut self.buf).await.ok(),
+            None => Some(0),
         }
     }
-    let _ = ch.exit_status(status.unwrap_or(0)).await;
-    let _ = ch.eof().await;
-    let _ = ch.close().await;
+}
+
+fn sent<E>(r: Result<(), E>) -> Next {
+    if r.is_ok() { Next::Go } else { Next::Finish }
 }
 
 /// What a scripted device answers to one command line, and the exit status.

@@ -57,6 +57,14 @@ pub struct Activity {
 }
 
 /// Commands typed by the held sessions, tallied per report interval.
+/// A load vendor: name, TOTP secret, key and certificate.
+type Vendor = (
+    String,
+    String,
+    Arc<russh::keys::PrivateKey>,
+    russh::keys::Certificate,
+);
+
 #[derive(Default)]
 struct Tally {
     answered: AtomicU64,
@@ -82,6 +90,44 @@ pub async fn run(
         .split_once('/')
         .ok_or_else(|| anyhow!("--target must be SITE/DEVICE:FUNCTION"))?;
     broker::sys::raise_open_files_limit();
+    let vendors = enrol(env, site, function, sessions).await?;
+    let config = Arc::new(client::Config {
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    });
+    let gate = Arc::new(Semaphore::new(parallel.max(1)));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, secret, key, cert) in vendors {
+        let (config, gate) = (config.clone(), gate.clone());
+        let login = format!("{name}:{target}");
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            open_one(config, broker, login, secret, key, cert).await
+        });
+    }
+    let mut held = Vec::with_capacity(sessions);
+    while let Some(r) = tasks.join_next().await {
+        held.push(r.map_err(|e| anyhow!("{e}"))??);
+    }
+    let el = started.elapsed();
+    println!(
+        "bench-load: {} sessions up in {:.2} s ({:.1} per second)",
+        held.len(),
+        el.as_secs_f64(),
+        held.len() as f64 / el.as_secs_f64()
+    );
+    let Some(every) = activity.every else {
+        tokio::time::sleep(activity.hold).await;
+        return Ok(());
+    };
+    keep_typing(held, every, activity.hold, activity.report).await
+}
+
+/// A vendor, a grant and a registered certificate per session: the broker sees as many distinct
+/// people as sessions.
+async fn enrol(env: &Env, site: &str, function: &str, sessions: usize) -> Result<Vec<Vendor>> {
     let ca = keys::load_private(&env.data.ca_key())?;
     let run = hex::encode(rand::random::<[u8; 3]>());
     let t = now();
@@ -132,38 +178,7 @@ pub async fn run(
         let cert = issued.cert;
         vendors.push((name, secret, Arc::new(key), cert));
     }
-    let config = Arc::new(client::Config {
-        inactivity_timeout: None,
-        nodelay: true,
-        ..Default::default()
-    });
-    let gate = Arc::new(Semaphore::new(parallel.max(1)));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (name, secret, key, cert) in vendors {
-        let (config, gate) = (config.clone(), gate.clone());
-        let login = format!("{name}:{target}");
-        tasks.spawn(async move {
-            let _permit = gate.acquire_owned().await;
-            open_one(config, broker, login, secret, key, cert).await
-        });
-    }
-    let mut held = Vec::with_capacity(sessions);
-    while let Some(r) = tasks.join_next().await {
-        held.push(r.map_err(|e| anyhow!("{e}"))??);
-    }
-    let el = started.elapsed();
-    println!(
-        "bench-load: {} sessions up in {:.2} s ({:.1} per second)",
-        held.len(),
-        el.as_secs_f64(),
-        held.len() as f64 / el.as_secs_f64()
-    );
-    let Some(every) = activity.every else {
-        tokio::time::sleep(activity.hold).await;
-        return Ok(());
-    };
-    keep_typing(held, every, activity.hold, activity.report).await
+    Ok(vendors)
 }
 
 /// Each held session runs `echo` every `every` until `hold` has passed, waiting at most ten
