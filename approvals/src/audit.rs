@@ -192,6 +192,209 @@ pub fn bounded(s: &str, max: usize) -> String {
     out
 }
 
+/// Every event the audit log records, by name. The names are the log's schema: auditors search
+/// and alert on them, so a variant is never renamed (old logs keep reading); add new ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditEvent {
+    Init,
+    Verify,
+    ServeStart,
+    ServeStop,
+    DemoSetup,
+    ActionNotCommitted,
+    ApproverAdd,
+    ApproverDisable,
+    ApproverReset,
+    AuditCheckpoint,
+    AuditCheckpointMismatch,
+    AuditTailRepaired,
+    AuthCertificate,
+    AuthFailed,
+    AuthOk,
+    AuthThrottled,
+    AuthTotp,
+    BreakglassOpen,
+    BreakglassReview,
+    ChannelAllow,
+    ChannelDeny,
+    DeviceAdd,
+    DeviceConnectFailed,
+    DeviceHostkeyMismatch,
+    DeviceImport,
+    FileTransfer,
+    FrontdoorRefused,
+    FunctionAdd,
+    GrantAdd,
+    GrantRevoke,
+    KeysCertify,
+    KeysPin,
+    KeysRevoke,
+    KeysRotate,
+    NotifyFailed,
+    RecordingFailed,
+    RequestApprove,
+    RequestDeny,
+    RequestFiled,
+    SessionCrashRecovered,
+    SessionDenied,
+    SessionEnd,
+    SessionError,
+    SessionKill,
+    SessionKillRequested,
+    SessionRevoked,
+    SessionSeal,
+    SessionStart,
+    SiteAdd,
+    VendorAdd,
+    VendorCert,
+    VendorDisable,
+    WebCsrfRefused,
+    WebLogin,
+    WebLoginFailed,
+    WebLogout,
+    WebRefused,
+    WebThrottled,
+}
+
+impl AuditEvent {
+    /// Every event, for listings and the round-trip test.
+    pub const ALL: &[AuditEvent] = &[
+        AuditEvent::Init,
+        AuditEvent::Verify,
+        AuditEvent::ServeStart,
+        AuditEvent::ServeStop,
+        AuditEvent::DemoSetup,
+        AuditEvent::ActionNotCommitted,
+        AuditEvent::ApproverAdd,
+        AuditEvent::ApproverDisable,
+        AuditEvent::ApproverReset,
+        AuditEvent::AuditCheckpoint,
+        AuditEvent::AuditCheckpointMismatch,
+        AuditEvent::AuditTailRepaired,
+        AuditEvent::AuthCertificate,
+        AuditEvent::AuthFailed,
+        AuditEvent::AuthOk,
+        AuditEvent::AuthThrottled,
+        AuditEvent::AuthTotp,
+        AuditEvent::BreakglassOpen,
+        AuditEvent::BreakglassReview,
+        AuditEvent::ChannelAllow,
+        AuditEvent::ChannelDeny,
+        AuditEvent::DeviceAdd,
+        AuditEvent::DeviceConnectFailed,
+        AuditEvent::DeviceHostkeyMismatch,
+        AuditEvent::DeviceImport,
+        AuditEvent::FileTransfer,
+        AuditEvent::FrontdoorRefused,
+        AuditEvent::FunctionAdd,
+        AuditEvent::GrantAdd,
+        AuditEvent::GrantRevoke,
+        AuditEvent::KeysCertify,
+        AuditEvent::KeysPin,
+        AuditEvent::KeysRevoke,
+        AuditEvent::KeysRotate,
+        AuditEvent::NotifyFailed,
+        AuditEvent::RecordingFailed,
+        AuditEvent::RequestApprove,
+        AuditEvent::RequestDeny,
+        AuditEvent::RequestFiled,
+        AuditEvent::SessionCrashRecovered,
+        AuditEvent::SessionDenied,
+        AuditEvent::SessionEnd,
+        AuditEvent::SessionError,
+        AuditEvent::SessionKill,
+        AuditEvent::SessionKillRequested,
+        AuditEvent::SessionRevoked,
+        AuditEvent::SessionSeal,
+        AuditEvent::SessionStart,
+        AuditEvent::SiteAdd,
+        AuditEvent::VendorAdd,
+        AuditEvent::VendorCert,
+        AuditEvent::VendorDisable,
+        AuditEvent::WebCsrfRefused,
+        AuditEvent::WebLogin,
+        AuditEvent::WebLoginFailed,
+        AuditEvent::WebLogout,
+        AuditEvent::WebRefused,
+        AuditEvent::WebThrottled,
+    ];
+
+    /// The name written in the log's `event` field.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditEvent::Init => "init",
+            AuditEvent::Verify => "verify",
+            AuditEvent::ServeStart => "serve.start",
+            AuditEvent::ServeStop => "serve.stop",
+            AuditEvent::DemoSetup => "demo.setup",
+            AuditEvent::ActionNotCommitted => "action.not_committed",
+            AuditEvent::ApproverAdd => "approver.add",
+            AuditEvent::ApproverDisable => "approver.disable",
+            AuditEvent::ApproverReset => "approver.reset",
+            AuditEvent::AuditCheckpoint => "audit.checkpoint",
+            AuditEvent::AuditCheckpointMismatch => "audit.checkpoint_mismatch",
+            AuditEvent::AuditTailRepaired => "audit.tail_repaired",
+            AuditEvent::AuthCertificate => "auth.certificate",
+            AuditEvent::AuthFailed => "auth.failed",
+            AuditEvent::AuthOk => "auth.ok",
+            AuditEvent::AuthThrottled => "auth.throttled",
+            AuditEvent::AuthTotp => "auth.totp",
+            AuditEvent::BreakglassOpen => "breakglass.open",
+            AuditEvent::BreakglassReview => "breakglass.review",
+            AuditEvent::ChannelAllow => "channel.allow",
+            AuditEvent::ChannelDeny => "channel.deny",
+            AuditEvent::DeviceAdd => "device.add",
+            AuditEvent::DeviceConnectFailed => "device.connect_failed",
+            AuditEvent::DeviceHostkeyMismatch => "device.hostkey_mismatch",
+            AuditEvent::DeviceImport => "device.import",
+            AuditEvent::FileTransfer => "file.transfer",
+            AuditEvent::FrontdoorRefused => "frontdoor.refused",
+            AuditEvent::FunctionAdd => "function.add",
+            AuditEvent::GrantAdd => "grant.add",
+            AuditEvent::GrantRevoke => "grant.revoke",
+            AuditEvent::KeysCertify => "keys.certify",
+            AuditEvent::KeysPin => "keys.pin",
+            AuditEvent::KeysRevoke => "keys.revoke",
+            AuditEvent::KeysRotate => "keys.rotate",
+            AuditEvent::NotifyFailed => "notify.failed",
+            AuditEvent::RecordingFailed => "recording.failed",
+            AuditEvent::RequestApprove => "request.approve",
+            AuditEvent::RequestDeny => "request.deny",
+            AuditEvent::RequestFiled => "request.filed",
+            AuditEvent::SessionCrashRecovered => "session.crash_recovered",
+            AuditEvent::SessionDenied => "session.denied",
+            AuditEvent::SessionEnd => "session.end",
+            AuditEvent::SessionError => "session.error",
+            AuditEvent::SessionKill => "session.kill",
+            AuditEvent::SessionKillRequested => "session.kill_requested",
+            AuditEvent::SessionRevoked => "session.revoked",
+            AuditEvent::SessionSeal => "session.seal",
+            AuditEvent::SessionStart => "session.start",
+            AuditEvent::SiteAdd => "site.add",
+            AuditEvent::VendorAdd => "vendor.add",
+            AuditEvent::VendorCert => "vendor.cert",
+            AuditEvent::VendorDisable => "vendor.disable",
+            AuditEvent::WebCsrfRefused => "web.csrf_refused",
+            AuditEvent::WebLogin => "web.login",
+            AuditEvent::WebLoginFailed => "web.login_failed",
+            AuditEvent::WebLogout => "web.logout",
+            AuditEvent::WebRefused => "web.refused",
+            AuditEvent::WebThrottled => "web.throttled",
+        }
+    }
+
+    /// The event of a name found in a log (`None`: written by a newer version, or not ours).
+    pub fn from_name(name: &str) -> Option<AuditEvent> {
+        AuditEvent::ALL.iter().copied().find(|e| e.name() == name)
+    }
+}
+
+impl std::fmt::Display for AuditEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +421,15 @@ mod tests {
         assert_eq!(v["distinct_sources"], SUMMARY_MAX_SOURCES);
         assert_eq!(v["top_sources"].as_array().unwrap().len(), SUMMARY_SOURCES);
         assert!(t.take().is_none());
+    }
+
+    #[test]
+    fn audit_event_names_are_unique_and_read_back() {
+        let mut names = std::collections::HashSet::new();
+        for e in AuditEvent::ALL {
+            assert!(names.insert(e.name()), "{e} twice");
+            assert_eq!(AuditEvent::from_name(e.name()), Some(*e));
+        }
+        assert_eq!(AuditEvent::from_name("no.such_event"), None);
     }
 }
