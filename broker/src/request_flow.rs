@@ -503,7 +503,7 @@ async fn proceed(
     let upstream = match live.upstream(&ctx).await {
         Ok(u) => u,
         Err(e) => {
-            proxy::refuse(&handle, id, &e).await;
+            proxy::refuse(&handle, id, &e.to_string()).await;
             live.request_close(e);
             return;
         }

@@ -1,0 +1,360 @@
+//! Live sessions and their supervision: window end, warnings, revocation and kills.
+//!
+//! Every path that ends a session goes through [`LiveSession::request_close`]; one supervisor task
+//! per session performs the close exactly once: tell the vendor why, disconnect, stop the proxy
+//! tasks, seal the recording and record the end in the database and the audit log.
+//!
+//! `start` opens a session (recording, database row, `session.start`); `supervise` holds the
+//! supervisor, the close (`finish`) and the revocation watch.
+
+mod start;
+mod supervise;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use approvals::{AccessRequest, AuditLog, Store};
+use recorder::Kind;
+use russh::ChannelId;
+use russh::server::Handle;
+use serde_json::json;
+use tokio::sync::{OnceCell, mpsc};
+use tokio::task::AbortHandle;
+use tracing::warn;
+
+use crate::login::Target;
+use crate::recording::Recording;
+use crate::upstream::{self, Upstream, UpstreamError};
+
+pub use supervise::{connection_ended, watch_revocations};
+
+/// What the vendor is told when the control plane cannot be reached.
+pub const OUTAGE: &str = "the broker cannot reach its control plane; try again shortly (this is an outage, not a refusal)";
+
+/// What every connection and session shares.
+pub struct Ctx {
+    pub store: Store,
+    pub audit: AuditLog,
+    pub node: String,
+    pub recordings: std::path::PathBuf,
+    pub ca: Arc<crate::vendor_ca::VendorCas>,
+    pub warn_before: i64,
+    pub seal: recorder::SealKey,
+    /// How long a vendor's connection waits for an approver's decision on a request.
+    pub request_wait: Duration,
+    pub env_allow: Vec<String>,
+    /// Failed attempts before the first factor, per source address (this node).
+    pub source_limiter: approvals::ratelimit::RateLimiter,
+    /// Unauthenticated connections: caps and penalties (see [`crate::admission`]).
+    pub admission: Arc<crate::admission::Admission>,
+    /// How long a connection may take to authenticate.
+    pub login_grace: Duration,
+    /// Throttled and silent connections, summarised into the audit log per interval.
+    pub throttled: approvals::audit::Tally,
+    /// Detailed audit events about unauthenticated clients, per source and in all.
+    pub detail_budget: approvals::ratelimit::EventBudget,
+    /// Session ends the database has not recorded yet.
+    pub journal: crate::journal::Journal,
+    pub upstream_config: Arc<russh::client::Config>,
+    pub notifier: approvals::Notifier,
+    pub live: Mutex<HashMap<String, Arc<LiveSession>>>,
+}
+
+impl Ctx {
+    pub fn live_sessions(&self) -> Vec<Arc<LiveSession>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Writes an audit event; a failure is logged and returned so callers can fail closed.
+    pub async fn audit(&self, event: &str, fields: serde_json::Value) -> bool {
+        match self.audit.record_async(event, fields).await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(error = %e, event, "audit log write failed");
+                false
+            }
+        }
+    }
+}
+
+/// Why a session ended: what the database, the audit log and the recording say (`reason`), and
+/// what the vendor is told (`vendor_line`). A fault names itself: a vendor whose device went away
+/// is not told, and the auditor does not read, "vendor disconnected".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    VendorDisconnected,
+    DeviceDisconnected,
+    DeviceStoppedAnswering,
+    /// The device could not be reached or logged in to (the detail is for the vendor).
+    DeviceUnreachable(String),
+    ControlPlaneUnreachable,
+    ShuttingDown,
+    /// Window end, revocation, termination, recording failure: the text says it all.
+    Said(String),
+}
+
+impl EndReason {
+    pub fn reason(&self) -> &str {
+        match self {
+            EndReason::VendorDisconnected => "vendor disconnected",
+            EndReason::DeviceDisconnected => "device disconnected",
+            EndReason::DeviceStoppedAnswering => "device stopped answering",
+            EndReason::DeviceUnreachable(_) => "device unreachable",
+            EndReason::ControlPlaneUnreachable => "control plane unreachable",
+            EndReason::ShuttingDown => "broker shutting down",
+            EndReason::Said(s) => s,
+        }
+    }
+
+    /// The one line the vendor sees (nothing for a vendor who is gone).
+    pub fn vendor_line(&self) -> String {
+        match self {
+            EndReason::VendorDisconnected => String::new(),
+            EndReason::DeviceDisconnected => {
+                "the device closed the connection (device disconnected); this session is over".into()
+            }
+            EndReason::DeviceStoppedAnswering => {
+                "the device stopped answering (device stopped answering); this session is over"
+                    .into()
+            }
+            EndReason::DeviceUnreachable(detail) => {
+                format!("the device could not be reached ({detail}); this session is over")
+            }
+            EndReason::ControlPlaneUnreachable => "the broker cannot reach its control plane, so it cannot keep checking this session's access; closing (control plane unreachable: an outage, not a revocation)".into(),
+            EndReason::ShuttingDown => {
+                "the broker is shutting down (broker shutting down); reconnect in a moment".into()
+            }
+            EndReason::Said(s) => s.clone(),
+        }
+    }
+}
+
+impl From<String> for EndReason {
+    fn from(s: String) -> EndReason {
+        EndReason::Said(s)
+    }
+}
+
+impl From<&str> for EndReason {
+    fn from(s: &str) -> EndReason {
+        EndReason::Said(s.to_owned())
+    }
+}
+
+/// What the vendor's certificate permits, as OpenSSH's extensions say (`permit-pty`,
+/// `permit-port-forwarding`); sshd's rules: without the extension, no terminal or no forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permits {
+    pub pty: bool,
+    pub port_forwarding: bool,
+}
+
+impl Permits {
+    /// Nothing beyond exec, shell without a terminal, and sftp.
+    pub const NONE: Permits = Permits {
+        pty: false,
+        port_forwarding: false,
+    };
+
+    pub fn of(cert: &russh::keys::Certificate) -> Permits {
+        let ext = cert.extensions();
+        Permits {
+            pty: ext.contains_key("permit-pty"),
+            port_forwarding: ext.contains_key("permit-port-forwarding"),
+        }
+    }
+}
+
+/// Why a session the policy allowed could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start the recording: {0}")]
+    Recording(recorder::WriteError),
+    /// The database did not take the session: the control plane is failing.
+    #[error("cannot register the session: {0}")]
+    Register(approvals::StoreError),
+    #[error("the audit log cannot be written")]
+    Audit,
+}
+
+/// Why a session has no connection to its device; `Display` is what the vendor is told (and, for
+/// a device that could not be reached, the detail of the session's end).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeviceUnavailable {
+    #[error("device {site}/{device} no longer exists")]
+    Gone { site: String, device: String },
+    /// The device could not be looked up: an outage, not a refusal.
+    #[error("{}", OUTAGE)]
+    ControlPlane,
+    /// Shared: every channel that asks later gets the same answer.
+    #[error(transparent)]
+    Connect(Arc<UpstreamError>),
+}
+
+impl From<DeviceUnavailable> for EndReason {
+    fn from(e: DeviceUnavailable) -> EndReason {
+        EndReason::Said(e.to_string())
+    }
+}
+
+pub struct LiveSession {
+    pub id: String,
+    /// Unix seconds, as registered.
+    pub started: i64,
+    pub target: Target,
+    pub function: String,
+    pub grant: String,
+    pub window_end: i64,
+    pub login: String,
+    pub recording: Recording,
+    pub handle: Handle,
+    upstream: OnceCell<Result<Arc<Upstream>, DeviceUnavailable>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+    /// Channels with a terminal, where notices (warnings, the reason for closing) are written.
+    interactive: Mutex<Vec<ChannelId>>,
+    close_tx: mpsc::UnboundedSender<EndReason>,
+    closed: AtomicBool,
+    /// Tells channel tasks to stop forwarding while keeping their channels open (dropping a
+    /// channel closes it, and the vendor's client would exit before hearing why).
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Set once by the front door from the vendor's certificate; unset means nothing permitted.
+    permits: std::sync::OnceLock<Permits>,
+}
+
+impl LiveSession {
+    /// The policy question for this session (and a channel, if one is being opened).
+    pub fn request(&self, channel: Option<approvals::Channel>) -> AccessRequest {
+        AccessRequest {
+            vendor: self.target.vendor.clone(),
+            site: self.target.site.clone(),
+            device: self.target.device.clone(),
+            function: Some(self.function.clone()),
+            channel,
+        }
+    }
+
+    /// Records what the vendor's certificate permits (once; later calls change nothing).
+    pub fn set_permits(&self, p: Permits) {
+        let _ = self.permits.set(p);
+    }
+
+    /// What the vendor's certificate permits; nothing if the front door never said.
+    pub fn permits(&self) -> Permits {
+        self.permits.get().copied().unwrap_or(Permits::NONE)
+    }
+
+    /// Asks the supervisor to close the session; safe to call from anywhere, any number of times.
+    pub fn request_close(&self, reason: impl Into<EndReason>) {
+        let _ = self.close_tx.send(reason.into());
+    }
+
+    /// Becomes true when the broker is closing the session.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    pub fn add_task(&self, h: AbortHandle) {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(h);
+    }
+
+    pub fn mark_interactive(&self, ch: ChannelId) {
+        self.interactive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ch);
+    }
+
+    /// The upstream connection, made on first use and shared by all channels of the session.
+    pub async fn upstream(&self, ctx: &Ctx) -> Result<Arc<Upstream>, DeviceUnavailable> {
+        self.upstream
+            .get_or_init(|| self.connect_upstream(ctx))
+            .await
+            .clone()
+    }
+
+    async fn connect_upstream(&self, ctx: &Ctx) -> Result<Arc<Upstream>, DeviceUnavailable> {
+        let (site, name) = (&self.target.site, &self.target.device);
+        let device = match approvals::store::deadline(ctx.store.device(site, name)).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                return Err(DeviceUnavailable::Gone {
+                    site: site.clone(),
+                    device: name.clone(),
+                });
+            }
+            Err(e) => {
+                warn!(session = %self.id, error = %e, "device lookup: control plane unavailable");
+                return Err(DeviceUnavailable::ControlPlane);
+            }
+        };
+        match upstream::connect(ctx.upstream_config.clone(), &device, &self.login).await {
+            Ok((h, ended)) => {
+                self.close_when_device_ends(ended);
+                Ok(Arc::new(h))
+            }
+            Err(e) => {
+                let event = if matches!(e, UpstreamError::HostKeyMismatch { .. }) {
+                    "device.hostkey_mismatch"
+                } else {
+                    "device.connect_failed"
+                };
+                ctx.audit(event, json!({"session": self.id, "site": device.site, "device": device.name, "error": e.to_string()})).await;
+                let _ = self.recording.json(
+                    Kind::Event,
+                    0,
+                    &json!({"event": event, "error": e.to_string()}),
+                );
+                // No channel of this session can work: end it, saying why. The channel
+                // that asked is refused with the same words first.
+                let _ = self
+                    .close_tx
+                    .send(EndReason::DeviceUnreachable(e.to_string()));
+                Err(DeviceUnavailable::Connect(Arc::new(e)))
+            }
+        }
+    }
+
+    /// The device going away ends the session, named for what happened.
+    fn close_when_device_ends(
+        &self,
+        mut ended: tokio::sync::watch::Receiver<Option<upstream::DeviceEnd>>,
+    ) {
+        let close = self.close_tx.clone();
+        tokio::spawn(async move {
+            let end = ended.wait_for(Option::is_some).await.ok().and_then(|e| *e);
+            let reason = match end {
+                Some(upstream::DeviceEnd::StoppedAnswering) => EndReason::DeviceStoppedAnswering,
+                _ => EndReason::DeviceDisconnected,
+            };
+            let _ = close.send(reason);
+        });
+    }
+
+    /// Writes a line to the vendor's terminal(s) on stderr.
+    pub async fn notice(&self, text: &str) {
+        let channels = self
+            .interactive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let line = format!("\r\npostern: {text}\r\n");
+        for ch in channels {
+            let send = self.handle.extended_data(ch, 1, line.clone().into_bytes());
+            let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+        }
+        let _ = self
+            .recording
+            .json(Kind::Event, 0, &json!({"event": "notice", "text": text}));
+    }
+}

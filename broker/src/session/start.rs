@@ -1,0 +1,132 @@
+//! Opening a live session: the recording, the database row, `session.start`, the supervisor.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use approvals::Allowed;
+use approvals::time::{fmt_time, now};
+use recorder::Kind;
+use russh::server::Handle;
+use serde_json::json;
+use tokio::sync::{OnceCell, mpsc};
+
+use super::{Ctx, LiveSession, StartError, supervise::supervise};
+use crate::login::Target;
+use crate::recording::Recording;
+
+impl LiveSession {
+    /// Opens the recording, registers the session in the database and starts its supervisor.
+    pub async fn start(
+        ctx: &Arc<Ctx>,
+        target: Target,
+        allowed: &Allowed,
+        source: String,
+        handle: Handle,
+    ) -> Result<Arc<LiveSession>, StartError> {
+        let id = approvals::store::new_evidence_id("s");
+        let file = format!("{id}.rec");
+        let path = ctx.recordings.join(&file);
+        let recording = Recording::create(&path, &id).map_err(StartError::Recording)?;
+        let started = now();
+        let row = session_row(ctx, &target, allowed, &id, file, &source, started);
+        let meta = json!({
+            "session": id, "vendor": target.vendor, "site": target.site, "device": target.device,
+            "function": allowed.function, "grant": allowed.grant,
+            "window_end": fmt_time(allowed.window_end), "device_login": allowed.login,
+            "source": source, "node": ctx.node,
+        });
+        register(ctx, &recording, &path, &row, &meta).await?;
+        if !ctx.audit("session.start", meta).await {
+            return Err(StartError::Audit);
+        }
+        let (close_tx, close_rx) = mpsc::unbounded_channel();
+        let live = Arc::new(LiveSession {
+            id: id.clone(),
+            started,
+            target,
+            function: allowed.function.clone(),
+            grant: allowed.grant.clone(),
+            window_end: allowed.window_end,
+            login: allowed.login.clone(),
+            recording,
+            handle,
+            upstream: OnceCell::new(),
+            tasks: Mutex::new(Vec::new()),
+            interactive: Mutex::new(Vec::new()),
+            close_tx,
+            closed: AtomicBool::new(false),
+            stop: tokio::sync::watch::Sender::new(false),
+            permits: std::sync::OnceLock::new(),
+        });
+        ctx.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, live.clone());
+        tokio::spawn(supervise(ctx.clone(), live.clone(), close_rx));
+        Ok(live)
+    }
+}
+
+/// The session's row as the database registers it at the start.
+fn session_row(
+    ctx: &Ctx,
+    target: &Target,
+    allowed: &Allowed,
+    id: &str,
+    file: String,
+    source: &str,
+    started: i64,
+) -> approvals::Session {
+    approvals::Session {
+        id: id.to_owned(),
+        vendor: target.vendor.clone(),
+        site: target.site.clone(),
+        device: target.device.clone(),
+        function: allowed.function.clone(),
+        grant_id: allowed.grant.clone(),
+        node: ctx.node.clone(),
+        source: source.to_owned(),
+        recording: file,
+        started,
+        ended: None,
+        end_reason: None,
+        kill_requested: 0,
+        records: None,
+        final_hash: None,
+        breakglass: None,
+    }
+}
+
+/// Writes the recording's first record and registers the session in the database.
+///
+/// A session that never got registered leaves no recording behind: `verify` reports a recording
+/// without a session as planted or orphaned.
+async fn register(
+    ctx: &Ctx,
+    recording: &Recording,
+    path: &Path,
+    row: &approvals::Session,
+    meta: &serde_json::Value,
+) -> Result<(), StartError> {
+    let registered = write_and_register(ctx, recording, row, meta).await;
+    if registered.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    registered
+}
+
+async fn write_and_register(
+    ctx: &Ctx,
+    recording: &Recording,
+    row: &approvals::Session,
+    meta: &serde_json::Value,
+) -> Result<(), StartError> {
+    recording
+        .json(Kind::SessionStart, 0, meta)
+        .map_err(StartError::Recording)?;
+    recording.flush().map_err(StartError::Recording)?;
+    approvals::store::deadline(ctx.store.start_session(row))
+        .await
+        .map_err(StartError::Register)
+}
