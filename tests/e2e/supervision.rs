@@ -86,6 +86,8 @@ fn live_sessions_close_within_a_second() {
             && e["vendor"] == "wes"
             && e.to_string().contains("window ended")
     });
+    // The database takes the end after the audit log and the journal: wait for it.
+    w.wait_all_recorded();
     let sessions = w.sessions();
     let reasons: Vec<String> = sessions
         .iter()
