@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::notify::{Event, Message, Notifier};
-use crate::store::{Store, StoreError};
+use crate::store::{Invalid, Store, StoreError};
 use crate::verify::Finding;
 
 /// Version of the checkpoint encoding (bound into the signature).
@@ -398,8 +398,7 @@ impl Store {
         cp: &Checkpoint,
         notifier: &Notifier,
     ) -> Result<(), StoreError> {
-        let body = serde_json::to_string(cp)
-            .map_err(|e| StoreError::Invalid(format!("checkpoint: {e}")))?;
+        let body = serde_json::to_string(cp).map_err(Invalid::Checkpoint)?;
         let mut tx = self.begin().await?;
         let added = sqlx::query(
             "INSERT INTO checkpoints (installation, node, seq, hash, time, body) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -439,10 +438,7 @@ impl Store {
                 }
             };
         rows.iter()
-            .map(|r| {
-                serde_json::from_str(&r.body)
-                    .map_err(|e| StoreError::Invalid(format!("stored checkpoint: {e}")))
-            })
+            .map(|r| serde_json::from_str(&r.body).map_err(|e| Invalid::StoredCheckpoint(e).into()))
             .collect()
     }
 
@@ -459,11 +455,8 @@ impl Store {
         .bind(node)
         .fetch_optional(self.pool())
         .await?;
-        row.map(|r| {
-            serde_json::from_str(&r.body)
-                .map_err(|e| StoreError::Invalid(format!("stored checkpoint: {e}")))
-        })
-        .transpose()
+        row.map(|r| serde_json::from_str(&r.body).map_err(|e| Invalid::StoredCheckpoint(e).into()))
+            .transpose()
     }
 }
 

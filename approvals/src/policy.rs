@@ -406,6 +406,7 @@ fn explain_no_active(req: &AccessRequest, relevant: &[&Grant], now: i64) -> Deny
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::CredentialKind;
 
     const NOW: i64 = 1_000_000;
 
@@ -414,7 +415,7 @@ mod tests {
             name: "alice".into(),
             org: "acme".into(),
             contract_end: None,
-            disabled: 0,
+            disabled: false,
             totp_secret: String::new(),
             totp_last_step: -1,
             created: 0,
@@ -424,7 +425,7 @@ mod tests {
             name: "cam".into(),
             addr: "127.0.0.1:22".into(),
             login: "root".into(),
-            credential_kind: "password".into(),
+            credential_kind: CredentialKind::Password,
             credential: "x".into(),
             host_key: String::new(),
             created: 0,
@@ -434,7 +435,7 @@ mod tests {
             allow: allow.into(),
             login: login.map(Into::into),
             max_window: 3600,
-            emergency: 0,
+            emergency: false,
             created: 0,
             emergency_orgs: String::new(),
         };
@@ -599,7 +600,7 @@ mod tests {
             reason(decide(&req(None, None), &f, NOW)),
             Deny::ContractEnded { at: NOW }
         );
-        f.vendor.as_mut().unwrap().disabled = 1;
+        f.vendor.as_mut().unwrap().disabled = true;
         assert_eq!(
             reason(decide(&req(None, None), &f, NOW)),
             Deny::VendorDisabled
@@ -724,6 +725,7 @@ mod tests {
 mod gate_tests {
     use super::*;
     use crate::model::ChannelSet;
+    use crate::model::CredentialKind;
     use crate::store::{NewDevice, NewGrant};
 
     const AT: i64 = 1_800_000_000;
@@ -741,7 +743,7 @@ mod gate_tests {
                 name: "cam".into(),
                 addr: "127.0.0.1:22".into(),
                 login: "root".into(),
-                credential_kind: "password".into(),
+                credential_kind: CredentialKind::Password,
                 credential: "x".into(),
                 host_key: "ssh-ed25519 AAAA".into(),
             },

@@ -833,7 +833,7 @@ mod tests {
             started: crate::time::now(),
             ended: None,
             end_reason: None,
-            kill_requested: 0,
+            kill_requested: false,
             records: None,
             final_hash: None,
             breakglass: None,

@@ -624,7 +624,7 @@ pub async fn issue_certificate(
                 key_fingerprint: fp,
                 valid_after: start,
                 valid_before: end,
-                revoked: 0,
+                revoked: false,
                 created: now(),
             },
         )
@@ -721,7 +721,7 @@ async fn device(env: &Env, action: &DeviceAction) -> Result<()> {
                         name: device.into(),
                         addr: addr.into(),
                         login: login.clone(),
-                        credential_kind: "key".into(),
+                        credential_kind: approvals::CredentialKind::Key,
                         credential: text.clone(),
                         host_key: pinned.to_openssh().map_err(|e| anyhow!("{e}"))?,
                     },
@@ -760,7 +760,7 @@ async fn device(env: &Env, action: &DeviceAction) -> Result<()> {
                     keys::parse_private(&text).with_context(|| {
                         format!("{} is not an unencrypted OpenSSH private key", k.display())
                     })?;
-                    ("key", text)
+                    (approvals::CredentialKind::Key, text)
                 }
                 (None, Some(p)) => {
                     let text = std::fs::read_to_string(p)
@@ -769,7 +769,7 @@ async fn device(env: &Env, action: &DeviceAction) -> Result<()> {
                     if pw.is_empty() {
                         bail!("{} is empty", p.display());
                     }
-                    ("password", pw)
+                    (approvals::CredentialKind::Password, pw)
                 }
                 _ => bail!("give exactly one of --key FILE or --password-file FILE"),
             };
@@ -796,7 +796,7 @@ async fn device(env: &Env, action: &DeviceAction) -> Result<()> {
                         name: name.into(),
                         addr: addr.clone(),
                         login: login.clone(),
-                        credential_kind: kind.into(),
+                        credential_kind: kind,
                         credential,
                         host_key: host_key_line,
                     },
@@ -817,7 +817,7 @@ async fn device(env: &Env, action: &DeviceAction) -> Result<()> {
                         format!("{}/{}", d.site, d.name),
                         d.addr.clone(),
                         d.login.clone(),
-                        d.credential_kind.clone(),
+                        d.credential_kind.to_string(),
                     ]
                 },
             )?;
@@ -893,7 +893,7 @@ async fn function(env: &Env, action: &FunctionAction) -> Result<()> {
                         f.login.clone().unwrap_or_else(|| "(device)".into()),
                         humantime::format_duration(Duration::from_secs(f.max_window.max(0) as u64))
                             .to_string(),
-                        if f.emergency != 0 {
+                        if f.emergency {
                             format!("yes: {}", f.emergency_orgs)
                         } else {
                             "no".into()
@@ -1027,7 +1027,7 @@ async fn approver(env: &Env, action: &ApproverAction) -> Result<()> {
                     a.name.clone(),
                     a.sites.clone(),
                     a.regions.clone(),
-                    if a.disabled != 0 {
+                    if a.disabled {
                         "disabled".into()
                     } else {
                         "active".into()
@@ -1082,7 +1082,10 @@ impl ApproverCredentials {
 async fn request(env: &Env, action: &RequestAction) -> Result<()> {
     match action {
         RequestAction::List { status } => {
-            let rows = env.store.requests(status.as_deref()).await?;
+            let rows = match status.as_deref().map(str::parse) {
+                Some(Err(_)) => Vec::new(), // no request is in a state that does not exist
+                known => env.store.requests(known.and_then(Result::ok)).await?,
+            };
             env.print_list(
                 &rows,
                 &[
@@ -1097,7 +1100,7 @@ async fn request(env: &Env, action: &RequestAction) -> Result<()> {
                         r.function.clone(),
                         humantime::format_duration(Duration::from_secs(r.duration.max(0) as u64))
                             .to_string(),
-                        r.status.clone(),
+                        r.status.to_string(),
                         r.latency()
                             .map(|l| format!("{l}s"))
                             .unwrap_or_else(|| "-".into()),

@@ -125,7 +125,7 @@ pub async fn run(
                 key_fingerprint: keys::fingerprint(key.public_key()),
                 valid_after: t - 60,
                 valid_before: t + 7200,
-                revoked: 0,
+                revoked: false,
                 created: t,
             })
             .await?;

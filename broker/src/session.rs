@@ -237,7 +237,7 @@ impl LiveSession {
             started,
             ended: None,
             end_reason: None,
-            kill_requested: 0,
+            kill_requested: false,
             records: None,
             final_hash: None,
             breakglass: None,

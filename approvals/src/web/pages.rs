@@ -20,6 +20,7 @@ use super::{
 use crate::actions::{ActionError, Actor};
 use crate::audit::bounded;
 use crate::lockout::{Attempt, Subject};
+use crate::model::RequestStatus;
 use crate::store::StoreError;
 use crate::time::{now, parse_duration, parse_time};
 
@@ -243,7 +244,7 @@ pub async fn login(
             first_factor_failed("unknown approver").await;
             return wrong();
         }
-        Some(a) if a.disabled != 0 => {
+        Some(a) if a.disabled => {
             first_factor_failed("approver disabled").await;
             return wrong();
         }
@@ -391,7 +392,10 @@ pub async fn requests(State(state): St, s: Signed) -> Page {
         .collect();
     let csrf = &s.login.csrf;
     let mut body = String::from("<h1>Pending requests</h1>");
-    let pending: Vec<_> = mine.iter().filter(|r| r.status == "pending").collect();
+    let pending: Vec<_> = mine
+        .iter()
+        .filter(|r| r.status == RequestStatus::Pending)
+        .collect();
     if pending.is_empty() {
         body.push_str(r#"<p class="empty">No requests are waiting for you.</p>"#);
     }
@@ -420,7 +424,11 @@ pub async fn requests(State(state): St, s: Signed) -> Page {
         ));
     }
     body.push_str("<h2>Recently decided</h2><ul class=\"list\">");
-    for r in mine.iter().filter(|r| r.status != "pending").take(20) {
+    for r in mine
+        .iter()
+        .filter(|r| r.status != RequestStatus::Pending)
+        .take(20)
+    {
         // The grant a request became covers the requested device only: say so next to its id.
         let granted = r
             .grant_id
@@ -441,8 +449,8 @@ pub async fn requests(State(state): St, s: Signed) -> Page {
             esc(&r.site),
             esc(&r.device),
             esc(&r.function),
-            esc(&r.status),
-            esc(&r.status),
+            r.status,
+            r.status,
             esc(r.decided_by.as_deref().unwrap_or("-")),
             esc(&r.latency().map(dur).unwrap_or_else(|| "-".into())),
             r.decision_reason
@@ -623,7 +631,7 @@ pub async fn sessions(State(state): St, s: Signed) -> Page {
         body.push_str(r#"<p class="empty">No sessions are open at your sites.</p>"#);
     }
     for x in live {
-        let closing = if x.kill_requested != 0 {
+        let closing = if x.kill_requested {
             r#" <span class="flag">closing</span>"#
         } else {
             ""
