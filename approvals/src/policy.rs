@@ -178,17 +178,53 @@ impl Decision {
 
 /// Decides whether `req` may proceed at `now`. Deny unless every check passes.
 pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
+    match allow(req, facts, now) {
+        Ok(allowed) => allowed,
+        Err(reason) => Decision::deny(reason),
+    }
+}
+
+/// [`decide`], with the first failed check as the error.
+fn allow(req: &AccessRequest, facts: &Facts, now: i64) -> Result<Decision, Deny> {
+    let device = target(req, facts, now)?;
+    let grant = grant(req, facts, now)?;
+    let Some(function) = facts.functions.get(&grant.function) else {
+        return Err(Deny::UnknownFunction {
+            function: grant.function.clone(),
+        });
+    };
+    if let Some(channel) = req.channel
+        && !function.channels().allows(channel)
+    {
+        return Err(Deny::ChannelNotAllowed {
+            channel: channel.to_string(),
+            function: function.name.clone(),
+        });
+    }
+    Ok(Decision::Allow {
+        grant: grant.id.clone(),
+        function: function.name.clone(),
+        window_end: grant.valid_until,
+        login: function
+            .login
+            .clone()
+            .unwrap_or_else(|| device.login.clone()),
+    })
+}
+
+/// The vendor may still come in, and the site, device and function asked for exist.
+fn target<'f>(req: &AccessRequest, facts: &'f Facts, now: i64) -> Result<&'f Device, Deny> {
     let Some(vendor) = facts.vendor.as_ref().filter(|v| v.name == req.vendor) else {
-        return Decision::deny(Deny::UnknownVendor);
+        return Err(Deny::UnknownVendor);
     };
     if vendor.is_disabled() {
-        return Decision::deny(Deny::VendorDisabled);
+        return Err(Deny::VendorDisabled);
     }
     if let Some(end) = vendor.contract_end.filter(|end| now >= *end) {
-        return Decision::deny(Deny::ContractEnded { at: end });
+        return Err(Deny::ContractEnded { at: end });
     }
     if !facts.site_exists {
-        return Decision::deny(Deny::UnknownSite {
+        return Err(Deny::UnknownSite {
             site: req.site.clone(),
         });
     }
@@ -197,7 +233,7 @@ pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
         .as_ref()
         .filter(|d| d.site == req.site && d.name == req.device)
     else {
-        return Decision::deny(Deny::UnknownDevice {
+        return Err(Deny::UnknownDevice {
             site: req.site.clone(),
             device: req.device.clone(),
         });
@@ -205,11 +241,16 @@ pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
     if let Some(func) = &req.function
         && !facts.functions.contains_key(func)
     {
-        return Decision::deny(Deny::UnknownFunction {
+        return Err(Deny::UnknownFunction {
             function: func.clone(),
         });
     }
+    Ok(device)
+}
 
+/// The one active grant that opens the device for the vendor: of several for one function, the
+/// one that lasts longest; grants for several functions at once are ambiguous.
+fn grant<'f>(req: &AccessRequest, facts: &'f Facts, now: i64) -> Result<&'f Grant, Deny> {
     let relevant: Vec<&Grant> = facts
         .grants
         .iter()
@@ -232,42 +273,20 @@ pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
     functions.sort();
     functions.dedup();
     if functions.len() > 1 {
-        return Decision::deny(Deny::AmbiguousFunction { functions });
+        return Err(Deny::AmbiguousFunction { functions });
     }
-    // Of several active grants for one function, the one that lasts longest.
-    let Some(grant) = active.iter().max_by_key(|g| g.valid_until) else {
-        if let Some(other) = not_covering(&relevant, &covering, now) {
-            return Decision::deny(Deny::DeviceNotCovered {
-                grant: other.id.clone(),
-                site: req.site.clone(),
-                device: req.device.clone(),
-                covers: other.device_list(),
-            });
-        }
-        return Decision::deny(explain_no_active(req, &covering, now));
-    };
-    let Some(function) = facts.functions.get(&grant.function) else {
-        return Decision::deny(Deny::UnknownFunction {
-            function: grant.function.clone(),
-        });
-    };
-    if let Some(channel) = req.channel
-        && !function.channels().allows(channel)
-    {
-        return Decision::deny(Deny::ChannelNotAllowed {
-            channel: channel.to_string(),
-            function: function.name.clone(),
+    if let Some(grant) = active.iter().max_by_key(|g| g.valid_until) {
+        return Ok(grant);
+    }
+    if let Some(other) = not_covering(&relevant, &covering, now) {
+        return Err(Deny::DeviceNotCovered {
+            grant: other.id.clone(),
+            site: req.site.clone(),
+            device: req.device.clone(),
+            covers: other.device_list(),
         });
     }
-    Decision::Allow {
-        grant: grant.id.clone(),
-        function: function.name.clone(),
-        window_end: grant.valid_until,
-        login: function
-            .login
-            .clone()
-            .unwrap_or_else(|| device.login.clone()),
-    }
+    Err(explain_no_active(req, &covering, now))
 }
 
 /// What the policy allowed: the grant and function a session runs under, the end of its window,
