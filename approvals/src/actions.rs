@@ -44,9 +44,9 @@ pub enum ActionError {
 impl From<StoreError> for ActionError {
     fn from(e: StoreError) -> ActionError {
         match e {
-            StoreError::NotFound(m) => ActionError::NotFound(m),
-            StoreError::Conflict(m) => ActionError::Conflict(m),
-            StoreError::Invalid(m) => ActionError::Invalid(m),
+            StoreError::NotFound(m) => ActionError::NotFound(m.to_string()),
+            StoreError::Conflict(c) => ActionError::Conflict(c.to_string()),
+            StoreError::Invalid(i) => ActionError::Invalid(i.to_string()),
             e @ (StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Timeout) => {
                 ActionError::Unavailable(e)
             }
@@ -587,7 +587,7 @@ impl Actions {
             device: d.name.clone(),
             addr: d.addr.clone(),
             login: d.login.clone(),
-            credential: d.credential_kind.clone(),
+            credential: d.credential_kind.to_string(),
             host_key: host_key_fingerprint.to_owned(),
             pinned: pinned.to_owned(),
         };

@@ -3,11 +3,14 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::Serialize;
 
-use crate::model::Grant;
-use crate::store::{NewGrant, Store, StoreError, Tx, new_id};
+use crate::model::{Grant, RequestStatus, flag_json};
+use crate::store::{
+    Conflict, Invalid, Missing, NewGrant, Store, StoreError, Thing, Tx, check_name,
+    conflict_on_unique, insert_error, new_id,
+};
 
 /// An approver, accountable for the listed sites and every site of the listed regions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Approver {
     pub name: String,
     #[serde(skip)]
@@ -20,7 +23,8 @@ pub struct Approver {
     pub sites: String,
     /// Comma-separated region names.
     pub regions: String,
-    pub disabled: i64,
+    #[serde(serialize_with = "flag_json")]
+    pub disabled: bool,
     pub created: i64,
 }
 
@@ -31,14 +35,14 @@ fn list(s: &str) -> impl Iterator<Item = &str> {
 impl Approver {
     /// Whether this approver is accountable for `site` (in `region`).
     pub fn covers(&self, site: &str, region: Option<&str>) -> bool {
-        self.disabled == 0
+        !self.disabled
             && (list(&self.sites).any(|s| s == site)
                 || region.is_some_and(|r| list(&self.regions).any(|x| x == r)))
     }
 }
 
 /// A vendor's request for a window of one function at one site.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AccessRequestRow {
     pub id: String,
     pub vendor: String,
@@ -48,8 +52,7 @@ pub struct AccessRequestRow {
     pub reason: String,
     /// Seconds asked for.
     pub duration: i64,
-    /// `pending`, `approved`, `denied` or `expired`.
-    pub status: String,
+    pub status: RequestStatus,
     pub created: i64,
     pub decided_at: Option<i64>,
     pub decided_by: Option<String>,
@@ -65,10 +68,17 @@ impl AccessRequestRow {
 
     /// Why another request for the same target is refused while this one is pending.
     pub fn already_waiting(&self) -> String {
-        format!(
-            "request {} for {} at {}/{} is already waiting for an approver",
-            self.id, self.function, self.site, self.device
-        )
+        self.waiting().to_string()
+    }
+
+    /// [`AccessRequestRow::already_waiting`], as the store's refusal.
+    fn waiting(&self) -> Conflict {
+        Conflict::RequestWaiting {
+            request: self.id.clone(),
+            function: self.function.clone(),
+            site: self.site.clone(),
+            device: self.device.clone(),
+        }
     }
 }
 
@@ -87,12 +97,11 @@ pub struct NewRequest {
 /// Hashes a password with argon2id and a random salt.
 pub fn hash_password(password: &str) -> Result<String> {
     let salt_bytes: [u8; 16] = rand::random();
-    let salt = SaltString::encode_b64(&salt_bytes)
-        .map_err(|e| StoreError::Invalid(format!("salt: {e}")))?;
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(Invalid::PasswordSalt)?;
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| StoreError::Invalid(format!("hashing password: {e}")))
+        .map_err(|e| Invalid::PasswordHash(e).into())
 }
 
 /// Checks approvers' passwords on a few dedicated threads fed by a bounded queue. argon2 takes
@@ -254,11 +263,9 @@ impl Store {
         regions: &[String],
         now: i64,
     ) -> Result<()> {
-        crate::store::check_name("approver", name)?;
+        check_name(Thing::Approver, name)?;
         if sites.is_empty() && regions.is_empty() {
-            return Err(StoreError::Invalid(
-                "an approver needs --sites or --regions".into(),
-            ));
+            return Err(Invalid::ApproverWithoutScope.into());
         }
         sqlx::query("INSERT INTO approvers (name, password_hash, totp_secret, totp_last_step, sites, regions, disabled, created) VALUES ($1, $2, $3, -1, $4, $5, 0, $6)")
             .bind(name)
@@ -269,7 +276,7 @@ impl Store {
             .bind(now)
             .execute(&mut **tx)
             .await
-            .map_err(|e| crate::store::conflict_on_unique(e, format!("approver {name} already exists")))?;
+            .map_err(|e| conflict_on_unique(e, Conflict::exists(Thing::Approver, name)))?;
         // Checked after the insert (write first, see `Tx`); an unknown site fails the
         // transaction, which the caller then rolls back.
         for s in sites {
@@ -278,7 +285,7 @@ impl Store {
                 .fetch_one(&mut **tx)
                 .await?;
             if n == 0 {
-                return Err(StoreError::NotFound(format!("no site named {s}")));
+                return Err(Missing::named(Thing::Site, s).into());
             }
         }
         Ok(())
@@ -345,21 +352,24 @@ impl Store {
         let func = self
             .function(function)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no function named {function}")))?;
+            .ok_or_else(|| Missing::named(Thing::Function, function))?;
         if duration <= 0 || duration > func.max_window {
-            return Err(StoreError::Invalid(format!(
-                "the duration must be between 1s and {}s for function {function}",
-                func.max_window
-            )));
+            return Err(Invalid::Duration {
+                function: function.clone(),
+                max: func.max_window,
+            }
+            .into());
         }
         if reason.trim().is_empty() {
-            return Err(StoreError::Invalid("a request needs a reason".into()));
+            return Err(Invalid::RequestWithoutReason.into());
         }
         // The grant it may become covers this device only: it has to exist.
         if self.device(site, device).await?.is_none() {
-            return Err(StoreError::NotFound(format!(
-                "no device {device} at {site}"
-            )));
+            return Err(Missing::Device {
+                site: site.clone(),
+                device: device.clone(),
+            }
+            .into());
         }
         let id = new_id("r");
         let inserted = sqlx::query("INSERT INTO requests (id, vendor, site, device, function, reason, duration, status, created) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)")
@@ -380,22 +390,28 @@ impl Store {
                 && d.is_unique_violation()
             {
                 let pending = self.pending_request(vendor, site, device, function).await?;
-                return Err(StoreError::Conflict(match pending {
-                    Some(p) => p.already_waiting(),
+                return Err(match pending {
+                    Some(p) => p.waiting(),
                     // Decided between the insert and this look-up: filing again will do.
-                    None => format!(
-                        "a request for {function} at {site}/{device} was just decided; try again"
-                    ),
-                }));
+                    None => Conflict::RequestJustDecided {
+                        function: function.clone(),
+                        site: site.clone(),
+                        device: device.clone(),
+                    },
+                }
+                .into());
             }
-            return Err(crate::store::conflict_on_unique(
-                e,
-                "request refers to an unknown vendor, site or function".into(),
-            ));
+            let other = Conflict::RequestWaiting {
+                request: id.clone(),
+                function: function.clone(),
+                site: site.clone(),
+                device: device.clone(),
+            };
+            return Err(insert_error(e, other, Missing::RequestTarget));
         }
         self.request(&id)
             .await?
-            .ok_or_else(|| StoreError::NotFound(id))
+            .ok_or_else(|| Missing::id(Thing::Request, id).into())
     }
 
     /// The vendor's open request for this device and function, if any (there is at most one).
@@ -425,11 +441,11 @@ impl Store {
     }
 
     /// Requests, newest first; only those with `status` when given.
-    pub async fn requests(&self, status: Option<&str>) -> Result<Vec<AccessRequestRow>> {
+    pub async fn requests(&self, status: Option<RequestStatus>) -> Result<Vec<AccessRequestRow>> {
         Ok(sqlx::query_as::<_, AccessRequestRow>(
             "SELECT * FROM requests WHERE ($1 = '' OR status = $1) ORDER BY created DESC, id",
         )
-        .bind(status.unwrap_or(""))
+        .bind(status.map_or("", RequestStatus::as_str))
         .fetch_all(self.pool())
         .await?)
     }
@@ -475,12 +491,13 @@ impl Store {
         let req = self
             .request(id)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no request with id {id}")))?;
-        if req.status != "pending" {
-            return Err(StoreError::Conflict(format!(
-                "request {id} is already {}",
-                req.status
-            )));
+            .ok_or_else(|| Missing::id(Thing::Request, id))?;
+        if req.status != RequestStatus::Pending {
+            return Err(Conflict::RequestDecided {
+                request: id.to_owned(),
+                status: req.status,
+            }
+            .into());
         }
         let grant = self
             .add_grant_in(
@@ -509,13 +526,11 @@ impl Store {
             .rows_affected();
         if n == 0 {
             // Someone decided first: the caller's rollback withdraws the grant just made.
-            return Err(StoreError::Conflict(format!(
-                "request {id} was decided by someone else first"
-            )));
+            return Err(Conflict::RequestDecidedFirst(id.to_owned()).into());
         }
         let req = request_in(tx, id)
             .await?
-            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+            .ok_or_else(|| Missing::id(Thing::Request, id))?;
         Ok((req, grant))
     }
 
@@ -551,12 +566,13 @@ impl Store {
             .rows_affected();
         let req = request_in(tx, id)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no request with id {id}")))?;
+            .ok_or_else(|| Missing::id(Thing::Request, id))?;
         if n == 0 {
-            return Err(StoreError::Conflict(format!(
-                "request {id} is already {}",
-                req.status
-            )));
+            return Err(Conflict::RequestDecided {
+                request: id.to_owned(),
+                status: req.status,
+            }
+            .into());
         }
         Ok(req)
     }
@@ -576,7 +592,7 @@ async fn request_in(tx: &mut Tx, id: &str) -> Result<Option<AccessRequestRow>> {
 /// theirs ends (in the same transaction, so a rolled-back change keeps them signed in).
 async fn sign_out_changed(tx: &mut Tx, name: &str, rows: u64) -> Result<()> {
     if rows == 0 {
-        return Err(StoreError::NotFound(format!("no approver named {name}")));
+        return Err(Missing::named(Thing::Approver, name).into());
     }
     sqlx::query("DELETE FROM web_logins WHERE approver = $1")
         .bind(name)
@@ -644,7 +660,7 @@ impl Store {
         Ok(self
             .approver(&name)
             .await?
-            .filter(|a| a.disabled == 0)
+            .filter(|a| !a.disabled)
             .map(|approver| WebLogin {
                 approver,
                 csrf,

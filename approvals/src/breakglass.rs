@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::model::{Function, Grant};
-use crate::store::{NewGrant, Store, StoreError, Tx, new_id};
+use crate::store::{Conflict, Invalid, Missing, NewGrant, Store, StoreError, Thing, Tx, new_id};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -30,7 +30,7 @@ pub struct BreakGlass {
 impl Function {
     /// Whether vendors of `org` may open this function at once, without an approver.
     pub fn emergency_open_to(&self, org: &str) -> bool {
-        self.emergency != 0
+        self.emergency
             && self
                 .emergency_orgs
                 .split(',')
@@ -62,25 +62,27 @@ impl Store {
         let vendor = self
             .vendor(&b.vendor)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no vendor named {}", b.vendor)))?;
+            .ok_or_else(|| Missing::named(Thing::Vendor, &b.vendor))?;
         let func = self
             .function(&b.function)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no function named {}", b.function)))?;
+            .ok_or_else(|| Missing::named(Thing::Function, &b.function))?;
         if !func.emergency_open_to(&vendor.org) {
-            return Err(StoreError::Invalid(format!(
-                "function {} is not pre-approved for emergency use by {}",
-                b.function, vendor.org
-            )));
+            return Err(Invalid::NotPreApproved {
+                function: b.function.clone(),
+                org: vendor.org.clone(),
+            }
+            .into());
         }
         if b.reason.trim().is_empty() {
-            return Err(StoreError::Invalid("break-glass needs a reason".into()));
+            return Err(Invalid::BreakGlassWithoutReason.into());
         }
         if b.duration <= 0 || b.duration > func.max_window {
-            return Err(StoreError::Invalid(format!(
-                "the duration must be between 1s and {}s for function {}",
-                func.max_window, b.function
-            )));
+            return Err(Invalid::Duration {
+                function: b.function.clone(),
+                max: func.max_window,
+            }
+            .into());
         }
         let id = new_id("bg");
         let grant = self
@@ -120,7 +122,7 @@ impl Store {
         let bg = self
             .breakglass(&id)
             .await?
-            .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            .ok_or_else(|| Missing::id(Thing::BreakGlass, &id))?;
         Ok((bg, grant))
     }
 
@@ -201,12 +203,13 @@ impl Store {
             .bind(id)
             .fetch_optional(&mut **tx)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no break-glass opening with id {id}")))?;
+            .ok_or_else(|| Missing::id(Thing::BreakGlass, id))?;
         if n == 0 {
-            return Err(StoreError::Conflict(format!(
-                "break-glass {id} was already reviewed by {}",
-                bg.reviewed_by.clone().unwrap_or_default()
-            )));
+            return Err(Conflict::BreakGlassReviewed {
+                id: id.to_owned(),
+                by: bg.reviewed_by.clone().unwrap_or_default(),
+            }
+            .into());
         }
         Ok(bg)
     }

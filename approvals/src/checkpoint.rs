@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::notify::{Event, Message, Notifier};
-use crate::store::{Store, StoreError};
+use crate::store::{Invalid, Store, StoreError};
 use crate::verify::Finding;
 
 /// Version of the checkpoint encoding (bound into the signature).
@@ -398,8 +398,7 @@ impl Store {
         cp: &Checkpoint,
         notifier: &Notifier,
     ) -> Result<(), StoreError> {
-        let body = serde_json::to_string(cp)
-            .map_err(|e| StoreError::Invalid(format!("checkpoint: {e}")))?;
+        let body = serde_json::to_string(cp).map_err(Invalid::Checkpoint)?;
         let mut tx = self.begin().await?;
         let added = sqlx::query(
             "INSERT INTO checkpoints (installation, node, seq, hash, time, body) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -439,10 +438,7 @@ impl Store {
                 }
             };
         rows.iter()
-            .map(|r| {
-                serde_json::from_str(&r.body)
-                    .map_err(|e| StoreError::Invalid(format!("stored checkpoint: {e}")))
-            })
+            .map(|r| serde_json::from_str(&r.body).map_err(|e| Invalid::StoredCheckpoint(e).into()))
             .collect()
     }
 
@@ -459,11 +455,8 @@ impl Store {
         .bind(node)
         .fetch_optional(self.pool())
         .await?;
-        row.map(|r| {
-            serde_json::from_str(&r.body)
-                .map_err(|e| StoreError::Invalid(format!("stored checkpoint: {e}")))
-        })
-        .transpose()
+        row.map(|r| serde_json::from_str(&r.body).map_err(|e| Invalid::StoredCheckpoint(e).into()))
+            .transpose()
     }
 }
 
@@ -521,20 +514,7 @@ pub fn verify_log(
         Ok(i) => i,
         Err(e) => return vec![Finding::bad(&item, 0, e.to_string())],
     };
-    // Other nodes' (and other installations') checkpoints: theirs to check.
-    let mut others: BTreeMap<String, usize> = BTreeMap::new();
-    let mut mine: Vec<&Checkpoint> = Vec::new();
-    for cp in checkpoints {
-        if cp.installation == installation && cp.node == node {
-            mine.push(cp);
-        } else if cp.installation == installation {
-            *others.entry(cp.node.clone()).or_default() += 1;
-        } else {
-            *others
-                .entry(format!("{} of installation {}", cp.node, cp.installation))
-                .or_default() += 1;
-        }
-    }
+    let (mut mine, others) = sort_out(checkpoints, &installation, node);
     // Named only for a source the auditor chose; the database holds every node's as a matter of
     // course.
     for (other, n) in others.iter().filter(|_| required) {
@@ -558,9 +538,62 @@ pub fn verify_log(
     }
     mine.sort_by_key(|c| c.seq);
     mine.dedup_by(|a, b| a == b);
+    let mut problems = chain_problems(&mine);
+    let scan = LogScan::read(path, &mine);
+    problems.extend(scan.heads_problem(&mine));
+    let newest = mine[mine.len() - 1];
+    let last_line = format!(
+        "last shipped checkpoint: seq {}, {}",
+        newest.seq,
+        age(now - newest.time)
+    );
+    let records = scan.records;
+    findings.push(if problems.is_empty() {
+        let uncovered = records.saturating_sub(newest.seq + 1);
+        Finding::ok(
+            &item,
+            records,
+            format!(
+                "{last_line}; {} checkpoint(s) signed and chained, every shipped head is in the audit log; {uncovered} record(s) after it not yet covered",
+                mine.len()
+            ),
+        )
+    } else {
+        Finding::bad(
+            &item,
+            records,
+            format!("{}; {last_line}", problems.join("; ")),
+        )
+    });
+    findings
+}
+
+/// This node's checkpoints, and how many each other node (or installation) has: theirs to check.
+fn sort_out<'a>(
+    checkpoints: &'a [Checkpoint],
+    installation: &str,
+    node: &str,
+) -> (Vec<&'a Checkpoint>, BTreeMap<String, usize>) {
+    let mut others: BTreeMap<String, usize> = BTreeMap::new();
+    let mut mine: Vec<&Checkpoint> = Vec::new();
+    for cp in checkpoints {
+        if cp.installation == installation && cp.node == node {
+            mine.push(cp);
+        } else if cp.installation == installation {
+            *others.entry(cp.node.clone()).or_default() += 1;
+        } else {
+            *others
+                .entry(format!("{} of installation {}", cp.node, cp.installation))
+                .or_default() += 1;
+        }
+    }
+    (mine, others)
+}
+
+/// The checkpoints' own faults, in sequence order: bad signatures, forks, gaps in the chain.
+fn chain_problems(mine: &[&Checkpoint]) -> Vec<String> {
     let mut problems: Vec<String> = Vec::new();
-    // Signatures and the chain.
-    for cp in &mine {
+    for cp in mine {
         if let Err(e) = cp.check_signature() {
             problems.push(e.to_string());
         }
@@ -579,55 +612,76 @@ pub fn verify_log(
             ));
         }
     }
-    // The log against the shipped heads, reading it once.
-    let heads: HashSet<u64> = mine.iter().map(|c| c.seq).collect();
-    let mut found: HashMap<u64, [u8; 32]> = HashMap::new();
-    let mut leaves: Vec<Vec<[u8; 32]>> = vec![Vec::new(); mine.len()];
-    let mut bucket = 0usize;
-    let mut records = 0u64;
-    let mut stopped: Option<String> = None;
-    match recorder::Reader::open(path) {
-        Err(e) => stopped = Some(e.to_string()),
-        Ok(reader) => {
-            for rec in reader {
-                match rec {
-                    Ok(r) => {
-                        records = r.seq + 1;
-                        while bucket < mine.len() && mine[bucket].seq < r.seq {
-                            bucket += 1;
-                        }
-                        if bucket < mine.len()
-                            && let Some(leaf) = r.json().as_ref().and_then(leaf_of_event)
-                        {
-                            leaves[bucket].push(leaf);
-                        }
-                        if heads.contains(&r.seq) {
-                            found.insert(r.seq, r.hash);
-                        }
-                    }
-                    Err(e) => {
-                        stopped = Some(e.to_string());
-                        break;
-                    }
+    problems
+}
+
+/// What the audit log holds at the shipped heads, read once.
+struct LogScan {
+    /// The hash of each record that is a shipped head.
+    found: HashMap<u64, [u8; 32]>,
+    /// Per checkpoint, the leaves (session seals) between its predecessor's head and its own.
+    leaves: Vec<Vec<[u8; 32]>>,
+    /// Records read.
+    records: u64,
+    /// Why reading stopped before the end, if it did.
+    stopped: Option<String>,
+}
+
+impl LogScan {
+    /// `mine` sorted by sequence.
+    fn read(path: &Path, mine: &[&Checkpoint]) -> LogScan {
+        let heads: HashSet<u64> = mine.iter().map(|c| c.seq).collect();
+        let mut scan = LogScan {
+            found: HashMap::new(),
+            leaves: vec![Vec::new(); mine.len()],
+            records: 0,
+            stopped: None,
+        };
+        let reader = match recorder::Reader::open(path) {
+            Ok(reader) => reader,
+            Err(e) => {
+                scan.stopped = Some(e.to_string());
+                return scan;
+            }
+        };
+        let mut bucket = 0usize;
+        for rec in reader {
+            let r = match rec {
+                Ok(r) => r,
+                Err(e) => {
+                    scan.stopped = Some(e.to_string());
+                    break;
                 }
+            };
+            scan.records = r.seq + 1;
+            while bucket < mine.len() && mine[bucket].seq < r.seq {
+                bucket += 1;
+            }
+            if bucket < mine.len()
+                && let Some(leaf) = r.json().as_ref().and_then(leaf_of_event)
+            {
+                scan.leaves[bucket].push(leaf);
+            }
+            if heads.contains(&r.seq) {
+                scan.found.insert(r.seq, r.hash);
             }
         }
+        scan
     }
-    let mut failed_heads = 0usize;
-    let mut first_bad: Option<String> = None;
-    let mut last_good: Option<&Checkpoint> = None;
-    for (i, cp) in mine.iter().enumerate() {
+
+    /// What is wrong with the `i`th checkpoint's head (and the seals before it) in the log.
+    fn head_problem(&self, i: usize, cp: &Checkpoint) -> Option<String> {
         let shipped = format!(
             "record {}, the head shipped in the checkpoint of {}",
             cp.seq,
             crate::time::fmt_time(cp.time)
         );
-        let problem = match found.get(&cp.seq) {
-            None => Some(match &stopped {
+        match self.found.get(&cp.seq) {
+            None => Some(match &self.stopped {
                 Some(why) => format!("{shipped}, is not readable: the log stops at {why}"),
                 None => format!(
                     "{shipped}, is missing: the audit log ends at record {} (its tail was cut)",
-                    records as i64 - 1
+                    self.records as i64 - 1
                 ),
             }),
             Some(h) if hex::encode(h) != cp.head => Some(format!(
@@ -638,35 +692,37 @@ pub fn verify_log(
                 // The first checkpoint's seals start where its predecessor's did, which only
                 // the predecessor knows.
                 let known_start = i > 0 || cp.prev.is_none();
-                if known_start && hex::encode(merkle_root(&leaves[i])) != cp.seals_root {
-                    Some(format!(
-                        "the session seals before record {} are not those checkpointed ({} now, {} shipped)",
-                        cp.seq,
-                        leaves[i].len(),
-                        cp.seals
-                    ))
-                } else {
-                    None
-                }
+                (known_start && hex::encode(merkle_root(&self.leaves[i])) != cp.seals_root).then(
+                    || {
+                        format!(
+                            "the session seals before record {} are not those checkpointed ({} now, {} shipped)",
+                            cp.seq,
+                            self.leaves[i].len(),
+                            cp.seals
+                        )
+                    },
+                )
             }
-        };
-        match problem {
-            Some(p) => {
-                failed_heads += 1;
-                first_bad.get_or_insert(p);
-            }
-            None if failed_heads == 0 => last_good = Some(cp),
-            None => {}
         }
     }
-    let newest = mine[mine.len() - 1];
-    let last_line = format!(
-        "last shipped checkpoint: seq {}, {}",
-        newest.seq,
-        age(now - newest.time)
-    );
-    if let Some(p) = first_bad {
-        problems.push(format!(
+
+    /// The first shipped head the log does not hold, how many do not, and up to where it holds.
+    fn heads_problem(&self, mine: &[&Checkpoint]) -> Option<String> {
+        let mut failed_heads = 0usize;
+        let mut first_bad: Option<String> = None;
+        let mut last_good: Option<&Checkpoint> = None;
+        for (i, cp) in mine.iter().enumerate() {
+            match self.head_problem(i, cp) {
+                Some(p) => {
+                    failed_heads += 1;
+                    first_bad.get_or_insert(p);
+                }
+                None if failed_heads == 0 => last_good = Some(cp),
+                None => {}
+            }
+        }
+        let p = first_bad?;
+        Some(format!(
             "{p}; {failed_heads} of {} shipped heads do not hold{}",
             mine.len(),
             match last_good {
@@ -677,26 +733,8 @@ pub fn verify_log(
                 ),
                 None => String::new(),
             }
-        ));
+        ))
     }
-    if problems.is_empty() {
-        let uncovered = records.saturating_sub(newest.seq + 1);
-        findings.push(Finding::ok(
-            &item,
-            records,
-            format!(
-                "{last_line}; {} checkpoint(s) signed and chained, every shipped head is in the audit log; {uncovered} record(s) after it not yet covered",
-                mine.len()
-            ),
-        ));
-    } else {
-        findings.push(Finding::bad(
-            &item,
-            records,
-            format!("{}; {last_line}", problems.join("; ")),
-        ));
-    }
-    findings
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ pub use approvers::{AccessRequestRow, Approver, NewRequest, WebLogin};
 pub use audit::AuditLog;
 pub use breakglass::{BreakGlass, NewBreakGlass};
 pub use model::{
-    Channel, ChannelSet, ChannelSetError, CommandRow, Device, Function, Grant, IssuedCertificate,
-    Session, Site, Vendor,
+    Channel, ChannelSet, ChannelSetError, CommandRow, CredentialKind, Device, Function, Grant,
+    IssuedCertificate, RequestStatus, Session, Site, Vendor,
 };
 pub use notify::{Event, Notifier};
 pub use policy::{AccessRequest, Allowed, Decision, Deny, Facts, PolicyGate, Refusal, decide};

@@ -1,14 +1,21 @@
-//! The directory's nouns, as stored.
+//! The directory's nouns, in domain types: flags are `bool`, coded text is an enum. The store
+//! maps database rows to these (`store::rows`); the database schema keeps its integers and text.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+/// Flags serialize as the integers 0 and 1, as they always have in `--json` output.
+pub(crate) fn flag_json<S: Serializer>(on: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_i64(i64::from(*on))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Vendor {
     pub name: String,
     pub org: String,
     /// Unix seconds; access ends at this instant.
     pub contract_end: Option<i64>,
-    pub disabled: i64,
+    #[serde(serialize_with = "flag_json")]
+    pub disabled: bool,
     #[serde(skip)]
     pub totp_secret: String,
     #[serde(skip)]
@@ -18,7 +25,7 @@ pub struct Vendor {
 
 impl Vendor {
     pub fn is_disabled(&self) -> bool {
-        self.disabled != 0
+        self.disabled
     }
 }
 
@@ -29,15 +36,54 @@ pub struct Site {
     pub created: i64,
 }
 
+/// How the broker logs in to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialKind {
+    /// An OpenSSH private key.
+    Key,
+    Password,
+}
+
+/// A stored credential kind that is neither `key` nor `password`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a credential kind: use key or password")]
+pub struct UnknownCredentialKind(pub String);
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Key => "key",
+            CredentialKind::Password => "password",
+        }
+    }
+}
+
+impl std::fmt::Display for CredentialKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CredentialKind {
+    type Err = UnknownCredentialKind;
+    fn from_str(s: &str) -> Result<CredentialKind, UnknownCredentialKind> {
+        match s {
+            "key" => Ok(CredentialKind::Key),
+            "password" => Ok(CredentialKind::Password),
+            _ => Err(UnknownCredentialKind(s.to_owned())),
+        }
+    }
+}
+
 /// A device at a site and how the broker logs in to it. The credential never leaves the broker.
-#[derive(Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct Device {
     pub site: String,
     pub name: String,
     pub addr: String,
     pub login: String,
-    /// `key` (OpenSSH private key) or `password`.
-    pub credential_kind: String,
+    pub credential_kind: CredentialKind,
     #[serde(skip)]
     pub credential: String,
     /// Pinned host key, OpenSSH public key format.
@@ -58,7 +104,7 @@ impl std::fmt::Debug for Device {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Function {
     pub name: String,
     /// Comma-separated channel kinds: `shell,exec,sftp,forward:PORT`.
@@ -67,7 +113,9 @@ pub struct Function {
     pub login: Option<String>,
     /// Longest window a grant of this function may have, in seconds.
     pub max_window: i64,
-    pub emergency: i64,
+    /// Pre-approved for break-glass by the organisations in `emergency_orgs`.
+    #[serde(serialize_with = "flag_json")]
+    pub emergency: bool,
     pub created: i64,
     /// Vendor organisations pre-approved to open this (emergency) function at once, comma-separated.
     pub emergency_orgs: String,
@@ -141,7 +189,7 @@ impl Grant {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Session {
     pub id: String,
     pub vendor: String,
@@ -156,7 +204,8 @@ pub struct Session {
     pub started: i64,
     pub ended: Option<i64>,
     pub end_reason: Option<String>,
-    pub kill_requested: i64,
+    #[serde(serialize_with = "flag_json")]
+    pub kill_requested: bool,
     pub records: Option<i64>,
     pub final_hash: Option<String>,
     /// The break-glass opening this session came from: flagged for review.
@@ -255,8 +304,56 @@ impl std::fmt::Display for ChannelSet {
     }
 }
 
+/// Where a vendor's access request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestStatus {
+    /// Waiting for an approver.
+    Pending,
+    Approved,
+    Denied,
+    /// Superseded without a decision (see migration 0007).
+    Expired,
+}
+
+/// A request status that is none of `pending`, `approved`, `denied` or `expired`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a request status: use pending, approved, denied or expired")]
+pub struct UnknownRequestStatus(pub String);
+
+impl RequestStatus {
+    /// The name stored in the database and shown to people.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Approved => "approved",
+            RequestStatus::Denied => "denied",
+            RequestStatus::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RequestStatus {
+    type Err = UnknownRequestStatus;
+    fn from_str(s: &str) -> Result<RequestStatus, UnknownRequestStatus> {
+        match s {
+            "pending" => Ok(RequestStatus::Pending),
+            "approved" => Ok(RequestStatus::Approved),
+            "denied" => Ok(RequestStatus::Denied),
+            "expired" => Ok(RequestStatus::Expired),
+            _ => Err(UnknownRequestStatus(s.to_owned())),
+        }
+    }
+}
+
 /// A vendor certificate as issued (serial as text: OpenSSH serials are unsigned 64-bit).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IssuedCertificate {
     pub serial: String,
     pub vendor: String,
@@ -264,7 +361,8 @@ pub struct IssuedCertificate {
     pub key_fingerprint: String,
     pub valid_after: i64,
     pub valid_before: i64,
-    pub revoked: i64,
+    #[serde(serialize_with = "flag_json")]
+    pub revoked: bool,
     pub created: i64,
 }
 

@@ -178,17 +178,53 @@ impl Decision {
 
 /// Decides whether `req` may proceed at `now`. Deny unless every check passes.
 pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
+    match allow(req, facts, now) {
+        Ok(allowed) => allowed,
+        Err(reason) => Decision::deny(reason),
+    }
+}
+
+/// [`decide`], with the first failed check as the error.
+fn allow(req: &AccessRequest, facts: &Facts, now: i64) -> Result<Decision, Deny> {
+    let device = target(req, facts, now)?;
+    let grant = grant(req, facts, now)?;
+    let Some(function) = facts.functions.get(&grant.function) else {
+        return Err(Deny::UnknownFunction {
+            function: grant.function.clone(),
+        });
+    };
+    if let Some(channel) = req.channel
+        && !function.channels().allows(channel)
+    {
+        return Err(Deny::ChannelNotAllowed {
+            channel: channel.to_string(),
+            function: function.name.clone(),
+        });
+    }
+    Ok(Decision::Allow {
+        grant: grant.id.clone(),
+        function: function.name.clone(),
+        window_end: grant.valid_until,
+        login: function
+            .login
+            .clone()
+            .unwrap_or_else(|| device.login.clone()),
+    })
+}
+
+/// The vendor may still come in, and the site, device and function asked for exist.
+fn target<'f>(req: &AccessRequest, facts: &'f Facts, now: i64) -> Result<&'f Device, Deny> {
     let Some(vendor) = facts.vendor.as_ref().filter(|v| v.name == req.vendor) else {
-        return Decision::deny(Deny::UnknownVendor);
+        return Err(Deny::UnknownVendor);
     };
     if vendor.is_disabled() {
-        return Decision::deny(Deny::VendorDisabled);
+        return Err(Deny::VendorDisabled);
     }
     if let Some(end) = vendor.contract_end.filter(|end| now >= *end) {
-        return Decision::deny(Deny::ContractEnded { at: end });
+        return Err(Deny::ContractEnded { at: end });
     }
     if !facts.site_exists {
-        return Decision::deny(Deny::UnknownSite {
+        return Err(Deny::UnknownSite {
             site: req.site.clone(),
         });
     }
@@ -197,7 +233,7 @@ pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
         .as_ref()
         .filter(|d| d.site == req.site && d.name == req.device)
     else {
-        return Decision::deny(Deny::UnknownDevice {
+        return Err(Deny::UnknownDevice {
             site: req.site.clone(),
             device: req.device.clone(),
         });
@@ -205,11 +241,16 @@ pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
     if let Some(func) = &req.function
         && !facts.functions.contains_key(func)
     {
-        return Decision::deny(Deny::UnknownFunction {
+        return Err(Deny::UnknownFunction {
             function: func.clone(),
         });
     }
+    Ok(device)
+}
 
+/// The one active grant that opens the device for the vendor: of several for one function, the
+/// one that lasts longest; grants for several functions at once are ambiguous.
+fn grant<'f>(req: &AccessRequest, facts: &'f Facts, now: i64) -> Result<&'f Grant, Deny> {
     let relevant: Vec<&Grant> = facts
         .grants
         .iter()
@@ -232,42 +273,20 @@ pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
     functions.sort();
     functions.dedup();
     if functions.len() > 1 {
-        return Decision::deny(Deny::AmbiguousFunction { functions });
+        return Err(Deny::AmbiguousFunction { functions });
     }
-    // Of several active grants for one function, the one that lasts longest.
-    let Some(grant) = active.iter().max_by_key(|g| g.valid_until) else {
-        if let Some(other) = not_covering(&relevant, &covering, now) {
-            return Decision::deny(Deny::DeviceNotCovered {
-                grant: other.id.clone(),
-                site: req.site.clone(),
-                device: req.device.clone(),
-                covers: other.device_list(),
-            });
-        }
-        return Decision::deny(explain_no_active(req, &covering, now));
-    };
-    let Some(function) = facts.functions.get(&grant.function) else {
-        return Decision::deny(Deny::UnknownFunction {
-            function: grant.function.clone(),
-        });
-    };
-    if let Some(channel) = req.channel
-        && !function.channels().allows(channel)
-    {
-        return Decision::deny(Deny::ChannelNotAllowed {
-            channel: channel.to_string(),
-            function: function.name.clone(),
+    if let Some(grant) = active.iter().max_by_key(|g| g.valid_until) {
+        return Ok(grant);
+    }
+    if let Some(other) = not_covering(&relevant, &covering, now) {
+        return Err(Deny::DeviceNotCovered {
+            grant: other.id.clone(),
+            site: req.site.clone(),
+            device: req.device.clone(),
+            covers: other.device_list(),
         });
     }
-    Decision::Allow {
-        grant: grant.id.clone(),
-        function: function.name.clone(),
-        window_end: grant.valid_until,
-        login: function
-            .login
-            .clone()
-            .unwrap_or_else(|| device.login.clone()),
-    }
+    Err(explain_no_active(req, &covering, now))
 }
 
 /// What the policy allowed: the grant and function a session runs under, the end of its window,
@@ -406,6 +425,7 @@ fn explain_no_active(req: &AccessRequest, relevant: &[&Grant], now: i64) -> Deny
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::CredentialKind;
 
     const NOW: i64 = 1_000_000;
 
@@ -414,7 +434,7 @@ mod tests {
             name: "alice".into(),
             org: "acme".into(),
             contract_end: None,
-            disabled: 0,
+            disabled: false,
             totp_secret: String::new(),
             totp_last_step: -1,
             created: 0,
@@ -424,7 +444,7 @@ mod tests {
             name: "cam".into(),
             addr: "127.0.0.1:22".into(),
             login: "root".into(),
-            credential_kind: "password".into(),
+            credential_kind: CredentialKind::Password,
             credential: "x".into(),
             host_key: String::new(),
             created: 0,
@@ -434,7 +454,7 @@ mod tests {
             allow: allow.into(),
             login: login.map(Into::into),
             max_window: 3600,
-            emergency: 0,
+            emergency: false,
             created: 0,
             emergency_orgs: String::new(),
         };
@@ -599,7 +619,7 @@ mod tests {
             reason(decide(&req(None, None), &f, NOW)),
             Deny::ContractEnded { at: NOW }
         );
-        f.vendor.as_mut().unwrap().disabled = 1;
+        f.vendor.as_mut().unwrap().disabled = true;
         assert_eq!(
             reason(decide(&req(None, None), &f, NOW)),
             Deny::VendorDisabled
@@ -724,6 +744,7 @@ mod tests {
 mod gate_tests {
     use super::*;
     use crate::model::ChannelSet;
+    use crate::model::CredentialKind;
     use crate::store::{NewDevice, NewGrant};
 
     const AT: i64 = 1_800_000_000;
@@ -741,7 +762,7 @@ mod gate_tests {
                 name: "cam".into(),
                 addr: "127.0.0.1:22".into(),
                 login: "root".into(),
-                credential_kind: "password".into(),
+                credential_kind: CredentialKind::Password,
                 credential: "x".into(),
                 host_key: "ssh-ed25519 AAAA".into(),
             },

@@ -119,6 +119,42 @@ enum Trust {
 }
 
 impl Trust {
+    /// The seal keys to trust: the keyring certified by the pinned root, or without a pinned
+    /// root, the keys the database and the data directory list.
+    fn of(evidence: &Evidence, keys: &[String]) -> Trust {
+        match (&evidence.root, &evidence.keyring) {
+            (Some(root), Some(path)) => match recorder::keyring::Keyring::load(path)
+                .and_then(|ring| ring.check(root).map(|()| ring))
+            {
+                Ok(ring) => Trust::Root { ring, root: *root },
+                Err(e) => Trust::Broken(format!(
+                    "the seal keyring does not check against the root: {e}"
+                )),
+            },
+            (Some(_), None) => Trust::Broken("no seal keyring to check seals with".into()),
+            (None, _) => Trust::Unpinned(trusted_keys(keys)),
+        }
+    }
+
+    /// What a full verification reports about the seal keys themselves.
+    fn finding(&self) -> Finding {
+        match self {
+            Trust::Root { root, .. } => Finding::ok(
+                "seal keys",
+                0,
+                format!(
+                    "trusted through the keyring certified by root {}",
+                    root.fingerprint()
+                ),
+            ),
+            Trust::Unpinned(_) => Finding::ok(
+                "seal keys",
+                0,
+                "no root pinned: seal keys taken from the database and the data directory (an insider could add one; pin the operator's root with `postern keys pin` and verify with --root)",
+            ),
+            Trust::Broken(e) => Finding::bad("seal keys", 0, e.clone()),
+        }
+    }
     /// The keys trusted for a seal made at `at` (unix seconds).
     fn keys_at(&self, at: i64) -> Vec<recorder::SealPublicKey> {
         match self {
@@ -199,18 +235,7 @@ fn check(
     commands: &HashMap<String, Vec<crate::CommandRow>>,
     all: bool,
 ) -> Vec<Finding> {
-    let trust = match (&evidence.root, &evidence.keyring) {
-        (Some(root), Some(path)) => match recorder::keyring::Keyring::load(path)
-            .and_then(|ring| ring.check(root).map(|()| ring))
-        {
-            Ok(ring) => Trust::Root { ring, root: *root },
-            Err(e) => Trust::Broken(format!(
-                "the seal keyring does not check against the root: {e}"
-            )),
-        },
-        (Some(_), None) => Trust::Broken("no seal keyring to check seals with".into()),
-        (None, _) => Trust::Unpinned(trusted_keys(keys)),
-    };
+    let trust = Trust::of(evidence, keys);
     let (audit_finding, facts) = verify_audit_log(&evidence.audit_log);
     let none = AuditFacts::default();
     let mut findings: Vec<Finding> = sessions
@@ -234,55 +259,51 @@ fn check(
         })
         .collect();
     if all {
-        // Sessions the audit log sealed must still be known to the database.
-        let known: HashSet<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
-        let mut orphans: Vec<&String> = facts
-            .iter()
-            .filter(|(k, f)| f.seal.is_some() && !known.contains(k.as_str()))
-            .map(|(k, _)| k)
-            .collect();
-        orphans.sort();
-        for o in orphans {
-            findings.push(Finding::bad(
-                &format!("session {o}"),
-                0,
-                "sealed in the audit log but missing from the database",
-            ));
-        }
-        // Recording files the database does not know (a session whose row was deleted, or a
-        // file planted to pass for one).
-        let files: HashSet<&str> = sessions.iter().map(|s| s.recording.as_str()).collect();
-        let mut strays: Vec<String> = std::fs::read_dir(&evidence.recordings)
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".rec") && !files.contains(n.as_str()))
-            .collect();
-        strays.sort();
-        for f in strays {
-            findings.push(Finding::bad(
-                &format!("recording {f}"),
-                0,
-                "no session in the database has this recording",
-            ));
-        }
+        findings.extend(unaccounted(evidence, sessions, &facts));
         findings.push(audit_finding);
-        findings.push(match &trust {
-            Trust::Root { root, .. } => Finding::ok(
-                "seal keys",
-                0,
-                format!("trusted through the keyring certified by root {}", root.fingerprint()),
-            ),
-            Trust::Unpinned(_) => Finding::ok(
-                "seal keys",
-                0,
-                "no root pinned: seal keys taken from the database and the data directory (an insider could add one; pin the operator's root with `postern keys pin` and verify with --root)",
-            ),
-            Trust::Broken(e) => Finding::bad("seal keys", 0, e.clone()),
-        });
+        findings.push(trust.finding());
     }
     findings
+}
+
+/// Evidence of sessions the database does not know: seals in the audit log, and recording
+/// files (a session whose row was deleted, or a file planted to pass for one).
+fn unaccounted(
+    evidence: &Evidence,
+    sessions: &[Session],
+    facts: &HashMap<String, AuditFacts>,
+) -> Vec<Finding> {
+    let known: HashSet<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
+    let mut orphans: Vec<&String> = facts
+        .iter()
+        .filter(|(k, f)| f.seal.is_some() && !known.contains(k.as_str()))
+        .map(|(k, _)| k)
+        .collect();
+    orphans.sort();
+    let files: HashSet<&str> = sessions.iter().map(|s| s.recording.as_str()).collect();
+    let mut strays: Vec<String> = std::fs::read_dir(&evidence.recordings)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".rec") && !files.contains(n.as_str()))
+        .collect();
+    strays.sort();
+    let orphans = orphans.into_iter().map(|o| {
+        Finding::bad(
+            &format!("session {o}"),
+            0,
+            "sealed in the audit log but missing from the database",
+        )
+    });
+    let strays = strays.into_iter().map(|f| {
+        Finding::bad(
+            &format!("recording {f}"),
+            0,
+            "no session in the database has this recording",
+        )
+    });
+    orphans.chain(strays).collect()
 }
 
 /// A record count and final hash the recording must end with, and who says so.
@@ -404,7 +425,25 @@ fn verify_chain_and_seal(
     if let Some(p) = &r.problem {
         return Finding::bad(&item, r.records, p.to_string());
     }
+    let expected = expectations(s, facts);
+    let sealed_file = r
+        .last
+        .as_ref()
+        .is_some_and(|l| l.kind == recorder::Kind::Seal);
+    // Keys are trusted for the time the seal was made.
+    let trusted = trust.keys_at(sealed_at(r));
+    let trusted = trusted.as_slice();
+    if let recorder::Tail::Torn { offset, .. } = r.tail {
+        return torn_tail(&item, r, &expected, sealed_file, offset);
+    }
+    if !sealed_file {
+        return unsealed(&item, s, local, facts, r, &expected, trusted);
+    }
+    sealed(&item, r, trust, facts, &expected, trusted)
+}
 
+/// What the audit log and the database say the recording must end with, strongest first.
+fn expectations(s: &Session, facts: &AuditFacts) -> Vec<Expected> {
     let mut expected = Vec::new();
     if let Some(Some((n, h))) = &facts.end {
         expected.push(Expected {
@@ -436,87 +475,105 @@ fn verify_chain_and_seal(
             source: "the seal in the database",
         });
     }
-    let sealed_file = r
-        .last
-        .as_ref()
-        .is_some_and(|l| l.kind == recorder::Kind::Seal);
-    // Keys are trusted for the time the seal was made.
-    let trusted = trust.keys_at(sealed_at(r));
-    let trusted = trusted.as_slice();
+    expected
+}
 
-    if let recorder::Tail::Torn { offset, .. } = r.tail {
-        return match expected.first() {
-            Some(e) if r.records < e.records => Finding::bad(
-                &item,
+/// A recording whose last record is incomplete at byte `offset`.
+fn torn_tail(
+    item: &str,
+    r: &recorder::VerifyReport,
+    expected: &[Expected],
+    sealed_file: bool,
+    offset: u64,
+) -> Finding {
+    match expected.first() {
+        Some(e) if r.records < e.records => Finding::bad(
+            item,
+            r.records,
+            format!(
+                "record {}: incomplete at byte {offset} (recording truncated; {})",
+                r.records, e.says
+            ),
+        ),
+        Some(_) => Finding::bad(
+            item,
+            r.records,
+            format!(
+                "record {}: incomplete at byte {offset} (file altered after its end)",
+                r.records
+            ),
+        ),
+        None if sealed_file => Finding::bad(
+            item,
+            r.records,
+            format!(
+                "record {}: incomplete at byte {offset} (file altered after its seal)",
+                r.records
+            ),
+        ),
+        None => Finding::ok(
+            item,
+            r.records,
+            format!("chain intact; unsealed tail at byte {offset} (session not closed cleanly)"),
+        ),
+    }
+}
+
+/// A whole recording that does not end with a seal: fine only if no evidence says it ended.
+fn unsealed(
+    item: &str,
+    s: &Session,
+    local: bool,
+    facts: &AuditFacts,
+    r: &recorder::VerifyReport,
+    expected: &[Expected],
+    trusted: &[recorder::SealPublicKey],
+) -> Finding {
+    if let Some(e) = expected.first() {
+        if r.records < e.records {
+            return Finding::bad(
+                item,
                 r.records,
                 format!(
-                    "record {}: incomplete at byte {offset} (recording truncated; {})",
+                    "record {}: missing (recording truncated; {})",
                     r.records, e.says
                 ),
-            ),
-            Some(_) => Finding::bad(
-                &item,
-                r.records,
-                format!(
-                    "record {}: incomplete at byte {offset} (file altered after its end)",
-                    r.records
-                ),
-            ),
-            None if sealed_file => Finding::bad(
-                &item,
-                r.records,
-                format!(
-                    "record {}: incomplete at byte {offset} (file altered after its seal)",
-                    r.records
-                ),
-            ),
-            None => Finding::ok(
-                &item,
-                r.records,
-                format!(
-                    "chain intact; unsealed tail at byte {offset} (session not closed cleanly)"
-                ),
-            ),
-        };
-    }
-
-    if !sealed_file {
-        if let Some(e) = expected.first() {
-            if r.records < e.records {
-                return Finding::bad(
-                    &item,
-                    r.records,
-                    format!(
-                        "record {}: missing (recording truncated; {})",
-                        r.records, e.says
-                    ),
-                );
-            }
-            // As long as the evidence says, yet unsealed: the seal was removed or replaced.
-            return match r.seal(trusted) {
-                Err(err) => Finding::bad(&item, r.records, err.to_string()),
-                Ok(_) => Finding::bad(&item, r.records, "recording is not sealed"),
-            };
-        }
-        // An end the database claims must be backed by the evidence: this node's audit log has
-        // the end, or names the session as cut by a crash. Otherwise the row was downgraded.
-        if local && s.ended.is_some() && facts.end.is_none() && !facts.crash_recovered {
-            return Finding::bad(
-                &item,
-                r.records,
-                "ended without a seal, but this node's audit log has neither its end nor a crash recovery naming it",
             );
         }
-        let why = if matches!(facts.end, Some(None)) {
-            "never sealed (recording write error)"
-        } else if facts.crash_recovered || s.ended.is_some() {
-            "never sealed (broker crash or recording write error)"
-        } else {
-            "live, not sealed yet"
+        // As long as the evidence says, yet unsealed: the seal was removed or replaced.
+        return match r.seal(trusted) {
+            Err(err) => Finding::bad(item, r.records, err.to_string()),
+            Ok(_) => Finding::bad(item, r.records, "recording is not sealed"),
         };
-        return Finding::ok(&item, r.records, format!("chain intact; {why}"));
     }
+    // An end the database claims must be backed by the evidence: this node's audit log has
+    // the end, or names the session as cut by a crash. Otherwise the row was downgraded.
+    if local && s.ended.is_some() && facts.end.is_none() && !facts.crash_recovered {
+        return Finding::bad(
+            item,
+            r.records,
+            "ended without a seal, but this node's audit log has neither its end nor a crash recovery naming it",
+        );
+    }
+    let why = if matches!(facts.end, Some(None)) {
+        "never sealed (recording write error)"
+    } else if facts.crash_recovered || s.ended.is_some() {
+        "never sealed (broker crash or recording write error)"
+    } else {
+        "live, not sealed yet"
+    };
+    Finding::ok(item, r.records, format!("chain intact; {why}"))
+}
 
+/// A recording that ends with a seal: signed by a trusted key and matching every expectation.
+fn sealed(
+    item: &str,
+    r: &recorder::VerifyReport,
+    trust: &Trust,
+    facts: &AuditFacts,
+    expected: &[Expected],
+    trusted: &[recorder::SealPublicKey],
+) -> Finding {
     let seal = match r.seal(trusted) {
         Ok(seal) => seal,
         Err(e) => {
@@ -530,14 +587,14 @@ fn verify_chain_and_seal(
                 Some(why) => format!("{e}: {why}"),
                 None => e.to_string(),
             };
-            return Finding::bad(&item, r.records, detail);
+            return Finding::bad(item, r.records, detail);
         }
     };
     let last = r.last_hash.map(hex::encode).unwrap_or_default();
-    for e in &expected {
+    for e in expected {
         if r.records < e.records {
             return Finding::bad(
-                &item,
+                item,
                 r.records,
                 format!(
                     "record {}: missing (recording truncated; {})",
@@ -547,7 +604,7 @@ fn verify_chain_and_seal(
         }
         if r.records > e.records || e.hash.as_ref().is_some_and(|h| *h != last) {
             return Finding::bad(
-                &item,
+                item,
                 r.records,
                 format!(
                     "record {}: recording does not match {}",
@@ -561,7 +618,7 @@ fn verify_chain_and_seal(
         && (a.records != seal.records || a.hash != seal.final_hash)
     {
         return Finding::bad(
-            &item,
+            item,
             r.records,
             format!(
                 "record {}: recording does not match the seal in the audit log",
@@ -575,7 +632,7 @@ fn verify_chain_and_seal(
         ""
     };
     Finding::ok(
-        &item,
+        item,
         r.records,
         format!("chain intact; sealed by a trusted key{anchored}"),
     )
@@ -833,7 +890,7 @@ mod tests {
             started: crate::time::now(),
             ended: None,
             end_reason: None,
-            kill_requested: 0,
+            kill_requested: false,
             records: None,
             final_hash: None,
             breakglass: None,

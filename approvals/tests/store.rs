@@ -3,7 +3,8 @@
 //! fresh database, dropped at the end.
 
 use approvals::{
-    AccessRequest, ChannelSet, Decision, Deny, NewDevice, NewGrant, Store, StoreError, decide,
+    AccessRequest, ChannelSet, CredentialKind, Decision, Deny, NewDevice, NewGrant, RequestStatus,
+    Store, StoreError, decide,
 };
 use sqlx::Connection;
 
@@ -78,7 +79,7 @@ async fn directory(s: &Store) {
                 name: "cam-01".into(),
                 addr: "127.0.0.1:22".into(),
                 login: "root".into(),
-                credential_kind: "password".into(),
+                credential_kind: CredentialKind::Password,
                 credential: "secret".into(),
                 host_key: "ssh-ed25519 AAAA".into(),
             },
@@ -121,7 +122,7 @@ async fn directory_and_grants(db: Db) {
     directory(s).await;
     // Duplicates and dangling references are clear errors.
     assert!(
-        matches!(s.add_vendor("alice", "x", None, "JBSWY3DPEHPK3PXP", NOW).await, Err(StoreError::Conflict(m)) if m.contains("already exists"))
+        matches!(s.add_vendor("alice", "x", None, "JBSWY3DPEHPK3PXP", NOW).await, Err(StoreError::Conflict(m)) if m.to_string().contains("already exists"))
     );
     assert!(matches!(
         s.add_site("bad name", None, NOW).await,
@@ -132,7 +133,7 @@ async fn directory_and_grants(db: Db) {
         name: "d".into(),
         addr: "x:1".into(),
         login: "r".into(),
-        credential_kind: "password".into(),
+        credential_kind: CredentialKind::Password,
         credential: "p".into(),
         host_key: "k".into(),
     };
@@ -149,7 +150,7 @@ async fn directory_and_grants(db: Db) {
 
     // Windows longer than the function allows, or upside down, are refused.
     assert!(
-        matches!(s.add_grant(&grant(NOW, NOW + 9 * 3600), NOW).await, Err(StoreError::Invalid(m)) if m.contains("longer"))
+        matches!(s.add_grant(&grant(NOW, NOW + 9 * 3600), NOW).await, Err(StoreError::Invalid(m)) if m.to_string().contains("longer"))
     );
     assert!(matches!(
         s.add_grant(&grant(NOW, NOW - 1), NOW).await,
@@ -254,7 +255,7 @@ async fn sessions_live_kill_and_end(db: Db) {
         started: NOW,
         ended: None,
         end_reason: None,
-        kill_requested: 0,
+        kill_requested: false,
         records: None,
         final_hash: None,
         breakglass: None,
@@ -317,7 +318,7 @@ async fn unreachable_database_is_a_clear_error() {
     let r = Store::open("postgres://postgres@127.0.0.1:1/none").await;
     assert!(matches!(r, Err(StoreError::Db(_))));
     let r = Store::open("mysql://x").await;
-    assert!(matches!(r, Err(StoreError::Invalid(m)) if m.contains("sqlite://")));
+    assert!(matches!(r, Err(StoreError::Invalid(m)) if m.to_string().contains("sqlite://")));
 }
 
 async fn command_log(db: Db) {
@@ -441,7 +442,7 @@ async fn approvers_and_requests(db: Db) {
         .add_request(&ask("camera offline", 3600), NOW)
         .await
         .unwrap();
-    assert_eq!(r.status, "pending");
+    assert_eq!(r.status, RequestStatus::Pending);
     let (r2, g) = s
         .approve_request(&r.id, "nina", NOW + 30, NOW + 3630, NOW + 30)
         .await
@@ -473,7 +474,13 @@ async fn approvers_and_requests(db: Db) {
         (d.status.as_str(), d.decision_reason.as_deref(), d.latency()),
         ("denied", Some("use the morning window"), Some(60))
     );
-    assert_eq!(s.requests(Some("pending")).await.unwrap().len(), 0);
+    assert_eq!(
+        s.requests(Some(RequestStatus::Pending))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
     assert_eq!(s.requests(None).await.unwrap().len(), 2);
     assert_eq!(
         s.requests_of_vendor("alice").await.unwrap()[0].id,
@@ -492,7 +499,7 @@ async fn add_device(s: &Store, site: &str, name: &str) {
             name: name.into(),
             addr: "127.0.0.1:22".into(),
             login: "root".into(),
-            credential_kind: "password".into(),
+            credential_kind: CredentialKind::Password,
             credential: "secret".into(),
             host_key: "ssh-ed25519 AAAA".into(),
         },
@@ -592,7 +599,7 @@ async fn grants_scoped_to_devices(db: Db) {
     bad.device = "ghost".into();
     assert!(matches!(
         s.add_request(&bad, NOW).await,
-        Err(StoreError::NotFound(m)) if m.contains("no device ghost at store-1")
+        Err(StoreError::NotFound(m)) if m.to_string().contains("no device ghost at store-1")
     ));
 
     // Break-glass for store-1/cam-02 opens cam-02 only.
@@ -652,7 +659,7 @@ async fn one_pending_request_at_a_time(db: Db) {
     let first = s.add_request(&ask("cam-01"), NOW).await.unwrap();
     match s.add_request(&ask("cam-01"), NOW + 1).await {
         Err(StoreError::Conflict(m)) => assert_eq!(
-            m,
+            m.to_string(),
             format!(
                 "request {} for maint at store-1/cam-01 is already waiting for an approver",
                 first.id
@@ -671,19 +678,22 @@ async fn one_pending_request_at_a_time(db: Db) {
         1,
         "{results:?}"
     );
-    assert!(
-        results
-            .iter()
-            .filter_map(|r| r.as_ref().err())
-            .all(|e| matches!(e, StoreError::Conflict(m) if m.contains("already waiting")))
-    );
+    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(
+        |e| matches!(e, StoreError::Conflict(m) if m.to_string().contains("already waiting"))
+    ));
     // Once decided, the next one may be filed.
     s.deny_request(&first.id, "nina", "not today", NOW + 3)
         .await
         .unwrap();
     let again = s.add_request(&ask("cam-01"), NOW + 4).await.unwrap();
-    assert_eq!(again.status, "pending");
-    assert_eq!(s.requests(Some("pending")).await.unwrap().len(), 3);
+    assert_eq!(again.status, RequestStatus::Pending);
+    assert_eq!(
+        s.requests(Some(RequestStatus::Pending))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     db.drop_pg().await;
 }
 
@@ -959,7 +969,7 @@ async fn actions_are_all_or_nothing(db: Db) {
         started: NOW,
         ended: None,
         end_reason: None,
-        kill_requested: 0,
+        kill_requested: false,
         records: None,
         final_hash: None,
         breakglass: None,
@@ -1038,11 +1048,17 @@ async fn actions_are_all_or_nothing(db: Db) {
         "grant add",
     );
     // Nothing happened.
-    assert_eq!(s.request(&r1.id).await.unwrap().unwrap().status, "pending");
-    assert_eq!(s.request(&r2.id).await.unwrap().unwrap().status, "pending");
+    assert_eq!(
+        s.request(&r1.id).await.unwrap().unwrap().status,
+        RequestStatus::Pending
+    );
+    assert_eq!(
+        s.request(&r2.id).await.unwrap().unwrap().status,
+        RequestStatus::Pending
+    );
     assert_eq!(s.grants().await.unwrap(), grants_before);
     let session = s.session("s-1").await.unwrap().unwrap();
-    assert_eq!((session.kill_requested, session.ended), (0, None));
+    assert_eq!((session.kill_requested, session.ended), (false, None));
     assert!(!s.vendor("alice").await.unwrap().unwrap().is_disabled());
     assert!(
         s.breakglass(&bg.id)
@@ -1093,7 +1109,7 @@ async fn actions_are_all_or_nothing(db: Db) {
     assert_eq!(added.granted_by, "operator:root");
     let revoked = ok.disable_vendor(&root, "alice", NOW).await.unwrap();
     assert!(revoked.contains(&added.id) && revoked.contains(&granted.id));
-    assert!(s.session("s-1").await.unwrap().unwrap().kill_requested == 1);
+    assert!(s.session("s-1").await.unwrap().unwrap().kill_requested);
     assert!(s.revision().await.unwrap() > revision);
     let mut events: Vec<String> = s
         .notifications()
@@ -1166,7 +1182,7 @@ async fn directory_actions_are_all_or_nothing(db: Db) {
         name: name.into(),
         addr: "127.0.0.1:22".into(),
         login: "root".into(),
-        credential_kind: "password".into(),
+        credential_kind: CredentialKind::Password,
         credential: "DEVICEPASSWORD".into(),
         host_key: "ssh-ed25519 AAAA".into(),
     };
@@ -1177,7 +1193,7 @@ async fn directory_actions_are_all_or_nothing(db: Db) {
         key_fingerprint: "SHA256:k".into(),
         valid_after: NOW,
         valid_before: NOW + 3600,
-        revoked: 0,
+        revoked: false,
         created: NOW,
     };
     let list = [
@@ -1378,7 +1394,10 @@ async fn directory_actions_are_all_or_nothing(db: Db) {
         std::slice::from_ref(&cert)
     );
     let olga = s.approver("olga").await.unwrap().unwrap();
-    assert_eq!((olga.totp_secret.as_str(), olga.disabled), ("NEWSECRET", 1));
+    assert_eq!(
+        (olga.totp_secret.as_str(), olga.disabled),
+        ("NEWSECRET", true)
+    );
     assert!(s.approver("pat").await.unwrap().is_some());
     assert!(s.device("store-9", "cam-02").await.unwrap().is_some());
     assert!(s.function("diag").await.unwrap().is_some());

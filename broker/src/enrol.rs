@@ -51,7 +51,7 @@ pub async fn issue_certificate(
                 key_fingerprint: fp,
                 valid_after: start,
                 valid_before: end,
-                revoked: 0,
+                revoked: false,
                 created: now(),
             },
         )

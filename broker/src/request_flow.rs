@@ -193,7 +193,7 @@ pub async fn offer(
         tokio::select! {
             _ = tick.tick() => {
                 match ctx.store.request(&req.id).await {
-                    Ok(Some(r)) if r.status != "pending" => break Some(r),
+                    Ok(Some(r)) if r.status != approvals::RequestStatus::Pending => break Some(r),
                     _ => {}
                 }
                 if started.elapsed() > ctx.request_wait {
@@ -223,7 +223,7 @@ pub async fn offer(
         .await;
         return;
     };
-    if decided.status != "approved" {
+    if decided.status != approvals::RequestStatus::Approved {
         let why = decided.decision_reason.unwrap_or_default();
         let by = decided.decided_by.unwrap_or_default();
         proxy::refuse(

@@ -87,13 +87,21 @@ pub struct ClientAddress {
     header: header::HeaderName,
 }
 
+/// The configured client-address header is not an HTTP header name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not an HTTP header name")]
+pub struct BadHeaderName(pub String);
+
 impl ClientAddress {
     /// `header` is e.g. `X-Forwarded-For` (a list, client first, each proxy appending the address
     /// it saw) or `X-Real-IP` (one address).
-    pub fn new(trusted_proxies: Vec<ipnet::IpNet>, header: &str) -> Result<ClientAddress, String> {
+    pub fn new(
+        trusted_proxies: Vec<ipnet::IpNet>,
+        header: &str,
+    ) -> Result<ClientAddress, BadHeaderName> {
         let header = header
             .parse::<header::HeaderName>()
-            .map_err(|_| format!("'{header}' is not an HTTP header name"))?;
+            .map_err(|_| BadHeaderName(header.to_owned()))?;
         Ok(ClientAddress {
             trusted_proxies,
             header,
@@ -390,7 +398,12 @@ mod tests {
             HeaderValue::from_static("203.0.113.9, junk"),
         );
         assert_eq!(ca.of(proxy, &bad), proxy);
-        assert!(ClientAddress::new(vec![], "bad header").is_err());
+        assert_eq!(
+            ClientAddress::new(vec![], "bad header")
+                .unwrap_err()
+                .to_string(),
+            "'bad header' is not an HTTP header name"
+        );
     }
 
     #[test]

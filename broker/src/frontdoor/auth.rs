@@ -126,7 +126,7 @@ impl Conn {
         let t = now();
         if certs
             .iter()
-            .any(|c| c.valid_after <= t && t < c.valid_before && c.revoked == 0)
+            .any(|c| c.valid_after <= t && t < c.valid_before && !c.revoked)
         {
             format!("key {fp} was offered without its certificate")
         } else if let Some(c) = certs
@@ -242,7 +242,7 @@ impl Conn {
                 key_id: bounded(cert.key_id(), 80),
                 vendor: vendor(),
             }),
-            Some(c) if c.revoked != 0 => Err(CertRefusal::Revoked(serial)),
+            Some(c) if c.revoked => Err(CertRefusal::Revoked(serial)),
             Some(_) => Ok(()),
         }
     }

@@ -91,7 +91,7 @@ fn session_row(
         started,
         ended: None,
         end_reason: None,
-        kill_requested: 0,
+        kill_requested: false,
         records: None,
         final_hash: None,
         breakglass: None,

@@ -47,7 +47,7 @@ pub async fn run(env: &Env, action: &ApproverAction) -> Result<()> {
                     a.name.clone(),
                     a.sites.clone(),
                     a.regions.clone(),
-                    if a.disabled != 0 {
+                    if a.disabled {
                         "disabled".into()
                     } else {
                         "active".into()

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use approvals::NewDevice;
 use approvals::time::now;
+use approvals::{CredentialKind, NewDevice};
 use broker::keys;
 
 use super::{Env, operator};
@@ -71,7 +71,7 @@ async fn import(
                 name: device.into(),
                 addr: addr.into(),
                 login: login.to_owned(),
-                credential_kind: "key".into(),
+                credential_kind: approvals::CredentialKind::Key,
                 credential: text.clone(),
                 host_key: pinned.to_openssh().map_err(|e| anyhow!("{e}"))?,
             },
@@ -96,7 +96,7 @@ async fn import(
 
 /// A device's credential as the operator gave it: a key file or a password file.
 struct Credential {
-    kind: &'static str,
+    kind: CredentialKind,
     secret: String,
 }
 
@@ -110,7 +110,7 @@ impl Credential {
                     format!("{} is not an unencrypted OpenSSH private key", k.display())
                 })?;
                 Ok(Credential {
-                    kind: "key",
+                    kind: CredentialKind::Key,
                     secret: text,
                 })
             }
@@ -122,7 +122,7 @@ impl Credential {
                     bail!("{} is empty", p.display());
                 }
                 Ok(Credential {
-                    kind: "password",
+                    kind: CredentialKind::Password,
                     secret: pw,
                 })
             }
@@ -167,7 +167,7 @@ async fn add(
                 name: name.into(),
                 addr: addr.to_owned(),
                 login: login.to_owned(),
-                credential_kind: kind.into(),
+                credential_kind: kind,
                 credential,
                 host_key: host_key_line,
             },
@@ -191,7 +191,7 @@ async fn list(env: &Env) -> Result<()> {
                 format!("{}/{}", d.site, d.name),
                 d.addr.clone(),
                 d.login.clone(),
-                d.credential_kind.clone(),
+                d.credential_kind.to_string(),
             ]
         },
     )

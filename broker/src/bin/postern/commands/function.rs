@@ -51,7 +51,7 @@ pub async fn run(env: &Env, action: &FunctionAction) -> Result<()> {
                         f.login.clone().unwrap_or_else(|| "(device)".into()),
                         humantime::format_duration(Duration::from_secs(f.max_window.max(0) as u64))
                             .to_string(),
-                        if f.emergency != 0 {
+                        if f.emergency {
                             format!("yes: {}", f.emergency_orgs)
                         } else {
                             "no".into()

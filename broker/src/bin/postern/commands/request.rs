@@ -11,7 +11,10 @@ use crate::args::*;
 pub async fn run(env: &Env, action: &RequestAction) -> Result<()> {
     match action {
         RequestAction::List { status } => {
-            let rows = env.store.requests(status.as_deref()).await?;
+            let rows = match status.as_deref().map(str::parse) {
+                Some(Err(_)) => Vec::new(), // no request is in a state that does not exist
+                known => env.store.requests(known.and_then(Result::ok)).await?,
+            };
             env.print_list(
                 &rows,
                 &[
@@ -26,7 +29,7 @@ pub async fn run(env: &Env, action: &RequestAction) -> Result<()> {
                         r.function.clone(),
                         humantime::format_duration(Duration::from_secs(r.duration.max(0) as u64))
                             .to_string(),
-                        r.status.clone(),
+                        r.status.to_string(),
                         r.latency()
                             .map(|l| format!("{l}s"))
                             .unwrap_or_else(|| "-".into()),

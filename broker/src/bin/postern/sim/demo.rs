@@ -233,7 +233,7 @@ async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result
                 name: DEVICE.into(),
                 addr: sim_addr.into(),
                 login,
-                credential_kind: "key".into(),
+                credential_kind: approvals::CredentialKind::Key,
                 credential: std::fs::read_to_string(paths.device_key())?,
                 host_key: host_key.to_openssh().map_err(|e| anyhow!("{e}"))?,
             },

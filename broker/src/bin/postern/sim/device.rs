@@ -620,5 +620,3 @@ pub async fn run_fleet(
     }
     Ok(())
 }
-
-// ---- the demo ----

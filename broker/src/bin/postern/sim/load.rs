@@ -171,7 +171,7 @@ async fn enrol(env: &Env, site: &str, function: &str, sessions: usize) -> Result
                 key_fingerprint: keys::fingerprint(key.public_key()),
                 valid_after: t - 60,
                 valid_before: t + 7200,
-                revoked: 0,
+                revoked: false,
                 created: t,
             })
             .await?;
