@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
 use russh::keys::ssh_key::certificate::{Builder, CertType};
 use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
 use russh::keys::ssh_key::{HashAlg, LineEnding};
@@ -11,7 +10,75 @@ use russh::keys::{Certificate, PrivateKey, PublicKey};
 use approvals::time::fmt_time;
 use recorder::keyring::{Entry, KeyId, KeyStatus, Keyring, RootKey, RootPublicKey, Transition};
 
-use crate::config::{DataDir, write_private};
+use crate::config::{DataDir, PrivateFileError, write_private};
+
+// As in `config`, the cause is part of each message, not a `source`: the binary prints an error
+// with its chain on one line, which would say the cause twice.
+
+/// Why a key could not be made, read, written or used. `Display` names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("reading OS randomness: {0}")]
+    Randomness(String),
+    #[error("{what}: {error}")]
+    Ssh {
+        what: &'static str,
+        error: russh::keys::ssh_key::Error,
+    },
+    #[error("reading {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("writing {path}: {error}")]
+    Write { path: String, error: std::io::Error },
+    #[error(transparent)]
+    Private(#[from] PrivateFileError),
+    #[error("{path} is not {what}: {error}")]
+    NotAKey {
+        path: String,
+        what: &'static str,
+        error: String,
+    },
+    #[error("{0}")]
+    Keyring(#[from] recorder::keyring::KeyringError),
+    #[error("{0}")]
+    Parse(russh::keys::ssh_key::Error),
+    #[error("no key in file")]
+    NoKey,
+    #[error("certificate validity must be positive")]
+    EmptyValidity,
+    #[error("validity out of range")]
+    ValidityOutOfRange,
+    #[error(
+        "{0} is inside a Postern data directory: keep the root key off the broker (removable media, an offline machine)"
+    )]
+    RootInsideDataDir(String),
+    #[error(
+        "{path} already pins another root key ({pinned}); remove it first if this node is to change roots"
+    )]
+    OtherRootPinned { path: String, pinned: String },
+    /// The start-up check failed; the message says what to run.
+    #[error("{0}")]
+    NotCertified(String),
+}
+
+type Result<T, E = KeyError> = std::result::Result<T, E>;
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|error| KeyError::Read {
+        path: path.display().to_string(),
+        error,
+    })
+}
+
+fn write(path: &Path, text: String) -> Result<()> {
+    std::fs::write(path, text).map_err(|error| KeyError::Write {
+        path: path.display().to_string(),
+        error,
+    })
+}
+
+fn ssh(what: &'static str) -> impl FnOnce(russh::keys::ssh_key::Error) -> KeyError {
+    move |error| KeyError::Ssh { what, error }
+}
 
 /// 32 bytes straight from the operating system's CSPRNG, for long-lived keys (root, seal, host,
 /// CA): no user-space generator state that a fork or a snapshot could duplicate.
@@ -20,7 +87,7 @@ pub fn os_seed() -> Result<[u8; 32]> {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng
         .try_fill_bytes(&mut seed)
-        .map_err(|e| anyhow!("reading OS randomness: {e}"))?;
+        .map_err(|e| KeyError::Randomness(e.to_string()))?;
     Ok(seed)
 }
 
@@ -32,7 +99,7 @@ pub fn generate_ed25519(comment: &str) -> Result<PrivateKey> {
         KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)),
         comment,
     )
-    .map_err(|e| anyhow!("generating key: {e}"))?;
+    .map_err(ssh("generating key"))?;
     key.set_comment(comment);
     Ok(key)
 }
@@ -41,31 +108,36 @@ pub fn generate_ed25519(comment: &str) -> Result<PrivateKey> {
 pub fn write_keypair(path: &Path, key: &PrivateKey) -> Result<()> {
     let pem = key
         .to_openssh(LineEnding::LF)
-        .map_err(|e| anyhow!("encoding key: {e}"))?;
+        .map_err(ssh("encoding key"))?;
     write_private(path, pem.as_bytes())?;
     let public = key
         .public_key()
         .to_openssh()
-        .map_err(|e| anyhow!("encoding key: {e}"))?;
-    std::fs::write(path.with_extension("pub"), format!("{public}\n"))?;
+        .map_err(ssh("encoding key"))?;
+    write(&path.with_extension("pub"), format!("{public}\n"))?;
     Ok(())
 }
 
 pub fn load_private(path: &Path) -> Result<PrivateKey> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
-    parse_private(&text)
-        .with_context(|| format!("{} is not an OpenSSH private key", path.display()))
+    let text = read(path)?;
+    parse_private(&text).map_err(|e| KeyError::NotAKey {
+        path: path.display().to_string(),
+        what: "an OpenSSH private key",
+        error: e.to_string(),
+    })
 }
 
 pub fn parse_private(text: &str) -> Result<PrivateKey> {
-    PrivateKey::from_openssh(text.trim()).map_err(|e| anyhow!("{e}"))
+    PrivateKey::from_openssh(text.trim()).map_err(KeyError::Parse)
 }
 
 pub fn load_public(path: &Path) -> Result<PublicKey> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    parse_public(&text).with_context(|| format!("{} is not an OpenSSH public key", path.display()))
+    let text = read(path)?;
+    parse_public(&text).map_err(|e| KeyError::NotAKey {
+        path: path.display().to_string(),
+        what: "an OpenSSH public key",
+        error: e.to_string(),
+    })
 }
 
 /// Parses the first key line of an OpenSSH public key or known_hosts-style file.
@@ -74,13 +146,13 @@ pub fn parse_public(text: &str) -> Result<PublicKey> {
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .ok_or_else(|| anyhow!("no key in file"))?;
+        .ok_or(KeyError::NoKey)?;
     // Accept "HOST ssh-ed25519 AAAA..." (ssh-keyscan output) as well as a bare key line.
     let from_alg = line
         .find("ssh-")
         .or_else(|| line.find("ecdsa-"))
         .unwrap_or(0);
-    PublicKey::from_openssh(&line[from_alg..]).map_err(|e| anyhow!("{e}"))
+    PublicKey::from_openssh(&line[from_alg..]).map_err(KeyError::Parse)
 }
 
 pub fn fingerprint(key: &PublicKey) -> String {
@@ -113,7 +185,7 @@ pub fn sign_user_cert(
     restrict: Restrictions,
 ) -> Result<IssuedCert> {
     if valid_before <= valid_after {
-        bail!("certificate validity must be positive");
+        return Err(KeyError::EmptyValidity);
     }
     let nonce: [u8; 32] = rand::random();
     let serial: u64 = rand::random::<u64>() >> 1;
@@ -124,23 +196,23 @@ pub fn sign_user_cert(
         valid_after,
         valid_before,
     )
-    .map_err(|e| anyhow!("certificate: {e}"))?;
+    .map_err(ssh("certificate"))?;
     b.serial(serial)
         .and_then(|b| b.cert_type(CertType::User))
         .and_then(|b| b.key_id(key_id.clone()))
         .and_then(|b| b.valid_principal(vendor))
-        .map_err(|e| anyhow!("certificate: {e}"))?;
+        .map_err(ssh("certificate"))?;
     if !restrict.no_pty {
         b.extension("permit-pty", "")
-            .map_err(|e| anyhow!("certificate: {e}"))?;
+            .map_err(ssh("certificate"))?;
     }
     if !restrict.no_port_forwarding {
         b.extension("permit-port-forwarding", "")
-            .map_err(|e| anyhow!("certificate: {e}"))?;
+            .map_err(ssh("certificate"))?;
     }
     let cert = b
         .sign(ca)
-        .map_err(|e| anyhow!("signing certificate: {e}"))?;
+        .map_err(ssh("signing certificate"))?;
     Ok(IssuedCert {
         cert,
         serial,
@@ -160,8 +232,8 @@ pub fn seal_seed(path: &Path) -> Result<[u8; 32]> {
         let seed = os_seed()?;
         write_private(path, hex::encode(seed).as_bytes())?;
         let key = recorder::SealKey::from_seed(&seed);
-        std::fs::write(
-            path.with_extension("pub"),
+        write(
+            &path.with_extension("pub"),
             format!("{}\n", key.public().export()),
         )?;
     }
@@ -169,12 +241,15 @@ pub fn seal_seed(path: &Path) -> Result<[u8; 32]> {
 }
 
 fn read_seal_seed(path: &Path) -> Result<[u8; 32]> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read(path)?;
     hex::decode(text.trim())
         .ok()
         .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| anyhow!("{} is not a seal key", path.display()))
+        .ok_or_else(|| KeyError::NotAKey {
+            path: path.display().to_string(),
+            what: "a seal key",
+            error: "not 32 bytes of hex".into(),
+        })
 }
 
 // ---- seal-key trust: the operator's root key and the keyring ----
@@ -208,23 +283,22 @@ pub fn root_init(out: &Path, data: &DataDir) -> Result<RootPublicKey> {
             .skip(1)
             .any(|d| d.join("postern.toml").is_file() && d.join("keys").is_dir());
     if inside_data_dir {
-        bail!(
-            "{} is inside a Postern data directory: keep the root key off the broker (removable media, an offline machine)",
-            out.display()
-        );
+        return Err(KeyError::RootInsideDataDir(out.display().to_string()));
     }
     let key = RootKey::from_seed(&os_seed()?);
     let public = key.public();
     write_private(out, key.export_secret().as_bytes())?;
     let pub_path = root_pub_beside(out);
-    std::fs::write(&pub_path, format!("{}\n", public.export()))
-        .with_context(|| format!("writing {}", pub_path.display()))?;
+    write(&pub_path, format!("{}\n", public.export()))?;
     Ok(public)
 }
 
 /// An absolute path with symlinks resolved as far as the path exists.
 fn resolved(p: &Path) -> Result<PathBuf> {
-    let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+    let abs = std::path::absolute(p).map_err(|error| KeyError::Read {
+        path: p.display().to_string(),
+        error,
+    })?;
     // Resolve the deepest existing ancestor, then re-append the rest.
     let mut existing = abs.as_path();
     let mut rest = Vec::new();
@@ -245,15 +319,21 @@ fn resolved(p: &Path) -> Result<PathBuf> {
 }
 
 pub fn load_root_key(path: &Path) -> Result<RootKey> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    RootKey::parse_secret(&text).with_context(|| format!("{}", path.display()))
+    let text = read(path)?;
+    RootKey::parse_secret(&text).map_err(|e| KeyError::NotAKey {
+        path: path.display().to_string(),
+        what: "a root key",
+        error: e.to_string(),
+    })
 }
 
 pub fn load_root_public(path: &Path) -> Result<RootPublicKey> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    RootPublicKey::parse(&text).with_context(|| format!("{}", path.display()))
+    let text = read(path)?;
+    RootPublicKey::parse(&text).map_err(|e| KeyError::NotAKey {
+        path: path.display().to_string(),
+        what: "a root public key",
+        error: e.to_string(),
+    })
 }
 
 /// The root public key pinned in the data directory, if any.
@@ -270,15 +350,13 @@ pub fn pinned_root(data: &DataDir) -> Result<Option<RootPublicKey>> {
 pub fn pin_root(data: &DataDir, root: &RootPublicKey) -> Result<bool> {
     match pinned_root(data)? {
         Some(p) if p == *root => Ok(false),
-        Some(p) => bail!(
-            "{} already pins another root key ({}); remove it first if this node is to change roots",
-            root_pub_path(data).display(),
-            p.fingerprint()
-        ),
+        Some(p) => Err(KeyError::OtherRootPinned {
+            path: root_pub_path(data).display().to_string(),
+            pinned: p.fingerprint(),
+        }),
         None => {
             let path = root_pub_path(data);
-            std::fs::write(&path, format!("{}\n", root.export()))
-                .with_context(|| format!("writing {}", path.display()))?;
+            write(&path, format!("{}\n", root.export()))?;
             Ok(true)
         }
     }
@@ -288,36 +366,41 @@ pub fn pin_root(data: &DataDir, root: &RootPublicKey) -> Result<bool> {
 /// error is one line saying what to run.
 pub fn require_certified(data: &DataDir, key: &recorder::SealPublicKey, now: i64) -> Result<KeyId> {
     let certify = "run `postern keys certify --root ROOT_KEY_FILE` with the operator's root key";
+    let refuse = |m: String| Err(KeyError::NotCertified(m));
     let Some(root) = pinned_root(data)? else {
-        bail!(
+        return refuse(format!(
             "refusing to seal with an uncertified key: no root public key is pinned in {}; {certify}",
             root_pub_path(data).display()
-        );
+        ));
     };
     let ring = Keyring::load(&keyring_path(data))?;
     let fp = root.fingerprint();
-    match ring.status(&root, key, now).with_context(|| {
-        format!(
-            "refusing to start: {} does not check against the pinned root {fp}",
-            keyring_path(data).display()
-        )
-    })? {
+    let status = match ring.status(&root, key, now) {
+        Ok(s) => s,
+        Err(e) => {
+            return refuse(format!(
+                "refusing to start: {} does not check against the pinned root {fp}: {e}",
+                keyring_path(data).display()
+            ));
+        }
+    };
+    match status {
         KeyStatus::Trusted(id) => Ok(id),
-        KeyStatus::NotCertified(id) => bail!(
+        KeyStatus::NotCertified(id) => refuse(format!(
             "refusing to seal with an uncertified key: seal key {id} is not certified by the root {fp}; {certify}"
-        ),
-        KeyStatus::NotYetValid { key_id, from } => bail!(
+        )),
+        KeyStatus::NotYetValid { key_id, from } => refuse(format!(
             "refusing to start: seal key {key_id} is certified only from {}; wait, or {certify}",
             fmt_time(from)
-        ),
-        KeyStatus::Expired { key_id, at } => bail!(
+        )),
+        KeyStatus::Expired { key_id, at } => refuse(format!(
             "refusing to start: the certificate of seal key {key_id} ended at {}; {certify}",
             fmt_time(at)
-        ),
-        KeyStatus::Revoked { key_id, at } => bail!(
+        )),
+        KeyStatus::Revoked { key_id, at } => refuse(format!(
             "refusing to start: seal key {key_id} was revoked from {}; run `postern keys rotate --root ROOT_KEY_FILE`",
             fmt_time(at)
-        ),
+        )),
     }
 }
 
@@ -333,7 +416,7 @@ pub fn certify_entry(
 ) -> Result<Entry> {
     let until = from
         .checked_add(valid_for)
-        .ok_or_else(|| anyhow!("validity out of range"))?;
+        .ok_or(KeyError::ValidityOutOfRange)?;
     Ok(Entry::Certify(root.certify(key, node, from, until, now)))
 }
 
@@ -382,8 +465,11 @@ pub fn install_seal_seed(path: &Path, seed: &[u8; 32]) -> Result<()> {
     let staging = path.with_extension("new");
     let _ = std::fs::remove_file(&staging);
     write_private(&staging, hex::encode(seed).as_bytes())?;
-    std::fs::rename(&staging, path).with_context(|| format!("replacing {}", path.display()))?;
+    std::fs::rename(&staging, path).map_err(|error| KeyError::Write {
+        path: path.display().to_string(),
+        error,
+    })?;
     let public = recorder::SealKey::from_seed(seed).public();
-    std::fs::write(path.with_extension("pub"), format!("{}\n", public.export()))?;
+    write(&path.with_extension("pub"), format!("{}\n", public.export()))?;
     Ok(())
 }

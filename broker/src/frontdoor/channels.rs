@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use approvals::RequestStatus;
 use approvals::audit::bounded;
 use russh::server::{ChannelOpenHandle, Handle, Msg};
 use russh::{Channel, ChannelOpenFailure};
@@ -224,15 +225,15 @@ async fn requests_listing(ctx: &Ctx, vendor: &str) -> String {
     }
     let mut out = String::new();
     for r in rows {
-        let decision = match (r.status.as_str(), &r.decided_by, &r.decision_reason) {
-            ("approved", Some(by), _) => format!(
+        let decision = match (r.status, &r.decided_by, &r.decision_reason) {
+            (RequestStatus::Approved, Some(by), _) => format!(
                 "approved by {by} (grant {})",
                 r.grant_id.clone().unwrap_or_default()
             ),
-            ("denied", Some(by), reason) => {
+            (RequestStatus::Denied, Some(by), reason) => {
                 format!("denied by {by}: {}", reason.clone().unwrap_or_default())
             }
-            (status, _, _) => status.to_owned(),
+            (status, _, _) => status.to_string(),
         };
         out.push_str(&format!(
             "{}  {}  {}/{}:{}  {}  \"{}\"  {}\r\n",
