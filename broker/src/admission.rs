@@ -50,8 +50,8 @@ pub struct Limits {
 
 impl Limits {
     /// Parses `start:rate:full` (or a single number, which is `full`).
-    pub fn parse_startups(s: &str) -> Result<(usize, u32, usize), String> {
-        let bad = || format!("'{s}' is not START:RATE:FULL (e.g. 100:30:1000) or a number");
+    pub fn parse_startups(s: &str) -> Result<(usize, u32, usize), StartupsError> {
+        let bad = || StartupsError::Syntax(s.to_owned());
         let parts: Vec<&str> = s.trim().split(':').collect();
         let (start, rate, full) = match parts.as_slice() {
             [full] => {
@@ -66,12 +66,19 @@ impl Limits {
             _ => return Err(bad()),
         };
         if start == 0 || full < start || rate > 100 {
-            return Err(format!(
-                "'{s}': need 0 < START <= FULL and RATE between 0 and 100"
-            ));
+            return Err(StartupsError::OutOfRange(s.to_owned()));
         }
         Ok((start, rate, full))
     }
+}
+
+/// Why a `max_startups` setting is not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartupsError {
+    #[error("'{0}' is not START:RATE:FULL (e.g. 100:30:1000) or a number")]
+    Syntax(String),
+    #[error("'{0}': need 0 < START <= FULL and RATE between 0 and 100")]
+    OutOfRange(String),
 }
 
 /// Why a new connection was refused at the door.

@@ -11,7 +11,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
 use approvals::checkpoint::{AUDIT_EVENT, Checkpoint, Tracker};
 use approvals::{AuditLog, Notifier, Store};
 use serde_json::json;
@@ -30,15 +29,26 @@ pub struct Settings {
     pub file: Option<PathBuf>,
 }
 
+/// Why the checkpoint settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("checkpoint_interval: {0}")]
+    Interval(approvals::time::TimeError),
+    #[error("checkpoint_interval must be at least 1s")]
+    IntervalTooShort,
+    #[error("checkpoint_every_events must be at least 1")]
+    NoEvents,
+}
+
 impl Settings {
-    pub fn from_config(cfg: &crate::config::Config) -> Result<Settings> {
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Settings, SettingsError> {
         let secs = approvals::time::parse_duration(&cfg.checkpoint_interval)
-            .map_err(|e| anyhow!("checkpoint_interval: {e}"))?;
+            .map_err(SettingsError::Interval)?;
         if secs < 1 {
-            bail!("checkpoint_interval must be at least 1s");
+            return Err(SettingsError::IntervalTooShort);
         }
         if cfg.checkpoint_every_events == 0 {
-            bail!("checkpoint_every_events must be at least 1");
+            return Err(SettingsError::NoEvents);
         }
         Ok(Settings {
             every_events: cfg.checkpoint_every_events,
@@ -50,7 +60,7 @@ impl Settings {
 
 /// Starts the checkpointer for `serve`: reads the settings and the seal key (failing the start
 /// when they are wrong), then runs in the background.
-pub fn spawn(env: &crate::Node) -> Result<()> {
+pub fn spawn(env: &crate::Node) -> anyhow::Result<()> {
     let settings = Settings::from_config(&env.cfg)?;
     let key = crate::keys::seal_key(&env.data.seal_key())?;
     tokio::spawn(run(
@@ -63,15 +73,35 @@ pub fn spawn(env: &crate::Node) -> Result<()> {
     Ok(())
 }
 
+/// Why a checkpoint is not yet in the checkpoint file.
+#[derive(Debug, thiserror::Error)]
+enum FileSinkError {
+    #[error("opening {path}")]
+    Open {
+        path: String,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Appends one checkpoint as a JSON line and syncs it.
-fn append_line(path: &Path, cp: &Checkpoint) -> Result<()> {
+fn append_line(path: &Path, cp: &Checkpoint) -> Result<(), FileSinkError> {
     let mut line = serde_json::to_vec(cp)?;
     line.push(b'\n');
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
+        .map_err(|error| FileSinkError::Open {
+            path: path.display().to_string(),
+            error,
+        })?;
     f.write_all(&line)?;
     f.sync_data()?;
     Ok(())
@@ -97,6 +127,7 @@ fn push_bounded(q: &mut VecDeque<Checkpoint>, cp: Checkpoint, sink: &str) {
     q.push_back(cp);
 }
 
+/// Makes and ships checkpoints until the audit log can no longer be read.
 pub async fn run(
     store: Store,
     audit: AuditLog,
@@ -104,25 +135,53 @@ pub async fn run(
     key: recorder::SealKey,
     settings: Settings,
 ) {
+    let Some(mut tracker) = open_tracker(&store, &audit).await else {
+        return;
+    };
+    info!(every_events = settings.every_events, interval = ?settings.interval, "checkpointing the audit log");
+    let mut maker = Maker {
+        audit,
+        key,
+        settings,
+        pending: Pending::default(),
+        since: tokio::time::Instant::now(),
+        broken: false,
+    };
+    loop {
+        tokio::time::sleep(POLL).await;
+        tracker = match maker.read_new(tracker).await {
+            Some(t) => t,
+            None => return,
+        };
+        maker.make_if_due(&mut tracker).await;
+        let file = maker.settings.file.as_deref();
+        ship(&store, &notifier, file, &mut maker.pending).await;
+    }
+}
+
+/// The installation's id, read from the audit log's stream id.
+async fn installation(path: &Path) -> Option<String> {
+    let p = path.to_owned();
+    match tokio::task::spawn_blocking(move || approvals::checkpoint::installation_of_log(&p)).await
+    {
+        Ok(Ok(i)) => Some(i),
+        Ok(Err(e)) => {
+            error!(error = %e, "no checkpoints: the audit log cannot be read");
+            None
+        }
+        Err(e) => {
+            error!(error = %e, "no checkpoints");
+            None
+        }
+    }
+}
+
+/// Follows the audit log from the node's latest shipped checkpoint (the chain continues from
+/// it), waiting for the database as long as it takes. `None` if the log cannot be followed.
+async fn open_tracker(store: &Store, audit: &AuditLog) -> Option<Tracker> {
     let path = audit.path().to_owned();
     let node = audit.node().to_owned();
-    // The chain continues from the node's latest shipped checkpoint.
-    let installation = {
-        let p = path.clone();
-        match tokio::task::spawn_blocking(move || approvals::checkpoint::installation_of_log(&p))
-            .await
-        {
-            Ok(Ok(i)) => i,
-            Ok(Err(e)) => {
-                error!(error = %e, "no checkpoints: the audit log cannot be read");
-                return;
-            }
-            Err(e) => {
-                error!(error = %e, "no checkpoints");
-                return;
-            }
-        }
-    };
+    let installation = installation(&path).await?;
     let last = loop {
         match store.latest_checkpoint(&installation, &node).await {
             Ok(l) => break l,
@@ -132,11 +191,8 @@ pub async fn run(
             }
         }
     };
-    let opened = {
-        let (p, n) = (path.clone(), node.clone());
-        tokio::task::spawn_blocking(move || Tracker::open(&p, &n, last)).await
-    };
-    let mut tracker = match opened {
+    let opened = tokio::task::spawn_blocking(move || Tracker::open(&path, &node, last)).await;
+    match opened {
         Ok(Ok((t, mismatch))) => {
             if let Some(m) = mismatch {
                 // Said loudly and kept in the audit log; `verify` reports it against the shipped
@@ -146,70 +202,86 @@ pub async fn run(
                     .record_async("audit.checkpoint_mismatch", json!({"problem": m}))
                     .await;
             }
-            t
+            Some(t)
         }
         Ok(Err(e)) => {
             error!(error = %e, "no checkpoints: the audit log does not verify");
-            return;
+            None
         }
         Err(e) => {
             error!(error = %e, "no checkpoints");
-            return;
+            None
         }
-    };
-    info!(every_events = settings.every_events, interval = ?settings.interval, "checkpointing the audit log");
-    let mut pending = Pending::default();
-    let mut since = tokio::time::Instant::now();
-    let mut broken = false;
-    loop {
-        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// What the checkpointer carries from one tick to the next.
+struct Maker {
+    audit: AuditLog,
+    key: recorder::SealKey,
+    settings: Settings,
+    pending: Pending,
+    /// When the last checkpoint was made (or the checkpointer started).
+    since: tokio::time::Instant,
+    /// The log stopped verifying: no checkpoint until it verifies again (said once).
+    broken: bool,
+}
+
+impl Maker {
+    /// Reads what was appended to the audit log since the last tick. `None` if the reading task
+    /// failed (the checkpointer stops).
+    async fn read_new(&mut self, mut tracker: Tracker) -> Option<Tracker> {
         let read = tokio::task::spawn_blocking(move || {
             let r = tracker.read_new();
             (tracker, r)
         })
         .await;
-        tracker = match read {
+        match read {
             Ok((t, Ok(()))) => {
-                broken = false;
-                t
+                self.broken = false;
+                Some(t)
             }
             Ok((t, Err(e))) => {
-                if !broken {
+                if !self.broken {
                     error!(error = %e, "checkpoints stopped: the audit log does not verify past this point");
-                    broken = true;
+                    self.broken = true;
                 }
-                t
+                Some(t)
             }
             Err(e) => {
                 error!(error = %e, "checkpointer stopped");
-                return;
-            }
-        };
-        let due = tracker.pending_events() >= settings.every_events
-            || (tracker.pending_events() > 0 && since.elapsed() >= settings.interval);
-        if due
-            && !broken
-            && let Some(cp) = tracker.make(&key, approvals::time::now())
-        {
-            // Not in the audit log, not made: tried again next tick.
-            match audit
-                .record_async(AUDIT_EVENT, json!({"checkpoint": cp}))
-                .await
-            {
-                Ok(_) => {
-                    tracker.committed(cp.clone());
-                    since = tokio::time::Instant::now();
-                    push_bounded(&mut pending.database, cp.clone(), "database");
-                    if settings.file.is_some() {
-                        push_bounded(&mut pending.file, cp, "file");
-                    }
-                }
-                Err(e) => {
-                    error!(error = %e, "checkpoint not made: the audit log cannot be written")
-                }
+                None
             }
         }
-        ship(&store, &notifier, settings.file.as_deref(), &mut pending).await;
+    }
+
+    /// Makes a checkpoint when enough events or time have passed, and queues it for the sinks.
+    async fn make_if_due(&mut self, tracker: &mut Tracker) {
+        let due = tracker.pending_events() >= self.settings.every_events
+            || (tracker.pending_events() > 0 && self.since.elapsed() >= self.settings.interval);
+        if !due || self.broken {
+            return;
+        }
+        let Some(cp) = tracker.make(&self.key, approvals::time::now()) else {
+            return;
+        };
+        // Not in the audit log, not made: tried again next tick.
+        match (self.audit)
+            .record_async(AUDIT_EVENT, json!({"checkpoint": cp}))
+            .await
+        {
+            Ok(_) => {
+                tracker.committed(cp.clone());
+                self.since = tokio::time::Instant::now();
+                push_bounded(&mut self.pending.database, cp.clone(), "database");
+                if self.settings.file.is_some() {
+                    push_bounded(&mut self.pending.file, cp, "file");
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "checkpoint not made: the audit log cannot be written")
+            }
+        }
     }
 }
 
@@ -231,7 +303,7 @@ async fn ship(store: &Store, notifier: &Notifier, file: Option<&Path>, p: &mut P
         let f = file.to_owned();
         let written = tokio::task::spawn_blocking(move || append_line(&f, &cp))
             .await
-            .map_err(|e| anyhow!("{e}"))
+            .map_err(FileSinkError::from)
             .and_then(|r| r);
         match written {
             Ok(()) => {

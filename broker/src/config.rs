@@ -12,8 +12,71 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+
+// In these errors the cause is part of the message and not a `source`: the binary prints an error
+// with its chain of sources on one line, which would say the cause twice.
+
+/// Why the configuration cannot be used. `Display` names the file and the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    NoFile(String),
+    #[error(
+        "{0} is not a Postern data directory (no postern.toml): run `postern init --data {0}` first"
+    )]
+    NotDataDir(String),
+    #[error("reading {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path} is not valid: {error}")]
+    Invalid {
+        path: String,
+        error: toml::de::Error,
+    },
+    #[error("{path}: {error}")]
+    Limits { path: String, error: LimitsError },
+    #[error("{0}: set both web_tls_cert and web_tls_key for HTTPS, or neither")]
+    TlsHalf(String),
+    #[error("{0}: webhook_url must be an http:// or https:// URL")]
+    WebhookUrl(String),
+}
+
+/// A limit or duration in the configuration that is out of range or not understood.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitsError {
+    #[error("{setting}: {error}")]
+    Duration {
+        setting: &'static str,
+        error: approvals::time::TimeError,
+    },
+    #[error("max_startups: {0}")]
+    MaxStartups(crate::admission::StartupsError),
+    #[error("per_source_max_startups must be at least 1")]
+    PerSourceMaxStartups,
+    #[error("web_max_connections and web_per_source_connections must be at least 1")]
+    WebConnections,
+    #[error("{setting}: {error}")]
+    Network {
+        setting: &'static str,
+        error: NotANetwork,
+    },
+    #[error("forwarded_header: {0}")]
+    ForwardedHeader(String),
+}
+
+/// An entry of `penalty_exempt` or `trusted_proxies` that is neither an address nor a network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not an address or a CIDR network")]
+pub struct NotANetwork(String);
+
+/// A private file (key, secret) that could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateFileError {
+    #[error("creating {path}: {error}")]
+    Create { path: String, error: std::io::Error },
+    #[error(transparent)]
+    Write(#[from] std::io::Error),
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,43 +273,45 @@ pub struct Limits {
 }
 
 /// Parses an address or a CIDR network (`10.0.0.5`, `10.0.0.0/8`, `::1`).
-fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+fn parse_net(s: &str) -> Result<ipnet::IpNet, NotANetwork> {
     let s = s.trim();
     s.parse::<ipnet::IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        .map_err(|_| format!("'{s}' is not an address or a CIDR network"))
+        .map_err(|_| NotANetwork(s.to_owned()))
+}
+
+/// Parses the duration setting `setting` (seconds).
+fn seconds(setting: &'static str, value: &str) -> Result<i64, LimitsError> {
+    approvals::time::parse_duration(value).map_err(|error| LimitsError::Duration { setting, error })
+}
+
+fn duration(setting: &'static str, value: &str) -> Result<std::time::Duration, LimitsError> {
+    seconds(setting, value).map(|s| std::time::Duration::from_secs(s as u64))
+}
+
+/// Parses the networks of the list setting `setting`.
+fn networks(setting: &'static str, list: &[String]) -> Result<Vec<ipnet::IpNet>, LimitsError> {
+    list.iter()
+        .map(|n| parse_net(n).map_err(|error| LimitsError::Network { setting, error }))
+        .collect()
 }
 
 impl Config {
     /// Every limit and duration in the config, checked: a typo stops the broker at start.
-    pub fn limits(&self) -> std::result::Result<Limits, String> {
-        use approvals::time::parse_duration;
-        let secs = |name: &str, v: &str| {
-            parse_duration(v)
-                .map(|s| std::time::Duration::from_secs(s as u64))
-                .map_err(|e| format!("{name}: {e}"))
-        };
+    pub fn limits(&self) -> Result<Limits, LimitsError> {
         let (start, rate, full) = crate::admission::Limits::parse_startups(&self.max_startups)
-            .map_err(|e| format!("max_startups: {e}"))?;
+            .map_err(LimitsError::MaxStartups)?;
         if self.per_source_max_startups == 0 {
-            return Err("per_source_max_startups must be at least 1".into());
+            return Err(LimitsError::PerSourceMaxStartups);
         }
         if self.web_max_connections == 0 || self.web_per_source_connections == 0 {
-            return Err(
-                "web_max_connections and web_per_source_connections must be at least 1".into(),
-            );
+            return Err(LimitsError::WebConnections);
         }
-        let nets = |name: &str, list: &[String]| {
-            list.iter()
-                .map(|n| parse_net(n).map_err(|e| format!("{name}: {e}")))
-                .collect::<std::result::Result<Vec<_>, String>>()
-        };
         approvals::web::ClientAddress::new(Vec::new(), &self.forwarded_header)
-            .map_err(|e| format!("forwarded_header: {e}"))?;
+            .map_err(|e| LimitsError::ForwardedHeader(e.to_string()))?;
         Ok(Limits {
-            warn_before: parse_duration(&self.warn_before)
-                .map_err(|e| format!("warn_before: {e}"))?,
-            login_grace: secs("login_grace", &self.login_grace)?,
+            warn_before: seconds("warn_before", &self.warn_before)?,
+            login_grace: duration("login_grace", &self.login_grace)?,
             startups: crate::admission::Limits {
                 start,
                 rate,
@@ -254,12 +319,15 @@ impl Config {
                 per_source: self.per_source_max_startups,
                 penalties: self.per_source_penalties,
             },
-            penalty_exempt: nets("penalty_exempt", &self.penalty_exempt)?,
-            web_idle_timeout: secs("web_idle_timeout", &self.web_idle_timeout)?,
-            web_header_timeout: secs("web_header_timeout", &self.web_header_timeout)?,
-            trusted_proxies: nets("trusted_proxies", &self.trusted_proxies)?,
-            audit_summary_interval: secs("audit_summary_interval", &self.audit_summary_interval)?,
-            device_keepalive: secs("device_keepalive", &self.device_keepalive)?,
+            penalty_exempt: networks("penalty_exempt", &self.penalty_exempt)?,
+            web_idle_timeout: duration("web_idle_timeout", &self.web_idle_timeout)?,
+            web_header_timeout: duration("web_header_timeout", &self.web_header_timeout)?,
+            trusted_proxies: networks("trusted_proxies", &self.trusted_proxies)?,
+            audit_summary_interval: duration(
+                "audit_summary_interval",
+                &self.audit_summary_interval,
+            )?,
+            device_keepalive: duration("device_keepalive", &self.device_keepalive)?,
         })
     }
 }
@@ -325,39 +393,36 @@ impl DataDir {
     }
 
     /// Loads the configuration: `--config FILE` if given, else the data dir's postern.toml.
-    pub fn load_config(&self, explicit: Option<&Path>) -> Result<Config> {
+    pub fn load_config(&self, explicit: Option<&Path>) -> Result<Config, ConfigError> {
         let path = explicit
             .map(Path::to_owned)
             .unwrap_or_else(|| self.config_file());
+        let shown = path.display().to_string();
         if !path.exists() {
             if explicit.is_some() {
-                bail!("config file {} does not exist", path.display());
+                return Err(ConfigError::NoFile(shown));
             }
-            bail!(
-                "{} is not a Postern data directory (no postern.toml): run `postern init --data {}` first",
-                self.root.display(),
-                self.root.display()
-            );
+            return Err(ConfigError::NotDataDir(self.root.display().to_string()));
         }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let cfg: Config =
-            toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
-        cfg.limits()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Read {
+            path: shown.clone(),
+            error,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|error| ConfigError::Invalid {
+            path: shown.clone(),
+            error,
+        })?;
+        cfg.limits().map_err(|error| ConfigError::Limits {
+            path: shown.clone(),
+            error,
+        })?;
         if cfg.web_tls_cert.is_some() != cfg.web_tls_key.is_some() {
-            bail!(
-                "{}: set both web_tls_cert and web_tls_key for HTTPS, or neither",
-                path.display()
-            );
+            return Err(ConfigError::TlsHalf(shown));
         }
         if let Some(url) = &cfg.webhook_url
             && !(url.starts_with("https://") || url.starts_with("http://"))
         {
-            bail!(
-                "{}: webhook_url must be an http:// or https:// URL",
-                path.display()
-            );
+            return Err(ConfigError::WebhookUrl(shown));
         }
         Ok(cfg)
     }
@@ -370,7 +435,7 @@ impl DataDir {
 }
 
 /// Writes a file readable only by its owner (keys, secrets). Fails if it exists.
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PrivateFileError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -378,7 +443,10 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+        .map_err(|error| PrivateFileError::Create {
+            path: path.display().to_string(),
+            error,
+        })?;
     f.write_all(contents)?;
     f.sync_all()?;
     Ok(())

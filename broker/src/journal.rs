@@ -31,6 +31,19 @@ pub struct SessionEnd {
     pub final_hash: Option<String>,
 }
 
+/// Why a journal entry cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Parse(#[from] serde_json::Error),
+}
+
+fn read_entry(path: &Path) -> Result<SessionEnd, EntryError> {
+    Ok(serde_json::from_slice(&std::fs::read(path)?)?)
+}
+
 /// The journal directory (`DATA/journal/`).
 #[derive(Clone)]
 pub struct Journal {
@@ -102,16 +115,11 @@ impl Journal {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.to_string_lossy().ends_with(".end.json"))
-            .filter_map(|p| {
-                let parsed = std::fs::read(&p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
-                match parsed {
-                    Ok(end) => Some(end),
-                    Err(e) => {
-                        warn!(file = %p.display(), error = %e, "unreadable journal entry");
-                        None
-                    }
+            .filter_map(|p| match read_entry(&p) {
+                Ok(end) => Some(end),
+                Err(e) => {
+                    warn!(file = %p.display(), error = %e, "unreadable journal entry");
+                    None
                 }
             })
             .collect();

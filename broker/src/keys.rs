@@ -110,10 +110,7 @@ pub fn write_keypair(path: &Path, key: &PrivateKey) -> Result<()> {
         .to_openssh(LineEnding::LF)
         .map_err(ssh("encoding key"))?;
     write_private(path, pem.as_bytes())?;
-    let public = key
-        .public_key()
-        .to_openssh()
-        .map_err(ssh("encoding key"))?;
+    let public = key.public_key().to_openssh().map_err(ssh("encoding key"))?;
     write(&path.with_extension("pub"), format!("{public}\n"))?;
     Ok(())
 }
@@ -203,16 +200,13 @@ pub fn sign_user_cert(
         .and_then(|b| b.valid_principal(vendor))
         .map_err(ssh("certificate"))?;
     if !restrict.no_pty {
-        b.extension("permit-pty", "")
-            .map_err(ssh("certificate"))?;
+        b.extension("permit-pty", "").map_err(ssh("certificate"))?;
     }
     if !restrict.no_port_forwarding {
         b.extension("permit-port-forwarding", "")
             .map_err(ssh("certificate"))?;
     }
-    let cert = b
-        .sign(ca)
-        .map_err(ssh("signing certificate"))?;
+    let cert = b.sign(ca).map_err(ssh("signing certificate"))?;
     Ok(IssuedCert {
         cert,
         serial,
@@ -470,6 +464,9 @@ pub fn install_seal_seed(path: &Path, seed: &[u8; 32]) -> Result<()> {
         error,
     })?;
     let public = recorder::SealKey::from_seed(seed).public();
-    write(&path.with_extension("pub"), format!("{}\n", public.export()))?;
+    write(
+        &path.with_extension("pub"),
+        format!("{}\n", public.export()),
+    )?;
     Ok(())
 }

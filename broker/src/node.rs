@@ -8,14 +8,14 @@ use serde_json::{Value, json};
 
 use approvals::audit::AuditError;
 
-use crate::config::{Config, DataDir};
+use crate::config::{Config, ConfigError, DataDir};
 use crate::keys;
 
 /// Why a data directory could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("{0:#}")]
-    Config(anyhow::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("opening the database: {0}")]
     Store(#[from] approvals::StoreError),
 }
@@ -33,7 +33,7 @@ impl Node {
     /// Opens the data directory at `data`, with `config` instead of `DATA/postern.toml` if given.
     pub async fn open(data: &Path, config: Option<&Path>) -> Result<Node, OpenError> {
         let data = DataDir::new(data);
-        let cfg = data.load_config(config).map_err(OpenError::Config)?;
+        let cfg = data.load_config(config)?;
         let url = data.database_url(&cfg);
         let store = Store::open(&url).await?;
         let audit = AuditLog::of_installation(

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
 use approvals::web::{WebState, router};
 use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -36,6 +35,22 @@ pub struct Limits {
     pub header: Duration,
 }
 
+/// Why the web UI cannot be served. The cause is part of the message (not a chained source), as
+/// the binary prints an error's whole chain on one line.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("web UI: listening on {addr}: {error}")]
+    Listen { addr: String, error: std::io::Error },
+    #[error("web UI: loading certificate {cert} and key {key}: {error}")]
+    Certificate {
+        cert: String,
+        key: String,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 /// Binds the web listener and loads the certificate now, so that a busy port or a bad certificate
 /// fails `serve` at once, and returns the address with the future that serves it.
 pub async fn bind(
@@ -43,9 +58,11 @@ pub async fn bind(
     addr: &str,
     tls: Option<(PathBuf, PathBuf)>,
     limits: Limits,
-) -> Result<(SocketAddr, Serving)> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("web UI: listening on {addr}"))?;
+) -> Result<(SocketAddr, Serving), WebError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|error| WebError::Listen {
+        addr: addr.to_owned(),
+        error,
+    })?;
     let local = listener.local_addr()?;
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let guard = Guard {
@@ -56,12 +73,10 @@ pub async fn bind(
         Some((cert, key)) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
                 .await
-                .with_context(|| {
-                    format!(
-                        "web UI: loading certificate {} and key {}",
-                        cert.display(),
-                        key.display()
-                    )
+                .map_err(|error| WebError::Certificate {
+                    cert: cert.display().to_string(),
+                    key: key.display().to_string(),
+                    error,
                 })?;
             let server = axum_server::from_tcp_rustls(listener, config)?
                 .map(|tls| tls.handshake_timeout(limits.header).acceptor(guard));
