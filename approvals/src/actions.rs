@@ -9,6 +9,7 @@
 //! account for does not take effect. Should the commit itself fail after the record was written,
 //! a follow-up record (`action.not_committed`) says so.
 
+use crate::audit::AuditEvent;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::warn;
@@ -211,25 +212,25 @@ pub enum ActionRecord {
 
 impl ActionRecord {
     /// The audit event name.
-    pub fn event(&self) -> &'static str {
+    pub fn event(&self) -> AuditEvent {
         match self {
-            ActionRecord::RequestApprove { .. } => "request.approve",
-            ActionRecord::RequestDeny { .. } => "request.deny",
-            ActionRecord::GrantAdd { .. } => "grant.add",
-            ActionRecord::GrantRevoke { .. } => "grant.revoke",
-            ActionRecord::SessionKill { .. } => "session.kill_requested",
-            ActionRecord::VendorDisable { .. } => "vendor.disable",
-            ActionRecord::BreakglassReview { .. } => "breakglass.review",
-            ActionRecord::VendorAdd { .. } => "vendor.add",
-            ActionRecord::VendorCert { .. } => "vendor.cert",
-            ActionRecord::ApproverAdd { .. } => "approver.add",
-            ActionRecord::ApproverReset { .. } => "approver.reset",
-            ActionRecord::ApproverDisable { .. } => "approver.disable",
-            ActionRecord::SiteAdd { .. } => "site.add",
-            ActionRecord::DeviceAdd { .. } => "device.add",
-            ActionRecord::DeviceImport { .. } => "device.import",
-            ActionRecord::FunctionAdd { .. } => "function.add",
-            ActionRecord::NotCommitted { .. } => "action.not_committed",
+            ActionRecord::RequestApprove { .. } => AuditEvent::RequestApprove,
+            ActionRecord::RequestDeny { .. } => AuditEvent::RequestDeny,
+            ActionRecord::GrantAdd { .. } => AuditEvent::GrantAdd,
+            ActionRecord::GrantRevoke { .. } => AuditEvent::GrantRevoke,
+            ActionRecord::SessionKill { .. } => AuditEvent::SessionKillRequested,
+            ActionRecord::VendorDisable { .. } => AuditEvent::VendorDisable,
+            ActionRecord::BreakglassReview { .. } => AuditEvent::BreakglassReview,
+            ActionRecord::VendorAdd { .. } => AuditEvent::VendorAdd,
+            ActionRecord::VendorCert { .. } => AuditEvent::VendorCert,
+            ActionRecord::ApproverAdd { .. } => AuditEvent::ApproverAdd,
+            ActionRecord::ApproverReset { .. } => AuditEvent::ApproverReset,
+            ActionRecord::ApproverDisable { .. } => AuditEvent::ApproverDisable,
+            ActionRecord::SiteAdd { .. } => AuditEvent::SiteAdd,
+            ActionRecord::DeviceAdd { .. } => AuditEvent::DeviceAdd,
+            ActionRecord::DeviceImport { .. } => AuditEvent::DeviceImport,
+            ActionRecord::FunctionAdd { .. } => AuditEvent::FunctionAdd,
+            ActionRecord::NotCommitted { .. } => AuditEvent::ActionNotCommitted,
         }
     }
 
@@ -684,7 +685,7 @@ impl Actions {
             .record_async(record.event(), record.fields(actor))
             .await
         {
-            warn!(error = %e, event = record.event(), "audit log write failed; action rolled back");
+            warn!(error = %e, event = %record.event(), "audit log write failed; action rolled back");
             if let Err(r) = tx.rollback().await {
                 // Dropping the transaction rolls it back all the same.
                 warn!(error = %r, "rollback failed");
@@ -693,9 +694,9 @@ impl Actions {
         }
         if let Err(e) = tx.commit().await {
             let error = StoreError::from(e);
-            warn!(error = %error, event = record.event(), "action recorded but not committed");
+            warn!(error = %error, event = %record.event(), "action recorded but not committed");
             let undo = ActionRecord::NotCommitted {
-                action: record.event().to_owned(),
+                action: record.event().name().to_owned(),
                 error: error.to_string(),
             };
             if let Err(a) = self
@@ -722,7 +723,7 @@ mod tests {
             vendor: "v".into(),
             node: "n".into(),
         };
-        assert_eq!(r.event(), "session.kill_requested");
+        assert_eq!(r.event().name(), "session.kill_requested");
         assert_eq!(
             r.fields(&Actor::web("olga")),
             json!({"session": "s-1", "vendor": "v", "node": "n", "actor": "web:olga"})
@@ -731,7 +732,7 @@ mod tests {
             vendor: "v".into(),
             grants_revoked: vec!["g-1".into()],
         };
-        assert_eq!(r.event(), "vendor.disable");
+        assert_eq!(r.event().name(), "vendor.disable");
         assert_eq!(
             r.fields(&Actor::operator("root")),
             json!({"vendor": "v", "grants_revoked": ["g-1"], "actor": "operator:root"})
@@ -749,7 +750,7 @@ mod tests {
             host_key: "SHA256:x".into(),
             pinned: "from file".into(),
         };
-        assert_eq!(r.event(), "device.add");
+        assert_eq!(r.event().name(), "device.add");
         assert_eq!(
             r.fields(&Actor::operator("root")),
             json!({"site": "s", "device": "d", "addr": "127.0.0.1:22", "login": "root",
@@ -761,7 +762,7 @@ mod tests {
             org: "acme".into(),
             contract_end: None,
         };
-        assert_eq!(r.event(), "vendor.add");
+        assert_eq!(r.event().name(), "vendor.add");
         assert_eq!(
             r.fields(&Actor::operator("root")),
             json!({"vendor": "v", "org": "acme", "contract_end": null, "actor": "operator:root"})
@@ -769,7 +770,7 @@ mod tests {
         let r = ActionRecord::ApproverReset {
             approver: "olga".into(),
         };
-        assert_eq!(r.event(), "approver.reset");
+        assert_eq!(r.event().name(), "approver.reset");
         assert_eq!(
             r.fields(&Actor::operator("root")),
             json!({"approver": "olga", "actor": "operator:root"})

@@ -58,14 +58,14 @@ impl AuditLog {
     }
 
     /// Writes one event synchronously (the write is fsynced). `fields` must be a JSON object.
-    pub fn record(&self, event: &str, fields: Value) -> Result<u64, AuditError> {
+    pub fn record(&self, event: AuditEvent, fields: Value) -> Result<u64, AuditError> {
         let mut obj = Map::new();
         obj.insert(
             "time".into(),
             json!(crate::time::fmt_time(crate::time::now())),
         );
         obj.insert("node".into(), json!(self.node));
-        obj.insert("event".into(), json!(event));
+        obj.insert("event".into(), json!(event.name()));
         if let Value::Object(extra) = fields {
             obj.extend(extra);
         }
@@ -76,7 +76,7 @@ impl AuditLog {
             let note = json!({
                 "time": crate::time::fmt_time(crate::time::now()),
                 "node": self.node,
-                "event": "audit.tail_repaired",
+                "event": AuditEvent::AuditTailRepaired.name(),
                 "cut_at_byte": at,
                 "bytes_cut": bytes,
                 "before_seq": appended.seq,
@@ -96,10 +96,9 @@ impl AuditLog {
     }
 
     /// [`AuditLog::record`] off the async runtime's threads.
-    pub async fn record_async(&self, event: &str, fields: Value) -> Result<u64, AuditError> {
+    pub async fn record_async(&self, event: AuditEvent, fields: Value) -> Result<u64, AuditError> {
         let me = self.clone();
-        let event = event.to_owned();
-        match tokio::task::spawn_blocking(move || me.record(&event, fields)).await {
+        match tokio::task::spawn_blocking(move || me.record(event, fields)).await {
             Ok(r) => r,
             Err(e) => Err(AuditError {
                 path: self.path.display().to_string(),
@@ -386,6 +385,13 @@ impl AuditEvent {
     /// The event of a name found in a log (`None`: written by a newer version, or not ours).
     pub fn from_name(name: &str) -> Option<AuditEvent> {
         AuditEvent::ALL.iter().copied().find(|e| e.name() == name)
+    }
+}
+
+/// Written as its name, as in the log.
+impl serde::Serialize for AuditEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 

@@ -33,7 +33,7 @@ const EMPTY_TAG: &[u8] = b"postern checkpoint no seals v1\0";
 const LINK_TAG: &[u8] = b"postern checkpoint link v1\0";
 
 /// The audit event a checkpoint is recorded under in the log itself.
-pub const AUDIT_EVENT: &str = "audit.checkpoint";
+pub const AUDIT_EVENT: crate::audit::AuditEvent = crate::audit::AuditEvent::AuditCheckpoint;
 
 /// One signed checkpoint of a node's audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,7 +148,7 @@ impl Checkpoint {
         if self.version != VERSION {
             return Err(bad("unknown checkpoint version"));
         }
-        let key = recorder::SealPublicKey::parse(&self.key).map_err(|e| bad(&e))?;
+        let key = recorder::SealPublicKey::parse(&self.key).map_err(|e| bad(&e.to_string()))?;
         let sig: [u8; 64] = hex::decode(&self.signature)
             .ok()
             .and_then(|v| v.try_into().ok())
@@ -334,7 +334,7 @@ impl Tracker {
                         if let Some(leaf) = leaf_of_event(&v) {
                             self.leaves.push(leaf);
                         }
-                        if v["event"] != AUDIT_EVENT {
+                        if v["event"] != AUDIT_EVENT.name() {
                             self.events += 1;
                         }
                     }
@@ -471,7 +471,7 @@ pub fn parse_lines(text: &str) -> Result<Vec<Checkpoint>, String> {
             continue;
         }
         let bad = |e: &dyn std::fmt::Display| format!("line {}: not a checkpoint: {e}", i + 1);
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&e))?;
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
         let cp = match v.get("checkpoint") {
             Some(inner) => inner.clone(),
             None if v.get("event").is_some() => continue,
@@ -740,6 +740,7 @@ impl LogScan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::AuditEvent;
     use crate::audit::AuditLog;
     use serde_json::json;
 
@@ -870,12 +871,12 @@ mod tests {
         let mut tracker: Option<Tracker> = None;
         for round in 0..3u64 {
             for i in 0..4u64 {
-                log.record("auth.ok", json!({"vendor": "v", "i": i}))
+                log.record(AuditEvent::AuthOk, json!({"vendor": "v", "i": i}))
                     .unwrap();
             }
             let id = format!("s-{round}");
             log.record(
-                "session.seal",
+                AuditEvent::SessionSeal,
                 json!({"session": id, "sealed_records": 10 + round, "sealed_hash": hex::encode([round as u8; 32])}),
             )
             .unwrap();

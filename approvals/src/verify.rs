@@ -843,6 +843,7 @@ fn trusted_keys(lines: &[String]) -> Vec<recorder::SealPublicKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::AuditEvent;
     use crate::audit::AuditLog;
     use recorder::{Kind, SealKey, Writer};
     use serde_json::json;
@@ -866,7 +867,7 @@ mod tests {
         };
         std::fs::create_dir_all(&evidence.recordings).unwrap();
         let audit = AuditLog::new(&evidence.audit_log, name);
-        audit.record("serve.start", json!({})).unwrap();
+        audit.record(AuditEvent::ServeStart, json!({})).unwrap();
         Node {
             _dir: dir,
             evidence,
@@ -922,13 +923,13 @@ mod tests {
                 let (n, h) = w.finish().unwrap();
                 self.audit
                     .record(
-                        "session.end",
+                        AuditEvent::SessionEnd,
                         json!({"session": id, "records": n, "final_hash": hex::encode(h)}),
                     )
                     .unwrap();
                 self.audit
                     .record(
-                        "session.seal",
+                        AuditEvent::SessionSeal,
                         json!({"session": id, "sealed_records": seal.records, "sealed_hash": seal.final_hash}),
                     )
                     .unwrap();
@@ -991,7 +992,10 @@ mod tests {
         );
 
         n.audit
-            .record("session.crash_recovered", json!({"sessions": ["s-live"]}))
+            .record(
+                AuditEvent::SessionCrashRecovered,
+                json!({"sessions": ["s-live"]}),
+            )
             .unwrap();
         let f = &n.verify(&[row("s-live", "node-a")])[0];
         assert!(f.ok && f.detail.contains("never sealed"), "{}", f.line());
@@ -999,7 +1003,7 @@ mod tests {
         // The audit log says it ended with 6 records; the unsealed file has 4.
         n.audit
             .record(
-                "session.end",
+                AuditEvent::SessionEnd,
                 json!({"session": "s-live", "records": 6, "final_hash": "00"}),
             )
             .unwrap();

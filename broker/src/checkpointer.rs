@@ -6,6 +6,7 @@
 //! shared database together with the webhook outbox (one transaction) and to `checkpoint_file`.
 //! A sink that fails is retried on the next tick; nothing in a session's path waits on any of it.
 
+use approvals::audit::AuditEvent;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -58,9 +59,18 @@ impl Settings {
     }
 }
 
+/// Why the checkpointer cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+}
+
 /// Starts the checkpointer for `serve`: reads the settings and the seal key (failing the start
 /// when they are wrong), then runs in the background.
-pub fn spawn(env: &crate::Node) -> anyhow::Result<()> {
+pub fn spawn(env: &crate::Node) -> Result<(), StartError> {
     let settings = Settings::from_config(&env.cfg)?;
     let key = crate::keys::seal_key(&env.data.seal_key())?;
     tokio::spawn(run(
@@ -199,7 +209,7 @@ async fn open_tracker(store: &Store, audit: &AuditLog) -> Option<Tracker> {
                 // checkpoints too.
                 error!(problem = %m, "the audit log no longer matches its last shipped checkpoint");
                 let _ = audit
-                    .record_async("audit.checkpoint_mismatch", json!({"problem": m}))
+                    .record_async(AuditEvent::AuditCheckpointMismatch, json!({"problem": m}))
                     .await;
             }
             Some(t)

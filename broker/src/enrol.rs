@@ -3,12 +3,24 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
 use approvals::Actor;
 use approvals::time::now;
 
 use crate::Node;
-use crate::keys;
+use crate::keys::{self, KeyError};
+
+/// Why a certificate was not issued (nothing is left behind).
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("certificate validity out of range")]
+    OutOfRange,
+    #[error(transparent)]
+    Refused(#[from] approvals::ActionError),
+    #[error("writing {path}: {error}")]
+    Write { path: String, error: std::io::Error },
+}
 
 /// Signs a user certificate for `vendor`'s public key with the vendor CA, records it in the
 /// registry and the audit log (one action), and only then writes it next to the key as
@@ -22,12 +34,10 @@ pub async fn issue_certificate(
     start: i64,
     secs: i64,
     restrict: keys::Restrictions,
-) -> Result<(PathBuf, keys::IssuedCert)> {
+) -> Result<(PathBuf, keys::IssuedCert), IssueError> {
     let subject = keys::load_public(pubkey)?;
     let ca = keys::load_private(&node.data.ca_key())?;
-    let end = start
-        .checked_add(secs)
-        .ok_or_else(|| anyhow!("certificate validity out of range"))?;
+    let end = start.checked_add(secs).ok_or(IssueError::OutOfRange)?;
     let issued = keys::sign_user_cert(
         &ca,
         &subject,
@@ -36,10 +46,10 @@ pub async fn issue_certificate(
         end.max(0) as u64,
         restrict,
     )?;
-    let text = issued
-        .cert
-        .to_openssh()
-        .map_err(|e| anyhow!("encoding certificate: {e}"))?;
+    let text = issued.cert.to_openssh().map_err(|error| KeyError::Ssh {
+        what: "encoding certificate",
+        error,
+    })?;
     let fp = keys::fingerprint(&subject);
     node.actions()
         .issue_certificate(
@@ -58,9 +68,12 @@ pub async fn issue_certificate(
         .await?;
     let out = cert_path(pubkey);
     let tmp = out.with_extension("tmp");
-    std::fs::write(&tmp, format!("{text}\n"))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    let failed = |path: &Path| {
+        let path = path.display().to_string();
+        move |error| IssueError::Write { path, error }
+    };
+    std::fs::write(&tmp, format!("{text}\n")).map_err(failed(&tmp))?;
+    std::fs::rename(&tmp, &out).map_err(failed(&out))?;
     Ok((out, issued))
 }
 

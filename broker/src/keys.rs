@@ -152,6 +152,11 @@ pub fn parse_public(text: &str) -> Result<PublicKey> {
     PublicKey::from_openssh(&line[from_alg..]).map_err(KeyError::Parse)
 }
 
+/// A public key as one OpenSSH line (`ssh-ed25519 AAAA...`).
+pub fn openssh_line(key: &PublicKey) -> Result<String> {
+    key.to_openssh().map_err(ssh("encoding key"))
+}
+
 pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }

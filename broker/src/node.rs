@@ -6,7 +6,7 @@ use std::path::Path;
 use approvals::{Actor, AuditLog, Store};
 use serde_json::{Value, json};
 
-use approvals::audit::AuditError;
+use approvals::audit::{AuditError, AuditEvent};
 
 use crate::config::{Config, ConfigError, DataDir};
 use crate::keys;
@@ -52,7 +52,12 @@ impl Node {
     }
 
     /// Records what `actor` did; the caller must not go on if this fails.
-    pub fn audit_as(&self, actor: &Actor, event: &str, fields: Value) -> Result<(), AuditError> {
+    pub fn audit_as(
+        &self,
+        actor: &Actor,
+        event: AuditEvent,
+        fields: Value,
+    ) -> Result<(), AuditError> {
         let mut fields = fields;
         if let Value::Object(m) = &mut fields {
             m.insert("actor".into(), json!(actor.tag()));

@@ -6,6 +6,7 @@
 //! waits this task reads nothing more from the other side, whose bounded channel buffer then stops
 //! its connection from reading the socket.
 
+use approvals::audit::AuditEvent;
 use std::sync::Arc;
 
 use approvals::time::{fmt_time, now};
@@ -63,9 +64,9 @@ pub async fn audited_answer(
     refusal: Option<String>,
 ) -> Result<(), ChannelRefused> {
     let event = if refusal.is_none() {
-        "channel.allow"
+        AuditEvent::ChannelAllow
     } else {
-        "channel.deny"
+        AuditEvent::ChannelDeny
     };
     let fields = json!({"session": live.id, "vendor": live.target.vendor, "channel": channel, "reason": refusal});
     if !ctx.audit(event, fields).await {

@@ -7,6 +7,7 @@
 //! instead: a reason, and the session opens at once, flagged for review, with every approver of
 //! the site notified.
 
+use approvals::audit::AuditEvent;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,7 +167,9 @@ impl Asking {
         let fields = json!({"request": req.id, "vendor": req.vendor, "site": req.site, "device": req.device,
                             "function": req.function, "reason": req.reason, "duration": req.duration,
                             "approvers": approvers});
-        self.ctx.audit("request.filed", fields.clone()).await;
+        self.ctx
+            .audit(AuditEvent::RequestFiled, fields.clone())
+            .await;
         let text = format!(
             "{} asks for {} at {}/{} for {}: {} (request {})",
             req.vendor,
@@ -317,7 +320,11 @@ impl Asking {
         let fields = json!({"breakglass": bg.id, "vendor": bg.vendor, "org": bg.org, "site": bg.site, "device": bg.device,
                             "function": bg.function, "reason": bg.reason, "grant": grant, "until": bg.valid_until,
                             "approvers": approvers});
-        if !self.ctx.audit("breakglass.open", fields.clone()).await {
+        if !self
+            .ctx
+            .audit(AuditEvent::BreakglassOpen, fields.clone())
+            .await
+        {
             let _ = (self.ctx.store)
                 .revoke_grant(grant, "break-glass", now())
                 .await;

@@ -3,12 +3,12 @@
 //! [`Server::run`] serves until a signal or a listener failure; [`Server::drain`] closes live
 //! sessions so that their recordings are sealed before the process ends.
 
+use approvals::audit::AuditEvent;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
 use approvals::Actor;
 use approvals::time::{fmt_time, now, parse_duration};
 use serde_json::{Value, json};
@@ -19,6 +19,39 @@ use crate::config::Limits;
 use crate::journal::Journal;
 use crate::keys;
 use crate::session::{Ctx, EndReason};
+
+/// Why a node did not start, or stopped serving. `Display` says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error(transparent)]
+    Limits(#[from] crate::config::LimitsError),
+    #[error("request_wait: {0}")]
+    RequestWait(approvals::time::TimeError),
+    #[error("forwarded_header: {0}")]
+    ForwardedHeader(#[from] approvals::web::BadHeaderName),
+    #[error("opening the journal {path}: {error}")]
+    Journal { path: String, error: std::io::Error },
+    #[error("the journal holds the end of session {0} but the database does not take it")]
+    JournalRefused(String),
+    #[error(transparent)]
+    Store(#[from] approvals::StoreError),
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
+    #[error("listening on {addr}: {error}")]
+    Listen { addr: String, error: std::io::Error },
+    #[error(transparent)]
+    Audit(#[from] approvals::audit::AuditError),
+    #[error(transparent)]
+    Checkpointer(#[from] crate::checkpointer::StartError),
+    #[error("the server is already running")]
+    Running,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T, E = ServeError> = std::result::Result<T, E>;
 
 /// Where a node listens: SSH for vendors, HTTP(S) for approvers (`off` serves SSH only).
 pub struct Listen<'a> {
@@ -61,9 +94,11 @@ impl Server {
     pub async fn build(node: Node, operator: Actor, listen: &Listen<'_>) -> Result<Server> {
         crate::sys::raise_open_files_limit();
         let host_key = keys::load_private(&node.data.host_key())?;
-        let limits = node.cfg.limits().map_err(|e| anyhow!("{e}"))?;
-        let journal = Journal::open(&node.data.journal())
-            .with_context(|| format!("opening the journal {}", node.data.journal().display()))?;
+        let limits = node.cfg.limits()?;
+        let journal = Journal::open(&node.data.journal()).map_err(|error| ServeError::Journal {
+            path: node.data.journal().display().to_string(),
+            error,
+        })?;
         recover(&node, &operator, &journal).await?;
         let ctx = Arc::new(context(&node, &limits, journal).await?);
         let https = node.cfg.web_tls_cert.is_some() && node.cfg.web_tls_key.is_some();
@@ -85,7 +120,10 @@ impl Server {
         };
         let ssh = tokio::net::TcpListener::bind(listen.ssh)
             .await
-            .with_context(|| format!("listening on {}", listen.ssh))?;
+            .map_err(|error| ServeError::Listen {
+                addr: listen.ssh.to_owned(),
+                error,
+            })?;
         let listening = Listening {
             ssh: ssh.local_addr()?,
             web: web_url,
@@ -112,7 +150,7 @@ impl Server {
     /// start is in the audit log, before the first connection is taken.
     pub async fn run(mut self, ready: impl FnOnce(&Listening)) -> Result<Stopped> {
         self.audit(
-            "serve.start",
+            AuditEvent::ServeStart,
             json!({"ssh": self.listening.ssh.to_string(), "web": self.listening.web}),
         )?;
         tracing::info!(ssh = %self.listening.ssh, web = %self.listening.web, node = %self.node.cfg.node, "postern serving");
@@ -125,7 +163,7 @@ impl Server {
         }
         tracing::info!(reason = stopped.reason, "shutting down");
         self.drain().await;
-        let _ = self.audit("serve.stop", json!({"reason": stopped.reason}));
+        let _ = self.audit(AuditEvent::ServeStop, json!({"reason": stopped.reason}));
         Ok(stopped)
     }
 
@@ -177,10 +215,7 @@ impl Server {
             Some(serving) => serving,
             None => Box::pin(std::future::pending()),
         };
-        let ssh = self
-            .ssh
-            .take()
-            .ok_or_else(|| anyhow!("the server is already running"))?;
+        let ssh = self.ssh.take().ok_or(ServeError::Running)?;
         let frontdoor = crate::frontdoor::serve(self.ctx.clone(), self.ssh_config.clone(), ssh);
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -200,7 +235,7 @@ impl Server {
         })
     }
 
-    fn audit(&self, event: &str, fields: Value) -> Result<()> {
+    fn audit(&self, event: AuditEvent, fields: Value) -> Result<()> {
         Ok(self.node.audit_as(&self.operator, event, fields)?)
     }
 }
@@ -212,10 +247,7 @@ async fn recover(node: &Node, operator: &Actor, journal: &Journal) -> Result<()>
         if crate::journal::apply(&node.store, &node.data.recordings(), journal, &end).await {
             tracing::info!(session = %end.session, reason = %end.reason, "session end recorded from the journal");
         } else {
-            bail!(
-                "the journal holds the end of session {} but the database does not take it",
-                end.session
-            );
+            return Err(ServeError::JournalRefused(end.session.clone()));
         }
     }
     let orphans = node
@@ -228,7 +260,7 @@ async fn recover(node: &Node, operator: &Actor, journal: &Journal) -> Result<()>
     if !orphans.is_empty() {
         node.audit_as(
             operator,
-            "session.crash_recovered",
+            AuditEvent::SessionCrashRecovered,
             json!({"sessions": orphans}),
         )?;
     }
@@ -244,7 +276,7 @@ async fn context(node: &Node, limits: &Limits, journal: Journal) -> Result<Ctx> 
     let own_ca = if ca_pub.exists() {
         let ca = keys::load_public(&ca_pub)?;
         node.store
-            .register_vendor_ca(&ca.to_openssh()?, &node.cfg.node, now())
+            .register_vendor_ca(&keys::openssh_line(&ca)?, &node.cfg.node, now())
             .await?;
         Some(ca.fingerprint(russh::keys::HashAlg::Sha256))
     } else {
@@ -268,7 +300,7 @@ async fn context(node: &Node, limits: &Limits, journal: Journal) -> Result<Ctx> 
         warn_before: limits.warn_before,
         seal,
         request_wait: Duration::from_secs(
-            parse_duration(&node.cfg.request_wait).context("request_wait")? as u64,
+            parse_duration(&node.cfg.request_wait).map_err(ServeError::RequestWait)? as u64,
         ),
         env_allow: node.cfg.env_allow.clone(),
         // 30 failures before the first factor per address in 5 minutes.
@@ -293,8 +325,7 @@ fn web_state(node: &Node, limits: &Limits, https: bool) -> Result<approvals::web
     let client_address = approvals::web::ClientAddress::new(
         limits.trusted_proxies.clone(),
         &node.cfg.forwarded_header,
-    )
-    .map_err(|e| anyhow!("forwarded_header: {e}"))?;
+    )?;
     Ok(approvals::web::WebState::new(
         node.store.clone(),
         node.audit.clone(),
@@ -340,16 +371,16 @@ async fn write_summaries(
     // Summaries the audit log could not take (descriptors or disk exhausted: exactly when floods
     // happen) wait for the next interval instead of being lost; at most a few hundred are kept.
     const MAX_PENDING: usize = 256;
-    let mut pending: std::collections::VecDeque<(&'static str, Value)> = Default::default();
+    let mut pending: std::collections::VecDeque<(AuditEvent, Value)> = Default::default();
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tick.tick().await;
         for (event, tally) in [
-            ("frontdoor.refused", &ctx.admission.tally),
-            ("auth.throttled", &ctx.throttled),
-            ("web.refused", &web_admission.tally),
-            ("web.throttled", &web.throttled),
+            (AuditEvent::FrontdoorRefused, &ctx.admission.tally),
+            (AuditEvent::AuthThrottled, &ctx.throttled),
+            (AuditEvent::WebRefused, &web_admission.tally),
+            (AuditEvent::WebThrottled, &web.throttled),
         ] {
             if let Some(mut fields) = tally.take() {
                 fields["interval_seconds"] = json!(every.as_secs());

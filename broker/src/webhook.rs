@@ -2,6 +2,7 @@
 //! `text` field, retried with backoff. Runs beside the SSH front door and never in a session's
 //! path: a slow or dead receiver only delays its own notifications.
 
+use approvals::audit::AuditEvent;
 use std::time::Duration;
 
 use approvals::{AuditLog, Store};
@@ -65,7 +66,7 @@ pub async fn deliver(store: Store, audit: AuditLog, url: String) {
                     {
                         let _ = audit
                             .record_async(
-                                "notify.failed",
+                                AuditEvent::NotifyFailed,
                                 json!({"notification": n.id, "event": n.event, "attempts": attempts, "error": err}),
                             )
                             .await;

@@ -481,7 +481,8 @@ impl Keyring {
             let line = *line;
             match entry {
                 Entry::Certify(c) => {
-                    let key = SealPublicKey::parse(&c.key).map_err(|e| malformed(line, &e))?;
+                    let key = SealPublicKey::parse(&c.key)
+                        .map_err(|e| malformed(line, &e.to_string()))?;
                     if !root.verifies(&c.message(&key), &c.signature) {
                         return Err(not_root(line, "certificate", &c.key_id, &c.root));
                     }
@@ -514,8 +515,10 @@ impl Keyring {
                 continue;
             };
             let line = *line;
-            let from = SealPublicKey::parse(&t.from_key).map_err(|e| malformed(line, &e))?;
-            let to = SealPublicKey::parse(&t.to_key).map_err(|e| malformed(line, &e))?;
+            let from =
+                SealPublicKey::parse(&t.from_key).map_err(|e| malformed(line, &e.to_string()))?;
+            let to =
+                SealPublicKey::parse(&t.to_key).map_err(|e| malformed(line, &e.to_string()))?;
             for (id, key) in [(&t.from, &from), (&t.to, &to)] {
                 if !self.certifies(key) || KeyId::of(key) != *id {
                     return Err(KeyringError::TransitionUncertified {

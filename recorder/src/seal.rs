@@ -22,6 +22,11 @@ pub struct SealKey {
     signing: SigningKey,
 }
 
+/// Text that is not a seal public key line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a Postern seal key (expected a line '{KEY_PREFIX} BASE64')")]
+pub struct NotASealKey;
+
 /// A public key that checks seals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealPublicKey(VerifyingKey);
@@ -165,8 +170,8 @@ impl SealPublicKey {
         format!("{KEY_PREFIX} {}", B64.encode(self.0.to_bytes()))
     }
 
-    pub fn parse(text: &str) -> Result<SealPublicKey, String> {
-        let bad = || format!("not a Postern seal key (expected a line '{KEY_PREFIX} BASE64')");
+    pub fn parse(text: &str) -> Result<SealPublicKey, NotASealKey> {
+        let bad = || NotASealKey;
         let line = text
             .lines()
             .map(str::trim)

@@ -12,6 +12,7 @@
 mod html;
 mod pages;
 
+use crate::audit::AuditEvent;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -224,14 +225,14 @@ impl WebState {
 
     /// Writes an audit event on behalf of a web user. `false` if the audit log could not be
     /// written: the caller then refuses the action (fail closed).
-    pub(crate) async fn audit(&self, event: &str, actor: &str, mut fields: Value) -> bool {
+    pub(crate) async fn audit(&self, event: AuditEvent, actor: &str, mut fields: Value) -> bool {
         if let Value::Object(m) = &mut fields {
             m.insert("actor".into(), json!(format!("web:{actor}")));
         }
         match self.audit.record_async(event, fields).await {
             Ok(_) => true,
             Err(e) => {
-                warn!(error = %e, event, "audit log write failed");
+                warn!(error = %e, event = %event, "audit log write failed");
                 false
             }
         }

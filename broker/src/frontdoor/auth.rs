@@ -1,6 +1,7 @@
 //! The first factor (the vendor's certificate, as the broker issued it) and how every refusal
 //! during authentication is audited, counted and delayed.
 
+use approvals::audit::AuditEvent;
 use std::time::Duration;
 
 use approvals::audit::bounded;
@@ -32,7 +33,7 @@ impl Conn {
     /// named vendor, so that a stranger cannot lock anyone out.
     pub(super) async fn refuse_first_factor(
         &mut self,
-        event: &str,
+        event: AuditEvent,
         user: &str,
         reason: String,
     ) -> Auth {
@@ -73,7 +74,7 @@ impl Conn {
     /// The control plane failed during authentication: nothing is counted against anyone.
     pub(super) async fn outage_during_auth(
         &mut self,
-        event: &str,
+        event: AuditEvent,
         user: &str,
         error: String,
     ) -> Auth {
@@ -153,7 +154,7 @@ impl Conn {
         if user.len() > MAX_USER {
             let reason = format!("user name of {} bytes is too long", user.len());
             return self
-                .refuse_first_factor("auth.certificate", user, reason)
+                .refuse_first_factor(AuditEvent::AuthCertificate, user, reason)
                 .await;
         }
         if !self.ctx.source_limiter.allowed(&self.source()) {
@@ -163,7 +164,7 @@ impl Conn {
             Ok(t) => t,
             Err(e) => {
                 return self
-                    .refuse_first_factor("auth.certificate", user, e.to_string())
+                    .refuse_first_factor(AuditEvent::AuthCertificate, user, e.to_string())
                     .await;
             }
         };
@@ -171,19 +172,19 @@ impl Conn {
             Ok(()) => {}
             Err(CertRefusal::Outage(e)) => {
                 return self
-                    .outage_during_auth("auth.certificate", user, e.to_string())
+                    .outage_during_auth(AuditEvent::AuthCertificate, user, e.to_string())
                     .await;
             }
             Err(refused) => {
                 return self
-                    .refuse_first_factor("auth.certificate", user, refused.to_string())
+                    .refuse_first_factor(AuditEvent::AuthCertificate, user, refused.to_string())
                     .await;
             }
         }
         let (key_id, serial) = (cert.key_id().to_owned(), cert.serial());
         if !self
             .ctx
-            .audit("auth.certificate", json!({"user": user, "source": self.peer.to_string(), "outcome": "accepted", "key_id": key_id, "serial": serial}))
+            .audit(AuditEvent::AuthCertificate, json!({"user": user, "source": self.peer.to_string(), "outcome": "accepted", "key_id": key_id, "serial": serial}))
             .await
         {
             return Auth::reject();

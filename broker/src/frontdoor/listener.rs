@@ -1,6 +1,7 @@
 //! The accept loop: admission, TCP keepalive, the login grace cut, and what is said about a
 //! connection once it ends.
 
+use approvals::audit::AuditEvent;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -282,7 +283,7 @@ async fn login_failed(
     }
     if ctx.admission.exempt(peer.ip()) || ctx.detail_budget.allow(peer.ip()) {
         ctx.audit(
-            "auth.failed",
+            AuditEvent::AuthFailed,
             json!({"user": user, "source": peer.to_string(), "reasons": reasons}),
         )
         .await;

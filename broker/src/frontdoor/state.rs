@@ -1,5 +1,6 @@
 //! Where a connection stands, and what the policy made of it once both factors passed.
 
+use approvals::audit::AuditEvent;
 use std::sync::Arc;
 
 use approvals::audit::bounded;
@@ -130,11 +131,11 @@ impl Conn {
             Err(Refusal::Unavailable(e)) => {
                 // An outage, not a denial: no request dialogue, and the vendor is told so.
                 warn!(error = %e, "policy facts unavailable");
-                self.ctx.audit("session.error", json!({"login": target.to_string(), "source": source, "reason": format!("control plane unavailable: {}", bounded(&e.to_string(), LOGGED))})).await;
+                self.ctx.audit(AuditEvent::SessionError, json!({"login": target.to_string(), "source": source, "reason": format!("control plane unavailable: {}", bounded(&e.to_string(), LOGGED))})).await;
                 Outcome::Unavailable(e)
             }
             Err(Refusal::Deny(reason)) => {
-                self.ctx.audit("session.denied", json!({"login": target.to_string(), "source": source, "reason": reason.to_string()})).await;
+                self.ctx.audit(AuditEvent::SessionDenied, json!({"login": target.to_string(), "source": source, "reason": reason.to_string()})).await;
                 Outcome::Denied(reason)
             }
             Ok(allowed) => self.start(target, &allowed, permits, source, handle).await,
@@ -160,7 +161,7 @@ impl Conn {
                 warn!(error = %e, "session could not start");
                 self.ctx
                     .audit(
-                        "session.denied",
+                        AuditEvent::SessionDenied,
                         json!({"login": target.to_string(), "reason": e.to_string()}),
                     )
                     .await;

@@ -1,5 +1,6 @@
 //! The second factor: the TOTP code at the keyboard-interactive prompt, after the certificate.
 
+use approvals::audit::AuditEvent;
 use approvals::lockout::{Attempt, Subject};
 use approvals::time::{fmt_time, now};
 use russh::server::Auth;
@@ -74,7 +75,7 @@ impl Conn {
         match self.verify_totp(&vendor, &code).await {
             Ok(()) => self.second_factor_passed(user).await,
             Err(e @ TotpFailure::UnknownVendor(_)) => {
-                self.refuse_first_factor("auth.totp", user, e.to_string())
+                self.refuse_first_factor(AuditEvent::AuthTotp, user, e.to_string())
                     .await
             }
             Err(e @ TotpFailure::Locked(_)) => {
@@ -87,12 +88,12 @@ impl Conn {
                 retry_totp()
             }
             Err(e @ TotpFailure::Outage(_)) => {
-                self.outage_during_auth("auth.totp", user, e.to_string())
+                self.outage_during_auth(AuditEvent::AuthTotp, user, e.to_string())
                     .await
             }
             Err(TotpFailure::SecretUnreadable(e)) => {
                 warn!(vendor, error = %e, "TOTP secret unreadable");
-                self.outage_during_auth("auth.totp", user, e.to_string())
+                self.outage_during_auth(AuditEvent::AuthTotp, user, e.to_string())
                     .await
             }
         }
@@ -119,7 +120,7 @@ impl Conn {
             return self.throttled().await;
         }
         self.refuse_first_factor(
-            "auth.totp",
+            AuditEvent::AuthTotp,
             user,
             "keyboard-interactive without a valid certificate first".into(),
         )
@@ -157,7 +158,7 @@ impl Conn {
             return Auth::reject();
         };
         let fields = json!({"user": user, "source": self.peer.to_string(), "outcome": "accepted", "key_id": passed.key_id, "serial": passed.serial});
-        if !self.ctx.audit("auth.totp", fields).await {
+        if !self.ctx.audit(AuditEvent::AuthTotp, fields).await {
             return Auth::reject();
         }
         self.shared.authenticated();
@@ -181,7 +182,7 @@ impl Conn {
         };
         warn!(peer = %self.peer, user, reason, "auth.totp");
         self.ctx
-            .audit("auth.totp", json!({"user": user, "source": self.peer.to_string(), "outcome": "denied", "reason": reason, "locked_until": locked_until}))
+            .audit(AuditEvent::AuthTotp, json!({"user": user, "source": self.peer.to_string(), "outcome": "denied", "reason": reason, "locked_until": locked_until}))
             .await;
         self.second_factor_failed(reason).await;
     }
@@ -190,7 +191,7 @@ impl Conn {
     async fn totp_locked(&mut self, user: &str, reason: String) -> Auth {
         warn!(peer = %self.peer, user, reason, "auth.totp");
         self.ctx
-            .audit("auth.totp", json!({"user": user, "source": self.peer.to_string(), "outcome": "denied", "reason": reason}))
+            .audit(AuditEvent::AuthTotp, json!({"user": user, "source": self.peer.to_string(), "outcome": "denied", "reason": reason}))
             .await;
         self.second_factor_failed(reason).await;
         Auth::reject()

@@ -2,6 +2,7 @@
 //! [`SessionChannel`] holds the channel's state, and the loop in [`session_channel`] hands each
 //! message from either side to one of its methods.
 
+use approvals::audit::AuditEvent;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -76,7 +77,7 @@ async fn record_transfers(
         let mut v = json!(t);
         v["event"] = json!("transfer");
         let _ = live.recording.json(Kind::Event, ch, &v);
-        ctx.audit("file.transfer", json!({"session": live.id, "vendor": live.target.vendor, "site": live.target.site, "device": live.target.device,
+        ctx.audit(AuditEvent::FileTransfer, json!({"session": live.id, "vendor": live.target.vendor, "site": live.target.site, "device": live.target.device,
                                           "direction": t.direction, "path": t.path, "size": t.size, "sha256": t.sha256}))
             .await;
     }

@@ -10,6 +10,7 @@
 mod start;
 mod supervise;
 
+use approvals::audit::AuditEvent;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,11 +74,11 @@ impl Ctx {
     }
 
     /// Writes an audit event; a failure is logged and returned so callers can fail closed.
-    pub async fn audit(&self, event: &str, fields: serde_json::Value) -> bool {
+    pub async fn audit(&self, event: AuditEvent, fields: serde_json::Value) -> bool {
         match self.audit.record_async(event, fields).await {
             Ok(_) => true,
             Err(e) => {
-                warn!(error = %e, event, "audit log write failed");
+                warn!(error = %e, event = %event, "audit log write failed");
                 false
             }
         }
@@ -305,9 +306,9 @@ impl LiveSession {
             }
             Err(e) => {
                 let event = if matches!(e, UpstreamError::HostKeyMismatch { .. }) {
-                    "device.hostkey_mismatch"
+                    AuditEvent::DeviceHostkeyMismatch
                 } else {
-                    "device.connect_failed"
+                    AuditEvent::DeviceConnectFailed
                 };
                 ctx.audit(event, json!({"session": self.id, "site": device.site, "device": device.name, "error": e.to_string()})).await;
                 let _ = self.recording.json(

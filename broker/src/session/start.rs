@@ -1,5 +1,6 @@
 //! Opening a live session: the recording, the database row, `session.start`, the supervisor.
 
+use approvals::audit::AuditEvent;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -37,7 +38,7 @@ impl LiveSession {
             "source": source, "node": ctx.node,
         });
         register(ctx, &recording, &path, &row, &meta).await?;
-        if !ctx.audit("session.start", meta).await {
+        if !ctx.audit(AuditEvent::SessionStart, meta).await {
             return Err(StartError::Audit);
         }
         let (close_tx, close_rx) = mpsc::unbounded_channel();

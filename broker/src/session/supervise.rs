@@ -1,6 +1,7 @@
 //! A live session's supervisor and its one close, and the watch that re-checks live sessions
 //! against the control plane.
 
+use approvals::audit::AuditEvent;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -174,7 +175,7 @@ async fn seal(ctx: &Ctx, live: &LiveSession, reason: &str, ended: i64) -> Sealed
             // Fail loudly to the operator; the recording keeps what was flushed before.
             tracing::error!(session = %live.id, error = %e, "recording could not be sealed");
             ctx.audit(
-                "recording.failed",
+                AuditEvent::RecordingFailed,
                 json!({"session": live.id, "error": e.to_string()}),
             )
             .await;
@@ -190,7 +191,7 @@ async fn seal(ctx: &Ctx, live: &LiveSession, reason: &str, ended: i64) -> Sealed
 /// Writes `session.end` and, if sealed, `session.seal` to the audit log.
 async fn audit_end(ctx: &Ctx, live: &LiveSession, reason: &str, ended: i64, sealed: &Sealed) {
     ctx.audit(
-        "session.end",
+        AuditEvent::SessionEnd,
         json!({"session": live.id, "vendor": live.target.vendor, "site": live.target.site, "device": live.target.device,
                "reason": reason, "ended": fmt_time(ended), "records": sealed.records, "final_hash": sealed.hash}),
     )
@@ -199,7 +200,7 @@ async fn audit_end(ctx: &Ctx, live: &LiveSession, reason: &str, ended: i64, seal
     // cannot make it disappear.
     if let Some(seal) = &sealed.seal {
         let fields = json!({"session": live.id, "sealed_records": seal.records, "sealed_hash": seal.final_hash, "key": seal.key, "signature": seal.signature});
-        ctx.audit("session.seal", fields).await;
+        ctx.audit(AuditEvent::SessionSeal, fields).await;
     }
 }
 
@@ -289,7 +290,7 @@ async fn recheck(ctx: &Ctx) {
         Ok(ids) => {
             for s in live.iter().filter(|s| ids.contains(&s.id)) {
                 ctx.audit(
-                    "session.kill",
+                    AuditEvent::SessionKill,
                     json!({"session": s.id, "vendor": s.target.vendor}),
                 )
                 .await;
@@ -303,7 +304,7 @@ async fn recheck(ctx: &Ctx) {
         match PolicyGate::new(&ctx.store).check(&req).await {
             Ok(_) => {}
             Err(Refusal::Deny(reason)) => {
-                ctx.audit("session.revoked", json!({"session": s.id, "vendor": s.target.vendor, "reason": reason.to_string()})).await;
+                ctx.audit(AuditEvent::SessionRevoked, json!({"session": s.id, "vendor": s.target.vendor, "reason": reason.to_string()})).await;
                 s.request_close(reason.to_string());
             }
             Err(Refusal::Unavailable(e)) => warn!(error = %e, "could not re-check session"),

@@ -1,5 +1,6 @@
 //! Grants (the active ones, revoke) and the break-glass review queue.
 
+use crate::audit::AuditEvent;
 use axum::Form;
 use axum::extract::{Path, State};
 use serde::Deserialize;
@@ -54,7 +55,7 @@ pub async fn revoke(
     Path(id): Path<String>,
     Form(f): Form<CsrfOnly>,
 ) -> Page {
-    check_csrf(&state, &s, &f.csrf, "grant.revoke").await?;
+    check_csrf(&state, &s, &f.csrf, AuditEvent::GrantRevoke).await?;
     let scope = Scope::load(&state).await?;
     let grant = match state.store.grant(&id).await.map_err(store_error)? {
         Some(g) if scope.covers(&s, &g.site) => g,
@@ -152,7 +153,7 @@ pub async fn mark_reviewed(
     Path(id): Path<String>,
     Form(f): Form<NoteForm>,
 ) -> Page {
-    check_csrf(&state, &s, &f.csrf, "breakglass.review").await?;
+    check_csrf(&state, &s, &f.csrf, AuditEvent::BreakglassReview).await?;
     let scope = Scope::load(&state).await?;
     match state.store.breakglass(&id).await.map_err(store_error)? {
         Some(b) if scope.covers(&s, &b.site) => {}

@@ -11,6 +11,7 @@ pub use requests::{approve, deny, requests};
 pub use sessions::{session_detail, sessions, terminate};
 pub use signin::{login, login_form, logout};
 
+use crate::audit::AuditEvent;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -79,16 +80,16 @@ async fn check_csrf(
     state: &WebState,
     s: &Signed,
     token: &str,
-    action: &str,
+    action: AuditEvent,
 ) -> Result<(), Response> {
     if same_token(token, &s.login.csrf) {
         return Ok(());
     }
     state
         .audit(
-            "web.csrf_refused",
+            AuditEvent::WebCsrfRefused,
             s.name(),
-            json!({"action": action, "token": if token.is_empty() { "missing" } else { "wrong" }}),
+            json!({"action": action.name(), "token": if token.is_empty() { "missing" } else { "wrong" }}),
         )
         .await;
     Err(html::error(

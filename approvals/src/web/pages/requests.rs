@@ -1,5 +1,6 @@
 //! Access requests: the pending ones with their forms, the decided ones, approve and deny.
 
+use crate::audit::AuditEvent;
 use std::collections::HashMap;
 
 use axum::Form;
@@ -145,7 +146,7 @@ pub async fn approve(
     Path(id): Path<String>,
     Form(f): Form<ApproveForm>,
 ) -> Page {
-    check_csrf(&state, &s, &f.csrf, "request.approve").await?;
+    check_csrf(&state, &s, &f.csrf, AuditEvent::RequestApprove).await?;
     let req = my_request(&state, &s, &id).await?;
     let t = now();
     let from = if f.from.trim().is_empty() {
@@ -181,7 +182,7 @@ pub async fn deny(
     Path(id): Path<String>,
     Form(f): Form<ReasonForm>,
 ) -> Page {
-    check_csrf(&state, &s, &f.csrf, "request.deny").await?;
+    check_csrf(&state, &s, &f.csrf, AuditEvent::RequestDeny).await?;
     my_request(&state, &s, &id).await?;
     state
         .actions()

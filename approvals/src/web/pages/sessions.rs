@@ -1,6 +1,7 @@
 //! Sessions: the live ones with their terminate buttons, the history, and one session's page
 //! with its verification, command log, replay and keystrokes.
 
+use crate::audit::AuditEvent;
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -86,7 +87,7 @@ pub async fn terminate(
     Path(id): Path<String>,
     Form(f): Form<CsrfOnly>,
 ) -> Page {
-    check_csrf(&state, &s, &f.csrf, "session.kill").await?;
+    check_csrf(&state, &s, &f.csrf, AuditEvent::SessionKill).await?;
     let scope = Scope::load(&state).await?;
     match state.store.session(&id).await.map_err(store_error)? {
         Some(x) if scope.covers(&s, &x.site) => {}

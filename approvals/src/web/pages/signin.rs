@@ -1,5 +1,6 @@
 //! Signing in (password, then TOTP code) and out.
 
+use crate::audit::AuditEvent;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::Form;
@@ -186,7 +187,7 @@ impl<'a> SignIn<'a> {
         let name = &self.logged_name;
         self.state
             .audit(
-                "web.login_failed",
+                AuditEvent::WebLoginFailed,
                 name,
                 json!({"approver": name, "source": self.source, "reason": reason}),
             )
@@ -203,7 +204,7 @@ impl<'a> SignIn<'a> {
             Ok(Attempt::Locked(until)) => {
                 state
                     .audit(
-                        "web.login_failed",
+                        AuditEvent::WebLoginFailed,
                         name,
                         json!({"approver": name, "source": self.source, "reason": "too many wrong codes", "locked_until": crate::time::fmt_time(until)}),
                     )
@@ -237,7 +238,7 @@ impl<'a> SignIn<'a> {
                 .map_err(store_error)?;
             state
                 .audit(
-                    "web.login_failed",
+                    AuditEvent::WebLoginFailed,
                     name,
                     json!({"approver": name, "source": self.source, "reason": reason,
                            "locked_until": locked.map(crate::time::fmt_time)}),
@@ -266,7 +267,7 @@ impl<'a> SignIn<'a> {
         }
         if !state
             .audit(
-                "web.login",
+                AuditEvent::WebLogin,
                 name,
                 json!({"approver": name, "source": self.source}),
             )
@@ -297,14 +298,18 @@ fn wrong() -> Response {
 }
 
 pub async fn logout(State(state): St, s: Signed, Form(f): Form<CsrfOnly>) -> Page {
-    check_csrf(&state, &s, &f.csrf, "logout").await?;
+    check_csrf(&state, &s, &f.csrf, AuditEvent::WebLogout).await?;
     state
         .store
         .end_web_login(&s.token_hash)
         .await
         .map_err(store_error)?;
     state
-        .audit("web.logout", s.name(), json!({"approver": s.name()}))
+        .audit(
+            AuditEvent::WebLogout,
+            s.name(),
+            json!({"approver": s.name()}),
+        )
         .await;
     let mut r = Redirect::to("/login").into_response();
     r.headers_mut()

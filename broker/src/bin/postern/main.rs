@@ -2,7 +2,7 @@
 //! runtime and dispatches; each subcommand is a module in `commands/`, the device simulator, the
 //! demo and the load generator are in `sim/`, and the data plane is the `broker` library.
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod args;
 mod commands;

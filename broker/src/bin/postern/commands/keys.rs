@@ -1,5 +1,6 @@
 //! `postern keys` and `postern seal-key`: the root, its pin, certifying and rotating the seal key.
 
+use approvals::audit::AuditEvent;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -142,7 +143,7 @@ pub async fn run(env: &Env, action: &KeysAction) -> Result<()> {
 /// `postern keys pin ROOT_PUB`.
 fn pin(env: &Env, root_pub: &Path) -> Result<()> {
     let root = keys::load_root_public(root_pub)?;
-    env.audit("keys.pin", json!({"root": root.fingerprint()}))?;
+    env.audit(AuditEvent::KeysPin, json!({"root": root.fingerprint()}))?;
     if keys::pin_root(&env.data, &root)? {
         print_pinned(env, &root);
     } else {
@@ -187,7 +188,7 @@ async fn certify(env: &Env, root: &Path, valid_for: &str, from: Option<&str>) ->
     };
     drop(ring);
     env.audit(
-        "keys.certify",
+        AuditEvent::KeysCertify,
         json!({
             "key_id": cert.key_id, "key": cert.key, "node": cert.node,
             "not_before": cert.not_before, "not_after": cert.not_after,
@@ -233,7 +234,7 @@ fn revoke(env: &Env, key_id: &str, root: &Path, at: Option<&str>, reason: &str) 
     };
     let entry = recorder::keyring::Entry::Revoke(root.revoke(&id, at, now, reason));
     env.audit(
-        "keys.revoke",
+        AuditEvent::KeysRevoke,
         json!({"key_id": id, "not_after": at, "reason": reason, "root": root.public().fingerprint()}),
     )?;
     recorder::keyring::Keyring::append(&ring_path, std::slice::from_ref(&entry))?;
@@ -270,7 +271,7 @@ async fn rotate(env: &Env, root: &Path, valid_for: &str, overlap: &str) -> Resul
         .collect();
     // The transition, signed by both keys, goes into the audit log as well as the keyring.
     env.audit(
-        "keys.rotate",
+        AuditEvent::KeysRotate,
         json!({"from": rot.from, "to": rot.to, "at": now, "old_not_after": now.saturating_add(overlap), "entries": entries}),
     )?;
     recorder::keyring::Keyring::append(&ring_path, &rot.entries)?;

@@ -22,6 +22,7 @@ pub mod verify;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use approvals::audit::AuditEvent;
 use broker::Node;
 use broker::config::DataDir;
 use serde_json::Value;
@@ -52,7 +53,7 @@ impl Env {
     }
 
     /// Records an operator action; the command fails if the audit log cannot be written.
-    pub fn audit(&self, event: &str, fields: Value) -> Result<()> {
+    pub fn audit(&self, event: AuditEvent, fields: Value) -> Result<()> {
         Ok(self.node.audit_as(&operator(), event, fields)?)
     }
 

@@ -1,5 +1,6 @@
 //! `postern verify`: recordings, the audit log and shipped checkpoints against the keys the root certified.
 
+use approvals::audit::AuditEvent;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -162,7 +163,7 @@ pub async fn run(
     let log_damaged = approvals::verify::audit_log_damaged(&env.evidence().audit_log);
     if !log_damaged {
         let _ = env.audit(
-        "verify",
+        AuditEvent::Verify,
             json!({"session": id, "checked": findings.len() - elsewhere, "failed": failed, "elsewhere": elsewhere}),
         );
     }

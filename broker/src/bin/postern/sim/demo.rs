@@ -1,6 +1,7 @@
 //! `postern demo`: a data directory, a simulated device, a vendor, an approver and a grant, then
 //! the broker itself, so that a newcomer can try every path with stock `ssh` in one terminal.
 
+use approvals::audit::AuditEvent;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -287,7 +288,7 @@ async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result
     )
     .await?;
     env.audit(
-        "demo.setup",
+        AuditEvent::DemoSetup,
         json!({"site": SITE, "device": DEVICE, "vendor": VENDOR}),
     )?;
     Ok(())
