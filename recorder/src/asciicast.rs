@@ -4,6 +4,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use crate::events::Resize;
 use crate::format::{Kind, Record};
 use crate::keys::escape_keys;
 use crate::reader::ReadError;
@@ -111,9 +112,11 @@ where
                 out.entry((r.channel, true)).or_default().push(&r.payload),
             ),
             Kind::Resize => {
-                let Some(v) = r.json() else { continue };
-                let cols = v["cols"].as_u64().unwrap_or(80).clamp(1, 10_000) as u32;
-                let rows = v["rows"].as_u64().unwrap_or(24).clamp(1, 10_000) as u32;
+                let Ok(size) = r.payload::<Resize>() else {
+                    continue;
+                };
+                let cols = size.cols.clamp(1, 10_000);
+                let rows = size.rows.clamp(1, 10_000);
                 if !sized {
                     // The first size is the header's; later ones are resize events.
                     te.width = cols;

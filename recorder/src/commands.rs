@@ -21,6 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use serde::Serialize;
 
 use crate::asciicast::Utf8Stream;
+use crate::events::{ChannelClose, Direction, Event, Exec, Resize};
 use crate::format::{Kind, Record};
 use crate::keys::{escape_controls, escape_keys, is_secret_prompt, reconstruct_line};
 use crate::reader::ReadError;
@@ -472,65 +473,59 @@ impl CommandLog {
         self.start_us.get_or_insert(r.time_us);
         match r.kind {
             Kind::Exec => {
-                let Some(v) = r.json() else { return };
-                if let Some(cmd) = v["command"].as_str() {
-                    self.log(r, "exec", escape_controls(cmd));
-                }
+                let Ok(exec) = r.payload::<Exec>() else {
+                    return;
+                };
+                self.log(r, "exec", escape_controls(&exec.command));
                 // scp's stdin is file data, parsed as transfers elsewhere.
-                if v["transfer"] != true {
+                if !exec.transfer {
                     self.started(r.channel);
                 }
             }
             Kind::Resize => {
-                if let Some(v) = r.json() {
-                    let cols = v["cols"].as_u64().unwrap_or(80).clamp(1, 1000) as usize;
-                    let rows = v["rows"].as_u64().unwrap_or(24).clamp(1, 1000) as usize;
+                if let Ok(size) = r.payload::<Resize>() {
+                    let cols = size.cols.clamp(1, 1000) as usize;
+                    let rows = size.rows.clamp(1, 1000) as usize;
                     match self.shells.get_mut(&r.channel) {
                         Some(sh) => sh.term.resize(cols, rows),
                         // A pty request (it names the terminal type) makes the channel a terminal.
-                        None if !v["term"].is_null() => {
+                        None if size.term.is_some() => {
                             self.ptys.insert(r.channel, (cols, rows));
                         }
                         None => {}
                     }
                 }
             }
-            Kind::Event => {
-                let Some(v) = r.json() else { return };
-                if v["event"] == "shell" {
-                    self.started(r.channel);
-                } else if v["event"] == "transfer" {
-                    // File transfers are part of the log: direction, path, size and digest.
-                    let kind = if v["direction"] == "upload" {
-                        "upload"
-                    } else {
-                        "download"
+            Kind::Event => match r.payload::<Event>() {
+                Ok(Event::Shell) => self.started(r.channel),
+                // File transfers are part of the log: direction, path, size and digest.
+                Ok(Event::Transfer(t)) => {
+                    let kind = match t.direction {
+                        Direction::Upload => "upload",
+                        Direction::Download => "download",
                     };
-                    let sha = v["sha256"].as_str().unwrap_or("unknown");
+                    let sha = t.sha256.as_deref().unwrap_or("unknown");
                     let command = format!(
                         "{} ({} bytes, sha256 {sha})",
-                        escape_controls(v["path"].as_str().unwrap_or("?")),
-                        v["size"].as_u64().unwrap_or(0)
+                        escape_controls(&t.path),
+                        t.size
                     );
                     self.log(r, kind, command);
                 }
-            }
+                _ => {}
+            },
             Kind::ChannelClose => {
                 if let Some(mut s) = self.stdins.remove(&r.channel) {
                     let d = s.finish();
                     self.add(r.channel, d);
                 }
                 // Port forwards: target, bytes each way, when.
-                let Some(v) = r.json().filter(|v| v["type"] == "direct-tcpip") else {
+                let Ok(ChannelClose::Forward(f)) = r.payload::<ChannelClose>() else {
                     return;
                 };
                 let command = format!(
                     "localhost:{} ({} bytes to the device, {} to the vendor, {} to {})",
-                    v["port"].as_u64().unwrap_or(0),
-                    v["bytes_to_device"].as_u64().unwrap_or(0),
-                    v["bytes_to_vendor"].as_u64().unwrap_or(0),
-                    v["opened"].as_str().unwrap_or("?"),
-                    v["closed"].as_str().unwrap_or("?")
+                    f.port, f.bytes_to_device, f.bytes_to_vendor, f.opened, f.closed
                 );
                 self.log(r, "forward", command);
             }

@@ -9,6 +9,9 @@
 //! * the **audit log**, appended to by several processes (the server, the CLI) through
 //!   [`append_locked`], which takes an exclusive file lock and chains onto the last record.
 //!
+//! What each JSON record payload holds is [`events`]: the one schema the broker writes and the
+//! readers here read.
+//!
 //! This crate depends on nothing else of Postern's: whoever holds a recording and its expected
 //! final hash can check it.
 
@@ -16,6 +19,7 @@
 
 mod asciicast;
 mod commands;
+pub mod events;
 mod format;
 pub mod keyring;
 mod keys;
