@@ -28,7 +28,7 @@ pub enum ChannelRefused {
     #[error("{0}")]
     Denied(String),
     /// No decision could be made: the control plane is unreachable (an outage, not a denial).
-    #[error("{}", crate::frontdoor::OUTAGE)]
+    #[error("{}", crate::session::OUTAGE)]
     Unavailable,
     /// The decision could not be written to the audit log, so it is not acted on (fail closed).
     #[error("the audit log cannot be written")]

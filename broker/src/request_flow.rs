@@ -138,7 +138,7 @@ impl Asking {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "request flow: control plane unavailable");
-                self.dialogue.refuse(crate::frontdoor::OUTAGE).await;
+                self.dialogue.refuse(crate::session::OUTAGE).await;
                 false
             }
         }
@@ -363,7 +363,7 @@ impl Asking {
             Ok(a) => Some(a),
             Err(Refusal::Unavailable(e)) => {
                 tracing::warn!(error = %e, "request flow: control plane unavailable");
-                self.dialogue.refuse(crate::frontdoor::OUTAGE).await;
+                self.dialogue.refuse(crate::session::OUTAGE).await;
                 None
             }
             Err(Refusal::Deny(reason)) => {
