@@ -7,11 +7,11 @@
 //! its connection from reading the socket.
 
 use approvals::audit::AuditEvent;
+use recorder::events;
 use std::sync::Arc;
 
 use approvals::time::{fmt_time, now};
 use approvals::{Channel as ChannelKind, PolicyGate, Refusal};
-use recorder::Kind;
 use russh::server::Msg;
 use russh::{Channel, ChannelId, ChannelMsg};
 use serde_json::json;
@@ -72,11 +72,13 @@ pub async fn audited_answer(
     if !ctx.audit(event, fields).await {
         return Err(ChannelRefused::Unaudited);
     }
-    let _ = live.recording.json(
-        Kind::Event,
-        0,
-        &json!({"event": event, "channel": channel, "reason": refusal}),
-    );
+    let (channel, reason) = (channel.to_owned(), refusal.clone());
+    let noted = if refusal.is_none() {
+        events::Event::ChannelAllow { channel, reason }
+    } else {
+        events::Event::ChannelDeny { channel, reason }
+    };
+    let _ = live.recording.write(0, &noted);
     match refusal {
         None => Ok(()),
         Some(reason) => Err(ChannelRefused::Denied(reason)),
@@ -188,7 +190,12 @@ pub async fn forward_channel(
         to_device.load(Ordering::Relaxed),
         to_vendor.load(Ordering::Relaxed),
     );
-    let summary = json!({"type": "direct-tcpip", "port": port, "bytes_to_device": to_device, "bytes_to_vendor": to_vendor,
-                         "opened": fmt_time(started), "closed": fmt_time(now())});
-    let _ = live.recording.json(Kind::ChannelClose, ch, &summary);
+    let summary = events::ChannelClose::Forward(events::ForwardSummary {
+        port,
+        bytes_to_device: to_device,
+        bytes_to_vendor: to_vendor,
+        opened: fmt_time(started),
+        closed: fmt_time(now()),
+    });
+    let _ = live.recording.write(ch, &summary);
 }

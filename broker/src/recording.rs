@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use recorder::events::{Payload, SessionEnd};
 use recorder::{Kind, Writer};
-use serde_json::Value;
 
 pub struct Recording {
     writer: Mutex<Writer>,
@@ -42,14 +42,11 @@ impl Recording {
         })
     }
 
-    pub fn json(
-        &self,
-        kind: Kind,
-        channel: u32,
-        value: &Value,
-    ) -> Result<(), recorder::WriteError> {
-        let payload = value.to_string();
-        self.with(|w| w.append(kind, channel, payload.as_bytes()).map(|_| ()))
+    /// Appends a typed record (the evidence schema is `recorder::events`; the type says the
+    /// record's kind).
+    pub fn write<T: Payload>(&self, channel: u32, value: &T) -> Result<(), recorder::WriteError> {
+        let payload = encode(value)?;
+        self.with(|w| w.append(T::KIND, channel, payload.as_bytes()).map(|_| ()))
     }
 
     /// Flushes (the supervisor calls this every second). After five quiet seconds the recording
@@ -65,11 +62,11 @@ impl Recording {
     /// count and last hash.
     pub fn finish(
         &self,
-        end: &Value,
+        end: &SessionEnd,
         key: &recorder::SealKey,
         meta: recorder::SealMeta,
     ) -> Result<(recorder::Seal, u64, [u8; 32]), recorder::WriteError> {
-        let payload = end.to_string();
+        let payload = encode(end)?;
         self.with(|w| {
             w.append(Kind::SessionEnd, 0, payload.as_bytes())?;
             let seal = w.seal_v2(key, meta)?;
@@ -77,6 +74,12 @@ impl Recording {
             Ok((seal, n, h))
         })
     }
+}
+
+/// A payload's bytes; the schema's types always encode, but a failure is an I/O failure of the
+/// recording, not a panic.
+fn encode<T: Payload>(value: &T) -> Result<String, recorder::WriteError> {
+    recorder::events::encode(value).map_err(|e| recorder::WriteError::Io(std::io::Error::other(e)))
 }
 
 /// Indexes a finished session's commands; `false` if the database did not take them (the

@@ -4,20 +4,12 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 const MAX_PACKET: usize = 1 << 20;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Transfer {
-    /// `upload` (vendor to device) or `download`.
-    pub direction: &'static str,
-    pub path: String,
-    pub size: u64,
-    /// Hex SHA-256 of the content, when it passed in order (sftp may read or write out of order).
-    pub sha256: Option<String>,
-}
+/// A transfer as the recording keeps it (the evidence schema owns the type).
+pub use recorder::events::{Direction, Transfer};
 
 /// One file being transferred.
 struct FileState {
@@ -53,8 +45,8 @@ impl FileState {
     fn finish(self) -> Option<Transfer> {
         let (direction, size) = match (self.written, self.read) {
             (0, 0) => return None,
-            (w, _) if w > 0 => ("upload", w),
-            (_, r) => ("download", r),
+            (w, _) if w > 0 => (Direction::Upload, w),
+            (_, r) => (Direction::Download, r),
         };
         Some(Transfer {
             direction,
@@ -307,7 +299,7 @@ impl ScpInvocation {
 /// Follows the legacy scp protocol in the direction that carries files (`C<mode> <size> <name>`
 /// then `size` bytes then a zero byte).
 pub struct ScpTracker {
-    direction: &'static str,
+    direction: Direction,
     base: String,
     line: Vec<u8>,
     current: Option<(String, u64, u64, Sha256)>,
@@ -322,7 +314,11 @@ impl ScpTracker {
     }
 
     pub fn new(inv: &ScpInvocation) -> ScpTracker {
-        let direction = if inv.upload { "upload" } else { "download" };
+        let direction = if inv.upload {
+            Direction::Upload
+        } else {
+            Direction::Download
+        };
         let base = inv.path.trim_matches('\'').to_owned();
         ScpTracker {
             direction,
@@ -334,7 +330,7 @@ impl ScpTracker {
     }
 
     pub fn is_upload(&self) -> bool {
-        self.direction == "upload"
+        self.direction == Direction::Upload
     }
 
     /// Feeds bytes of the file-carrying direction.
@@ -457,7 +453,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(
             (out[0].direction, out[0].path.as_str(), out[0].size),
-            ("upload", "/tmp/fw.bin", 11)
+            (Direction::Upload, "/tmp/fw.bin", 11)
         );
         assert_eq!(
             out[0].sha256.as_deref(),
@@ -481,7 +477,7 @@ mod tests {
         out.extend(up.push(b"lo\0"));
         assert_eq!(
             (out[0].direction, out[0].path.as_str(), out[0].size),
-            ("upload", "/tmp/a.txt", 5)
+            (Direction::Upload, "/tmp/a.txt", 5)
         );
         assert_eq!(
             out[0].sha256.as_deref(),
@@ -491,7 +487,7 @@ mod tests {
         let out = down.push(b"C0644 3 hostname\nvm\n\0");
         assert_eq!(
             (out[0].direction, out[0].path.as_str(), out[0].size),
-            ("download", "/etc/hostname", 3)
+            (Direction::Download, "/etc/hostname", 3)
         );
         assert!(ScpTracker::for_command("ls -la").is_none());
     }

@@ -8,7 +8,6 @@ use approvals::RequestStatus;
 use approvals::audit::bounded;
 use russh::server::{ChannelOpenHandle, Handle, Msg};
 use russh::{Channel, ChannelOpenFailure};
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::state::{ConnState, Outcome, Ready};
@@ -155,10 +154,9 @@ impl Conn {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return;
         };
-        let _ = live.recording.json(
-            recorder::Kind::ChannelOpen,
+        let _ = live.recording.write(
             u32::from(channel.id()),
-            &json!({"type": "direct-tcpip", "port": port}),
+            &recorder::events::ChannelOpen::DirectTcpip { port },
         );
         match upstream
             .channel_open_direct_tcpip("127.0.0.1", port, originator.0, originator.1)

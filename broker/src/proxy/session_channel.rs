@@ -3,6 +3,7 @@
 //! message from either side to one of its methods.
 
 use approvals::audit::AuditEvent;
+use recorder::events;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -74,9 +75,9 @@ async fn record_transfers(
     done: Vec<crate::transfer::Transfer>,
 ) {
     for t in done {
-        let mut v = json!(t);
-        v["event"] = json!("transfer");
-        let _ = live.recording.json(Kind::Event, ch, &v);
+        let _ = live
+            .recording
+            .write(ch, &events::Event::Transfer(t.clone()));
         ctx.audit(AuditEvent::FileTransfer, json!({"session": live.id, "vendor": live.target.vendor, "site": live.target.site, "device": live.target.device,
                                           "direction": t.direction, "path": t.path, "size": t.size, "sha256": t.sha256}))
             .await;
@@ -104,7 +105,7 @@ pub async fn session_channel(
     let mut initial = initial.into_iter();
     let mut stopping = live.stopping();
     let mut chan = SessionChannel::new(ctx, live, vch, uch);
-    let _ = chan.record_json(Kind::ChannelOpen, json!({"type": "session"}));
+    let _ = chan.record(&events::ChannelOpen::Session);
     let stop = loop {
         tokio::select! {
             _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
@@ -202,12 +203,8 @@ impl SessionChannel {
         }
     }
 
-    fn record_json(
-        &self,
-        kind: Kind,
-        value: serde_json::Value,
-    ) -> Result<(), recorder::WriteError> {
-        self.live.recording.json(kind, self.ch, &value)
+    fn record<T: events::Payload>(&self, value: &T) -> Result<(), recorder::WriteError> {
+        self.live.recording.write(self.ch, value)
     }
 
     /// Records bytes of `terminal` kind as this channel's content says (nothing before it is known).
@@ -269,18 +266,20 @@ impl SessionChannel {
                 pix_width,
                 pix_height,
             } => {
-                let _ =
-                    self.record_json(Kind::Resize, json!({"cols": col_width, "rows": row_height}));
+                let _ = self.record(&events::Resize {
+                    cols: col_width,
+                    rows: row_height,
+                    term: None,
+                });
                 let _ = (self.uch)
                     .window_change(col_width, row_height, pix_width, pix_height)
                     .await;
                 Ok(())
             }
             ChannelMsg::Signal { signal } => {
-                let _ = self.record_json(
-                    Kind::Event,
-                    json!({"event": "signal", "signal": format!("{signal:?}")}),
-                );
+                let _ = self.record(&events::Event::Signal {
+                    signal: format!("{signal:?}"),
+                });
                 let _ = self.uch.signal(signal).await;
                 Ok(())
             }
@@ -323,10 +322,11 @@ impl SessionChannel {
             }
             return Ok(());
         }
-        let _ = self.record_json(
-            Kind::Resize,
-            json!({"cols": col_width, "rows": row_height, "term": term}),
-        );
+        let _ = self.record(&events::Resize {
+            cols: col_width,
+            rows: row_height,
+            term: Some(term.clone()),
+        });
         self.live.mark_interactive(self.id);
         let (cols, rows, modes) = (col_width, row_height, &terminal_modes);
         (self.uch)
@@ -341,7 +341,7 @@ impl SessionChannel {
         self.admit(ChannelKind::Shell).await?;
         self.content = Content::Terminal;
         self.live.mark_interactive(self.id);
-        let _ = self.record_json(Kind::Event, json!({"event": "shell"}));
+        let _ = self.record(&events::Event::Shell);
         let live = &self.live;
         let banner = format!(
             "postern: session {} to {}/{} as {} (function {}, grant {}); access until {}\r\n",
@@ -370,10 +370,10 @@ impl SessionChannel {
         // A file transfer only if the line is exactly an scp server invocation; anything else is
         // an exec, allowed or refused as one.
         let scp = crate::transfer::ScpInvocation::parse(&line);
-        let _ = self.record_json(
-            Kind::Exec,
-            json!({"command": line, "transfer": scp.is_some()}),
-        );
+        let _ = self.record(&events::Exec {
+            command: line.clone(),
+            transfer: scp.is_some(),
+        });
         let kind = if scp.is_some() {
             ChannelKind::Sftp
         } else {
@@ -398,7 +398,7 @@ impl SessionChannel {
     }
 
     async fn subsystem(&mut self, name: String, owed: bool) -> Result<(), Stop> {
-        let _ = self.record_json(Kind::Event, json!({"event": "subsystem", "name": name}));
+        let _ = self.record(&events::Event::Subsystem { name: name.clone() });
         if name != "sftp" {
             return Err(self.refuse(&ChannelRefused::Subsystem(name)).await);
         }
@@ -438,7 +438,9 @@ impl SessionChannel {
             }
             ChannelMsg::Close => Err(Stop::Closed),
             ChannelMsg::ExitStatus { exit_status } => {
-                let _ = self.record_json(Kind::Exit, json!({"status": exit_status}));
+                let _ = self.record(&events::Exit::Status {
+                    status: exit_status,
+                });
                 let _ = self.vch.exit_status(exit_status).await;
                 Ok(())
             }
@@ -448,10 +450,10 @@ impl SessionChannel {
                 error_message,
                 lang_tag,
             } => {
-                let _ = self.record_json(
-                    Kind::Exit,
-                    json!({"signal": format!("{signal_name:?}"), "core_dumped": core_dumped}),
-                );
+                let _ = self.record(&events::Exit::Signal {
+                    signal: format!("{signal_name:?}"),
+                    core_dumped,
+                });
                 let _ = (self.handle)
                     .exit_signal_request(self.id, signal_name, core_dumped, error_message, lang_tag)
                     .await;
@@ -496,10 +498,9 @@ impl SessionChannel {
     /// The device refused the oldest request forwarded to it.
     async fn device_refused(&mut self) -> Result<(), Stop> {
         let (what, owed) = self.pending.pop_front().unwrap_or(("request", true));
-        let _ = self.record_json(
-            Kind::Event,
-            json!({"event": "device_refused", "request": what}),
-        );
+        let _ = self.record(&events::Event::DeviceRefused {
+            request: what.to_owned(),
+        });
         if owed {
             let _ = self.handle.channel_failure(self.id).await;
         } else if what == "shell" || what == "pty-req" {
@@ -535,10 +536,10 @@ impl SessionChannel {
         if let Transfers::Sftp(t) = &mut self.transfers {
             record_transfers(&self.ctx, &self.live, self.ch, t.close()).await;
         }
-        let _ = self.record_json(
-            Kind::ChannelClose,
-            json!({"bytes_in": self.bytes_in, "bytes_out": self.bytes_out}),
-        );
+        let _ = self.record(&events::ChannelClose::Channel(events::ChannelBytes {
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+        }));
         let _ = self.vch.close().await;
         let _ = self.uch.close().await;
     }

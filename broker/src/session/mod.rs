@@ -11,13 +11,13 @@ mod start;
 mod supervise;
 
 use approvals::audit::AuditEvent;
+use recorder::events;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use approvals::{AccessRequest, AuditLog, Store};
-use recorder::Kind;
 use russh::ChannelId;
 use russh::server::Handle;
 use serde_json::json;
@@ -311,11 +311,13 @@ impl LiveSession {
                     AuditEvent::DeviceConnectFailed
                 };
                 ctx.audit(event, json!({"session": self.id, "site": device.site, "device": device.name, "error": e.to_string()})).await;
-                let _ = self.recording.json(
-                    Kind::Event,
-                    0,
-                    &json!({"event": event, "error": e.to_string()}),
-                );
+                let error = e.to_string();
+                let noted = if matches!(e, UpstreamError::HostKeyMismatch { .. }) {
+                    events::Event::DeviceHostKeyMismatch { error }
+                } else {
+                    events::Event::DeviceConnectFailed { error }
+                };
+                let _ = self.recording.write(0, &noted);
                 // No channel of this session can work: end it, saying why. The channel
                 // that asked is refused with the same words first.
                 let _ = self
@@ -354,8 +356,11 @@ impl LiveSession {
             let send = self.handle.extended_data(ch, 1, line.clone().into_bytes());
             let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
         }
-        let _ = self
-            .recording
-            .json(Kind::Event, 0, &json!({"event": "notice", "text": text}));
+        let _ = self.recording.write(
+            0,
+            &events::Event::Notice {
+                text: text.to_owned(),
+            },
+        );
     }
 }

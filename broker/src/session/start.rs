@@ -1,15 +1,14 @@
 //! Opening a live session: the recording, the database row, `session.start`, the supervisor.
 
 use approvals::audit::AuditEvent;
+use recorder::events;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use approvals::Allowed;
 use approvals::time::{fmt_time, now};
-use recorder::Kind;
 use russh::server::Handle;
-use serde_json::json;
 use tokio::sync::{OnceCell, mpsc};
 
 use super::{Ctx, LiveSession, StartError, supervise::supervise};
@@ -31,14 +30,22 @@ impl LiveSession {
         let recording = Recording::create(&path, &id).map_err(StartError::Recording)?;
         let started = now();
         let row = session_row(ctx, &target, allowed, &id, file, &source, started);
-        let meta = json!({
-            "session": id, "vendor": target.vendor, "site": target.site, "device": target.device,
-            "function": allowed.function, "grant": allowed.grant,
-            "window_end": fmt_time(allowed.window_end), "device_login": allowed.login,
-            "source": source, "node": ctx.node,
-        });
+        let meta = events::SessionStart {
+            session: id.clone(),
+            vendor: target.vendor.clone(),
+            site: target.site.clone(),
+            device: target.device.clone(),
+            function: allowed.function.clone(),
+            grant: allowed.grant.clone(),
+            window_end: fmt_time(allowed.window_end),
+            device_login: allowed.login.clone(),
+            source: source.clone(),
+            node: ctx.node.clone(),
+        };
         register(ctx, &recording, &path, &row, &meta).await?;
-        if !ctx.audit(AuditEvent::SessionStart, meta).await {
+        // The audit entry carries the same fields as the recording's first record.
+        let fields = serde_json::to_value(&meta).unwrap_or_default();
+        if !ctx.audit(AuditEvent::SessionStart, fields).await {
             return Err(StartError::Audit);
         }
         let (close_tx, close_rx) = mpsc::unbounded_channel();
@@ -108,7 +115,7 @@ async fn register(
     recording: &Recording,
     path: &Path,
     row: &approvals::Session,
-    meta: &serde_json::Value,
+    meta: &events::SessionStart,
 ) -> Result<(), StartError> {
     let registered = write_and_register(ctx, recording, row, meta).await;
     if registered.is_err() {
@@ -121,11 +128,9 @@ async fn write_and_register(
     ctx: &Ctx,
     recording: &Recording,
     row: &approvals::Session,
-    meta: &serde_json::Value,
+    meta: &events::SessionStart,
 ) -> Result<(), StartError> {
-    recording
-        .json(Kind::SessionStart, 0, meta)
-        .map_err(StartError::Recording)?;
+    recording.write(0, meta).map_err(StartError::Recording)?;
     recording.flush().map_err(StartError::Recording)?;
     approvals::store::deadline(ctx.store.start_session(row))
         .await

@@ -2,13 +2,13 @@
 //! against the control plane.
 
 use approvals::audit::AuditEvent;
+use recorder::events;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use approvals::time::{fmt_time, now};
 use approvals::{PolicyGate, Refusal};
-use recorder::Kind;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -115,11 +115,10 @@ async fn stop_channels(live: &LiveSession, why: &EndReason) {
         // queued data, then tell the vendor and disconnect; the channels close last.
         live.stop.send_replace(true);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let _ = live.recording.json(
-            Kind::Event,
-            0,
-            &json!({"event": "channels_stopped", "reason": why.reason()}),
-        );
+        let stopped = events::Event::ChannelsStopped {
+            reason: why.reason().to_string(),
+        };
+        let _ = live.recording.write(0, &stopped);
         let line = why.vendor_line();
         live.notice(&line).await;
         let bye = live.handle.disconnect(
@@ -161,7 +160,10 @@ async fn seal(ctx: &Ctx, live: &LiveSession, reason: &str, ended: i64) -> Sealed
         audit_head_hash: head.as_ref().map(|r| hex::encode(r.hash)),
     };
     let sealed = live.recording.finish(
-        &json!({"reason": reason, "ended": fmt_time(ended)}),
+        &events::SessionEnd {
+            reason: reason.to_string(),
+            ended: fmt_time(ended),
+        },
         &ctx.seal,
         meta,
     );

@@ -6,6 +6,7 @@
 pub mod demo;
 pub mod device;
 pub mod load;
+pub mod scripted;
 
 use std::process::ExitCode;
 use std::time::Duration;
