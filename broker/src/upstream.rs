@@ -1,6 +1,7 @@
 //! The device side: a russh client that logs in with the broker-held credential after checking the
 //! device's host key against the pinned one.
 
+use approvals::CredentialKind;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -135,8 +136,8 @@ pub async fn connect(
         }
         Ok(Ok(h)) => h,
     };
-    let result = match device.credential_kind.as_str() {
-        "key" => {
+    let result = match device.credential_kind {
+        CredentialKind::Key => {
             let key = parse_private(&device.credential)
                 .map_err(|e| UpstreamError::BadCredential(name.clone(), e.to_string()))?;
             let hash = handle
@@ -149,16 +150,10 @@ pub async fn connect(
                 .authenticate_publickey(login, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
                 .await
         }
-        "password" => {
+        CredentialKind::Password => {
             handle
                 .authenticate_password(login, device.credential.trim_end_matches(['\n', '\r']))
                 .await
-        }
-        other => {
-            return Err(UpstreamError::BadCredential(
-                name,
-                format!("unknown credential kind {other}"),
-            ));
         }
     };
     match result {
