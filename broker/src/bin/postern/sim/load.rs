@@ -23,7 +23,7 @@ use russh::client::{AuthResult, KeyboardInteractiveAuthResponse};
 use russh::keys::PublicKeyOrCertificate;
 use tokio::sync::Semaphore;
 
-use crate::commands::Env;
+use crate::commands::{Env, operator};
 use broker::keys;
 
 /// Trusts the broker it was pointed at (the benchmark runs on loopback).
@@ -135,11 +135,15 @@ async fn enrol(env: &Env, site: &str, function: &str, sessions: usize) -> Result
     for i in 0..sessions {
         let name = format!("load-{run}-{i}");
         let secret = approvals::totp::new_secret();
-        env.store
-            .add_vendor(&name, "bench-load", None, &secret, t)
+        // Through the same actions as the CLI: the benchmark's people are on the audit record.
+        let actions = env.actions();
+        let op = operator();
+        actions
+            .add_vendor(&op, &name, "bench-load", None, &secret, t)
             .await?;
-        env.store
+        actions
             .add_grant(
+                &op,
                 &NewGrant {
                     vendor: name.clone(),
                     site: site.into(),
@@ -163,17 +167,20 @@ async fn enrol(env: &Env, site: &str, function: &str, sessions: usize) -> Result
             keys::Restrictions::default(),
         )?;
         // The broker accepts only certificates in its registry of issued ones.
-        env.store
-            .record_certificate(&approvals::IssuedCertificate {
-                serial: issued.serial.to_string(),
-                vendor: name.clone(),
-                key_id: issued.key_id.clone(),
-                key_fingerprint: keys::fingerprint(key.public_key()),
-                valid_after: t - 60,
-                valid_before: t + 7200,
-                revoked: false,
-                created: t,
-            })
+        actions
+            .issue_certificate(
+                &op,
+                &approvals::IssuedCertificate {
+                    serial: issued.serial.to_string(),
+                    vendor: name.clone(),
+                    key_id: issued.key_id.clone(),
+                    key_fingerprint: keys::fingerprint(key.public_key()),
+                    valid_after: t - 60,
+                    valid_before: t + 7200,
+                    revoked: false,
+                    created: t,
+                },
+            )
             .await?;
         let cert = issued.cert;
         vendors.push((name, secret, Arc::new(key), cert));
