@@ -23,6 +23,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+// A key's id belongs to the key (seal.rs); re-exported here, where certificates name it.
+pub use crate::seal::KeyId;
 use crate::seal::{SealKey, SealPublicKey};
 
 /// Prefix of an exported root public key line.
@@ -33,7 +35,6 @@ pub const ROOT_SECRET_PREFIX: &str = "postern-root-ed25519-secret";
 const CERTIFY_TAG: &[u8] = b"postern keyring certify v1\0";
 const REVOKE_TAG: &[u8] = b"postern keyring revoke v1\0";
 const TRANSITION_TAG: &[u8] = b"postern keyring transition v1\0";
-const KEY_ID_TAG: &[u8] = b"postern seal key id v1\0";
 
 /// Why a key or keyring cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -79,27 +80,6 @@ pub enum KeyringError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// A seal key's identifier: derived from the key itself, so one key has one id wherever it is
-/// certified.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct KeyId(pub String);
-
-impl KeyId {
-    pub fn of(key: &SealPublicKey) -> KeyId {
-        let mut h = Sha256::new();
-        h.update(KEY_ID_TAG);
-        h.update(seal_key_bytes(key));
-        KeyId(format!("sk-{}", &hex::encode(h.finalize())[..16]))
-    }
-}
-
-impl std::fmt::Display for KeyId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// The operator's root signing key. Kept off the broker.
@@ -237,7 +217,7 @@ impl Certificate {
         let mut m = CERTIFY_TAG.to_vec();
         field(&mut m, self.key_id.0.as_bytes());
         field(&mut m, self.node.as_bytes());
-        field(&mut m, &seal_key_bytes(key));
+        field(&mut m, &key.to_bytes());
         m.extend_from_slice(&self.not_before.to_be_bytes());
         m.extend_from_slice(&self.not_after.to_be_bytes());
         m.extend_from_slice(&self.issued.to_be_bytes());
@@ -310,9 +290,9 @@ impl Transition {
         let mut m = TRANSITION_TAG.to_vec();
         field(&mut m, self.node.as_bytes());
         field(&mut m, self.from.0.as_bytes());
-        field(&mut m, &seal_key_bytes(from));
+        field(&mut m, &from.to_bytes());
         field(&mut m, self.to.0.as_bytes());
-        field(&mut m, &seal_key_bytes(to));
+        field(&mut m, &to.to_bytes());
         m.extend_from_slice(&self.at.to_be_bytes());
         m
     }
@@ -534,10 +514,10 @@ impl Keyring {
                 to: t.to.0.clone(),
                 which,
             };
-            if !verify_sig(seal_verifying_key(&from), &m, &t.signature_from) {
+            if !verify_sig(from.verifying_key(), &m, &t.signature_from) {
                 return Err(bad("the outgoing key"));
             }
-            if !verify_sig(seal_verifying_key(&to), &m, &t.signature_to) {
+            if !verify_sig(to.verifying_key(), &m, &t.signature_to) {
                 return Err(bad("the incoming key"));
             }
         }
@@ -670,22 +650,6 @@ fn first_line(text: &str) -> Option<&str> {
 fn field(m: &mut Vec<u8>, bytes: &[u8]) {
     m.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
     m.extend_from_slice(bytes);
-}
-
-/// The raw 32 bytes of a seal public key, read back from its export line (the one stable form
-/// the seal module offers).
-fn seal_key_bytes(key: &SealPublicKey) -> [u8; 32] {
-    let export = key.export();
-    export
-        .rsplit(' ')
-        .next()
-        .and_then(|b| B64.decode(b).ok())
-        .and_then(|v| v.try_into().ok())
-        .unwrap_or([0; 32])
-}
-
-fn seal_verifying_key(key: &SealPublicKey) -> Option<VerifyingKey> {
-    VerifyingKey::from_bytes(&seal_key_bytes(key)).ok()
 }
 
 fn verify_sig(key: impl Into<Option<VerifyingKey>>, message: &[u8], signature: &str) -> bool {

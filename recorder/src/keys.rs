@@ -38,89 +38,139 @@ fn escape(keys: &str, backslash: bool) -> String {
 /// `None` when some key's effect depends on what the recording does not hold: history recall,
 /// completion, word motion, yank, or a key this model does not know.
 pub fn reconstruct_line(keys: &str) -> Option<String> {
-    let mut line: Vec<char> = Vec::new();
-    let mut cur = 0usize;
-    let mut it = keys.chars().peekable();
-    while let Some(c) = it.next() {
-        match c {
-            '\x01' => cur = 0,
-            '\x05' => cur = line.len(),
-            '\x02' => cur = cur.saturating_sub(1),
-            '\x06' => cur = (cur + 1).min(line.len()),
-            '\x08' | '\x7f' => {
-                if cur > 0 {
-                    cur -= 1;
-                    line.remove(cur);
+    let mut editor = Editor::default();
+    let mut keys = keys.chars();
+    while let Some(c) = keys.next() {
+        editor.apply(edit_for(c, &mut keys)?);
+    }
+    Some(editor.line.into_iter().collect())
+}
+
+/// What one key does to the line in the readline model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Edit {
+    Insert(char),
+    Home,
+    End,
+    Left,
+    Right,
+    /// Backspace: the character before the cursor.
+    DeleteBack,
+    /// Delete (and Ctrl-D on a non-empty line): the character under the cursor.
+    DeleteHere,
+    KillToEnd,
+    KillToStart,
+    /// unix-word-rubout: blanks before the cursor, then the word.
+    RuboutWord,
+    /// Redraws (Ctrl-L) and bracketed paste markers: the line is unchanged.
+    Nothing,
+}
+
+/// The edit for key `c`, reading the rest of an escape sequence from `rest`; `None` for a key
+/// whose effect the model cannot know.
+fn edit_for(c: char, rest: &mut impl Iterator<Item = char>) -> Option<Edit> {
+    Some(match c {
+        '\x01' => Edit::Home,
+        '\x05' => Edit::End,
+        '\x02' => Edit::Left,
+        '\x06' => Edit::Right,
+        '\x08' | '\x7f' => Edit::DeleteBack,
+        // Ctrl-D on an empty line is EOF, which the caller handles.
+        '\x04' => Edit::DeleteHere,
+        '\x0b' => Edit::KillToEnd,
+        '\x15' => Edit::KillToStart,
+        '\x17' => Edit::RuboutWord,
+        '\x0c' => Edit::Nothing,
+        '\x1b' => return escape_edit(rest),
+        c if c.is_control() => return None,
+        c => Edit::Insert(c),
+    })
+}
+
+/// The edit for an escape sequence (after its `ESC`): CSI (`ESC [ params final`) or SS3
+/// (`ESC O final`) cursor keys, Home, End, Delete and paste markers.
+fn escape_edit(rest: &mut impl Iterator<Item = char>) -> Option<Edit> {
+    match rest.next()? {
+        '[' => {
+            let mut params = String::new();
+            let fin = loop {
+                let p = rest.next()?;
+                if ('\x40'..='\x7e').contains(&p) {
+                    break p;
+                }
+                params.push(p);
+            };
+            match (fin, params.as_str()) {
+                ('D', "") => Some(Edit::Left),
+                ('C', "") => Some(Edit::Right),
+                ('H', "") | ('~', "1") | ('~', "7") => Some(Edit::Home),
+                ('F', "") | ('~', "4") | ('~', "8") => Some(Edit::End),
+                ('~', "3") => Some(Edit::DeleteHere),
+                // Bracketed paste markers: what lies between is typed text.
+                ('~', "200") | ('~', "201") => Some(Edit::Nothing),
+                _ => None,
+            }
+        }
+        'O' => match rest.next()? {
+            'D' => Some(Edit::Left),
+            'C' => Some(Edit::Right),
+            'H' => Some(Edit::Home),
+            'F' => Some(Edit::End),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The readline model's line and cursor.
+#[derive(Default)]
+struct Editor {
+    line: Vec<char>,
+    cur: usize,
+}
+
+impl Editor {
+    fn apply(&mut self, edit: Edit) {
+        let (line, cur) = (&mut self.line, &mut self.cur);
+        match edit {
+            Edit::Insert(c) => {
+                line.insert(*cur, c);
+                *cur += 1;
+            }
+            Edit::Home => *cur = 0,
+            Edit::End => *cur = line.len(),
+            Edit::Left => *cur = cur.saturating_sub(1),
+            Edit::Right => *cur = (*cur + 1).min(line.len()),
+            Edit::DeleteBack => {
+                if *cur > 0 {
+                    *cur -= 1;
+                    line.remove(*cur);
                 }
             }
-            // Ctrl-D on a non-empty line deletes under the cursor (on an empty one it is EOF,
-            // which the caller handles).
-            '\x04' => {
-                if cur < line.len() {
-                    line.remove(cur);
+            Edit::DeleteHere => {
+                if *cur < line.len() {
+                    line.remove(*cur);
                 }
             }
-            '\x0b' => line.truncate(cur),
-            '\x15' => {
-                line.drain(..cur);
-                cur = 0;
+            Edit::KillToEnd => line.truncate(*cur),
+            Edit::KillToStart => {
+                line.drain(..*cur);
+                *cur = 0;
             }
-            '\x17' => {
-                // unix-word-rubout: blanks before the cursor, then the word.
-                let mut start = cur;
+            Edit::RuboutWord => {
+                let mut start = *cur;
                 while start > 0 && line[start - 1].is_whitespace() {
                     start -= 1;
                 }
                 while start > 0 && !line[start - 1].is_whitespace() {
                     start -= 1;
                 }
-                line.drain(start..cur);
-                cur = start;
+                line.drain(start..*cur);
+                *cur = start;
             }
-            // Ctrl-L redraws; the line is unchanged.
-            '\x0c' => {}
-            '\x1b' => match it.next()? {
-                '[' => {
-                    let mut params = String::new();
-                    let fin = loop {
-                        let p = it.next()?;
-                        if ('\x40'..='\x7e').contains(&p) {
-                            break p;
-                        }
-                        params.push(p);
-                    };
-                    match (fin, params.as_str()) {
-                        ('D', "") => cur = cur.saturating_sub(1),
-                        ('C', "") => cur = (cur + 1).min(line.len()),
-                        ('H', "") | ('~', "1") | ('~', "7") => cur = 0,
-                        ('F', "") | ('~', "4") | ('~', "8") => cur = line.len(),
-                        ('~', "3") => {
-                            if cur < line.len() {
-                                line.remove(cur);
-                            }
-                        }
-                        // Bracketed paste markers: what lies between is typed text.
-                        ('~', "200") | ('~', "201") => {}
-                        _ => return None,
-                    }
-                }
-                'O' => match it.next()? {
-                    'D' => cur = cur.saturating_sub(1),
-                    'C' => cur = (cur + 1).min(line.len()),
-                    'H' => cur = 0,
-                    'F' => cur = line.len(),
-                    _ => return None,
-                },
-                _ => return None,
-            },
-            c if c.is_control() => return None,
-            c => {
-                line.insert(cur, c);
-                cur += 1;
-            }
+            Edit::Nothing => {}
         }
     }
-    Some(line.into_iter().collect())
 }
 
 /// Whether a prompt asks for a secret (`Password:`, `[sudo] password for x:`, `Enter passphrase
@@ -188,12 +238,36 @@ mod tests {
     }
 
     #[test]
+    fn reconstructs_the_other_motion_and_delete_keys() {
+        // Ctrl-B/Ctrl-F, Ctrl-D under the cursor, Ctrl-L, Home/End as `~` codes and SS3.
+        assert_eq!(reconstruct_line("abc\x02\x02\x04").as_deref(), Some("ac"));
+        assert_eq!(reconstruct_line("ab\x01\x06\x0cX").as_deref(), Some("aXb"));
+        assert_eq!(
+            reconstruct_line("bc\x1b[1~a\x1b[4~d").as_deref(),
+            Some("abcd")
+        );
+        assert_eq!(
+            reconstruct_line("bc\x1b[7~a\x1b[8~d").as_deref(),
+            Some("abcd")
+        );
+        assert_eq!(
+            reconstruct_line("bc\x1bOHa\x1bOFd\x1b[F!").as_deref(),
+            Some("abcd!")
+        );
+        assert_eq!(reconstruct_line("\x7f\x1b[D\x1b[3~x").as_deref(), Some("x"));
+        assert_eq!(reconstruct_line("a  \x17b").as_deref(), Some("b"));
+        assert_eq!(reconstruct_line("ab\x1b[C\x1b[C!").as_deref(), Some("ab!"));
+    }
+
+    #[test]
     fn history_and_completion_are_not_guessed() {
         assert_eq!(reconstruct_line("\x1b[A"), None);
         assert_eq!(reconstruct_line("cat /etc/pas\t"), None);
         assert_eq!(reconstruct_line("ls\x1bb"), None);
         assert_eq!(reconstruct_line("ls\x12"), None);
         assert_eq!(reconstruct_line("ls\x1b["), None);
+        assert_eq!(reconstruct_line("ls\x1b"), None);
+        assert_eq!(reconstruct_line("ls\x1bOA"), None);
     }
 
     #[test]

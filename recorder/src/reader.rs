@@ -1,6 +1,7 @@
 //! Reading and verifying record files. Nothing here panics on input: every malformed byte
 //! becomes a [`ReadError`] that names the record where reading stopped.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -184,10 +185,38 @@ impl<R: BufRead> Reader<R> {
         r.transpose()
     }
 
+    /// One record: its frame read, its body unpacked, checked against the chain.
     fn read_one(&mut self) -> Result<Option<Record>, ReadError> {
-        let seq = self.next_seq;
-        let start = self.offset;
-        let torn = ReadError::Torn { seq, offset: start };
+        let Some((frame, body_len)) = self.read_frame()? else {
+            return Ok(None);
+        };
+        let body = self.unpack(&frame[..body_len])?;
+        let stored: [u8; HASH_LEN] = frame[body_len..body_len + HASH_LEN]
+            .try_into()
+            .map_err(|_| self.bad_frame("hash"))?;
+        let record = self.check(&body, stored)?;
+        self.prev = stored;
+        self.next_seq += 1;
+        self.offset += 4 + frame.len() as u64;
+        Ok(Some(record))
+    }
+
+    /// Damaged framing at the record being read.
+    fn bad_frame(&self, why: &'static str) -> ReadError {
+        ReadError::BadFrame {
+            seq: self.next_seq,
+            offset: self.offset,
+            why,
+        }
+    }
+
+    /// The next frame after its length (`body hash length`) and the body's length; `None` at a
+    /// clean end of file.
+    fn read_frame(&mut self) -> Result<Option<(Vec<u8>, usize)>, ReadError> {
+        let torn = ReadError::Torn {
+            seq: self.next_seq,
+            offset: self.offset,
+        };
         let mut len = [0u8; 4];
         match self.fill(&mut len)? {
             0 => return Ok(None),
@@ -201,50 +230,33 @@ impl<R: BufRead> Reader<R> {
             BODY_FIXED..=BODY_FIXED + MAX_PAYLOAD
         };
         if !range.contains(&body_len) {
-            return Err(ReadError::BadFrame {
-                seq,
-                offset: start,
-                why: "length out of range",
-            });
+            return Err(self.bad_frame("length out of range"));
         }
         let mut rest = vec![0u8; body_len + HASH_LEN + 4];
         if self.fill(&mut rest)? < rest.len() {
             return Err(torn);
         }
         if rest[rest.len() - 4..] != len {
-            return Err(ReadError::BadFrame {
-                seq,
-                offset: start,
-                why: "lengths differ",
-            });
+            return Err(self.bad_frame("lengths differ"));
         }
-        let decoded;
-        let body = match self.decompressor.as_mut() {
-            Some(d) => {
-                decoded = d.chunk(&rest[..body_len], BODY_FIXED + MAX_PAYLOAD).ok_or(
-                    ReadError::BadFrame {
-                        seq,
-                        offset: start,
-                        why: "compressed data undecodable",
-                    },
-                )?;
-                &decoded[..]
-            }
-            None => &rest[..body_len],
+        Ok(Some((rest, body_len)))
+    }
+
+    /// The body as hashed: as framed, or decompressed in a compressed file.
+    fn unpack<'a>(&mut self, framed: &'a [u8]) -> Result<Cow<'a, [u8]>, ReadError> {
+        let Some(d) = self.decompressor.as_mut() else {
+            return Ok(Cow::Borrowed(framed));
         };
-        let stored: [u8; HASH_LEN] =
-            rest[body_len..body_len + HASH_LEN]
-                .try_into()
-                .map_err(|_| ReadError::BadFrame {
-                    seq,
-                    offset: start,
-                    why: "hash",
-                })?;
-        let record = decode_body(body, stored).ok_or(ReadError::BadFrame {
-            seq,
-            offset: start,
-            why: "body too short",
-        })?;
+        match d.chunk(framed, BODY_FIXED + MAX_PAYLOAD) {
+            Some(body) => Ok(Cow::Owned(body)),
+            None => Err(self.bad_frame("compressed data undecodable")),
+        }
+    }
+
+    /// Decodes a body and checks that it is the next record of the chain.
+    fn check(&self, body: &[u8], stored: [u8; HASH_LEN]) -> Result<Record, ReadError> {
+        let seq = self.next_seq;
+        let record = decode_body(body, stored).ok_or_else(|| self.bad_frame("body too short"))?;
         if record.seq != seq {
             return Err(ReadError::SeqGap {
                 seq,
@@ -260,10 +272,7 @@ impl<R: BufRead> Reader<R> {
                 code: body[16],
             });
         }
-        self.prev = stored;
-        self.next_seq += 1;
-        self.offset += 4 + rest.len() as u64;
-        Ok(Some(record))
+        Ok(record)
     }
 }
 

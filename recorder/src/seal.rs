@@ -11,6 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::format::{HASH_LEN, Kind, Record};
 
@@ -30,6 +31,29 @@ pub struct NotASealKey;
 /// A public key that checks seals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealPublicKey(VerifyingKey);
+
+const KEY_ID_TAG: &[u8] = b"postern seal key id v1\0";
+
+/// A seal key's identifier: derived from the key itself, so one key has one id wherever it is
+/// certified (the keyring's certificates and a version 2 seal's metadata name it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyId(pub String);
+
+impl KeyId {
+    pub fn of(key: &SealPublicKey) -> KeyId {
+        let mut h = Sha256::new();
+        h.update(KEY_ID_TAG);
+        h.update(key.to_bytes());
+        KeyId(format!("sk-{}", &hex::encode(h.finalize())[..16]))
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// What a version 2 seal binds besides the recording's length and final hash: who, where, what,
 /// when, with which key, and where the audit log stood.
@@ -162,7 +186,16 @@ impl SealKey {
 impl SealPublicKey {
     /// The key's id, as the keyring names it (`sk-` and 16 hex digits).
     pub fn id(&self) -> String {
-        crate::keyring::KeyId::of(self).0
+        KeyId::of(self).0
+    }
+
+    /// The raw 32 bytes, as key ids and keyring signatures encode the key.
+    pub(crate) fn to_bytes(self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    pub(crate) fn verifying_key(self) -> VerifyingKey {
+        self.0
     }
 
     /// One line: `postern-seal-ed25519 BASE64`.
@@ -308,4 +341,25 @@ pub fn check_seal(
         .verify_strict(&message, &Signature::from_bytes(&sig))
         .map_err(|_| SealError::BadSignature { seq })?;
     Ok(seal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ids_are_those_of_the_exported_key() {
+        // Ids are stored in keyrings and v2 seals: they must not change with the code that
+        // computes them (formerly from the export line's bytes).
+        let key = SealKey::from_seed(&[7; 32]).public();
+        let export = key.export();
+        let b64 = export.rsplit(' ').next().unwrap_or_default();
+        let raw = B64.decode(b64).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(b"postern seal key id v1\0");
+        h.update(&raw);
+        let want = format!("sk-{}", &hex::encode(h.finalize())[..16]);
+        assert_eq!(KeyId::of(&key).0, want);
+        assert_eq!(key.id(), want);
+    }
 }
