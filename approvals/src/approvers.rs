@@ -1,71 +1,16 @@
 //! Approvers and access requests: who may grant access where, and vendors' requests for it.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use serde::Serialize;
 
-use crate::model::{Grant, RequestStatus, flag_json};
+pub use crate::model::{AccessRequestRow, Approver};
+use crate::model::{Grant, RequestStatus};
 use crate::store::{
     Conflict, Invalid, Missing, NewGrant, Store, StoreError, Thing, Tx, check_name,
     conflict_on_unique, insert_error, new_id,
 };
 
-/// An approver, accountable for the listed sites and every site of the listed regions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Approver {
-    pub name: String,
-    #[serde(skip)]
-    pub password_hash: String,
-    #[serde(skip)]
-    pub totp_secret: String,
-    #[serde(skip)]
-    pub totp_last_step: i64,
-    /// Comma-separated site names.
-    pub sites: String,
-    /// Comma-separated region names.
-    pub regions: String,
-    #[serde(serialize_with = "flag_json")]
-    pub disabled: bool,
-    pub created: i64,
-}
-
-fn list(s: &str) -> impl Iterator<Item = &str> {
-    s.split(',').map(str::trim).filter(|x| !x.is_empty())
-}
-
-impl Approver {
-    /// Whether this approver is accountable for `site` (in `region`).
-    pub fn covers(&self, site: &str, region: Option<&str>) -> bool {
-        !self.disabled
-            && (list(&self.sites).any(|s| s == site)
-                || region.is_some_and(|r| list(&self.regions).any(|x| x == r)))
-    }
-}
-
-/// A vendor's request for a window of one function at one site.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AccessRequestRow {
-    pub id: String,
-    pub vendor: String,
-    pub site: String,
-    pub device: String,
-    pub function: String,
-    pub reason: String,
-    /// Seconds asked for.
-    pub duration: i64,
-    pub status: RequestStatus,
-    pub created: i64,
-    pub decided_at: Option<i64>,
-    pub decided_by: Option<String>,
-    pub decision_reason: Option<String>,
-    pub grant_id: Option<String>,
-}
-
+// The row itself is in the model (the store decodes it); its refusal is the store's `Conflict`.
 impl AccessRequestRow {
-    /// Request-to-decision time in seconds, once decided.
-    pub fn latency(&self) -> Option<i64> {
-        self.decided_at.map(|d| d - self.created)
-    }
-
     /// Why another request for the same target is refused while this one is pending.
     pub fn already_waiting(&self) -> String {
         self.waiting().to_string()

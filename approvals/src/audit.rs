@@ -386,6 +386,11 @@ impl AuditEvent {
     pub fn from_name(name: &str) -> Option<AuditEvent> {
         AuditEvent::ALL.iter().copied().find(|e| e.name() == name)
     }
+
+    /// The event of one audit entry as read back from the log (its `event` field).
+    pub fn of_entry(entry: &Value) -> Option<AuditEvent> {
+        entry["event"].as_str().and_then(AuditEvent::from_name)
+    }
 }
 
 /// Written as its name, as in the log.
@@ -437,5 +442,9 @@ mod tests {
             assert_eq!(AuditEvent::from_name(e.name()), Some(*e));
         }
         assert_eq!(AuditEvent::from_name("no.such_event"), None);
+        let entry = json!({"event": "session.seal", "session": "s"});
+        assert_eq!(AuditEvent::of_entry(&entry), Some(AuditEvent::SessionSeal));
+        assert_eq!(AuditEvent::of_entry(&json!({"event": 7})), None);
+        assert_eq!(AuditEvent::of_entry(&json!("session.seal")), None);
     }
 }

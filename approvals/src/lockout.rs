@@ -3,8 +3,9 @@
 //!
 //! Only failures *after* the first factor count (a vendor's certificate verified, an approver's
 //! password right): whoever reaches the TOTP prompt already holds the vendor's key and
-//! certificate or the approver's password. Failures before that are counted per source by
-//! [`crate::ratelimit`], never against the named account, so a stranger cannot lock anyone out.
+//! certificate or the approver's password. Failures before that are counted per source by the
+//! in-memory `ratelimit` module, never against the named account, so a stranger cannot lock
+//! anyone out.
 //!
 //! The first [`FREE_FAILURES`] wrong codes cost nothing (typing mistakes); each one after that
 //! locks the account for twice as long as the last, from [`FIRST_LOCK`] up to [`MAX_LOCK`]. A

@@ -1,5 +1,9 @@
 //! The directory's nouns, in domain types: flags are `bool`, coded text is an enum. The store
 //! maps database rows to these (`store::rows`); the database schema keeps its integers and text.
+//! The rows and facts that the store hands to the policy and the approvers live here too, so the
+//! store depends on the model alone.
+
+use std::collections::HashMap;
 
 use serde::{Serialize, Serializer};
 
@@ -379,6 +383,76 @@ pub struct CommandRow {
     pub channel: i64,
     pub kind: String,
     pub command: String,
+}
+
+/// An approver, accountable for the listed sites and every site of the listed regions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Approver {
+    pub name: String,
+    #[serde(skip)]
+    pub password_hash: String,
+    #[serde(skip)]
+    pub totp_secret: String,
+    #[serde(skip)]
+    pub totp_last_step: i64,
+    /// Comma-separated site names.
+    pub sites: String,
+    /// Comma-separated region names.
+    pub regions: String,
+    #[serde(serialize_with = "flag_json")]
+    pub disabled: bool,
+    pub created: i64,
+}
+
+fn list(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').map(str::trim).filter(|x| !x.is_empty())
+}
+
+impl Approver {
+    /// Whether this approver is accountable for `site` (in `region`).
+    pub fn covers(&self, site: &str, region: Option<&str>) -> bool {
+        !self.disabled
+            && (list(&self.sites).any(|s| s == site)
+                || region.is_some_and(|r| list(&self.regions).any(|x| x == r)))
+    }
+}
+
+/// A vendor's request for a window of one function at one site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessRequestRow {
+    pub id: String,
+    pub vendor: String,
+    pub site: String,
+    pub device: String,
+    pub function: String,
+    pub reason: String,
+    /// Seconds asked for.
+    pub duration: i64,
+    pub status: RequestStatus,
+    pub created: i64,
+    pub decided_at: Option<i64>,
+    pub decided_by: Option<String>,
+    pub decision_reason: Option<String>,
+    pub grant_id: Option<String>,
+}
+
+impl AccessRequestRow {
+    /// Request-to-decision time in seconds, once decided.
+    pub fn latency(&self) -> Option<i64> {
+        self.decided_at.map(|d| d - self.created)
+    }
+}
+
+/// Everything the decision looks at, loaded by the store in one go.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    pub vendor: Option<Vendor>,
+    pub site_exists: bool,
+    pub device: Option<Device>,
+    /// The vendor's grants at the site, revoked ones included (to say why access is refused).
+    pub grants: Vec<Grant>,
+    /// Functions named by the request or by any of the grants.
+    pub functions: HashMap<String, Function>,
 }
 
 #[cfg(test)]

@@ -1,10 +1,9 @@
 //! The policy decision: one pure function from facts and a request to allow or deny.
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 
-use crate::model::{Channel, Device, Function, Grant, Vendor};
+pub use crate::model::Facts;
+use crate::model::{Channel, Device, Grant};
 use crate::store::{Store, StoreError, deadline};
 use crate::time::{fmt_time, now};
 
@@ -17,18 +16,6 @@ pub struct AccessRequest {
     pub function: Option<String>,
     /// `None` at session start (before any channel), then each channel as it is opened.
     pub channel: Option<Channel>,
-}
-
-/// Everything the decision looks at, loaded by the store in one go.
-#[derive(Debug, Clone, Default)]
-pub struct Facts {
-    pub vendor: Option<Vendor>,
-    pub site_exists: bool,
-    pub device: Option<Device>,
-    /// The vendor's grants at the site, revoked ones included (to say why access is refused).
-    pub grants: Vec<Grant>,
-    /// Functions named by the request or by any of the grants.
-    pub functions: HashMap<String, Function>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -424,8 +411,11 @@ fn explain_no_active(req: &AccessRequest, relevant: &[&Grant], now: i64) -> Deny
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::model::CredentialKind;
+    use crate::model::{Function, Vendor};
 
     const NOW: i64 = 1_000_000;
 

@@ -1,6 +1,6 @@
 //! Failed-attempt rate limiting per key (a source address, or a name at a source), in memory on
 //! one broker node: used by the SSH front door and the web sign-in for failures *before* the
-//! first factor. Failures after it go to [`crate::lockout`], in the database.
+//! first factor. Failures after it go to the `lockout` module, in the database.
 //!
 //! State is bounded and expires: each key keeps at most `max_failures` instants within the
 //! window, empty keys are removed, and at most `max_keys` keys are kept (a flood of new keys

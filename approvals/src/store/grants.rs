@@ -3,8 +3,7 @@
 use super::{
     Conflict, Invalid, Missing, NewGrant, Result, Store, StoreError, Thing, Tx, check_name, new_id,
 };
-use crate::model::{Function, Grant};
-use crate::policy::Facts;
+use crate::model::{Facts, Function, Grant};
 
 impl Store {
     /// Adds a grant after checking that everything it names exists and that the window is

@@ -37,7 +37,7 @@ type Result<T> = std::result::Result<T, StoreError>;
 pub const MAX_WINDOW: i64 = 366 * 86_400;
 
 /// A database transaction: operator actions make their change, queue its notification and write
-/// its audit record inside one (see [`crate::actions`]). The `*_in` functions write before they
+/// its audit record inside one (see the `actions` module). The `*_in` functions write before they
 /// read: on SQLite a transaction that reads first cannot take the write lock once another
 /// connection has written meanwhile (the broker writes all the time), so it would fail at random.
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;

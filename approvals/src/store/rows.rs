@@ -8,8 +8,9 @@ use std::str::FromStr;
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
-use crate::approvers::{AccessRequestRow, Approver};
-use crate::model::{Device, Function, IssuedCertificate, Session, Vendor};
+use crate::model::{
+    AccessRequestRow, Approver, Device, Function, IssuedCertificate, Session, Vendor,
+};
 
 /// A 0/1 flag column.
 fn flag(row: &AnyRow, column: &str) -> sqlx::Result<bool> {
