@@ -22,6 +22,10 @@ use crate::notify::{Message, Notifier};
 use crate::store::{NewDevice, NewGrant, Store, StoreError, Tx};
 use crate::time::fmt_time;
 
+mod coverage;
+mod deadlines;
+pub use deadlines::{Deadlines, Swept};
+
 /// Why an action was refused. Whatever the reason, nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -40,6 +44,9 @@ pub enum ActionError {
     /// The database failed.
     #[error("the control plane is unavailable, so nothing was changed: {0}")]
     Unavailable(#[source] StoreError),
+    /// The approver deciding does not cover the request's site (or is no enabled approver).
+    #[error("{0}")]
+    NotCovered(String),
 }
 
 impl From<StoreError> for ActionError {
@@ -63,6 +70,8 @@ type Result<T> = std::result::Result<T, ActionError>;
 pub struct Actor {
     name: String,
     tag: String,
+    /// The approver whose coverage a decision is checked against (the web form, `--as`).
+    approver: Option<String>,
 }
 
 impl Actor {
@@ -72,6 +81,7 @@ impl Actor {
         Actor {
             tag: name.clone(),
             name,
+            approver: None,
         }
     }
 
@@ -80,6 +90,7 @@ impl Actor {
         Actor {
             name: approver.to_owned(),
             tag: format!("web:{approver}"),
+            approver: Some(approver.to_owned()),
         }
     }
 
@@ -208,6 +219,38 @@ pub enum ActionRecord {
         action: String,
         error: String,
     },
+    /// A request undecided past `approval_slo`, escalated once.
+    RequestEscalated {
+        request: String,
+        vendor: String,
+        site: String,
+        device: String,
+        function: String,
+        filed: String,
+        /// Seconds it had waited.
+        waited: i64,
+        /// Who it was escalated to.
+        approvers: Vec<String>,
+    },
+    /// A request undecided past `request_ttl`, closed as `expired`.
+    RequestExpired {
+        request: String,
+        vendor: String,
+        site: String,
+        device: String,
+        function: String,
+        filed: String,
+        waited: i64,
+        escalated: bool,
+    },
+    /// A decision refused because the approver does not cover the site; nothing changed.
+    RequestDecisionRefused {
+        request: String,
+        site: String,
+        approver: String,
+        decision: String,
+        reason: String,
+    },
 }
 
 impl ActionRecord {
@@ -231,6 +274,9 @@ impl ActionRecord {
             ActionRecord::DeviceImport { .. } => AuditEvent::DeviceImport,
             ActionRecord::FunctionAdd { .. } => AuditEvent::FunctionAdd,
             ActionRecord::NotCommitted { .. } => AuditEvent::ActionNotCommitted,
+            ActionRecord::RequestEscalated { .. } => AuditEvent::RequestEscalated,
+            ActionRecord::RequestExpired { .. } => AuditEvent::RequestExpired,
+            ActionRecord::RequestDecisionRefused { .. } => AuditEvent::RequestDecisionRefused,
         }
     }
 
@@ -283,6 +329,7 @@ impl Actions {
             .request(id)
             .await?
             .ok_or_else(|| ActionError::NotFound(format!("no request with id {id}")))?;
+        self.check_coverage(actor, &asked, "approve").await?;
         let until = until.unwrap_or(from + asked.duration);
         let mut tx = self.store.begin().await?;
         let (req, grant) = self
@@ -323,6 +370,14 @@ impl Actions {
             return Err(ActionError::Invalid(
                 "a denial needs a reason: the vendor sees it".into(),
             ));
+        }
+        if actor.approver.is_some() {
+            let asked = self
+                .store
+                .request(id)
+                .await?
+                .ok_or_else(|| ActionError::NotFound(format!("no request with id {id}")))?;
+            self.check_coverage(actor, &asked, "deny").await?;
         }
         let mut tx = self.store.begin().await?;
         let req = self

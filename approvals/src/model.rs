@@ -316,7 +316,8 @@ pub enum RequestStatus {
     Pending,
     Approved,
     Denied,
-    /// Superseded without a decision (see migration 0007).
+    /// Closed without a decision: superseded (see migration 0007), or undecided past
+    /// `request_ttl`.
     Expired,
 }
 
@@ -434,12 +435,19 @@ pub struct AccessRequestRow {
     pub decided_by: Option<String>,
     pub decision_reason: Option<String>,
     pub grant_id: Option<String>,
+    /// When the request was escalated for missing `approval_slo` (at most once).
+    pub escalated_at: Option<i64>,
 }
 
 impl AccessRequestRow {
     /// Request-to-decision time in seconds, once decided.
     pub fn latency(&self) -> Option<i64> {
         self.decided_at.map(|d| d - self.created)
+    }
+
+    /// Still waiting, and escalated for having waited past `approval_slo`.
+    pub fn overdue(&self) -> bool {
+        self.status == RequestStatus::Pending && self.escalated_at.is_some()
     }
 }
 

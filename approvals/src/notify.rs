@@ -29,6 +29,10 @@ pub enum Event {
     RequestFiled,
     RequestGranted,
     RequestDenied,
+    /// A request waited past `approval_slo`: the escalation approvers are named.
+    RequestEscalated,
+    /// A request waited past `request_ttl` and was closed undecided.
+    RequestExpired,
     BreakGlassOpened,
     SessionTerminated,
     VendorDisabled,
@@ -42,6 +46,8 @@ impl Event {
             Event::RequestFiled => "request.filed",
             Event::RequestGranted => "request.granted",
             Event::RequestDenied => "request.denied",
+            Event::RequestEscalated => "request.escalated",
+            Event::RequestExpired => "request.expired",
             Event::BreakGlassOpened => "breakglass.opened",
             Event::SessionTerminated => "session.terminated",
             Event::VendorDisabled => "vendor.disabled",

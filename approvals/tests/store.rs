@@ -492,6 +492,99 @@ async fn approvers_and_requests(db: Db) {
 
 both!(approvers_and_requests);
 
+/// Past `approval_slo` a pending request is escalated once, past `request_ttl` expired once,
+/// however many nodes sweep at the same moment.
+async fn requests_escalate_and_expire_once(db: Db) {
+    use approvals::actions::{Deadlines, Swept};
+    use approvals::{Actions, Actor, AuditLog, Notifier};
+    let s = &db.store;
+    directory(s).await;
+    let h = approvals::approvers::hash_password("pw").unwrap();
+    let totp = "JBSWY3DPEHPK3PXP";
+    s.add_approver("nina", &h, totp, &[], &["north".into()], NOW)
+        .await
+        .unwrap();
+    s.add_approver("sam", &h, totp, &["store-1".into()], &[], NOW)
+        .await
+        .unwrap();
+    s.add_approver("boss", &h, totp, &["store-2".into()], &[], NOW)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = |n: &str| {
+        let log = AuditLog::new(&dir.path().join(format!("{n}.log")), n);
+        Actions::new(s.clone(), log, Notifier::new(s.clone(), true))
+    };
+    let (n1, n2) = (node("n1"), node("n2"));
+    let (a1, a2) = (Actor::broker("n1"), Actor::broker("n2"));
+    let r = s
+        .add_request(
+            &approvals::NewRequest {
+                vendor: "alice".into(),
+                site: "store-1".into(),
+                device: "cam-01".into(),
+                function: "maint".into(),
+                reason: "camera offline".into(),
+                duration: 3600,
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    let d = Deadlines {
+        request_ttl: 600,
+        approval_slo: 60,
+        escalate_to: vec!["boss".into(), "ghost".into()],
+    };
+    let none = Swept::default();
+    assert_eq!(n1.enforce_deadlines(&a1, &d, NOW + 59).await.unwrap(), none);
+    let (x, y) = tokio::join!(
+        n1.enforce_deadlines(&a1, &d, NOW + 61),
+        n2.enforce_deadlines(&a2, &d, NOW + 61)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.escalated.len() + y.escalated.len(), 1, "{x:?} {y:?}");
+    let now = s.request(&r.id).await.unwrap().unwrap();
+    assert_eq!(now.escalated_at, Some(NOW + 61));
+    assert!(now.overdue());
+    let sent: Vec<serde_json::Value> = s
+        .notifications()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|n| n.event == "request.escalated")
+        .map(|n| serde_json::from_str(&n.payload).unwrap())
+        .collect();
+    assert_eq!(sent.len(), 1);
+    // The region's approver and `escalate_to` (an unknown name dropped); not the site's own.
+    assert_eq!(sent[0]["approvers"], serde_json::json!(["nina", "boss"]));
+    assert_eq!(
+        n2.enforce_deadlines(&a2, &d, NOW + 120).await.unwrap(),
+        none
+    );
+
+    let (x, y) = tokio::join!(
+        n1.enforce_deadlines(&a1, &d, NOW + 601),
+        n2.enforce_deadlines(&a2, &d, NOW + 601)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.expired.len() + y.expired.len(), 1, "{x:?} {y:?}");
+    let gone = s.request(&r.id).await.unwrap().unwrap();
+    assert_eq!(gone.status, RequestStatus::Expired);
+    assert_eq!(
+        gone.decision_reason.as_deref(),
+        Some("no approver decided within 10m")
+    );
+    assert!(!gone.overdue());
+    assert_eq!(
+        n1.enforce_deadlines(&a1, &d, NOW + 900).await.unwrap(),
+        none
+    );
+    db.drop_pg().await;
+}
+
+both!(requests_escalate_and_expire_once);
+
 async fn add_device(s: &Store, site: &str, name: &str) {
     s.add_device(
         &NewDevice {
@@ -952,6 +1045,18 @@ async fn actions_are_all_or_nothing(db: Db) {
     let ok = Actions::new(s.clone(), AuditLog::new(&log, "n1"), notifier.clone());
     // A directory where the audit log should be: every write fails, as on a broken disk.
     let refused = Actions::new(s.clone(), AuditLog::new(dir.path(), "n1"), notifier);
+    // Approvers decide only where they are accountable: olga covers store-1.
+    let h = approvals::approvers::hash_password("pw").unwrap();
+    s.add_approver(
+        "olga",
+        &h,
+        "JBSWY3DPEHPK3PXP",
+        &["store-1".into()],
+        &[],
+        NOW,
+    )
+    .await
+    .unwrap();
     let olga = Actor::web("olga");
     let root = Actor::operator("root");
 

@@ -97,6 +97,15 @@ pub struct Config {
     /// How long a vendor's connection waits for a decision on an access request filed from ssh.
     #[serde(default = "default_request_wait")]
     pub request_wait: String,
+    /// A request nobody decided within this long is closed as `expired`.
+    #[serde(default = "default_request_ttl")]
+    pub request_ttl: String,
+    /// A request still pending after this long is escalated once (audited, notified, overdue).
+    #[serde(default = "default_approval_slo")]
+    pub approval_slo: String,
+    /// Approvers named in every escalation, besides those of the site's region.
+    #[serde(default)]
+    pub escalate_to: Vec<String>,
     /// PEM certificate chain and private key for the web UI: HTTPS when both are set.
     #[serde(default)]
     pub web_tls_cert: Option<PathBuf>,
@@ -182,6 +191,12 @@ fn default_warn_before() -> String {
 fn default_request_wait() -> String {
     "10m".into()
 }
+fn default_request_ttl() -> String {
+    "24h".into()
+}
+fn default_approval_slo() -> String {
+    "15m".into()
+}
 fn default_login_grace() -> String {
     "60s".into()
 }
@@ -234,6 +249,9 @@ impl Default for Config {
             web_listen: default_web_listen(),
             warn_before: default_warn_before(),
             request_wait: default_request_wait(),
+            request_ttl: default_request_ttl(),
+            approval_slo: default_approval_slo(),
+            escalate_to: Vec::new(),
             env_allow: default_env_allow(),
             web_tls_cert: None,
             web_tls_key: None,
@@ -270,6 +288,8 @@ pub struct Limits {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub audit_summary_interval: std::time::Duration,
     pub device_keepalive: std::time::Duration,
+    /// `request_ttl`, `approval_slo` and `escalate_to`.
+    pub deadlines: approvals::actions::Deadlines,
 }
 
 /// Parses an address or a CIDR network (`10.0.0.5`, `10.0.0.0/8`, `::1`).
@@ -328,6 +348,11 @@ impl Config {
                 &self.audit_summary_interval,
             )?,
             device_keepalive: duration("device_keepalive", &self.device_keepalive)?,
+            deadlines: approvals::actions::Deadlines {
+                request_ttl: seconds("request_ttl", &self.request_ttl)?,
+                approval_slo: seconds("approval_slo", &self.approval_slo)?,
+                escalate_to: self.escalate_to.clone(),
+            },
         })
     }
 }

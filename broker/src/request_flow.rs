@@ -204,6 +204,15 @@ impl Asking {
             Waited::Gone => return None,
         };
         self.dialogue.say("\r\x1b[K").await;
+        if decided.status == approvals::RequestStatus::Expired {
+            let why = decided.decision_reason.unwrap_or_default();
+            let message = format!(
+                "request {} expired: {why}; connect again to ask anew",
+                req.id
+            );
+            self.dialogue.refuse(&message).await;
+            return None;
+        }
         let by = decided.decided_by.unwrap_or_default();
         if decided.status != approvals::RequestStatus::Approved {
             let why = decided.decision_reason.unwrap_or_default();

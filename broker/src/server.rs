@@ -84,6 +84,7 @@ pub struct Server {
     web_state: Arc<approvals::web::WebState>,
     web_admission: Arc<Admission>,
     summary_interval: Duration,
+    deadlines: approvals::actions::Deadlines,
     listening: Listening,
 }
 
@@ -138,6 +139,7 @@ impl Server {
             web_state,
             web_admission: web_limits.admission,
             summary_interval: limits.audit_summary_interval,
+            deadlines: limits.deadlines.clone(),
             listening,
         })
     }
@@ -198,6 +200,11 @@ impl Server {
             self.web_state.clone(),
             self.web_admission.clone(),
             self.summary_interval,
+        ));
+        tokio::spawn(enforce_deadlines(
+            node.actions(),
+            Actor::broker(&node.cfg.node),
+            self.deadlines.clone(),
         ));
         if let Some(url) = node.cfg.webhook_url.clone() {
             tokio::spawn(crate::webhook::deliver(
@@ -357,6 +364,32 @@ fn web_limits(node: &Node, limits: &Limits) -> crate::web::Limits {
         ),
         idle: limits.web_idle_timeout,
         header: limits.web_header_timeout,
+    }
+}
+
+/// Once a second, escalates the requests pending past `approval_slo` and expires those past
+/// `request_ttl`. Every node does; the store lets exactly one take each step.
+async fn enforce_deadlines(
+    actions: approvals::Actions,
+    actor: Actor,
+    deadlines: approvals::actions::Deadlines,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match actions.enforce_deadlines(&actor, &deadlines, now()).await {
+            Ok(swept) => {
+                for id in &swept.escalated {
+                    tracing::info!(request = %id, "request overdue: escalated");
+                }
+                for id in &swept.expired {
+                    tracing::info!(request = %id, "request expired undecided");
+                }
+            }
+            // Retried on the next tick; a request is never half-escalated (one transaction).
+            Err(e) => tracing::warn!(error = %e, "request deadlines: not enforced this time"),
+        }
     }
 }
 

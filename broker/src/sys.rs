@@ -64,3 +64,51 @@ impl Drop for RawInput {
         }
     }
 }
+
+/// The login name of the user running this process, from its real uid (never from `$USER`,
+/// which anyone can set or unset). Run as root through `sudo`, the user who ran sudo
+/// (`SUDO_UID`: only root can set it for a root process). A uid with no passwd entry is named
+/// `uid:N`, so the audit log always says who acted.
+pub fn login_name() -> String {
+    // SAFETY: getuid cannot fail and has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let uid = match std::env::var("SUDO_UID")
+        .ok()
+        .map(|s| s.parse::<libc::uid_t>())
+    {
+        Some(Ok(sudoer)) if uid == 0 => sudoer,
+        _ => uid,
+    };
+    user_name(uid).unwrap_or_else(|| format!("uid:{uid}"))
+}
+
+/// The passwd name of `uid`, if it has one.
+pub fn user_name(uid: libc::uid_t) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 1024];
+    loop {
+        // SAFETY: a zeroed passwd is a valid out-parameter; getpwuid_r writes into it and `buf`
+        // (whose length we pass) and sets `found` to it or to null.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() || pw.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: on success pw_name points at a NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+        return Some(name.to_string_lossy().into_owned()).filter(|n| !n.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn root_has_a_name_and_the_current_user_too() {
+        assert_eq!(super::user_name(0).as_deref(), Some("root"));
+        assert!(!super::login_name().is_empty());
+    }
+}

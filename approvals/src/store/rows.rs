@@ -143,6 +143,7 @@ impl FromRow<'_, AnyRow> for AccessRequestRow {
             decided_by: row.try_get("decided_by")?,
             decision_reason: row.try_get("decision_reason")?,
             grant_id: row.try_get("grant_id")?,
+            escalated_at: row.try_get("escalated_at")?,
         })
     }
 }

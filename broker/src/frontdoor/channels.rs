@@ -231,6 +231,7 @@ async fn requests_listing(ctx: &Ctx, vendor: &str) -> String {
             (RequestStatus::Denied, Some(by), reason) => {
                 format!("denied by {by}: {}", reason.clone().unwrap_or_default())
             }
+            (RequestStatus::Expired, _, Some(reason)) => format!("expired: {reason}"),
             (status, _, _) => status.to_string(),
         };
         out.push_str(&format!(

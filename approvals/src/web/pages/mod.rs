@@ -53,6 +53,7 @@ fn action_error(e: ActionError) -> Response {
         ActionError::NotFound(_) => StatusCode::NOT_FOUND,
         ActionError::Conflict(_) => StatusCode::CONFLICT,
         ActionError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ActionError::NotCovered(_) => StatusCode::FORBIDDEN,
         ActionError::AuditUnwritable(_) => {
             warn!(error = %e, "web: action refused");
             return audit_failed();

@@ -24,9 +24,11 @@ pub async fn requests(State(state): St, s: Signed) -> Page {
         .into_iter()
         .filter(|r| scope.covers(&s, &r.site))
         .collect();
-    let (pending, decided): (Vec<_>, Vec<_>) = mine
+    let (mut pending, decided): (Vec<_>, Vec<_>) = mine
         .iter()
         .partition(|r| r.status == RequestStatus::Pending);
+    // Overdue requests first: they have waited longest past what was promised.
+    pending.sort_by_key(|r| !r.overdue());
     let names = Names::load(&state).await?;
     let csrf = &s.login.csrf;
     let mut body = String::from("<h1>Pending requests</h1>");
@@ -65,11 +67,21 @@ impl Names {
     }
 }
 
-/// A pending request with its approve and deny forms.
+/// A pending request with its approve and deny forms; an overdue one says so first.
 fn pending_card(r: &AccessRequestRow, names: &Names, csrf: &str) -> String {
     let id = esc(&r.id);
+    let (class, overdue) = match r.escalated_at {
+        Some(at) if r.overdue() => (
+            "card request overdue",
+            format!(
+                r#"<p class="status overdue"><b>Overdue</b>: no decision within the approval SLO; escalated {}</p>"#,
+                time(at)
+            ),
+        ),
+        _ => ("card request", String::new()),
+    };
     format!(
-        r#"<section class="card request" id="{id}"><h2>{vendor} <small>{org}</small></h2>
+        r#"<section class="{class}" id="{id}"><h2>{vendor} <small>{org}</small></h2>{overdue}
 <dl><dt>Target</dt><dd>{site}/{device}</dd><dt>Function</dt><dd>{function}</dd><dt>Asked for</dt><dd>{asked}</dd><dt>Filed</dt><dd>{filed}</dd><dt>Reason</dt><dd class="reason">{reason}</dd></dl>
 <form method="post" action="/requests/{id}/approve" class="inline">{csrf_f}
 <label>From <input name="from" value="now" size="8"></label>

@@ -447,7 +447,7 @@ pub enum ApproverAction {
 #[derive(Subcommand, Debug)]
 pub enum RequestAction {
     List {
-        /// Only requests in this state: pending, approved, denied.
+        /// Only requests in this state: pending, approved, denied, expired.
         #[arg(long)]
         status: Option<String>,
     },
@@ -458,12 +458,18 @@ pub enum RequestAction {
         from: Option<String>,
         #[arg(long, allow_hyphen_values = true)]
         until: Option<String>,
+        /// Decide as this approver: refused unless they cover the request's site.
+        #[arg(long = "as", value_name = "APPROVER")]
+        as_approver: Option<String>,
     },
     /// Deny, with a reason the vendor sees.
     Deny {
         id: String,
         #[arg(long, default_value = "denied by the operator")]
         reason: String,
+        /// Decide as this approver: refused unless they cover the request's site.
+        #[arg(long = "as", value_name = "APPROVER")]
+        as_approver: Option<String>,
     },
 }
 

@@ -73,13 +73,10 @@ impl Env {
     }
 }
 
-/// The operator running this command, as the actor of an action.
+/// The operator running this command, as the actor of an action: the Unix user of the process's
+/// uid (not `$USER`, which may be unset or anything).
 pub fn operator() -> approvals::Actor {
-    approvals::Actor::operator(
-        &std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| "unknown".into()),
-    )
+    approvals::Actor::operator(&broker::sys::login_name())
 }
 
 /// Runs the command the operator gave.

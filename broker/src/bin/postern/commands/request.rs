@@ -5,8 +5,16 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use approvals::time::{fmt_time, now, parse_time};
 
-use super::{Env, operator};
+use super::Env;
 use crate::args::*;
+
+/// A request as listed: with whether it is overdue (escalated and still pending).
+#[derive(serde::Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    row: approvals::AccessRequestRow,
+    overdue: bool,
+}
 
 pub async fn run(env: &Env, action: &RequestAction) -> Result<()> {
     match action {
@@ -15,13 +23,20 @@ pub async fn run(env: &Env, action: &RequestAction) -> Result<()> {
                 Some(Err(_)) => Vec::new(), // no request is in a state that does not exist
                 known => env.store.requests(known.and_then(Result::ok)).await?,
             };
+            let rows: Vec<Listed> = rows
+                .into_iter()
+                .map(|row| Listed {
+                    overdue: row.overdue(),
+                    row,
+                })
+                .collect();
             env.print_list(
                 &rows,
                 &[
                     "REQUEST", "VENDOR", "TARGET", "FUNCTION", "ASKED", "STATUS", "LATENCY",
                     "REASON",
                 ],
-                |r| {
+                |Listed { row: r, overdue }| {
                     vec![
                         r.id.clone(),
                         r.vendor.clone(),
@@ -29,7 +44,11 @@ pub async fn run(env: &Env, action: &RequestAction) -> Result<()> {
                         r.function.clone(),
                         humantime::format_duration(Duration::from_secs(r.duration.max(0) as u64))
                             .to_string(),
-                        r.status.to_string(),
+                        if *overdue {
+                            "pending, OVERDUE".to_owned()
+                        } else {
+                            r.status.to_string()
+                        },
                         r.latency()
                             .map(|l| format!("{l}s"))
                             .unwrap_or_else(|| "-".into()),
@@ -38,7 +57,12 @@ pub async fn run(env: &Env, action: &RequestAction) -> Result<()> {
                 },
             )?;
         }
-        RequestAction::Approve { id, from, until } => {
+        RequestAction::Approve {
+            id,
+            from,
+            until,
+            as_approver,
+        } => {
             let t = now();
             let from = from
                 .as_deref()
@@ -53,7 +77,7 @@ pub async fn run(env: &Env, action: &RequestAction) -> Result<()> {
                 .context("--until")?;
             let (_, grant) = env
                 .actions()
-                .approve_request(&operator(), id, from, until, t)
+                .approve_request(&decider(as_approver.as_deref()), id, from, until, t)
                 .await?;
             println!(
                 "request {id} approved: grant {} until {}",
@@ -61,12 +85,26 @@ pub async fn run(env: &Env, action: &RequestAction) -> Result<()> {
                 fmt_time(grant.valid_until)
             );
         }
-        RequestAction::Deny { id, reason } => {
+        RequestAction::Deny {
+            id,
+            reason,
+            as_approver,
+        } => {
             env.actions()
-                .deny_request(&operator(), id, reason, now())
+                .deny_request(&decider(as_approver.as_deref()), id, reason, now())
                 .await?;
             println!("request {id} denied");
         }
     }
     Ok(())
+}
+
+/// Who decides: the operator, or with `--as` the approver (whose coverage is then checked) on
+/// the operator's behalf.
+fn decider(as_approver: Option<&str>) -> approvals::Actor {
+    let user = broker::sys::login_name();
+    match as_approver {
+        Some(a) => approvals::Actor::operator_as(&user, a),
+        None => approvals::Actor::operator(&user),
+    }
 }
