@@ -94,6 +94,15 @@ impl Actor {
         }
     }
 
+    /// A vendor acting for themselves (self-service enrolment and renewal over ssh).
+    pub fn vendor(vendor: &str) -> Actor {
+        Actor {
+            name: vendor.to_owned(),
+            tag: format!("vendor:{vendor}"),
+            approver: None,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -172,6 +181,18 @@ pub enum ActionRecord {
         /// The fingerprint of the vendor's public key.
         key: String,
         valid_before: String,
+    },
+    /// `invite` is the first 12 hex digits of the code's hash, never the code.
+    VendorInvite {
+        vendor: String,
+        invite: String,
+        expires: String,
+    },
+    VendorEnrol {
+        vendor: String,
+        invite: String,
+        /// The fingerprint of the key the enrolment certifies.
+        key: String,
     },
     ApproverAdd {
         approver: String,
@@ -266,6 +287,8 @@ impl ActionRecord {
             ActionRecord::BreakglassReview { .. } => AuditEvent::BreakglassReview,
             ActionRecord::VendorAdd { .. } => AuditEvent::VendorAdd,
             ActionRecord::VendorCert { .. } => AuditEvent::VendorCert,
+            ActionRecord::VendorInvite { .. } => AuditEvent::VendorInvite,
+            ActionRecord::VendorEnrol { .. } => AuditEvent::VendorEnrol,
             ActionRecord::ApproverAdd { .. } => AuditEvent::ApproverAdd,
             ActionRecord::ApproverReset { .. } => AuditEvent::ApproverReset,
             ActionRecord::ApproverDisable { .. } => AuditEvent::ApproverDisable,
@@ -548,6 +571,90 @@ impl Actions {
             valid_before: fmt_time(c.valid_before),
         };
         self.finish(tx, actor, record).await
+    }
+
+    /// Stores a one-time enrolment code's hash for an enabled vendor, valid until `expires`.
+    pub async fn invite_vendor(
+        &self,
+        actor: &Actor,
+        vendor: &str,
+        code_hash: &str,
+        now: i64,
+        expires: i64,
+    ) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        self.store
+            .add_invite_in(&mut tx, code_hash, vendor, now, expires)
+            .await?;
+        let v = self.store.vendor_in(&mut tx, vendor).await?;
+        match v {
+            None => return Err(ActionError::NotFound(format!("no vendor named {vendor}"))),
+            Some(v) if v.is_disabled() => {
+                return Err(ActionError::Conflict(format!(
+                    "vendor {vendor} is disabled"
+                )));
+            }
+            Some(_) => {}
+        }
+        let record = ActionRecord::VendorInvite {
+            vendor: vendor.to_owned(),
+            invite: code_hash.chars().take(12).collect(),
+            expires: fmt_time(expires),
+        };
+        self.finish(tx, actor, record).await
+    }
+
+    /// Burns an enrolment code for the key `key` (fingerprint) and gives its vendor the new TOTP
+    /// secret, in one transaction with its audit record. Returns the vendor; a code that is
+    /// unknown, used or expired is refused (`NotFound`/`Conflict`) and nothing changes.
+    pub async fn enrol_vendor(
+        &self,
+        code_hash: &str,
+        key: &str,
+        totp_secret: &str,
+        now: i64,
+    ) -> Result<String> {
+        use crate::store::InviteClaim;
+        let mut tx = self.store.begin().await?;
+        let vendor = match self
+            .store
+            .claim_invite_in(&mut tx, code_hash, key, now)
+            .await?
+        {
+            InviteClaim::Claimed { vendor } => vendor,
+            InviteClaim::Unknown => {
+                return Err(ActionError::NotFound("unknown enrolment code".into()));
+            }
+            InviteClaim::Used => {
+                return Err(ActionError::Conflict("enrolment code already used".into()));
+            }
+            InviteClaim::Expired => {
+                return Err(ActionError::Conflict("enrolment code expired".into()));
+            }
+        };
+        self.store
+            .set_totp_secret_in(&mut tx, &vendor, totp_secret)
+            .await?;
+        match self.store.vendor_in(&mut tx, &vendor).await? {
+            Some(v) if v.is_disabled() => {
+                return Err(ActionError::Conflict(format!(
+                    "vendor {vendor} is disabled"
+                )));
+            }
+            Some(v) if v.contract_end.is_some_and(|end| now >= end) => {
+                return Err(ActionError::Conflict(format!(
+                    "the contract of vendor {vendor} has ended"
+                )));
+            }
+            _ => {}
+        }
+        let record = ActionRecord::VendorEnrol {
+            vendor: vendor.clone(),
+            invite: code_hash.chars().take(12).collect(),
+            key: key.to_owned(),
+        };
+        self.finish(tx, &Actor::vendor(&vendor), record).await?;
+        Ok(vendor)
     }
 
     /// Adds an approver for the listed sites and regions; only the password's hash is stored.

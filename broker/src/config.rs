@@ -170,6 +170,24 @@ pub struct Config {
     /// JSON line, for setups without a SIEM.
     #[serde(default)]
     pub checkpoint_file: Option<PathBuf>,
+    /// Validity of certificates from self-service enrolment and renewal (always capped at the
+    /// vendor's contract end).
+    #[serde(default = "default_cert_validity")]
+    pub cert_validity: String,
+    /// How long a `postern vendor invite` code stays usable unless `--ttl` says otherwise.
+    #[serde(default = "default_invite_ttl")]
+    pub invite_ttl: String,
+    /// `HOST[:PORT]` vendors use to reach this node's SSH front door, for the `VENDOR:config`
+    /// block; unset, the address the vendor's connection reached is used.
+    #[serde(default)]
+    pub ssh_public_address: Option<String>,
+}
+
+fn default_cert_validity() -> String {
+    "7d".into()
+}
+fn default_invite_ttl() -> String {
+    "24h".into()
 }
 
 fn default_node() -> String {
@@ -272,6 +290,9 @@ impl Default for Config {
             checkpoint_every_events: default_checkpoint_every_events(),
             checkpoint_interval: default_checkpoint_interval(),
             checkpoint_file: None,
+            cert_validity: default_cert_validity(),
+            invite_ttl: default_invite_ttl(),
+            ssh_public_address: None,
         }
     }
 }

@@ -29,6 +29,8 @@ pub enum ServeError {
     Limits(#[from] crate::config::LimitsError),
     #[error("request_wait: {0}")]
     RequestWait(approvals::time::TimeError),
+    #[error("cert_validity: {0}")]
+    CertValidity(approvals::time::TimeError),
     #[error("forwarded_header: {0}")]
     ForwardedHeader(#[from] approvals::web::BadHeaderName),
     #[error("opening the journal {path}: {error}")]
@@ -324,6 +326,9 @@ async fn context(node: &Node, limits: &Limits, journal: Journal) -> Result<Ctx> 
         upstream_config: crate::upstream::client_config(limits.device_keepalive),
         notifier: node.notifier.clone(),
         live: Default::default(),
+        self_service: Arc::new(
+            crate::self_service::SelfService::new(node).map_err(ServeError::CertValidity)?,
+        ),
     })
 }
 

@@ -132,6 +132,16 @@ impl Approver {
 }
 
 impl Vendor {
+    /// A vendor whose key and TOTP secret came from elsewhere (self-service enrolment).
+    pub fn enrolled(name: &str, key: PathBuf, secret: String) -> Vendor {
+        Vendor {
+            name: name.into(),
+            key,
+            secret,
+            next_step: Mutex::new(0),
+        }
+    }
+
     /// The code for the next unused step (see [`next_totp`]).
     pub fn next_code(&self) -> String {
         next_totp(&self.secret, &self.next_step)
@@ -659,6 +669,21 @@ impl World {
             .env("DISPLAY", ":0")
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// Answers the TOTP prompt of any OpenSSH client `cmd` with `code` through SSH_ASKPASS (for
+    /// commands that bring their own options, e.g. `-F` with a generated config).
+    pub fn with_askpass<'c>(&self, cmd: &'c mut Command, code: &str) -> &'c mut Command {
+        std::fs::write(&self.code_file, format!("{code}\n")).unwrap();
+        cmd.env("SSH_ASKPASS", &self.askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .stdin(Stdio::null())
+    }
+
+    /// The known_hosts file that pins the broker's host key.
+    pub fn known_hosts(&self) -> &Path {
+        &self.known_hosts
     }
 
     /// `ssh LOGIN@broker COMMAND` as the vendor, with a fresh TOTP code.

@@ -22,6 +22,7 @@ mod crash;
 mod demo;
 mod denials;
 mod disk_full;
+mod enrolment;
 mod escalation;
 mod evidence;
 mod faults;

@@ -97,6 +97,9 @@ impl Conn {
     /// lookup is a database query). A connection that ends on plain keys alone failed before
     /// the first factor.
     pub(super) async fn plain_key(&mut self, user: &str, key: &PublicKey) -> Auth {
+        if let Some(code) = login::enrolment_code(user) {
+            return self.enrolment_key(user, code, key).await;
+        }
         self.shared.set_user(user);
         if user.len() > MAX_USER {
             self.shared
@@ -160,6 +163,10 @@ impl Conn {
         if !self.ctx.source_limiter.allowed(&self.source()) {
             return self.throttled().await;
         }
+        if login::enrolment_code(user).is_some() {
+            // An old certificate beside the key being enrolled: OpenSSH offers the key next.
+            return Auth::reject();
+        }
         let target = match login::parse(user) {
             Ok(t) => t,
             Err(e) => {
@@ -195,6 +202,7 @@ impl Conn {
             key_id,
             serial,
             permits: Permits::of(cert),
+            key: cert.public_key().clone().into(),
         });
         Auth::Reject {
             proceed_with_methods: Some(ki_only()),

@@ -35,6 +35,11 @@ impl Conn {
             tokio::spawn(list_requests(ctx, vendor, channel, handle));
             return;
         }
+        if let Some(job) = self.self_service_job() {
+            reply.accept().await;
+            tokio::spawn(job.run(self.ctx.clone(), channel, handle));
+            return;
+        }
         if let Some(target) = self.request_offer() {
             // No grant for a named function: offer to file a request from this terminal.
             reply.accept().await;

@@ -215,6 +215,7 @@ async fn connection(
     peer: SocketAddr,
     ticket: Ticket,
 ) {
+    let local = stream.local_addr().unwrap_or(peer);
     let gate = Arc::new(Gate::default());
     let shared = Arc::new(ConnShared {
         live: Mutex::new(None),
@@ -230,7 +231,7 @@ async fn connection(
         deadline: Box::pin(tokio::time::sleep(ctx.login_grace)),
         gate: gate.clone(),
     };
-    let conn = Conn::new(ctx.clone(), peer, shared.clone());
+    let conn = Conn::new(ctx.clone(), peer, local, shared.clone());
     let result = match russh::server::run_stream(config, stream, conn).await {
         Ok(running) => running.await,
         Err(e) => Err(e),

@@ -13,6 +13,7 @@ mod auth;
 mod channels;
 mod handler;
 mod listener;
+mod self_service;
 mod state;
 mod totp;
 
@@ -46,6 +47,8 @@ const MAX_KEY_LOOKUPS: u32 = 3;
 pub struct Conn {
     ctx: Arc<Ctx>,
     peer: SocketAddr,
+    /// The address the vendor reached (for the `VENDOR:config` block).
+    local: SocketAddr,
     state: ConnState,
     tries: Tries,
     /// What the task waiting for the connection's end needs from it.
@@ -65,10 +68,11 @@ struct Tries {
 }
 
 impl Conn {
-    fn new(ctx: Arc<Ctx>, peer: SocketAddr, shared: Arc<ConnShared>) -> Conn {
+    fn new(ctx: Arc<Ctx>, peer: SocketAddr, local: SocketAddr, shared: Arc<ConnShared>) -> Conn {
         Conn {
             ctx,
             peer,
+            local,
             state: ConnState::Unauthenticated,
             tries: Tries::default(),
             shared,

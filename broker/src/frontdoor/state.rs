@@ -10,8 +10,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{Conn, LOGGED};
-use crate::login::Target;
+use crate::login::{Service, Target};
 use crate::session::{LiveSession, OUTAGE, Permits, StartError};
+use russh::keys::PublicKey;
 
 /// Where a connection stands. russh does not enforce the order of the methods, so each
 /// authentication step checks the state it expects.
@@ -22,6 +23,14 @@ pub(super) enum ConnState {
     CertificateAccepted(CertPassed),
     /// Both factors passed and the policy was asked.
     Ready(Ready),
+    /// `enroll:CODE` with a key the client proved to hold; the code is checked on the channel.
+    Enrolling(Enrolling),
+}
+
+/// An enrolment login: the code, and the key to certify.
+pub(super) struct Enrolling {
+    pub code: String,
+    pub key: PublicKey,
 }
 
 /// The certificate step passed: for whom and for what.
@@ -31,6 +40,8 @@ pub(super) struct CertPassed {
     pub key_id: String,
     pub serial: u64,
     pub permits: Permits,
+    /// The certified key (what `VENDOR:renew` certifies again).
+    pub key: PublicKey,
 }
 
 /// A connection past both factors.
@@ -52,6 +63,10 @@ pub(super) enum Outcome {
     StartFailed(StartError),
     /// `VENDOR:requests`: the vendor's own requests are listed.
     Listing,
+    /// `VENDOR:renew`: a fresh certificate for this key.
+    Renew(PublicKey),
+    /// `VENDOR:config`: the `~/.ssh/config` block for the vendor's grants.
+    ConfigBlock,
 }
 
 impl Ready {
@@ -86,7 +101,11 @@ impl ConnState {
             Outcome::StartFailed(StartError::Recording(_)) => {
                 "access denied: the broker cannot record sessions right now (storage full or failing); the operator has been told".into()
             }
-            Outcome::StartFailed(StartError::Audit) | Outcome::Live(_) | Outcome::Listing => {
+            Outcome::StartFailed(StartError::Audit)
+            | Outcome::Live(_)
+            | Outcome::Listing
+            | Outcome::Renew(_)
+            | Outcome::ConfigBlock => {
                 could_not_start()
             }
         }
@@ -107,7 +126,11 @@ impl Conn {
                 return;
             }
         };
-        let outcome = self.decide(&passed.target, passed.permits, handle).await;
+        let outcome = match passed.target.service {
+            Some(Service::Renew) => Outcome::Renew(passed.key),
+            Some(Service::Config) => Outcome::ConfigBlock,
+            _ => self.decide(&passed.target, passed.permits, handle).await,
+        };
         self.state = ConnState::Ready(Ready {
             target: passed.target,
             permits: passed.permits,

@@ -61,6 +61,8 @@ pub struct Ctx {
     pub upstream_config: Arc<russh::client::Config>,
     pub notifier: approvals::Notifier,
     pub live: Mutex<HashMap<String, Arc<LiveSession>>>,
+    /// Enrolment, renewal and the `~/.ssh/config` block (`crate::self_service`).
+    pub self_service: Arc<crate::self_service::SelfService>,
 }
 
 impl Ctx {

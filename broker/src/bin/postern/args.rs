@@ -347,6 +347,14 @@ pub enum VendorAction {
         #[arg(long)]
         no_port_forwarding: bool,
     },
+    /// Print a one-time enrolment code: the vendor runs `ssh -i KEY enroll:CODE@broker` to get a
+    /// certificate for KEY and their TOTP enrolment.
+    Invite {
+        name: String,
+        /// How long the code stays usable (default: `invite_ttl`, 24h).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
     /// Disable a vendor: revokes their grants and closes their live sessions.
     Disable {
         name: String,

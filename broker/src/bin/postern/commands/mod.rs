@@ -8,6 +8,7 @@ pub mod command_log;
 pub mod device;
 pub mod function;
 pub mod grant;
+pub mod invite;
 pub mod keys;
 pub mod lists;
 pub mod output;

@@ -32,6 +32,7 @@ pub async fn run(env: &Env, action: &VendorAction) -> Result<()> {
             };
             cert(env, name, pubkey, validity, from.as_deref(), restrict).await
         }
+        VendorAction::Invite { name, ttl } => super::invite::run(env, name, ttl.as_deref()).await,
         VendorAction::Disable { name } => disable(env, name).await,
         VendorAction::List => list(env).await,
     }
