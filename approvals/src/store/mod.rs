@@ -8,6 +8,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::model::CredentialKind;
 
+mod certificates;
 mod directory;
 mod error;
 mod grants;
