@@ -23,6 +23,9 @@ pub enum IssueError {
     ContractEnded { vendor: String, end: String },
     #[error(transparent)]
     Store(#[from] approvals::StoreError),
+    /// This node still holds a CA no node trusts any more.
+    #[error("this node's vendor CA {0} was retired: run `postern ca rotate` first")]
+    CaRetired(String),
     #[error(transparent)]
     Refused(#[from] approvals::ActionError),
     #[error("writing {path}: {error}")]
@@ -47,6 +50,7 @@ pub async fn issue_certificate(
     let ca = keys::load_private(&node.data.ca_key())?;
     let asked = start.checked_add(secs).ok_or(IssueError::OutOfRange)?;
     let end = capped_at_contract(node, vendor, start, asked).await?;
+    refuse_retired(node, &ca).await?;
     let issued = keys::sign_user_cert(
         &ca,
         &subject,
@@ -85,6 +89,19 @@ pub async fn issue_certificate(
     std::fs::write(&tmp, format!("{text}\n")).map_err(failed(&tmp))?;
     std::fs::rename(&tmp, &out).map_err(failed(&out))?;
     Ok((out, issued))
+}
+
+/// A certificate from a retired CA would be refused everywhere: none is issued.
+async fn refuse_retired(node: &Node, ca: &russh::keys::PrivateKey) -> Result<(), IssueError> {
+    let fp = keys::fingerprint(ca.public_key());
+    let retired = node.store.vendor_ca_rows().await?.into_iter().any(|r| {
+        r.retired.is_some()
+            && keys::parse_public(&r.public_key).is_ok_and(|k| keys::fingerprint(&k) == fp)
+    });
+    if retired {
+        return Err(IssueError::CaRetired(fp));
+    }
+    Ok(())
 }
 
 /// `end`, or the vendor's contract end if that is earlier; refused if the contract ends
