@@ -161,6 +161,9 @@ pub enum ActionRecord {
     VendorDisable {
         vendor: String,
         grants_revoked: Vec<String>,
+        /// Serials of the vendor's certificates this revoked (left out when none).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        certificates_revoked: Vec<String>,
     },
     BreakglassReview {
         breakglass: String,
@@ -235,6 +238,22 @@ pub enum ActionRecord {
         emergency: bool,
         emergency_orgs: Vec<String>,
     },
+    VendorRevokeCert {
+        vendor: String,
+        /// The serials this revoked.
+        serials: Vec<String>,
+    },
+    /// A new vendor CA signs from now on (on `node`); the old ones stay trusted until retired.
+    CaRotate {
+        /// The new CA's fingerprint.
+        ca: String,
+        node: String,
+    },
+    CaRetire {
+        /// The retired CA's fingerprint.
+        ca: String,
+        certificates_revoked: Vec<String>,
+    },
     /// The action's record was written but its transaction did not commit: it did not happen.
     NotCommitted {
         action: String,
@@ -296,6 +315,9 @@ impl ActionRecord {
             ActionRecord::DeviceAdd { .. } => AuditEvent::DeviceAdd,
             ActionRecord::DeviceImport { .. } => AuditEvent::DeviceImport,
             ActionRecord::FunctionAdd { .. } => AuditEvent::FunctionAdd,
+            ActionRecord::VendorRevokeCert { .. } => AuditEvent::VendorRevokeCert,
+            ActionRecord::CaRotate { .. } => AuditEvent::CaRotate,
+            ActionRecord::CaRetire { .. } => AuditEvent::CaRetire,
             ActionRecord::NotCommitted { .. } => AuditEvent::ActionNotCommitted,
             ActionRecord::RequestEscalated { .. } => AuditEvent::RequestEscalated,
             ActionRecord::RequestExpired { .. } => AuditEvent::RequestExpired,
@@ -477,12 +499,17 @@ impl Actions {
         Ok(s)
     }
 
-    /// Disables a vendor and revokes their grants; returns the ids of the grants revoked.
+    /// Disables a vendor and revokes their grants and certificates; returns the ids of the
+    /// grants revoked.
     pub async fn disable_vendor(&self, actor: &Actor, name: &str, now: i64) -> Result<Vec<String>> {
         let mut tx = self.store.begin().await?;
         let revoked = self
             .store
             .disable_vendor_in(&mut tx, name, actor.name(), now)
+            .await?;
+        let certificates_revoked = self
+            .store
+            .revoke_certificates_in(&mut tx, name, None)
             .await?;
         self.notifier
             .file_in(
@@ -493,6 +520,7 @@ impl Actions {
         let record = ActionRecord::VendorDisable {
             vendor: name.to_owned(),
             grants_revoked: revoked.clone(),
+            certificates_revoked,
         };
         self.finish(tx, actor, record).await?;
         Ok(revoked)
@@ -561,6 +589,14 @@ impl Actions {
             return Err(ActionError::Conflict(format!(
                 "vendor {} is disabled",
                 c.vendor
+            )));
+        }
+        // No certificate outlives its vendor's contract, whoever issues it.
+        if let Some(end) = vendor.contract_end.filter(|end| c.valid_before > *end) {
+            return Err(ActionError::Conflict(format!(
+                "the certificate would outlive the contract of vendor {} (ends at {})",
+                c.vendor,
+                fmt_time(end)
             )));
         }
         let record = ActionRecord::VendorCert {
@@ -840,6 +876,96 @@ impl Actions {
         self.finish(tx, actor, record).await
     }
 
+    // ---- certificates and vendor CAs ----
+
+    /// Revokes `vendor`'s certificate `serial`, or all of them (`None`): refused at the next
+    /// login on every node, and the live sessions they authenticated close (the revision moves).
+    /// Returns the serials revoked.
+    pub async fn revoke_certificates(
+        &self,
+        actor: &Actor,
+        vendor: &str,
+        serial: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.store.begin().await?;
+        if self.store.vendor_in(&mut tx, vendor).await?.is_none() {
+            return Err(ActionError::NotFound(format!("no vendor named {vendor}")));
+        }
+        let serials = self
+            .store
+            .revoke_certificates_in(&mut tx, vendor, serial)
+            .await?;
+        if let Some(s) = serial.filter(|_| serials.is_empty()) {
+            return Err(match self.store.certificate_in(&mut tx, s).await? {
+                Some(c) if c.vendor == vendor => ActionError::Conflict(format!(
+                    "certificate serial {s} of vendor {vendor} is already revoked"
+                )),
+                _ => ActionError::NotFound(format!(
+                    "vendor {vendor} has no certificate with serial {s}"
+                )),
+            });
+        }
+        let record = ActionRecord::VendorRevokeCert {
+            vendor: vendor.to_owned(),
+            serials: serials.clone(),
+        };
+        self.finish(tx, actor, record).await?;
+        Ok(serials)
+    }
+
+    /// Registers a new vendor CA (`public_key` in OpenSSH format, `fingerprint` its SHA256
+    /// fingerprint) that `node` signs with from now on. The caller installs the private key only
+    /// after this succeeded.
+    pub async fn rotate_vendor_ca(
+        &self,
+        actor: &Actor,
+        public_key: &str,
+        fingerprint: &str,
+        node: &str,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        if !self
+            .store
+            .add_vendor_ca_in(&mut tx, public_key, node, now)
+            .await?
+        {
+            return Err(ActionError::Conflict(format!(
+                "vendor CA {fingerprint} is already registered"
+            )));
+        }
+        let record = ActionRecord::CaRotate {
+            ca: fingerprint.to_owned(),
+            node: node.to_owned(),
+        };
+        self.finish(tx, actor, record).await
+    }
+
+    /// Retires a vendor CA: no node trusts it any more, and every certificate it signed is
+    /// revoked (returned).
+    pub async fn retire_vendor_ca(
+        &self,
+        actor: &Actor,
+        public_key: &str,
+        fingerprint: &str,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.store.begin().await?;
+        let revoked = self
+            .store
+            .retire_vendor_ca_in(&mut tx, public_key, fingerprint, now)
+            .await?
+            .ok_or_else(|| {
+                ActionError::Conflict(format!("vendor CA {fingerprint} is already retired"))
+            })?;
+        let record = ActionRecord::CaRetire {
+            ca: fingerprint.to_owned(),
+            certificates_revoked: revoked.clone(),
+        };
+        self.finish(tx, actor, record).await?;
+        Ok(revoked)
+    }
+
     /// Writes the action's audit record, then commits; rolls back if the record cannot be written.
     async fn finish(&self, tx: Tx, actor: &Actor, record: ActionRecord) -> Result<()> {
         if let Err(e) = self
@@ -893,6 +1019,7 @@ mod tests {
         let r = ActionRecord::VendorDisable {
             vendor: "v".into(),
             grants_revoked: vec!["g-1".into()],
+            certificates_revoked: Vec::new(),
         };
         assert_eq!(r.event().name(), "vendor.disable");
         assert_eq!(

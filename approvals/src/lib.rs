@@ -27,6 +27,7 @@ pub use actions::{ActionError, Actions, Actor, ImportSummary};
 pub use approvers::{AccessRequestRow, Approver, NewRequest, WebLogin};
 pub use audit::AuditLog;
 pub use breakglass::{BreakGlass, NewBreakGlass};
+pub use model::VendorCa;
 pub use model::{
     Channel, ChannelSet, ChannelSetError, CommandRow, CredentialKind, Device, Function, Grant,
     IssuedCertificate, RequestStatus, Session, Site, Vendor,

@@ -369,6 +369,21 @@ pub struct IssuedCertificate {
     #[serde(serialize_with = "flag_json")]
     pub revoked: bool,
     pub created: i64,
+    /// The fingerprint of the vendor CA that signed it (`SHA256:...`; empty for certificates
+    /// issued before this was recorded).
+    pub ca: String,
+}
+
+/// A vendor CA public key registered in the shared database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VendorCa {
+    /// OpenSSH format.
+    pub public_key: String,
+    /// The node that registered it.
+    pub node: String,
+    pub created: i64,
+    /// When it was retired (no node trusts it since); `None` while trusted.
+    pub retired: Option<i64>,
 }
 
 /// One logged command, linked to its session and the offset where replay finds it.

@@ -1300,6 +1300,7 @@ async fn directory_actions_are_all_or_nothing(db: Db) {
         valid_before: NOW + 3600,
         revoked: false,
         created: NOW,
+        ca: "SHA256:ca".into(),
     };
     let list = [
         (2, device("store-9", "cam-01")),
@@ -1588,3 +1589,146 @@ async fn sqlite_files_are_private() {
     assert_eq!(mode("p.db"), 0o600);
     s.close().await;
 }
+
+/// Certificates: listing, revoking one or all (each once), the revision moving so live sessions
+/// are re-checked, a vendor's disable revoking them all, the contract end capping them, and a
+/// retired CA revoking what it signed and leaving the trusted set for good.
+async fn certificates_revoked_and_cas_retired(db: Db) {
+    use approvals::{ActionError, Actions, Actor, AuditLog, IssuedCertificate, Notifier};
+    let s = &db.store;
+    directory(s).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let ok = Actions::new(
+        s.clone(),
+        AuditLog::new(&log, "n1"),
+        Notifier::new(s.clone(), false),
+    );
+    let root = Actor::operator("root");
+    let cert = |serial: &str, ca: &str| IssuedCertificate {
+        serial: serial.into(),
+        vendor: "alice".into(),
+        key_id: format!("postern:alice:{serial}"),
+        key_fingerprint: format!("SHA256:key{serial}"),
+        valid_after: NOW,
+        valid_before: NOW + 3600,
+        revoked: false,
+        created: NOW,
+        ca: ca.into(),
+    };
+    for c in [
+        cert("1", "SHA256:old"),
+        cert("2", "SHA256:old"),
+        cert("3", "SHA256:new"),
+    ] {
+        ok.issue_certificate(&root, &c).await.unwrap();
+    }
+    let listed = s.certificates_of("alice").await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0].ca, "SHA256:old");
+
+    let rev = s.revision().await.unwrap();
+    let one = ok.revoke_certificates(&root, "alice", Some("1")).await;
+    assert_eq!(one.unwrap(), ["1"]);
+    assert!(
+        s.revision().await.unwrap() > rev,
+        "revocation moves the revision"
+    );
+    let all: Vec<String> = ["1", "2", "3"].map(String::from).into();
+    assert_eq!(s.revoked_among(&all).await.unwrap(), ["1"]);
+    let again = ok.revoke_certificates(&root, "alice", Some("1")).await;
+    assert!(
+        matches!(&again, Err(ActionError::Conflict(m)) if m.contains("already revoked")),
+        "{again:?}"
+    );
+    let none = ok.revoke_certificates(&root, "alice", Some("99")).await;
+    assert!(
+        matches!(&none, Err(ActionError::NotFound(m)) if m.contains("no certificate with serial 99")),
+        "{none:?}"
+    );
+    let nobody = ok.revoke_certificates(&root, "nobody", None).await;
+    assert!(matches!(nobody, Err(ActionError::NotFound(_))));
+
+    // Retiring the old CA revokes what it signed and still holds; the key stays out for good.
+    let (old, new) = ("ssh-ed25519 OLD", "ssh-ed25519 NEW");
+    s.register_vendor_ca(old, "n1", NOW).await.unwrap();
+    ok.rotate_vendor_ca(&root, new, "SHA256:new", "n1", NOW + 1)
+        .await
+        .unwrap();
+    let twice = ok
+        .rotate_vendor_ca(&root, new, "SHA256:new", "n1", NOW + 1)
+        .await;
+    assert!(matches!(twice, Err(ActionError::Conflict(_))));
+    assert_eq!(s.vendor_cas().await.unwrap(), [old, new]);
+    let retired = ok
+        .retire_vendor_ca(&root, old, "SHA256:old", NOW + 2)
+        .await
+        .unwrap();
+    assert_eq!(retired, ["2"]);
+    assert_eq!(s.vendor_cas().await.unwrap(), [new]);
+    let rows = s.vendor_ca_rows().await.unwrap();
+    assert_eq!(rows[0].retired, Some(NOW + 2));
+    s.register_vendor_ca(old, "n1", NOW + 3).await.unwrap();
+    assert_eq!(
+        s.vendor_cas().await.unwrap(),
+        [new],
+        "a retired key is not trusted again"
+    );
+    let again = ok.retire_vendor_ca(&root, old, "SHA256:old", NOW + 4).await;
+    assert!(matches!(again, Err(ActionError::Conflict(_))));
+
+    // Disabling the vendor revokes the rest; the contract end caps new certificates.
+    ok.issue_certificate(&root, &cert("4", "SHA256:new"))
+        .await
+        .unwrap();
+    ok.disable_vendor(&root, "alice", NOW + 5).await.unwrap();
+    assert!(
+        s.certificates_of("alice")
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.revoked)
+    );
+    s.add_vendor("carol", "acme", Some(NOW + 600), "JBSWY3DPEHPK3PXP", NOW)
+        .await
+        .unwrap();
+    let long = IssuedCertificate {
+        vendor: "carol".into(),
+        ..cert("5", "SHA256:new")
+    };
+    let e = ok.issue_certificate(&root, &long).await;
+    assert!(
+        matches!(&e, Err(ActionError::Conflict(m)) if m.contains("outlive the contract")),
+        "{e:?}"
+    );
+
+    let records: Vec<serde_json::Value> = recorder::Reader::open(&log)
+        .unwrap()
+        .map(|r| r.unwrap().json().unwrap())
+        .collect();
+    let names: Vec<&str> = records
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "vendor.cert",
+            "vendor.cert",
+            "vendor.cert",
+            "vendor.revoke_cert",
+            "ca.rotate",
+            "ca.retire",
+            "vendor.cert",
+            "vendor.disable"
+        ]
+    );
+    assert_eq!(records[5]["certificates_revoked"], serde_json::json!(["2"]));
+    assert_eq!(
+        records[7]["certificates_revoked"],
+        serde_json::json!(["3", "4"])
+    );
+    db.drop_pg().await;
+}
+
+both!(certificates_revoked_and_cas_retired);

@@ -16,6 +16,16 @@ pub enum IssueError {
     Key(#[from] KeyError),
     #[error("certificate validity out of range")]
     OutOfRange,
+    #[error("no vendor named {0}")]
+    NoVendor(String),
+    /// The contract ends before the certificate would start: nothing is left to certify.
+    #[error("the contract of vendor {vendor} ended at {end}")]
+    ContractEnded { vendor: String, end: String },
+    #[error(transparent)]
+    Store(#[from] approvals::StoreError),
+    /// This node still holds a CA no node trusts any more.
+    #[error("this node's vendor CA {0} was retired: run `postern ca rotate` first")]
+    CaRetired(String),
     #[error(transparent)]
     Refused(#[from] approvals::ActionError),
     #[error("writing {path}: {error}")]
@@ -25,7 +35,8 @@ pub enum IssueError {
 /// Signs a user certificate for `vendor`'s public key with the vendor CA, records it in the
 /// registry and the audit log (one action), and only then writes it next to the key as
 /// `KEY-cert.pub` (where OpenSSH looks for it): a refused action leaves no certificate behind.
-/// Returns the certificate's path.
+/// The validity ends at the vendor's contract end if that comes first (the certificate's own
+/// `valid_before` is the effective end). Returns the certificate's path.
 pub async fn issue_certificate(
     node: &Node,
     actor: &Actor,
@@ -37,7 +48,9 @@ pub async fn issue_certificate(
 ) -> Result<(PathBuf, keys::IssuedCert), IssueError> {
     let subject = keys::load_public(pubkey)?;
     let ca = keys::load_private(&node.data.ca_key())?;
-    let end = start.checked_add(secs).ok_or(IssueError::OutOfRange)?;
+    let asked = start.checked_add(secs).ok_or(IssueError::OutOfRange)?;
+    let end = capped_at_contract(node, vendor, start, asked).await?;
+    refuse_retired(node, &ca).await?;
     let issued = keys::sign_user_cert(
         &ca,
         &subject,
@@ -63,6 +76,7 @@ pub async fn issue_certificate(
                 valid_before: end,
                 revoked: false,
                 created: now(),
+                ca: keys::fingerprint(ca.public_key()),
             },
         )
         .await?;
@@ -75,6 +89,42 @@ pub async fn issue_certificate(
     std::fs::write(&tmp, format!("{text}\n")).map_err(failed(&tmp))?;
     std::fs::rename(&tmp, &out).map_err(failed(&out))?;
     Ok((out, issued))
+}
+
+/// A certificate from a retired CA would be refused everywhere: none is issued.
+async fn refuse_retired(node: &Node, ca: &russh::keys::PrivateKey) -> Result<(), IssueError> {
+    let fp = keys::fingerprint(ca.public_key());
+    let retired = node.store.vendor_ca_rows().await?.into_iter().any(|r| {
+        r.retired.is_some()
+            && keys::parse_public(&r.public_key).is_ok_and(|k| keys::fingerprint(&k) == fp)
+    });
+    if retired {
+        return Err(IssueError::CaRetired(fp));
+    }
+    Ok(())
+}
+
+/// `end`, or the vendor's contract end if that is earlier; refused if the contract ends
+/// before `start`.
+async fn capped_at_contract(
+    node: &Node,
+    vendor: &str,
+    start: i64,
+    end: i64,
+) -> Result<i64, IssueError> {
+    let v = node
+        .store
+        .vendor(vendor)
+        .await?
+        .ok_or_else(|| IssueError::NoVendor(vendor.to_owned()))?;
+    match v.contract_end {
+        Some(c) if c <= start.max(now()) => Err(IssueError::ContractEnded {
+            vendor: vendor.to_owned(),
+            end: approvals::time::fmt_time(c),
+        }),
+        Some(c) => Ok(end.min(c)),
+        None => Ok(end),
+    }
 }
 
 /// `id_ed25519.pub` -> `id_ed25519-cert.pub`, where OpenSSH looks for it.

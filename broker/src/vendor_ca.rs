@@ -2,6 +2,10 @@
 //! (each node registers its own at `serve` start), so a certificate issued on one node works on
 //! every node without copying keys. The set is loaded at start and reloaded when the database's
 //! change counter moves (registering a key moves it).
+//!
+//! Rotation: `rotate` gives this node a new CA that signs from then on; the old ones stay trusted
+//! until `retire`, which takes a CA out of every node's set (this node's own included) and revokes
+//! every certificate it signed.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -63,18 +67,29 @@ impl VendorCas {
     }
 
     async fn reload(&self, store: &Store) -> Result<(), approvals::StoreError> {
-        let mut set: Vec<Fingerprint> = self.own.iter().cloned().collect();
-        for text in store.vendor_cas().await? {
-            match crate::keys::parse_public(&text) {
+        let rows = store.vendor_ca_rows().await?;
+        let mut retired = Vec::new();
+        let mut set: Vec<Fingerprint> = Vec::new();
+        for row in rows {
+            match crate::keys::parse_public(&row.public_key) {
                 Ok(k) => {
                     let fp = k.fingerprint(HashAlg::Sha256);
-                    if !set.contains(&fp) {
+                    if row.retired.is_some() {
+                        retired.push(fp);
+                    } else if !set.contains(&fp) {
                         set.push(fp);
                     }
                 }
                 // One bad row must not stop the others from being trusted.
                 Err(e) => warn!(error = %e, "a registered vendor CA key is unreadable; skipped"),
             }
+        }
+        // This node's own CA, unless it was retired (a node may still hold a retired key).
+        if let Some(own) = self
+            .own
+            .filter(|o| !retired.contains(o) && !set.contains(o))
+        {
+            set.insert(0, own);
         }
         *self.trusted.write().unwrap_or_else(|p| p.into_inner()) = set;
         Ok(())
@@ -99,4 +114,153 @@ impl VendorCas {
             }
         }
     }
+}
+
+/// Why the vendor CA set could not be listed or changed; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    #[error(transparent)]
+    Store(#[from] approvals::StoreError),
+    #[error(transparent)]
+    Refused(#[from] approvals::ActionError),
+    #[error("no vendor CA has fingerprint {0} (see `postern ca list`)")]
+    Unknown(String),
+    #[error(
+        "vendor CA {0} is the one this node signs with: run `postern ca rotate` first, then retire it"
+    )]
+    Signing(String),
+    #[error("installing the new vendor CA key at {path}: {error}")]
+    Install { path: String, error: std::io::Error },
+}
+
+/// One registered vendor CA, as `postern ca list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaEntry {
+    pub fingerprint: String,
+    /// The node that registered it.
+    pub node: String,
+    pub created: i64,
+    pub retired: Option<i64>,
+    /// Whether this node signs new certificates with it.
+    pub signing: bool,
+}
+
+/// This node's signing CA's fingerprint, if it has one.
+fn signing_fingerprint(node: &crate::Node) -> Result<Option<String>, CaError> {
+    let path = node.data.ca_key().with_extension("pub");
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(crate::keys::fingerprint(&crate::keys::load_public(
+        &path,
+    )?)))
+}
+
+/// Every registered vendor CA (this node's signing CA registered first if `serve` has not yet).
+pub async fn list(node: &crate::Node) -> Result<Vec<CaEntry>, CaError> {
+    register_own(node).await?;
+    let signing = signing_fingerprint(node)?;
+    let mut out = Vec::new();
+    for row in node.store.vendor_ca_rows().await? {
+        let Ok(key) = crate::keys::parse_public(&row.public_key) else {
+            warn!(
+                node = row.node,
+                "a registered vendor CA key is unreadable; not listed"
+            );
+            continue;
+        };
+        let fingerprint = crate::keys::fingerprint(&key);
+        out.push(CaEntry {
+            signing: signing.as_deref() == Some(fingerprint.as_str()),
+            fingerprint,
+            node: row.node,
+            created: row.created,
+            retired: row.retired,
+        });
+    }
+    Ok(out)
+}
+
+/// Registers this node's signing CA (as `serve` does at start), so that a rotation keeps the
+/// old one trusted even if this node never served.
+async fn register_own(node: &crate::Node) -> Result<(), CaError> {
+    let path = node.data.ca_key().with_extension("pub");
+    if path.exists() {
+        let line = crate::keys::openssh_line(&crate::keys::load_public(&path)?)?;
+        node.store
+            .register_vendor_ca(&line, &node.cfg.node, approvals::time::now())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Gives this node a new vendor CA: registered and audited first (one action), then installed in
+/// place of the old key, which no longer signs (its public key stays trusted until retired).
+/// Returns the new and the previous fingerprint.
+pub async fn rotate(
+    node: &crate::Node,
+    actor: &approvals::Actor,
+) -> Result<(String, Option<String>), CaError> {
+    register_own(node).await?;
+    let previous = signing_fingerprint(node)?;
+    let key = crate::keys::generate_ed25519("postern-vendor-ca")?;
+    let line = crate::keys::openssh_line(key.public_key())?;
+    let fingerprint = crate::keys::fingerprint(key.public_key());
+    // Written beside the old key first, so a refused action leaves the old one in place.
+    let target = node.data.ca_key();
+    let next = target.with_file_name("vendor_ca-next");
+    crate::keys::write_keypair(&next, &key)?;
+    let registered = node
+        .actions()
+        .rotate_vendor_ca(
+            actor,
+            &line,
+            &fingerprint,
+            &node.cfg.node,
+            approvals::time::now(),
+        )
+        .await;
+    if let Err(e) = registered {
+        let _ = std::fs::remove_file(&next);
+        let _ = std::fs::remove_file(next.with_extension("pub"));
+        return Err(e.into());
+    }
+    for (from, to) in [
+        (next.clone(), target.clone()),
+        (next.with_extension("pub"), target.with_extension("pub")),
+    ] {
+        std::fs::rename(&from, &to).map_err(|error| CaError::Install {
+            path: to.display().to_string(),
+            error,
+        })?;
+    }
+    Ok((fingerprint, previous))
+}
+
+/// Retires the vendor CA with `fingerprint` on every node and revokes the certificates it signed
+/// (returned). This node's signing CA cannot be retired: rotate first.
+pub async fn retire(
+    node: &crate::Node,
+    actor: &approvals::Actor,
+    fingerprint: &str,
+) -> Result<Vec<String>, CaError> {
+    if signing_fingerprint(node)?.as_deref() == Some(fingerprint) {
+        return Err(CaError::Signing(fingerprint.to_owned()));
+    }
+    let row = node
+        .store
+        .vendor_ca_rows()
+        .await?
+        .into_iter()
+        .find(|r| {
+            crate::keys::parse_public(&r.public_key)
+                .is_ok_and(|k| crate::keys::fingerprint(&k) == fingerprint)
+        })
+        .ok_or_else(|| CaError::Unknown(fingerprint.to_owned()))?;
+    Ok(node
+        .actions()
+        .retire_vendor_ca(actor, &row.public_key, fingerprint, approvals::time::now())
+        .await?)
 }

@@ -101,8 +101,17 @@ fn every_refusal_is_explained_and_audited() {
     let o = w.ssh(&dora, "dora:site-a/dev", &["true"]);
     auth_refused(&w, &o, "dora:site-a/dev", "vendor dora is disabled");
 
-    // Contract ended.
-    let carl = w.vendor("carl", &["--contract-end", "-1h"]);
+    // Contract ended (after the certificate was issued: none is issued past the contract end).
+    let carl = w.vendor("carl", &["--contract-end", "+1d"]);
+    let ended = format!(
+        "UPDATE vendors SET contract_end = {} WHERE name = 'carl'",
+        harness::unix_now() - 3600
+    );
+    let o = run(Command::new("sqlite3")
+        .args(["-cmd", ".timeout 5000"])
+        .arg(w.data.join("postern.db"))
+        .arg(ended));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = w.ssh(&carl, "carl:site-a/dev", &["true"]);
     auth_refused(
         &w,

@@ -15,6 +15,7 @@ mod harness;
 mod actions;
 mod backpressure;
 mod browser;
+mod certificates;
 mod checkpoints;
 mod cli;
 mod commands;

@@ -8,6 +8,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::model::CredentialKind;
 
+mod certificates;
 mod deadlines;
 mod directory;
 mod error;

@@ -9,7 +9,7 @@ use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
 use crate::model::{
-    AccessRequestRow, Approver, Device, Function, IssuedCertificate, Session, Vendor,
+    AccessRequestRow, Approver, Device, Function, IssuedCertificate, Session, Vendor, VendorCa,
 };
 
 /// A 0/1 flag column.
@@ -108,6 +108,18 @@ impl FromRow<'_, AnyRow> for IssuedCertificate {
             valid_before: row.try_get("valid_before")?,
             revoked: flag(row, "revoked")?,
             created: row.try_get("created")?,
+            ca: row.try_get("ca")?,
+        })
+    }
+}
+
+impl FromRow<'_, AnyRow> for VendorCa {
+    fn from_row(row: &AnyRow) -> sqlx::Result<VendorCa> {
+        Ok(VendorCa {
+            public_key: row.try_get("public_key")?,
+            node: row.try_get("node")?,
+            created: row.try_get("created")?,
+            retired: row.try_get("retired")?,
         })
     }
 }

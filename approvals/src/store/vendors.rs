@@ -150,7 +150,7 @@ impl Store {
 
     /// [`Store::record_certificate`] inside the caller's transaction.
     pub async fn record_certificate_in(&self, tx: &mut Tx, c: &IssuedCertificate) -> Result<()> {
-        sqlx::query("INSERT INTO certificates (serial, vendor, key_id, key_fingerprint, valid_after, valid_before, revoked, created) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)")
+        sqlx::query("INSERT INTO certificates (serial, vendor, key_id, key_fingerprint, valid_after, valid_before, revoked, created, ca) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8)")
             .bind(&c.serial)
             .bind(&c.vendor)
             .bind(&c.key_id)
@@ -158,6 +158,7 @@ impl Store {
             .bind(c.valid_after)
             .bind(c.valid_before)
             .bind(c.created)
+            .bind(&c.ca)
             .execute(&mut **tx)
             .await
             .map_err(|e| {
@@ -226,12 +227,12 @@ impl Store {
         Ok(())
     }
 
-    /// Every registered vendor CA public key (OpenSSH format).
+    /// Every trusted (registered, not retired) vendor CA public key (OpenSSH format).
     pub async fn vendor_cas(&self) -> Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT public_key FROM vendor_cas ORDER BY created")
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT public_key FROM vendor_cas WHERE retired IS NULL ORDER BY created",
         )
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

@@ -157,6 +157,8 @@ impl From<&str> for EndReason {
 pub struct Permits {
     pub pty: bool,
     pub port_forwarding: bool,
+    /// The serial of the certificate these come from: revoking it ends the session.
+    pub serial: Option<u64>,
 }
 
 impl Permits {
@@ -164,6 +166,7 @@ impl Permits {
     pub const NONE: Permits = Permits {
         pty: false,
         port_forwarding: false,
+        serial: None,
     };
 
     pub fn of(cert: &russh::keys::Certificate) -> Permits {
@@ -171,6 +174,7 @@ impl Permits {
         Permits {
             pty: ext.contains_key("permit-pty"),
             port_forwarding: ext.contains_key("permit-port-forwarding"),
+            serial: Some(cert.serial()),
         }
     }
 }

@@ -301,15 +301,46 @@ async fn recheck(ctx: &Ctx) {
         }
         Err(e) => warn!(error = %e, "could not read kill requests"),
     }
+    let mut still = Vec::with_capacity(live.len());
     for s in live {
         let req = s.request(None);
         match PolicyGate::new(&ctx.store).check(&req).await {
-            Ok(_) => {}
+            Ok(_) => still.push(s),
             Err(Refusal::Deny(reason)) => {
                 ctx.audit(AuditEvent::SessionRevoked, json!({"session": s.id, "vendor": s.target.vendor, "reason": reason.to_string()})).await;
                 s.request_close(reason.to_string());
             }
-            Err(Refusal::Unavailable(e)) => warn!(error = %e, "could not re-check session"),
+            Err(Refusal::Unavailable(e)) => {
+                warn!(error = %e, "could not re-check session");
+                still.push(s);
+            }
+        }
+    }
+    close_revoked_certificates(ctx, &still).await;
+}
+
+/// Closes the sessions whose certificate was revoked (or retired with its CA), on whichever node
+/// the revocation was made.
+async fn close_revoked_certificates(ctx: &Ctx, live: &[Arc<LiveSession>]) {
+    let serials: Vec<String> = live
+        .iter()
+        .filter_map(|s| s.permits().serial.map(|n| n.to_string()))
+        .collect();
+    if serials.is_empty() {
+        return;
+    }
+    let revoked = match approvals::store::deadline(ctx.store.revoked_among(&serials)).await {
+        Ok(r) => r,
+        Err(e) => return warn!(error = %e, "could not re-check certificates"),
+    };
+    for s in live {
+        let Some(serial) = s.permits().serial.map(|n| n.to_string()) else {
+            continue;
+        };
+        if revoked.contains(&serial) {
+            let reason = format!("certificate serial {serial} has been revoked");
+            ctx.audit(AuditEvent::SessionRevoked, json!({"session": s.id, "vendor": s.target.vendor, "reason": reason, "serial": serial})).await;
+            s.request_close(reason);
         }
     }
 }

@@ -189,6 +189,11 @@ pub enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// The vendor CAs every node trusts: list, rotate (a new CA signs from now on), retire.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
     /// Signed checkpoints of the audit log's head, as shipped off the host.
     Checkpoints {
         #[command(subcommand)]
@@ -360,6 +365,31 @@ pub enum VendorAction {
         name: String,
     },
     List,
+    /// A vendor's certificates: serial, key fingerprint, validity, revoked.
+    Certs {
+        name: String,
+    },
+    /// Revoke one certificate (or all) of a vendor: refused at the next login on every node,
+    /// and live sessions authenticated with it close within a second.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["serial", "all"])))]
+    RevokeCert {
+        name: String,
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaAction {
+    /// Every registered vendor CA: fingerprint, node, since, retired, and which one signs here.
+    List,
+    /// A new vendor CA signs this node's certificates from now on; the old one stays trusted
+    /// until retired.
+    Rotate,
+    /// Stop trusting a vendor CA on every node and revoke every certificate it signed.
+    Retire { fingerprint: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -4,6 +4,7 @@
 
 pub mod approver;
 pub mod audit;
+pub mod ca;
 pub mod command_log;
 pub mod device;
 pub mod function;
@@ -180,6 +181,7 @@ async fn with_env(env: &Env, command: &Command) -> Result<ExitCode> {
             ..
         } => return verify::run(env, id.as_deref(), root.as_deref(), checkpoints.as_deref()).await,
         Command::Keys { action } => keys::run(env, action).await?,
+        Command::Ca { action } => ca::run(env, action).await?,
         Command::Checkpoints {
             action: CheckpointsAction::Export { node },
         } => lists::checkpoints(env, node.as_deref()).await?,

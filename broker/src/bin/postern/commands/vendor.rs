@@ -35,6 +35,10 @@ pub async fn run(env: &Env, action: &VendorAction) -> Result<()> {
         VendorAction::Invite { name, ttl } => super::invite::run(env, name, ttl.as_deref()).await,
         VendorAction::Disable { name } => disable(env, name).await,
         VendorAction::List => list(env).await,
+        VendorAction::Certs { name } => certs(env, name).await,
+        VendorAction::RevokeCert { name, serial, .. } => {
+            revoke_cert(env, name, serial.as_deref()).await
+        }
     }
 }
 
@@ -84,13 +88,79 @@ async fn cert(
     let (out, issued) =
         broker::enrol::issue_certificate(env, &operator(), name, pubkey, start, secs, restrict)
             .await?;
+    // The effective window: the contract end may have cut it short.
+    let (from, until) = (
+        issued.cert.valid_after() as i64,
+        issued.cert.valid_before() as i64,
+    );
+    let capped = until < start.saturating_add(secs);
     if env.json {
         println!(
             "{}",
-            json!({"certificate": out, "serial": issued.serial.to_string(), "key_id": issued.key_id, "valid_before": fmt_time(start + secs)})
+            json!({"certificate": out, "serial": issued.serial.to_string(), "key_id": issued.key_id,
+                   "valid_after": fmt_time(from), "valid_before": fmt_time(until), "capped_at_contract_end": capped})
         );
     } else {
         println!("{}", out.display());
+        let why = if capped {
+            " (capped at the contract end)"
+        } else {
+            ""
+        };
+        println!(
+            "serial {}, valid from {} until {}{why}",
+            issued.serial,
+            fmt_time(from),
+            fmt_time(until)
+        );
+    }
+    Ok(())
+}
+
+/// `postern vendor certs NAME`.
+async fn certs(env: &Env, name: &str) -> Result<()> {
+    if env.store.vendor(name).await?.is_none() {
+        bail!("no vendor named {name}");
+    }
+    let rows = env.store.certificates_of(name).await?;
+    env.print_list(
+        &rows,
+        &["SERIAL", "KEY", "VALID FROM", "VALID UNTIL", "REVOKED"],
+        |c| {
+            vec![
+                c.serial.clone(),
+                c.key_fingerprint.clone(),
+                fmt_time(c.valid_after),
+                fmt_time(c.valid_before),
+                if c.revoked {
+                    "revoked".into()
+                } else {
+                    String::new()
+                },
+            ]
+        },
+    )?;
+    Ok(())
+}
+
+/// `postern vendor revoke-cert NAME (--serial N | --all)`.
+async fn revoke_cert(env: &Env, name: &str, serial: Option<&str>) -> Result<()> {
+    let revoked = env
+        .actions()
+        .revoke_certificates(&operator(), name, serial)
+        .await?;
+    if env.json {
+        println!("{}", json!({"vendor": name, "revoked": revoked}));
+    } else {
+        println!(
+            "{} certificate(s) of vendor {name} revoked{}; refused at the next login on every node, live sessions on them close within a second",
+            revoked.len(),
+            if revoked.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", revoked.join(", "))
+            }
+        );
     }
     Ok(())
 }

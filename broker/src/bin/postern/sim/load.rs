@@ -179,6 +179,7 @@ async fn enrol(env: &Env, site: &str, function: &str, sessions: usize) -> Result
                     valid_before: t + 7200,
                     revoked: false,
                     created: t,
+                    ca: keys::fingerprint(ca.public_key()),
                 },
             )
             .await?;
