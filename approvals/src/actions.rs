@@ -17,11 +17,12 @@ use tracing::warn;
 use crate::approvers::AccessRequestRow;
 use crate::audit::{AuditError, AuditLog};
 use crate::breakglass::BreakGlass;
-use crate::model::{ChannelSet, Grant, IssuedCertificate, Session};
+use crate::model::{ChannelSet, Grant, Session};
 use crate::notify::{Message, Notifier};
 use crate::store::{NewDevice, NewGrant, Store, StoreError, Tx};
 use crate::time::fmt_time;
 
+mod certificates;
 mod coverage;
 mod deadlines;
 pub use deadlines::{Deadlines, Swept};
@@ -196,6 +197,9 @@ pub enum ActionRecord {
         invite: String,
         /// The fingerprint of the key the enrolment certifies.
         key: String,
+        /// The certificate issued to it.
+        serial: String,
+        valid_before: String,
     },
     ApproverAdd {
         approver: String,
@@ -573,126 +577,6 @@ impl Actions {
         self.finish(tx, actor, record).await
     }
 
-    /// Enters a signed certificate in the registry the front door checks. The caller hands the
-    /// certificate out (writes its file) only after this succeeded: a refused issue leaves no
-    /// usable certificate behind.
-    pub async fn issue_certificate(&self, actor: &Actor, c: &IssuedCertificate) -> Result<()> {
-        let mut tx = self.store.begin().await?;
-        // Recorded first (write first, see `Tx`); a disabled vendor's rolls back below.
-        self.store.record_certificate_in(&mut tx, c).await?;
-        let vendor = self
-            .store
-            .vendor_in(&mut tx, &c.vendor)
-            .await?
-            .ok_or_else(|| ActionError::NotFound(format!("no vendor named {}", c.vendor)))?;
-        if vendor.is_disabled() {
-            return Err(ActionError::Conflict(format!(
-                "vendor {} is disabled",
-                c.vendor
-            )));
-        }
-        // No certificate outlives its vendor's contract, whoever issues it.
-        if let Some(end) = vendor.contract_end.filter(|end| c.valid_before > *end) {
-            return Err(ActionError::Conflict(format!(
-                "the certificate would outlive the contract of vendor {} (ends at {})",
-                c.vendor,
-                fmt_time(end)
-            )));
-        }
-        let record = ActionRecord::VendorCert {
-            vendor: c.vendor.clone(),
-            serial: c.serial.clone(),
-            key_id: c.key_id.clone(),
-            key: c.key_fingerprint.clone(),
-            valid_before: fmt_time(c.valid_before),
-        };
-        self.finish(tx, actor, record).await
-    }
-
-    /// Stores a one-time enrolment code's hash for an enabled vendor, valid until `expires`.
-    pub async fn invite_vendor(
-        &self,
-        actor: &Actor,
-        vendor: &str,
-        code_hash: &str,
-        now: i64,
-        expires: i64,
-    ) -> Result<()> {
-        let mut tx = self.store.begin().await?;
-        self.store
-            .add_invite_in(&mut tx, code_hash, vendor, now, expires)
-            .await?;
-        let v = self.store.vendor_in(&mut tx, vendor).await?;
-        match v {
-            None => return Err(ActionError::NotFound(format!("no vendor named {vendor}"))),
-            Some(v) if v.is_disabled() => {
-                return Err(ActionError::Conflict(format!(
-                    "vendor {vendor} is disabled"
-                )));
-            }
-            Some(_) => {}
-        }
-        let record = ActionRecord::VendorInvite {
-            vendor: vendor.to_owned(),
-            invite: code_hash.chars().take(12).collect(),
-            expires: fmt_time(expires),
-        };
-        self.finish(tx, actor, record).await
-    }
-
-    /// Burns an enrolment code for the key `key` (fingerprint) and gives its vendor the new TOTP
-    /// secret, in one transaction with its audit record. Returns the vendor; a code that is
-    /// unknown, used or expired is refused (`NotFound`/`Conflict`) and nothing changes.
-    pub async fn enrol_vendor(
-        &self,
-        code_hash: &str,
-        key: &str,
-        totp_secret: &str,
-        now: i64,
-    ) -> Result<String> {
-        use crate::store::InviteClaim;
-        let mut tx = self.store.begin().await?;
-        let vendor = match self
-            .store
-            .claim_invite_in(&mut tx, code_hash, key, now)
-            .await?
-        {
-            InviteClaim::Claimed { vendor } => vendor,
-            InviteClaim::Unknown => {
-                return Err(ActionError::NotFound("unknown enrolment code".into()));
-            }
-            InviteClaim::Used => {
-                return Err(ActionError::Conflict("enrolment code already used".into()));
-            }
-            InviteClaim::Expired => {
-                return Err(ActionError::Conflict("enrolment code expired".into()));
-            }
-        };
-        self.store
-            .set_totp_secret_in(&mut tx, &vendor, totp_secret)
-            .await?;
-        match self.store.vendor_in(&mut tx, &vendor).await? {
-            Some(v) if v.is_disabled() => {
-                return Err(ActionError::Conflict(format!(
-                    "vendor {vendor} is disabled"
-                )));
-            }
-            Some(v) if v.contract_end.is_some_and(|end| now >= end) => {
-                return Err(ActionError::Conflict(format!(
-                    "the contract of vendor {vendor} has ended"
-                )));
-            }
-            _ => {}
-        }
-        let record = ActionRecord::VendorEnrol {
-            vendor: vendor.clone(),
-            invite: code_hash.chars().take(12).collect(),
-            key: key.to_owned(),
-        };
-        self.finish(tx, &Actor::vendor(&vendor), record).await?;
-        Ok(vendor)
-    }
-
     /// Adds an approver for the listed sites and regions; only the password's hash is stored.
     #[allow(clippy::too_many_arguments)]
     pub async fn add_approver(
@@ -877,94 +761,6 @@ impl Actions {
     }
 
     // ---- certificates and vendor CAs ----
-
-    /// Revokes `vendor`'s certificate `serial`, or all of them (`None`): refused at the next
-    /// login on every node, and the live sessions they authenticated close (the revision moves).
-    /// Returns the serials revoked.
-    pub async fn revoke_certificates(
-        &self,
-        actor: &Actor,
-        vendor: &str,
-        serial: Option<&str>,
-    ) -> Result<Vec<String>> {
-        let mut tx = self.store.begin().await?;
-        if self.store.vendor_in(&mut tx, vendor).await?.is_none() {
-            return Err(ActionError::NotFound(format!("no vendor named {vendor}")));
-        }
-        let serials = self
-            .store
-            .revoke_certificates_in(&mut tx, vendor, serial)
-            .await?;
-        if let Some(s) = serial.filter(|_| serials.is_empty()) {
-            return Err(match self.store.certificate_in(&mut tx, s).await? {
-                Some(c) if c.vendor == vendor => ActionError::Conflict(format!(
-                    "certificate serial {s} of vendor {vendor} is already revoked"
-                )),
-                _ => ActionError::NotFound(format!(
-                    "vendor {vendor} has no certificate with serial {s}"
-                )),
-            });
-        }
-        let record = ActionRecord::VendorRevokeCert {
-            vendor: vendor.to_owned(),
-            serials: serials.clone(),
-        };
-        self.finish(tx, actor, record).await?;
-        Ok(serials)
-    }
-
-    /// Registers a new vendor CA (`public_key` in OpenSSH format, `fingerprint` its SHA256
-    /// fingerprint) that `node` signs with from now on. The caller installs the private key only
-    /// after this succeeded.
-    pub async fn rotate_vendor_ca(
-        &self,
-        actor: &Actor,
-        public_key: &str,
-        fingerprint: &str,
-        node: &str,
-        now: i64,
-    ) -> Result<()> {
-        let mut tx = self.store.begin().await?;
-        if !self
-            .store
-            .add_vendor_ca_in(&mut tx, public_key, node, now)
-            .await?
-        {
-            return Err(ActionError::Conflict(format!(
-                "vendor CA {fingerprint} is already registered"
-            )));
-        }
-        let record = ActionRecord::CaRotate {
-            ca: fingerprint.to_owned(),
-            node: node.to_owned(),
-        };
-        self.finish(tx, actor, record).await
-    }
-
-    /// Retires a vendor CA: no node trusts it any more, and every certificate it signed is
-    /// revoked (returned).
-    pub async fn retire_vendor_ca(
-        &self,
-        actor: &Actor,
-        public_key: &str,
-        fingerprint: &str,
-        now: i64,
-    ) -> Result<Vec<String>> {
-        let mut tx = self.store.begin().await?;
-        let revoked = self
-            .store
-            .retire_vendor_ca_in(&mut tx, public_key, fingerprint, now)
-            .await?
-            .ok_or_else(|| {
-                ActionError::Conflict(format!("vendor CA {fingerprint} is already retired"))
-            })?;
-        let record = ActionRecord::CaRetire {
-            ca: fingerprint.to_owned(),
-            certificates_revoked: revoked.clone(),
-        };
-        self.finish(tx, actor, record).await?;
-        Ok(revoked)
-    }
 
     /// Writes the action's audit record, then commits; rolls back if the record cannot be written.
     async fn finish(&self, tx: Tx, actor: &Actor, record: ActionRecord) -> Result<()> {

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use approvals::Actor;
 use approvals::time::now;
 
+use russh::keys::PublicKey;
+
 use crate::Node;
 use crate::keys::{self, KeyError};
 
@@ -32,11 +34,81 @@ pub enum IssueError {
     Write { path: String, error: std::io::Error },
 }
 
-/// Signs a user certificate for `vendor`'s public key with the vendor CA, records it in the
-/// registry and the audit log (one action), and only then writes it next to the key as
-/// `KEY-cert.pub` (where OpenSSH looks for it): a refused action leaves no certificate behind.
-/// The validity ends at the vendor's contract end if that comes first (the certificate's own
-/// `valid_before` is the effective end). Returns the certificate's path.
+/// A certificate signed by this node's vendor CA and not yet registered: until the registry
+/// holds it (an action), every node refuses it.
+pub struct Signed {
+    /// One OpenSSH line (`ssh-ed25519-cert-v01@openssh.com AAAA...`).
+    pub text: String,
+    pub issued: keys::IssuedCert,
+    /// The registry row to record with it.
+    pub record: approvals::IssuedCertificate,
+}
+
+/// Signs a user certificate for `subject` with the vendor CA. The validity ends at the vendor's
+/// contract end if that comes first (the certificate's own `valid_before` is the effective end);
+/// a contract already ended, or a CA retired elsewhere, issues nothing.
+pub async fn sign(
+    node: &Node,
+    vendor: &str,
+    subject: &PublicKey,
+    start: i64,
+    secs: i64,
+    restrict: keys::Restrictions,
+) -> Result<Signed, IssueError> {
+    let ca = keys::load_private(&node.data.ca_key())?;
+    let asked = start.checked_add(secs).ok_or(IssueError::OutOfRange)?;
+    let end = capped_at_contract(node, vendor, start, asked).await?;
+    refuse_retired(node, &ca).await?;
+    let issued = keys::sign_user_cert(
+        &ca,
+        subject,
+        vendor,
+        start.max(0) as u64,
+        end.max(0) as u64,
+        restrict,
+    )?;
+    let text = issued.cert.to_openssh().map_err(|error| KeyError::Ssh {
+        what: "encoding certificate",
+        error,
+    })?;
+    let record = approvals::IssuedCertificate {
+        serial: issued.serial.to_string(),
+        vendor: vendor.to_owned(),
+        key_id: issued.key_id.clone(),
+        key_fingerprint: keys::fingerprint(subject),
+        valid_after: start,
+        valid_before: end,
+        revoked: false,
+        created: now(),
+        ca: keys::fingerprint(ca.public_key()),
+    };
+    Ok(Signed {
+        text,
+        issued,
+        record,
+    })
+}
+
+/// Signs and registers (one audited action) a certificate for `subject`; see [`sign`].
+pub async fn issue(
+    node: &Node,
+    actor: &Actor,
+    vendor: &str,
+    subject: &PublicKey,
+    start: i64,
+    secs: i64,
+    restrict: keys::Restrictions,
+) -> Result<Signed, IssueError> {
+    let signed = sign(node, vendor, subject, start, secs, restrict).await?;
+    node.actions()
+        .issue_certificate(actor, &signed.record)
+        .await?;
+    Ok(signed)
+}
+
+/// Issues a certificate for the public key in the file `pubkey` (see [`issue`]) and only then
+/// writes it next to the key as `KEY-cert.pub` (where OpenSSH looks for it): a refused action
+/// leaves no certificate behind. Returns the certificate's path.
 pub async fn issue_certificate(
     node: &Node,
     actor: &Actor,
@@ -47,48 +119,16 @@ pub async fn issue_certificate(
     restrict: keys::Restrictions,
 ) -> Result<(PathBuf, keys::IssuedCert), IssueError> {
     let subject = keys::load_public(pubkey)?;
-    let ca = keys::load_private(&node.data.ca_key())?;
-    let asked = start.checked_add(secs).ok_or(IssueError::OutOfRange)?;
-    let end = capped_at_contract(node, vendor, start, asked).await?;
-    refuse_retired(node, &ca).await?;
-    let issued = keys::sign_user_cert(
-        &ca,
-        &subject,
-        vendor,
-        start.max(0) as u64,
-        end.max(0) as u64,
-        restrict,
-    )?;
-    let text = issued.cert.to_openssh().map_err(|error| KeyError::Ssh {
-        what: "encoding certificate",
-        error,
-    })?;
-    let fp = keys::fingerprint(&subject);
-    node.actions()
-        .issue_certificate(
-            actor,
-            &approvals::IssuedCertificate {
-                serial: issued.serial.to_string(),
-                vendor: vendor.to_owned(),
-                key_id: issued.key_id.clone(),
-                key_fingerprint: fp,
-                valid_after: start,
-                valid_before: end,
-                revoked: false,
-                created: now(),
-                ca: keys::fingerprint(ca.public_key()),
-            },
-        )
-        .await?;
+    let signed = issue(node, actor, vendor, &subject, start, secs, restrict).await?;
     let out = cert_path(pubkey);
     let tmp = out.with_extension("tmp");
     let failed = |path: &Path| {
         let path = path.display().to_string();
         move |error| IssueError::Write { path, error }
     };
-    std::fs::write(&tmp, format!("{text}\n")).map_err(failed(&tmp))?;
+    std::fs::write(&tmp, format!("{}\n", signed.text)).map_err(failed(&tmp))?;
     std::fs::rename(&tmp, &out).map_err(failed(&out))?;
-    Ok((out, issued))
+    Ok((out, signed.issued))
 }
 
 /// A certificate from a retired CA would be refused everywhere: none is issued.

@@ -1,10 +1,10 @@
 //! Self-service for vendors over stock OpenSSH: enrolment with a one-time code
 //! (`ssh -i KEY enroll:CODE@broker`), renewal (`ssh VENDOR:renew@broker`) and a ready
-//! `~/.ssh/config` block for their grants (`ssh VENDOR:config@broker`). Certificates are issued
-//! by [`crate::enrol::issue_certificate`] only, so every rule it applies applies here too.
+//! `~/.ssh/config` block for their grants (`ssh VENDOR:config@broker`). Certificates are signed
+//! by [`crate::enrol::sign`] only, so every rule it applies (contract-end cap, retired CA) applies
+//! here too.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use approvals::store::invite_hash;
 use approvals::time::{now, parse_duration};
@@ -12,8 +12,8 @@ use approvals::{ActionError, Actor, StoreError};
 use russh::keys::PublicKey;
 
 use crate::Node;
-use crate::enrol::{IssueError, issue_certificate};
-use crate::keys::{self, Restrictions};
+use crate::enrol::IssueError;
+use crate::keys::Restrictions;
 
 /// Why a self-service step gave nothing. `Refused` is the vendor's to fix (one line, audited by
 /// the caller); the others are outages.
@@ -35,9 +35,15 @@ impl SelfServiceError {
         matches!(
             self,
             SelfServiceError::Refused(_)
-                | SelfServiceError::Issue(IssueError::Refused(
-                    ActionError::NotFound(_) | ActionError::Conflict(_) | ActionError::Invalid(_)
-                ))
+                | SelfServiceError::Issue(
+                    IssueError::ContractEnded { .. }
+                        | IssueError::NoVendor(_)
+                        | IssueError::Refused(
+                            ActionError::NotFound(_)
+                                | ActionError::Conflict(_)
+                                | ActionError::Invalid(_)
+                        )
+                )
         )
     }
 }
@@ -87,83 +93,59 @@ impl SelfService {
         })
     }
 
-    /// Burns `code` for `key` (which the vendor proved to hold), gives the vendor a new TOTP
-    /// secret (one audited transaction), then certifies exactly that key.
+    /// Signs a certificate for `key` (which the vendor proved to hold) for the vendor the code
+    /// was made for, then burns the code, gives the vendor a new TOTP secret and registers the
+    /// certificate in one audited transaction: a code that loses a race, or a refusal, leaves
+    /// nothing behind (an unregistered certificate is refused everywhere).
     pub async fn enrol(&self, code: &str, key: &PublicKey) -> Result<Enrolled, SelfServiceError> {
+        let hash = invite_hash(code);
+        let Some(vendor) = self.node.store.invite_vendor(&hash).await? else {
+            return Err(SelfServiceError::Refused("unknown enrolment code".into()));
+        };
+        let start = now() - 60;
+        let signed = crate::enrol::sign(
+            &self.node,
+            &vendor,
+            key,
+            start,
+            self.cert_validity,
+            Restrictions::default(),
+        )
+        .await?;
         let secret = approvals::totp::new_secret();
-        let vendor = self
-            .node
-            .actions()
-            .enrol_vendor(&invite_hash(code), &keys::fingerprint(key), &secret, now())
-            .await?;
         let otpauth = approvals::totp::otpauth_uri(&secret, &vendor)?;
-        let certificate = self.certify(&vendor, key, Restrictions::default()).await?;
+        self.node
+            .actions()
+            .enrol_vendor(&hash, &signed.record, &secret, now())
+            .await?;
         Ok(Enrolled {
             vendor,
-            certificate,
+            certificate: signed.text,
             qr: qr(&otpauth),
             otpauth,
         })
     }
 
     /// A fresh certificate for the key that just logged in with its current one (checked by the
-    /// front door: trusted, issued, not revoked, in time, this vendor's) and a TOTP code.
+    /// front door: trusted, issued, not revoked, in time, this vendor's) and a TOTP code:
+    /// `cert_validity`, never past the contract end.
     pub async fn renew(
         &self,
         vendor: &str,
         key: &PublicKey,
         restrict: Restrictions,
     ) -> Result<String, SelfServiceError> {
-        self.certify(vendor, key, restrict).await
-    }
-
-    /// Signs `cert_validity` (never past the contract end) through the one issuing function,
-    /// which wants the key in a file and writes the certificate beside it: a private scratch
-    /// directory, removed afterwards.
-    async fn certify(
-        &self,
-        vendor: &str,
-        key: &PublicKey,
-        restrict: Restrictions,
-    ) -> Result<String, SelfServiceError> {
-        let start = now() - 60;
-        let contract_end = self
-            .node
-            .store
-            .vendor(vendor)
-            .await?
-            .and_then(|v| v.contract_end);
-        let end = contract_end.map_or(start + self.cert_validity, |c| {
-            c.min(start + self.cert_validity)
-        });
-        if end <= now() {
-            return Err(SelfServiceError::Refused(format!(
-                "the contract of vendor {vendor} has ended"
-            )));
-        }
-        let scratch = Scratch::new(&self.node)?;
-        let pubkey = scratch.0.join("key.pub");
-        let line = keys::openssh_line(key).map_err(IssueError::from)?;
-        std::fs::write(&pubkey, format!("{line}\n")).map_err(|error| IssueError::Write {
-            path: pubkey.display().to_string(),
-            error,
-        })?;
-        let actor = Actor::vendor(vendor);
-        let (path, _) = issue_certificate(
+        let signed = crate::enrol::issue(
             &self.node,
-            &actor,
+            &Actor::vendor(vendor),
             vendor,
-            &pubkey,
-            start,
-            end - start,
+            key,
+            now() - 60,
+            self.cert_validity,
             restrict,
         )
         .await?;
-        let text = std::fs::read_to_string(&path).map_err(|error| IssueError::Write {
-            path: path.display().to_string(),
-            error,
-        })?;
-        Ok(text.trim().to_owned())
+        Ok(signed.text)
     }
 
     /// An `~/.ssh/config` block for the vendor's current and coming grants: one `Host` per
@@ -184,27 +166,6 @@ impl SelfService {
         Ok(crate::ssh_config::render(
             vendor, &hosts, &host, port, identity,
         ))
-    }
-}
-
-/// A private scratch directory under the keys directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(node: &Node) -> Result<Scratch, IssueError> {
-        let name = format!("issue-{}", hex::encode(rand::random::<[u8; 8]>()));
-        let dir = node.data.keys().join(name);
-        std::fs::create_dir_all(&dir).map_err(|error| IssueError::Write {
-            path: dir.display().to_string(),
-            error,
-        })?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

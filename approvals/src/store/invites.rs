@@ -50,6 +50,19 @@ impl Store {
         Ok(())
     }
 
+    /// The vendor an enrolment code was made for, if it exists (used or not): enrolment signs
+    /// the certificate before it burns the code, in one transaction with its registration.
+    pub async fn invite_vendor(&self, code_hash: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT vendor FROM vendor_invites WHERE code_hash = $1")
+            .bind(code_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("vendor")?),
+            None => None,
+        })
+    }
+
     /// Burns an enrolment code for the key with fingerprint `key`, if it is unused and in time.
     /// The conditional update is the one step that decides: of two racing uses, one wins.
     pub async fn claim_invite_in(
