@@ -11,12 +11,14 @@ use crate::model::CredentialKind;
 mod directory;
 mod error;
 mod grants;
+mod lifecycle;
 mod rows;
 mod sessions;
 mod vendors;
 
 pub use error::{Conflict, Invalid, Missing, StoreError, Thing};
 pub(crate) use error::{conflict_on_unique, insert_error};
+pub use lifecycle::{CutGrant, FunctionChange, VendorChange};
 
 /// How long the broker waits for one database operation on a vendor's path (authentication, the
 /// policy decision, a session's start and end, the revocation check) before it counts the control
