@@ -302,3 +302,54 @@ fn function_update_takes_channels_from_live_sessions() {
     let o = w.postern(&["function", "update", "nope", "--allow", "shell"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no function named nope"));
 }
+
+/// Two nodes on one PostgreSQL: a contract end moved on node A (by its CLI) closes a live
+/// session on node B at the new end, and node B's audit log says so.
+#[test]
+fn a_contract_change_reaches_sessions_on_every_node() {
+    let shared = crate::harness::PgDb::new("lifecycle");
+    let scratch = crate::harness::PgDb::new("lifecycle_scratch");
+    let a = World::with_config(
+        9,
+        "2s",
+        &format!("node = \"node-a\"\n{}\n", shared.config(5432).trim_end()),
+    );
+    // Node B is set up on a scratch database, then joined to the shared one.
+    let mut b = World::with_config(
+        9,
+        "2s",
+        &format!("node = \"node-b\"\n{}\n", scratch.config(5432).trim_end()),
+    );
+    b.kill_broker();
+    let cfg_path = b.data.join("postern.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let cfg = cfg.replace(
+        scratch.config(5432).trim_end(),
+        shared.config(5432).trim_end(),
+    );
+    std::fs::write(&cfg_path, cfg).unwrap();
+    b.start_broker();
+
+    let hal = a.vendor("hal", &["--contract-end", "+1h"]);
+    a.grant("hal", "site-a", "maint");
+    let mut sh = b.shell(&hal, "hal:site-a/dev");
+    sh.expect("access until", T);
+    sh.send("echo on-b-$((40+2))\r");
+    sh.expect("on-b-42", T);
+    a.ok(&["vendor", "update", "hal", "--contract-end", "+3s"]);
+    let end = contract_end(&a, "hal");
+    sh.expect("the contract of hal ends then", T);
+    let late = exit_after(&mut sh, end);
+    eprintln!(
+        "two nodes: the session on node-b closed {late:.3} s after the contract end set on node-a"
+    );
+    assert!(
+        (0.0..1.0).contains(&late),
+        "closed {late:.3} s after the end"
+    );
+    assert!(sh.screen().contains("the contract of hal ended at"));
+    let e = b.wait_audit("session.contract_ended on node-b", |e| {
+        e["event"] == "session.contract_ended" && e["vendor"] == "hal"
+    });
+    assert_eq!(e["node"], "node-b");
+}
