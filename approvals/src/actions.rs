@@ -65,6 +65,9 @@ impl From<StoreError> for ActionError {
 
 type Result<T> = std::result::Result<T, ActionError>;
 
+mod lifecycle;
+pub use lifecycle::GrantCut;
+
 /// Who acts: `name` is stored as the decider (`decided_by`, `granted_by`, `revoked_by`) and shown
 /// to vendors and in notifications; `tag` is the audit log's `actor` (`operator:USER`, `web:NAME`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,6 +261,29 @@ pub enum ActionRecord {
         ca: String,
         certificates_revoked: Vec<String>,
     },
+    VendorUpdate {
+        vendor: String,
+        org: String,
+        contract_end: Option<String>,
+        /// The contract end before this change.
+        contract_end_was: Option<String>,
+    },
+    VendorEnable {
+        vendor: String,
+    },
+    /// The approver's coverage after the change.
+    ApproverUpdate {
+        approver: String,
+        sites: Vec<String>,
+        regions: Vec<String>,
+    },
+    /// The function after the change, and the grants cut to its new longest window.
+    FunctionUpdate {
+        function: String,
+        allow: String,
+        max_window: i64,
+        grants_cut: Vec<GrantCut>,
+    },
     /// The action's record was written but its transaction did not commit: it did not happen.
     NotCommitted {
         action: String,
@@ -326,6 +352,10 @@ impl ActionRecord {
             ActionRecord::RequestEscalated { .. } => AuditEvent::RequestEscalated,
             ActionRecord::RequestExpired { .. } => AuditEvent::RequestExpired,
             ActionRecord::RequestDecisionRefused { .. } => AuditEvent::RequestDecisionRefused,
+            ActionRecord::VendorUpdate { .. } => AuditEvent::VendorUpdate,
+            ActionRecord::VendorEnable { .. } => AuditEvent::VendorEnable,
+            ActionRecord::ApproverUpdate { .. } => AuditEvent::ApproverUpdate,
+            ActionRecord::FunctionUpdate { .. } => AuditEvent::FunctionUpdate,
         }
     }
 

@@ -262,6 +262,13 @@ pub enum AuditEvent {
     WebLogout,
     WebRefused,
     WebThrottled,
+    // Contract and role changes (issue 13).
+    VendorUpdate,
+    VendorEnable,
+    ApproverUpdate,
+    FunctionUpdate,
+    SessionContractEnded,
+    ChannelRevoked,
 }
 
 impl AuditEvent {
@@ -334,6 +341,12 @@ impl AuditEvent {
         AuditEvent::WebLogout,
         AuditEvent::WebRefused,
         AuditEvent::WebThrottled,
+        AuditEvent::VendorUpdate,
+        AuditEvent::VendorEnable,
+        AuditEvent::ApproverUpdate,
+        AuditEvent::FunctionUpdate,
+        AuditEvent::SessionContractEnded,
+        AuditEvent::ChannelRevoked,
     ];
 
     /// The name written in the log's `event` field.
@@ -406,6 +419,12 @@ impl AuditEvent {
             AuditEvent::WebLogout => "web.logout",
             AuditEvent::WebRefused => "web.refused",
             AuditEvent::WebThrottled => "web.throttled",
+            AuditEvent::VendorUpdate => "vendor.update",
+            AuditEvent::VendorEnable => "vendor.enable",
+            AuditEvent::ApproverUpdate => "approver.update",
+            AuditEvent::FunctionUpdate => "function.update",
+            AuditEvent::SessionContractEnded => "session.contract_ended",
+            AuditEvent::ChannelRevoked => "channel.revoked",
         }
     }
 

@@ -284,6 +284,8 @@ pub struct Allowed {
     pub function: String,
     pub window_end: i64,
     pub login: String,
+    /// The vendor's contract end, if any: a live session ends at it too.
+    pub contract_end: Option<i64>,
 }
 
 /// Why the gate let nothing through: the policy said no, or no decision could be made.
@@ -314,13 +316,13 @@ impl<'a> PolicyGate<'a> {
     /// stretch a window that ended meanwhile).
     pub async fn check(&self, req: &AccessRequest) -> Result<Allowed, Refusal> {
         let facts = self.facts(req).await?;
-        verdict(decide(req, &facts, now()))
+        verdict(decide(req, &facts, now()), &facts)
     }
 
     /// Decides `req` as of `at`.
     pub async fn check_at(&self, req: &AccessRequest, at: i64) -> Result<Allowed, Refusal> {
         let facts = self.facts(req).await?;
-        verdict(decide(req, &facts, at))
+        verdict(decide(req, &facts, at), &facts)
     }
 
     async fn facts(&self, req: &AccessRequest) -> Result<Facts, Refusal> {
@@ -333,7 +335,7 @@ impl<'a> PolicyGate<'a> {
     }
 }
 
-fn verdict(decision: Decision) -> Result<Allowed, Refusal> {
+fn verdict(decision: Decision, facts: &Facts) -> Result<Allowed, Refusal> {
     match decision {
         Decision::Allow {
             grant,
@@ -345,6 +347,7 @@ fn verdict(decision: Decision) -> Result<Allowed, Refusal> {
             function,
             window_end,
             login,
+            contract_end: facts.vendor.as_ref().and_then(|v| v.contract_end),
         }),
         Decision::Deny { reason } => Err(Refusal::Deny(reason)),
     }

@@ -1732,3 +1732,97 @@ async fn certificates_revoked_and_cas_retired(db: Db) {
 }
 
 both!(certificates_revoked_and_cas_retired);
+/// Contract and role changes (issue 13): vendor update and enable, approver coverage, function
+/// channels and longest window with grants cut to it; each bumps the revision nodes poll.
+async fn lifecycle_changes(db: Db) {
+    let s = &db.store;
+    directory(s).await;
+    let g = s.add_grant(&grant(NOW, NOW + 6 * 3600), NOW).await.unwrap();
+    let rev = s.revision().await.unwrap();
+
+    let mut tx = s.begin().await.unwrap();
+    let c = s
+        .update_vendor_in(&mut tx, "alice", Some("acme2"), Some(Some(NOW + 60)))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (c.before.contract_end, c.after.contract_end),
+        (None, Some(NOW + 60))
+    );
+    assert_eq!(c.after.org, "acme2");
+    assert!(s.revision().await.unwrap() > rev);
+    let mut tx = s.begin().await.unwrap();
+    let c = s
+        .update_vendor_in(&mut tx, "alice", None, Some(None))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(c.after.contract_end, None);
+    let mut tx = s.begin().await.unwrap();
+    let e = s
+        .update_vendor_in(&mut tx, "nobody", None, Some(None))
+        .await;
+    assert!(matches!(e, Err(StoreError::NotFound(_))), "{e:?}");
+    drop(tx);
+
+    let mut tx = s.begin().await.unwrap();
+    let e = s.enable_vendor_in(&mut tx, "alice").await;
+    assert!(matches!(e, Err(StoreError::Conflict(_))), "{e:?}");
+    drop(tx);
+    s.disable_vendor("alice", "op", NOW).await.unwrap();
+    let mut tx = s.begin().await.unwrap();
+    s.enable_vendor_in(&mut tx, "alice").await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(!s.vendor("alice").await.unwrap().unwrap().is_disabled());
+
+    s.add_approver(
+        "olga",
+        "h",
+        "JBSWY3DPEHPK3PXP",
+        &["store-1".into()],
+        &[],
+        NOW,
+    )
+    .await
+    .unwrap();
+    let mut tx = s.begin().await.unwrap();
+    let a = s
+        .update_approver_in(&mut tx, "olga", Some(&[]), Some(&["north".into()]))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((a.sites.as_str(), a.regions.as_str()), ("", "north"));
+    let mut tx = s.begin().await.unwrap();
+    let e = s.update_approver_in(&mut tx, "olga", None, Some(&[])).await;
+    assert!(matches!(e, Err(StoreError::Invalid(_))), "{e:?}");
+    drop(tx);
+    assert_eq!(s.approver("olga").await.unwrap().unwrap().regions, "north");
+
+    // The grant was revoked by the disable: a new one, cut to a 1h longest window.
+    let g2 = s.add_grant(&grant(NOW, NOW + 6 * 3600), NOW).await.unwrap();
+    let mut tx = s.begin().await.unwrap();
+    let allow = ChannelSet::parse("exec").unwrap();
+    let f = s
+        .update_function_in(&mut tx, "maint", Some(&allow), Some(3600), NOW + 10)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (f.function.allow.as_str(), f.function.max_window),
+        ("exec", 3600)
+    );
+    let cut: Vec<&str> = f.cut.iter().map(|c| c.grant.id.as_str()).collect();
+    assert_eq!(
+        cut,
+        vec![g2.id.as_str()],
+        "revoked grant {} is left alone",
+        g.id
+    );
+    assert_eq!(
+        s.grant(&g2.id).await.unwrap().unwrap().valid_until,
+        NOW + 3600
+    );
+    db.drop_pg().await;
+}
+both!(lifecycle_changes);

@@ -85,6 +85,40 @@ pub async fn audited_answer(
     }
 }
 
+/// Why `kind` is no longer allowed on this session, if its function no longer allows it.
+pub fn disallowed(
+    live: &LiveSession,
+    set: Option<&approvals::ChannelSet>,
+    kind: ChannelKind,
+) -> Option<String> {
+    set.filter(|set| !set.allows(kind))
+        .map(|_| format!("function {} no longer allows {kind}", live.function))
+}
+
+/// Waits until the session's function no longer allows `kind`; returns why.
+pub async fn until_disallowed(live: &LiveSession, kind: ChannelKind) -> String {
+    let mut set = live.watch_channels();
+    loop {
+        if let Some(why) = disallowed(live, set.borrow_and_update().as_ref(), kind) {
+            return why;
+        }
+        if set.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Records and audits that an open channel was closed because its function no longer allows it.
+pub async fn revoked(ctx: &Ctx, live: &LiveSession, ch: u32, channel: &str, reason: &str) {
+    let fields = json!({"session": live.id, "vendor": live.target.vendor, "function": live.function, "channel": channel, "reason": reason});
+    ctx.audit(AuditEvent::ChannelRevoked, fields).await;
+    let noted = events::Event::ChannelDeny {
+        channel: channel.to_owned(),
+        reason: Some(reason.to_owned()),
+    };
+    let _ = live.recording.write(ch, &noted);
+}
+
 /// Tells the vendor why a channel is refused, on stderr, and closes it with exit status 1.
 pub async fn refuse(handle: &russh::server::Handle, id: ChannelId, message: &str) {
     let _ = handle
@@ -168,6 +202,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<S> {
 
 /// Drives a direct-tcpip channel (`ssh -L`): bytes both ways, counted and recorded at close.
 pub async fn forward_channel(
+    ctx: Arc<Ctx>,
     live: Arc<LiveSession>,
     vch: Channel<Msg>,
     uch: Channel<russh::client::Msg>,
@@ -185,7 +220,12 @@ pub async fn forward_channel(
         inner: uch.into_stream(),
         read: to_vendor.clone(),
     };
-    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+    // A forward whose function stops allowing it is cut (there is no stderr to tell it on).
+    let kind = ChannelKind::Forward(u16::try_from(port).unwrap_or(0));
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+        why = until_disallowed(&live, kind) => revoked(&ctx, &live, ch, &kind.to_string(), &why).await,
+    }
     let (to_device, to_vendor) = (
         to_device.load(Ordering::Relaxed),
         to_vendor.load(Ordering::Relaxed),

@@ -31,6 +31,7 @@ mod fleet;
 mod hardening;
 mod insider;
 mod keyring;
+mod lifecycle;
 mod multinode;
 mod requests;
 mod scope;

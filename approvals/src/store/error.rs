@@ -150,6 +150,8 @@ pub enum Conflict {
     SessionEnded(String),
     #[error("break-glass {id} was already reviewed by {by}")]
     BreakGlassReviewed { id: String, by: String },
+    #[error("vendor {0} is not disabled")]
+    VendorNotDisabled(String),
 }
 
 impl Conflict {
@@ -202,6 +204,8 @@ pub enum Invalid {
     EmergencyWithoutOrgs,
     #[error("an approver needs --sites or --regions")]
     ApproverWithoutScope,
+    #[error("nothing to change: give at least one of the options")]
+    NothingToChange,
     /// A request's or break-glass opening's duration outside 1s..the function's longest window.
     #[error("the duration must be between 1s and {max}s for function {function}")]
     Duration { function: String, max: i64 },

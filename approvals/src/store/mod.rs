@@ -14,6 +14,7 @@ mod directory;
 mod error;
 mod grants;
 mod invites;
+mod lifecycle;
 mod rows;
 mod sessions;
 mod vendors;
@@ -21,6 +22,7 @@ mod vendors;
 pub use error::{Conflict, Invalid, Missing, StoreError, Thing};
 pub(crate) use error::{conflict_on_unique, insert_error};
 pub use invites::{InviteClaim, invite_hash};
+pub use lifecycle::{CutGrant, FunctionChange, VendorChange};
 
 /// How long the broker waits for one database operation on a vendor's path (authentication, the
 /// policy decision, a session's start and end, the revocation check) before it counts the control

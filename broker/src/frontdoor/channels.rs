@@ -169,7 +169,13 @@ impl Conn {
         {
             Ok(uch) => {
                 reply.accept().await;
-                let task = tokio::spawn(proxy::forward_channel(live.clone(), channel, uch, port));
+                let task = tokio::spawn(proxy::forward_channel(
+                    self.ctx.clone(),
+                    live.clone(),
+                    channel,
+                    uch,
+                    port,
+                ));
                 live.add_task(task.abort_handle());
             }
             Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,

@@ -14,7 +14,7 @@ use russh::server::Msg;
 use russh::{Channel, ChannelId, ChannelMsg};
 use serde_json::json;
 
-use super::{ChannelRefused, allowed, audited_answer, refuse};
+use super::{ChannelRefused, allowed, audited_answer, disallowed, refuse, revoked};
 use crate::session::{Ctx, LiveSession};
 
 /// How a session channel's bytes are recorded.
@@ -104,6 +104,7 @@ pub async fn session_channel(
 ) {
     let mut initial = initial.into_iter();
     let mut stopping = live.stopping();
+    let mut function_allows = live.watch_channels();
     let mut chan = SessionChannel::new(ctx, live, vch, uch);
     let _ = chan.record(&events::ChannelOpen::Session);
     let stop = loop {
@@ -121,6 +122,12 @@ pub async fn session_channel(
             msg = chan.uch.wait() => {
                 let Some(msg) = msg else { break Stop::DeviceGone };
                 if let Err(stop) = chan.on_device(msg).await {
+                    break stop;
+                }
+            }
+            Ok(()) = function_allows.changed() => {
+                let set = function_allows.borrow_and_update().clone();
+                if let Err(stop) = chan.on_function_change(set).await {
                     break stop;
                 }
             }
@@ -170,6 +177,8 @@ struct SessionChannel {
     /// Requests forwarded to the device, in order, and whether the vendor still awaits the reply.
     pending: VecDeque<(&'static str, bool)>,
     content: Content,
+    /// The kind the policy admitted this channel as (shell, exec, sftp), once it did.
+    kind: Option<ChannelKind>,
     transfers: Transfers,
     bytes_in: u64,
     bytes_out: u64,
@@ -196,6 +205,7 @@ impl SessionChannel {
             handle,
             pending: VecDeque::new(),
             content: Content::Unknown,
+            kind: None,
             transfers: Transfers::None,
             bytes_in: 0,
             bytes_out: 0,
@@ -226,9 +236,12 @@ impl SessionChannel {
     }
 
     /// Asks the policy for `kind`; a refusal is told to the vendor and ends the channel.
-    async fn admit(&self, kind: ChannelKind) -> Result<(), Stop> {
+    async fn admit(&mut self, kind: ChannelKind) -> Result<(), Stop> {
         match allowed(&self.ctx, &self.live, kind).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.kind = Some(kind);
+                Ok(())
+            }
             Err(refused) => Err(self.refuse(&refused).await),
         }
     }
@@ -351,7 +364,7 @@ impl SessionChannel {
             live.login,
             live.function,
             live.grant,
-            fmt_time(live.window_end)
+            fmt_time(live.ends_at())
         );
         let _ = self
             .handle
@@ -411,6 +424,27 @@ impl SessionChannel {
             .map_err(|_| Stop::Closed)?;
         self.pending.push_back(("subsystem", owed));
         Ok(())
+    }
+
+    /// The session's function changed: a channel it no longer allows is closed, saying why; a
+    /// shell or exec ends the whole session (its terminal is what the function was for).
+    async fn on_function_change(&mut self, set: Option<approvals::ChannelSet>) -> Result<(), Stop> {
+        let Some(kind) = self.kind else {
+            return Ok(());
+        };
+        let Some(why) = disallowed(&self.live, set.as_ref(), kind) else {
+            return Ok(());
+        };
+        revoked(&self.ctx, &self.live, self.ch, &kind.to_string(), &why).await;
+        if matches!(kind, ChannelKind::Shell | ChannelKind::Exec) {
+            // The supervisor tells the vendor and closes everything; this channel stays open
+            // for that notice.
+            self.live
+                .request_close(format!("{why}; this session is over"));
+            return Ok(());
+        }
+        refuse(&self.handle, self.id, &why).await;
+        Err(Stop::Closed)
     }
 
     /// One message from the device.

@@ -25,6 +25,8 @@ use tokio::sync::{OnceCell, mpsc};
 use tokio::task::AbortHandle;
 use tracing::warn;
 
+use approvals::time::fmt_time;
+
 use crate::login::Target;
 use crate::recording::Recording;
 use crate::upstream::{self, Upstream, UpstreamError};
@@ -99,20 +101,26 @@ pub enum EndReason {
     DeviceUnreachable(String),
     ControlPlaneUnreachable,
     ShuttingDown,
+    /// The vendor's contract ended at `at` (Unix seconds).
+    ContractEnded {
+        vendor: String,
+        at: i64,
+    },
     /// Window end, revocation, termination, recording failure: the text says it all.
     Said(String),
 }
 
 impl EndReason {
-    pub fn reason(&self) -> &str {
+    pub fn reason(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            EndReason::VendorDisconnected => "vendor disconnected",
-            EndReason::DeviceDisconnected => "device disconnected",
-            EndReason::DeviceStoppedAnswering => "device stopped answering",
-            EndReason::DeviceUnreachable(_) => "device unreachable",
-            EndReason::ControlPlaneUnreachable => "control plane unreachable",
-            EndReason::ShuttingDown => "broker shutting down",
-            EndReason::Said(s) => s,
+            EndReason::VendorDisconnected => "vendor disconnected".into(),
+            EndReason::DeviceDisconnected => "device disconnected".into(),
+            EndReason::DeviceStoppedAnswering => "device stopped answering".into(),
+            EndReason::DeviceUnreachable(_) => "device unreachable".into(),
+            EndReason::ControlPlaneUnreachable => "control plane unreachable".into(),
+            EndReason::ShuttingDown => "broker shutting down".into(),
+            EndReason::ContractEnded { .. } => self.vendor_line().into(),
+            EndReason::Said(s) => s.as_str().into(),
         }
     }
 
@@ -134,7 +142,44 @@ impl EndReason {
             EndReason::ShuttingDown => {
                 "the broker is shutting down (broker shutting down); reconnect in a moment".into()
             }
+            EndReason::ContractEnded { vendor, at } => {
+                format!("the contract of {vendor} ended at {}", fmt_time(*at))
+            }
             EndReason::Said(s) => s.clone(),
+        }
+    }
+}
+
+/// When a live session must end: at its window's end or its vendor's contract end, whichever
+/// comes first. Both can move while it runs (a grant cut, a contract changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub window_end: i64,
+    pub contract_end: Option<i64>,
+}
+
+impl Limits {
+    pub fn ends_at(&self) -> i64 {
+        self.contract_end
+            .map_or(self.window_end, |c| c.min(self.window_end))
+    }
+
+    /// Whether the contract ends the session (rather than the window).
+    pub fn contract_first(&self) -> bool {
+        self.contract_end.is_some_and(|c| c <= self.window_end)
+    }
+
+    /// Why the session ends at [`Limits::ends_at`].
+    pub fn end_reason(&self, vendor: &str) -> EndReason {
+        match self.contract_end {
+            Some(at) if self.contract_first() => EndReason::ContractEnded {
+                vendor: vendor.to_owned(),
+                at,
+            },
+            _ => EndReason::Said(format!(
+                "the access window ended at {}",
+                fmt_time(self.window_end)
+            )),
         }
     }
 }
@@ -218,7 +263,11 @@ pub struct LiveSession {
     pub target: Target,
     pub function: String,
     pub grant: String,
-    pub window_end: i64,
+    /// Window and contract end, as the control plane says now (see [`Limits`]).
+    limits: tokio::sync::watch::Sender<Limits>,
+    /// The channel kinds the session's function allows, once a re-check has read them; channel
+    /// tasks close themselves when theirs is no longer among them.
+    channels: tokio::sync::watch::Sender<Option<approvals::ChannelSet>>,
     pub login: String,
     pub recording: Recording,
     pub handle: Handle,
@@ -245,6 +294,49 @@ impl LiveSession {
             function: Some(self.function.clone()),
             channel,
         }
+    }
+
+    pub fn limits(&self) -> Limits {
+        *self.limits.borrow()
+    }
+
+    /// The window's end (the contract may end the session earlier: see [`LiveSession::ends_at`]).
+    pub fn window_end(&self) -> i64 {
+        self.limits().window_end
+    }
+
+    /// When the session ends, unless something ends it sooner.
+    pub fn ends_at(&self) -> i64 {
+        self.limits().ends_at()
+    }
+
+    pub(crate) fn watch_limits(&self) -> tokio::sync::watch::Receiver<Limits> {
+        self.limits.subscribe()
+    }
+
+    /// Takes the control plane's current answer: the window only ever shortens (a grant cut);
+    /// the contract end is whatever the vendor's record says now.
+    pub(crate) fn update_limits(&self, window_end: i64, contract_end: Option<i64>) {
+        self.limits.send_if_modified(|l| {
+            let new = Limits {
+                window_end: l.window_end.min(window_end),
+                contract_end,
+            };
+            std::mem::replace(l, new) != new
+        });
+    }
+
+    /// The channel kinds the session's function allows now (`None` until a re-check read them).
+    pub fn watch_channels(&self) -> tokio::sync::watch::Receiver<Option<approvals::ChannelSet>> {
+        self.channels.subscribe()
+    }
+
+    pub(crate) fn update_channels(&self, set: approvals::ChannelSet) {
+        self.channels.send_if_modified(|c| {
+            let changed = c.as_ref() != Some(&set);
+            *c = Some(set);
+            changed
+        });
     }
 
     /// Records what the vendor's certificate permits (once; later calls change nothing).

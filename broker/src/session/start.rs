@@ -55,7 +55,11 @@ impl LiveSession {
             target,
             function: allowed.function.clone(),
             grant: allowed.grant.clone(),
-            window_end: allowed.window_end,
+            limits: tokio::sync::watch::Sender::new(super::Limits {
+                window_end: allowed.window_end,
+                contract_end: allowed.contract_end,
+            }),
+            channels: tokio::sync::watch::Sender::new(None),
             login: allowed.login.clone(),
             recording,
             handle,

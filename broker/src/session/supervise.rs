@@ -8,13 +8,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use approvals::time::{fmt_time, now};
-use approvals::{PolicyGate, Refusal};
+use approvals::{Deny, PolicyGate, Refusal};
 use serde_json::json;
+use std::collections::HashMap;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
-use super::{Ctx, EndReason, LiveSession};
+use super::{Ctx, EndReason, Limits, LiveSession};
 
 fn instant_at(unix: i64) -> tokio::time::Instant {
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -27,35 +28,50 @@ pub(super) async fn supervise(
     live: Arc<LiveSession>,
     mut close_rx: mpsc::UnboundedReceiver<EndReason>,
 ) {
-    let end = instant_at(live.window_end);
-    let warn_at = instant_at(live.window_end - ctx.warn_before);
-    let mut warned = live.window_end - ctx.warn_before <= now();
+    let mut limits = live.watch_limits();
+    // A session that starts inside the warning period is not warned (its banner says when it
+    // ends); one whose end moves is warned again about the new end.
+    let first_end = live.ends_at();
+    let mut warned_for = (first_end - ctx.warn_before <= now()).then_some(first_end);
     let mut flush = tokio::time::interval(Duration::from_secs(1));
     let reason = loop {
+        let l = *limits.borrow_and_update();
+        let end_at = l.ends_at();
         tokio::select! {
             _ = flush.tick() => {
                 if let Err(e) = live.recording.flush() {
                     break EndReason::Said(format!("the recording cannot be written ({e}); closing"));
                 }
             }
-            _ = tokio::time::sleep_until(warn_at), if !warned => {
-                warned = true;
-                warn_of_window_end(&live).await;
+            _ = tokio::time::sleep_until(instant_at(end_at - ctx.warn_before)), if warned_for != Some(end_at) => {
+                warned_for = Some(end_at);
+                warn_of_end(&live, &l).await;
             }
-            _ = tokio::time::sleep_until(end) => break EndReason::Said(format!("the access window ended at {}", fmt_time(live.window_end))),
+            _ = tokio::time::sleep_until(instant_at(end_at)) => break l.end_reason(&live.target.vendor),
+            _ = limits.changed() => {}
             r = close_rx.recv() => break r.unwrap_or_else(|| EndReason::Said("session closed".into())),
         }
     };
+    if let EndReason::ContractEnded { at, .. } = &reason {
+        let fields = json!({"session": live.id, "vendor": live.target.vendor, "contract_end": fmt_time(*at)});
+        ctx.audit(AuditEvent::SessionContractEnded, fields).await;
+    }
     finish(&ctx, &live, &reason).await;
 }
 
-/// Tells the vendor when the window closes.
-async fn warn_of_window_end(live: &LiveSession) {
-    let mins = ((live.window_end - now()) as f64 / 60.0).ceil() as i64;
+/// Tells the vendor when the session closes, and why then.
+async fn warn_of_end(live: &LiveSession, limits: &Limits) {
+    let end = limits.ends_at();
+    let mins = ((end - now()) as f64 / 60.0).ceil().max(0.0) as i64;
     let plural = if mins == 1 { "" } else { "s" };
+    let why = if limits.contract_first() {
+        format!(": the contract of {} ends then", live.target.vendor)
+    } else {
+        String::new()
+    };
     live.notice(&format!(
-        "this session closes at {} (in {mins} minute{plural})",
-        fmt_time(live.window_end)
+        "this session closes at {} (in {mins} minute{plural}){why}",
+        fmt_time(end)
     ))
     .await;
 }
@@ -71,7 +87,7 @@ async fn finish(ctx: &Ctx, live: &LiveSession, why: &EndReason) {
     if live.closed.swap(true, Ordering::SeqCst) {
         return;
     }
-    info!(session = %live.id, reason = why.reason(), "closing session");
+    info!(session = %live.id, reason = %why.reason(), "closing session");
     stop_channels(live, why).await;
     if let Some(Ok(up)) = live.upstream.get() {
         let up = up.clone();
@@ -82,11 +98,11 @@ async fn finish(ctx: &Ctx, live: &LiveSession, why: &EndReason) {
         });
     }
     let ended = now();
-    let sealed = seal(ctx, live, why.reason(), ended).await;
-    audit_end(ctx, live, why.reason(), ended, &sealed).await;
+    let sealed = seal(ctx, live, &why.reason(), ended).await;
+    audit_end(ctx, live, &why.reason(), ended, &sealed).await;
     let end = crate::journal::SessionEnd {
         session: live.id.clone(),
-        reason: why.reason().to_owned(),
+        reason: why.reason().into_owned(),
         ended,
         records: sealed.seal.as_ref().map(|_| sealed.records),
         final_hash: sealed.seal.as_ref().map(|_| sealed.hash.clone()),
@@ -301,22 +317,29 @@ async fn recheck(ctx: &Ctx) {
         }
         Err(e) => warn!(error = %e, "could not read kill requests"),
     }
+    let channels = function_channels(ctx).await;
     let mut still = Vec::with_capacity(live.len());
     for s in live {
-        let req = s.request(None);
-        match PolicyGate::new(&ctx.store).check(&req).await {
-            Ok(_) => still.push(s),
-            Err(Refusal::Deny(reason)) => {
-                ctx.audit(AuditEvent::SessionRevoked, json!({"session": s.id, "vendor": s.target.vendor, "reason": reason.to_string()})).await;
-                s.request_close(reason.to_string());
-            }
-            Err(Refusal::Unavailable(e)) => {
-                warn!(error = %e, "could not re-check session");
-                still.push(s);
-            }
+        if recheck_one(ctx, &s, channels.as_ref()).await {
+            still.push(s);
         }
     }
     close_revoked_certificates(ctx, &still).await;
+}
+
+/// The channel kinds each function allows now (`None` if they could not be read).
+async fn function_channels(ctx: &Ctx) -> Option<HashMap<String, approvals::ChannelSet>> {
+    match approvals::store::deadline(ctx.store.functions()).await {
+        Ok(fs) => Some(
+            fs.into_iter()
+                .map(|f| (f.name.clone(), f.channels()))
+                .collect(),
+        ),
+        Err(e) => {
+            warn!(error = %e, "could not read functions");
+            None
+        }
+    }
 }
 
 /// Closes the sessions whose certificate was revoked (or retired with its CA), on whichever node
@@ -341,6 +364,46 @@ async fn close_revoked_certificates(ctx: &Ctx, live: &[Arc<LiveSession>]) {
             let reason = format!("certificate serial {serial} has been revoked");
             ctx.audit(AuditEvent::SessionRevoked, json!({"session": s.id, "vendor": s.target.vendor, "reason": reason, "serial": serial})).await;
             s.request_close(reason);
+        }
+    }
+}
+
+/// Asks the policy again for one live session: a refusal ends it (`false`); otherwise its
+/// window, contract end and allowed channels follow the control plane.
+async fn recheck_one(
+    ctx: &Ctx,
+    s: &LiveSession,
+    channels: Option<&HashMap<String, approvals::ChannelSet>>,
+) -> bool {
+    let req = s.request(None);
+    match PolicyGate::new(&ctx.store).check(&req).await {
+        Ok(allowed) => {
+            s.update_limits(allowed.window_end, allowed.contract_end);
+            if let Some(set) = channels.and_then(|c| c.get(&s.function)) {
+                s.update_channels(set.clone());
+            }
+            true
+        }
+        Err(Refusal::Deny(Deny::ContractEnded { at })) => {
+            // Said as at the contract's end in time (and audited there, once).
+            s.request_close(EndReason::ContractEnded {
+                vendor: s.target.vendor.clone(),
+                at,
+            });
+            false
+        }
+        Err(Refusal::Deny(reason)) => {
+            ctx.audit(
+                AuditEvent::SessionRevoked,
+                json!({"session": s.id, "vendor": s.target.vendor, "reason": reason.to_string()}),
+            )
+            .await;
+            s.request_close(reason.to_string());
+            false
+        }
+        Err(Refusal::Unavailable(e)) => {
+            warn!(error = %e, "could not re-check session");
+            true
         }
     }
 }

@@ -379,6 +379,19 @@ pub enum VendorAction {
         #[arg(long)]
         all: bool,
     },
+    /// Change a vendor's organisation or contract end; live sessions end at the new contract end.
+    Update {
+        name: String,
+        #[arg(long)]
+        org: Option<String>,
+        /// Access ends at this date or time; `none` for no contract end.
+        #[arg(long, allow_hyphen_values = true, required_unless_present = "org")]
+        contract_end: Option<String>,
+    },
+    /// Enable a disabled vendor (their revoked grants stay revoked).
+    Enable {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -457,6 +470,16 @@ pub enum FunctionAction {
         orgs: Vec<String>,
     },
     List,
+    /// Change the channels a function allows or its longest window; live sessions lose channels
+    /// no longer allowed, and longer grants are cut to the new window.
+    Update {
+        name: String,
+        /// Channel kinds: shell,exec,sftp,forward:PORT,...
+        #[arg(long, required_unless_present = "max_window")]
+        allow: Option<String>,
+        #[arg(long)]
+        max_window: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -480,6 +503,16 @@ pub enum ApproverAction {
         name: String,
     },
     List,
+    /// Replace the sites and/or regions an approver covers; takes effect at once, in open web pages too.
+    Update {
+        name: String,
+        /// Sites they are accountable for (comma-separated; replaces the list).
+        #[arg(long, value_delimiter = ',', required_unless_present = "regions")]
+        sites: Option<Vec<String>>,
+        /// Regions they are accountable for (comma-separated; replaces the list).
+        #[arg(long, value_delimiter = ',')]
+        regions: Option<Vec<String>>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -40,6 +40,33 @@ pub async fn run(env: &Env, action: &ApproverAction) -> Result<()> {
             env.actions().disable_approver(&operator(), name).await?;
             println!("approver {name} disabled and signed out");
         }
+        ApproverAction::Update {
+            name,
+            sites,
+            regions,
+        } => {
+            let clean = |l: &Option<Vec<String>>| {
+                l.as_ref().map(|l| {
+                    l.iter()
+                        .map(|x| x.trim().to_owned())
+                        .filter(|x| !x.is_empty())
+                        .collect::<Vec<_>>()
+                })
+            };
+            let (sites, regions) = (clean(sites), clean(regions));
+            let a = env
+                .actions()
+                .update_approver(&operator(), name, sites.as_deref(), regions.as_deref())
+                .await?;
+            if env.json {
+                println!("{}", serde_json::to_string(&a)?);
+            } else {
+                println!(
+                    "approver {name} now covers sites [{}] and regions [{}]; in effect at once",
+                    a.sites, a.regions
+                );
+            }
+        }
         ApproverAction::List => {
             let rows = env.store.approvers().await?;
             env.print_list(&rows, &["APPROVER", "SITES", "REGIONS", "STATUS"], |a| {

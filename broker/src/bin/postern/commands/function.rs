@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use approvals::ChannelSet;
-use approvals::time::{now, parse_duration};
+use approvals::time::{fmt_time, now, parse_duration};
+use serde_json::json;
 
 use super::{Env, operator};
 use crate::args::*;
@@ -39,6 +40,11 @@ pub async fn run(env: &Env, action: &FunctionAction) -> Result<()> {
                 .await?;
             println!("function {name} added (allows {set})");
         }
+        FunctionAction::Update {
+            name,
+            allow,
+            max_window,
+        } => update(env, name, allow.as_deref(), max_window.as_deref()).await?,
         FunctionAction::List => {
             let rows = env.store.functions().await?;
             env.print_list(
@@ -60,6 +66,56 @@ pub async fn run(env: &Env, action: &FunctionAction) -> Result<()> {
                 },
             )?;
         }
+    }
+    Ok(())
+}
+
+/// `postern function update NAME [--allow ...] [--max-window ...]`.
+async fn update(
+    env: &Env,
+    name: &str,
+    allow: Option<&str>,
+    max_window: Option<&str>,
+) -> Result<()> {
+    let set = allow
+        .map(ChannelSet::parse)
+        .transpose()
+        .context("--allow")?;
+    let max = max_window
+        .map(parse_duration)
+        .transpose()
+        .context("--max-window")?;
+    let change = env
+        .actions()
+        .update_function(&operator(), name, set.as_ref(), max, now())
+        .await?;
+    let f = &change.function;
+    if env.json {
+        let cut: Vec<_> = change
+            .cut
+            .iter()
+            .map(|c| json!({"grant": c.grant.id, "until": fmt_time(c.grant.valid_until), "was": fmt_time(c.was)}))
+            .collect();
+        println!(
+            "{}",
+            json!({"function": name, "allow": f.allow, "max_window": f.max_window, "grants_cut": cut})
+        );
+        return Ok(());
+    }
+    let window = humantime::format_duration(Duration::from_secs(f.max_window.max(0) as u64));
+    println!(
+        "function {name} updated (allows {}, at most {window}); live sessions follow within a second",
+        f.allow
+    );
+    for c in &change.cut {
+        println!(
+            "grant {} ({} at {}) cut to end {} (was {})",
+            c.grant.id,
+            c.grant.vendor,
+            c.grant.site,
+            fmt_time(c.grant.valid_until),
+            fmt_time(c.was)
+        );
     }
     Ok(())
 }

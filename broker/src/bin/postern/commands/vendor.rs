@@ -39,7 +39,56 @@ pub async fn run(env: &Env, action: &VendorAction) -> Result<()> {
         VendorAction::RevokeCert { name, serial, .. } => {
             revoke_cert(env, name, serial.as_deref()).await
         }
+        VendorAction::Update {
+            name,
+            org,
+            contract_end,
+        } => update(env, name, org.as_deref(), contract_end.as_deref()).await,
+        VendorAction::Enable { name } => enable(env, name).await,
     }
+}
+
+/// `postern vendor update NAME [--org ORG] [--contract-end DATE|none]`.
+async fn update(
+    env: &Env,
+    name: &str,
+    org: Option<&str>,
+    contract_end: Option<&str>,
+) -> Result<()> {
+    let end = match contract_end {
+        None => None,
+        Some("none") => Some(None),
+        Some(t) => Some(Some(parse_time(t, now()).context("--contract-end")?)),
+    };
+    let change = env
+        .actions()
+        .update_vendor(&operator(), name, org, end)
+        .await?;
+    let v = &change.after;
+    if env.json {
+        println!(
+            "{}",
+            json!({"vendor": name, "org": v.org, "contract_end": v.contract_end.map(fmt_time)})
+        );
+    } else {
+        let end = match v.contract_end {
+            Some(t) => format!("contract ends {}; live sessions end then", fmt_time(t)),
+            None => "no contract end".into(),
+        };
+        println!("vendor {name} ({}) updated: {end}", v.org);
+    }
+    Ok(())
+}
+
+/// `postern vendor enable NAME`.
+async fn enable(env: &Env, name: &str) -> Result<()> {
+    env.actions().enable_vendor(&operator(), name).await?;
+    if env.json {
+        println!("{}", json!({"vendor": name, "disabled": false}));
+    } else {
+        println!("vendor {name} enabled; the grants revoked when it was disabled stay revoked");
+    }
+    Ok(())
 }
 
 /// `postern vendor add NAME --org ORG`: the TOTP enrolment is shown once.
