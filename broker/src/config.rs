@@ -497,3 +497,16 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PrivateFileErro
     f.sync_all()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    /// The documented example is a configuration the broker takes, with every option it names.
+    #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../../deploy/postern.toml");
+        let cfg: Config = toml::from_str(text).expect("deploy/postern.toml parses");
+        cfg.limits().expect("its limits are valid");
+    }
+}
