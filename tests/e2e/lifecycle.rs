@@ -136,13 +136,21 @@ fn contract_end_closes_a_live_session_within_a_second() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no vendor named nobody"));
     let o = w.postern(&["vendor", "enable", "eli"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("vendor eli is not disabled"));
-    // Disable, then enable: the vendor comes back with no grant (they were revoked).
+    // Disable, then enable: the vendor comes back with no certificate and no grant (the disable
+    // revoked both); a new certificate gets them as far as the revoked grant.
     w.ok(&["vendor", "update", "eli", "--contract-end", "none"]);
     w.ok(&["vendor", "disable", "eli"]);
     w.ok(&["vendor", "enable", "eli"]);
     w.wait_audit("vendor.enable", |e| {
         e["event"] == "vendor.enable" && e["vendor"] == "eli"
     });
+    let o = w.ssh(&eli, "eli:site-a/dev", &["true"]);
+    assert!(
+        !o.status.success(),
+        "the disabled vendor's certificate stays revoked"
+    );
+    let pubkey = format!("{}.pub", eli.key.display());
+    w.ok(&["vendor", "cert", "eli", "--pubkey", &pubkey]);
     let o = w.ssh(&eli, "eli:site-a/dev", &["true"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("was revoked"), "{err}");
