@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{PgDb, Vendor, World, keygen, run};
+use crate::harness::{Vendor, World, keygen, run};
 
 fn text(o: &Output) -> String {
     format!(
@@ -145,47 +145,18 @@ fn revoked_certificate_is_refused_and_its_live_session_closed() {
     assert_eq!(rec["certificates_revoked"].as_array().unwrap().len(), 1);
 }
 
-/// Node B: its own data directory, joined to `shared` after setting up against a scratch
-/// database (as in `multinode`).
-fn second_node(shared: &PgDb, scratch: &PgDb) -> World {
-    let mut b = World::with_config(
-        9,
-        "5m",
-        &format!("node = \"node-b\"\n{}\n", scratch.config(5432).trim_end()),
-    );
-    b.kill_broker();
-    let cfg_path = b.data.join("postern.toml");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
-    std::fs::write(
-        &cfg_path,
-        cfg.replace(
-            scratch.config(5432).trim_end(),
-            shared.config(5432).trim_end(),
-        ),
-    )
-    .unwrap();
-    b.start_broker();
-    b
-}
-
 #[test]
 fn revocation_on_one_node_reaches_the_other() {
-    let shared = PgDb::new("certrevoke");
-    let scratch = PgDb::new("certrevoke_scratch");
-    let a = World::with_config(
-        9,
-        "5m",
-        &format!("node = \"node-a\"\n{}\n", shared.config(5432).trim_end()),
-    );
-    let b = second_node(&shared, &scratch);
+    let nodes = crate::harness::TwoNodes::new("certrevoke", "5m");
+    let (a, b) = (&nodes.a, &nodes.b);
     let alice = a.vendor("alice", &[]);
     a.grant("alice", "site-a", "maint");
-    let first = certs(&a, "alice")[0]["serial"].as_str().unwrap().to_owned();
+    let first = certs(a, "alice")[0]["serial"].as_str().unwrap().to_owned();
     // The other certificate comes from node B's CA.
-    let other = second_key(&b, &alice, "b");
+    let other = second_key(b, &alice, "b");
 
     // Live on node B with the first certificate; revoked on node A.
-    let (took, screen) = close_on(&b, &alice, "alice:site-a/dev", || {
+    let (took, screen) = close_on(b, &alice, "alice:site-a/dev", || {
         a.ok(&["vendor", "revoke-cert", "alice", "--serial", &first]);
     });
     eprintln!(
@@ -198,8 +169,8 @@ fn revocation_on_one_node_reaches_the_other() {
         "{screen}"
     );
 
-    refused(&b, &alice, "alice:site-a/dev");
-    wait_refusal(&b, "alice:site-a/dev", &["has been revoked"]);
+    refused(b, &alice, "alice:site-a/dev");
+    wait_refusal(b, "alice:site-a/dev", &["has been revoked"]);
     use_key(&alice, &other);
     let o = a.ssh(&alice, "alice:site-a/dev", &["echo", "other-cert-on-a"]);
     assert!(text(&o).contains("other-cert-on-a"), "{}", text(&o));
@@ -214,7 +185,7 @@ fn revocation_on_one_node_reaches_the_other() {
         .to_owned();
     let out = a.ok(&["ca", "retire", &b_ca]);
     assert!(out.contains("1 certificate(s) revoked"), "{out}");
-    refused(&a, &alice, "alice:site-a/dev");
+    refused(a, &alice, "alice:site-a/dev");
     let o = b.postern(&[
         "vendor",
         "cert",
@@ -224,12 +195,10 @@ fn revocation_on_one_node_reaches_the_other() {
     ]);
     assert!(text(&o).contains("was retired"), "{}", text(&o));
     b.ok(&["ca", "rotate"]);
-    let third = second_key(&b, &alice, "c");
+    let third = second_key(b, &alice, "c");
     use_key(&alice, &third);
     let o = a.ssh(&alice, "alice:site-a/dev", &["echo", "rotated-b-on-a"]);
     assert!(text(&o).contains("rotated-b-on-a"), "{}", text(&o));
-    drop(b);
-    drop(a);
 }
 
 /// `ssh-keygen -L -f CERT` in UTC: (signing CA fingerprint, valid_before as unix seconds).

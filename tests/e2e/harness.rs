@@ -1197,6 +1197,49 @@ pub fn psql(sql: &str) {
     );
 }
 
+/// Two broker nodes sharing one PostgreSQL database, each with its own data directory (host key,
+/// vendor CA, seal key, recordings, audit log); no key is copied between them. Node B is set up
+/// against a scratch database (the directory is already in the shared one), then joined.
+pub struct TwoNodes {
+    pub a: World,
+    pub b: World,
+    // Dropped after the nodes.
+    _shared: PgDb,
+    _scratch: PgDb,
+}
+
+impl TwoNodes {
+    pub fn new(tag: &str, warn_before: &str) -> TwoNodes {
+        let shared = PgDb::new(tag);
+        let scratch = PgDb::new(&format!("{tag}_scratch"));
+        let node = |name: &str, db: &PgDb| {
+            World::with_config(
+                9,
+                warn_before,
+                &format!("node = \"{name}\"\n{}\n", db.config(5432).trim_end()),
+            )
+        };
+        let a = node("node-a", &shared);
+        let mut b = node("node-b", &scratch);
+        b.kill_broker();
+        let cfg_path = b.data.join("postern.toml");
+        let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+        assert!(cfg.contains(scratch.config(5432).trim_end()), "{cfg}");
+        let joined = cfg.replace(
+            scratch.config(5432).trim_end(),
+            shared.config(5432).trim_end(),
+        );
+        std::fs::write(&cfg_path, joined).unwrap();
+        b.start_broker();
+        TwoNodes {
+            a,
+            b,
+            _shared: shared,
+            _scratch: scratch,
+        }
+    }
+}
+
 /// A fresh PostgreSQL database for one test, dropped at the end.
 pub struct PgDb(pub String);
 

@@ -315,28 +315,8 @@ fn function_update_takes_channels_from_live_sessions() {
 /// session on node B at the new end, and node B's audit log says so.
 #[test]
 fn a_contract_change_reaches_sessions_on_every_node() {
-    let shared = crate::harness::PgDb::new("lifecycle");
-    let scratch = crate::harness::PgDb::new("lifecycle_scratch");
-    let a = World::with_config(
-        9,
-        "2s",
-        &format!("node = \"node-a\"\n{}\n", shared.config(5432).trim_end()),
-    );
-    // Node B is set up on a scratch database, then joined to the shared one.
-    let mut b = World::with_config(
-        9,
-        "2s",
-        &format!("node = \"node-b\"\n{}\n", scratch.config(5432).trim_end()),
-    );
-    b.kill_broker();
-    let cfg_path = b.data.join("postern.toml");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
-    let cfg = cfg.replace(
-        scratch.config(5432).trim_end(),
-        shared.config(5432).trim_end(),
-    );
-    std::fs::write(&cfg_path, cfg).unwrap();
-    b.start_broker();
+    let nodes = crate::harness::TwoNodes::new("lifecycle", "2s");
+    let (a, b) = (&nodes.a, &nodes.b);
 
     let hal = a.vendor("hal", &["--contract-end", "+1h"]);
     a.grant("hal", "site-a", "maint");
@@ -345,7 +325,7 @@ fn a_contract_change_reaches_sessions_on_every_node() {
     sh.send("echo on-b-$((40+2))\r");
     sh.expect("on-b-42", T);
     a.ok(&["vendor", "update", "hal", "--contract-end", "+3s"]);
-    let end = contract_end(&a, "hal");
+    let end = contract_end(a, "hal");
     sh.expect("the contract of hal ends then", T);
     let late = exit_after(&mut sh, end);
     eprintln!(

@@ -5,7 +5,7 @@
 
 use std::process::Output;
 
-use crate::harness::{PgDb, World};
+use crate::harness::{TwoNodes, World};
 
 fn text(o: &Output) -> String {
     format!(
@@ -30,34 +30,9 @@ fn session_of(w: &World, vendor: &str) -> (String, String) {
 
 #[test]
 fn two_nodes_share_keys_and_verify_each_others_sessions() {
-    let shared = PgDb::new("multinode");
-    let scratch = PgDb::new("multinode_scratch");
-    let a = World::with_config(
-        9,
-        "5m",
-        &format!("node = \"node-a\"\n{}\n", shared.config(5432).trim_end()),
-    );
-    // Node B has its own data directory (host key, vendor CA, seal key, recordings, audit log).
-    // It is set up against a scratch database (the directory is already in the shared one), then
-    // joined to the shared database; no key is copied between the nodes.
-    let mut b = World::with_config(
-        9,
-        "5m",
-        &format!("node = \"node-b\"\n{}\n", scratch.config(5432).trim_end()),
-    );
-    b.kill_broker();
-    let cfg_path = b.data.join("postern.toml");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
-    assert!(cfg.contains(scratch.config(5432).trim_end()), "{cfg}");
-    std::fs::write(
-        &cfg_path,
-        cfg.replace(
-            scratch.config(5432).trim_end(),
-            shared.config(5432).trim_end(),
-        ),
-    )
-    .unwrap();
-    b.start_broker();
+    // Each node has its own data directory; no key is copied between them.
+    let nodes = TwoNodes::new("multinode", "5m");
+    let (a, b) = (&nodes.a, &nodes.b);
     assert_ne!(
         std::fs::read(a.data.join("keys/vendor_ca.pub")).unwrap(),
         std::fs::read(b.data.join("keys/vendor_ca.pub")).unwrap(),
@@ -75,9 +50,9 @@ fn two_nodes_share_keys_and_verify_each_others_sessions() {
     let o = a.ssh(&bob, "bob:site-a/dev", &["echo", "bob-on-a"]);
     assert!(text(&o).contains("bob-on-a"), "{}", text(&o));
 
-    let (on_b, node) = session_of(&a, "alice");
+    let (on_b, node) = session_of(a, "alice");
     assert_eq!(node, "node-b");
-    let (on_a, node) = session_of(&b, "bob");
+    let (on_a, node) = session_of(b, "bob");
     assert_eq!(node, "node-a");
     b.wait_audit("alice's seal", |e| {
         e["event"] == "session.seal" && e["session"] == on_b.as_str()
@@ -130,7 +105,4 @@ fn two_nodes_share_keys_and_verify_each_others_sessions() {
     // Node B still has nothing to fault: the missing file is node A's to keep.
     let o = b.postern(&["verify"]);
     assert!(o.status.success(), "{}", text(&o));
-
-    drop(b);
-    drop(a);
 }
