@@ -168,6 +168,9 @@ pub enum ActionRecord {
         /// Serials of the vendor's certificates this revoked (left out when none).
         #[serde(skip_serializing_if = "Vec::is_empty")]
         certificates_revoked: Vec<String>,
+        /// Unused enrolment codes this burnt (left out when none).
+        #[serde(skip_serializing_if = "is_zero")]
+        invites_burnt: u64,
     },
     BreakglassReview {
         breakglass: String,
@@ -188,6 +191,9 @@ pub enum ActionRecord {
         /// The fingerprint of the vendor's public key.
         key: String,
         valid_before: String,
+        /// The certificate this one renews (`ssh VENDOR:renew@broker`), if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        renewed_from: Option<String>,
     },
     /// `invite` is the first 12 hex digits of the code's hash, never the code.
     VendorInvite {
@@ -321,6 +327,10 @@ pub enum ActionRecord {
         decision: String,
         reason: String,
     },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ActionRecord {
@@ -545,6 +555,8 @@ impl Actions {
             .store
             .revoke_certificates_in(&mut tx, name, None)
             .await?;
+        // An invite handed out before the disable must not let them back in after an enable.
+        let invites_burnt = self.store.burn_invites_in(&mut tx, name, now).await?;
         self.notifier
             .file_in(
                 &mut tx,
@@ -555,6 +567,7 @@ impl Actions {
             vendor: name.to_owned(),
             grants_revoked: revoked.clone(),
             certificates_revoked,
+            invites_burnt,
         };
         self.finish(tx, actor, record).await?;
         Ok(revoked)
@@ -846,6 +859,7 @@ mod tests {
             vendor: "v".into(),
             grants_revoked: vec!["g-1".into()],
             certificates_revoked: Vec::new(),
+            invites_burnt: 0,
         };
         assert_eq!(r.event().name(), "vendor.disable");
         assert_eq!(

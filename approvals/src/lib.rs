@@ -18,6 +18,7 @@ pub mod notify;
 pub mod policy;
 pub mod ratelimit;
 pub mod store;
+pub mod text;
 pub mod time;
 pub mod totp;
 pub mod verify;

@@ -216,7 +216,12 @@ impl Asking {
         let by = decided.decided_by.unwrap_or_default();
         if decided.status != approvals::RequestStatus::Approved {
             let why = decided.decision_reason.unwrap_or_default();
-            let message = format!("request {} was denied by {by}: {why}", req.id);
+            // The approver's words, shown on the vendor's terminal: escaped, never acted on.
+            let message = format!(
+                "request {} was denied by {by}: {}",
+                req.id,
+                approvals::text::printable(&why)
+            );
             self.dialogue.refuse(&message).await;
             return None;
         }

@@ -126,25 +126,43 @@ impl SelfService {
         })
     }
 
-    /// A fresh certificate for the key that just logged in with its current one (checked by the
-    /// front door: trusted, issued, not revoked, in time, this vendor's) and a TOTP code:
-    /// `cert_validity`, never past the contract end.
+    /// A fresh certificate for the key that just logged in with its current one (`serial`;
+    /// checked again when the renewal is registered: this vendor's and key's, not revoked, not
+    /// expired) and a TOTP code. Valid `cert_validity`, never longer than the certificate it
+    /// renews was (a short one the operator issued stays short) nor past the contract end.
     pub async fn renew(
         &self,
         vendor: &str,
         key: &PublicKey,
         restrict: Restrictions,
+        serial: Option<u64>,
     ) -> Result<String, SelfServiceError> {
-        let signed = crate::enrol::issue(
+        let Some(serial) = serial.map(|s| s.to_string()) else {
+            return Err(SelfServiceError::Refused(
+                "the certificate that logged in is not one Postern issued".into(),
+            ));
+        };
+        let current = self
+            .node
+            .store
+            .certificates_of(vendor)
+            .await?
+            .into_iter()
+            .find(|c| c.serial == serial);
+        let lifetime = current.map_or(self.cert_validity, |c| c.valid_before - c.valid_after);
+        let signed = crate::enrol::sign(
             &self.node,
-            &Actor::vendor(vendor),
             vendor,
             key,
             now() - 60,
-            self.cert_validity,
+            self.cert_validity.min(lifetime.max(60)),
             restrict,
         )
         .await?;
+        self.node
+            .actions()
+            .renew_certificate(&Actor::vendor(vendor), &serial, &signed.record, now())
+            .await?;
         Ok(signed.text)
     }
 

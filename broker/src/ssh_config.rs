@@ -64,7 +64,35 @@ pub async fn granted_hosts(
             });
         }
     }
+    disambiguate(&mut hosts);
     Ok(hosts)
+}
+
+/// `SITE-DEVICE` reads well but is ambiguous (site `a-b` with device `c`, site `a` with device
+/// `b-c`): OpenSSH would take the first block and copy to the wrong device. Aliases that collide
+/// take the login's `+` spelling instead, which no name can contain.
+fn disambiguate(hosts: &mut [GrantedHost]) {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for h in hosts.iter() {
+        *seen.entry(h.alias.clone()).or_default() += 1;
+    }
+    for h in hosts.iter_mut().filter(|h| seen[&h.alias] > 1) {
+        let t = &h.target;
+        h.alias = match &t.function {
+            Some(f) => format!("{}+{}+{f}", t.site, t.device),
+            None => format!("{}+{}", t.site, t.device),
+        };
+    }
+}
+
+/// A key file name that can go into the block as it is: no whitespace, quotes, comment or control
+/// characters (a newline would add directives of the caller's choosing).
+pub fn safe_identity(identity: &str) -> bool {
+    !identity.is_empty()
+        && identity.len() <= 1024
+        && !identity
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '#' | '\\'))
 }
 
 /// `HOST[:PORT]` (or `[V6]:PORT`), the port 22 when absent.
@@ -127,5 +155,24 @@ mod tests {
         assert_eq!(split_address("b.example:2200"), ("b.example".into(), 2200));
         assert_eq!(split_address("b.example"), ("b.example".into(), 22));
         assert_eq!(split_address("[::1]:2222"), ("::1".into(), 2222));
+    }
+
+    #[test]
+    fn colliding_aliases_take_the_plus_spelling() {
+        let host = |login: &str, alias: &str| GrantedHost {
+            alias: alias.into(),
+            target: crate::login::parse(login).unwrap(),
+        };
+        let mut hosts = [
+            host("alice+a-b+c", "a-b-c"),
+            host("alice+a+b-c", "a-b-c"),
+            host("alice+x+y", "x-y"),
+        ];
+        disambiguate(&mut hosts);
+        let aliases: Vec<&str> = hosts.iter().map(|h| h.alias.as_str()).collect();
+        assert_eq!(aliases, ["a-b+c", "a+b-c", "x-y"]);
+        assert!(safe_identity("~/.ssh/postern"));
+        assert!(!safe_identity("k\n    ProxyCommand evil"));
+        assert!(!safe_identity("my key"));
     }
 }

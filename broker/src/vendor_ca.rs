@@ -147,15 +147,15 @@ pub struct CaEntry {
     pub signing: bool,
 }
 
-/// This node's signing CA's fingerprint, if it has one.
+/// This node's signing CA's fingerprint, if it has one: taken from the private key, the one that
+/// signs (its `.pub` beside it is a copy).
 fn signing_fingerprint(node: &crate::Node) -> Result<Option<String>, CaError> {
-    let path = node.data.ca_key().with_extension("pub");
+    let path = node.data.ca_key();
     if !path.exists() {
         return Ok(None);
     }
-    Ok(Some(crate::keys::fingerprint(&crate::keys::load_public(
-        &path,
-    )?)))
+    let key = crate::keys::load_private(&path)?;
+    Ok(Some(crate::keys::fingerprint(key.public_key())))
 }
 
 /// Every registered vendor CA (this node's signing CA registered first if `serve` has not yet).
@@ -227,9 +227,11 @@ pub async fn rotate(
         let _ = std::fs::remove_file(next.with_extension("pub"));
         return Err(e.into());
     }
+    // The public copy first, the private key (what signs, and what `signing_fingerprint` reads)
+    // last: an interruption between the two leaves the old key signing, as registered before.
     for (from, to) in [
-        (next.clone(), target.clone()),
         (next.with_extension("pub"), target.with_extension("pub")),
+        (next.clone(), target.clone()),
     ] {
         std::fs::rename(&from, &to).map_err(|error| CaError::Install {
             path: to.display().to_string(),

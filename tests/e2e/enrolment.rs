@@ -151,6 +151,45 @@ fn enrol_from_an_invite_log_in_and_renew() {
     let out = w.ssh(&erin, "erin:site-a/dev", &["echo", "renewed-ok"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("renewed-ok"));
 
+    // One self-service answer per connection: a connection kept open (a multiplexing master)
+    // cannot ask again, so a certificate revoked meanwhile cannot keep renewing through it.
+    let cm = w.dir.path().join("erin-cm");
+    let path = format!("ControlPath={}", cm.display());
+    let mut master = w.client("ssh", &erin, &erin.next_code());
+    master
+        .args(["-o", "ControlMaster=yes", "-o", &path, "-f", "-N"])
+        .arg("erin:renew@127.0.0.1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    assert!(master.status().unwrap().success(), "the master logged in");
+    // Clients of the master do not authenticate: no code is asked.
+    let through_master = || {
+        let mut cmd = w.client("ssh", &erin, "unused");
+        cmd.args(["-o", "ControlMaster=no", "-o", &path])
+            .arg("erin:renew@127.0.0.1");
+        run(&mut cmd)
+    };
+    let first = through_master();
+    let again = through_master();
+    let mut stop = w.client("ssh", &erin, "unused");
+    stop.args(["-o", &path, "-O", "exit"])
+        .arg("erin:renew@127.0.0.1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _ = stop.status();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(!again.status.success());
+    assert!(again.stdout.is_empty(), "no second certificate");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("one self-service request per connection"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
     // Another vendor's certificate cannot renew erin's.
     let bob = w.vendor("bob", &[]);
     let code = bob.next_code();

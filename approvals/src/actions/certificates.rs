@@ -18,6 +18,46 @@ impl Actions {
             key_id: c.key_id.clone(),
             key: c.key_fingerprint.clone(),
             valid_before: fmt_time(c.valid_before),
+            renewed_from: None,
+        };
+        self.finish(tx, actor, record).await
+    }
+
+    /// Registers `new`, renewing the certificate `old` that logged in, in one transaction with
+    /// its audit record. Refused unless `old` is in the registry, the same vendor's and key's,
+    /// not revoked (a retired CA revokes what it signed) and not expired at `now`, as the
+    /// transaction sees it: a revocation that commits first wins.
+    pub async fn renew_certificate(
+        &self,
+        actor: &Actor,
+        old: &str,
+        new: &IssuedCertificate,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        let current = self.store.certificate_in(&mut tx, old).await?;
+        let refused = match &current {
+            None => Some("the certificate is not one Postern issued"),
+            Some(c) if c.vendor != new.vendor || c.key_fingerprint != new.key_fingerprint => {
+                Some("the certificate is another vendor's or another key's")
+            }
+            Some(c) if c.revoked => Some("the certificate has been revoked"),
+            Some(c) if c.valid_before <= now => Some("the certificate has expired"),
+            Some(_) => None,
+        };
+        if let Some(why) = refused {
+            return Err(ActionError::Conflict(format!(
+                "certificate serial {old} cannot be renewed: {why}"
+            )));
+        }
+        self.record_certificate_in(&mut tx, new).await?;
+        let record = ActionRecord::VendorCert {
+            vendor: new.vendor.clone(),
+            serial: new.serial.clone(),
+            key_id: new.key_id.clone(),
+            key: new.key_fingerprint.clone(),
+            valid_before: fmt_time(new.valid_before),
+            renewed_from: Some(old.to_owned()),
         };
         self.finish(tx, actor, record).await
     }

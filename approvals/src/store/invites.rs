@@ -63,6 +63,18 @@ impl Store {
         })
     }
 
+    /// Burns every unused enrolment code of `vendor` (a disable); returns how many.
+    pub async fn burn_invites_in(&self, tx: &mut Tx, vendor: &str, now: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE vendor_invites SET used_at = $1, used_key = 'burnt by vendor disable' WHERE vendor = $2 AND used_at IS NULL",
+        )
+        .bind(now)
+        .bind(vendor)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
+    }
+
     /// Burns an enrolment code for the key with fingerprint `key`, if it is unused and in time.
     /// The conditional update is the one step that decides: of two racing uses, one wins.
     pub async fn claim_invite_in(

@@ -19,7 +19,7 @@ use crate::session::{Ctx, LiveSession};
 impl Conn {
     /// A session channel (shell, exec, subsystem).
     pub(super) async fn open_session(
-        &self,
+        &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
         handle: Handle,
@@ -239,9 +239,10 @@ async fn requests_listing(ctx: &Ctx, vendor: &str) -> String {
                 "approved by {by} (grant {})",
                 r.grant_id.clone().unwrap_or_default()
             ),
-            (RequestStatus::Denied, Some(by), reason) => {
-                format!("denied by {by}: {}", reason.clone().unwrap_or_default())
-            }
+            (RequestStatus::Denied, Some(by), reason) => format!(
+                "denied by {by}: {}",
+                approvals::text::printable(reason.as_deref().unwrap_or_default())
+            ),
             (RequestStatus::Expired, _, Some(reason)) => format!("expired: {reason}"),
             (status, _, _) => status.to_string(),
         };

@@ -55,7 +55,7 @@ impl ConnShared {
     }
 
     pub(super) fn set_user(&self, user: &str) {
-        self.door().user = bounded(user, LOGGED);
+        self.door().user = bounded(&super::self_service::redacted(user), LOGGED);
     }
 
     pub(super) fn outcome(&self, o: admission::Outcome) {

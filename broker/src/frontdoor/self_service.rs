@@ -53,6 +53,7 @@ impl Conn {
     /// the vendor can be told why. Throttled sources are refused here.
     pub(super) async fn enrolment_key(&mut self, user: &str, code: &str, key: &PublicKey) -> Auth {
         self.state = ConnState::Unauthenticated;
+        let user = &redacted(user);
         self.shared.set_user(user);
         if !self.ctx.source_limiter.allowed(&self.source()) {
             return self.throttled().await;
@@ -72,8 +73,17 @@ impl Conn {
         Auth::Accept
     }
 
-    /// The self-service job for a session channel on this connection, if it is one.
-    pub(super) fn self_service_job(&self) -> Option<Job> {
+    /// The self-service job for a session channel on this connection, if it is one. It is
+    /// taken: a second channel on the connection gets nothing.
+    pub(super) fn self_service_job(&mut self) -> Option<Job> {
+        let job = self.peek_job();
+        if job.is_some() {
+            self.state = ConnState::Spent;
+        }
+        job
+    }
+
+    fn peek_job(&self) -> Option<Job> {
         match &self.state {
             ConnState::Enrolling(e) => Some(Job::Enrol {
                 code: e.code.clone(),
@@ -130,6 +140,18 @@ impl Job {
         };
         answer(&handle, id, reply).await;
         drop(channel);
+    }
+}
+
+/// A login name as it may be logged: an enrolment code is a secret until it is burnt, so only a
+/// prefix of its hash is shown (`enroll:3f9a1c2b4d5e`).
+pub(super) fn redacted(user: &str) -> std::borrow::Cow<'_, str> {
+    match user.strip_prefix("enroll:") {
+        Some(code) => {
+            let hash = approvals::store::invite_hash(code);
+            format!("enroll:{}", &hash[..12]).into()
+        }
+        None => user.into(),
     }
 }
 
@@ -210,11 +232,18 @@ async fn enrol(
         Err(e) if e.is_refusal() => {
             let reason = bounded(&e.to_string(), LOGGED);
             warn!(peer = %peer, reason, "enrolment refused");
-            ctx.audit(
-                AuditEvent::VendorEnrolRefused,
-                json!({"source": peer.to_string(), "key": crate::keys::fingerprint(key), "reason": reason}),
-            )
-            .await;
+            // A stranger's refusals are audited within the per-source budget, as any failure
+            // before the first factor: they cannot fill the disk.
+            if ctx.admission.exempt(peer.ip()) || ctx.detail_budget.allow(peer.ip()) {
+                ctx.audit(
+                    AuditEvent::VendorEnrolRefused,
+                    json!({"source": peer.to_string(), "key": crate::keys::fingerprint(key), "reason": reason}),
+                )
+                .await;
+            } else {
+                ctx.throttled
+                    .count("enrolment refused (beyond the audit budget)", peer.ip());
+            }
             ctx.source_limiter
                 .failed(&approvals::audit::source_key(peer.ip()).to_string());
             shared.fail(reason);
@@ -231,7 +260,11 @@ async fn renew(ctx: &Ctx, vendor: &str, key: &PublicKey, permits: Permits) -> Re
         no_pty: !permits.pty,
         no_port_forwarding: !permits.port_forwarding,
     };
-    match ctx.self_service.renew(vendor, key, restrict).await {
+    match ctx
+        .self_service
+        .renew(vendor, key, restrict, permits.serial)
+        .await
+    {
         Ok(cert) => Reply {
             stdout: format!("{cert}\n"),
             stderr: format!("postern: certificate renewed for {vendor}\r\n"),
@@ -250,6 +283,11 @@ async fn renew(ctx: &Ctx, vendor: &str, key: &PublicKey, permits: Permits) -> Re
 }
 
 async fn config(ctx: &Ctx, vendor: &str, reached: SocketAddr, identity: Option<&str>) -> Reply {
+    if identity.is_some_and(|i| !crate::ssh_config::safe_identity(i)) {
+        return Reply::refused(
+            "the key file must be one path without spaces, quotes or control characters",
+        );
+    }
     match ctx
         .self_service
         .config_block(vendor, reached, identity)

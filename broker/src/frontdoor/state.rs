@@ -25,6 +25,9 @@ pub(super) enum ConnState {
     Ready(Ready),
     /// `enroll:CODE` with a key the client proved to hold; the code is checked on the channel.
     Enrolling(Enrolling),
+    /// A self-service answer (enrolment, renewal, config block) was given: one per connection,
+    /// so that a kept-open (multiplexed) connection cannot ask again without logging in again.
+    Spent,
 }
 
 /// An enrolment login: the code, and the key to certify.
@@ -63,7 +66,8 @@ pub(super) enum Outcome {
     StartFailed(StartError),
     /// `VENDOR:requests`: the vendor's own requests are listed.
     Listing,
-    /// `VENDOR:renew`: a fresh certificate for this key.
+    /// `VENDOR:renew`: a fresh certificate for this key, renewing the certificate (serial in the
+    /// permits) that logged in.
     Renew(PublicKey),
     /// `VENDOR:config`: the `~/.ssh/config` block for the vendor's grants.
     ConfigBlock,
@@ -91,6 +95,9 @@ impl ConnState {
     pub fn refusal(&self) -> String {
         let outcome = match self {
             ConnState::Ready(ready) => &ready.outcome,
+            ConnState::Spent => {
+                return "one self-service request per connection: connect again".into();
+            }
             _ => return could_not_start(),
         };
         match outcome {

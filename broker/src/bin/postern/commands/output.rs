@@ -2,30 +2,7 @@
 
 use approvals::time::fmt_time;
 
-/// Text as it may reach an operator's terminal: control characters (escape sequences that clear
-/// the screen or forge lines) and bidirectional overrides are shown escaped, never acted on.
-/// Every human-readable output goes through this; attacker-supplied names and reasons end up in
-/// tables and the audit log.
-pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    let unsafe_char = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if !s.chars().any(unsafe_char) {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    std::borrow::Cow::Owned(
-        s.chars()
-            .map(|c| {
-                if unsafe_char(c) {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect(),
-    )
-}
+pub use approvals::text::printable;
 
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let rows: Vec<Vec<String>> = rows
@@ -65,23 +42,5 @@ pub fn print_qr(uri: &str) {
     if let Ok(code) = QrCode::new(uri.as_bytes()) {
         let img = code.render::<Dense1x2>().quiet_zone(true).build();
         println!("{img}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::printable;
-
-    #[test]
-    fn hostile_text_is_shown_escaped() {
-        assert_eq!(printable("alice"), "alice");
-        let shown = printable("x\u{1b}[2J\u{1b}[1;1Hforged\r\nline\u{202e}cba");
-        assert!(
-            !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
-            "{shown}"
-        );
-        assert!(shown.contains("\\u{1b}[2J"), "{shown}");
-        assert!(shown.contains("\\r\\n"), "{shown}");
-        assert!(shown.contains("\\u{202e}"), "{shown}");
     }
 }
