@@ -65,7 +65,10 @@ impl Actions {
     /// Records `c` in the registry inside `tx`, refused for an unknown or disabled vendor and for
     /// a certificate that would outlive the vendor's contract, whoever issues it.
     async fn record_certificate_in(&self, tx: &mut Tx, c: &IssuedCertificate) -> Result<()> {
-        // Recorded first (write first, see `Tx`); a refusal below rolls it back.
+        // The vendor's row lock first (a write, as `Tx` wants writes first), so that a disable
+        // or `revoke-cert --all` racing this cannot miss the new certificate; a refusal below
+        // rolls everything back.
+        self.store.lock_vendor_in(tx, &c.vendor).await?;
         self.store.record_certificate_in(tx, c).await?;
         let vendor = self
             .store
@@ -174,6 +177,8 @@ impl Actions {
         serial: Option<&str>,
     ) -> Result<Vec<String>> {
         let mut tx = self.store.begin().await?;
+        // Serialised with certificates being issued for the vendor (see `record_certificate_in`).
+        self.store.lock_vendor_in(&mut tx, vendor).await?;
         if self.store.vendor_in(&mut tx, vendor).await?.is_none() {
             return Err(ActionError::NotFound(format!("no vendor named {vendor}")));
         }

@@ -81,6 +81,17 @@ impl Store {
     }
 
     /// [`Store::disable_vendor`] inside the caller's transaction.
+    /// Takes the vendor's row lock for the rest of `tx` (a write that changes nothing): a
+    /// certificate issued for the vendor then serialises with a disable or a revocation of all
+    /// their certificates instead of slipping past it on PostgreSQL.
+    pub async fn lock_vendor_in(&self, tx: &mut Tx, name: &str) -> Result<()> {
+        sqlx::query("UPDATE vendors SET disabled = disabled WHERE name = $1")
+            .bind(name)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     pub async fn disable_vendor_in(
         &self,
         tx: &mut Tx,
