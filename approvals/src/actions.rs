@@ -67,6 +67,8 @@ type Result<T> = std::result::Result<T, ActionError>;
 
 mod lifecycle;
 pub use lifecycle::GrantCut;
+mod rotation;
+pub use rotation::Rotated;
 
 /// Who acts: `name` is stored as the decider (`decided_by`, `granted_by`, `revoked_by`) and shown
 /// to vendors and in notifications; `tag` is the audit log's `actor` (`operator:USER`, `web:NAME`).
@@ -237,6 +239,22 @@ pub enum ActionRecord {
         /// How the host key was pinned.
         pinned: String,
     },
+    DeviceRotate {
+        site: String,
+        device: String,
+        /// The kind of credential, never the credential.
+        credential: String,
+        /// Fingerprints of the replaced and the new key (empty for passwords).
+        old_key: String,
+        new_key: String,
+    },
+    DeviceRotateFailed {
+        site: String,
+        device: String,
+        /// The step that failed; the old credential stays in use.
+        step: String,
+        error: String,
+    },
     DeviceImport {
         file: String,
         devices: usize,
@@ -354,6 +372,8 @@ impl ActionRecord {
             ActionRecord::SiteAdd { .. } => AuditEvent::SiteAdd,
             ActionRecord::DeviceAdd { .. } => AuditEvent::DeviceAdd,
             ActionRecord::DeviceImport { .. } => AuditEvent::DeviceImport,
+            ActionRecord::DeviceRotate { .. } => AuditEvent::DeviceRotate,
+            ActionRecord::DeviceRotateFailed { .. } => AuditEvent::DeviceRotateFailed,
             ActionRecord::FunctionAdd { .. } => AuditEvent::FunctionAdd,
             ActionRecord::VendorRevokeCert { .. } => AuditEvent::VendorRevokeCert,
             ActionRecord::CaRotate { .. } => AuditEvent::CaRotate,

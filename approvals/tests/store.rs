@@ -1826,3 +1826,55 @@ async fn lifecycle_changes(db: Db) {
     db.drop_pg().await;
 }
 both!(lifecycle_changes);
+
+/// A device's credential is replaced and its rotations recorded: a failure keeps the credential
+/// and its date, a success dates it; the last attempt is what is listed.
+async fn device_rotation(db: Db) {
+    let s = &db.store;
+    s.add_site("rot", None, NOW).await.unwrap();
+    add_device(s, "rot", "d1").await;
+    assert!(s.device_rotations().await.unwrap().is_empty());
+    let failed = approvals::store::RotationOutcome::Failed {
+        step: "verify",
+        error: "device gone",
+    };
+    let mut tx = s.begin().await.unwrap();
+    s.record_rotation_in(&mut tx, "rot", "d1", NOW + 10, failed)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let r = &s.device_rotations().await.unwrap()[0];
+    assert_eq!((r.credential_set, r.last_result.as_str()), (None, "verify"));
+    assert_eq!(r.last_error.as_deref(), Some("device gone"));
+
+    let mut tx = s.begin().await.unwrap();
+    s.set_device_credential_in(&mut tx, "rot", "d1", CredentialKind::Password, "new")
+        .await
+        .unwrap();
+    let ok = approvals::store::RotationOutcome::Ok;
+    s.record_rotation_in(&mut tx, "rot", "d1", NOW + 20, ok)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        s.device("rot", "d1").await.unwrap().unwrap().credential,
+        "new"
+    );
+    let mut tx = s.begin().await.unwrap();
+    s.record_rotation_in(&mut tx, "rot", "d1", NOW + 30, failed)
+        .await
+        .unwrap();
+    assert!(
+        s.set_device_credential_in(&mut tx, "rot", "nope", CredentialKind::Key, "x")
+            .await
+            .is_err(),
+        "no such device"
+    );
+    tx.commit().await.unwrap();
+    let r = &s.device_rotations().await.unwrap()[0];
+    assert_eq!(r.credential_set, Some(NOW + 20), "a failure keeps the date");
+    assert_eq!((r.last_at, r.last_result.as_str()), (NOW + 30, "verify"));
+    db.drop_pg().await;
+}
+
+both!(device_rotation);

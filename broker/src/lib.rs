@@ -23,6 +23,7 @@
 pub mod admission;
 pub mod checkpointer;
 pub mod config;
+pub mod device_admin;
 pub mod enrol;
 pub mod frontdoor;
 pub mod init;
@@ -33,6 +34,7 @@ pub mod node;
 pub mod proxy;
 pub mod recording;
 pub mod request_flow;
+pub mod rotation;
 pub mod self_service;
 pub mod server;
 pub mod session;

@@ -34,6 +34,7 @@ mod keyring;
 mod lifecycle;
 mod multinode;
 mod requests;
+mod rotation;
 mod scope;
 mod ssh_sessions;
 mod supervision;

@@ -15,6 +15,7 @@ mod error;
 mod grants;
 mod invites;
 mod lifecycle;
+mod rotation;
 mod rows;
 mod sessions;
 mod vendors;
@@ -23,6 +24,7 @@ pub use error::{Conflict, Invalid, Missing, StoreError, Thing};
 pub(crate) use error::{conflict_on_unique, insert_error};
 pub use invites::{InviteClaim, invite_hash};
 pub use lifecycle::{CutGrant, FunctionChange, VendorChange};
+pub use rotation::{DeviceRotation, RotationOutcome};
 
 /// How long the broker waits for one database operation on a vendor's path (authentication, the
 /// policy decision, a session's start and end, the revocation check) before it counts the control

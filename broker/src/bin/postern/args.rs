@@ -448,6 +448,25 @@ pub enum DeviceAction {
         host_key: Option<PathBuf>,
     },
     List,
+    /// Rotate key credentials: a new ed25519 key is installed in the login's
+    /// ~/.ssh/authorized_keys, proven by a fresh login, the old key removed, then stored.
+    Rotate {
+        /// SITE/DEVICE
+        #[arg(required_unless_present_any = ["site", "all"], conflicts_with_all = ["site", "all"])]
+        target: Option<String>,
+        /// Every device at this site.
+        #[arg(long, conflicts_with = "all")]
+        site: Option<String>,
+        /// Every device.
+        #[arg(long)]
+        all: bool,
+        /// Log in and check each device could be rotated; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Devices rotated at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -32,6 +32,16 @@ pub async fn run(env: &Env, action: &DeviceAction) -> Result<()> {
             add(env, target, addr, login, credential, host_key.as_deref()).await
         }
         DeviceAction::List => list(env).await,
+        DeviceAction::Rotate {
+            target,
+            site,
+            all,
+            dry_run,
+            concurrency,
+        } => {
+            let which = super::device_rotate::Which::new(target.as_deref(), site.as_deref(), *all);
+            super::device_rotate::run(env, which, *dry_run, *concurrency).await
+        }
     }
 }
 
@@ -180,18 +190,29 @@ async fn add(
     Ok(())
 }
 
-/// `postern device list`.
+/// `postern device list`: with each credential's age and the last rotation's result.
 async fn list(env: &Env) -> Result<()> {
-    let rows = env.store.devices().await?;
+    let devices = env.store.devices().await?;
+    let rows =
+        super::device_rotate::list_rows(&devices, env.store.device_rotations().await?, now());
     env.print_list(
         &rows,
-        &["SITE/DEVICE", "ADDR", "LOGIN", "CREDENTIAL"],
-        |d| {
+        &[
+            "SITE/DEVICE",
+            "ADDR",
+            "LOGIN",
+            "CREDENTIAL",
+            "AGE",
+            "LAST ROTATION",
+        ],
+        |r| {
             vec![
-                format!("{}/{}", d.site, d.name),
-                d.addr.clone(),
-                d.login.clone(),
-                d.credential_kind.to_string(),
+                format!("{}/{}", r.device.site, r.device.name),
+                r.device.addr.clone(),
+                r.device.login.clone(),
+                r.device.credential_kind.to_string(),
+                super::device_rotate::age(r.credential_age),
+                r.last_rotation.clone().unwrap_or_else(|| "-".into()),
             ]
         },
     )

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod ca;
 pub mod command_log;
 pub mod device;
+pub mod device_rotate;
 pub mod function;
 pub mod grant;
 pub mod invite;

@@ -1,0 +1,119 @@
+//! Device credential rotation: replacing a device's stored credential, and the last rotation
+//! result of each device (credential age, `ok` or the step that failed).
+//!
+//! [`Store::set_device_credential_in`] is the one place a stored device credential is replaced:
+//! whatever the store does to credentials on the way in (as [`Store::add_device_in`] does) applies
+//! here too.
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Missing, Result, Store, Tx};
+use crate::model::CredentialKind;
+
+/// A device's last rotation, as `postern device list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceRotation {
+    pub site: String,
+    pub device: String,
+    /// When the credential in use was set by a rotation (`None`: still the enrolment one).
+    pub credential_set: Option<i64>,
+    pub last_at: i64,
+    /// `ok`, or the step that failed.
+    pub last_result: String,
+    pub last_error: Option<String>,
+}
+
+/// How a rotation attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationOutcome<'a> {
+    Ok,
+    /// Failed at `step`; the credential did not change.
+    Failed {
+        step: &'a str,
+        error: &'a str,
+    },
+}
+
+fn rotation_of(row: &AnyRow) -> sqlx::Result<DeviceRotation> {
+    Ok(DeviceRotation {
+        site: row.try_get("site")?,
+        device: row.try_get("device")?,
+        credential_set: row.try_get("credential_set")?,
+        last_at: row.try_get("last_at")?,
+        last_result: row.try_get("last_result")?,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
+impl Store {
+    /// Replaces a device's credential inside the caller's transaction.
+    pub async fn set_device_credential_in(
+        &self,
+        tx: &mut Tx,
+        site: &str,
+        device: &str,
+        kind: CredentialKind,
+        credential: &str,
+    ) -> Result<()> {
+        let n = sqlx::query(
+            "UPDATE devices SET credential_kind = $1, credential = $2 WHERE site = $3 AND name = $4",
+        )
+        .bind(kind.as_str())
+        .bind(credential)
+        .bind(site)
+        .bind(device)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(Missing::Device {
+                site: site.to_owned(),
+                device: device.to_owned(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Records a rotation attempt; a successful one also dates the credential.
+    pub async fn record_rotation_in(
+        &self,
+        tx: &mut Tx,
+        site: &str,
+        device: &str,
+        at: i64,
+        outcome: RotationOutcome<'_>,
+    ) -> Result<()> {
+        let (result, error, credential_set) = match outcome {
+            RotationOutcome::Ok => ("ok", None, Some(at)),
+            RotationOutcome::Failed { step, error } => (step, Some(error), None),
+        };
+        sqlx::query(
+            "INSERT INTO device_rotations (site, device, credential_set, last_at, last_result, last_error) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (site, device) DO UPDATE SET \
+             credential_set = COALESCE(excluded.credential_set, device_rotations.credential_set), \
+             last_at = excluded.last_at, last_result = excluded.last_result, \
+             last_error = excluded.last_error",
+        )
+        .bind(site)
+        .bind(device)
+        .bind(credential_set)
+        .bind(at)
+        .bind(result)
+        .bind(error)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Every device's last rotation (devices never rotated have no row).
+    pub async fn device_rotations(&self) -> Result<Vec<DeviceRotation>> {
+        let rows = sqlx::query("SELECT * FROM device_rotations ORDER BY site, device")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(rotation_of).collect::<sqlx::Result<_>>()?)
+    }
+}
