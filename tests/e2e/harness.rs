@@ -29,14 +29,14 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
 }
 
-fn wait_for_port(port: u16, what: &str) {
+pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -47,7 +47,7 @@ fn wait_for_port(port: u16, what: &str) {
     panic!("{what} did not start listening on port {port}");
 }
 
-fn need(cmd: &str) -> PathBuf {
+pub fn need(cmd: &str) -> PathBuf {
     for dir in [
         "/usr/sbin",
         "/usr/bin",

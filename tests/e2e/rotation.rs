@@ -2,10 +2,8 @@
 //! `~/.ssh/authorized_keys`: after `device rotate` the old key is refused by sshd and vendors'
 //! sessions keep working; a device stopped between install and verify keeps a working credential.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -43,10 +41,7 @@ impl RotDevice {
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&mv, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
+        let port = crate::harness::free_port();
         let config = root.join("sshd_config");
         std::fs::write(
             &config,
@@ -74,7 +69,7 @@ impl RotDevice {
 
     fn restart(&mut self) {
         self.stop();
-        let sshd = Command::new("/usr/sbin/sshd")
+        let sshd = Command::new(crate::harness::need("sshd"))
             .args(["-D", "-e", "-f"])
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -83,11 +78,7 @@ impl RotDevice {
             .spawn()
             .expect("starting sshd");
         self.sshd = Some(sshd);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "sshd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::harness::wait_for_port(self.port, "the rotation device's sshd");
     }
 
     fn stop(&mut self) {
