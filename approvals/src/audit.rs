@@ -269,6 +269,9 @@ pub enum AuditEvent {
     FunctionUpdate,
     SessionContractEnded,
     ChannelRevoked,
+    // Secrets at rest (issue 14).
+    SecretsSealed,
+    KeysRotateMaster,
 }
 
 impl AuditEvent {
@@ -347,6 +350,8 @@ impl AuditEvent {
         AuditEvent::FunctionUpdate,
         AuditEvent::SessionContractEnded,
         AuditEvent::ChannelRevoked,
+        AuditEvent::SecretsSealed,
+        AuditEvent::KeysRotateMaster,
     ];
 
     /// The name written in the log's `event` field.
@@ -425,6 +430,8 @@ impl AuditEvent {
             AuditEvent::FunctionUpdate => "function.update",
             AuditEvent::SessionContractEnded => "session.contract_ended",
             AuditEvent::ChannelRevoked => "channel.revoked",
+            AuditEvent::SecretsSealed => "secrets.sealed",
+            AuditEvent::KeysRotateMaster => "keys.rotate_master",
         }
     }
 
