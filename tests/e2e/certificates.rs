@@ -146,8 +146,8 @@ fn revoked_certificate_is_refused_and_its_live_session_closed() {
 }
 
 /// Node B: its own data directory, joined to `shared` after setting up against a scratch
-/// database (as in `multinode`).
-fn second_node(shared: &PgDb, scratch: &PgDb) -> World {
+/// database (as in `multinode`), with node A's master key (the secrets' key every node shares).
+fn second_node(a: &World, shared: &PgDb, scratch: &PgDb) -> World {
     let mut b = World::with_config(
         9,
         "5m",
@@ -164,6 +164,8 @@ fn second_node(shared: &PgDb, scratch: &PgDb) -> World {
         ),
     )
     .unwrap();
+    let master = b.data.join("keys/master.key");
+    std::fs::copy(a.data.join("keys/master.key"), master).unwrap();
     b.start_broker();
     b
 }
@@ -177,7 +179,7 @@ fn revocation_on_one_node_reaches_the_other() {
         "5m",
         &format!("node = \"node-a\"\n{}\n", shared.config(5432).trim_end()),
     );
-    let b = second_node(&shared, &scratch);
+    let b = second_node(&a, &shared, &scratch);
     let alice = a.vendor("alice", &[]);
     a.grant("alice", "site-a", "maint");
     let first = certs(&a, "alice")[0]["serial"].as_str().unwrap().to_owned();

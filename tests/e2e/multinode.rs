@@ -39,7 +39,8 @@ fn two_nodes_share_keys_and_verify_each_others_sessions() {
     );
     // Node B has its own data directory (host key, vendor CA, seal key, recordings, audit log).
     // It is set up against a scratch database (the directory is already in the shared one), then
-    // joined to the shared database; no key is copied between the nodes.
+    // joined to the shared database; the only key copied is the master key of the database's
+    // secrets, which every node sharing it needs.
     let mut b = World::with_config(
         9,
         "5m",
@@ -57,6 +58,8 @@ fn two_nodes_share_keys_and_verify_each_others_sessions() {
         ),
     )
     .unwrap();
+    let master = b.data.join("keys/master.key");
+    std::fs::copy(a.data.join("keys/master.key"), master).unwrap();
     b.start_broker();
     assert_ne!(
         std::fs::read(a.data.join("keys/vendor_ca.pub")).unwrap(),

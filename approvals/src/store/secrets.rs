@@ -43,13 +43,16 @@ impl Store {
     /// unwraps every data key. A master key that does not open them is refused with its id and
     /// the id they were wrapped under.
     pub async fn unlock(mut self, master: &MasterKey) -> Result<Store> {
-        let fresh = DataKey::generate();
-        sqlx::query("INSERT INTO data_keys (id, wrapped, created) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
-            .bind(FIRST_DATA_KEY)
-            .bind(master.wrap(FIRST_DATA_KEY, &fresh))
-            .bind(crate::time::now())
-            .execute(&self.pool)
-            .await?;
+        // Written only when missing: opening a data directory is otherwise read-only here.
+        if !self.has_data_keys().await? {
+            let fresh = DataKey::generate();
+            sqlx::query("INSERT INTO data_keys (id, wrapped, created) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
+                .bind(FIRST_DATA_KEY)
+                .bind(master.wrap(FIRST_DATA_KEY, &fresh))
+                .bind(crate::time::now())
+                .execute(&self.pool)
+                .await?;
+        }
         let rows = sqlx::query("SELECT id, wrapped FROM data_keys ORDER BY created, id")
             .fetch_all(&self.pool)
             .await?;
