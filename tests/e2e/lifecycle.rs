@@ -336,6 +336,9 @@ fn a_contract_change_reaches_sessions_on_every_node() {
         shared.config(5432).trim_end(),
     );
     std::fs::write(&cfg_path, cfg).unwrap();
+    // Nodes sharing a database share its secrets' master key.
+    let master = b.data.join("keys/master.key");
+    std::fs::copy(a.data.join("keys/master.key"), master).unwrap();
     b.start_broker();
 
     let hal = a.vendor("hal", &["--contract-end", "+1h"]);
