@@ -317,7 +317,12 @@ async fn main() {
         "sqlite://{}?mode=rwc",
         dir.path().join("bench.db").display()
     );
-    let store = Store::open(&url).await.unwrap();
+    let store = Store::open(&url)
+        .await
+        .unwrap()
+        .unlock(&approvals::secrets::MasterKey::generate())
+        .await
+        .unwrap();
     rows.push(measure("SQLite", &store, &url, &s).await);
     store.close().await;
     if s.pg {
@@ -334,7 +339,12 @@ async fn main() {
             .unwrap();
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
         let url = format!("{base}/{name}");
-        let store = Store::open(&url).await.unwrap();
+        let store = Store::open(&url)
+            .await
+            .unwrap()
+            .unlock(&approvals::secrets::MasterKey::generate())
+            .await
+            .unwrap();
         rows.push(measure("PostgreSQL", &store, &url, &s).await);
         store.close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))

@@ -25,6 +25,7 @@ use crate::time::fmt_time;
 mod certificates;
 mod coverage;
 mod deadlines;
+mod secrets;
 pub use deadlines::{Deadlines, Swept};
 
 /// Why an action was refused. Whatever the reason, nothing was changed.
@@ -56,9 +57,10 @@ impl From<StoreError> for ActionError {
             StoreError::NotFound(m) => ActionError::NotFound(m.to_string()),
             StoreError::Conflict(c) => ActionError::Conflict(c.to_string()),
             StoreError::Invalid(i) => ActionError::Invalid(i.to_string()),
-            e @ (StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Timeout) => {
-                ActionError::Unavailable(e)
-            }
+            e @ (StoreError::Db(_)
+            | StoreError::Migrate(_)
+            | StoreError::Timeout
+            | StoreError::Secret(_)) => ActionError::Unavailable(e),
         }
     }
 }
@@ -308,6 +310,18 @@ pub enum ActionRecord {
         max_window: i64,
         grants_cut: Vec<GrantCut>,
     },
+    /// Secrets an older version stored in the clear, sealed at start (counts only).
+    SecretsSealed {
+        devices: u64,
+        vendors: u64,
+        approvers: u64,
+    },
+    /// The data keys re-wrapped under a new master key (key ids, never keys).
+    KeysRotateMaster {
+        from: String,
+        to: String,
+        data_keys: u64,
+    },
     /// The action's record was written but its transaction did not commit: it did not happen.
     NotCommitted {
         action: String,
@@ -386,6 +400,8 @@ impl ActionRecord {
             ActionRecord::VendorEnable { .. } => AuditEvent::VendorEnable,
             ActionRecord::ApproverUpdate { .. } => AuditEvent::ApproverUpdate,
             ActionRecord::FunctionUpdate { .. } => AuditEvent::FunctionUpdate,
+            ActionRecord::SecretsSealed { .. } => AuditEvent::SecretsSealed,
+            ActionRecord::KeysRotateMaster { .. } => AuditEvent::KeysRotateMaster,
         }
     }
 

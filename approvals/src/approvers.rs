@@ -4,6 +4,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 
 pub use crate::model::{AccessRequestRow, Approver};
 use crate::model::{Grant, RequestStatus};
+use crate::secrets::Owner;
 use crate::store::{
     Conflict, Invalid, Missing, NewGrant, Store, StoreError, Thing, Tx, check_name,
     conflict_on_unique, insert_error, new_id,
@@ -215,7 +216,7 @@ impl Store {
         sqlx::query("INSERT INTO approvers (name, password_hash, totp_secret, totp_last_step, sites, regions, disabled, created) VALUES ($1, $2, $3, -1, $4, $5, 0, $6)")
             .bind(name)
             .bind(password_hash)
-            .bind(totp_secret)
+            .bind(self.seal(Owner::Approver(name), totp_secret)?)
             .bind(sites.join(","))
             .bind(regions.join(","))
             .bind(now)
@@ -237,20 +238,21 @@ impl Store {
     }
 
     pub async fn approver(&self, name: &str) -> Result<Option<Approver>> {
-        Ok(
-            sqlx::query_as::<_, Approver>("SELECT * FROM approvers WHERE name = $1")
-                .bind(name)
-                .fetch_optional(self.pool())
-                .await?,
-        )
+        sqlx::query_as::<_, Approver>("SELECT * FROM approvers WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?
+            .map(|a| self.open_approver(a))
+            .transpose()
     }
 
     pub async fn approvers(&self) -> Result<Vec<Approver>> {
-        Ok(
-            sqlx::query_as::<_, Approver>("SELECT * FROM approvers ORDER BY name")
-                .fetch_all(self.pool())
-                .await?,
-        )
+        sqlx::query_as::<_, Approver>("SELECT * FROM approvers ORDER BY name")
+            .fetch_all(self.pool())
+            .await?
+            .into_iter()
+            .map(|a| self.open_approver(a))
+            .collect()
     }
 
     /// The approvers accountable for a site (to notify them).
@@ -637,7 +639,7 @@ impl Store {
     ) -> Result<()> {
         let n = sqlx::query("UPDATE approvers SET password_hash = $1, totp_secret = $2, totp_last_step = -1 WHERE name = $3")
             .bind(password_hash)
-            .bind(totp_secret)
+            .bind(self.seal(Owner::Approver(name), totp_secret)?)
             .bind(name)
             .execute(&mut **tx)
             .await?

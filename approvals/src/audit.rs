@@ -271,6 +271,9 @@ pub enum AuditEvent {
     FunctionUpdate,
     SessionContractEnded,
     ChannelRevoked,
+    // Secrets at rest (issue 14).
+    SecretsSealed,
+    KeysRotateMaster,
 }
 
 impl AuditEvent {
@@ -351,6 +354,8 @@ impl AuditEvent {
         AuditEvent::FunctionUpdate,
         AuditEvent::SessionContractEnded,
         AuditEvent::ChannelRevoked,
+        AuditEvent::SecretsSealed,
+        AuditEvent::KeysRotateMaster,
     ];
 
     /// The name written in the log's `event` field.
@@ -431,6 +436,8 @@ impl AuditEvent {
             AuditEvent::FunctionUpdate => "function.update",
             AuditEvent::SessionContractEnded => "session.contract_ended",
             AuditEvent::ChannelRevoked => "channel.revoked",
+            AuditEvent::SecretsSealed => "secrets.sealed",
+            AuditEvent::KeysRotateMaster => "keys.rotate_master",
         }
     }
 

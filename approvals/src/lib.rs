@@ -17,6 +17,7 @@ pub mod model;
 pub mod notify;
 pub mod policy;
 pub mod ratelimit;
+pub mod secrets;
 pub mod store;
 pub mod text;
 pub mod time;

@@ -744,7 +744,12 @@ mod gate_tests {
 
     async fn store(dir: &tempfile::TempDir) -> Store {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("g.db").display());
-        let s = Store::open(&url).await.unwrap();
+        let s = Store::open(&url)
+            .await
+            .unwrap()
+            .unlock(&crate::secrets::MasterKey::generate())
+            .await
+            .unwrap();
         s.add_vendor("alice", "acme", None, "JBSWY3DPEHPK3PXP", AT)
             .await
             .unwrap();

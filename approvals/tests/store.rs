@@ -25,7 +25,12 @@ async fn sqlite() -> Db {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
     Db {
-        store: Store::open(&url).await.unwrap(),
+        store: Store::open(&url)
+            .await
+            .unwrap()
+            .unlock(&approvals::secrets::MasterKey::generate())
+            .await
+            .unwrap(),
         _dir: Some(dir),
         pg_name: None,
     }
@@ -45,7 +50,12 @@ async fn postgres() -> Db {
         .await
         .unwrap();
     let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-    let store = Store::open(&format!("{base}/{name}")).await.unwrap();
+    let store = Store::open(&format!("{base}/{name}"))
+        .await
+        .unwrap()
+        .unlock(&approvals::secrets::MasterKey::generate())
+        .await
+        .unwrap();
     Db {
         store,
         _dir: None,
@@ -1568,6 +1578,9 @@ async fn sqlite_files_are_private() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("p.db");
     let s = Store::open(&format!("sqlite://{}?mode=rwc", db.display()))
+        .await
+        .unwrap()
+        .unlock(&approvals::secrets::MasterKey::generate())
         .await
         .unwrap();
     directory(&s).await;

@@ -181,6 +181,11 @@ pub struct Config {
     /// block; unset, the address the vendor's connection reached is used.
     #[serde(default)]
     pub ssh_public_address: Option<String>,
+    /// The master key that unlocks the database's secrets, instead of `DATA/keys/master.key`
+    /// (e.g. a systemd credential, `/run/credentials/postern.service/master.key`). Nodes sharing
+    /// one PostgreSQL database need the same key.
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
 }
 
 fn default_cert_validity() -> String {
@@ -293,6 +298,7 @@ impl Default for Config {
             cert_validity: default_cert_validity(),
             invite_ttl: default_invite_ttl(),
             ssh_public_address: None,
+            master_key_file: None,
         }
     }
 }

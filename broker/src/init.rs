@@ -33,6 +33,8 @@ pub enum InitError {
     Store(#[from] approvals::StoreError),
     #[error(transparent)]
     Audit(#[from] approvals::audit::AuditError),
+    #[error(transparent)]
+    MasterKey(#[from] crate::master_key::MasterKeyError),
 }
 
 type Result<T, E = InitError> = std::result::Result<T, E>;
@@ -114,7 +116,8 @@ async fn build_data_dir(d: &DataDir, actor: &Actor) -> Result<()> {
     )?;
     // The database lives in the final directory; create it there after the rename would leave a
     // window, so create it here: SQLite paths are not stored anywhere but derived at each start.
-    let store = Store::open(&d.sqlite_url()).await?;
+    let master = crate::master_key::create(&d.keys().join("master.key"))?;
+    let store = Store::open(&d.sqlite_url()).await?.unlock(&master).await?;
     store.close().await;
     AuditLog::of_installation(&d.audit_log(), &cfg.node, Some(&installation)).record(
         AuditEvent::Init,

@@ -30,6 +30,7 @@ pub mod init;
 pub mod journal;
 pub mod keys;
 pub mod login;
+pub mod master_key;
 pub mod node;
 pub mod proxy;
 pub mod recording;

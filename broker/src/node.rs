@@ -18,6 +18,10 @@ pub enum OpenError {
     Config(#[from] ConfigError),
     #[error("opening the database: {0}")]
     Store(#[from] approvals::StoreError),
+    #[error(transparent)]
+    MasterKey(#[from] crate::master_key::MasterKeyError),
+    #[error("sealing secrets stored in the clear: {0}")]
+    Seal(#[from] approvals::ActionError),
 }
 
 /// An opened data directory.
@@ -35,20 +39,34 @@ impl Node {
         let data = DataDir::new(data);
         let cfg = data.load_config(config)?;
         let url = data.database_url(&cfg);
-        let store = Store::open(&url).await?;
+        let (store, _) = crate::master_key::unlock(Store::open(&url).await?, &data, &cfg).await?;
         let audit = AuditLog::of_installation(
             &data.audit_log(),
             &cfg.node,
             data.installation_id().as_deref(),
         );
         let notifier = approvals::Notifier::new(store.clone(), cfg.webhook_url.is_some());
-        Ok(Node {
+        let node = Node {
             data,
             cfg,
             store,
             audit,
             notifier,
-        })
+        };
+        node.seal_plain_secrets().await?;
+        Ok(node)
+    }
+
+    /// Seals secrets an older version stored in the clear (once; audited `secrets.sealed`).
+    async fn seal_plain_secrets(&self) -> Result<(), OpenError> {
+        let actor = Actor::node(&self.cfg.node);
+        let sealed = self.actions().seal_plain_secrets(&actor).await?;
+        if sealed.total() > 0
+            && let Err(e) = self.store.checkpoint_wal().await
+        {
+            tracing::warn!(error = %e, "could not checkpoint the database after sealing secrets");
+        }
+        Ok(())
     }
 
     /// Records what `actor` did; the caller must not go on if this fails.

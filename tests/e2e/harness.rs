@@ -1198,7 +1198,8 @@ pub fn psql(sql: &str) {
 }
 
 /// Two broker nodes sharing one PostgreSQL database, each with its own data directory (host key,
-/// vendor CA, seal key, recordings, audit log); no key is copied between them. Node B is set up
+/// vendor CA, seal key, recordings, audit log); the only key copied is the master key of the
+/// database's secrets, which every node sharing it needs. Node B is set up
 /// against a scratch database (the directory is already in the shared one), then joined.
 pub struct TwoNodes {
     pub a: World,
@@ -1230,6 +1231,12 @@ impl TwoNodes {
             shared.config(5432).trim_end(),
         );
         std::fs::write(&cfg_path, joined).unwrap();
+        // The one key every node of a database shares: the master key of its secrets.
+        std::fs::copy(
+            a.data.join("keys/master.key"),
+            b.data.join("keys/master.key"),
+        )
+        .unwrap();
         b.start_broker();
         TwoNodes {
             a,

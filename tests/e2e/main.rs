@@ -36,6 +36,7 @@ mod multinode;
 mod requests;
 mod rotation;
 mod scope;
+mod secrets;
 mod ssh_sessions;
 mod supervision;
 mod web;

@@ -30,7 +30,7 @@ fn session_of(w: &World, vendor: &str) -> (String, String) {
 
 #[test]
 fn two_nodes_share_keys_and_verify_each_others_sessions() {
-    // Each node has its own data directory; no key is copied between them.
+    // Each node has its own data directory; only the master key of the shared secrets is copied.
     let nodes = TwoNodes::new("multinode", "5m");
     let (a, b) = (&nodes.a, &nodes.b);
     assert_ne!(

@@ -34,7 +34,7 @@ impl RotDevice {
         std::fs::write(
             &mv,
             format!(
-                "#!/bin/sh\n/bin/mv \"$@\" || exit 1\nt='{}'\nif [ -f \"$t\" ]; then p=$(cat \"$t\"); rm -f \"$t\"; kill \"$p\"; fi\n",
+                "#!/bin/sh\n/bin/mv \"$@\" || exit 1\nt='{}'\nif [ -f \"$t\" ]; then p=$(cat \"$t\"); rm -f \"$t\"; kill \"$p\"; for i in $(seq 40); do grep -qs '^State:.*[RS]' /proc/$p/status || break; sleep 0.05; done; fi\n",
                 trap.display()
             ),
         )

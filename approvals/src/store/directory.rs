@@ -5,6 +5,7 @@ use super::{
     conflict_on_unique, insert_error,
 };
 use crate::model::{ChannelSet, Device, Function, Site};
+use crate::secrets::Owner;
 
 impl Store {
     pub async fn add_site(&self, name: &str, region: Option<&str>, now: i64) -> Result<()> {
@@ -58,7 +59,13 @@ impl Store {
             .bind(&d.addr)
             .bind(&d.login)
             .bind(d.credential_kind.as_str())
-            .bind(&d.credential)
+            .bind(self.seal(
+                Owner::Device {
+                    site: &d.site,
+                    name: &d.name,
+                },
+                &d.credential,
+            )?)
             .bind(&d.host_key)
             .bind(now)
             .execute(&mut **tx)
@@ -77,21 +84,22 @@ impl Store {
     }
 
     pub async fn device(&self, site: &str, name: &str) -> Result<Option<Device>> {
-        Ok(
-            sqlx::query_as::<_, Device>("SELECT * FROM devices WHERE site = $1 AND name = $2")
-                .bind(site)
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        sqlx::query_as::<_, Device>("SELECT * FROM devices WHERE site = $1 AND name = $2")
+            .bind(site)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|d| self.open_device(d))
+            .transpose()
     }
 
     pub async fn devices(&self) -> Result<Vec<Device>> {
-        Ok(
-            sqlx::query_as::<_, Device>("SELECT * FROM devices ORDER BY site, name")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        sqlx::query_as::<_, Device>("SELECT * FROM devices ORDER BY site, name")
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|d| self.open_device(d))
+            .collect()
     }
 
     pub(crate) async fn site_exists(&self, site: &str) -> Result<bool> {

@@ -19,6 +19,9 @@ pub enum StoreError {
     /// The database did not answer in time: a hung or unreachable control plane.
     #[error("the database did not answer within {} seconds", DEADLINE.as_secs())]
     Timeout,
+    /// A secret could not be sealed or opened (locked store, wrong master key, altered row).
+    #[error("{0}")]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 impl From<Missing> for StoreError {

@@ -3,6 +3,7 @@
 use sqlx::Row;
 
 use super::{Missing, Result, Store, Thing, Tx, insert_error};
+use crate::secrets::Owner;
 
 /// What trying to burn an enrolment code found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +113,7 @@ impl Store {
     pub async fn set_totp_secret_in(&self, tx: &mut Tx, vendor: &str, secret: &str) -> Result<()> {
         let n =
             sqlx::query("UPDATE vendors SET totp_secret = $1, totp_last_step = -1 WHERE name = $2")
-                .bind(secret)
+                .bind(self.seal(Owner::Vendor(vendor), secret)?)
                 .bind(vendor)
                 .execute(&mut **tx)
                 .await?

@@ -125,6 +125,7 @@ impl Store {
             .bind(name)
             .fetch_one(&mut **tx)
             .await?;
+        let approver = self.open_approver(approver)?;
         if approver.sites.trim().is_empty() && approver.regions.trim().is_empty() {
             return Err(Invalid::ApproverWithoutScope.into());
         }

@@ -17,6 +17,7 @@ mod invites;
 mod lifecycle;
 mod rotation;
 mod rows;
+mod secrets;
 mod sessions;
 mod vendors;
 
@@ -25,6 +26,7 @@ pub(crate) use error::{conflict_on_unique, insert_error};
 pub use invites::{InviteClaim, invite_hash};
 pub use lifecycle::{CutGrant, FunctionChange, VendorChange};
 pub use rotation::{DeviceRotation, RotationOutcome};
+pub use secrets::PlainSealed;
 
 /// How long the broker waits for one database operation on a vendor's path (authentication, the
 /// policy decision, a session's start and end, the revocation check) before it counts the control
@@ -55,6 +57,8 @@ pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 pub struct Store {
     pool: AnyPool,
     postgres: bool,
+    /// The unwrapped data keys, once [`Store::unlock`] was given the master key.
+    secrets: Option<std::sync::Arc<crate::secrets::Secrets>>,
 }
 
 /// A device as enrolled by the operator.
@@ -111,6 +115,16 @@ impl Store {
             private_sqlite_files(url)?;
         }
         let pool = AnyPoolOptions::new()
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    // Freed space is zeroed, so a secret sealed in place leaves no clear copy
+                    // in the file (see `secrets`).
+                    if sqlite {
+                        sqlx::Executor::execute(conn, "PRAGMA secure_delete=ON").await?;
+                    }
+                    Ok(())
+                })
+            })
             .max_connections(if sqlite { 4 } else { 16 })
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
@@ -124,7 +138,11 @@ impl Store {
         // The schema is written in the SQL both dialects share; should they ever diverge, split
         // the folder per dialect and choose here.
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool, postgres })
+        Ok(Store {
+            pool,
+            postgres,
+            secrets: None,
+        })
     }
 
     /// Starts a transaction.

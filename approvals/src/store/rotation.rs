@@ -57,11 +57,16 @@ impl Store {
         kind: CredentialKind,
         credential: &str,
     ) -> Result<()> {
+        // Stored as every device credential is: sealed for this row (see `Store::seal`).
+        let sealed = self.seal(
+            crate::secrets::Owner::Device { site, name: device },
+            credential,
+        )?;
         let n = sqlx::query(
             "UPDATE devices SET credential_kind = $1, credential = $2 WHERE site = $3 AND name = $4",
         )
         .bind(kind.as_str())
-        .bind(credential)
+        .bind(&sealed)
         .bind(site)
         .bind(device)
         .execute(&mut **tx)

@@ -5,6 +5,7 @@ use super::{
     Conflict, Missing, Result, Store, Thing, Tx, check_name, conflict_on_unique, insert_error,
 };
 use crate::model::{IssuedCertificate, Vendor};
+use crate::secrets::Owner;
 
 impl Store {
     pub async fn add_vendor(
@@ -37,7 +38,7 @@ impl Store {
             .bind(name)
             .bind(org)
             .bind(contract_end)
-            .bind(totp_secret)
+            .bind(self.seal(Owner::Vendor(name), totp_secret)?)
             .bind(now)
             .execute(&mut **tx)
             .await
@@ -47,29 +48,30 @@ impl Store {
 
     /// One vendor, as the caller's transaction sees it.
     pub async fn vendor_in(&self, tx: &mut Tx, name: &str) -> Result<Option<Vendor>> {
-        Ok(
-            sqlx::query_as::<_, Vendor>("SELECT * FROM vendors WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&mut **tx)
-                .await?,
-        )
+        sqlx::query_as::<_, Vendor>("SELECT * FROM vendors WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|v| self.open_vendor(v))
+            .transpose()
     }
 
     pub async fn vendor(&self, name: &str) -> Result<Option<Vendor>> {
-        Ok(
-            sqlx::query_as::<_, Vendor>("SELECT * FROM vendors WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        sqlx::query_as::<_, Vendor>("SELECT * FROM vendors WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|v| self.open_vendor(v))
+            .transpose()
     }
 
     pub async fn vendors(&self) -> Result<Vec<Vendor>> {
-        Ok(
-            sqlx::query_as::<_, Vendor>("SELECT * FROM vendors ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        sqlx::query_as::<_, Vendor>("SELECT * FROM vendors ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|v| self.open_vendor(v))
+            .collect()
     }
 
     /// Disables a vendor and revokes all their grants; returns the ids of the grants revoked.

@@ -36,7 +36,10 @@ fn store_error(e: StoreError) -> Response {
         StoreError::NotFound(_) => StatusCode::NOT_FOUND,
         StoreError::Conflict(_) => StatusCode::CONFLICT,
         StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
-        StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Timeout => {
+        StoreError::Db(_)
+        | StoreError::Migrate(_)
+        | StoreError::Timeout
+        | StoreError::Secret(_) => {
             warn!(error = %e, "web: database error");
             return html::error(
                 StatusCode::SERVICE_UNAVAILABLE,

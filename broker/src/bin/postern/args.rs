@@ -313,6 +313,14 @@ pub enum KeysAction {
         #[arg(long, default_value = "1h")]
         overlap: String,
     },
+    /// A new master key for the database's secrets: the data keys are re-wrapped under it and
+    /// running nodes keep working. Replaces DATA/keys/master.key in place; with
+    /// `master_key_file` set, give --out and install the new file there yourself.
+    RotateMaster {
+        /// Where to write the new master key (0600, must not exist).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use approvals::time::{fmt_time, now, parse_duration, parse_time};
 use broker::config::DataDir;
 use broker::keys;
+use broker::master_key;
 use serde_json::{Value, json};
 
 use super::Env;
@@ -137,7 +138,64 @@ pub async fn run(env: &Env, action: &KeysAction) -> Result<()> {
             valid_for,
             overlap,
         } => rotate(env, root, valid_for, overlap).await,
+        KeysAction::RotateMaster { out } => rotate_master(env, out.as_deref()).await,
     }
+}
+
+/// `postern keys rotate-master [--out FILE]`: the new key is saved before the database is
+/// changed, so a committed rotation always has its key on disk (see `broker::master_key`).
+async fn rotate_master(env: &Env, out: Option<&Path>) -> Result<()> {
+    let path = master_key::path(&env.data, &env.cfg);
+    let old = master_key::load(&path)?;
+    let new_path = match out {
+        Some(out) => out.to_owned(),
+        None if env.cfg.master_key_file.is_some() => bail!(
+            "master_key_file is set ({}): give --out FILE for the new key, then install it there",
+            path.display()
+        ),
+        None => {
+            // A leftover of a rotation that never committed (one that did is promoted on open).
+            let pending = master_key::pending_path(&path);
+            if pending.exists() {
+                std::fs::remove_file(&pending)
+                    .with_context(|| format!("removing {}", pending.display()))?;
+            }
+            pending
+        }
+    };
+    let new = master_key::create(&new_path)?;
+    let rewrapped = match env
+        .actions()
+        .rotate_master(&super::operator(), &old, &new)
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&new_path);
+            return Err(e.into());
+        }
+    };
+    if out.is_none() {
+        master_key::promote(&path)?;
+    }
+    if env.json {
+        println!(
+            "{}",
+            json!({"from": old.id(), "to": new.id(), "data_keys": rewrapped, "file": new_path.display().to_string()})
+        );
+        return Ok(());
+    }
+    let file = if out.is_none() { &path } else { &new_path };
+    println!(
+        "master key rotated: {} -> {} ({rewrapped} data key(s) re-wrapped); new key in {}",
+        old.id(),
+        new.id(),
+        file.display()
+    );
+    println!(
+        "running nodes keep working; give every other node this file before it next starts (the old key no longer opens the database)"
+    );
+    Ok(())
 }
 
 /// `postern keys pin ROOT_PUB`.
