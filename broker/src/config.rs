@@ -181,6 +181,14 @@ pub struct Config {
     /// block; unset, the address the vendor's connection reached is used.
     #[serde(default)]
     pub ssh_public_address: Option<String>,
+    /// Further authorized-keys files `postern scan` reads on each device (globs allowed, e.g.
+    /// `/home/*/.ssh/authorized_keys`), besides the device login's own.
+    #[serde(default)]
+    pub scan_paths: Vec<String>,
+    /// TCP ports of remote-access services that should not listen on devices (e.g. 23, 5900);
+    /// `postern scan` reports each one found listening.
+    #[serde(default)]
+    pub scan_ports: Vec<u16>,
 }
 
 fn default_cert_validity() -> String {
@@ -293,6 +301,8 @@ impl Default for Config {
             cert_validity: default_cert_validity(),
             invite_ttl: default_invite_ttl(),
             ssh_public_address: None,
+            scan_paths: Vec::new(),
+            scan_ports: Vec::new(),
         }
     }
 }
