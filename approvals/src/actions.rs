@@ -71,6 +71,8 @@ mod lifecycle;
 pub use lifecycle::GrantCut;
 mod rotation;
 pub use rotation::Rotated;
+mod scan;
+pub use scan::DeviceScan;
 
 /// Who acts: `name` is stored as the decider (`decided_by`, `granted_by`, `revoked_by`) and shown
 /// to vendors and in notifications; `tag` is the audit log's `actor` (`operator:USER`, `web:NAME`).
@@ -257,6 +259,21 @@ pub enum ActionRecord {
         step: String,
         error: String,
     },
+    ScanRun {
+        devices: usize,
+        scanned: usize,
+        /// Unbrokered paths found on the devices scanned.
+        found: usize,
+        /// Devices that could not be scanned (their paths are left as they were).
+        unscanned: Vec<String>,
+    },
+    ScanRemove {
+        site: String,
+        device: String,
+        file: String,
+        /// Fingerprints of the keys removed.
+        keys: Vec<String>,
+    },
     DeviceImport {
         file: String,
         devices: usize,
@@ -388,6 +405,8 @@ impl ActionRecord {
             ActionRecord::DeviceImport { .. } => AuditEvent::DeviceImport,
             ActionRecord::DeviceRotate { .. } => AuditEvent::DeviceRotate,
             ActionRecord::DeviceRotateFailed { .. } => AuditEvent::DeviceRotateFailed,
+            ActionRecord::ScanRun { .. } => AuditEvent::ScanRun,
+            ActionRecord::ScanRemove { .. } => AuditEvent::ScanRemove,
             ActionRecord::FunctionAdd { .. } => AuditEvent::FunctionAdd,
             ActionRecord::VendorRevokeCert { .. } => AuditEvent::VendorRevokeCert,
             ActionRecord::CaRotate { .. } => AuditEvent::CaRotate,

@@ -186,6 +186,14 @@ pub struct Config {
     /// one PostgreSQL database need the same key.
     #[serde(default)]
     pub master_key_file: Option<PathBuf>,
+    /// Further authorized-keys files `postern scan` reads on each device (globs allowed, e.g.
+    /// `/home/*/.ssh/authorized_keys`), besides the device login's own.
+    #[serde(default)]
+    pub scan_paths: Vec<String>,
+    /// TCP ports of remote-access services that should not listen on devices (e.g. 23, 5900);
+    /// `postern scan` reports each one found listening.
+    #[serde(default)]
+    pub scan_ports: Vec<u16>,
 }
 
 fn default_cert_validity() -> String {
@@ -299,6 +307,8 @@ impl Default for Config {
             invite_ttl: default_invite_ttl(),
             ssh_public_address: None,
             master_key_file: None,
+            scan_paths: Vec::new(),
+            scan_ports: Vec::new(),
         }
     }
 }

@@ -36,6 +36,7 @@ pub mod proxy;
 pub mod recording;
 pub mod request_flow;
 pub mod rotation;
+pub mod scan;
 pub mod self_service;
 pub mod server;
 pub mod session;

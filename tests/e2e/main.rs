@@ -35,6 +35,7 @@ mod lifecycle;
 mod multinode;
 mod requests;
 mod rotation;
+mod scan;
 mod scope;
 mod secrets;
 mod ssh_sessions;

@@ -17,6 +17,7 @@ mod invites;
 mod lifecycle;
 mod rotation;
 mod rows;
+mod scan;
 mod secrets;
 mod sessions;
 mod vendors;
@@ -26,6 +27,7 @@ pub(crate) use error::{conflict_on_unique, insert_error};
 pub use invites::{InviteClaim, invite_hash};
 pub use lifecycle::{CutGrant, FunctionChange, VendorChange};
 pub use rotation::{DeviceRotation, RotationOutcome};
+pub use scan::{FoundPath, UnbrokeredPath};
 pub use secrets::PlainSealed;
 
 /// How long the broker waits for one database operation on a vendor's path (authentication, the

@@ -199,6 +199,27 @@ pub enum Command {
         #[command(subcommand)]
         action: CheckpointsAction,
     },
+    /// Ways into devices that are not Postern's: foreign keys in the device login's
+    /// authorized_keys, keys in `scan_paths` files, listening `scan_ports`; stored with first and
+    /// last seen. `--list` shows the open ones; `--remove`/`--all-at` take foreign keys out.
+    Scan {
+        /// Only the devices at this site.
+        #[arg(long, conflicts_with_all = ["list", "remove", "all_at"])]
+        site: Option<String>,
+        /// The open unbrokered paths and their age (from earlier scans; no device is contacted).
+        #[arg(long, conflicts_with_all = ["remove", "all_at"])]
+        list: bool,
+        /// Remove the key with this fingerprint from every device login's authorized_keys where
+        /// a scan found it (never Postern's own key).
+        #[arg(long, conflicts_with = "all_at")]
+        remove: Option<String>,
+        /// Remove every foreign key from this device login's authorized_keys (SITE/DEVICE).
+        #[arg(long)]
+        all_at: Option<String>,
+        /// Devices scanned at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
     /// Run a fleet of simulated devices on loopback (for tests, demos and benchmarks).
     Simulate {
         #[arg(long, default_value_t = 10)]

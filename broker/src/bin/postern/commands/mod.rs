@@ -16,6 +16,7 @@ pub mod lists;
 pub mod output;
 pub mod replay;
 pub mod request;
+pub mod scan;
 pub mod serve;
 pub mod sessions;
 pub mod site;
@@ -186,6 +187,23 @@ async fn with_env(env: &Env, command: &Command) -> Result<ExitCode> {
         Command::Checkpoints {
             action: CheckpointsAction::Export { node },
         } => lists::checkpoints(env, node.as_deref()).await?,
+        Command::Scan {
+            site,
+            list,
+            remove,
+            all_at,
+            concurrency,
+        } => {
+            let mode = match (list, remove, all_at) {
+                (true, ..) => scan::Mode::List,
+                (_, Some(fp), _) => scan::Mode::Remove(fp),
+                (_, _, Some(target)) => scan::Mode::AllAt(target),
+                _ => scan::Mode::Scan {
+                    site: site.as_deref(),
+                },
+            };
+            scan::run(env, mode, *concurrency).await?
+        }
         Command::Init
         | Command::Demo { .. }
         | Command::Serve { .. }
