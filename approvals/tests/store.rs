@@ -1891,3 +1891,40 @@ async fn device_rotation(db: Db) {
 }
 
 both!(device_rotation);
+
+/// Unbrokered paths: a path found stays open with its first sighting, a later scan that does not
+/// find it closes it, and the open count follows.
+async fn unbrokered_paths(db: Db) {
+    use approvals::store::FoundPath;
+    let s = &db.store;
+    s.add_site("site-s", None, NOW).await.unwrap();
+    add_device(s, "site-s", "d1").await;
+    let key = FoundPath {
+        kind: "key".into(),
+        location: "~/.ssh/authorized_keys".into(),
+        ident: "SHA256:foreign".into(),
+        comment: "someone@laptop".into(),
+        options: "from=\"10.0.0.0/8\"".into(),
+    };
+    let record = |found: Vec<FoundPath>, at: i64| async move {
+        let mut tx = s.begin().await.unwrap();
+        s.record_scan_in(&mut tx, "site-s", "d1", &found, at)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    };
+    assert_eq!(s.open_unbrokered_count().await.unwrap(), 0);
+    record(vec![key.clone()], NOW).await;
+    record(vec![key.clone()], NOW + 60).await;
+    let open = s.open_unbrokered_paths().await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!((open[0].first_seen, open[0].last_seen), (NOW, NOW + 60));
+    assert_eq!(open[0].path, key);
+    assert_eq!(s.open_unbrokered_count().await.unwrap(), 1);
+    record(Vec::new(), NOW + 120).await;
+    assert_eq!(s.open_unbrokered_count().await.unwrap(), 0);
+    assert!(s.open_unbrokered_paths().await.unwrap().is_empty());
+    db.drop_pg().await;
+}
+
+both!(unbrokered_paths);
