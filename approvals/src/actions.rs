@@ -308,6 +308,11 @@ pub enum ActionRecord {
         max_window: i64,
         grants_cut: Vec<GrantCut>,
     },
+    /// Whether every session of the function ends with a rotation of the device's credential.
+    FunctionRotation {
+        function: String,
+        rotate_after_session: bool,
+    },
     /// The action's record was written but its transaction did not commit: it did not happen.
     NotCommitted {
         action: String,
@@ -386,6 +391,7 @@ impl ActionRecord {
             ActionRecord::VendorEnable { .. } => AuditEvent::VendorEnable,
             ActionRecord::ApproverUpdate { .. } => AuditEvent::ApproverUpdate,
             ActionRecord::FunctionUpdate { .. } => AuditEvent::FunctionUpdate,
+            ActionRecord::FunctionRotation { .. } => AuditEvent::FunctionRotation,
         }
     }
 

@@ -271,6 +271,8 @@ pub enum AuditEvent {
     FunctionUpdate,
     SessionContractEnded,
     ChannelRevoked,
+    // Rotation (issue 14).
+    FunctionRotation,
 }
 
 impl AuditEvent {
@@ -351,6 +353,7 @@ impl AuditEvent {
         AuditEvent::FunctionUpdate,
         AuditEvent::SessionContractEnded,
         AuditEvent::ChannelRevoked,
+        AuditEvent::FunctionRotation,
     ];
 
     /// The name written in the log's `event` field.
@@ -429,6 +432,7 @@ impl AuditEvent {
             AuditEvent::VendorEnable => "vendor.enable",
             AuditEvent::ApproverUpdate => "approver.update",
             AuditEvent::FunctionUpdate => "function.update",
+            AuditEvent::FunctionRotation => "function.rotation",
             AuditEvent::SessionContractEnded => "session.contract_ended",
             AuditEvent::ChannelRevoked => "channel.revoked",
         }

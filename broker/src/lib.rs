@@ -35,6 +35,7 @@ pub mod proxy;
 pub mod recording;
 pub mod request_flow;
 pub mod rotation;
+pub mod scheduled_rotation;
 pub mod self_service;
 pub mod server;
 pub mod session;

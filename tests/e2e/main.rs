@@ -35,6 +35,7 @@ mod lifecycle;
 mod multinode;
 mod requests;
 mod rotation;
+mod rotation_schedule;
 mod scope;
 mod ssh_sessions;
 mod supervision;
