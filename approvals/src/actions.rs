@@ -339,6 +339,11 @@ pub enum ActionRecord {
         to: String,
         data_keys: u64,
     },
+    /// Whether every session of the function ends with a rotation of the device's credential.
+    FunctionRotation {
+        function: String,
+        rotate_after_session: bool,
+    },
     /// The action's record was written but its transaction did not commit: it did not happen.
     NotCommitted {
         action: String,
@@ -421,6 +426,7 @@ impl ActionRecord {
             ActionRecord::FunctionUpdate { .. } => AuditEvent::FunctionUpdate,
             ActionRecord::SecretsSealed { .. } => AuditEvent::SecretsSealed,
             ActionRecord::KeysRotateMaster { .. } => AuditEvent::KeysRotateMaster,
+            ActionRecord::FunctionRotation { .. } => AuditEvent::FunctionRotation,
         }
     }
 

@@ -276,6 +276,8 @@ pub enum AuditEvent {
     // Secrets at rest (issue 14).
     SecretsSealed,
     KeysRotateMaster,
+    // Rotation (issue 14).
+    FunctionRotation,
 }
 
 impl AuditEvent {
@@ -360,6 +362,7 @@ impl AuditEvent {
         AuditEvent::ChannelRevoked,
         AuditEvent::SecretsSealed,
         AuditEvent::KeysRotateMaster,
+        AuditEvent::FunctionRotation,
     ];
 
     /// The name written in the log's `event` field.
@@ -440,6 +443,7 @@ impl AuditEvent {
             AuditEvent::VendorEnable => "vendor.enable",
             AuditEvent::ApproverUpdate => "approver.update",
             AuditEvent::FunctionUpdate => "function.update",
+            AuditEvent::FunctionRotation => "function.rotation",
             AuditEvent::SessionContractEnded => "session.contract_ended",
             AuditEvent::ChannelRevoked => "channel.revoked",
             AuditEvent::SecretsSealed => "secrets.sealed",

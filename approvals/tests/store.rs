@@ -1928,3 +1928,79 @@ async fn unbrokered_paths(db: Db) {
 }
 
 both!(unbrokered_paths);
+/// A scheduled rotation's claim: one node at a time holds a device; a stale claim (a node that
+/// died mid-rotation) is taken over; releasing leaves another node's claim alone.
+async fn rotation_claims(db: Db) {
+    let s = &db.store;
+    s.add_site("rot", None, NOW).await.unwrap();
+    add_device(s, "rot", "d1").await;
+    assert!(s.device_rotation("rot", "d1").await.unwrap().is_none());
+    assert!(
+        s.claim_rotation("rot", "d1", "a", NOW, NOW - 600)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.claim_rotation("rot", "d1", "b", NOW + 1, NOW + 1 - 600)
+            .await
+            .unwrap(),
+        "held by a"
+    );
+    s.release_rotation("rot", "d1", "b").await.unwrap();
+    assert!(
+        !s.claim_rotation("rot", "d1", "b", NOW + 2, NOW + 2 - 600)
+            .await
+            .unwrap(),
+        "b's release does not free a's claim"
+    );
+    assert!(
+        s.claim_rotation("rot", "d1", "b", NOW + 700, NOW + 100)
+            .await
+            .unwrap(),
+        "a stale claim is taken over"
+    );
+    s.release_rotation("rot", "d1", "b").await.unwrap();
+    assert!(
+        s.claim_rotation("rot", "d1", "a", NOW + 701, NOW + 101)
+            .await
+            .unwrap()
+    );
+    let mut tx = s.begin().await.unwrap();
+    s.record_rotation_in(
+        &mut tx,
+        "rot",
+        "d1",
+        NOW + 20,
+        approvals::store::RotationOutcome::Ok,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let r = s.device_rotation("rot", "d1").await.unwrap().unwrap();
+    assert_eq!(r.credential_set, Some(NOW + 20));
+
+    // `--rotate-after-session`: off unless set, per function, and only for a function that exists.
+    let allow = ChannelSet::parse("shell").unwrap();
+    s.add_function("once", &allow, None, 3600, None, NOW)
+        .await
+        .unwrap();
+    assert!(!s.function_rotates_after_session("once").await.unwrap());
+    for on in [true, false, true] {
+        let mut tx = s.begin().await.unwrap();
+        s.set_function_rotate_after_session_in(&mut tx, "once", on)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(s.function_rotates_after_session("once").await.unwrap(), on);
+    }
+    let mut tx = s.begin().await.unwrap();
+    assert!(
+        s.set_function_rotate_after_session_in(&mut tx, "nope", true)
+            .await
+            .is_err()
+    );
+    drop(tx);
+    db.drop_pg().await;
+}
+
+both!(rotation_claims);

@@ -194,6 +194,17 @@ pub struct Config {
     /// `postern scan` reports each one found listening.
     #[serde(default)]
     pub scan_ports: Vec<u16>,
+    /// Device credentials older than this (e.g. `"30d"`) are rotated in the background; unset,
+    /// never.
+    #[serde(default)]
+    pub rotate_every: Option<String>,
+    /// How many background rotations one node runs at once.
+    #[serde(default = "default_rotate_concurrency")]
+    pub rotate_concurrency: usize,
+}
+
+fn default_rotate_concurrency() -> usize {
+    8
 }
 
 fn default_cert_validity() -> String {
@@ -309,6 +320,8 @@ impl Default for Config {
             master_key_file: None,
             scan_paths: Vec::new(),
             scan_ports: Vec::new(),
+            rotate_every: None,
+            rotate_concurrency: default_rotate_concurrency(),
         }
     }
 }
@@ -327,6 +340,8 @@ pub struct Limits {
     pub device_keepalive: std::time::Duration,
     /// `request_ttl`, `approval_slo` and `escalate_to`.
     pub deadlines: approvals::actions::Deadlines,
+    /// `rotate_every` in seconds (`None`: no scheduled rotation).
+    pub rotate_every: Option<i64>,
 }
 
 /// Parses an address or a CIDR network (`10.0.0.5`, `10.0.0.0/8`, `::1`).
@@ -390,6 +405,11 @@ impl Config {
                 approval_slo: seconds("approval_slo", &self.approval_slo)?,
                 escalate_to: self.escalate_to.clone(),
             },
+            rotate_every: self
+                .rotate_every
+                .as_deref()
+                .map(|every| seconds("rotate_every", every))
+                .transpose()?,
         })
     }
 }

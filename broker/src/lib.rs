@@ -37,6 +37,7 @@ pub mod recording;
 pub mod request_flow;
 pub mod rotation;
 pub mod scan;
+pub mod scheduled_rotation;
 pub mod self_service;
 pub mod server;
 pub mod session;

@@ -87,6 +87,7 @@ pub struct Server {
     web_admission: Arc<Admission>,
     summary_interval: Duration,
     deadlines: approvals::actions::Deadlines,
+    rotate_every: Option<i64>,
     listening: Listening,
 }
 
@@ -142,6 +143,7 @@ impl Server {
             web_admission: web_limits.admission,
             summary_interval: limits.audit_summary_interval,
             deadlines: limits.deadlines.clone(),
+            rotate_every: limits.rotate_every,
             listening,
         })
     }
@@ -215,6 +217,11 @@ impl Server {
                 url,
             ));
         }
+        if let Some(every) = self.rotate_every {
+            tokio::spawn(crate::scheduled_rotation::run(
+                self.rotation_schedule(every),
+            ));
+        }
         Ok(())
     }
 
@@ -242,6 +249,23 @@ impl Server {
             _ = tokio::signal::ctrl_c() => signal("interrupted"),
             _ = sigterm.recv() => signal("terminated"),
         })
+    }
+
+    /// Scheduled rotations are done by the broker of this node, in its name.
+    fn rotation_schedule(&self, every: i64) -> crate::scheduled_rotation::Schedule {
+        let node = &self.node;
+        crate::scheduled_rotation::Schedule {
+            store: node.store.clone(),
+            rotator: crate::rotation::Rotator {
+                actions: node.actions(),
+                actor: Actor::broker(&node.cfg.node),
+                step: crate::device_admin::STEP_TIMEOUT,
+                dry_run: false,
+            },
+            node: node.cfg.node.clone(),
+            every,
+            concurrency: node.cfg.rotate_concurrency,
+        }
     }
 
     fn audit(&self, event: AuditEvent, fields: Value) -> Result<()> {

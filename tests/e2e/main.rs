@@ -35,6 +35,7 @@ mod lifecycle;
 mod multinode;
 mod requests;
 mod rotation;
+mod rotation_schedule;
 mod scan;
 mod scope;
 mod secrets;

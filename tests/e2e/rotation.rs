@@ -13,16 +13,16 @@ use crate::harness::{World, run};
 /// directory of the test: rotation rewrites `$HOME/.ssh/authorized_keys` there. `mv` on its PATH
 /// stops the daemon after moving a file when `stop-after-mv` exists (a device going away between
 /// installing the new key and the fresh login that proves it).
-struct RotDevice {
+pub(crate) struct RotDevice {
     sshd: Option<Child>,
-    port: u16,
+    pub(crate) port: u16,
     home: PathBuf,
     config: PathBuf,
     trap: PathBuf,
 }
 
 impl RotDevice {
-    fn start(w: &World) -> RotDevice {
+    pub(crate) fn start(w: &World) -> RotDevice {
         let root = w.dir.path().join("rot");
         let (home, bin) = (root.join("home"), root.join("bin"));
         std::fs::create_dir_all(home.join(".ssh")).unwrap();
@@ -67,7 +67,7 @@ impl RotDevice {
         d
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.stop();
         let sshd = Command::new(crate::harness::need("sshd"))
             .args(["-D", "-e", "-f"])
@@ -81,7 +81,7 @@ impl RotDevice {
         crate::harness::wait_for_port(self.port, "the rotation device's sshd");
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.sshd.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -94,12 +94,12 @@ impl RotDevice {
         std::fs::write(&self.trap, pid.to_string()).unwrap();
     }
 
-    fn authorized_keys(&self) -> String {
+    pub(crate) fn authorized_keys(&self) -> String {
         std::fs::read_to_string(self.home.join(".ssh/authorized_keys")).unwrap()
     }
 
     /// Logs in directly (not through Postern) with `key`.
-    fn login_with(&self, w: &World, key: &Path) -> Output {
+    pub(crate) fn login_with(&self, w: &World, key: &Path) -> Output {
         run(Command::new("ssh")
             .args([
                 "-F",
@@ -129,13 +129,13 @@ impl Drop for RotDevice {
     }
 }
 
-fn key_lines(text: &str) -> Vec<&str> {
+pub(crate) fn key_lines(text: &str) -> Vec<&str> {
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .collect()
 }
 
-fn device_row(w: &World, target: &str) -> Value {
+pub(crate) fn device_row(w: &World, target: &str) -> Value {
     let rows: Vec<Value> = serde_json::from_str(&w.ok(&["device", "list", "--json"])).unwrap();
     rows.into_iter()
         .find(|r| {
@@ -148,7 +148,7 @@ fn device_row(w: &World, target: &str) -> Value {
         .expect("the device is listed")
 }
 
-fn vendor_session_works(w: &World, v: &crate::harness::Vendor, marker: &str) {
+pub(crate) fn vendor_session_works(w: &World, v: &crate::harness::Vendor, marker: &str) {
     let o = w.ssh(v, "rita:site-a/rot", &["echo", marker]);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(marker),

@@ -72,3 +72,24 @@ impl Actions {
         self.finish(tx, actor, record).await
     }
 }
+
+impl Actions {
+    /// Sets whether every session of `function` ends with a rotation of the device's credential
+    /// (`--rotate-after-session`).
+    pub async fn set_function_rotate_after_session(
+        &self,
+        actor: &Actor,
+        function: &str,
+        on: bool,
+    ) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        self.store
+            .set_function_rotate_after_session_in(&mut tx, function, on)
+            .await?;
+        let record = ActionRecord::FunctionRotation {
+            function: function.to_owned(),
+            rotate_after_session: on,
+        };
+        self.finish(tx, actor, record).await
+    }
+}

@@ -122,3 +122,104 @@ impl Store {
         Ok(rows.iter().map(rotation_of).collect::<sqlx::Result<_>>()?)
     }
 }
+
+impl Store {
+    /// One device's last rotation, if it was ever rotated.
+    pub async fn device_rotation(
+        &self,
+        site: &str,
+        device: &str,
+    ) -> Result<Option<DeviceRotation>> {
+        let row = sqlx::query("SELECT * FROM device_rotations WHERE site = $1 AND device = $2")
+            .bind(site)
+            .bind(device)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(rotation_of).transpose()?)
+    }
+
+    /// Claims a device for a scheduled rotation by `node`: true if no other node holds a claim
+    /// on it younger than `stale_before` (one statement, so two nodes cannot both win).
+    pub async fn claim_rotation(
+        &self,
+        site: &str,
+        device: &str,
+        node: &str,
+        now: i64,
+        stale_before: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "INSERT INTO device_rotation_claims (site, device, node, claimed_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (site, device) DO UPDATE SET \
+             node = excluded.node, claimed_at = excluded.claimed_at \
+             WHERE device_rotation_claims.claimed_at < $5",
+        )
+        .bind(site)
+        .bind(device)
+        .bind(node)
+        .bind(now)
+        .bind(stale_before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Gives up `node`'s claim on a device (a claim taken over by another node stays).
+    pub async fn release_rotation(&self, site: &str, device: &str, node: &str) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM device_rotation_claims WHERE site = $1 AND device = $2 AND node = $3",
+        )
+        .bind(site)
+        .bind(device)
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Sets whether every session of `function` ends with a rotation, inside the caller's
+    /// transaction.
+    pub async fn set_function_rotate_after_session_in(
+        &self,
+        tx: &mut Tx,
+        function: &str,
+        on: bool,
+    ) -> Result<()> {
+        // Inside the transaction: it may hold the pool's only connection (SQLite).
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT name FROM functions WHERE name = $1")
+                .bind(function)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if exists.is_none() {
+            return Err(Missing::Named {
+                thing: super::Thing::Function,
+                name: function.to_owned(),
+            }
+            .into());
+        }
+        sqlx::query(
+            "INSERT INTO function_rotation (function, after_session) VALUES ($1, $2) \
+             ON CONFLICT (function) DO UPDATE SET after_session = excluded.after_session",
+        )
+        .bind(function)
+        .bind(i64::from(on))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether every session of `function` ends with a rotation of the device's credential.
+    pub async fn function_rotates_after_session(&self, function: &str) -> Result<bool> {
+        let on: Option<i64> =
+            sqlx::query_scalar("SELECT after_session FROM function_rotation WHERE function = $1")
+                .bind(function)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(on.unwrap_or(0) != 0)
+    }
+}

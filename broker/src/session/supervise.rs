@@ -57,6 +57,8 @@ pub(super) async fn supervise(
         ctx.audit(AuditEvent::SessionContractEnded, fields).await;
     }
     finish(&ctx, &live, &reason).await;
+    // `--rotate-after-session`: one session, one device credential.
+    crate::scheduled_rotation::spawn_after_session(&ctx, &live);
 }
 
 /// Tells the vendor when the session closes, and why then.

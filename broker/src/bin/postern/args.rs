@@ -516,6 +516,10 @@ pub enum FunctionAction {
         /// Vendor organisations pre-approved to open this emergency function (comma-separated).
         #[arg(long, value_delimiter = ',', requires = "emergency")]
         orgs: Vec<String>,
+        /// Rotate the device's credential after every session of this function (break-glass:
+        /// one session, one credential).
+        #[arg(long)]
+        rotate_after_session: bool,
     },
     List,
     /// Change the channels a function allows or its longest window; live sessions lose channels
@@ -523,10 +527,13 @@ pub enum FunctionAction {
     Update {
         name: String,
         /// Channel kinds: shell,exec,sftp,forward:PORT,...
-        #[arg(long, required_unless_present = "max_window")]
+        #[arg(long, required_unless_present_any = ["max_window", "rotate_after_session"])]
         allow: Option<String>,
         #[arg(long)]
         max_window: Option<String>,
+        /// `on`: rotate the device's credential after every session of this function; `off`: not.
+        #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
+        rotate_after_session: Option<bool>,
     },
 }
 

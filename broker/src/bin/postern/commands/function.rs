@@ -19,6 +19,7 @@ pub async fn run(env: &Env, action: &FunctionAction) -> Result<()> {
             max_window,
             emergency,
             orgs,
+            rotate_after_session,
         } => {
             let set = ChannelSet::parse(allow).context("--allow")?;
             let max = parse_duration(max_window).context("--max-window")?;
@@ -39,12 +40,23 @@ pub async fn run(env: &Env, action: &FunctionAction) -> Result<()> {
                 )
                 .await?;
             println!("function {name} added (allows {set})");
+            if *rotate_after_session {
+                rotate_after_session_set(env, name, true).await?;
+            }
         }
         FunctionAction::Update {
             name,
             allow,
             max_window,
-        } => update(env, name, allow.as_deref(), max_window.as_deref()).await?,
+            rotate_after_session,
+        } => {
+            if allow.is_some() || max_window.is_some() {
+                update(env, name, allow.as_deref(), max_window.as_deref()).await?;
+            }
+            if let Some(on) = rotate_after_session {
+                rotate_after_session_set(env, name, *on).await?;
+            }
+        }
         FunctionAction::List => {
             let rows = env.store.functions().await?;
             env.print_list(
@@ -66,6 +78,20 @@ pub async fn run(env: &Env, action: &FunctionAction) -> Result<()> {
                 },
             )?;
         }
+    }
+    Ok(())
+}
+
+/// `--rotate-after-session`: its own audited action (`function.rotation`).
+async fn rotate_after_session_set(env: &Env, name: &str, on: bool) -> Result<()> {
+    env.actions()
+        .set_function_rotate_after_session(&operator(), name, on)
+        .await
+        .with_context(|| format!("function {name}: --rotate-after-session not changed"))?;
+    if on {
+        println!("function {name}: the device's credential is rotated after every session");
+    } else {
+        println!("function {name}: no rotation after sessions");
     }
     Ok(())
 }
