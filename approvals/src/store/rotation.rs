@@ -213,6 +213,15 @@ impl Store {
         Ok(())
     }
 
+    /// The functions every session of which ends with a rotation (for listings).
+    pub async fn functions_rotating_after_session(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT function FROM function_rotation WHERE after_session = 1 ORDER BY function",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Whether every session of `function` ends with a rotation of the device's credential.
     pub async fn function_rotates_after_session(&self, function: &str) -> Result<bool> {
         let on: Option<i64> =

@@ -58,11 +58,27 @@ pub async fn run(env: &Env, action: &FunctionAction) -> Result<()> {
             }
         }
         FunctionAction::List => {
-            let rows = env.store.functions().await?;
+            let rotating = env.store.functions_rotating_after_session().await?;
+            let functions = env.store.functions().await?;
+            let rows: Vec<Listed<'_>> = functions
+                .iter()
+                .map(|f| Listed {
+                    rotate_after_session: rotating.contains(&f.name),
+                    f,
+                })
+                .collect();
             env.print_list(
                 &rows,
-                &["FUNCTION", "ALLOWS", "LOGIN", "MAX WINDOW", "EMERGENCY"],
-                |f| {
+                &[
+                    "FUNCTION",
+                    "ALLOWS",
+                    "LOGIN",
+                    "MAX WINDOW",
+                    "EMERGENCY",
+                    "ROTATE AFTER SESSION",
+                ],
+                |l| {
+                    let f = l.f;
                     vec![
                         f.name.clone(),
                         f.allow.clone(),
@@ -74,12 +90,21 @@ pub async fn run(env: &Env, action: &FunctionAction) -> Result<()> {
                         } else {
                             "no".into()
                         },
+                        if l.rotate_after_session { "yes" } else { "no" }.into(),
                     ]
                 },
             )?;
         }
     }
     Ok(())
+}
+
+/// A function as listed: its row and whether its sessions end with a rotation.
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    f: &'a approvals::Function,
+    rotate_after_session: bool,
 }
 
 /// `--rotate-after-session`: its own audited action (`function.rotation`).
