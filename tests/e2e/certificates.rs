@@ -197,6 +197,9 @@ fn revocation_on_one_node_reaches_the_other() {
     b.ok(&["ca", "rotate"]);
     let third = second_key(b, &alice, "c");
     use_key(&alice, &third);
+    // Node A asked the database about an unknown CA a moment ago (the refused login above), so it
+    // learns B's new CA from its once-a-second reload: give it that second.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let o = a.ssh(&alice, "alice:site-a/dev", &["echo", "rotated-b-on-a"]);
     assert!(text(&o).contains("rotated-b-on-a"), "{}", text(&o));
 }
