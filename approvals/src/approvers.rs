@@ -7,7 +7,7 @@ use crate::model::{Grant, RequestStatus};
 use crate::secrets::Owner;
 use crate::store::{
     Conflict, Invalid, Missing, NewGrant, Store, StoreError, Thing, Tx, check_name,
-    conflict_on_unique, insert_error, new_id,
+    conflict_on_unique, insert_error, new_id, request_in,
 };
 
 // The row itself is in the model (the store decodes it); its refusal is the store's `Conflict`.
@@ -523,16 +523,6 @@ impl Store {
         }
         Ok(req)
     }
-}
-
-/// One request, as the transaction sees it.
-async fn request_in(tx: &mut Tx, id: &str) -> Result<Option<AccessRequestRow>> {
-    Ok(
-        sqlx::query_as::<_, AccessRequestRow>("SELECT * FROM requests WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?,
-    )
 }
 
 /// After an update of one approver's row: not found if no row changed, else every sign-in of

@@ -104,7 +104,7 @@ impl Store {
 }
 
 /// One request, as the transaction sees it.
-async fn request_in(tx: &mut Tx, id: &str) -> Result<Option<AccessRequestRow>> {
+pub(crate) async fn request_in(tx: &mut Tx, id: &str) -> Result<Option<AccessRequestRow>> {
     Ok(
         sqlx::query_as::<_, AccessRequestRow>("SELECT * FROM requests WHERE id = $1")
             .bind(id)

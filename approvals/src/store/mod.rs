@@ -22,6 +22,7 @@ mod secrets;
 mod sessions;
 mod vendors;
 
+pub(crate) use deadlines::request_in;
 pub use error::{Conflict, Invalid, Missing, StoreError, Thing};
 pub(crate) use error::{conflict_on_unique, insert_error};
 pub use invites::{InviteClaim, invite_hash};
