@@ -419,6 +419,61 @@ class Bench:
             time.sleep(5)
         return out
 
+    # ---- 5. credential rotation at scale ----
+    def rotation(self, n):
+        """`device rotate --all` over N scripted simulated devices, against `scan` of the same fleet.
+
+        The fleet has a data dir of its own: rotation rewrites each login's
+        ~/.ssh/authorized_keys, and only the simulated logins' homes may be touched here."""
+        per = min(10, n)
+        sites = max(1, n // per)
+        n = sites * per
+        data, fleet, homes = self.path("fleet-data"), self.path("fleet.csv"), self.path("fleet.homes")
+        self.run(self.postern, "init", "--data", data)
+        sim = subprocess.Popen([self.postern, "simulate", "--sites", str(sites), "--devices", str(per),
+                                "--scripted", "--authorized-key", self.path("devkey.pub"),
+                                "--out", fleet, "--homes", homes],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(sim)
+        end = time.time() + 300
+        while not os.path.exists(fleet):
+            if time.time() > end or sim.poll() is not None:
+                raise SystemExit("postern simulate wrote no device list")
+            time.sleep(0.2)
+        self.run(self.postern, "device", "import", fleet, "--login", "sim", "--key",
+                 self.path("devkey"), "--data", data)
+
+        def timed(*args):
+            t0 = time.time()
+            r = subprocess.run([self.postern, *args, "--json", "--data", data,
+                                "--concurrency", str(self.args.rotate_concurrency)],
+                               capture_output=True, text=True, timeout=3600)
+            return time.time() - t0, r
+
+        scan_s, scan = timed("scan")
+        if scan.returncode != 0:
+            raise SystemExit(f"scan: {scan.stderr[-500:]}")
+        rot_s, rot = timed("device", "rotate", "--all")
+        try:
+            outcomes = json.loads(rot.stdout)
+        except json.JSONDecodeError:
+            raise SystemExit(f"device rotate: {rot.stderr[-500:]}")
+        rotated = sum(1 for o in outcomes if o["result"] == "rotated")
+        failed = [o for o in outcomes if o["result"] == "failed"]
+        # What the devices themselves now hold: one key each, and not the enrolment key.
+        enrol_key = open(self.path("devkey.pub")).read().split()[1]
+        one_new = 0
+        for site in os.listdir(homes):
+            for dev in os.listdir(os.path.join(homes, site)):
+                lines = [l for l in open(os.path.join(homes, site, dev, ".ssh", "authorized_keys"))
+                         if l.strip() and not l.startswith("#")]
+                one_new += len(lines) == 1 and enrol_key not in lines[0]
+        sim.terminate()
+        sim.wait(timeout=30)
+        return {"devices": n, "scan_s": scan_s, "rot_s": rot_s, "rotated": rotated,
+                "failed": len(failed), "first_error": failed[0]["error"] if failed else "",
+                "one_new_key": one_new}
+
     # ---- soak: memory over time ----
     def soak(self):
         """N sessions typing for a bounded time while the broker's RSS is sampled."""
@@ -517,6 +572,11 @@ def main():
     ap.add_argument("--sample", type=int, default=10, help="soak: seconds between samples")
     ap.add_argument("--scale", default="1000,5000",
                     help="session counts for the in-process concurrency run (comma-separated; empty to skip)")
+    ap.add_argument("--rotation", type=int, default=5000,
+                    help="simulated devices for the credential rotation run (0 to skip)")
+    ap.add_argument("--rotate-concurrency", type=int, default=16,
+                    help="devices rotated (and scanned) at once in the rotation run")
+    ap.add_argument("--only-rotation", action="store_true", help="only the credential rotation run")
     ap.add_argument("--no-unrecorded", dest="unrecorded", action="store_false",
                     help="skip the recording-off comparison (it needs a second release build)")
     a = ap.parse_args()
@@ -528,6 +588,9 @@ def main():
         a.size_mib, a.repeat, a.setups, a.keys, a.sessions = 8, 1, 4, 20, 5
         a.unrecorded = False
         a.scale = "50"
+        a.rotation = min(a.rotation, 50)
+    if a.only_rotation:
+        a.unrecorded = False
     a.scale = [int(x) for x in str(a.scale).split(",") if x.strip()]
     b = Bench(a)
     try:
@@ -535,40 +598,57 @@ def main():
         print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
               f"{platform.system()} {platform.release()}; "
               f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")
-        print()
-        print(f"1. bulk throughput, {a.size_mib} MiB incompressible, best of {a.repeat} (MiB/s)")
-        print(f"   {'direction':<16}{'direct':>9}{'ProxyJump':>11}{'Postern':>9}{'vs direct':>11}{'vs jump':>9}")
-        rows = b.throughput()
-        for direction, s in rows:
-            print(f"   {direction:<16}{s['direct']:>9.0f}{s['jump']:>11.0f}{s['postern']:>9.0f}"
-                  f"{s['postern'] / s['direct']:>11.2f}{s['postern'] / s['jump']:>9.2f}")
-        if a.unrecorded:
+        if not a.only_rotation:
+            main_tables(a, b)
+        if a.rotation:
             print()
-            print("1b. recording overhead: the same transfers through a broker built without recording (MiB/s)")
-            print(f"   {'direction':<16}{'recording on':>14}{'off':>9}{'on / off':>10}")
-            for direction, s in rows:
-                print(f"   {direction:<16}{s['postern']:>14.0f}{s['unrecorded']:>9.0f}"
-                      f"{s['postern'] / s['unrecorded']:>10.2f}")
-        print()
-        latency_table(f"2. session setup, `ssh HOST echo x` wall time over {a.setups} runs (ms)",
-                      b.setup_latency(), 1, overhead=True)
-        print()
-        latency_table(f"3. keystroke echo in a shell, {a.keys} keys (ms)", b.echo_latency(), 2)
-        print()
-        conc = b.concurrency()
-        print(f"4. {a.sessions} interactive sessions opened at once, then idle")
-        print(f"   {'path':<16}{'setups/s':>9}{'broker KiB/session':>20}{'broker RSS MiB':>16}")
-        for k, label in [("direct", "sshd direct"), ("postern", "Postern")]:
-            rate, per, rss = conc[k]
-            print(f"   {label:<16}{rate:>9.1f}{('-' if per is None else f'{per:.0f}'):>20}{rss / 1024:>16.1f}")
-        if a.scale:
-            print()
-            print("4b. sessions opened in-process (certificate + TOTP + pty shell) to one scripted simulated device, then idle")
-            print(f"   {'sessions':<16}{'setups/s':>9}{'broker KiB/session':>20}{'broker RSS MiB':>16}")
-            for n, rate, per, rss in b.scale():
-                print(f"   {n:<16}{rate:>9.1f}{per:>20.0f}{rss / 1024:>16.1f}")
+            r = b.rotation(a.rotation)
+            print(f"5. credential rotation of {r['devices']} scripted simulated devices, "
+                  f"{a.rotate_concurrency} at a time, against a scan of the same fleet")
+            print(f"   {'run':<28}{'seconds':>9}{'devices/s':>11}")
+            print(f"   {'scan (1 login, 1 read)':<28}{r['scan_s']:>9.1f}{r['devices'] / r['scan_s']:>11.1f}")
+            print(f"   {'rotate (2 logins, 4 cmds)':<28}{r['rot_s']:>9.1f}{r['devices'] / r['rot_s']:>11.1f}")
+            print(f"   rotate / scan time {r['rot_s'] / r['scan_s']:.2f}; rotated {r['rotated']}, "
+                  f"failed {r['failed']}{(': ' + r['first_error']) if r['failed'] else ''}; "
+                  f"devices holding exactly one new key afterwards: {r['one_new_key']}")
     finally:
         b.close()
+
+
+def main_tables(a, b):
+    """Tables 1 to 4b: the SSH path against OpenSSH."""
+    print()
+    print(f"1. bulk throughput, {a.size_mib} MiB incompressible, best of {a.repeat} (MiB/s)")
+    print(f"   {'direction':<16}{'direct':>9}{'ProxyJump':>11}{'Postern':>9}{'vs direct':>11}{'vs jump':>9}")
+    rows = b.throughput()
+    for direction, s in rows:
+        print(f"   {direction:<16}{s['direct']:>9.0f}{s['jump']:>11.0f}{s['postern']:>9.0f}"
+              f"{s['postern'] / s['direct']:>11.2f}{s['postern'] / s['jump']:>9.2f}")
+    if a.unrecorded:
+        print()
+        print("1b. recording overhead: the same transfers through a broker built without recording (MiB/s)")
+        print(f"   {'direction':<16}{'recording on':>14}{'off':>9}{'on / off':>10}")
+        for direction, s in rows:
+            print(f"   {direction:<16}{s['postern']:>14.0f}{s['unrecorded']:>9.0f}"
+                  f"{s['postern'] / s['unrecorded']:>10.2f}")
+    print()
+    latency_table(f"2. session setup, `ssh HOST echo x` wall time over {a.setups} runs (ms)",
+                  b.setup_latency(), 1, overhead=True)
+    print()
+    latency_table(f"3. keystroke echo in a shell, {a.keys} keys (ms)", b.echo_latency(), 2)
+    print()
+    conc = b.concurrency()
+    print(f"4. {a.sessions} interactive sessions opened at once, then idle")
+    print(f"   {'path':<16}{'setups/s':>9}{'broker KiB/session':>20}{'broker RSS MiB':>16}")
+    for k, label in [("direct", "sshd direct"), ("postern", "Postern")]:
+        rate, per, rss = conc[k]
+        print(f"   {label:<16}{rate:>9.1f}{('-' if per is None else f'{per:.0f}'):>20}{rss / 1024:>16.1f}")
+    if a.scale:
+        print()
+        print("4b. sessions opened in-process (certificate + TOTP + pty shell) to one scripted simulated device, then idle")
+        print(f"   {'sessions':<16}{'setups/s':>9}{'broker KiB/session':>20}{'broker RSS MiB':>16}")
+        for n, rate, per, rss in b.scale():
+            print(f"   {n:<16}{rate:>9.1f}{per:>20.0f}{rss / 1024:>16.1f}")
 
 
 def soak_main(a):

@@ -70,7 +70,7 @@ type Result<T> = std::result::Result<T, ActionError>;
 mod lifecycle;
 pub use lifecycle::GrantCut;
 mod rotation;
-pub use rotation::Rotated;
+pub use rotation::{Rotated, template};
 mod scan;
 pub use scan::DeviceScan;
 
@@ -259,6 +259,18 @@ pub enum ActionRecord {
         step: String,
         error: String,
     },
+    DeviceRotateCommand {
+        site: String,
+        device: String,
+        /// The template (it holds `{password}`, never a password); `None`: removed.
+        command: Option<String>,
+    },
+    /// A password set aside by an interrupted rotation was found to work and is now the stored
+    /// credential.
+    DeviceRotateRecovered {
+        site: String,
+        device: String,
+    },
     ScanRun {
         devices: usize,
         scanned: usize,
@@ -410,6 +422,8 @@ impl ActionRecord {
             ActionRecord::DeviceImport { .. } => AuditEvent::DeviceImport,
             ActionRecord::DeviceRotate { .. } => AuditEvent::DeviceRotate,
             ActionRecord::DeviceRotateFailed { .. } => AuditEvent::DeviceRotateFailed,
+            ActionRecord::DeviceRotateCommand { .. } => AuditEvent::DeviceRotateCommand,
+            ActionRecord::DeviceRotateRecovered { .. } => AuditEvent::DeviceRotateRecovered,
             ActionRecord::ScanRun { .. } => AuditEvent::ScanRun,
             ActionRecord::ScanRemove { .. } => AuditEvent::ScanRemove,
             ActionRecord::FunctionAdd { .. } => AuditEvent::FunctionAdd,
@@ -462,6 +476,11 @@ impl Actions {
             audit,
             notifier,
         }
+    }
+
+    /// The store the actions write to (for the reads a front end makes around an action).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Approves a pending request with the window `from`..`until` (by default as long as the

@@ -49,7 +49,15 @@ type Result<T> = std::result::Result<T, SecretError>;
 /// The row a secret belongs to: its identity is bound to the ciphertext.
 #[derive(Debug, Clone, Copy)]
 pub enum Owner<'a> {
-    Device { site: &'a str, name: &'a str },
+    Device {
+        site: &'a str,
+        name: &'a str,
+    },
+    /// A new device password set aside during a rotation (`device_pending_credentials`).
+    PendingDevice {
+        site: &'a str,
+        name: &'a str,
+    },
     Vendor(&'a str),
     Approver(&'a str),
 }
@@ -59,6 +67,9 @@ impl Owner<'_> {
         // NUL separates the parts: names cannot hold it, so no two rows share an AAD.
         match self {
             Owner::Device { site, name } => format!("devices.credential\0{site}\0{name}"),
+            Owner::PendingDevice { site, name } => {
+                format!("device_pending_credentials.credential\0{site}\0{name}")
+            }
             Owner::Vendor(name) => format!("vendors.totp_secret\0{name}"),
             Owner::Approver(name) => format!("approvers.totp_secret\0{name}"),
         }

@@ -1,8 +1,11 @@
-//! Device credential rotation for key credentials. The order keeps the device reachable at every
+//! Device credential rotation. For key credentials the order keeps the device reachable at every
 //! step: a new ed25519 key is installed next to the old one (through the current credential),
 //! proven with a fresh login, the old key is removed, and only then is the stored credential
-//! replaced (one audited action). Any failure keeps the old credential working, names the step,
-//! and is recorded as `device.rotate_failed`.
+//! replaced (one audited action). Passwords are rotated by the operator's command (see
+//! [`password`]). Any failure keeps a working credential, names the step, and is recorded as
+//! `device.rotate_failed`.
+
+pub mod password;
 
 use std::time::Duration;
 
@@ -23,6 +26,8 @@ pub enum Step {
     Read,
     /// Writing the new key into authorized_keys.
     Install,
+    /// Running the rotate command that changes the password.
+    Apply,
     /// Logging in afresh with the new key.
     Verify,
     /// Removing the old key from authorized_keys.
@@ -37,6 +42,7 @@ impl Step {
             Step::Connect => "connect",
             Step::Read => "read",
             Step::Install => "install",
+            Step::Apply => "apply",
             Step::Verify => "verify",
             Step::RemoveOld => "remove-old",
             Step::Store => "store",
@@ -65,11 +71,14 @@ fn at<E: std::fmt::Display>(step: Step) -> impl Fn(E) -> RotateError {
     }
 }
 
-/// What a finished rotation (or a dry run) found: the key fingerprints before and after.
+/// What a finished rotation (or a dry run) found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Done {
-    pub old_key: String,
-    /// `None` in a dry run.
+    pub kind: CredentialKind,
+    /// False in a dry run.
+    pub changed: bool,
+    /// The key fingerprints before and after (key credentials; `new_key` is `None` in a dry run).
+    pub old_key: Option<String>,
     pub new_key: Option<String>,
 }
 
@@ -85,7 +94,10 @@ pub struct Rotator {
 impl Rotator {
     /// Rotates one device's key credential; a failure is recorded (unless in a dry run).
     pub async fn rotate(&self, device: &Device, now: i64) -> Result<Done, RotateError> {
-        let result = self.rotate_key(device, now).await;
+        let result = match device.credential_kind {
+            CredentialKind::Key => self.rotate_key(device, now).await,
+            CredentialKind::Password => self.rotate_password(device, now).await,
+        };
         if let (Err(e), false) = (&result, self.dry_run) {
             let recorded = self
                 .actions
@@ -109,13 +121,6 @@ impl Rotator {
     }
 
     async fn rotate_key(&self, device: &Device, now: i64) -> Result<Done, RotateError> {
-        if device.credential_kind != CredentialKind::Key {
-            return Err(RotateError {
-                step: Step::Connect,
-                error: "the credential is a password; password rotation needs a command template"
-                    .into(),
-            });
-        }
         let old = parse_private(&device.credential).map_err(at(Step::Connect))?;
         let old_pub = old.public_key().clone();
         let admin = Admin::connect(device, self.step)
@@ -145,7 +150,9 @@ impl Rotator {
         let old_key = fingerprint(old_pub);
         if self.dry_run {
             return Ok(Done {
-                old_key,
+                kind: CredentialKind::Key,
+                changed: false,
+                old_key: Some(old_key),
                 new_key: None,
             });
         }
@@ -203,7 +210,9 @@ impl Rotator {
         }
         fresh.close().await;
         Ok(Done {
-            old_key,
+            kind: CredentialKind::Key,
+            changed: true,
+            old_key: Some(old_key),
             new_key: Some(fingerprint(&new_pub)),
         })
     }

@@ -35,9 +35,16 @@ pub struct Schedule {
 }
 
 /// Whether `device` is due: its credential is older than `every`, and a last failure (if any) is
-/// older than the retry delay. Only key credentials are rotated on schedule.
-pub fn due(device: &Device, last: Option<&DeviceRotation>, every: i64, now: i64) -> bool {
-    if device.credential_kind != CredentialKind::Key {
+/// older than the retry delay. Keys are rotated on schedule, and passwords that have a rotate
+/// command (`has_command`).
+pub fn due(
+    device: &Device,
+    has_command: bool,
+    last: Option<&DeviceRotation>,
+    every: i64,
+    now: i64,
+) -> bool {
+    if device.credential_kind != CredentialKind::Key && !has_command {
         return false;
     }
     let set = last
@@ -83,6 +90,7 @@ impl Schedule {
             .into_iter()
             .map(|r| ((r.site.clone(), r.device.clone()), r))
             .collect();
+        let commands = self.store.devices_with_rotate_command().await?;
         let devices: Vec<Device> = self
             .store
             .devices()
@@ -91,6 +99,7 @@ impl Schedule {
             .filter(|d| {
                 due(
                     d,
+                    commands.contains(&(d.site.clone(), d.name.clone())),
                     last.get(&(d.site.clone(), d.name.clone())),
                     self.every,
                     t,
@@ -161,7 +170,12 @@ impl Schedule {
             .store
             .device_rotation(&device.site, &device.name)
             .await?;
-        Ok(due(&fresh, last.as_ref(), self.every, now()).then_some(fresh))
+        let has_command = self
+            .store
+            .rotate_command(&device.site, &device.name)
+            .await?
+            .is_some();
+        Ok(due(&fresh, has_command, last.as_ref(), self.every, now()).then_some(fresh))
     }
 }
 
@@ -280,22 +294,41 @@ mod tests {
     #[test]
     fn due_counts_from_enrolment_or_the_last_rotation() {
         let key = device(CredentialKind::Key, 0);
-        assert!(!due(&key, None, 100, 99));
-        assert!(due(&key, None, 100, 100));
+        assert!(!due(&key, false, None, 100, 99));
+        assert!(due(&key, false, None, 100, 100));
         let ok = rotation(Some(50), 50, "ok");
-        assert!(!due(&key, Some(&ok), 100, 149));
-        assert!(due(&key, Some(&ok), 100, 150));
-        assert!(!due(&device(CredentialKind::Password, 0), None, 100, 1000));
+        assert!(!due(&key, false, Some(&ok), 100, 149));
+        assert!(due(&key, false, Some(&ok), 100, 150));
+        assert!(!due(
+            &device(CredentialKind::Password, 0),
+            false,
+            None,
+            100,
+            1000
+        ));
+        assert!(due(
+            &device(CredentialKind::Password, 0),
+            true,
+            None,
+            100,
+            1000
+        ));
     }
 
     #[test]
     fn a_failure_is_retried_after_a_delay() {
         let key = device(CredentialKind::Key, 0);
         let failed = rotation(None, 10_000, "verify");
-        assert!(!due(&key, Some(&failed), 100, 10_050));
-        assert!(due(&key, Some(&failed), 100, 10_100));
+        assert!(!due(&key, false, Some(&failed), 100, 10_050));
+        assert!(due(&key, false, Some(&failed), 100, 10_100));
         let failed = rotation(None, 89_000, "connect");
-        assert!(!due(&key, Some(&failed), 86_400, 90_000));
-        assert!(due(&key, Some(&failed), 86_400, 89_000 + RETRY_AFTER));
+        assert!(!due(&key, false, Some(&failed), 86_400, 90_000));
+        assert!(due(
+            &key,
+            false,
+            Some(&failed),
+            86_400,
+            89_000 + RETRY_AFTER
+        ));
     }
 }

@@ -1,6 +1,7 @@
 //! A fleet on one machine: `postern simulate` serves 500 scripted devices at 100 sites from one
 //! process, each on its own port with its own host key; `postern device import` enrols them all;
-//! vendors reach devices across the fleet through the broker with real OpenSSH.
+//! vendors reach devices across the fleet through the broker with real OpenSSH; a site's devices
+//! are rotated through the keys their logins' homes hold.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -87,4 +88,31 @@ fn five_hundred_simulated_devices_behind_one_broker() {
     sh.expect("fleet-ok", Duration::from_secs(10));
     sh.send("exit\r");
     sh.wait_exit(Duration::from_secs(10));
+
+    // Rotation changes what each simulated login's ~/.ssh/authorized_keys holds, as on a device.
+    let out = w.ok(&["device", "rotate", "--site", "site-0042"]);
+    assert_eq!(out.matches(": rotated, key").count(), 5, "{out}");
+    let enrolled = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let enrolled = enrolled.split_whitespace().nth(1).unwrap();
+    let homes = list.with_extension("homes");
+    for d in 0..5 {
+        let keys = homes.join(format!("site-0042/dev-{d:02}/.ssh/authorized_keys"));
+        let keys = std::fs::read_to_string(keys).unwrap();
+        assert_eq!(keys.lines().count(), 1, "{keys}");
+        assert!(
+            keys.contains("postern:site-0042/") && !keys.contains(enrolled),
+            "{keys}"
+        );
+    }
+    let o = w.ssh(&v, "fay:site-0042/dev-03", &["hostname"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "site-0042/dev-03"
+    );
+    let untouched = homes.join("site-0000/dev-00/.ssh/authorized_keys");
+    assert!(
+        std::fs::read_to_string(untouched)
+            .unwrap()
+            .contains(enrolled)
+    );
 }

@@ -33,6 +33,7 @@ mod insider;
 mod keyring;
 mod lifecycle;
 mod multinode;
+mod password_rotation;
 mod requests;
 mod rotation;
 mod rotation_schedule;

@@ -226,6 +226,8 @@ pub enum Invalid {
     Checkpoint(serde_json::Error),
     #[error("stored checkpoint: {0}")]
     StoredCheckpoint(serde_json::Error),
+    #[error(transparent)]
+    RotateCommand(#[from] crate::actions::template::TemplateError),
 }
 
 /// An insert's error: a duplicate is `duplicate`, a reference to nothing is `missing`.

@@ -15,6 +15,7 @@ mod error;
 mod grants;
 mod invites;
 mod lifecycle;
+mod password_rotation;
 mod rotation;
 mod rows;
 mod scan;

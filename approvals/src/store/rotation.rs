@@ -79,7 +79,8 @@ impl Store {
             }
             .into());
         }
-        Ok(())
+        // A password set aside by a rotation is settled once a credential is stored.
+        self.clear_pending_credential_in(tx, site, device).await
     }
 
     /// Records a rotation attempt; a successful one also dates the credential.

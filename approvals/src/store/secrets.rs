@@ -81,7 +81,7 @@ impl Store {
     }
 
     /// Opens a stored secret (a plain legacy value is returned as it is).
-    fn open_secret(&self, owner: Owner<'_>, stored: &str) -> Result<String> {
+    pub(crate) fn open_secret(&self, owner: Owner<'_>, stored: &str) -> Result<String> {
         if !stored.starts_with(crate::secrets::SEALED_PREFIX) {
             return Ok(stored.to_owned());
         }

@@ -397,7 +397,7 @@ impl LiveSession {
                 return Err(DeviceUnavailable::ControlPlane);
             }
         };
-        match upstream::connect(ctx.upstream_config.clone(), &device, &self.login).await {
+        match self.connect_device(ctx, device.clone()).await {
             Ok((h, ended)) => {
                 self.close_when_device_ends(ended);
                 Ok(Arc::new(h))
@@ -422,6 +422,45 @@ impl LiveSession {
                     .close_tx
                     .send(EndReason::DeviceUnreachable(e.to_string()));
                 Err(DeviceUnavailable::Connect(Arc::new(e)))
+            }
+        }
+    }
+
+    /// Logs in to the device; a refused password is retried with the one an interrupted rotation
+    /// set aside (adopted if it works, see [`crate::rotation::password`]).
+    async fn connect_device(
+        &self,
+        ctx: &Ctx,
+        device: approvals::Device,
+    ) -> Result<
+        (
+            Upstream,
+            tokio::sync::watch::Receiver<Option<upstream::DeviceEnd>>,
+        ),
+        UpstreamError,
+    > {
+        let first = upstream::connect(ctx.upstream_config.clone(), &device, &self.login).await;
+        if !matches!(first, Err(UpstreamError::AuthFailed(_))) {
+            return first;
+        }
+        let actions =
+            approvals::Actions::new(ctx.store.clone(), ctx.audit.clone(), ctx.notifier.clone());
+        let actor = approvals::Actor::broker(&ctx.node);
+        let recovered = crate::rotation::password::recover_pending(
+            &actions,
+            &actor,
+            &device,
+            approvals::time::now(),
+        )
+        .await;
+        match recovered {
+            Ok(Some(device)) => {
+                upstream::connect(ctx.upstream_config.clone(), &device, &self.login).await
+            }
+            Ok(None) => first,
+            Err(e) => {
+                warn!(session = %self.id, error = %e, "adopting a set-aside device password failed");
+                first
             }
         }
     }

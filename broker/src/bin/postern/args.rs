@@ -233,6 +233,11 @@ pub enum Command {
         /// Where to write the enrolment list (for `postern device import`).
         #[arg(long)]
         out: PathBuf,
+        /// Where the devices' logins have their homes, one per SITE/DEVICE, each with the
+        /// `.ssh/authorized_keys` that decides who may log in (default: OUT with extension
+        /// `.homes`). Kept across runs, so rotated keys stay rotated.
+        #[arg(long)]
+        homes: Option<PathBuf>,
         /// A cheap scripted shell instead of a real one in a pty (for scale runs).
         #[arg(long)]
         scripted: bool,
@@ -271,6 +276,10 @@ pub enum Command {
         host_key: PathBuf,
         #[arg(long)]
         authorized_key: PathBuf,
+        /// The login's home: its `.ssh/authorized_keys` decides who may log in (made from
+        /// --authorized-key if missing).
+        #[arg(long)]
+        home: PathBuf,
     },
 }
 
@@ -475,10 +484,35 @@ pub enum DeviceAction {
         /// The device's SSH host key to pin (default: fetched now and pinned; check its fingerprint).
         #[arg(long)]
         host_key: Option<PathBuf>,
+        /// With --password-file: the command that changes the login's password when it is
+        /// rotated; `{login}` and `{password}` are filled in (see `device rotate-command`).
+        #[arg(long, requires = "password_file")]
+        rotate_command: Option<String>,
     },
     List,
-    /// Rotate key credentials: a new ed25519 key is installed in the login's
+    /// Set the command that rotates a password credential, run on the device over the broker's
+    /// login: `{login}` and `{password}` are filled in, e.g.
+    /// `echo '{login}:{password}' | sudo chpasswd`. The new password is proven by a fresh login.
+    RotateCommand {
+        /// SITE/DEVICE
+        #[arg(required_unless_present_any = ["site", "all"], conflicts_with_all = ["site", "all"])]
+        target: Option<String>,
+        /// Every device at this site.
+        #[arg(long, conflicts_with = "all")]
+        site: Option<String>,
+        /// Every device.
+        #[arg(long)]
+        all: bool,
+        /// The command template.
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        set: Option<String>,
+        /// Remove the command (the password is then not rotated).
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Rotate credentials. Keys: a new ed25519 key is installed in the login's
     /// ~/.ssh/authorized_keys, proven by a fresh login, the old key removed, then stored.
+    /// Passwords: a new one is set by the device's rotate command and proven by a fresh login.
     Rotate {
         /// SITE/DEVICE
         #[arg(required_unless_present_any = ["site", "all"], conflicts_with_all = ["site", "all"])]

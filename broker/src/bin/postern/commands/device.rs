@@ -27,11 +27,34 @@ pub async fn run(env: &Env, action: &DeviceAction) -> Result<()> {
             key,
             password_file,
             host_key,
+            rotate_command,
         } => {
+            if let Some(c) = rotate_command {
+                approvals::actions::template::check(c).context("--rotate-command")?;
+            }
             let credential = Credential::read(key.as_deref(), password_file.as_deref())?;
-            add(env, target, addr, login, credential, host_key.as_deref()).await
+            add(env, target, addr, login, credential, host_key.as_deref()).await?;
+            match rotate_command {
+                Some(c) => set_rotate_command(env, &[target_of(target)?], Some(c)).await,
+                None => Ok(()),
+            }
         }
         DeviceAction::List => list(env).await,
+        DeviceAction::RotateCommand {
+            target,
+            site,
+            all,
+            set,
+            clear: _,
+        } => {
+            let which = super::device_rotate::Which::new(target.as_deref(), site.as_deref(), *all);
+            let devices: Vec<(String, String)> = super::device_rotate::select(env, &which)
+                .await?
+                .into_iter()
+                .map(|d| (d.site, d.name))
+                .collect();
+            set_rotate_command(env, &devices, set.as_deref()).await
+        }
         DeviceAction::Rotate {
             target,
             site,
@@ -101,6 +124,33 @@ async fn import(
         .await?;
     let (added, new_sites) = (done.devices, done.new_sites);
     println!("{added} devices imported ({new_sites} new sites)");
+    Ok(())
+}
+
+fn target_of(target: &str) -> Result<(String, String)> {
+    let (site, name) = target
+        .split_once('/')
+        .ok_or_else(|| anyhow!("'{target}' is not SITE/DEVICE"))?;
+    Ok((site.to_owned(), name.to_owned()))
+}
+
+/// `device rotate-command`: one audited action per device.
+async fn set_rotate_command(
+    env: &Env,
+    devices: &[(String, String)],
+    command: Option<&str>,
+) -> Result<()> {
+    let actions = env.actions();
+    for (site, name) in devices {
+        actions
+            .set_device_rotate_command(&operator(), site, name, command)
+            .await
+            .with_context(|| format!("{site}/{name}: rotate command not changed"))?;
+    }
+    match command {
+        Some(_) => println!("rotate command set for {} device(s)", devices.len()),
+        None => println!("rotate command removed from {} device(s)", devices.len()),
+    }
     Ok(())
 }
 

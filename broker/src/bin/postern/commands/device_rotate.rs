@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
-use approvals::Device;
 use approvals::time::now;
+use approvals::{CredentialKind, Device};
 use broker::device_admin::STEP_TIMEOUT;
 use broker::rotation::Rotator;
 use serde::Serialize;
@@ -37,6 +37,9 @@ struct Outcome {
     device: String,
     /// `rotated`, `ready` (dry run) or `failed`.
     result: &'static str,
+    /// `key` or `password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credential: Option<CredentialKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     step: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -54,11 +57,18 @@ impl Outcome {
                 "{}: rotation failed at {step}: {e}; the old credential stays in use",
                 self.device
             ),
+            ("ready", ..) if self.credential == Some(CredentialKind::Password) => format!(
+                "{}: ready to rotate the password (logged in, rotate command set); nothing changed",
+                self.device
+            ),
             ("ready", ..) => format!(
                 "{}: ready to rotate (key {} found in authorized_keys); nothing changed",
                 self.device,
                 self.old_key.as_deref().unwrap_or("?")
             ),
+            _ if self.credential == Some(CredentialKind::Password) => {
+                format!("{}: rotated, new password proven and stored", self.device)
+            }
             _ => format!(
                 "{}: rotated, key {} replaced by {}",
                 self.device,
@@ -95,7 +105,7 @@ pub async fn run(env: &Env, which: Which<'_>, dry_run: bool, concurrency: usize)
     Ok(())
 }
 
-async fn select(env: &Env, which: &Which<'_>) -> Result<Vec<Device>> {
+pub async fn select(env: &Env, which: &Which<'_>) -> Result<Vec<Device>> {
     let devices = match which {
         Which::One(target) => {
             let (site, name) = target
@@ -154,19 +164,17 @@ async fn one(rotator: &Rotator, device: &Device) -> Outcome {
     match rotator.rotate(device, now()).await {
         Ok(done) => Outcome {
             device: name,
-            result: if done.new_key.is_some() {
-                "rotated"
-            } else {
-                "ready"
-            },
+            result: if done.changed { "rotated" } else { "ready" },
+            credential: Some(done.kind),
             step: None,
             error: None,
-            old_key: Some(done.old_key),
+            old_key: done.old_key,
             new_key: done.new_key,
         },
         Err(e) => Outcome {
             device: name,
             result: "failed",
+            credential: Some(device.credential_kind),
             step: Some(e.step.to_string()),
             error: Some(e.error),
             old_key: None,

@@ -11,7 +11,7 @@ use broker::keys;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use super::device::serve_sim;
+use super::device::{SimLogin, serve_sim};
 
 use crate::commands::{Env, operator};
 
@@ -143,8 +143,12 @@ async fn start_device(
     std::fs::write(paths.sim_port(), sim_addr.port().to_string())?;
     let sim_key = keys::load_private(&paths.sim_host_key())?;
     let broker_device_pub = keys::load_public(&paths.device_key().with_extension("pub"))?;
+    let login = std::sync::Arc::new(SimLogin::create(
+        paths.dir.join("sim-home"),
+        &broker_device_pub,
+    )?);
     let sim = tokio::spawn(async move {
-        if let Err(e) = serve_sim(sim_listener, sim_key, broker_device_pub, DEVICE, false).await {
+        if let Err(e) = serve_sim(sim_listener, sim_key, login, DEVICE, false).await {
             tracing::warn!(error = %e, "simulated device stopped");
         }
     });

@@ -1,14 +1,16 @@
 //! Postern's device simulator and `postern demo`.
 //!
-//! The simulator is an SSH server on loopback that behaves like a maintained device: it accepts
-//! one authorised key (the broker's credential), runs a real shell in a pty, runs exec commands,
-//! serves sftp with the system's sftp-server when present, and forwards to loopback ports.
+//! The simulator is an SSH server on loopback that behaves like a maintained device: its login has
+//! a home directory whose `.ssh/authorized_keys` decides which keys may log in (so rotation and the
+//! unbrokered-access scan change and read it exactly as on a real device), it runs a real shell in
+//! a pty, runs exec commands, serves sftp with the system's sftp-server when present, and forwards
+//! to loopback ports.
 //!
 //! `postern simulate` runs a fleet of them in one process, each device on its own port with its
 //! own host key. For scale runs, a device can answer with a scripted shell instead (a prompt and
 //! a few commands, no process per session).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +22,47 @@ use russh::{Channel, ChannelMsg};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use broker::device_admin::AuthorizedKeys;
 use broker::keys;
+
+/// A simulated device's login: its home directory. Who may log in is whatever
+/// `HOME/.ssh/authorized_keys` says at the moment of the attempt, as with sshd.
+#[derive(Debug)]
+pub struct SimLogin {
+    pub home: PathBuf,
+}
+
+impl SimLogin {
+    /// Makes `home/.ssh` and, if there is none yet, an authorized_keys file trusting `initial`.
+    pub fn create(home: PathBuf, initial: &PublicKey) -> Result<SimLogin> {
+        let ssh = home.join(".ssh");
+        std::fs::create_dir_all(&ssh).with_context(|| format!("creating {}", ssh.display()))?;
+        let file = ssh.join("authorized_keys");
+        if !file.exists() {
+            let line = initial.to_openssh().map_err(|e| anyhow!("{e}"))?;
+            std::fs::write(&file, format!("{line}\n"))
+                .with_context(|| format!("writing {}", file.display()))?;
+        }
+        Ok(SimLogin { home })
+    }
+
+    async fn accepts(&self, key: &PublicKey) -> bool {
+        let file = self.home.join(".ssh").join("authorized_keys");
+        match tokio::fs::read_to_string(&file).await {
+            Ok(text) => AuthorizedKeys::parse(&text).contains(key),
+            Err(_) => false,
+        }
+    }
+
+    /// The environment every process on this device starts with.
+    fn env(&self) -> Vec<(String, String)> {
+        vec![("HOME".into(), self.home.display().to_string())]
+    }
+}
 
 #[derive(Clone)]
 struct SimConn {
-    authorized: Arc<PublicKey>,
+    login: Arc<SimLogin>,
     name: Arc<str>,
     scripted: bool,
 }
@@ -37,7 +75,7 @@ impl russh::server::Handler for SimConn {
         _user: &str,
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if key.public_key.key_data() == self.authorized.key_data() {
+        Ok(if self.login.accepts(key.public_key).await {
             Auth::Accept
         } else {
             Auth::reject()
@@ -56,9 +94,15 @@ impl russh::server::Handler for SimConn {
                 channel,
                 session.handle(),
                 self.name.clone(),
+                self.login.clone(),
             ));
         } else {
-            tokio::spawn(sim_channel(channel, session.handle(), self.name.clone()));
+            tokio::spawn(sim_channel(
+                channel,
+                session.handle(),
+                self.name.clone(),
+                self.login.clone(),
+            ));
         }
         Ok(())
     }
@@ -213,10 +257,38 @@ async fn read_some(r: &mut Option<Reader>, buf: &mut [u8]) -> Option<usize> {
 }
 
 /// One session channel of a simulated device: wait for what to run, run it, pump its bytes.
-async fn sim_channel(mut ch: Channel<Msg>, handle: Handle, name: Arc<str>) {
-    let Some(running) = wait_for_start(&mut ch, &handle, &name).await else {
+async fn sim_channel(mut ch: Channel<Msg>, handle: Handle, name: Arc<str>, login: Arc<SimLogin>) {
+    let Some(running) = wait_for_start(&mut ch, &handle, &name, &login).await else {
         return;
     };
+    pump(ch, running).await;
+}
+
+/// Runs `command` in a real `/bin/sh` in the login's home (what a scripted device does with the
+/// commands it does not script, such as the administration of its authorized_keys).
+pub async fn exec_real(
+    ch: Channel<Msg>,
+    handle: Handle,
+    name: &str,
+    login: &SimLogin,
+    command: &str,
+) {
+    let id = ch.id();
+    match spawn("/bin/sh", &["-c", command], None, &login.env(), name) {
+        Ok(running) => {
+            let _ = handle.channel_success(id).await;
+            pump(ch, running).await;
+        }
+        Err(e) => {
+            let _ = handle.channel_failure(id).await;
+            let _ = ch.extended_data(1, format!("{e}\n").as_bytes()).await;
+            let _ = ch.exit_status(127).await;
+            let _ = ch.close().await;
+        }
+    }
+}
+
+async fn pump(ch: Channel<Msg>, running: Running) {
     let mut pump = Pump {
         ch,
         running,
@@ -228,10 +300,15 @@ async fn sim_channel(mut ch: Channel<Msg>, handle: Handle, name: Arc<str>) {
 }
 
 /// The channel's requests before it runs anything: a pty, environment, then shell, exec or sftp.
-async fn wait_for_start(ch: &mut Channel<Msg>, handle: &Handle, name: &str) -> Option<Running> {
+async fn wait_for_start(
+    ch: &mut Channel<Msg>,
+    handle: &Handle,
+    name: &str,
+    login: &SimLogin,
+) -> Option<Running> {
     let id = ch.id();
     let mut pty: Option<(String, u16, u16)> = None;
-    let mut env: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = login.env();
     loop {
         let started = match ch.wait().await? {
             ChannelMsg::RequestPty {
@@ -437,7 +514,7 @@ fn sent<E>(r: Result<(), E>) -> Next {
 pub async fn serve_sim(
     listener: TcpListener,
     host_key: PrivateKey,
-    authorized: PublicKey,
+    login: Arc<SimLogin>,
     name: &str,
     scripted: bool,
 ) -> std::io::Result<()> {
@@ -451,7 +528,7 @@ pub async fn serve_sim(
         ..Default::default()
     });
     let conn = SimConn {
-        authorized: Arc::new(authorized),
+        login,
         name: name.into(),
         scripted,
     };
@@ -466,25 +543,36 @@ pub async fn serve_sim(
     }
 }
 
-pub async fn run_standalone(listen: &str, host_key: &Path, authorized: &Path) -> Result<()> {
+pub async fn run_standalone(
+    listen: &str,
+    host_key: &Path,
+    authorized: &Path,
+    home: &Path,
+) -> Result<()> {
     let key = keys::load_private(host_key)?;
-    let auth = keys::load_public(authorized)?;
+    let login = Arc::new(SimLogin::create(
+        home.to_owned(),
+        &keys::load_public(authorized)?,
+    )?);
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
     println!("device-sim: listening on {}", listener.local_addr()?);
-    serve_sim(listener, key, auth, "sim", false).await?;
+    serve_sim(listener, key, login, "sim", false).await?;
     Ok(())
 }
 
 /// `postern simulate`: `sites` x `devices` simulated devices on loopback, each on its own port
-/// with its own host key, trusting `authorized`. The enrolment list (`site,device,addr,host_key`
-/// per line, for `postern device import`) is written to `out` once every device listens.
+/// with its own host key and its own login home under `homes` (`SITE/DEVICE`), whose
+/// authorized_keys starts out trusting `authorized`. The enrolment list
+/// (`site,device,addr,host_key` per line, for `postern device import`) is written to `out` once
+/// every device listens.
 pub async fn run_fleet(
     sites: usize,
     devices: usize,
     authorized: &Path,
     out: &Path,
+    homes: &Path,
     scripted: bool,
 ) -> Result<()> {
     let auth = keys::load_public(authorized)?;
@@ -504,18 +592,20 @@ pub async fn run_fleet(
                 "{site},{device},{},{host_key}\n",
                 listener.local_addr()?
             ));
-            let auth = auth.clone();
-            tasks.spawn(async move { serve_sim(listener, key, auth, &name, scripted).await });
+            let login = Arc::new(SimLogin::create(homes.join(&site).join(&device), &auth)?);
+            tasks.spawn(async move { serve_sim(listener, key, login, &name, scripted).await });
         }
     }
     let tmp = out.with_extension("tmp");
     std::fs::write(&tmp, list).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, out)?;
     println!(
-        "simulate: {} devices at {sites} sites on loopback ({} shell); enrolment list in {}",
+        "simulate: {} devices at {sites} sites on loopback ({} shell); enrolment list in {}; \
+         logins' homes under {}",
         sites * devices,
         if scripted { "scripted" } else { "real" },
-        out.display()
+        out.display(),
+        homes.display()
     );
     if let Some(r) = tasks.join_next().await {
         r.map_err(|e| anyhow!("{e}"))??;

@@ -41,13 +41,18 @@ pub async fn run(cli: &Cli) -> Result<ExitCode> {
             devices,
             authorized_key,
             out,
+            homes,
             scripted,
-        } => device::run_fleet(*sites, *devices, authorized_key, out, *scripted).await?,
+        } => {
+            let homes = homes.clone().unwrap_or_else(|| out.with_extension("homes"));
+            device::run_fleet(*sites, *devices, authorized_key, out, &homes, *scripted).await?
+        }
         Command::DeviceSim {
             listen,
             host_key,
             authorized_key,
-        } => device::run_standalone(listen, host_key, authorized_key).await?,
+            home,
+        } => device::run_standalone(listen, host_key, authorized_key, home).await?,
         _ => anyhow::bail!("not a simulator command"),
     }
     Ok(ExitCode::SUCCESS)

@@ -1,4 +1,6 @@
-//! A scripted device for scale runs: a prompt and a few commands, no process per session.
+//! A scripted device for scale runs: a prompt and a few commands, no process per session. Exec
+//! commands it does not script (administration: reading and writing the login's authorized_keys)
+//! run in a real shell in the login's home, so rotation and scans work on it as on a real device.
 
 use std::sync::Arc;
 
@@ -20,13 +22,20 @@ fn scripted(line: &str, name: &str) -> (String, u32) {
             0,
         ),
         "uname" => ("Linux\n".into(), 0),
-        _ => (format!("sim: {cmd}: command not found\n"), 127),
+        _ => (format!("sim: {cmd}: command not found\n"), NOT_FOUND),
     }
 }
 
+const NOT_FOUND: u32 = 127;
+
 /// A session on a scripted device: exec answers at once; a shell shows a prompt, echoes what is
 /// typed and answers each line. No process is started.
-pub async fn channel(mut ch: Channel<Msg>, handle: Handle, name: Arc<str>) {
+pub async fn channel(
+    mut ch: Channel<Msg>,
+    handle: Handle,
+    name: Arc<str>,
+    login: Arc<super::device::SimLogin>,
+) {
     let id = ch.id();
     loop {
         let Some(msg) = ch.wait().await else { return };
@@ -35,8 +44,13 @@ pub async fn channel(mut ch: Channel<Msg>, handle: Handle, name: Arc<str>) {
                 let _ = handle.channel_success(id).await;
             }
             ChannelMsg::Exec { command, .. } => {
+                let command = String::from_utf8_lossy(&command);
+                let (out, status) = scripted(&command, &name);
+                if status == NOT_FOUND {
+                    super::device::exec_real(ch, handle, &name, &login, &command).await;
+                    return;
+                }
                 let _ = handle.channel_success(id).await;
-                let (out, status) = scripted(&String::from_utf8_lossy(&command), &name);
                 let _ = ch.data(out.as_bytes()).await;
                 let _ = ch.exit_status(status).await;
                 let _ = ch.eof().await;
