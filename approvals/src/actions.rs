@@ -69,6 +69,8 @@ type Result<T> = std::result::Result<T, ActionError>;
 
 mod lifecycle;
 pub use lifecycle::GrantCut;
+mod edges;
+pub use edges::{EdgeCertificate, JoinRefused};
 mod rotation;
 pub use rotation::{Rotated, template};
 mod scan;
@@ -259,6 +261,30 @@ pub enum ActionRecord {
         step: String,
         error: String,
     },
+    EdgeAdd {
+        edge: String,
+        sites: Vec<String>,
+        region: Option<String>,
+        /// When the join token stops working (the token is never recorded).
+        token_expires: i64,
+    },
+    EdgeJoin {
+        edge: String,
+        serial: String,
+        not_after: i64,
+    },
+    EdgeJoinRefused {
+        edge: String,
+        reason: String,
+    },
+    EdgeRenew {
+        edge: String,
+        serial: String,
+        not_after: i64,
+    },
+    EdgeRevoke {
+        edge: String,
+    },
     DeviceRotateCommand {
         site: String,
         device: String,
@@ -423,6 +449,11 @@ impl ActionRecord {
             ActionRecord::DeviceRotate { .. } => AuditEvent::DeviceRotate,
             ActionRecord::DeviceRotateFailed { .. } => AuditEvent::DeviceRotateFailed,
             ActionRecord::DeviceRotateCommand { .. } => AuditEvent::DeviceRotateCommand,
+            ActionRecord::EdgeAdd { .. } => AuditEvent::EdgeAdd,
+            ActionRecord::EdgeJoin { .. } => AuditEvent::EdgeJoin,
+            ActionRecord::EdgeJoinRefused { .. } => AuditEvent::EdgeJoinRefused,
+            ActionRecord::EdgeRenew { .. } => AuditEvent::EdgeRenew,
+            ActionRecord::EdgeRevoke { .. } => AuditEvent::EdgeRevoke,
             ActionRecord::DeviceRotateRecovered { .. } => AuditEvent::DeviceRotateRecovered,
             ActionRecord::ScanRun { .. } => AuditEvent::ScanRun,
             ActionRecord::ScanRemove { .. } => AuditEvent::ScanRemove,

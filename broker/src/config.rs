@@ -91,6 +91,9 @@ pub struct Config {
     pub ssh_listen: String,
     #[serde(default = "default_web_listen")]
     pub web_listen: String,
+    /// Where site edges connect (mutually authenticated TLS 1.3); `off` for none.
+    #[serde(default = "default_edge_listen")]
+    pub edge_listen: String,
     /// How long before a window ends the vendor is warned.
     #[serde(default = "default_warn_before")]
     pub warn_before: String,
@@ -227,6 +230,9 @@ fn default_ssh_listen() -> String {
 fn default_web_listen() -> String {
     "127.0.0.1:8080".into()
 }
+fn default_edge_listen() -> String {
+    "0.0.0.0:8443".into()
+}
 fn default_warn_before() -> String {
     "5m".into()
 }
@@ -289,6 +295,7 @@ impl Default for Config {
             database_url: None,
             ssh_listen: default_ssh_listen(),
             web_listen: default_web_listen(),
+            edge_listen: default_edge_listen(),
             warn_before: default_warn_before(),
             request_wait: default_request_wait(),
             request_ttl: default_request_ttl(),

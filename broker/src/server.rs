@@ -49,6 +49,10 @@ pub enum ServeError {
     Checkpointer(#[from] crate::checkpointer::StartError),
     #[error("the server is already running")]
     Running,
+    #[error(transparent)]
+    EdgeCa(#[from] crate::edge::ca::CaError),
+    #[error(transparent)]
+    EdgeTls(#[from] crate::edge::tls::TlsError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -59,6 +63,8 @@ type Result<T, E = ServeError> = std::result::Result<T, E>;
 pub struct Listen<'a> {
     pub ssh: &'a str,
     pub web: &'a str,
+    /// Site edges' listener, or `off`.
+    pub edge: &'a str,
 }
 
 /// Where a built server is listening, for the operator and the scripts that wait on it.
@@ -66,6 +72,30 @@ pub struct Listening {
     pub ssh: SocketAddr,
     /// `http://ADDR`, `https://ADDR`, or `off`.
     pub web: String,
+    /// Where edges connect, if they may.
+    pub edge: Option<SocketAddr>,
+}
+
+/// The edge listener and its TLS configuration (a server certificate from the edge CA, made at
+/// each start), unless `edge_listen` is `off`.
+async fn bind_edges(
+    node: &Node,
+    addr: &str,
+) -> Result<Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>> {
+    if addr == "off" {
+        return Ok(None);
+    }
+    let ca = crate::edge::ca::EdgeCa::load_or_create(&node.data.keys())?;
+    let (cert, key) = ca.server_certificate()?;
+    let tls = crate::edge::tls::central(ca.pem(), &cert, &key)?;
+    let listener =
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|error| ServeError::Listen {
+                addr: addr.to_owned(),
+                error,
+            })?;
+    Ok(Some((listener, Arc::new(tls))))
 }
 
 /// Why a server stopped.
@@ -81,6 +111,7 @@ pub struct Server {
     operator: Actor,
     ctx: Arc<Ctx>,
     ssh: Option<tokio::net::TcpListener>,
+    edge: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
     ssh_config: Arc<russh::server::Config>,
     web: Option<crate::web::Serving>,
     web_state: Arc<approvals::web::WebState>,
@@ -128,15 +159,18 @@ impl Server {
                 addr: listen.ssh.to_owned(),
                 error,
             })?;
+        let edge = bind_edges(&node, listen.edge).await?;
         let listening = Listening {
             ssh: ssh.local_addr()?,
             web: web_url,
+            edge: edge.as_ref().map(|(l, _)| l.local_addr()).transpose()?,
         };
         Ok(Server {
             node,
             operator,
             ctx,
             ssh: Some(ssh),
+            edge,
             ssh_config: crate::frontdoor::server_config(host_key),
             web,
             web_state,
@@ -233,6 +267,12 @@ impl Server {
         };
         let ssh = self.ssh.take().ok_or(ServeError::Running)?;
         let frontdoor = crate::frontdoor::serve(self.ctx.clone(), self.ssh_config.clone(), ssh);
+        let edges: std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
+        > = match self.edge.take() {
+            Some((listener, tls)) => Box::pin(self.ctx.edges.clone().serve(listener, tls)),
+            None => Box::pin(std::future::pending()),
+        };
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let failed = |what: &str, r: &dyn std::fmt::Debug| Stopped {
@@ -246,6 +286,7 @@ impl Server {
         Ok(tokio::select! {
             r = frontdoor => failed("SSH", &r),
             r = web => failed("web", &r),
+            r = edges => failed("edge", &r),
             _ = tokio::signal::ctrl_c() => signal("interrupted"),
             _ = sigterm.recv() => signal("terminated"),
         })
@@ -353,6 +394,13 @@ async fn context(node: &Node, limits: &Limits, journal: Journal) -> Result<Ctx> 
         self_service: Arc::new(
             crate::self_service::SelfService::new(node).map_err(ServeError::CertValidity)?,
         ),
+        edges: Arc::new(crate::edge::hub::EdgeHub::new(
+            node.store.clone(),
+            node.audit.clone(),
+            node.actions(),
+            &node.cfg.node,
+            Arc::new(crate::edge::ca::EdgeCa::load_or_create(&node.data.keys())?),
+        )),
     })
 }
 

@@ -27,6 +27,9 @@ pub enum UpstreamError {
     AuthFailed(String),
     #[error("the broker's credential for device {0} is unusable: {1}")]
     BadCredential(String, String),
+    /// The site is served by an edge, and it cannot take the connection now.
+    #[error(transparent)]
+    Edge(#[from] crate::edge::hub::RouteError),
 }
 
 /// Why the connection to a device ended without the broker ending it.
@@ -105,6 +108,16 @@ pub async fn connect(
     device: &Device,
     login: &str,
 ) -> Result<(Upstream, tokio::sync::watch::Receiver<Option<DeviceEnd>>), UpstreamError> {
+    connect_via(config, device, login, None).await
+}
+
+/// As [`connect`], over `via` (a stream through the site's edge) instead of a TCP connection.
+pub async fn connect_via(
+    config: Arc<client::Config>,
+    device: &Device,
+    login: &str,
+    via: Option<tokio_yamux::StreamHandle>,
+) -> Result<(Upstream, tokio::sync::watch::Receiver<Option<DeviceEnd>>), UpstreamError> {
     let name = format!("{}/{}", device.site, device.name);
     let pinned = parse_public(&device.host_key)
         .map_err(|e| UpstreamError::BadCredential(name.clone(), format!("pinned host key: {e}")))?;
@@ -115,7 +128,12 @@ pub async fn connect(
         seen: seen.clone(),
         ended,
     };
-    let connecting = client::connect(config, device.addr.as_str(), handler);
+    let connecting = async {
+        match via {
+            Some(stream) => client::connect_stream(config, stream, handler).await,
+            None => client::connect(config, device.addr.as_str(), handler).await,
+        }
+    };
     let mut handle = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
         Err(_) => {
             return Err(UpstreamError::Unreachable(

@@ -234,8 +234,14 @@ impl World {
         // Every test vendor connects from 127.0.0.1: exempt it from per-source caps and penalties
         // (the flood tests attack from other loopback addresses). Keys given in `extra_config`
         // replace the ones `init` wrote.
+        // No edge listener unless a test asks for one (the default port is one for all).
+        let edges = if extra_config.contains("edge_listen") {
+            ""
+        } else {
+            "edge_listen = \"off\"\n"
+        };
         let extra = format!(
-            "warn_before = \"{warn_before}\"\npenalty_exempt = [\"127.0.0.1\"]\n{extra_config}"
+            "warn_before = \"{warn_before}\"\npenalty_exempt = [\"127.0.0.1\"]\n{edges}{extra_config}"
         );
         let key_of = |line: &str| line.split_once('=').map(|(k, _)| k.trim().to_owned());
         let overridden: Vec<String> = extra.lines().filter_map(key_of).collect();

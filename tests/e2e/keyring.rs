@@ -32,7 +32,16 @@ fn ok(data: &Path, args: &[&str]) -> String {
 /// Starts `serve`: `Ok(())` once it listens (then stops it), `Err(stderr)` if it exits first.
 fn serve(data: &Path) -> Result<(), String> {
     let mut child = Command::new(postern_bin())
-        .args(["serve", "--ssh", "127.0.0.1:0", "--web", "off", "--data"])
+        .args([
+            "serve",
+            "--ssh",
+            "127.0.0.1:0",
+            "--web",
+            "off",
+            "--edge",
+            "off",
+            "--data",
+        ])
         .arg(data)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -497,6 +497,8 @@ fn the_web_form_is_served_over_https_when_configured() {
                 "127.0.0.1:0",
                 "--web",
                 "127.0.0.1:0",
+                "--edge",
+                "off",
                 "--data",
             ])
             .arg(&data),

@@ -54,6 +54,7 @@ pub enum Thing {
     Session,
     Request,
     BreakGlass,
+    Edge,
 }
 
 impl std::fmt::Display for Thing {
@@ -65,6 +66,7 @@ impl std::fmt::Display for Thing {
             Thing::Function => "function",
             Thing::Approver => "approver",
             Thing::Grant => "grant",
+            Thing::Edge => "edge",
             Thing::Session => "session",
             Thing::Request => "request",
             Thing::BreakGlass => "break-glass opening",
@@ -122,6 +124,8 @@ pub enum Conflict {
     DeviceExists { site: String, device: String },
     #[error("certificate serial {0} already recorded")]
     CertificateRecorded(String),
+    #[error("site {site} is already served by edge {edge}")]
+    SiteServed { site: String, edge: String },
     /// One pending request per vendor, device and function.
     #[error(
         "request {request} for {function} at {site}/{device} is already waiting for an approver"

@@ -65,6 +65,8 @@ pub struct Ctx {
     pub live: Mutex<HashMap<String, Arc<LiveSession>>>,
     /// Enrolment, renewal and the `~/.ssh/config` block (`crate::self_service`).
     pub self_service: Arc<crate::self_service::SelfService>,
+    /// Connected site edges: upstream connections to their sites' devices go through them.
+    pub edges: Arc<crate::edge::hub::EdgeHub>,
 }
 
 impl Ctx {
@@ -439,7 +441,9 @@ impl LiveSession {
         ),
         UpstreamError,
     > {
-        let first = upstream::connect(ctx.upstream_config.clone(), &device, &self.login).await;
+        let via = self.via_edge(ctx).await?;
+        let first =
+            upstream::connect_via(ctx.upstream_config.clone(), &device, &self.login, via).await;
         if !matches!(first, Err(UpstreamError::AuthFailed(_))) {
             return first;
         }
@@ -455,7 +459,8 @@ impl LiveSession {
         .await;
         match recovered {
             Ok(Some(device)) => {
-                upstream::connect(ctx.upstream_config.clone(), &device, &self.login).await
+                let via = self.via_edge(ctx).await?;
+                upstream::connect_via(ctx.upstream_config.clone(), &device, &self.login, via).await
             }
             Ok(None) => first,
             Err(e) => {
@@ -463,6 +468,17 @@ impl LiveSession {
                 first
             }
         }
+    }
+
+    /// A stream through the edge serving the device's site; `None`: the site is reached directly.
+    async fn via_edge(
+        &self,
+        ctx: &Ctx,
+    ) -> Result<Option<tokio_yamux::StreamHandle>, UpstreamError> {
+        ctx.edges
+            .route(&self.target.site, &self.target.device)
+            .await
+            .map_err(UpstreamError::Edge)
     }
 
     /// The device going away ends the session, named for what happened.

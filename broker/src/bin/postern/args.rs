@@ -52,6 +52,9 @@ pub enum Command {
         /// Web UI listen address for approvers (default from config: 127.0.0.1:8080); `off` for none.
         #[arg(long)]
         web: Option<String>,
+        /// Where site edges connect (default from config: 0.0.0.0:8443); `off` for none.
+        #[arg(long)]
+        edge: Option<String>,
     },
     /// Vendors: named people with a certificate and a TOTP second factor.
     Vendor {
@@ -62,6 +65,11 @@ pub enum Command {
     Site {
         #[command(subcommand)]
         action: SiteAction,
+    },
+    /// Site edges: add, list and revoke them (at the central); join and run one (at the site).
+    Edge {
+        #[command(subcommand)]
+        action: EdgeAction,
     },
     /// Devices at sites, with the credential the broker logs in with.
     Device {
@@ -441,6 +449,39 @@ pub enum CaAction {
     Rotate,
     /// Stop trusting a vendor CA on every node and revoke every certificate it signed.
     Retire { fingerprint: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EdgeAction {
+    /// Register an edge for sites; prints its one-time join token (it pins the edge CA).
+    Add {
+        name: String,
+        /// The sites it serves (comma-separated; each served by one edge at most).
+        #[arg(long, value_delimiter = ',', required = true)]
+        sites: Vec<String>,
+        #[arg(long)]
+        region: Option<String>,
+        /// How long each of its certificates is valid (renewed by the edge at two thirds).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// How long the join token works.
+        #[arg(long, default_value = "24h")]
+        token_ttl: String,
+    },
+    /// The edges: sites, online or offline, since when, address, certificate expiry.
+    List,
+    /// Cut an edge off: its certificate is refused from now on and its link is closed.
+    Revoke { name: String },
+    /// At the site: join the central with the token `edge add` printed (kept in DATA/edge/).
+    Join {
+        /// The central's edge listener, HOST:PORT.
+        #[arg(long)]
+        central: String,
+        #[arg(long)]
+        token: String,
+    },
+    /// At the site: keep the link to the central up (reconnecting by itself), serving its sites.
+    Run,
 }
 
 #[derive(Subcommand, Debug)]

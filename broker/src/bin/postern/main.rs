@@ -17,6 +17,9 @@ fn main() -> std::process::ExitCode {
     let serving = matches!(
         cli.command,
         Command::Serve { .. }
+            | Command::Edge {
+                action: args::EdgeAction::Run
+            }
             | Command::Demo { action: None, .. }
             | Command::DeviceSim { .. }
             | Command::Simulate { .. }

@@ -8,6 +8,7 @@ pub mod ca;
 pub mod command_log;
 pub mod device;
 pub mod device_rotate;
+pub mod edge;
 pub mod function;
 pub mod grant;
 pub mod invite;
@@ -93,7 +94,12 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 .map(|DemoAction::Code { approver }| *approver);
             crate::sim::demo::run(&cli, code_of, ssh, web.as_deref()).await
         }
-        Command::Serve { ssh, web } => serve::run(Env::open(&cli).await?, ssh, web).await,
+        Command::Serve { ssh, web, edge } => {
+            serve::run(Env::open(&cli).await?, ssh, web, edge).await
+        }
+        Command::Edge {
+            action: action @ (crate::args::EdgeAction::Join { .. } | crate::args::EdgeAction::Run),
+        } => edge::at_site(&cli, action).await,
         Command::Verify {
             file: Some(file),
             public_key,
@@ -143,6 +149,7 @@ async fn with_env(env: &Env, command: &Command) -> Result<ExitCode> {
     match command {
         Command::Vendor { action } => vendor::run(env, action).await?,
         Command::Site { action } => site::run(env, action).await?,
+        Command::Edge { action } => edge::run(env, action).await?,
         Command::Device { action } => device::run(env, action).await?,
         Command::Function { action } => function::run(env, action).await?,
         Command::Grant { action } => grant::run(env, action).await?,

@@ -8,16 +8,22 @@ use broker::server::{Listen, Listening};
 
 use super::{Env, operator};
 
-pub async fn run(env: Env, ssh: &Option<String>, web: &Option<String>) -> Result<ExitCode> {
+pub async fn run(
+    env: Env,
+    ssh: &Option<String>,
+    web: &Option<String>,
+    edge: &Option<String>,
+) -> Result<ExitCode> {
     let ssh = ssh.clone().unwrap_or_else(|| env.cfg.ssh_listen.clone());
     let web = web.clone().unwrap_or_else(|| env.cfg.web_listen.clone());
-    serve(env, &ssh, &web).await
+    let edge = edge.clone().unwrap_or_else(|| env.cfg.edge_listen.clone());
+    serve(env, &ssh, &web, &edge).await
 }
 
 /// Builds and runs the server; a listener that fails is a non-zero exit (so the service manager
 /// restarts the node), a signal a clean one.
-pub async fn serve(env: Env, ssh: &str, web: &str) -> Result<ExitCode> {
-    let server = Server::build(env.node, operator(), &Listen { ssh, web }).await?;
+pub async fn serve(env: Env, ssh: &str, web: &str, edge: &str) -> Result<ExitCode> {
+    let server = Server::build(env.node, operator(), &Listen { ssh, web, edge }).await?;
     let stopped = server.run(announce).await?;
     Ok(if stopped.failed {
         ExitCode::FAILURE
@@ -30,6 +36,9 @@ pub async fn serve(env: Env, ssh: &str, web: &str) -> Result<ExitCode> {
 fn announce(at: &Listening) {
     if at.web != "off" {
         println!("postern: web UI for approvers on {}", at.web);
+    }
+    if let Some(edge) = at.edge {
+        println!("postern: listening for site edges on {edge}");
     }
     println!("postern: listening for vendors on {}", at.ssh);
 }

@@ -1,0 +1,404 @@
+//! The edge side: `postern edge join` (token and CSR in, certificate and CA out, kept in
+//! `DATA/edge/`) and `postern edge run` (the link to the central, kept up with jittered backoff;
+//! device streams connected to the devices of the edge's own sites only; the certificate renewed
+//! before it ends).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rcgen::{CertificateParams, KeyPair};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_yamux::{Session, StreamHandle};
+
+use super::token::JoinToken;
+use super::wire::{self, EdgeDevice, Message};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Token(#[from] super::token::NotAToken),
+    #[error("{path}: {error}")]
+    File { path: String, error: std::io::Error },
+    #[error("connecting to {central}: {error}")]
+    Connect { central: String, error: String },
+    #[error("the central refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
+    #[error("certificate: {0}")]
+    Cert(String),
+    #[error("{0}")]
+    State(String),
+}
+
+/// What `edge join` leaves in `DATA/edge/edge.json` (beside `edge.key`, `edge.crt`, `ca.crt`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Joined {
+    pub edge: String,
+    pub central: String,
+    /// Unix seconds the current certificate ends.
+    pub not_after: i64,
+    /// Seconds a certificate is valid for (from the central), for renewing at two thirds.
+    pub ttl: i64,
+}
+
+pub struct EdgeFiles {
+    pub dir: PathBuf,
+}
+
+impl EdgeFiles {
+    pub fn new(data: &Path) -> EdgeFiles {
+        EdgeFiles {
+            dir: data.join("edge"),
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    fn read(&self, name: &str) -> Result<String, AgentError> {
+        let p = self.path(name);
+        std::fs::read_to_string(&p).map_err(|error| AgentError::File {
+            path: p.display().to_string(),
+            error,
+        })
+    }
+    fn write(&self, name: &str, text: &str, private: bool) -> Result<(), AgentError> {
+        let p = self.path(name);
+        let file = |error| AgentError::File {
+            path: p.display().to_string(),
+            error,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(file)?;
+        if private {
+            crate::config::write_private(&p, text.as_bytes())
+                .map_err(|e| AgentError::State(e.to_string()))
+        } else {
+            let tmp = p.with_extension("tmp");
+            std::fs::write(&tmp, text).map_err(file)?;
+            std::fs::rename(&tmp, &p).map_err(file)
+        }
+    }
+    pub fn state(&self) -> Result<Joined, AgentError> {
+        serde_json::from_str(&self.read("edge.json")?)
+            .map_err(|e| AgentError::State(format!("edge.json: {e}")))
+    }
+    fn save(&self, state: &Joined, cert: &str, key: &str) -> Result<(), AgentError> {
+        // Key and certificate first, the state that points at them last.
+        self.write("edge.key", key, true)?;
+        self.write("edge.crt", cert, false)?;
+        let json =
+            serde_json::to_string_pretty(state).map_err(|e| AgentError::State(e.to_string()))?;
+        self.write("edge.json", &json, false)
+    }
+}
+
+async fn tcp(central: &str) -> Result<TcpStream, AgentError> {
+    let err = |error: String| AgentError::Connect {
+        central: central.to_owned(),
+        error,
+    };
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(central))
+        .await
+        .map_err(|_| err("timed out".into()))?
+        .map_err(|e| err(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(10))
+            .with_interval(Duration::from_secs(5)),
+    );
+    Ok(tcp)
+}
+
+fn csr() -> Result<(String, String), AgentError> {
+    let key = KeyPair::generate().map_err(|e| AgentError::Cert(e.to_string()))?;
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| AgentError::Cert(e.to_string()))?;
+    Ok((csr, key.serialize_pem()))
+}
+
+fn not_after(cert_pem: &str) -> Result<i64, AgentError> {
+    let der = super::ca::pem_der(cert_pem).map_err(|e| AgentError::Cert(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| AgentError::Cert(e.to_string()))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// `postern edge join`: gets a certificate for a fresh key with the one-time token.
+pub async fn join(central: &str, token: &str, data: &Path) -> Result<Joined, AgentError> {
+    let token = JoinToken::parse(token)?;
+    let (csr, key) = csr()?;
+    let connector = TlsConnector::from(Arc::new(super::tls::joining(&token.pin)?));
+    let mut tls = connector
+        .connect(super::tls::central_name(), tcp(central).await?)
+        .await
+        .map_err(|e| AgentError::Connect {
+            central: central.to_owned(),
+            error: e.to_string(),
+        })?;
+    let join = Message::Join {
+        edge: token.edge.clone(),
+        secret: token.secret.clone(),
+        csr,
+    };
+    wire::write(&mut tls, &join).await?;
+    let (certificate, ca) = match wire::read(&mut tls).await? {
+        Message::Joined { certificate, ca } => (certificate, ca),
+        Message::Refused { reason } => return Err(AgentError::Refused(reason)),
+        other => return Err(wire::WireError::Unexpected(other.kind()).into()),
+    };
+    let ca_der = super::ca::pem_der(&ca).map_err(|e| AgentError::Cert(e.to_string()))?;
+    if hex::encode(Sha256::digest(&ca_der)) != token.pin {
+        return Err(AgentError::Cert(
+            "the CA sent is not the one the token pins".into(),
+        ));
+    }
+    let end = not_after(&certificate)?;
+    let state = Joined {
+        edge: token.edge,
+        central: central.to_owned(),
+        not_after: end,
+        ttl: (end - approvals::time::now()).max(60),
+    };
+    let files = EdgeFiles::new(data);
+    files.write("ca.crt", &ca, false)?;
+    files.save(&state, &certificate, &key)?;
+    Ok(state)
+}
+
+/// What the link told the edge: its sites and their devices.
+#[derive(Default)]
+struct Scope {
+    sites: Vec<String>,
+    devices: HashMap<(String, String), String>,
+}
+
+impl Scope {
+    fn set_devices(&mut self, devices: Vec<EdgeDevice>) {
+        // Only devices of the edge's own sites, whatever the list holds.
+        self.devices = devices
+            .into_iter()
+            .filter(|d| self.sites.contains(&d.site))
+            .map(|d| ((d.site, d.device), d.addr))
+            .collect();
+    }
+}
+
+/// `postern edge run`: keeps the link up until the process is stopped. Each connection that ends
+/// is retried after a jittered, growing delay (1 s up to 30 s; back to 1 s after a link that was
+/// up).
+pub async fn run(data: &Path) -> Result<(), AgentError> {
+    let files = EdgeFiles::new(data);
+    files.state()?;
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match link(&files).await {
+            Ok(()) => delay = Duration::from_secs(1),
+            Err(e) => tracing::warn!(error = %e, "edge link"),
+        }
+        let jitter = rand::random_range(0.5..1.5);
+        let wait = delay.mul_f64(jitter);
+        println!(
+            "postern edge: link down; reconnecting in {:.1}s",
+            wait.as_secs_f64()
+        );
+        tokio::time::sleep(wait).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// One link: connect, welcome, then serve streams until it ends. `Ok` once it was up.
+async fn link(files: &EdgeFiles) -> Result<(), AgentError> {
+    let state = files.state()?;
+    if renew_due(&state)
+        && let Err(e) = renew(files, &state).await
+    {
+        tracing::warn!(error = %e, "certificate renewal failed; trying again later");
+    }
+    let state = files.state()?;
+    let config = super::tls::edge(
+        &files.read("ca.crt")?,
+        &files.read("edge.crt")?,
+        &files.read("edge.key")?,
+    )?;
+    let connector = TlsConnector::from(Arc::new(config));
+    let mut tls = connector
+        .connect(super::tls::central_name(), tcp(&state.central).await?)
+        .await
+        .map_err(|e| AgentError::Connect {
+            central: state.central.clone(),
+            error: e.to_string(),
+        })?;
+    let mut scope = Scope::default();
+    match wire::read(&mut tls).await? {
+        Message::Welcome { sites, devices, .. } => {
+            scope.sites = sites;
+            scope.set_devices(devices);
+        }
+        Message::Refused { reason } => return Err(AgentError::Refused(reason)),
+        other => return Err(wire::WireError::Unexpected(other.kind()).into()),
+    }
+    println!(
+        "postern edge: connected to {} as {} (sites {})",
+        state.central,
+        state.edge,
+        scope.sites.join(",")
+    );
+    let scope = Arc::new(Mutex::new(scope));
+    let mut session = Session::new_client(tls, super::hub::yamux_config());
+    let mut renewal = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            inbound = session.next() => match inbound {
+                Some(Ok(stream)) => {
+                    tokio::spawn(serve_stream(stream, scope.clone()));
+                }
+                Some(Err(e)) => {
+                    println!("postern edge: link lost: {e}");
+                    return Ok(());
+                }
+                None => {
+                    println!("postern edge: link lost");
+                    return Ok(());
+                }
+            },
+            _ = renewal.tick() => {
+                // A renewed certificate is used from the next connection on.
+                if let Ok(s) = files.state()
+                    && renew_due(&s)
+                {
+                    let mut control = session.control();
+                    if let Ok(stream) = control.open_stream().await {
+                        let _ = renew_over(files, &s, stream).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn renew_due(state: &Joined) -> bool {
+    state.not_after - approvals::time::now() < state.ttl / 3
+}
+
+/// Renews over a short-lived link of its own (the certificate still being valid).
+async fn renew(files: &EdgeFiles, state: &Joined) -> Result<(), AgentError> {
+    let config = super::tls::edge(
+        &files.read("ca.crt")?,
+        &files.read("edge.crt")?,
+        &files.read("edge.key")?,
+    )?;
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(super::tls::central_name(), tcp(&state.central).await?)
+        .await
+        .map_err(|e| AgentError::Connect {
+            central: state.central.clone(),
+            error: e.to_string(),
+        })?;
+    match wire::read(&mut tls).await? {
+        Message::Welcome { .. } => {}
+        Message::Refused { reason } => return Err(AgentError::Refused(reason)),
+        other => return Err(wire::WireError::Unexpected(other.kind()).into()),
+    }
+    let mut session = Session::new_client(tls, super::hub::yamux_config());
+    let mut control = session.control();
+    let driver = tokio::spawn(async move { while session.next().await.is_some() {} });
+    let stream = control
+        .open_stream()
+        .await
+        .map_err(|e| AgentError::State(e.to_string()));
+    let result = match stream {
+        Ok(stream) => renew_over(files, state, stream).await,
+        Err(e) => Err(e),
+    };
+    control.close().await;
+    driver.abort();
+    result
+}
+
+async fn renew_over(
+    files: &EdgeFiles,
+    state: &Joined,
+    mut stream: StreamHandle,
+) -> Result<(), AgentError> {
+    let (csr, key) = csr()?;
+    wire::write(&mut stream, &Message::Renew { csr }).await?;
+    match wire::read(&mut stream).await? {
+        Message::Renewed { certificate } => {
+            let next = Joined {
+                not_after: not_after(&certificate)?,
+                ..state.clone()
+            };
+            files.save(&next, &certificate, &key)?;
+            println!(
+                "postern edge: certificate renewed until {}",
+                approvals::time::fmt_time(next.not_after)
+            );
+            Ok(())
+        }
+        Message::Refused { reason } => Err(AgentError::Refused(reason)),
+        other => Err(wire::WireError::Unexpected(other.kind()).into()),
+    }
+}
+
+/// A stream the central opened: a new device list, or a device to connect.
+async fn serve_stream(mut stream: StreamHandle, scope: Arc<Mutex<Scope>>) {
+    let msg = match tokio::time::timeout(Duration::from_secs(10), wire::read(&mut stream)).await {
+        Ok(Ok(m)) => m,
+        _ => return,
+    };
+    match msg {
+        Message::Devices { devices } => {
+            scope
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_devices(devices);
+            let _ = wire::write(&mut stream, &Message::Opened).await;
+        }
+        Message::Open { site, device } => {
+            let addr = scope
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .devices
+                .get(&(site.clone(), device.clone()))
+                .cloned();
+            let Some(addr) = addr else {
+                // No open relay: only devices enrolled at this edge's sites.
+                let reason = format!("{site}/{device} is not a device of this edge's sites");
+                tracing::warn!(%site, %device, "edge: refused a stream to a device not of its sites");
+                eprintln!("postern edge: refused: {reason}");
+                let _ = wire::write(&mut stream, &Message::OpenRefused { reason }).await;
+                return;
+            };
+            let tcp =
+                tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&addr)).await;
+            match tcp {
+                Ok(Ok(mut tcp)) => {
+                    let _ = tcp.set_nodelay(true);
+                    if wire::write(&mut stream, &Message::Opened).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
+                    }
+                }
+                Ok(Err(e)) => {
+                    let reason = format!("{site}/{device} at {addr}: {e}");
+                    let _ = wire::write(&mut stream, &Message::OpenRefused { reason }).await;
+                }
+                Err(_) => {
+                    let reason = format!("{site}/{device} at {addr}: timed out");
+                    let _ = wire::write(&mut stream, &Message::OpenRefused { reason }).await;
+                }
+            }
+        }
+        other => tracing::warn!(kind = %other.kind(), "edge: unexpected message on a stream"),
+    }
+}

@@ -1,0 +1,172 @@
+//! The central's edge CA: a self-signed ECDSA P-256 CA kept in `DATA/keys/edge_ca.key` (0600) and
+//! `edge_ca.crt`, made on first use. It signs edges' client certificates (from their CSRs, with
+//! every requested field replaced: only the public key is taken) and the central's server
+//! certificate for the edge listener.
+
+use std::path::{Path, PathBuf};
+
+use approvals::actions::EdgeCertificate;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, CertifiedIssuer,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType, SerialNumber,
+};
+use sha2::{Digest, Sha256};
+
+use super::{CENTRAL_NAME, EDGE_URI_PREFIX};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("edge CA {path}: {error}")]
+    File { path: String, error: std::io::Error },
+    #[error("edge CA: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("edge CA: {0}")]
+    Pem(String),
+}
+
+/// The edge CA, loaded.
+pub struct EdgeCa {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+fn file_error(path: &Path) -> impl Fn(std::io::Error) -> CaError + '_ {
+    move |error| CaError::File {
+        path: path.display().to_string(),
+        error,
+    }
+}
+
+fn time_at(unix: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+fn serial() -> (SerialNumber, String) {
+    // Positive and never repeated: 16 random bytes with the top bit cleared.
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f;
+    (SerialNumber::from_slice(&bytes), serial_hex(&bytes))
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Postern edge CA");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = approvals::time::now();
+    params.not_before = time_at(now - 3600);
+    params.not_after = time_at(now + 20 * 365 * 86_400);
+    params
+}
+
+impl EdgeCa {
+    pub fn paths(keys: &Path) -> (PathBuf, PathBuf) {
+        (keys.join("edge_ca.key"), keys.join("edge_ca.crt"))
+    }
+
+    /// Loads the CA from `keys`, making it first if there is none.
+    pub fn load_or_create(keys: &Path) -> Result<EdgeCa, CaError> {
+        let (key_path, crt_path) = Self::paths(keys);
+        if !key_path.exists() {
+            let key = KeyPair::generate()?;
+            let issuer = CertifiedIssuer::self_signed(ca_params(), key)?;
+            // The certificate first, the key last: a key file means a whole CA.
+            std::fs::write(&crt_path, issuer.pem()).map_err(file_error(&crt_path))?;
+            crate::config::write_private(&key_path, issuer.key().serialize_pem().as_bytes())
+                .map_err(|e| CaError::Pem(e.to_string()))?;
+        }
+        let key_pem = std::fs::read_to_string(&key_path).map_err(file_error(&key_path))?;
+        let crt_pem = std::fs::read_to_string(&crt_path).map_err(file_error(&crt_path))?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&crt_pem, key)?;
+        Ok(EdgeCa {
+            issuer,
+            pem: crt_pem,
+        })
+    }
+
+    /// The CA certificate, PEM (as stored).
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// The CA certificate, DER (as stored).
+    pub fn der(&self) -> Result<Vec<u8>, CaError> {
+        pem_der(&self.pem)
+    }
+
+    /// What a join token pins: the SHA-256 of the CA certificate's DER, hex.
+    pub fn pin(&self) -> Result<String, CaError> {
+        Ok(hex::encode(Sha256::digest(self.der()?)))
+    }
+
+    /// Signs an edge's CSR: only its public key is used; the name, validity and usage are ours.
+    pub fn issue_edge(
+        &self,
+        csr_pem: &str,
+        edge: &str,
+        ttl: i64,
+    ) -> Result<EdgeCertificate, CaError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("postern edge {edge}"));
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(
+            format!("{EDGE_URI_PREFIX}{edge}")
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::Cert(e))?,
+        )];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = approvals::time::now();
+        params.not_before = time_at(now - 300);
+        params.not_after = time_at(now + ttl);
+        let (sn, serial) = serial();
+        params.serial_number = Some(sn);
+        params.use_authority_key_identifier_extension = true;
+        csr.params = params;
+        let cert = csr.signed_by(&self.issuer)?;
+        Ok(EdgeCertificate {
+            serial,
+            not_after: now + ttl,
+            pem: cert.pem(),
+        })
+    }
+
+    /// A server certificate for the edge listener (made at each start, a year long), with its key.
+    pub fn server_certificate(&self) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![CENTRAL_NAME.to_owned()])?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, CENTRAL_NAME);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = approvals::time::now();
+        params.not_before = time_at(now - 300);
+        params.not_after = time_at(now + 365 * 86_400);
+        params.serial_number = Some(serial().0);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// A serial as recorded: hex, without leading zero bytes (DER drops them).
+pub fn serial_hex(bytes: &[u8]) -> String {
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    hex::encode(&bytes[first..])
+}
+
+/// The DER of the first PEM block of `text`.
+pub fn pem_der(text: &str) -> Result<Vec<u8>, CaError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(text.as_bytes())
+        .map(|c| c.to_vec())
+        .map_err(|e| CaError::Pem(e.to_string()))
+}

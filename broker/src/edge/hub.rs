@@ -1,0 +1,500 @@
+//! The central side of edges: the edge listener, one link per connected edge (a TLS connection
+//! carrying yamux streams), and [`EdgeHub::route`], which gives the session an upstream stream to
+//! a device through the edge serving its site.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use approvals::audit::AuditEvent;
+use approvals::store::{EDGE_SEEN_EVERY, Edge};
+use approvals::{Actions, Actor, AuditLog, Store};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_yamux::{Control, Session, StreamHandle};
+
+use super::ca::EdgeCa;
+use super::token::JoinToken;
+use super::wire::{self, EdgeDevice, Message};
+
+/// How long a TLS handshake and the first exchange may take.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long the edge may take to connect a device stream.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The yamux settings of a link: pings every 5 s, so a link that went silent is noticed.
+pub fn yamux_config() -> tokio_yamux::Config {
+    tokio_yamux::Config {
+        keepalive_interval: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+/// Why a device behind an edge cannot be reached now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    #[error("site {site} is offline since {since} (its edge lost contact)")]
+    Offline { site: String, since: String },
+    #[error("site {site} is offline: its edge {edge} is revoked")]
+    Revoked { site: String, edge: String },
+    #[error("site {site}'s edge {edge} is connected to node {node}, not this one")]
+    Elsewhere {
+        site: String,
+        edge: String,
+        node: String,
+    },
+    #[error("the edge of site {site} refused: {reason}")]
+    Refused { site: String, reason: String },
+    #[error("the edge of site {site} did not answer: {error}")]
+    Link { site: String, error: String },
+    #[error("edge lookup: control plane unavailable ({0})")]
+    Store(String),
+}
+
+struct Link {
+    control: Control,
+    /// The devices last sent to the edge.
+    devices: Mutex<HashSet<EdgeDevice>>,
+    cut: tokio::sync::Notify,
+}
+
+/// Connected edges on this node.
+pub struct EdgeHub {
+    store: Store,
+    audit: AuditLog,
+    actions: Actions,
+    node: String,
+    ca: Arc<EdgeCa>,
+    links: Mutex<HashMap<String, Arc<Link>>>,
+}
+
+fn hhmm(t: Option<i64>) -> String {
+    match t {
+        Some(t) => chrono::DateTime::from_timestamp(t, 0)
+            .map(|d| d.format("%H:%M UTC").to_string())
+            .unwrap_or_else(|| t.to_string()),
+        None => "it joined (never connected)".into(),
+    }
+}
+
+impl EdgeHub {
+    pub fn new(
+        store: Store,
+        audit: AuditLog,
+        actions: Actions,
+        node: &str,
+        ca: Arc<EdgeCa>,
+    ) -> EdgeHub {
+        EdgeHub {
+            store,
+            audit,
+            actions,
+            node: node.to_owned(),
+            ca,
+            links: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn audit(&self, event: AuditEvent, fields: serde_json::Value) {
+        if let Err(e) = self.audit.record(event, fields) {
+            tracing::warn!(error = %e, event = %event, "audit log write failed");
+        }
+    }
+
+    fn link(&self, edge: &str) -> Option<Arc<Link>> {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(edge)
+            .cloned()
+    }
+
+    /// A stream to the device through its site's edge; `Ok(None)`: the site has no edge (connect
+    /// directly).
+    pub async fn route(
+        &self,
+        site: &str,
+        device: &str,
+    ) -> Result<Option<StreamHandle>, RouteError> {
+        let edge = approvals::store::deadline(self.store.edge_of_site(site))
+            .await
+            .map_err(|e| RouteError::Store(e.to_string()))?;
+        let Some(edge) = edge else {
+            return Ok(None);
+        };
+        if edge.revoked.is_some() {
+            return Err(RouteError::Revoked {
+                site: site.to_owned(),
+                edge: edge.name,
+            });
+        }
+        let Some(link) = self.link(&edge.name) else {
+            let now = approvals::time::now();
+            return Err(match edge.node.clone() {
+                Some(node) if edge.online(now) && node != self.node => RouteError::Elsewhere {
+                    site: site.to_owned(),
+                    edge: edge.name,
+                    node,
+                },
+                _ => RouteError::Offline {
+                    site: site.to_owned(),
+                    since: hhmm(edge.last_seen),
+                },
+            });
+        };
+        let link_error = |error: String| RouteError::Link {
+            site: site.to_owned(),
+            error,
+        };
+        let opened = tokio::time::timeout(OPEN_TIMEOUT, self.open(&edge, &link, site, device))
+            .await
+            .map_err(|_| link_error("timed out".into()))?;
+        match opened {
+            Ok(Ok(stream)) => Ok(Some(stream)),
+            Ok(Err(reason)) => {
+                self.audit(
+                    AuditEvent::EdgeRouteRefused,
+                    json!({"edge": edge.name, "site": site, "device": device, "reason": reason, "by": "edge"}),
+                );
+                Err(RouteError::Refused {
+                    site: site.to_owned(),
+                    reason,
+                })
+            }
+            Err(e) => Err(link_error(e.to_string())),
+        }
+    }
+
+    /// Sends the edge its devices if this one is new to it, then opens the device stream.
+    async fn open(
+        &self,
+        edge: &Edge,
+        link: &Link,
+        site: &str,
+        device: &str,
+    ) -> Result<Result<StreamHandle, String>, wire::WireError> {
+        let known = link
+            .devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|d| d.site == site && d.device == device);
+        if !known {
+            let devices = self.devices_of(edge).await?;
+            let mut s = self.stream(link).await?;
+            wire::write(
+                &mut s,
+                &Message::Devices {
+                    devices: devices.clone(),
+                },
+            )
+            .await?;
+            wire::read(&mut s).await?;
+            *link.devices.lock().unwrap_or_else(|p| p.into_inner()) = devices.into_iter().collect();
+        }
+        let mut s = self.stream(link).await?;
+        wire::write(
+            &mut s,
+            &Message::Open {
+                site: site.to_owned(),
+                device: device.to_owned(),
+            },
+        )
+        .await?;
+        match wire::read(&mut s).await? {
+            Message::Opened => Ok(Ok(s)),
+            Message::OpenRefused { reason } => Ok(Err(reason)),
+            other => Err(wire::WireError::Unexpected(other.kind())),
+        }
+    }
+
+    async fn stream(&self, link: &Link) -> Result<StreamHandle, wire::WireError> {
+        let mut control = link.control.clone();
+        control
+            .open_stream()
+            .await
+            .map_err(|e| wire::WireError::Io(std::io::Error::other(e.to_string())))
+    }
+
+    async fn devices_of(&self, edge: &Edge) -> Result<Vec<EdgeDevice>, wire::WireError> {
+        let all = self
+            .store
+            .devices()
+            .await
+            .map_err(|e| wire::WireError::Io(std::io::Error::other(e.to_string())))?;
+        Ok(all
+            .into_iter()
+            .filter(|d| edge.sites.contains(&d.site))
+            .map(|d| EdgeDevice {
+                site: d.site,
+                device: d.name,
+                addr: d.addr,
+            })
+            .collect())
+    }
+
+    /// Serves the edge listener until it fails.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<()> {
+        let acceptor = TlsAcceptor::from(tls);
+        loop {
+            let (tcp, peer) = listener.accept().await?;
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(
+                &socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(10))
+                    .with_interval(Duration::from_secs(5)),
+            );
+            let (hub, acceptor) = (self.clone(), acceptor.clone());
+            tokio::spawn(async move { hub.connection(acceptor, tcp, peer).await });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
+        let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.audit(
+                    AuditEvent::EdgeRefused,
+                    json!({"remote": peer.to_string(), "reason": format!("TLS handshake: {e}")}),
+                );
+                return;
+            }
+            Err(_) => return,
+        };
+        let cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec());
+        match cert {
+            None => self.join(tls, peer).await,
+            Some(der) => self.link_up(tls, peer, &der).await,
+        }
+    }
+
+    /// An edge without a certificate may only join: token, CSR, certificate.
+    async fn join(&self, mut tls: TlsStream<TcpStream>, peer: SocketAddr) {
+        let msg = match tokio::time::timeout(HANDSHAKE, wire::read(&mut tls)).await {
+            Ok(Ok(m)) => m,
+            _ => return,
+        };
+        let Message::Join { edge, secret, csr } = msg else {
+            let _ = wire::write(
+                &mut tls,
+                &Message::Refused {
+                    reason: "join first".into(),
+                },
+            )
+            .await;
+            return;
+        };
+        let ttl = match self.store.edge(&edge).await {
+            Ok(Some(e)) => e.ttl,
+            Ok(None) => 0,
+            Err(e) => {
+                let reason = format!("control plane unavailable: {e}");
+                let _ = wire::write(&mut tls, &Message::Refused { reason }).await;
+                return;
+            }
+        };
+        let actor = Actor::broker(&format!("{}:edge-join:{peer}", self.node));
+        let hash = JoinToken::secret_hash(&secret);
+        let joined = self
+            .actions
+            .join_edge(&actor, &edge, &hash, approvals::time::now(), || {
+                self.ca
+                    .issue_edge(&csr, &edge, ttl)
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        let reply = match joined {
+            Ok(Ok(cert)) => Message::Joined {
+                certificate: cert.pem,
+                ca: self.ca.pem().to_owned(),
+            },
+            Ok(Err(refused)) => Message::Refused {
+                reason: refused.to_string(),
+            },
+            Err(e) => Message::Refused {
+                reason: format!("not joined, the audit record could not be written: {e}"),
+            },
+        };
+        let _ = wire::write(&mut tls, &reply).await;
+    }
+
+    /// Checks the certificate against the registration; the edge's identity is the certificate's.
+    async fn admit(&self, der: &[u8]) -> Result<Edge, String> {
+        let (name, serial) =
+            super::tls::edge_identity(der).ok_or("the certificate names no edge")?;
+        let edge = self
+            .store
+            .edge(&name)
+            .await
+            .map_err(|e| format!("control plane unavailable: {e}"))?
+            .ok_or_else(|| format!("edge {name} is not registered"))?;
+        if edge.revoked.is_some() {
+            return Err(format!("edge {name} is revoked"));
+        }
+        if edge.cert_serial.as_deref() != Some(serial.as_str()) {
+            return Err(format!(
+                "edge {name}: certificate {serial} is not its current one"
+            ));
+        }
+        Ok(edge)
+    }
+
+    async fn link_up(self: Arc<Self>, mut tls: TlsStream<TcpStream>, peer: SocketAddr, der: &[u8]) {
+        let edge = match self.admit(der).await {
+            Ok(edge) => edge,
+            Err(reason) => {
+                self.audit(
+                    AuditEvent::EdgeRefused,
+                    json!({"remote": peer.to_string(), "reason": reason}),
+                );
+                let _ = wire::write(&mut tls, &Message::Refused { reason }).await;
+                return;
+            }
+        };
+        let devices = match self.devices_of(&edge).await {
+            Ok(d) => d,
+            Err(e) => {
+                let reason = e.to_string();
+                let _ = wire::write(&mut tls, &Message::Refused { reason }).await;
+                return;
+            }
+        };
+        let welcome = Message::Welcome {
+            edge: edge.name.clone(),
+            sites: edge.sites.clone(),
+            devices: devices.clone(),
+        };
+        if wire::write(&mut tls, &welcome).await.is_err() {
+            return;
+        }
+        let session = Session::new_server(tls, yamux_config());
+        let link = Arc::new(Link {
+            control: session.control(),
+            devices: Mutex::new(devices.into_iter().collect()),
+            cut: tokio::sync::Notify::new(),
+        });
+        let old = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(edge.name.clone(), link.clone());
+        if let Some(old) = old {
+            old.cut.notify_one();
+        }
+        let now = approvals::time::now();
+        if let Err(e) = self
+            .store
+            .edge_connected(&edge.name, &self.node, &peer.to_string(), now)
+            .await
+        {
+            tracing::warn!(edge = %edge.name, error = %e, "edge link state not recorded");
+        }
+        self.audit(
+            AuditEvent::EdgeOnline,
+            json!({"edge": edge.name, "remote": peer.to_string(), "node": self.node}),
+        );
+        tracing::info!(edge = %edge.name, remote = %peer, "edge connected");
+        let why = self.drive(&edge.name, session, &link).await;
+        let current = {
+            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            let current = links.get(&edge.name).is_some_and(|l| Arc::ptr_eq(l, &link));
+            if current {
+                links.remove(&edge.name);
+            }
+            current
+        };
+        if current {
+            let now = approvals::time::now();
+            if let Err(e) = self
+                .store
+                .edge_disconnected(&edge.name, &self.node, now)
+                .await
+            {
+                tracing::warn!(edge = %edge.name, error = %e, "edge link state not recorded");
+            }
+        }
+        self.audit(
+            AuditEvent::EdgeOffline,
+            json!({"edge": edge.name, "remote": peer.to_string(), "node": self.node, "reason": why}),
+        );
+        tracing::info!(edge = %edge.name, reason = %why, "edge link down");
+    }
+
+    /// Runs the link: inbound streams (renewals), the liveness writes, revocation.
+    async fn drive(
+        &self,
+        edge: &str,
+        mut session: Session<TlsStream<TcpStream>>,
+        link: &Link,
+    ) -> String {
+        let mut tick = tokio::time::interval(Duration::from_secs(EDGE_SEEN_EVERY as u64));
+        loop {
+            tokio::select! {
+                inbound = session.next() => match inbound {
+                    Some(Ok(stream)) => {
+                        let hub = (self.actions.clone(), self.ca.clone(), edge.to_owned(), self.node.clone());
+                        tokio::spawn(renew(hub, stream));
+                    }
+                    Some(Err(e)) => return format!("link error: {e}"),
+                    None => return "the link closed".into(),
+                },
+                _ = tick.tick() => {
+                    let now = approvals::time::now();
+                    let _ = self.store.edge_seen(edge, &self.node, now).await;
+                    if let Ok(Some(e)) = self.store.edge(edge).await
+                        && e.revoked.is_some()
+                    {
+                        return "the edge was revoked".into();
+                    }
+                }
+                _ = link.cut.notified() => return "replaced by a newer link".into(),
+            }
+        }
+    }
+}
+
+/// An edge's renewal request on a stream of its own: a new certificate for a fresh key.
+async fn renew(hub: (Actions, Arc<EdgeCa>, String, String), mut stream: StreamHandle) {
+    let (actions, ca, edge, node) = hub;
+    let Ok(Ok(Message::Renew { csr })) =
+        tokio::time::timeout(HANDSHAKE, wire::read(&mut stream)).await
+    else {
+        return;
+    };
+    let ttl = match actions.store().edge(&edge).await {
+        Ok(Some(e)) => e.ttl,
+        _ => return,
+    };
+    let reply = match ca.issue_edge(&csr, &edge, ttl) {
+        Ok(cert) => {
+            let actor = Actor::broker(&node);
+            match actions
+                .renew_edge(&actor, &edge, &cert, approvals::time::now())
+                .await
+            {
+                Ok(()) => Message::Renewed {
+                    certificate: cert.pem,
+                },
+                Err(e) => Message::Refused {
+                    reason: format!("not renewed, the audit record could not be written: {e}"),
+                },
+            }
+        }
+        Err(e) => Message::Refused {
+            reason: e.to_string(),
+        },
+    };
+    let _ = wire::write(&mut stream, &reply).await;
+}

@@ -1,0 +1,114 @@
+//! The messages of the edge protocol: JSON, each framed by a 4-byte big-endian length, at most
+//! [`MAX_MESSAGE`] bytes. Garbage, an oversized frame or an unexpected message ends the
+//! exchange with an error, never a panic.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// A device the central may ask the edge to connect to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EdgeDevice {
+    pub site: String,
+    pub device: String,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// Edge to central, without a client certificate: join with the token's secret.
+    Join {
+        edge: String,
+        secret: String,
+        csr: String,
+    },
+    /// Central to edge: the certificate and the CA to trust from now on.
+    Joined { certificate: String, ca: String },
+    /// Central to edge: the link is refused (and why).
+    Refused { reason: String },
+    /// Central to edge, first on a link: who the edge is, its sites and their devices.
+    Welcome {
+        edge: String,
+        sites: Vec<String>,
+        devices: Vec<EdgeDevice>,
+    },
+    /// Central to edge, on a stream of its own: the sites' devices changed.
+    Devices { devices: Vec<EdgeDevice> },
+    /// Central to edge, first on a device stream: connect this stream to the device.
+    Open { site: String, device: String },
+    /// Edge to central: the stream is now the device's TCP connection.
+    Opened,
+    /// Edge to central: refused (not a device of the edge's sites, or unreachable).
+    OpenRefused { reason: String },
+    /// Edge to central, on a stream of its own: a new certificate for this CSR.
+    Renew { csr: String },
+    /// Central to edge: the renewed certificate.
+    Renewed { certificate: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a message of {0} bytes is over the limit")]
+    TooLong(usize),
+    #[error("not a message: {0}")]
+    Garbage(#[from] serde_json::Error),
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+}
+
+pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) -> Result<(), WireError> {
+    let body = serde_json::to_vec(m)?;
+    if body.len() > MAX_MESSAGE {
+        return Err(WireError::TooLong(body.len()));
+    }
+    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    w.write_all(&body).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, WireError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(WireError::TooLong(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+impl Message {
+    /// For errors: the message's kind, not its contents (which may hold a secret).
+    pub fn kind(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v["type"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_garbage_is_an_error() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let m = Message::Open {
+            site: "s".into(),
+            device: "d".into(),
+        };
+        write(&mut a, &m).await.unwrap();
+        assert_eq!(read(&mut b).await.unwrap(), m);
+        a.write_all(&[0, 0, 0, 3, b'x', b'y', b'z']).await.unwrap();
+        assert!(matches!(read(&mut b).await, Err(WireError::Garbage(_))));
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        assert!(matches!(read(&mut b).await, Err(WireError::TooLong(_))));
+    }
+}
