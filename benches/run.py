@@ -121,6 +121,7 @@ class Bench:
         self.user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
         self.postern = os.path.join(TARGET, "debug" if args.debug else "release", "postern")
         self.n_vendor = 0
+        self.edge_port = free_port()
 
     def path(self, *p):
         return os.path.join(self.w, *p)
@@ -155,8 +156,9 @@ class Bench:
         out = open(self.path(f"{name}.out"), "w")
         # BENCH_BROKER_WRAPPER (e.g. "valgrind --tool=massif") runs the broker under a profiler.
         wrapper = os.environ.get("BENCH_BROKER_WRAPPER", "").split() if name == "serve" else []
+        edge = f"127.0.0.1:{self.edge_port}" if name == "serve" else "off"
         p = subprocess.Popen([*wrapper, binary, "serve", "--ssh", "127.0.0.1:0", "--web", "off",
-                              "--data", self.path("data"), *config],
+                              "--edge", edge, "--data", self.path("data"), *config],
                              stdout=out, stderr=subprocess.DEVNULL)
         self.procs.append(p)
         end = time.time() + 60
@@ -228,7 +230,8 @@ class Bench:
         secret = uri.split("secret=")[1].split("&")[0]
         self.run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.path(v), "-C", v)
         self.pn("vendor", "cert", v, "--pubkey", self.path(v + ".pub"))
-        self.pn("grant", "add", "--vendor", v, "--site", "bench", "--function", "bulk", "--until", "+2h")
+        for site in ["bench", "bench-e"] if getattr(self, "edge_site", False) else ["bench"]:
+            self.pn("grant", "add", "--vendor", v, "--site", site, "--function", "bulk", "--until", "+2h")
         return v, secret
 
     def target(self, path_kind):
@@ -244,25 +247,27 @@ class Bench:
                     "-p", str(self.device_port), f"{self.user}@127.0.0.1"], env
         v, secret = self.vendor()
         port = self.unrecorded_port if path_kind == "unrecorded" else self.broker_port
+        device = "bench-e/dev" if path_kind == "edge" else "bench/dev"
         code = self.path(f"{v}.code")
         with open(code, "w") as f:
             f.write(totp(secret) + "\n")
         env.update(SSH_ASKPASS=self.path("askpass"), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0",
                    BENCH_CODE_FILE=code)
         return ["ssh", *self.opts, "-i", self.path(v), "-p", str(port),
-                f"{v}:bench/dev@127.0.0.1"], env
+                f"{v}:{device}@127.0.0.1"], env
 
     # ---- 1. throughput ----
-    def throughput(self):
+    def throughput(self, kinds=None):
         mib = self.args.size_mib
         data = self.path("data.bin")
-        with open(data, "wb") as f:
-            for _ in range(mib):
-                f.write(os.urandom(1 << 20))
+        if not os.path.exists(data):
+            with open(data, "wb") as f:
+                for _ in range(mib):
+                    f.write(os.urandom(1 << 20))
         rows = []
         for direction in ["device->vendor", "vendor->device"]:
             speeds = {}
-            kinds = ["direct", "jump", "postern"] + (["unrecorded"] if self.args.unrecorded else [])
+            kinds = kinds or ["direct", "jump", "postern"] + (["unrecorded"] if self.args.unrecorded else [])
             for kind in kinds:
                 best = 0.0
                 for _ in range(self.args.repeat):
@@ -474,6 +479,57 @@ class Bench:
                 "failed": len(failed), "first_error": failed[0]["error"] if failed else "",
                 "one_new_key": one_new}
 
+    # ---- 9. site edges ----
+    def edges_online(self, prefix):
+        rows = json.loads(self.pn("edge", "list", "--json"))
+        return sum(1 for r in rows if r["name"].startswith(prefix) and r["online"])
+
+    def wait_edges(self, prefix, n, timeout):
+        t0 = time.time()
+        while self.edges_online(prefix) < n:
+            if time.time() - t0 > timeout:
+                raise SystemExit(f"only {self.edges_online(prefix)} of {n} edges online after {timeout}s")
+            time.sleep(0.25)
+        return time.time() - t0
+
+    def edge_throughput(self):
+        """The bench device again as site bench-e, reached through an edge (`postern edge run`)."""
+        self.pn("site", "add", "bench-e")
+        self.pn("device", "add", "bench-e/dev", "--addr", f"127.0.0.1:{self.device_port}",
+                "--login", self.user, "--key", self.path("devkey"), "--host-key", self.path("host.pub"))
+        token = json.loads(self.pn("edge", "add", "bench-e1", "--sites", "bench-e", "--json"))["token"]
+        self.run(self.postern, "edge", "join", "--central", f"127.0.0.1:{self.edge_port}",
+                 "--token", token, "--data", self.path("edge-e1"))
+        self.procs.append(subprocess.Popen([self.postern, "edge", "run", "--data", self.path("edge-e1")],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.wait_edges("bench-e1", 1, 30)
+        self.edge_site = True
+        return self.throughput(["direct", "postern", "edge"])
+
+    def edges(self, n):
+        """N edges in one process (`postern bench-edges`): central memory per edge, then the time
+        for all of them to be back after the central restarts."""
+        rss0 = rss_kib(self.broker.pid)
+        out = open(self.path("bench-edges.out"), "w")
+        p = subprocess.Popen([self.postern, "bench-edges", "--data", self.path("data"),
+                              "--central", f"127.0.0.1:{self.edge_port}", "--edges", str(n),
+                              "--dir", self.path("edges")], stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        up = self.wait_edges("bench-edge-", n, 900)
+        time.sleep(5)
+        rss1 = rss_kib(self.broker.pid)
+        self.broker.send_signal(15)
+        self.broker.wait(timeout=60)
+        t0 = time.time()
+        self.broker, self.broker_port = self.start_broker(self.postern, "serve")
+        restart = time.time() - t0
+        storm = self.wait_edges("bench-edge-", n, 900)
+        time.sleep(5)
+        rss2 = rss_kib(self.broker.pid)
+        p.terminate()
+        return {"n": n, "up": up, "per_edge": (rss1 - rss0) / n, "rss": rss1, "restart": restart,
+                "storm": storm, "rss_after": rss2}
+
     # ---- soak: memory over time ----
     def soak(self):
         """N sessions typing for a bounded time while the broker's RSS is sampled."""
@@ -577,6 +633,9 @@ def main():
     ap.add_argument("--rotate-concurrency", type=int, default=16,
                     help="devices rotated (and scanned) at once in the rotation run")
     ap.add_argument("--only-rotation", action="store_true", help="only the credential rotation run")
+    ap.add_argument("--edges", type=int, default=1000,
+                    help="site edges connected at once in the edge run (0 to skip)")
+    ap.add_argument("--only-edges", action="store_true", help="only the site edge run")
     ap.add_argument("--no-unrecorded", dest="unrecorded", action="store_false",
                     help="skip the recording-off comparison (it needs a second release build)")
     a = ap.parse_args()
@@ -589,8 +648,13 @@ def main():
         a.unrecorded = False
         a.scale = "50"
         a.rotation = min(a.rotation, 50)
-    if a.only_rotation:
+        a.edges = min(a.edges, 20)
+    if a.only_rotation or a.only_edges:
         a.unrecorded = False
+    if a.only_rotation:
+        a.edges = 0
+    if a.only_edges:
+        a.rotation = 0
     a.scale = [int(x) for x in str(a.scale).split(",") if x.strip()]
     b = Bench(a)
     try:
@@ -598,7 +662,7 @@ def main():
         print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
               f"{platform.system()} {platform.release()}; "
               f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")
-        if not a.only_rotation:
+        if not (a.only_rotation or a.only_edges):
             main_tables(a, b)
         if a.rotation:
             print()
@@ -611,6 +675,20 @@ def main():
             print(f"   rotate / scan time {r['rot_s'] / r['scan_s']:.2f}; rotated {r['rotated']}, "
                   f"failed {r['failed']}{(': ' + r['first_error']) if r['failed'] else ''}; "
                   f"devices holding exactly one new key afterwards: {r['one_new_key']}")
+        if a.edges:
+            print()
+            print(f"9a. bulk throughput through a site edge, {a.size_mib} MiB, best of {a.repeat} (MiB/s)")
+            print(f"   {'direction':<16}{'direct':>9}{'Postern':>9}{'via edge':>10}{'edge/Postern':>14}{'edge/direct':>13}")
+            for direction, s in b.edge_throughput():
+                print(f"   {direction:<16}{s['direct']:>9.0f}{s['postern']:>9.0f}{s['edge']:>10.0f}"
+                      f"{s['edge'] / s['postern']:>14.2f}{s['edge'] / s['direct']:>13.2f}")
+            e = b.edges(a.edges)
+            print()
+            print(f"9b. {e['n']} site edges in one process connected to one central")
+            print(f"   all joined and online after {e['up']:.1f}s; central RSS {e['rss'] / 1024:.1f} MiB, "
+                  f"{e['per_edge']:.0f} KiB per connected edge")
+            print(f"   central restarted (listening {e['restart']:.1f}s after the stop): all {e['n']} back "
+                  f"online {e['storm']:.1f}s after it listened; RSS then {e['rss_after'] / 1024:.1f} MiB")
     finally:
         b.close()
 

@@ -116,7 +116,7 @@ pub async fn connect_via(
     config: Arc<client::Config>,
     device: &Device,
     login: &str,
-    via: Option<tokio_yamux::StreamHandle>,
+    via: Option<tokio::io::DuplexStream>,
 ) -> Result<(Upstream, tokio::sync::watch::Receiver<Option<DeviceEnd>>), UpstreamError> {
     let name = format!("{}/{}", device.site, device.name);
     let pinned = parse_public(&device.host_key)

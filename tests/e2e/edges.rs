@@ -179,7 +179,8 @@ fn a_device_only_the_edge_reaches_is_served_through_it_and_a_cut_link_says_so() 
         &cfg,
         format!(
             "ListenAddress 127.0.0.1:{dev_port}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\n\
-             UsePAM no\nStrictModes no\nPasswordAuthentication no\nPermitRootLogin yes\nLogLevel ERROR\n",
+             UsePAM no\nStrictModes no\nPasswordAuthentication no\nPermitRootLogin yes\nLogLevel ERROR\n\
+             Subsystem sftp internal-sftp\n",
             w.dir.path().join("sshd_host_ed25519").display(),
             w.dir.path().join("broker_device_key.pub").display(),
         ),
@@ -269,31 +270,68 @@ fn a_device_only_the_edge_reaches_is_served_through_it_and_a_cut_link_says_so() 
     wait_online(&w, "e1", true, Duration::from_secs(15));
 
     let v = w.vendor("eve", &[]);
-    w.grant("eve", "site-e", "maint");
-    let o = w.ssh(&v, "eve:site-e/dev", &["echo", "through-the-edge"]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("through-the-edge"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+    w.grant("eve", "site-e", "full");
+    // Each vendor's TOTP codes are single-use steps: a second vendor keeps the test from waiting.
+    let fay = w.vendor("fay", &[]);
+    w.grant("fay", "site-e", "maint");
+    // 4 MiB up through the edge (the SSH client only writes: the stream's window must move).
+    let payload = w.dir.path().join("payload.bin");
+    let bytes: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&payload, &bytes).unwrap();
+    let up = run(w
+        .client("ssh", &v, &v.next_code())
+        .arg("eve:site-e/dev@127.0.0.1")
+        .arg("wc -c")
+        .stdin(std::fs::File::open(&payload).unwrap()));
+    assert_eq!(
+        String::from_utf8_lossy(&up.stdout).trim(),
+        "4194304",
+        "{up:?}"
     );
-    let sessions = w.ok(&["sessions", "--json"]);
-    assert!(sessions.contains("site-e"), "{sessions}");
+    // sftp through the edge.
+    let batch = w.dir.path().join("sftp.batch");
+    std::fs::write(&batch, format!("ls -l {}\n", payload.display())).unwrap();
+    let sftp = run(w
+        .client("sftp", &v, &v.next_code())
+        .args(["-o", "BatchMode=no", "-o", "User=eve:site-e/dev:full", "-b"])
+        .arg(&batch)
+        .arg("127.0.0.1"));
+    assert!(
+        String::from_utf8_lossy(&sftp.stdout).contains("4194304"),
+        "{sftp:?}"
+    );
+    // Recorded and verified at the central.
+    let sessions: Vec<Value> = serde_json::from_str(&w.ok(&["sessions", "--json"])).unwrap();
+    let ours: Vec<&Value> = sessions.iter().filter(|s| s["site"] == "site-e").collect();
+    assert!(ours.len() >= 2, "{sessions:?}");
+    for s in ours {
+        let id = s["id"].as_str().unwrap();
+        let verified = w.postern(&["verify", id]);
+        assert!(verified.status.success(), "verify {id}: {verified:?}");
+    }
 
     // Cut the link: offline within ~10 s, and the vendor is told so at once.
     relay.sever();
     let t = Instant::now();
     wait_online(&w, "e1", false, Duration::from_secs(15));
     eprintln!("offline noticed after {:?}", t.elapsed());
-    let o = w.ssh(&v, "eve:site-e/dev", &["echo", "no"]);
+    let o = w.ssh(&fay, "fay:site-e/dev", &["echo", "no"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("site site-e is offline since"), "{err}");
-    let sites = w.ok(&["edge", "list"]);
-    assert!(sites.contains("offline since"), "{sites}");
+    let edges = w.ok(&["edge", "list"]);
+    assert!(edges.contains("offline since"), "{edges}");
+    let sites = w.ok(&["site", "list"]);
+    assert!(
+        sites.contains("offline since") && sites.contains("its edge lost contact"),
+        "{sites}"
+    );
 
     // The link comes back by itself.
     relay.restore();
     wait_online(&w, "e1", true, Duration::from_secs(40));
-    let o = w.ssh(&v, "eve:site-e/dev", &["echo", "back-again"]);
+    let o = w.ssh(&fay, "fay:site-e/dev", &["echo", "back-again"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("back-again"));
 
     // Revoked: cut off, and refused when it tries again.
@@ -302,4 +340,87 @@ fn a_device_only_the_edge_reaches_is_served_through_it_and_a_cut_link_says_so() 
     w.wait_audit("edge.refused", |e| {
         e["event"] == "edge.refused" && e["reason"].as_str().is_some_and(|r| r.contains("revoked"))
     });
+}
+
+/// An edge data dir holding the given certificate and key (and the central's real CA).
+fn fake_edge(dir: &std::path::Path, central: &str, cert: &str, key: &str, ca: &str) {
+    let d = dir.join("edge");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("edge.crt"), cert).unwrap();
+    std::fs::write(d.join("edge.key"), key).unwrap();
+    std::fs::write(d.join("ca.crt"), ca).unwrap();
+    let state = serde_json::json!({"edge": "e2", "central": central,
+        "not_after": 4_000_000_000i64, "ttl": 86_400});
+    std::fs::write(d.join("edge.json"), state.to_string()).unwrap();
+}
+
+fn client_params(days_from: i64, days_to: i64) -> rcgen::CertificateParams {
+    let mut p = rcgen::CertificateParams::default();
+    p.subject_alt_names = vec![rcgen::SanType::URI("postern-edge:e2".try_into().unwrap())];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now + time::Duration::days(days_from);
+    p.not_after = now + time::Duration::days(days_to);
+    p
+}
+
+/// Runs `edge run` on `dir` until the central has audited a refusal whose reason holds `why`.
+fn refused(w: &World, dir: &std::path::Path, why: &str) {
+    let _edge = Proc(
+        Command::new(postern_bin())
+            .args(["edge", "run", "--data"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    w.wait_audit("edge.refused", |e| {
+        e["event"] == "edge.refused" && e["reason"].as_str().is_some_and(|r| r.contains(why))
+    });
+}
+
+#[test]
+fn certificates_of_another_ca_or_expired_are_refused_and_audited() {
+    let central_port = free_port();
+    let w = World::with_config(
+        9,
+        "5m",
+        &format!("edge_listen = \"127.0.0.1:{central_port}\"\n"),
+    );
+    w.ok(&["site", "add", "site-f"]);
+    w.ok(&["edge", "add", "e2", "--sites", "site-f"]);
+    let central = format!("127.0.0.1:{central_port}");
+    let keys = w.data.join("keys");
+    let real_ca = std::fs::read_to_string(keys.join("edge_ca.crt")).unwrap();
+
+    // A CA of its own, naming the registered edge: the handshake fails.
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other = rcgen::CertifiedIssuer::self_signed(ca_params, other_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = client_params(-1, 30).signed_by(&key, &other).unwrap();
+    let dir = w.dir.path().join("other-ca");
+    fake_edge(&dir, &central, &cert.pem(), &key.serialize_pem(), &real_ca);
+    refused(&w, &dir, "TLS handshake");
+
+    // The real CA, but expired.
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(keys.join("edge_ca.key")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&real_ca, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = client_params(-30, -1).signed_by(&key, &issuer).unwrap();
+    let dir = w.dir.path().join("expired");
+    fake_edge(&dir, &central, &cert.pem(), &key.serialize_pem(), &real_ca);
+    refused(&w, &dir, "certificate expired");
+
+    // The real CA and valid, but not the certificate the central issued to e2 (never joined).
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = client_params(-1, 30).signed_by(&key, &issuer).unwrap();
+    let dir = w.dir.path().join("not-current");
+    fake_edge(&dir, &central, &cert.pem(), &key.serialize_pem(), &real_ca);
+    refused(&w, &dir, "is not its current one");
 }

@@ -1,17 +1,22 @@
 //! The edge side: `postern edge join` (token and CSR in, certificate and CA out, kept in
 //! `DATA/edge/`) and `postern edge run` (the link to the central, kept up with jittered backoff;
 //! device streams connected to the devices of the edge's own sites only; the certificate renewed
-//! before it ends).
+//! before it ends). The edge keeps its own hash-chained audit log, `DATA/edge/audit.log`: its
+//! links coming up and going down, and every stream it refused.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use approvals::AuditLog;
+use approvals::audit::AuditEvent;
 use futures::StreamExt;
 use rcgen::{CertificateParams, KeyPair};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_yamux::{Session, StreamHandle};
@@ -86,6 +91,11 @@ impl EdgeFiles {
             std::fs::rename(&tmp, &p).map_err(file)
         }
     }
+    /// The edge's own audit log.
+    pub fn audit(&self, edge: &str) -> AuditLog {
+        AuditLog::new(&self.path("audit.log"), &format!("edge:{edge}"))
+    }
+
     pub fn state(&self) -> Result<Joined, AgentError> {
         serde_json::from_str(&self.read("edge.json")?)
             .map_err(|e| AgentError::State(format!("edge.json: {e}")))
@@ -254,23 +264,46 @@ async fn link(files: &EdgeFiles) -> Result<(), AgentError> {
         state.edge,
         scope.sites.join(",")
     );
+    let audit = files.audit(&state.edge);
+    record(
+        &audit,
+        AuditEvent::EdgeOnline,
+        json!({"central": state.central}),
+    );
     let scope = Arc::new(Mutex::new(scope));
+    let why = serve_link(files, tls, scope, &audit).await;
+    println!("postern edge: link lost: {why}");
+    record(
+        &audit,
+        AuditEvent::EdgeOffline,
+        json!({"central": state.central, "reason": why}),
+    );
+    Ok(())
+}
+
+fn record(audit: &AuditLog, event: AuditEvent, fields: serde_json::Value) {
+    if let Err(e) = audit.record(event, fields) {
+        tracing::warn!(error = %e, event = %event, "edge audit log write failed");
+    }
+}
+
+/// Serves the central's streams until the link ends; says why it ended.
+async fn serve_link(
+    files: &EdgeFiles,
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    scope: Arc<Mutex<Scope>>,
+    audit: &AuditLog,
+) -> String {
     let mut session = Session::new_client(tls, super::hub::yamux_config());
     let mut renewal = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             inbound = session.next() => match inbound {
                 Some(Ok(stream)) => {
-                    tokio::spawn(serve_stream(stream, scope.clone()));
+                    tokio::spawn(serve_stream(stream, scope.clone(), audit.clone()));
                 }
-                Some(Err(e)) => {
-                    println!("postern edge: link lost: {e}");
-                    return Ok(());
-                }
-                None => {
-                    println!("postern edge: link lost");
-                    return Ok(());
-                }
+                Some(Err(e)) => return format!("link error: {e}"),
+                None => return "the central closed the link".into(),
             },
             _ = renewal.tick() => {
                 // A renewed certificate is used from the next connection on.
@@ -352,7 +385,11 @@ async fn renew_over(
 }
 
 /// A stream the central opened: a new device list, or a device to connect.
-async fn serve_stream(mut stream: StreamHandle, scope: Arc<Mutex<Scope>>) {
+async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    scope: Arc<Mutex<Scope>>,
+    audit: AuditLog,
+) {
     let msg = match tokio::time::timeout(Duration::from_secs(10), wire::read(&mut stream)).await {
         Ok(Ok(m)) => m,
         _ => return,
@@ -376,7 +413,11 @@ async fn serve_stream(mut stream: StreamHandle, scope: Arc<Mutex<Scope>>) {
                 // No open relay: only devices enrolled at this edge's sites.
                 let reason = format!("{site}/{device} is not a device of this edge's sites");
                 tracing::warn!(%site, %device, "edge: refused a stream to a device not of its sites");
-                eprintln!("postern edge: refused: {reason}");
+                record(
+                    &audit,
+                    AuditEvent::EdgeRouteRefused,
+                    json!({"site": site, "device": device, "reason": reason, "by": "edge"}),
+                );
                 let _ = wire::write(&mut stream, &Message::OpenRefused { reason }).await;
                 return;
             };
@@ -400,5 +441,56 @@ async fn serve_stream(mut stream: StreamHandle, scope: Arc<Mutex<Scope>>) {
             }
         }
         other => tracing::warn!(kind = %other.kind(), "edge: unexpected message on a stream"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope() -> Arc<Mutex<Scope>> {
+        let mut s = Scope {
+            sites: vec!["mine".into()],
+            ..Scope::default()
+        };
+        // A device of another site in the list is dropped: the edge serves its own sites only.
+        s.set_devices(vec![
+            EdgeDevice {
+                site: "mine".into(),
+                device: "d".into(),
+                addr: "127.0.0.1:1".into(),
+            },
+            EdgeDevice {
+                site: "theirs".into(),
+                device: "d".into(),
+                addr: "127.0.0.1:2".into(),
+            },
+        ]);
+        Arc::new(Mutex::new(s))
+    }
+
+    #[tokio::test]
+    async fn a_device_of_another_site_is_refused_and_audited_at_the_edge() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audit = AuditLog::new(&dir.path().join("audit.log"), "edge:t");
+        let (mut central, edge) = tokio::io::duplex(4096);
+        let served = tokio::spawn(serve_stream(edge, scope(), audit));
+        let open = Message::Open {
+            site: "theirs".into(),
+            device: "d".into(),
+        };
+        wire::write(&mut central, &open).await.expect("write");
+        match wire::read(&mut central).await.expect("read") {
+            Message::OpenRefused { reason } => assert!(reason.contains("theirs/d"), "{reason}"),
+            other => panic!("not refused: {other:?}"),
+        }
+        served.await.expect("served");
+        // The log is a framed, hash-chained file: look for the event's JSON in its bytes.
+        let log = std::fs::read(dir.path().join("audit.log")).expect("audit log");
+        let log = String::from_utf8_lossy(&log);
+        assert!(
+            log.contains("edge.route_refused") && log.contains("theirs"),
+            "{log}"
+        );
     }
 }

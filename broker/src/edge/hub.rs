@@ -34,6 +34,18 @@ pub fn yamux_config() -> tokio_yamux::Config {
     }
 }
 
+/// A yamux stream behind a pipe that one task pumps both ways. `tokio-yamux` handles a window
+/// update for a stream only when the stream is read (or written again): a task that only writes
+/// (as an SSH client uploading does) would wait for window forever. The pump always has a read
+/// pending, so window updates wake it and the writes go on.
+pub fn pumped(mut stream: StreamHandle) -> tokio::io::DuplexStream {
+    let (near, mut far) = tokio::io::duplex(256 * 1024);
+    tokio::spawn(async move {
+        let _ = tokio::io::copy_bidirectional(&mut stream, &mut far).await;
+    });
+    near
+}
+
 /// Why a device behind an edge cannot be reached now.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RouteError {
@@ -70,6 +82,10 @@ pub struct EdgeHub {
     node: String,
     ca: Arc<EdgeCa>,
     links: Mutex<HashMap<String, Arc<Link>>>,
+    /// Refused connections are audited in detail up to a budget per source and in all (a
+    /// stranger's flood must not flood the log); the rest are counted into the next detailed one.
+    refusals: approvals::ratelimit::EventBudget,
+    suppressed: std::sync::atomic::AtomicU64,
 }
 
 fn hhmm(t: Option<i64>) -> String {
@@ -96,7 +112,24 @@ impl EdgeHub {
             node: node.to_owned(),
             ca,
             links: Mutex::new(HashMap::new()),
+            refusals: approvals::ratelimit::EventBudget::new(10, 120),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Audits a refused connection from `peer` (within the budget, see `refusals`).
+    fn refused(&self, peer: SocketAddr, reason: &str) {
+        use std::sync::atomic::Ordering;
+        if !self.refusals.allow(peer.ip()) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(remote = %peer, %reason, "edge connection refused (not audited in detail)");
+            return;
+        }
+        let earlier = self.suppressed.swap(0, Ordering::Relaxed);
+        self.audit(
+            AuditEvent::EdgeRefused,
+            json!({"remote": peer.to_string(), "reason": reason, "refused_unrecorded_before": earlier}),
+        );
     }
 
     fn audit(&self, event: AuditEvent, fields: serde_json::Value) {
@@ -119,7 +152,7 @@ impl EdgeHub {
         &self,
         site: &str,
         device: &str,
-    ) -> Result<Option<StreamHandle>, RouteError> {
+    ) -> Result<Option<tokio::io::DuplexStream>, RouteError> {
         let edge = approvals::store::deadline(self.store.edge_of_site(site))
             .await
             .map_err(|e| RouteError::Store(e.to_string()))?;
@@ -154,7 +187,7 @@ impl EdgeHub {
             .await
             .map_err(|_| link_error("timed out".into()))?;
         match opened {
-            Ok(Ok(stream)) => Ok(Some(stream)),
+            Ok(Ok(stream)) => Ok(Some(pumped(stream))),
             Ok(Err(reason)) => {
                 self.audit(
                     AuditEvent::EdgeRouteRefused,
@@ -260,10 +293,7 @@ impl EdgeHub {
         let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                self.audit(
-                    AuditEvent::EdgeRefused,
-                    json!({"remote": peer.to_string(), "reason": format!("TLS handshake: {e}")}),
-                );
+                self.refused(peer, &format!("TLS handshake: {e}"));
                 return;
             }
             Err(_) => return,
@@ -298,7 +328,16 @@ impl EdgeHub {
         };
         let ttl = match self.store.edge(&edge).await {
             Ok(Some(e)) => e.ttl,
-            Ok(None) => 0,
+            Ok(None) => {
+                // Not an action on anything registered: a stranger's guess, audited within budget.
+                let reason = format!(
+                    "join: no edge {} is registered",
+                    approvals::text::printable(&edge)
+                );
+                self.refused(peer, &reason);
+                let _ = wire::write(&mut tls, &Message::Refused { reason }).await;
+                return;
+            }
             Err(e) => {
                 let reason = format!("control plane unavailable: {e}");
                 let _ = wire::write(&mut tls, &Message::Refused { reason }).await;
@@ -355,10 +394,7 @@ impl EdgeHub {
         let edge = match self.admit(der).await {
             Ok(edge) => edge,
             Err(reason) => {
-                self.audit(
-                    AuditEvent::EdgeRefused,
-                    json!({"remote": peer.to_string(), "reason": reason}),
-                );
+                self.refused(peer, &reason);
                 let _ = wire::write(&mut tls, &Message::Refused { reason }).await;
                 return;
             }
@@ -497,4 +533,51 @@ async fn renew(hub: (Actions, Arc<EdgeCa>, String, String), mut stream: StreamHa
         },
     };
     let _ = wire::write(&mut stream, &reply).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Bulk data the central writes into a stream reaches the edge whole, with each side's
+    /// session driven as the hub and the agent drive theirs.
+    #[tokio::test]
+    async fn a_stream_carries_bulk_data_from_the_central() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let mut central = Session::new_server(a, yamux_config());
+        let mut edge = Session::new_client(b, yamux_config());
+        let mut control = central.control();
+        tokio::spawn(async move { while central.next().await.is_some() {} });
+        let reader = tokio::spawn(async move {
+            let mut stream = edge.next().await.expect("a stream").expect("no error");
+            tokio::spawn(async move { while edge.next().await.is_some() {} });
+            let mut total = 0usize;
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                let n = stream.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        });
+        let mut stream = pumped(control.open_stream().await.expect("open"));
+        let chunk = vec![7u8; 64 * 1024];
+        let sent = async {
+            for _ in 0..128 {
+                stream.write_all(&chunk).await.expect("write");
+            }
+            stream.shutdown().await.expect("shutdown");
+        };
+        tokio::time::timeout(Duration::from_secs(20), sent)
+            .await
+            .expect("8 MiB written within 20 s");
+        let got = tokio::time::timeout(Duration::from_secs(20), reader)
+            .await
+            .expect("read within 20 s")
+            .expect("reader");
+        assert_eq!(got, 128 * 64 * 1024);
+    }
 }

@@ -471,10 +471,7 @@ impl LiveSession {
     }
 
     /// A stream through the edge serving the device's site; `None`: the site is reached directly.
-    async fn via_edge(
-        &self,
-        ctx: &Ctx,
-    ) -> Result<Option<tokio_yamux::StreamHandle>, UpstreamError> {
+    async fn via_edge(&self, ctx: &Ctx) -> Result<Option<tokio::io::DuplexStream>, UpstreamError> {
         ctx.edges
             .route(&self.target.site, &self.target.device)
             .await

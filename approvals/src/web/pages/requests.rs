@@ -46,18 +46,35 @@ pub async fn requests(State(state): St, s: Signed) -> Page {
     Ok(html::page("Requests", Nav::Requests, s.name(), csrf, &body))
 }
 
-/// What a pending request's card names besides the request: the vendor's organisation and the
-/// function's longest window.
+/// What a pending request's card names besides the request: the vendor's organisation, the
+/// function's longest window, and whether the site is offline (its edge lost contact).
 struct Names {
     orgs: HashMap<String, String>,
     max: HashMap<String, i64>,
+    /// Offline sites and what to say about them.
+    offline: HashMap<String, String>,
 }
 
 impl Names {
     async fn load(state: &WebState) -> Result<Names, Response> {
         let vendors = state.store.vendors().await.map_err(store_error)?;
         let functions = state.store.functions().await.map_err(store_error)?;
+        let edges = state.store.edges().await.map_err(store_error)?;
+        let now = crate::time::now();
+        let offline = edges
+            .iter()
+            .filter(|e| e.revoked.is_some() || !e.online(now))
+            .flat_map(|e| {
+                let said = match (e.revoked, e.last_seen) {
+                    (Some(_), _) => format!("offline: its edge {} is revoked", e.name),
+                    (None, Some(t)) => format!("offline since {} (its edge lost contact)", time(t)),
+                    (None, None) => "offline (its edge never connected)".to_owned(),
+                };
+                e.sites.iter().map(move |s| (s.clone(), said.clone()))
+            })
+            .collect();
         Ok(Names {
+            offline,
             orgs: vendors.into_iter().map(|v| (v.name, v.org)).collect(),
             max: functions
                 .into_iter()
@@ -80,8 +97,19 @@ fn pending_card(r: &AccessRequestRow, names: &Names, csrf: &str) -> String {
         ),
         _ => ("card request", String::new()),
     };
+    let offline = names
+        .offline
+        .get(&r.site)
+        .map(|said| {
+            format!(
+                r#"<p class="status offline"><b>Site {}</b> is {}: a grant cannot be used until it is back</p>"#,
+                esc(&r.site),
+                esc(said)
+            )
+        })
+        .unwrap_or_default();
     format!(
-        r#"<section class="{class}" id="{id}"><h2>{vendor} <small>{org}</small></h2>{overdue}
+        r#"<section class="{class}" id="{id}"><h2>{vendor} <small>{org}</small></h2>{overdue}{offline}
 <dl><dt>Target</dt><dd>{site}/{device}</dd><dt>Function</dt><dd>{function}</dd><dt>Asked for</dt><dd>{asked}</dd><dt>Filed</dt><dd>{filed}</dd><dt>Reason</dt><dd class="reason">{reason}</dd></dl>
 <form method="post" action="/requests/{id}/approve" class="inline">{csrf_f}
 <label>From <input name="from" value="now" size="8"></label>

@@ -275,6 +275,22 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         report: u64,
     },
+    /// Benchmark only: register, join and run many site edges in one process (sites and edges
+    /// are written into the data dir).
+    #[command(hide = true)]
+    BenchEdges {
+        /// The central's edge listener.
+        #[arg(long)]
+        central: String,
+        #[arg(long, default_value_t = 100)]
+        edges: usize,
+        /// Edge and site names are PREFIX-0000, PREFIX-0001, ...
+        #[arg(long, default_value = "bench-edge")]
+        prefix: String,
+        /// Where the edges keep their keys and certificates (one directory each).
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Run a simulated device (an SSH server with a real shell) on loopback.
     #[command(hide = true)]
     DeviceSim {

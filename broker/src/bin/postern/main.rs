@@ -23,6 +23,7 @@ fn main() -> std::process::ExitCode {
             | Command::Demo { action: None, .. }
             | Command::DeviceSim { .. }
             | Command::Simulate { .. }
+            | Command::BenchEdges { .. }
     );
     if !serving && !matches!(cli.command, Command::BenchLoad { .. }) {
         // Rust ignores SIGPIPE, so printing to a closed pipe (`postern commands | head -1`)

@@ -120,9 +120,10 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     action: RootAction::Init { out },
                 },
         } => keys::root_init(&DataDir::new(&cli.data), out),
-        Command::BenchLoad { .. } | Command::Simulate { .. } | Command::DeviceSim { .. } => {
-            crate::sim::run(&cli).await
-        }
+        Command::BenchLoad { .. }
+        | Command::BenchEdges { .. }
+        | Command::Simulate { .. }
+        | Command::DeviceSim { .. } => crate::sim::run(&cli).await,
         _ => {
             let env = Env::open(&cli).await?;
             let code = with_env(&env, &cli.command).await;
@@ -217,6 +218,7 @@ async fn with_env(env: &Env, command: &Command) -> Result<ExitCode> {
         | Command::DeviceSim { .. }
         | Command::Simulate { .. }
         | Command::BenchLoad { .. }
+        | Command::BenchEdges { .. }
         | Command::SealKey { .. } => unreachable!("handled in dispatch"),
     }
     Ok(ExitCode::SUCCESS)

@@ -1,7 +1,8 @@
 //! `postern site`: add and list sites.
 
 use anyhow::Result;
-use approvals::time::now;
+use approvals::store::Edge;
+use approvals::time::{fmt_time, now};
 
 use super::{Env, operator};
 use crate::args::*;
@@ -15,14 +16,51 @@ pub async fn run(env: &Env, action: &SiteAction) -> Result<()> {
             println!("site {site} added");
         }
         SiteAction::List => {
-            let rows = env.store.sites().await?;
-            env.print_list(&rows, &["SITE", "REGION"], |s| {
+            let sites = env.store.sites().await?;
+            let edges = env.store.edges().await?;
+            let t = now();
+            let rows: Vec<Listed<'_>> = sites
+                .iter()
+                .map(|s| {
+                    let edge = edges.iter().find(|e| e.sites.contains(&s.name));
+                    Listed {
+                        site: s,
+                        edge: edge.map(|e| e.name.clone()),
+                        reached: reached(edge, t),
+                    }
+                })
+                .collect();
+            env.print_list(&rows, &["SITE", "REGION", "EDGE", "REACHED"], |l| {
                 vec![
-                    s.name.clone(),
-                    s.region.clone().unwrap_or_else(|| "-".into()),
+                    l.site.name.clone(),
+                    l.site.region.clone().unwrap_or_else(|| "-".into()),
+                    l.edge.clone().unwrap_or_else(|| "-".into()),
+                    l.reached.clone(),
                 ]
             })?;
         }
     }
     Ok(())
+}
+
+/// A site as listed: how the central reaches it now.
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    site: &'a approvals::Site,
+    edge: Option<String>,
+    /// `direct`, `through its edge`, or `offline since TIME (its edge lost contact)`.
+    reached: String,
+}
+
+fn reached(edge: Option<&Edge>, now: i64) -> String {
+    match edge {
+        None => "direct".into(),
+        Some(e) if e.revoked.is_some() => format!("offline: edge {} revoked", e.name),
+        Some(e) if e.online(now) => "through its edge".into(),
+        Some(e) => match e.last_seen {
+            Some(t) => format!("offline since {} (its edge lost contact)", fmt_time(t)),
+            None => "offline (its edge never connected)".into(),
+        },
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod demo;
 pub mod device;
+pub mod edges;
 pub mod load;
 pub mod scripted;
 
@@ -16,7 +17,7 @@ use anyhow::Result;
 use crate::args::{Cli, Command};
 use crate::commands::Env;
 
-/// `postern simulate`, `postern device-sim`, `postern bench-load`.
+/// `postern simulate`, `postern device-sim`, `postern bench-load`, `postern bench-edges`.
 pub async fn run(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::BenchLoad {
@@ -35,6 +36,15 @@ pub async fn run(cli: &Cli) -> Result<ExitCode> {
                 report: Duration::from_secs((*report).max(1)),
             };
             load::run(&env, *broker, target, *sessions, *parallel, activity).await?;
+        }
+        Command::BenchEdges {
+            central,
+            edges,
+            prefix,
+            dir,
+        } => {
+            let env = Env::open(cli).await?;
+            edges::run(&env, central, *edges, prefix, dir).await?;
         }
         Command::Simulate {
             sites,
