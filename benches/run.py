@@ -424,7 +424,7 @@ class Bench:
             time.sleep(5)
         return out
 
-    # ---- 5. credential rotation at scale ----
+    # ---- 8. credential rotation at scale ----
     def rotation(self, n):
         """`device rotate --all` over N scripted simulated devices, against `scan` of the same fleet.
 
@@ -667,7 +667,7 @@ def main():
         if a.rotation:
             print()
             r = b.rotation(a.rotation)
-            print(f"5. credential rotation of {r['devices']} scripted simulated devices, "
+            print(f"8. credential rotation of {r['devices']} scripted simulated devices, "
                   f"{a.rotate_concurrency} at a time, against a scan of the same fleet")
             print(f"   {'run':<28}{'seconds':>9}{'devices/s':>11}")
             print(f"   {'scan (1 login, 1 read)':<28}{r['scan_s']:>9.1f}{r['devices'] / r['scan_s']:>11.1f}")

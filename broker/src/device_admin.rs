@@ -13,6 +13,24 @@ use russh::keys::PublicKey;
 use crate::keys::fingerprint;
 use crate::upstream::{self, Upstream, UpstreamError};
 
+/// The edge serving the device's site, if any. Administration (rotation, scans) connects from
+/// the node directly, so it must never be pointed at a device behind an edge: its address is on
+/// the site's LAN, and the same address on the node's own network is someone else.
+pub async fn behind_edge(
+    store: &approvals::Store,
+    device: &Device,
+) -> std::result::Result<Option<String>, approvals::StoreError> {
+    Ok(store.edge_of_site(&device.site).await?.map(|e| e.name))
+}
+
+/// What administration says of a device behind an edge.
+pub fn behind_edge_error(edge: &str) -> String {
+    format!(
+        "the device is behind site edge {edge}: administration through edges is not supported \
+         yet, nothing was changed"
+    )
+}
+
 /// How long one step (a login, one command) may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 

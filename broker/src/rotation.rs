@@ -94,9 +94,16 @@ pub struct Rotator {
 impl Rotator {
     /// Rotates one device's key credential; a failure is recorded (unless in a dry run).
     pub async fn rotate(&self, device: &Device, now: i64) -> Result<Done, RotateError> {
-        let result = match device.credential_kind {
-            CredentialKind::Key => self.rotate_key(device, now).await,
-            CredentialKind::Password => self.rotate_password(device, now).await,
+        let result = match crate::device_admin::behind_edge(self.actions.store(), device).await {
+            Err(e) => Err(at(Step::Connect)(e)),
+            Ok(Some(edge)) => Err(RotateError {
+                step: Step::Connect,
+                error: crate::device_admin::behind_edge_error(&edge),
+            }),
+            Ok(None) => match device.credential_kind {
+                CredentialKind::Key => self.rotate_key(device, now).await,
+                CredentialKind::Password => self.rotate_password(device, now).await,
+            },
         };
         if let (Err(e), false) = (&result, self.dry_run) {
             let recorded = self

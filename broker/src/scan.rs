@@ -37,6 +37,8 @@ pub enum ScanError {
     NoPortList,
     #[error("the keys were removed from the device but could not be recorded ({error}); {restore}")]
     NotRecorded { error: String, restore: String },
+    #[error("{0}")]
+    Store(String),
 }
 
 type Result<T> = std::result::Result<T, ScanError>;
@@ -211,6 +213,14 @@ impl Remover {
         only: Option<&[String]>,
         now: i64,
     ) -> Result<Vec<FoundPath>> {
+        if let Some(edge) = crate::device_admin::behind_edge(self.actions.store(), device)
+            .await
+            .map_err(|e| ScanError::Store(e.to_string()))?
+        {
+            return Err(ScanError::Store(crate::device_admin::behind_edge_error(
+                &edge,
+            )));
+        }
         let own = own_key(device)?;
         let admin = Admin::connect(device, self.step).await?;
         let result = self

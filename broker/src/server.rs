@@ -220,6 +220,8 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Then the edges' links, which the sessions above may have been using.
+        self.ctx.edges.close_all().await;
     }
 
     /// The tasks that run beside the listeners for as long as the node does.

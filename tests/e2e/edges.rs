@@ -312,6 +312,22 @@ fn a_device_only_the_edge_reaches_is_served_through_it_and_a_cut_link_says_so() 
         assert!(verified.status.success(), "verify {id}: {verified:?}");
     }
 
+    // Administration connects from the central: it refuses a device behind an edge rather than
+    // dial its LAN address on the central's own network.
+    let rot = w.postern(&["device", "rotate", "site-e/dev"]);
+    assert!(!rot.status.success());
+    assert!(
+        String::from_utf8_lossy(&rot.stdout).contains("behind site edge e1"),
+        "{rot:?}"
+    );
+    let scan = w.postern(&["scan", "--site", "site-e"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&scan.stdout),
+        String::from_utf8_lossy(&scan.stderr)
+    );
+    assert!(said.contains("behind site edge e1"), "{said}");
+
     // Cut the link: offline within ~10 s, and the vendor is told so at once.
     relay.sever();
     let t = Instant::now();
@@ -422,5 +438,71 @@ fn certificates_of_another_ca_or_expired_are_refused_and_audited() {
     let cert = client_params(-1, 30).signed_by(&key, &issuer).unwrap();
     let dir = w.dir.path().join("not-current");
     fake_edge(&dir, &central, &cert.pem(), &key.serialize_pem(), &real_ca);
+    refused(&w, &dir, "is not its current one");
+}
+
+#[test]
+fn an_edge_renews_its_certificate_before_it_ends_and_only_the_new_one_is_accepted() {
+    let central_port = free_port();
+    let w = World::with_config(
+        9,
+        "5m",
+        &format!("edge_listen = \"127.0.0.1:{central_port}\"\n"),
+    );
+    w.ok(&["site", "add", "site-r"]);
+    let added: Value =
+        serde_json::from_str(&w.ok(&["edge", "add", "e3", "--sites", "site-r", "--json"])).unwrap();
+    let dir = w.dir.path().join("edge-r");
+    let central = format!("127.0.0.1:{central_port}");
+    let joined = run(Command::new(postern_bin())
+        .args(["edge", "join", "--central", &central, "--token"])
+        .arg(added["token"].as_str().unwrap())
+        .arg("--data")
+        .arg(&dir));
+    assert!(joined.status.success(), "{joined:?}");
+    let old_cert = std::fs::read_to_string(dir.join("edge/edge.crt")).unwrap();
+    let old_key = std::fs::read_to_string(dir.join("edge/edge.key")).unwrap();
+    // Make the edge believe its certificate ends in ten seconds: it renews before connecting.
+    let state_path = dir.join("edge/edge.json");
+    let mut state: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 10;
+    state["not_after"] = soon.into();
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    let edge = Proc(
+        Command::new(postern_bin())
+            .args(["edge", "run", "--data"])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let renewed = w.wait_audit("edge.renew", |e| {
+        e["event"] == "edge.renew" && e["edge"] == "e3"
+    });
+    wait_online(&w, "e3", true, Duration::from_secs(15));
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(dir.join("edge/edge.crt")).unwrap() == old_cert {
+        assert!(Instant::now() < end, "no new certificate was written");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(edge_row(&w, "e3")["cert_serial"], renewed["serial"]);
+    drop(edge);
+
+    // The replaced certificate (with its own key) is refused from now on.
+    std::fs::write(dir.join("edge/edge.crt"), &old_cert).unwrap();
+    std::fs::write(dir.join("edge/edge.key"), &old_key).unwrap();
+    std::fs::write(&state_path, {
+        let mut s = state.clone();
+        s["not_after"] = (soon + 86_400).into();
+        s.to_string()
+    })
+    .unwrap();
     refused(&w, &dir, "is not its current one");
 }

@@ -85,6 +85,10 @@ impl Store {
     /// Registers an edge for `sites` (each must exist and have no edge yet).
     pub async fn add_edge_in(&self, tx: &mut Tx, e: &NewEdge<'_>, now: i64) -> Result<()> {
         check_name(Thing::Edge, e.name)?;
+        // A write first takes the lock (see `Tx`).
+        sqlx::query("UPDATE meta SET value = value WHERE key = 'revision'")
+            .execute(&mut **tx)
+            .await?;
         let exists: Option<String> = sqlx::query_scalar("SELECT name FROM edges WHERE name = $1")
             .bind(e.name)
             .fetch_optional(&mut **tx)
@@ -301,15 +305,42 @@ impl Store {
         Ok(())
     }
 
-    /// The link is still up on `node`.
-    pub async fn edge_seen(&self, name: &str, node: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE edges SET last_seen = $1 WHERE name = $2 AND node = $3")
-            .bind(now)
-            .bind(name)
-            .bind(node)
-            .execute(&self.pool)
-            .await?;
+    /// Every link `node` holds is still up: one statement per node, however many edges.
+    pub async fn edges_seen_by(&self, node: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE edges SET last_seen = $1 WHERE node = $2 AND connected_since IS NOT NULL",
+        )
+        .bind(now)
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    /// The revoked edges among those whose link `node` holds (to be cut).
+    pub async fn revoked_edges_held_by(&self, node: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT name FROM edges WHERE node = $1 AND connected_since IS NOT NULL \
+             AND revoked IS NOT NULL",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// At a node's start: the links it held before are gone (it stopped or crashed), whatever
+    /// the database still says.
+    pub async fn edges_lost_by(&self, node: &str, now: i64) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE edges SET connected_since = NULL, last_seen = $1 \
+             WHERE node = $2 AND connected_since IS NOT NULL",
+        )
+        .bind(now)
+        .bind(node)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
     }
 
     /// The link on `node` went down (a link another node holds by now is left alone).

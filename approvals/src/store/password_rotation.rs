@@ -13,6 +13,12 @@ impl Store {
         device: &str,
         command: Option<&str>,
     ) -> Result<()> {
+        // A write first takes the lock (see `Tx`).
+        sqlx::query("DELETE FROM device_rotate_commands WHERE site = $1 AND device = $2")
+            .bind(site)
+            .bind(device)
+            .execute(&mut **tx)
+            .await?;
         let exists: Option<String> =
             sqlx::query_scalar("SELECT name FROM devices WHERE site = $1 AND name = $2")
                 .bind(site)
@@ -26,11 +32,6 @@ impl Store {
             }
             .into());
         }
-        sqlx::query("DELETE FROM device_rotate_commands WHERE site = $1 AND device = $2")
-            .bind(site)
-            .bind(device)
-            .execute(&mut **tx)
-            .await?;
         if let Some(command) = command {
             sqlx::query(
                 "INSERT INTO device_rotate_commands (site, device, command) VALUES ($1, $2, $3)",

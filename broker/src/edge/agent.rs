@@ -55,6 +55,7 @@ pub struct Joined {
     pub ttl: i64,
 }
 
+#[derive(Clone)]
 pub struct EdgeFiles {
     pub dir: PathBuf,
 }
@@ -83,8 +84,12 @@ impl EdgeFiles {
         };
         std::fs::create_dir_all(&self.dir).map_err(file)?;
         if private {
-            crate::config::write_private(&p, text.as_bytes())
-                .map_err(|e| AgentError::State(e.to_string()))
+            // Made 0600 from the start under a new name, then moved over the old key.
+            let fresh = p.with_extension("new");
+            let _ = std::fs::remove_file(&fresh);
+            crate::config::write_private(&fresh, text.as_bytes())
+                .map_err(|e| AgentError::State(e.to_string()))?;
+            std::fs::rename(&fresh, &p).map_err(file)
         } else {
             let tmp = p.with_extension("tmp");
             std::fs::write(&tmp, text).map_err(file)?;
@@ -230,12 +235,6 @@ pub async fn run(data: &Path) -> Result<(), AgentError> {
 /// One link: connect, welcome, then serve streams until it ends. `Ok` once it was up.
 async fn link(files: &EdgeFiles) -> Result<(), AgentError> {
     let state = files.state()?;
-    if renew_due(&state)
-        && let Err(e) = renew(files, &state).await
-    {
-        tracing::warn!(error = %e, "certificate renewal failed; trying again later");
-    }
-    let state = files.state()?;
     let config = super::tls::edge(
         &files.read("ca.crt")?,
         &files.read("edge.crt")?,
@@ -295,6 +294,7 @@ async fn serve_link(
     audit: &AuditLog,
 ) -> String {
     let mut session = Session::new_client(tls, super::hub::yamux_config());
+    // The first tick is at once: a certificate already due is renewed as the link comes up.
     let mut renewal = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -306,14 +306,21 @@ async fn serve_link(
                 None => return "the central closed the link".into(),
             },
             _ = renewal.tick() => {
-                // A renewed certificate is used from the next connection on.
+                // A renewed certificate is used from the next connection on. The renewal runs
+                // beside this loop, which must keep driving the session its stream is on.
                 if let Ok(s) = files.state()
                     && renew_due(&s)
                 {
-                    let mut control = session.control();
-                    if let Ok(stream) = control.open_stream().await {
-                        let _ = renew_over(files, &s, stream).await;
-                    }
+                    let (mut control, files) = (session.control(), files.clone());
+                    tokio::spawn(async move {
+                        let renewed = match control.open_stream().await {
+                            Ok(stream) => renew_over(&files, &s, stream).await,
+                            Err(e) => Err(AgentError::State(e.to_string())),
+                        };
+                        if let Err(e) = renewed {
+                            tracing::warn!(error = %e, "certificate renewal failed; trying again later");
+                        }
+                    });
                 }
             }
         }
@@ -324,41 +331,6 @@ fn renew_due(state: &Joined) -> bool {
     state.not_after - approvals::time::now() < state.ttl / 3
 }
 
-/// Renews over a short-lived link of its own (the certificate still being valid).
-async fn renew(files: &EdgeFiles, state: &Joined) -> Result<(), AgentError> {
-    let config = super::tls::edge(
-        &files.read("ca.crt")?,
-        &files.read("edge.crt")?,
-        &files.read("edge.key")?,
-    )?;
-    let mut tls = TlsConnector::from(Arc::new(config))
-        .connect(super::tls::central_name(), tcp(&state.central).await?)
-        .await
-        .map_err(|e| AgentError::Connect {
-            central: state.central.clone(),
-            error: e.to_string(),
-        })?;
-    match wire::read(&mut tls).await? {
-        Message::Welcome { .. } => {}
-        Message::Refused { reason } => return Err(AgentError::Refused(reason)),
-        other => return Err(wire::WireError::Unexpected(other.kind()).into()),
-    }
-    let mut session = Session::new_client(tls, super::hub::yamux_config());
-    let mut control = session.control();
-    let driver = tokio::spawn(async move { while session.next().await.is_some() {} });
-    let stream = control
-        .open_stream()
-        .await
-        .map_err(|e| AgentError::State(e.to_string()));
-    let result = match stream {
-        Ok(stream) => renew_over(files, state, stream).await,
-        Err(e) => Err(e),
-    };
-    control.close().await;
-    driver.abort();
-    result
-}
-
 async fn renew_over(
     files: &EdgeFiles,
     state: &Joined,
@@ -366,7 +338,9 @@ async fn renew_over(
 ) -> Result<(), AgentError> {
     let (csr, key) = csr()?;
     wire::write(&mut stream, &Message::Renew { csr }).await?;
-    match wire::read(&mut stream).await? {
+    let reply = wire::read(&mut stream).await;
+    wire::finish(&mut stream).await;
+    match reply? {
         Message::Renewed { certificate } => {
             let next = Joined {
                 not_after: not_after(&certificate)?,
@@ -419,6 +393,8 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     json!({"site": site, "device": device, "reason": reason, "by": "edge"}),
                 );
                 let _ = wire::write(&mut stream, &Message::OpenRefused { reason }).await;
+                wire::finish(&mut stream).await;
+                wire::finish(&mut stream).await;
                 return;
             };
             let tcp =
@@ -427,16 +403,25 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(Ok(mut tcp)) => {
                     let _ = tcp.set_nodelay(true);
                     if wire::write(&mut stream, &Message::Opened).await.is_ok() {
-                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
+                        let size = super::hub::COPY_BUFFER;
+                        let _ = tokio::io::copy_bidirectional_with_sizes(
+                            &mut stream,
+                            &mut tcp,
+                            size,
+                            size,
+                        )
+                        .await;
                     }
                 }
                 Ok(Err(e)) => {
                     let reason = format!("{site}/{device} at {addr}: {e}");
                     let _ = wire::write(&mut stream, &Message::OpenRefused { reason }).await;
+                    wire::finish(&mut stream).await;
                 }
                 Err(_) => {
                     let reason = format!("{site}/{device} at {addr}: timed out");
                     let _ = wire::write(&mut stream, &Message::OpenRefused { reason }).await;
+                    wire::finish(&mut stream).await;
                 }
             }
         }

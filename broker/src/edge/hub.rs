@@ -26,13 +26,21 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// How long the edge may take to connect a device stream.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The yamux settings of a link: pings every 5 s, so a link that went silent is noticed.
+/// The yamux settings of a link: pings every 5 s, so a link that went silent is noticed; a
+/// stream's window may grow to 4 MiB (the 256 KiB default caps a stream at 5 MiB/s over a 50 ms
+/// link).
 pub fn yamux_config() -> tokio_yamux::Config {
     tokio_yamux::Config {
         keepalive_interval: Duration::from_secs(5),
+        max_stream_window_size: STREAM_WINDOW,
         ..Default::default()
     }
 }
+
+const STREAM_WINDOW: u32 = 4 << 20;
+/// Copy buffers for a device stream: large enough that a bulk transfer is not cut into many
+/// small frames.
+pub const COPY_BUFFER: usize = 64 * 1024;
 
 /// A yamux stream behind a pipe that one task pumps both ways. `tokio-yamux` handles a window
 /// update for a stream only when the stream is read (or written again): a task that only writes
@@ -41,7 +49,13 @@ pub fn yamux_config() -> tokio_yamux::Config {
 pub fn pumped(mut stream: StreamHandle) -> tokio::io::DuplexStream {
     let (near, mut far) = tokio::io::duplex(256 * 1024);
     tokio::spawn(async move {
-        let _ = tokio::io::copy_bidirectional(&mut stream, &mut far).await;
+        let _ = tokio::io::copy_bidirectional_with_sizes(
+            &mut stream,
+            &mut far,
+            COPY_BUFFER,
+            COPY_BUFFER,
+        )
+        .await;
     });
     near
 }
@@ -72,6 +86,15 @@ struct Link {
     /// The devices last sent to the edge.
     devices: Mutex<HashSet<EdgeDevice>>,
     cut: tokio::sync::Notify,
+    /// Why the link was cut, for the audit record.
+    why: Mutex<String>,
+}
+
+impl Link {
+    fn cut(&self, why: &str) {
+        *self.why.lock().unwrap_or_else(|p| p.into_inner()) = why.to_owned();
+        self.cut.notify_one();
+    }
 }
 
 /// Connected edges on this node.
@@ -227,6 +250,7 @@ impl EdgeHub {
             )
             .await?;
             wire::read(&mut s).await?;
+            wire::finish(&mut s).await;
             *link.devices.lock().unwrap_or_else(|p| p.into_inner()) = devices.into_iter().collect();
         }
         let mut s = self.stream(link).await?;
@@ -270,6 +294,45 @@ impl EdgeHub {
             .collect())
     }
 
+    /// Every few seconds, one write says all this node's links are up, and one read finds the
+    /// revoked edges among them, whose links are cut.
+    async fn keep_watch(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(EDGE_SEEN_EVERY as u64));
+        loop {
+            tick.tick().await;
+            let now = approvals::time::now();
+            if let Err(e) = self.store.edges_seen_by(&self.node, now).await {
+                tracing::warn!(error = %e, "edge liveness not recorded");
+            }
+            match self.store.revoked_edges_held_by(&self.node).await {
+                Ok(revoked) => {
+                    for edge in revoked {
+                        if let Some(link) = self.link(&edge) {
+                            link.cut("the edge was revoked");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "edge revocations not read"),
+            }
+        }
+    }
+
+    /// Closes every link (shutting down) and records them down, so `edge list` does not show
+    /// them online until they come back.
+    pub async fn close_all(&self) {
+        let links: Vec<(String, Arc<Link>)> = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        let now = approvals::time::now();
+        for (edge, link) in links {
+            link.cut("the central is shutting down");
+            let _ = self.store.edge_disconnected(&edge, &self.node, now).await;
+        }
+    }
+
     /// Serves the edge listener until it fails.
     pub async fn serve(
         self: Arc<Self>,
@@ -277,6 +340,15 @@ impl EdgeHub {
         tls: Arc<rustls::ServerConfig>,
     ) -> std::io::Result<()> {
         let acceptor = TlsAcceptor::from(tls);
+        // Links this node held before it last stopped (or crashed) are gone.
+        if let Err(e) = self
+            .store
+            .edges_lost_by(&self.node, approvals::time::now())
+            .await
+        {
+            tracing::warn!(error = %e, "edge link state from the last run not cleared");
+        }
+        tokio::spawn(self.clone().keep_watch());
         loop {
             let (tcp, peer) = listener.accept().await?;
             let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(
@@ -420,6 +492,7 @@ impl EdgeHub {
             control: session.control(),
             devices: Mutex::new(devices.into_iter().collect()),
             cut: tokio::sync::Notify::new(),
+            why: Mutex::new(String::new()),
         });
         let old = self
             .links
@@ -427,7 +500,7 @@ impl EdgeHub {
             .unwrap_or_else(|p| p.into_inner())
             .insert(edge.name.clone(), link.clone());
         if let Some(old) = old {
-            old.cut.notify_one();
+            old.cut("replaced by a newer link");
         }
         let now = approvals::time::now();
         if let Err(e) = self
@@ -475,7 +548,6 @@ impl EdgeHub {
         mut session: Session<TlsStream<TcpStream>>,
         link: &Link,
     ) -> String {
-        let mut tick = tokio::time::interval(Duration::from_secs(EDGE_SEEN_EVERY as u64));
         loop {
             tokio::select! {
                 inbound = session.next() => match inbound {
@@ -486,16 +558,9 @@ impl EdgeHub {
                     Some(Err(e)) => return format!("link error: {e}"),
                     None => return "the link closed".into(),
                 },
-                _ = tick.tick() => {
-                    let now = approvals::time::now();
-                    let _ = self.store.edge_seen(edge, &self.node, now).await;
-                    if let Ok(Some(e)) = self.store.edge(edge).await
-                        && e.revoked.is_some()
-                    {
-                        return "the edge was revoked".into();
-                    }
+                _ = link.cut.notified() => {
+                    return link.why.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 }
-                _ = link.cut.notified() => return "replaced by a newer link".into(),
             }
         }
     }
@@ -533,6 +598,7 @@ async fn renew(hub: (Actions, Arc<EdgeCa>, String, String), mut stream: StreamHa
         },
     };
     let _ = wire::write(&mut stream, &reply).await;
+    wire::finish(&mut stream).await;
 }
 
 #[cfg(test)]

@@ -83,6 +83,22 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, WireError>
     Ok(serde_json::from_slice(&body)?)
 }
 
+/// Ends an exchange on a stream politely: our half is closed (FIN), then the peer's is awaited
+/// (at most 5 s). A yamux stream dropped while open is reset, and a reset can overtake the last
+/// message still buffered at the other end.
+pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
+    let _ = s.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+}
+
 impl Message {
     /// For errors: the message's kind, not its contents (which may hold a secret).
     pub fn kind(&self) -> String {

@@ -192,7 +192,11 @@ pub async fn recover_pending(
     device: &Device,
     now: i64,
 ) -> Result<Option<Device>, approvals::ActionError> {
-    if device.credential_kind != CredentialKind::Password {
+    if device.credential_kind != CredentialKind::Password
+        || crate::device_admin::behind_edge(actions.store(), device)
+            .await?
+            .is_some()
+    {
         return Ok(None);
     }
     let pending = actions

@@ -2,6 +2,7 @@
 //! progress on stderr; `--list` shows the open paths and their age; `--remove FINGERPRINT` and
 //! `--all-at SITE/DEVICE` take foreign keys out of device logins' authorized_keys.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,7 +78,14 @@ async fn scan(env: &Env, site: Option<&str>, concurrency: usize) -> Result<()> {
             bail!("no devices at site {site}");
         }
     }
-    let scans = scan_all(cfg, devices, concurrency, !env.json).await?;
+    let behind: HashMap<String, String> = env
+        .store
+        .edges()
+        .await?
+        .into_iter()
+        .flat_map(|e| e.sites.into_iter().map(move |s| (s, e.name.clone())))
+        .collect();
+    let scans = scan_all(cfg, devices, &behind, concurrency, !env.json).await?;
     env.actions()
         .record_scan(&operator(), &scans, now())
         .await?;
@@ -130,6 +138,7 @@ fn scanned(s: DeviceScan) -> Scanned {
 async fn scan_all(
     cfg: ScanConfig,
     devices: Vec<Device>,
+    behind: &HashMap<String, String>,
     concurrency: usize,
     progress: bool,
 ) -> Result<Vec<DeviceScan>> {
@@ -138,9 +147,14 @@ async fn scan_all(
     let mut tasks = tokio::task::JoinSet::new();
     for (i, device) in devices.into_iter().enumerate() {
         let (gate, cfg) = (gate.clone(), cfg.clone());
+        let edge = behind.get(&device.site).cloned();
         tasks.spawn(async move {
             let _slot = gate.acquire_owned().await;
-            let outcome = scan_device(&device, &cfg).await.map_err(|e| e.to_string());
+            let outcome = match edge {
+                // Never dialled from here: its address is on the site's LAN.
+                Some(edge) => Err(broker::device_admin::behind_edge_error(&edge)),
+                None => scan_device(&device, &cfg).await.map_err(|e| e.to_string()),
+            };
             let scan = DeviceScan {
                 site: device.site,
                 device: device.name,
