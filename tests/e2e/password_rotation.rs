@@ -106,13 +106,7 @@ impl Drop for PwDevice {
 }
 
 fn session_works(w: &World, v: &Vendor, marker: &str) {
-    let o = w.ssh(v, &format!("rita:{DEVICE}"), &["echo", marker]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains(marker),
-        "vendor session: {} {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    crate::rotation::session_works_at(w, v, &format!("rita:{DEVICE}"), marker);
 }
 
 #[test]

@@ -149,7 +149,12 @@ pub(crate) fn device_row(w: &World, target: &str) -> Value {
 }
 
 pub(crate) fn vendor_session_works(w: &World, v: &crate::harness::Vendor, marker: &str) {
-    let o = w.ssh(v, "rita:site-a/rot", &["echo", marker]);
+    session_works_at(w, v, "rita:site-a/rot", marker);
+}
+
+/// A vendor session to `login` (VENDOR:SITE/DEVICE) runs `echo marker`.
+pub(crate) fn session_works_at(w: &World, v: &crate::harness::Vendor, login: &str, marker: &str) {
+    let o = w.ssh(v, login, &["echo", marker]);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(marker),
         "vendor session: {} {}",

@@ -1,6 +1,7 @@
-//! The central side of edges: the edge listener, one link per connected edge (a TLS connection
-//! carrying yamux streams), and [`EdgeHub::route`], which gives the session an upstream stream to
-//! a device through the edge serving its site.
+//! The central side of edges: one link per connected edge (a TLS connection carrying yamux
+//! streams; the listener that makes them is in [`super::listener`]), their liveness and
+//! revocation, and [`EdgeHub::route`], which gives a session an upstream stream to a device
+//! through the edge serving its site.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -9,20 +10,14 @@ use std::time::Duration;
 
 use approvals::audit::AuditEvent;
 use approvals::store::{EDGE_SEEN_EVERY, Edge};
-use approvals::{Actions, Actor, AuditLog, Store};
-use futures::StreamExt;
+use approvals::{Actions, AuditLog, Store};
+
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_yamux::{Control, Session, StreamHandle};
+use tokio_yamux::{Control, StreamHandle};
 
 use super::ca::EdgeCa;
-use super::token::JoinToken;
 use super::wire::{self, EdgeDevice, Message};
 
-/// How long a TLS handshake and the first exchange may take.
-const HANDSHAKE: Duration = Duration::from_secs(10);
 /// How long the edge may take to connect a device stream.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -81,17 +76,17 @@ pub enum RouteError {
     Store(String),
 }
 
-struct Link {
-    control: Control,
+pub(super) struct Link {
+    pub(super) control: Control,
     /// The devices last sent to the edge.
-    devices: Mutex<HashSet<EdgeDevice>>,
-    cut: tokio::sync::Notify,
+    pub(super) devices: Mutex<HashSet<EdgeDevice>>,
+    pub(super) cut: tokio::sync::Notify,
     /// Why the link was cut, for the audit record.
-    why: Mutex<String>,
+    pub(super) why: Mutex<String>,
 }
 
 impl Link {
-    fn cut(&self, why: &str) {
+    pub(super) fn cut(&self, why: &str) {
         *self.why.lock().unwrap_or_else(|p| p.into_inner()) = why.to_owned();
         self.cut.notify_one();
     }
@@ -99,16 +94,16 @@ impl Link {
 
 /// Connected edges on this node.
 pub struct EdgeHub {
-    store: Store,
-    audit: AuditLog,
-    actions: Actions,
-    node: String,
-    ca: Arc<EdgeCa>,
-    links: Mutex<HashMap<String, Arc<Link>>>,
+    pub(super) store: Store,
+    pub(super) audit: AuditLog,
+    pub(super) actions: Actions,
+    pub(super) node: String,
+    pub(super) ca: Arc<EdgeCa>,
+    pub(super) links: Mutex<HashMap<String, Arc<Link>>>,
     /// Refused connections are audited in detail up to a budget per source and in all (a
     /// stranger's flood must not flood the log); the rest are counted into the next detailed one.
-    refusals: approvals::ratelimit::EventBudget,
-    suppressed: std::sync::atomic::AtomicU64,
+    pub(super) refusals: approvals::ratelimit::EventBudget,
+    pub(super) suppressed: std::sync::atomic::AtomicU64,
 }
 
 fn hhmm(t: Option<i64>) -> String {
@@ -141,7 +136,7 @@ impl EdgeHub {
     }
 
     /// Audits a refused connection from `peer` (within the budget, see `refusals`).
-    fn refused(&self, peer: SocketAddr, reason: &str) {
+    pub(super) fn refused(&self, peer: SocketAddr, reason: &str) {
         use std::sync::atomic::Ordering;
         if !self.refusals.allow(peer.ip()) {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
@@ -155,13 +150,13 @@ impl EdgeHub {
         );
     }
 
-    fn audit(&self, event: AuditEvent, fields: serde_json::Value) {
+    pub(super) fn audit(&self, event: AuditEvent, fields: serde_json::Value) {
         if let Err(e) = self.audit.record(event, fields) {
             tracing::warn!(error = %e, event = %event, "audit log write failed");
         }
     }
 
-    fn link(&self, edge: &str) -> Option<Arc<Link>> {
+    pub(super) fn link(&self, edge: &str) -> Option<Arc<Link>> {
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -277,7 +272,7 @@ impl EdgeHub {
             .map_err(|e| wire::WireError::Io(std::io::Error::other(e.to_string())))
     }
 
-    async fn devices_of(&self, edge: &Edge) -> Result<Vec<EdgeDevice>, wire::WireError> {
+    pub(super) async fn devices_of(&self, edge: &Edge) -> Result<Vec<EdgeDevice>, wire::WireError> {
         let all = self
             .store
             .devices()
@@ -296,7 +291,7 @@ impl EdgeHub {
 
     /// Every few seconds, one write says all this node's links are up, and one read finds the
     /// revoked edges among them, whose links are cut.
-    async fn keep_watch(self: Arc<Self>) {
+    pub(super) async fn keep_watch(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(EDGE_SEEN_EVERY as u64));
         loop {
             tick.tick().await;
@@ -332,279 +327,14 @@ impl EdgeHub {
             let _ = self.store.edge_disconnected(&edge, &self.node, now).await;
         }
     }
-
-    /// Serves the edge listener until it fails.
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: TcpListener,
-        tls: Arc<rustls::ServerConfig>,
-    ) -> std::io::Result<()> {
-        let acceptor = TlsAcceptor::from(tls);
-        // Links this node held before it last stopped (or crashed) are gone.
-        if let Err(e) = self
-            .store
-            .edges_lost_by(&self.node, approvals::time::now())
-            .await
-        {
-            tracing::warn!(error = %e, "edge link state from the last run not cleared");
-        }
-        tokio::spawn(self.clone().keep_watch());
-        loop {
-            let (tcp, peer) = listener.accept().await?;
-            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(
-                &socket2::TcpKeepalive::new()
-                    .with_time(Duration::from_secs(10))
-                    .with_interval(Duration::from_secs(5)),
-            );
-            let (hub, acceptor) = (self.clone(), acceptor.clone());
-            tokio::spawn(async move { hub.connection(acceptor, tcp, peer).await });
-        }
-    }
-
-    async fn connection(self: Arc<Self>, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
-        let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                self.refused(peer, &format!("TLS handshake: {e}"));
-                return;
-            }
-            Err(_) => return,
-        };
-        let cert = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| c.to_vec());
-        match cert {
-            None => self.join(tls, peer).await,
-            Some(der) => self.link_up(tls, peer, &der).await,
-        }
-    }
-
-    /// An edge without a certificate may only join: token, CSR, certificate.
-    async fn join(&self, mut tls: TlsStream<TcpStream>, peer: SocketAddr) {
-        let msg = match tokio::time::timeout(HANDSHAKE, wire::read(&mut tls)).await {
-            Ok(Ok(m)) => m,
-            _ => return,
-        };
-        let Message::Join { edge, secret, csr } = msg else {
-            let _ = wire::write(
-                &mut tls,
-                &Message::Refused {
-                    reason: "join first".into(),
-                },
-            )
-            .await;
-            return;
-        };
-        let ttl = match self.store.edge(&edge).await {
-            Ok(Some(e)) => e.ttl,
-            Ok(None) => {
-                // Not an action on anything registered: a stranger's guess, audited within budget.
-                let reason = format!(
-                    "join: no edge {} is registered",
-                    approvals::text::printable(&edge)
-                );
-                self.refused(peer, &reason);
-                let _ = wire::write(&mut tls, &Message::Refused { reason }).await;
-                return;
-            }
-            Err(e) => {
-                let reason = format!("control plane unavailable: {e}");
-                let _ = wire::write(&mut tls, &Message::Refused { reason }).await;
-                return;
-            }
-        };
-        let actor = Actor::broker(&format!("{}:edge-join:{peer}", self.node));
-        let hash = JoinToken::secret_hash(&secret);
-        let joined = self
-            .actions
-            .join_edge(&actor, &edge, &hash, approvals::time::now(), || {
-                self.ca
-                    .issue_edge(&csr, &edge, ttl)
-                    .map_err(|e| e.to_string())
-            })
-            .await;
-        let reply = match joined {
-            Ok(Ok(cert)) => Message::Joined {
-                certificate: cert.pem,
-                ca: self.ca.pem().to_owned(),
-            },
-            Ok(Err(refused)) => Message::Refused {
-                reason: refused.to_string(),
-            },
-            Err(e) => Message::Refused {
-                reason: format!("not joined, the audit record could not be written: {e}"),
-            },
-        };
-        let _ = wire::write(&mut tls, &reply).await;
-    }
-
-    /// Checks the certificate against the registration; the edge's identity is the certificate's.
-    async fn admit(&self, der: &[u8]) -> Result<Edge, String> {
-        let (name, serial) =
-            super::tls::edge_identity(der).ok_or("the certificate names no edge")?;
-        let edge = self
-            .store
-            .edge(&name)
-            .await
-            .map_err(|e| format!("control plane unavailable: {e}"))?
-            .ok_or_else(|| format!("edge {name} is not registered"))?;
-        if edge.revoked.is_some() {
-            return Err(format!("edge {name} is revoked"));
-        }
-        if edge.cert_serial.as_deref() != Some(serial.as_str()) {
-            return Err(format!(
-                "edge {name}: certificate {serial} is not its current one"
-            ));
-        }
-        Ok(edge)
-    }
-
-    async fn link_up(self: Arc<Self>, mut tls: TlsStream<TcpStream>, peer: SocketAddr, der: &[u8]) {
-        let edge = match self.admit(der).await {
-            Ok(edge) => edge,
-            Err(reason) => {
-                self.refused(peer, &reason);
-                let _ = wire::write(&mut tls, &Message::Refused { reason }).await;
-                return;
-            }
-        };
-        let devices = match self.devices_of(&edge).await {
-            Ok(d) => d,
-            Err(e) => {
-                let reason = e.to_string();
-                let _ = wire::write(&mut tls, &Message::Refused { reason }).await;
-                return;
-            }
-        };
-        let welcome = Message::Welcome {
-            edge: edge.name.clone(),
-            sites: edge.sites.clone(),
-            devices: devices.clone(),
-        };
-        if wire::write(&mut tls, &welcome).await.is_err() {
-            return;
-        }
-        let session = Session::new_server(tls, yamux_config());
-        let link = Arc::new(Link {
-            control: session.control(),
-            devices: Mutex::new(devices.into_iter().collect()),
-            cut: tokio::sync::Notify::new(),
-            why: Mutex::new(String::new()),
-        });
-        let old = self
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(edge.name.clone(), link.clone());
-        if let Some(old) = old {
-            old.cut("replaced by a newer link");
-        }
-        let now = approvals::time::now();
-        if let Err(e) = self
-            .store
-            .edge_connected(&edge.name, &self.node, &peer.to_string(), now)
-            .await
-        {
-            tracing::warn!(edge = %edge.name, error = %e, "edge link state not recorded");
-        }
-        self.audit(
-            AuditEvent::EdgeOnline,
-            json!({"edge": edge.name, "remote": peer.to_string(), "node": self.node}),
-        );
-        tracing::info!(edge = %edge.name, remote = %peer, "edge connected");
-        let why = self.drive(&edge.name, session, &link).await;
-        let current = {
-            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-            let current = links.get(&edge.name).is_some_and(|l| Arc::ptr_eq(l, &link));
-            if current {
-                links.remove(&edge.name);
-            }
-            current
-        };
-        if current {
-            let now = approvals::time::now();
-            if let Err(e) = self
-                .store
-                .edge_disconnected(&edge.name, &self.node, now)
-                .await
-            {
-                tracing::warn!(edge = %edge.name, error = %e, "edge link state not recorded");
-            }
-        }
-        self.audit(
-            AuditEvent::EdgeOffline,
-            json!({"edge": edge.name, "remote": peer.to_string(), "node": self.node, "reason": why}),
-        );
-        tracing::info!(edge = %edge.name, reason = %why, "edge link down");
-    }
-
-    /// Runs the link: inbound streams (renewals), the liveness writes, revocation.
-    async fn drive(
-        &self,
-        edge: &str,
-        mut session: Session<TlsStream<TcpStream>>,
-        link: &Link,
-    ) -> String {
-        loop {
-            tokio::select! {
-                inbound = session.next() => match inbound {
-                    Some(Ok(stream)) => {
-                        let hub = (self.actions.clone(), self.ca.clone(), edge.to_owned(), self.node.clone());
-                        tokio::spawn(renew(hub, stream));
-                    }
-                    Some(Err(e)) => return format!("link error: {e}"),
-                    None => return "the link closed".into(),
-                },
-                _ = link.cut.notified() => {
-                    return link.why.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                }
-            }
-        }
-    }
-}
-
-/// An edge's renewal request on a stream of its own: a new certificate for a fresh key.
-async fn renew(hub: (Actions, Arc<EdgeCa>, String, String), mut stream: StreamHandle) {
-    let (actions, ca, edge, node) = hub;
-    let Ok(Ok(Message::Renew { csr })) =
-        tokio::time::timeout(HANDSHAKE, wire::read(&mut stream)).await
-    else {
-        return;
-    };
-    let ttl = match actions.store().edge(&edge).await {
-        Ok(Some(e)) => e.ttl,
-        _ => return,
-    };
-    let reply = match ca.issue_edge(&csr, &edge, ttl) {
-        Ok(cert) => {
-            let actor = Actor::broker(&node);
-            match actions
-                .renew_edge(&actor, &edge, &cert, approvals::time::now())
-                .await
-            {
-                Ok(()) => Message::Renewed {
-                    certificate: cert.pem,
-                },
-                Err(e) => Message::Refused {
-                    reason: format!("not renewed, the audit record could not be written: {e}"),
-                },
-            }
-        }
-        Err(e) => Message::Refused {
-            reason: e.to_string(),
-        },
-    };
-    let _ = wire::write(&mut stream, &reply).await;
-    wire::finish(&mut stream).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_yamux::Session;
 
     /// Bulk data the central writes into a stream reaches the edge whole, with each side's
     /// session driven as the hub and the agent drive theirs.

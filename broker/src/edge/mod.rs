@@ -7,8 +7,9 @@
 //! - [`wire`]: the few framed messages both ends exchange (join, welcome, open a device).
 //! - [`tls`]: rustls configurations (TLS 1.3 only; client certificates checked against the edge
 //!   CA, then against the edge's registration: identity from the certificate's SAN URI).
-//! - [`hub`]: the central side: the edge listener, one link per connected edge, and opening a
-//!   stream to a device through the link of the edge serving its site.
+//! - [`hub`]: the central side: one link per connected edge, their liveness and revocation, and
+//!   opening a stream to a device through the link of the edge serving its site.
+//! - [`listener`]: the central's edge listener: join, registration check, welcome, link driver.
 //! - [`agent`]: the edge side: `edge join` and `edge run` (reconnect with jittered backoff).
 //!
 //! Design note: one TLS connection per edge carries many streams, multiplexed by `tokio-yamux`.
@@ -21,6 +22,7 @@
 pub mod agent;
 pub mod ca;
 pub mod hub;
+pub mod listener;
 pub mod tls;
 pub mod token;
 pub mod wire;

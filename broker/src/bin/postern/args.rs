@@ -510,6 +510,20 @@ pub enum SiteAction {
     List,
 }
 
+/// Which devices: one (SITE/DEVICE), every device at a site, or every device.
+#[derive(clap::Args, Debug)]
+pub struct Devices {
+    /// SITE/DEVICE
+    #[arg(required_unless_present_any = ["site", "all"], conflicts_with_all = ["site", "all"])]
+    pub target: Option<String>,
+    /// Every device at this site.
+    #[arg(long, conflicts_with = "all")]
+    pub site: Option<String>,
+    /// Every device.
+    #[arg(long)]
+    pub all: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum DeviceAction {
     /// Add many devices from a list (`site,device,addr,host_key` per line, as `postern simulate`
@@ -551,15 +565,8 @@ pub enum DeviceAction {
     /// login: `{login}` and `{password}` are filled in, e.g.
     /// `echo '{login}:{password}' | sudo chpasswd`. The new password is proven by a fresh login.
     RotateCommand {
-        /// SITE/DEVICE
-        #[arg(required_unless_present_any = ["site", "all"], conflicts_with_all = ["site", "all"])]
-        target: Option<String>,
-        /// Every device at this site.
-        #[arg(long, conflicts_with = "all")]
-        site: Option<String>,
-        /// Every device.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        devices: Devices,
         /// The command template.
         #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
         set: Option<String>,
@@ -571,15 +578,8 @@ pub enum DeviceAction {
     /// ~/.ssh/authorized_keys, proven by a fresh login, the old key removed, then stored.
     /// Passwords: a new one is set by the device's rotate command and proven by a fresh login.
     Rotate {
-        /// SITE/DEVICE
-        #[arg(required_unless_present_any = ["site", "all"], conflicts_with_all = ["site", "all"])]
-        target: Option<String>,
-        /// Every device at this site.
-        #[arg(long, conflicts_with = "all")]
-        site: Option<String>,
-        /// Every device.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        devices: Devices,
         /// Log in and check each device could be rotated; change nothing.
         #[arg(long)]
         dry_run: bool,

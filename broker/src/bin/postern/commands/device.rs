@@ -41,13 +41,11 @@ pub async fn run(env: &Env, action: &DeviceAction) -> Result<()> {
         }
         DeviceAction::List => list(env).await,
         DeviceAction::RotateCommand {
-            target,
-            site,
-            all,
+            devices,
             set,
             clear: _,
         } => {
-            let which = super::device_rotate::Which::new(target.as_deref(), site.as_deref(), *all);
+            let which = super::device_rotate::Which::of(devices);
             let devices: Vec<(String, String)> = super::device_rotate::select(env, &which)
                 .await?
                 .into_iter()
@@ -56,13 +54,11 @@ pub async fn run(env: &Env, action: &DeviceAction) -> Result<()> {
             set_rotate_command(env, &devices, set.as_deref()).await
         }
         DeviceAction::Rotate {
-            target,
-            site,
-            all,
+            devices,
             dry_run,
             concurrency,
         } => {
-            let which = super::device_rotate::Which::new(target.as_deref(), site.as_deref(), *all);
+            let which = super::device_rotate::Which::of(devices);
             super::device_rotate::run(env, which, *dry_run, *concurrency).await
         }
     }

@@ -22,10 +22,10 @@ pub enum Which<'a> {
 }
 
 impl<'a> Which<'a> {
-    pub fn new(target: Option<&'a str>, site: Option<&'a str>, all: bool) -> Which<'a> {
-        match (target, site, all) {
-            (Some(t), _, _) => Which::One(t),
-            (None, Some(s), _) => Which::Site(s),
+    pub fn of(d: &'a crate::args::Devices) -> Which<'a> {
+        match (d.target.as_deref(), d.site.as_deref()) {
+            (Some(t), _) => Which::One(t),
+            (None, Some(s)) => Which::Site(s),
             _ => Which::All,
         }
     }
