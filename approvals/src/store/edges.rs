@@ -183,6 +183,18 @@ impl Store {
         Ok(out)
     }
 
+    /// The devices at the sites `edge` serves, as `(site, device, addr)`: what the edge may
+    /// connect to. Addresses only (no credential is read or opened).
+    pub async fn device_addrs_of_edge(&self, edge: &str) -> Result<Vec<(String, String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT d.site, d.name, d.addr FROM devices d JOIN edge_sites e ON e.site = d.site \
+             WHERE e.edge = $1 ORDER BY d.site, d.name",
+        )
+        .bind(edge)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// The edge serving `site`, if it has one.
     pub async fn edge_of_site(&self, site: &str) -> Result<Option<Edge>> {
         let name: Option<String> =

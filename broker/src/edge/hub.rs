@@ -273,19 +273,14 @@ impl EdgeHub {
     }
 
     pub(super) async fn devices_of(&self, edge: &Edge) -> Result<Vec<EdgeDevice>, wire::WireError> {
-        let all = self
+        let devices = self
             .store
-            .devices()
+            .device_addrs_of_edge(&edge.name)
             .await
             .map_err(|e| wire::WireError::Io(std::io::Error::other(e.to_string())))?;
-        Ok(all
+        Ok(devices
             .into_iter()
-            .filter(|d| edge.sites.contains(&d.site))
-            .map(|d| EdgeDevice {
-                site: d.site,
-                device: d.name,
-                addr: d.addr,
-            })
+            .map(|(site, device, addr)| EdgeDevice { site, device, addr })
             .collect())
     }
 
