@@ -41,6 +41,19 @@ impl Edge {
     }
 }
 
+impl Edge {
+    /// What to say of its sites when they cannot be reached through it (`None`: they can), with
+    /// times written by `time`.
+    pub fn offline(&self, now: i64, time: impl Fn(i64) -> String) -> Option<String> {
+        match (self.revoked, self.last_seen) {
+            (Some(_), _) => Some(format!("offline: its edge {} is revoked", self.name)),
+            _ if self.online(now) => None,
+            (None, Some(t)) => Some(format!("offline since {} (its edge lost contact)", time(t))),
+            (None, None) => Some("offline (its edge never connected)".to_owned()),
+        }
+    }
+}
+
 /// What joining with a token needs to know about the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenState {

@@ -63,15 +63,8 @@ impl Names {
         let now = crate::time::now();
         let offline = edges
             .iter()
-            .filter(|e| e.revoked.is_some() || !e.online(now))
-            .flat_map(|e| {
-                let said = match (e.revoked, e.last_seen) {
-                    (Some(_), _) => format!("offline: its edge {} is revoked", e.name),
-                    (None, Some(t)) => format!("offline since {} (its edge lost contact)", time(t)),
-                    (None, None) => "offline (its edge never connected)".to_owned(),
-                };
-                e.sites.iter().map(move |s| (s.clone(), said.clone()))
-            })
+            .filter_map(|e| e.offline(now, time).map(|said| (e, said)))
+            .flat_map(|(e, said)| e.sites.iter().map(move |s| (s.clone(), said.clone())))
             .collect();
         Ok(Names {
             offline,

@@ -56,11 +56,8 @@ struct Listed<'a> {
 fn reached(edge: Option<&Edge>, now: i64) -> String {
     match edge {
         None => "direct".into(),
-        Some(e) if e.revoked.is_some() => format!("offline: edge {} revoked", e.name),
-        Some(e) if e.online(now) => "through its edge".into(),
-        Some(e) => match e.last_seen {
-            Some(t) => format!("offline since {} (its edge lost contact)", fmt_time(t)),
-            None => "offline (its edge never connected)".into(),
-        },
+        Some(e) => e
+            .offline(now, fmt_time)
+            .unwrap_or_else(|| "through its edge".into()),
     }
 }
