@@ -10,7 +10,8 @@ use serde_json::Value;
 use crate::harness::{World, run};
 
 /// A second sshd on loopback (same host key as the world's device) whose login's home is a
-/// directory of the test: rotation rewrites `$HOME/.ssh/authorized_keys` there. `mv` on its PATH
+/// directory of the test: rotation rewrites `$HOME/.ssh/authorized_keys` there, and the scan
+/// tests plant foreign keys in it. `mv` on its PATH
 /// stops the daemon after moving a file when `stop-after-mv` exists (a device going away between
 /// installing the new key and the fresh login that proves it).
 pub(crate) struct RotDevice {
@@ -94,8 +95,13 @@ impl RotDevice {
         std::fs::write(&self.trap, pid.to_string()).unwrap();
     }
 
+    /// The login's `~/.ssh/authorized_keys`.
+    pub(crate) fn keys_file(&self) -> PathBuf {
+        self.home.join(".ssh/authorized_keys")
+    }
+
     pub(crate) fn authorized_keys(&self) -> String {
-        std::fs::read_to_string(self.home.join(".ssh/authorized_keys")).unwrap()
+        std::fs::read_to_string(self.keys_file()).unwrap()
     }
 
     /// Logs in directly (not through Postern) with `key`.

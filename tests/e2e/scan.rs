@@ -3,64 +3,12 @@
 //! (count 1), listed with its age, removed by `scan --remove`, the count is back to 0 and the
 //! device still works through Postern. Further `scan_paths` files and `scan_ports` are reported.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
 use crate::harness::{World, run};
-
-/// A second sshd on loopback (the world's device host key) with its own home for the login.
-struct ScanDevice {
-    sshd: Child,
-    port: u16,
-    home: PathBuf,
-}
-
-impl ScanDevice {
-    fn start(w: &World) -> ScanDevice {
-        let root = w.dir.path().join("scan");
-        let home = root.join("home");
-        std::fs::create_dir_all(home.join(".ssh")).unwrap();
-        let key_pub = w.dir.path().join("broker_device_key.pub");
-        std::fs::copy(&key_pub, home.join(".ssh/authorized_keys")).unwrap();
-        let port = crate::harness::free_port();
-        let config = root.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "ListenAddress 127.0.0.1:{port}\nHostKey {}\nAuthorizedKeysFile {}/.ssh/authorized_keys\nPidFile none\nUsePAM no\nStrictModes no\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\nLogLevel ERROR\n\
-                 SetEnv HOME={}\n",
-                w.dir.path().join("sshd_host_ed25519").display(),
-                home.display(),
-                home.display(),
-            ),
-        )
-        .unwrap();
-        let sshd = Command::new(crate::harness::need("sshd"))
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting sshd");
-        crate::harness::wait_for_port(port, "the scan device's sshd");
-        ScanDevice { sshd, port, home }
-    }
-
-    fn keys_file(&self) -> PathBuf {
-        self.home.join(".ssh/authorized_keys")
-    }
-}
-
-impl Drop for ScanDevice {
-    fn drop(&mut self) {
-        let _ = self.sshd.kill();
-        let _ = self.sshd.wait();
-    }
-}
+use crate::rotation::RotDevice;
 
 /// A fresh key pair made by ssh-keygen; returns its public line and fingerprint.
 fn foreign_key(w: &World, name: &str) -> (String, String) {
@@ -87,9 +35,9 @@ fn scan_json(w: &World) -> Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-fn setup(extra_config: &str) -> (World, ScanDevice) {
+fn setup(extra_config: &str) -> (World, RotDevice) {
     let w = World::with_config(9, "5m", extra_config);
-    let dev = ScanDevice::start(&w);
+    let dev = RotDevice::start(&w);
     w.ok(&["site", "add", "site-s"]);
     w.add_device_at("site-s/scan", &format!("127.0.0.1:{}", dev.port));
     (w, dev)
