@@ -20,7 +20,7 @@ pub async fn behind_edge(
     store: &approvals::Store,
     device: &Device,
 ) -> std::result::Result<Option<String>, approvals::StoreError> {
-    Ok(store.edge_of_site(&device.site).await?.map(|e| e.name))
+    store.edge_name_of_site(&device.site).await
 }
 
 /// What administration says of a device behind an edge.

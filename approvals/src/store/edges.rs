@@ -208,14 +208,19 @@ impl Store {
         .await?)
     }
 
-    /// The edge serving `site`, if it has one.
-    pub async fn edge_of_site(&self, site: &str) -> Result<Option<Edge>> {
-        let name: Option<String> =
+    /// The name of the edge serving `site`, if it has one (one lookup, for checks per device).
+    pub async fn edge_name_of_site(&self, site: &str) -> Result<Option<String>> {
+        Ok(
             sqlx::query_scalar("SELECT edge FROM edge_sites WHERE site = $1")
                 .bind(site)
                 .fetch_optional(&self.pool)
-                .await?;
-        match name {
+                .await?,
+        )
+    }
+
+    /// The edge serving `site`, if it has one.
+    pub async fn edge_of_site(&self, site: &str) -> Result<Option<Edge>> {
+        match self.edge_name_of_site(site).await? {
             Some(name) => self.edge(&name).await,
             None => Ok(None),
         }
