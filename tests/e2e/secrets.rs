@@ -6,11 +6,23 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{PgDb, Vendor, World, keygen, run};
+use crate::harness::{Approver, PgDb, Vendor, World, keygen, run};
 
 const T: Duration = Duration::from_secs(15);
 const DEVICE_PASSWORD: &str = "pw-Zq8rT3mN4vXk";
 const PEM: &str = "BEGIN OPENSSH PRIVATE KEY";
+
+/// Stores one secret of each kind (a device password, a vendor's and an approver's TOTP
+/// secret), and shows they still work: a vendor session, an approver's web sign-in.
+fn every_kind_of_secret(w: &World) -> (Vendor, Approver) {
+    add_password_device(w, "site-a/pw");
+    let alice = w.vendor("alice", &[]);
+    let olga = w.approver("olga", &["--sites", "site-a"]);
+    w.grant("alice", "site-a", "maint");
+    w.ssh_until_in(&alice, "alice:site-a/dev:maint", "in-1", T);
+    assert_eq!(w.web().login(&olga).status, 303, "approver web sign-in");
+    (alice, olga)
+}
 
 /// A device with a password credential (only stored here: the test sshd takes keys only).
 fn add_password_device(w: &World, site_device: &str) {
@@ -66,12 +78,7 @@ fn sqlite3(w: &World, sql: &str) {
 #[test]
 fn sqlite_holds_no_secret_in_the_clear_and_logins_still_work() {
     let mut w = World::new(9, "5m");
-    add_password_device(&w, "site-a/pw");
-    let alice = w.vendor("alice", &[]);
-    let olga = w.approver("olga", &["--sites", "site-a"]);
-    w.grant("alice", "site-a", "maint");
-    w.ssh_until_in(&alice, "alice:site-a/dev:maint", "in-1", T);
-    assert_eq!(w.web().login(&olga).status, 303, "approver web sign-in");
+    let (alice, olga) = every_kind_of_secret(&w);
     assert_none_in(
         "postern.db",
         &sqlite_bytes(&w),
@@ -160,12 +167,7 @@ fn sqlite_holds_no_secret_in_the_clear_and_logins_still_work() {
 fn postgres_dump_holds_no_secret_in_the_clear() {
     let pg = PgDb::new("secrets_at_rest");
     let w = World::with_config(9, "5m", &pg.config(5432));
-    add_password_device(&w, "site-a/pw");
-    let alice = w.vendor("alice", &[]);
-    let olga = w.approver("olga", &["--sites", "site-a"]);
-    w.grant("alice", "site-a", "maint");
-    w.ssh_until_in(&alice, "alice:site-a/dev:maint", "in-1", T);
-    assert_eq!(w.web().login(&olga).status, 303, "approver web sign-in");
+    let (alice, olga) = every_kind_of_secret(&w);
     let dump = run(Command::new("pg_dump").args(["-h", "127.0.0.1", "-U", "postgres", &pg.0]));
     assert!(
         dump.status.success(),
