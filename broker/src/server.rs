@@ -79,13 +79,12 @@ pub struct Listening {
 /// The edge listener and its TLS configuration (a server certificate from the edge CA, made at
 /// each start), unless `edge_listen` is `off`.
 async fn bind_edges(
-    node: &Node,
+    ca: &crate::edge::ca::EdgeCa,
     addr: &str,
 ) -> Result<Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>> {
     if addr == "off" {
         return Ok(None);
     }
-    let ca = crate::edge::ca::EdgeCa::load_or_create(&node.data.keys())?;
     let (cert, key) = ca.server_certificate()?;
     let tls = crate::edge::tls::central(ca.pem(), &cert, &key)?;
     let listener =
@@ -135,7 +134,9 @@ impl Server {
             error,
         })?;
         recover(&node, &operator, &journal).await?;
-        let ctx = Arc::new(context(&node, &limits, journal).await?);
+        // Loaded once: the session context's edge hub issues with it, the edge listener serves it.
+        let edge_ca = Arc::new(crate::edge::ca::EdgeCa::load_or_create(&node.data.keys())?);
+        let ctx = Arc::new(context(&node, &limits, journal, edge_ca.clone()).await?);
         let https = node.cfg.web_tls_cert.is_some() && node.cfg.web_tls_key.is_some();
         let web_state = Arc::new(web_state(&node, &limits, https)?);
         let web_limits = web_limits(&node, &limits);
@@ -159,7 +160,7 @@ impl Server {
                 addr: listen.ssh.to_owned(),
                 error,
             })?;
-        let edge = bind_edges(&node, listen.edge).await?;
+        let edge = bind_edges(&edge_ca, listen.edge).await?;
         let listening = Listening {
             ssh: ssh.local_addr()?,
             web: web_url,
@@ -345,7 +346,12 @@ async fn recover(node: &Node, operator: &Actor, journal: &Journal) -> Result<()>
 
 /// What every session on this node shares: the store and audit log, the trusted vendor CAs, the
 /// certified seal key, limits and the live-session table.
-async fn context(node: &Node, limits: &Limits, journal: Journal) -> Result<Ctx> {
+async fn context(
+    node: &Node,
+    limits: &Limits,
+    journal: Journal,
+    edge_ca: Arc<crate::edge::ca::EdgeCa>,
+) -> Result<Ctx> {
     // The CA private key is needed only where certificates are issued; a node trusts every vendor
     // CA registered in the database, its own (if it has one) registered here.
     let ca_pub = node.data.ca_key().with_extension("pub");
@@ -401,7 +407,7 @@ async fn context(node: &Node, limits: &Limits, journal: Journal) -> Result<Ctx> 
             node.audit.clone(),
             node.actions(),
             &node.cfg.node,
-            Arc::new(crate::edge::ca::EdgeCa::load_or_create(&node.data.keys())?),
+            edge_ca,
         )),
     })
 }
