@@ -170,11 +170,13 @@ impl Schedule {
             .store
             .device_rotation(&device.site, &device.name)
             .await?;
-        let has_command = self
-            .store
-            .rotate_command(&device.site, &device.name)
-            .await?
-            .is_some();
+        // Only a password needs a rotate command to be rotatable.
+        let has_command = fresh.credential_kind == CredentialKind::Password
+            && self
+                .store
+                .rotate_command(&device.site, &device.name)
+                .await?
+                .is_some();
         Ok(due(&fresh, has_command, last.as_ref(), self.every, now()).then_some(fresh))
     }
 }
