@@ -102,6 +102,17 @@ impl Store {
             .collect()
     }
 
+    /// The devices at one site (only theirs are read and opened).
+    pub async fn devices_at(&self, site: &str) -> Result<Vec<Device>> {
+        sqlx::query_as::<_, Device>("SELECT * FROM devices WHERE site = $1 ORDER BY name")
+            .bind(site)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|d| self.open_device(d))
+            .collect()
+    }
+
     pub(crate) async fn site_exists(&self, site: &str) -> Result<bool> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sites WHERE name = $1")
             .bind(site)

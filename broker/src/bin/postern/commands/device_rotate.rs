@@ -105,6 +105,7 @@ pub async fn run(env: &Env, which: Which<'_>, dry_run: bool, concurrency: usize)
     Ok(())
 }
 
+/// The devices `which` names (`device rotate`, `device rotate-command`, `scan`).
 pub async fn select(env: &Env, which: &Which<'_>) -> Result<Vec<Device>> {
     let devices = match which {
         Which::One(target) => {
@@ -115,8 +116,7 @@ pub async fn select(env: &Env, which: &Which<'_>) -> Result<Vec<Device>> {
             vec![d.ok_or_else(|| anyhow!("no device {name} at {site}"))?]
         }
         Which::Site(site) => {
-            let all = env.store.devices().await?;
-            let at: Vec<Device> = all.into_iter().filter(|d| d.site == *site).collect();
+            let at = env.store.devices_at(site).await?;
             if at.is_empty() {
                 bail!("no devices at site {site}");
             }

@@ -71,13 +71,11 @@ async fn scan(env: &Env, site: Option<&str>, concurrency: usize) -> Result<()> {
         step: STEP_TIMEOUT,
     };
     cfg.check()?;
-    let mut devices = env.store.devices().await?;
-    if let Some(site) = site {
-        devices.retain(|d| d.site == site);
-        if devices.is_empty() {
-            bail!("no devices at site {site}");
-        }
-    }
+    let which = match site {
+        Some(site) => super::device_rotate::Which::Site(site),
+        None => super::device_rotate::Which::All,
+    };
+    let devices = super::device_rotate::select(env, &which).await?;
     let behind: HashMap<String, String> = env
         .store
         .edges()
