@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::session::{Ctx, LiveSession};
 
+mod held_input;
 mod session_channel;
 pub use session_channel::session_channel;
 

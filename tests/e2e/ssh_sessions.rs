@@ -260,3 +260,44 @@ fn vendor_sessions_end_to_end() {
         "{log:#?}"
     );
 }
+
+/// A device without an sftp server refuses the subsystem; sftp says so at once (its first packet,
+/// sent right behind the request, must not hold the channel).
+#[test]
+fn sftp_to_a_device_without_an_sftp_server_fails_at_once() {
+    let w = World::new(9, "5m");
+    let dev = crate::rotation::RotDevice::start(&w);
+    w.add_device_at("site-a/rot", &format!("127.0.0.1:{}", dev.port));
+    let rita = w.vendor("rita", &[]);
+    w.grant("rita", "site-a", "full");
+    let batch = w.dir.path().join("nosftp.batch");
+    std::fs::write(&batch, "ls\n").unwrap();
+    let started = std::time::Instant::now();
+    let mut cmd = std::process::Command::new("timeout");
+    let sftp = w.client("sftp", &rita, &rita.next_code());
+    cmd.arg("20").arg(sftp.get_program()).args(sftp.get_args());
+    for (k, v) in sftp.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let out = run(cmd
+        .args([
+            "-o",
+            "BatchMode=no",
+            "-o",
+            "User=rita:site-a/rot:full",
+            "-b",
+        ])
+        .arg(&batch)
+        .arg("127.0.0.1")
+        .stdin(std::process::Stdio::null()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "sftp cannot work: {err}");
+    assert_ne!(out.status.code(), Some(124), "sftp hung: {err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{err}"
+    );
+    assert!(err.contains("subsystem request failed"), "{err}");
+}

@@ -14,6 +14,7 @@ use russh::server::Msg;
 use russh::{Channel, ChannelId, ChannelMsg};
 use serde_json::json;
 
+use super::held_input::HeldInput;
 use super::{ChannelRefused, allowed, audited_answer, disallowed, refuse, revoked};
 use crate::session::{Ctx, LiveSession};
 
@@ -113,7 +114,7 @@ pub async fn session_channel(
                 // The supervisor is closing the session: hold the channels open for its notice.
                 hold_open().await;
             }
-            msg = next_from_vendor(&mut initial, &mut chan.vch) => {
+            msg = next_from_vendor(&mut initial, &mut chan.vch), if chan.held.has_room() => {
                 let Some((owed, msg)) = msg else { break Stop::Closed };
                 if let Err(stop) = chan.on_vendor(msg, owed).await {
                     break stop;
@@ -184,6 +185,7 @@ struct SessionChannel {
     bytes_out: u64,
     /// A legacy scp exec, until the device's first byte proves it is an scp server.
     scp_unproven: Option<crate::transfer::ScpInvocation>,
+    held: HeldInput,
 }
 
 impl SessionChannel {
@@ -210,6 +212,7 @@ impl SessionChannel {
             bytes_in: 0,
             bytes_out: 0,
             scp_unproven: None,
+            held: HeldInput::default(),
         }
     }
 
@@ -249,14 +252,10 @@ impl SessionChannel {
     /// One message from the vendor. `owed`: the vendor awaits the answer to a request.
     async fn on_vendor(&mut self, msg: ChannelMsg, owed: bool) -> Result<(), Stop> {
         match msg {
-            ChannelMsg::Data { data } => {
-                self.vendor_data(&data).await?;
-                self.uch.data_bytes(data).await.map_err(|_| Stop::Closed)
-            }
-            ChannelMsg::Eof => {
-                let _ = self.uch.eof().await;
-                Ok(())
-            }
+            m @ (ChannelMsg::Data { .. } | ChannelMsg::Eof) => match self.held.hold(m) {
+                Some(m) => self.input_to_device(m).await,
+                None => Ok(()),
+            },
             ChannelMsg::Close => {
                 let _ = self.uch.close().await;
                 Err(Stop::Closed)
@@ -305,6 +304,21 @@ impl SessionChannel {
     }
 
     /// Counts and records the vendor's bytes (and the files they send) before they are passed on.
+    /// Passes the vendor's data or EOF to the device (once it has started the channel's program).
+    async fn input_to_device(&mut self, msg: ChannelMsg) -> Result<(), Stop> {
+        match msg {
+            ChannelMsg::Data { data } => {
+                self.vendor_data(&data).await?;
+                self.uch.data_bytes(data).await.map_err(|_| Stop::Closed)
+            }
+            ChannelMsg::Eof => {
+                let _ = self.uch.eof().await;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn vendor_data(&mut self, data: &[u8]) -> Result<(), Stop> {
         self.bytes_in += data.len() as u64;
         let done = self.transfers.vendor_sent(data);
@@ -494,9 +508,12 @@ impl SessionChannel {
                 Ok(())
             }
             ChannelMsg::Success => {
-                let owed = self.pending.pop_front().is_none_or(|(_, owed)| owed);
+                let (what, owed) = self.pending.pop_front().unwrap_or(("request", true));
                 if owed {
                     let _ = self.handle.channel_success(self.id).await;
+                }
+                for m in self.held.started_by(what) {
+                    self.input_to_device(m).await?;
                 }
                 Ok(())
             }
@@ -535,6 +552,7 @@ impl SessionChannel {
         let _ = self.record(&events::Event::DeviceRefused {
             request: what.to_owned(),
         });
+        self.held.refused_by(what);
         if owed {
             let _ = self.handle.channel_failure(self.id).await;
         } else if what == "shell" || what == "pty-req" {
