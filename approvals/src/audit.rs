@@ -233,6 +233,11 @@ pub enum AuditEvent {
     EdgeOffline,
     EdgeRefused,
     EdgeRouteRefused,
+    /// An edge holds a new version of its signed policy bundle.
+    EdgePolicy,
+    /// An edge refused a policy bundle (bad signature, older version, another edge's), or the
+    /// central could not make one.
+    EdgePolicyRefused,
     ScanRun,
     ScanRemove,
     FileTransfer,
@@ -332,6 +337,8 @@ impl AuditEvent {
         AuditEvent::EdgeOffline,
         AuditEvent::EdgeRefused,
         AuditEvent::EdgeRouteRefused,
+        AuditEvent::EdgePolicy,
+        AuditEvent::EdgePolicyRefused,
         AuditEvent::ScanRun,
         AuditEvent::ScanRemove,
         AuditEvent::FileTransfer,
@@ -428,6 +435,8 @@ impl AuditEvent {
             AuditEvent::EdgeOffline => "edge.offline",
             AuditEvent::EdgeRefused => "edge.refused",
             AuditEvent::EdgeRouteRefused => "edge.route_refused",
+            AuditEvent::EdgePolicy => "edge.policy",
+            AuditEvent::EdgePolicyRefused => "edge.policy_refused",
             AuditEvent::ScanRun => "scan.run",
             AuditEvent::ScanRemove => "scan.remove",
             AuditEvent::FileTransfer => "file.transfer",

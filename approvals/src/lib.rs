@@ -11,6 +11,7 @@ pub mod actions;
 pub mod approvers;
 pub mod audit;
 pub mod breakglass;
+pub mod bundle;
 pub mod checkpoint;
 pub mod lockout;
 pub mod model;

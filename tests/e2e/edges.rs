@@ -132,7 +132,7 @@ impl Relay {
     }
 }
 
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -141,14 +141,14 @@ impl Drop for Proc {
     }
 }
 
-fn edge_row(w: &World, name: &str) -> Value {
+pub(crate) fn edge_row(w: &World, name: &str) -> Value {
     let rows: Vec<Value> = serde_json::from_str(&w.ok(&["edge", "list", "--json"])).unwrap();
     rows.into_iter()
         .find(|r| r["name"] == name)
         .expect("the edge is listed")
 }
 
-fn wait_online(w: &World, name: &str, online: bool, within: Duration) {
+pub(crate) fn wait_online(w: &World, name: &str, online: bool, within: Duration) {
     let end = Instant::now() + within;
     loop {
         let row = edge_row(w, name);

@@ -23,6 +23,7 @@ mod crash;
 mod demo;
 mod denials;
 mod disk_full;
+mod edge_policy;
 mod edges;
 mod enrolment;
 mod escalation;

@@ -25,6 +25,12 @@ pub struct Edge {
     pub last_seen: Option<i64>,
     pub remote_addr: Option<String>,
     pub node: Option<String>,
+    /// The current policy bundle's version (0: none made yet) and when it was made.
+    pub policy_version: i64,
+    pub policy_issued: Option<i64>,
+    /// The version the edge last confirmed holding, and when.
+    pub policy_acked: Option<i64>,
+    pub policy_acked_at: Option<i64>,
 }
 
 /// A node holding an edge's link writes `last_seen` this often; twice that without a write and
@@ -81,6 +87,10 @@ fn edge_of(row: &AnyRow, sites: Vec<String>) -> sqlx::Result<Edge> {
         last_seen: row.try_get("last_seen")?,
         remote_addr: row.try_get("remote_addr")?,
         node: row.try_get("node")?,
+        policy_version: row.try_get("policy_version")?,
+        policy_issued: row.try_get("policy_issued")?,
+        policy_acked: row.try_get("policy_acked")?,
+        policy_acked_at: row.try_get("policy_acked_at")?,
     })
 }
 
@@ -155,7 +165,7 @@ impl Store {
         Ok(())
     }
 
-    async fn sites_of(&self, edge: &str) -> Result<Vec<String>> {
+    pub async fn sites_of_edge(&self, edge: &str) -> Result<Vec<String>> {
         Ok(
             sqlx::query_scalar("SELECT site FROM edge_sites WHERE edge = $1 ORDER BY site")
                 .bind(edge)
@@ -170,7 +180,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         match row {
-            Some(row) => Ok(Some(edge_of(&row, self.sites_of(name).await?)?)),
+            Some(row) => Ok(Some(edge_of(&row, self.sites_of_edge(name).await?)?)),
             None => Ok(None),
         }
     }

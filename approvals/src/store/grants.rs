@@ -73,6 +73,8 @@ impl Store {
             .bind(&grant.devices)
             .execute(&mut **tx)
             .await?;
+        // Edges learn of new grants from the change counter, as of revocations.
+        self.bump_revision(&mut **tx).await?;
         Ok(grant)
     }
 

@@ -11,6 +11,7 @@ use crate::model::CredentialKind;
 mod certificates;
 mod deadlines;
 mod directory;
+mod edge_policy;
 mod edges;
 mod error;
 mod grants;
@@ -25,6 +26,7 @@ mod sessions;
 mod vendors;
 
 pub(crate) use deadlines::request_in;
+pub use edge_policy::{PolicyInputs, PolicyState};
 pub use edges::{EDGE_SEEN_EVERY, Edge, NewEdge, TokenState};
 pub use error::{Conflict, Invalid, Missing, StoreError, Thing};
 pub(crate) use error::{conflict_on_unique, insert_error};

@@ -69,14 +69,17 @@ impl EdgeFiles {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
-    fn read(&self, name: &str) -> Result<String, AgentError> {
+    pub(super) fn exists(&self, name: &str) -> bool {
+        self.path(name).exists()
+    }
+    pub(super) fn read(&self, name: &str) -> Result<String, AgentError> {
         let p = self.path(name);
         std::fs::read_to_string(&p).map_err(|error| AgentError::File {
             path: p.display().to_string(),
             error,
         })
     }
-    fn write(&self, name: &str, text: &str, private: bool) -> Result<(), AgentError> {
+    pub(super) fn write(&self, name: &str, text: &str, private: bool) -> Result<(), AgentError> {
         let p = self.path(name);
         let file = |error| AgentError::File {
             path: p.display().to_string(),
@@ -269,8 +272,13 @@ async fn link(files: &EdgeFiles) -> Result<(), AgentError> {
         AuditEvent::EdgeOnline,
         json!({"central": state.central}),
     );
-    let scope = Arc::new(Mutex::new(scope));
-    let why = serve_link(files, tls, scope, &audit).await;
+    let served = Served {
+        files: files.clone(),
+        edge: state.edge.clone(),
+        scope: Arc::new(Mutex::new(scope)),
+        audit: audit.clone(),
+    };
+    let why = serve_link(tls, served).await;
     println!("postern edge: link lost: {why}");
     record(
         &audit,
@@ -286,21 +294,30 @@ fn record(audit: &AuditLog, event: AuditEvent, fields: serde_json::Value) {
     }
 }
 
-/// Serves the central's streams until the link ends; says why it ended.
-async fn serve_link(
-    files: &EdgeFiles,
-    tls: tokio_rustls::client::TlsStream<TcpStream>,
+/// What serving the central's streams needs.
+#[derive(Clone)]
+struct Served {
+    files: EdgeFiles,
+    edge: String,
     scope: Arc<Mutex<Scope>>,
-    audit: &AuditLog,
-) -> String {
+    audit: AuditLog,
+}
+
+/// Serves the central's streams until the link ends; says why it ended.
+async fn serve_link(tls: tokio_rustls::client::TlsStream<TcpStream>, served: Served) -> String {
+    let files = &served.files;
     let mut session = Session::new_client(tls, super::hub::yamux_config());
+    // The box key and the central's signing key are exchanged beside the loop, which must keep
+    // driving the session their stream is on.
+    let (control, s) = (session.control(), served.clone());
+    tokio::spawn(async move { announce(control, &s).await });
     // The first tick is at once: a certificate already due is renewed as the link comes up.
     let mut renewal = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             inbound = session.next() => match inbound {
                 Some(Ok(stream)) => {
-                    tokio::spawn(serve_stream(stream, scope.clone(), audit.clone()));
+                    tokio::spawn(serve_stream(stream, served.clone()));
                 }
                 Some(Err(e)) => return format!("link error: {e}"),
                 None => return "the central closed the link".into(),
@@ -358,17 +375,79 @@ async fn renew_over(
     }
 }
 
-/// A stream the central opened: a new device list, or a device to connect.
-async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    scope: Arc<Mutex<Scope>>,
-    audit: AuditLog,
+/// Tells the central the edge's box key and pins the key its bundles are signed with.
+async fn announce(mut control: tokio_yamux::Control, served: &Served) {
+    let exchanged = async {
+        let box_key = super::policy::box_key(&served.files)?.public();
+        let mut stream = (control.open_stream().await)
+            .map_err(|e| AgentError::State(format!("announce: {e}")))?;
+        wire::write(&mut stream, &Message::Announce { box_key }).await?;
+        let reply = wire::read(&mut stream).await;
+        wire::finish(&mut stream).await;
+        match reply? {
+            Message::Announced { signer } => super::policy::pin_signer(&served.files, &signer)
+                .map_err(|e| AgentError::State(e.to_string())),
+            other => Err(wire::WireError::Unexpected(other.kind()).into()),
+        }
+    };
+    if let Err(e) = exchanged.await {
+        tracing::warn!(error = %e, "edge: policy keys not exchanged");
+        record(
+            &served.audit,
+            AuditEvent::EdgePolicyRefused,
+            json!({"reason": e.to_string()}),
+        );
+    }
+}
+
+/// A signed policy bundle from the central: checked, kept, and its devices become the ones this
+/// edge may connect to.
+async fn take_policy<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    served: &Served,
+    signed: &approvals::bundle::SignedBundle,
 ) {
+    let reply = match super::policy::accept(&served.files, &served.edge, signed) {
+        Ok(bundle) => {
+            let devices = (bundle.devices.iter())
+                .map(|d| EdgeDevice {
+                    site: d.site.clone(),
+                    device: d.name.clone(),
+                    addr: d.addr.clone(),
+                })
+                .collect();
+            (served.scope.lock().unwrap_or_else(|p| p.into_inner())).set_devices(devices);
+            let fields = json!({"version": bundle.version, "issued": bundle.issued,
+                "vendors": bundle.vendors.len(), "grants": bundle.grants.len(), "devices": bundle.devices.len()});
+            record(&served.audit, AuditEvent::EdgePolicy, fields);
+            Message::PolicyHeld {
+                version: bundle.version,
+            }
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            tracing::warn!(%reason, "edge: policy bundle refused");
+            record(
+                &served.audit,
+                AuditEvent::EdgePolicyRefused,
+                json!({"reason": reason}),
+            );
+            Message::PolicyRefused { reason }
+        }
+    };
+    let _ = wire::write(stream, &reply).await;
+    wire::finish(stream).await;
+}
+
+/// A stream the central opened: a policy bundle, a new device list, or a device to connect.
+async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, served: Served) {
+    let (scope, audit) = (&served.scope, &served.audit);
     let msg = match tokio::time::timeout(Duration::from_secs(10), wire::read(&mut stream)).await {
         Ok(Ok(m)) => m,
         _ => return,
     };
     match msg {
+        Message::Policy { bundle } => take_policy(&mut stream, &served, &bundle).await,
         Message::Devices { devices } => {
             scope
                 .lock()
@@ -388,12 +467,11 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 let reason = format!("{site}/{device} is not a device of this edge's sites");
                 tracing::warn!(%site, %device, "edge: refused a stream to a device not of its sites");
                 record(
-                    &audit,
+                    audit,
                     AuditEvent::EdgeRouteRefused,
                     json!({"site": site, "device": device, "reason": reason, "by": "edge"}),
                 );
                 let _ = wire::write(&mut stream, &Message::OpenRefused { reason }).await;
-                wire::finish(&mut stream).await;
                 wire::finish(&mut stream).await;
                 return;
             };
@@ -459,7 +537,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let audit = AuditLog::new(&dir.path().join("audit.log"), "edge:t");
         let (mut central, edge) = tokio::io::duplex(4096);
-        let served = tokio::spawn(serve_stream(edge, scope(), audit));
+        let served = Served {
+            files: EdgeFiles::new(dir.path()),
+            edge: "t".into(),
+            scope: scope(),
+            audit,
+        };
+        let served = tokio::spawn(serve_stream(edge, served));
         let open = Message::Open {
             site: "theirs".into(),
             device: "d".into(),

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use approvals::actions::EdgeCertificate;
+use approvals::bundle::BundleSigner;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, CertifiedIssuer,
     DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -25,10 +26,12 @@ pub enum CaError {
     Pem(String),
 }
 
-/// The edge CA, loaded.
+/// The edge CA, loaded, with the key that signs edges' policy bundles (`edge_policy.key`, an
+/// Ed25519 seed in hex, 0600, made on first use; several central nodes share both files).
 pub struct EdgeCa {
     issuer: Issuer<'static, KeyPair>,
     pem: String,
+    signer: BundleSigner,
 }
 
 fn file_error(path: &Path) -> impl Fn(std::io::Error) -> CaError + '_ {
@@ -40,6 +43,20 @@ fn file_error(path: &Path) -> impl Fn(std::io::Error) -> CaError + '_ {
 
 fn time_at(unix: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+fn load_signer(path: &Path) -> Result<BundleSigner, CaError> {
+    if !path.exists() {
+        let seed: [u8; 32] = rand::random();
+        crate::config::write_private(path, hex::encode(seed).as_bytes())
+            .map_err(|e| CaError::Pem(e.to_string()))?;
+    }
+    let text = std::fs::read_to_string(path).map_err(file_error(path))?;
+    let seed: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| CaError::Pem(format!("{}: not 64 hex digits", path.display())))?;
+    Ok(BundleSigner::from_seed(&seed))
 }
 
 fn serial() -> (SerialNumber, String) {
@@ -85,7 +102,13 @@ impl EdgeCa {
         Ok(EdgeCa {
             issuer,
             pem: crt_pem,
+            signer: load_signer(&keys.join("edge_policy.key"))?,
         })
+    }
+
+    /// The key that signs edges' policy bundles.
+    pub fn signer(&self) -> &BundleSigner {
+        &self.signer
     }
 
     /// The CA certificate, PEM (as stored).

@@ -83,6 +83,8 @@ pub(super) struct Link {
     pub(super) cut: tokio::sync::Notify,
     /// Why the link was cut, for the audit record.
     pub(super) why: Mutex<String>,
+    /// The policy bundle version the edge confirmed holding on this link (0: none yet).
+    pub(super) policy_held: std::sync::atomic::AtomicI64,
 }
 
 impl Link {
@@ -264,7 +266,7 @@ impl EdgeHub {
         }
     }
 
-    async fn stream(&self, link: &Link) -> Result<StreamHandle, wire::WireError> {
+    pub(super) async fn stream(&self, link: &Link) -> Result<StreamHandle, wire::WireError> {
         let mut control = link.control.clone();
         control
             .open_stream()

@@ -41,6 +41,7 @@ impl EdgeHub {
             tracing::warn!(error = %e, "edge link state from the last run not cleared");
         }
         tokio::spawn(self.clone().keep_watch());
+        tokio::spawn(self.clone().keep_publishing());
         loop {
             let (tcp, peer) = listener.accept().await?;
             let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(
@@ -185,6 +186,7 @@ impl EdgeHub {
             devices: Mutex::new(devices.into_iter().collect()),
             cut: tokio::sync::Notify::new(),
             why: Mutex::new(String::new()),
+            policy_held: std::sync::atomic::AtomicI64::new(0),
         });
         let old = self
             .links
@@ -233,9 +235,9 @@ impl EdgeHub {
         tracing::info!(edge = %edge.name, reason = %why, "edge link down");
     }
 
-    /// Runs the link: inbound streams (renewals), the liveness writes, revocation.
+    /// Runs the link: inbound streams (renewals, announcements), the liveness writes, revocation.
     async fn drive(
-        &self,
+        self: &Arc<Self>,
         edge: &str,
         mut session: Session<TlsStream<TcpStream>>,
         link: &Link,
@@ -244,8 +246,7 @@ impl EdgeHub {
             tokio::select! {
                 inbound = session.next() => match inbound {
                     Some(Ok(stream)) => {
-                        let hub = (self.actions.clone(), self.ca.clone(), edge.to_owned(), self.node.clone());
-                        tokio::spawn(renew(hub, stream));
+                        tokio::spawn(self.clone().inbound(edge.to_owned(), stream));
                     }
                     Some(Err(e)) => return format!("link error: {e}"),
                     None => return "the link closed".into(),
@@ -258,14 +259,56 @@ impl EdgeHub {
     }
 }
 
+impl EdgeHub {
+    /// A stream the edge opened: a renewal or an announcement of its box key.
+    async fn inbound(self: Arc<Self>, edge: String, mut stream: StreamHandle) {
+        let msg = match tokio::time::timeout(HANDSHAKE, wire::read(&mut stream)).await {
+            Ok(Ok(msg)) => msg,
+            _ => return,
+        };
+        match msg {
+            Message::Renew { csr } => {
+                let hub = (
+                    self.actions.clone(),
+                    self.ca.clone(),
+                    edge,
+                    self.node.clone(),
+                );
+                renew(hub, csr, stream).await;
+            }
+            Message::Announce { box_key } => self.announced(&edge, &box_key, stream).await,
+            other => {
+                let reason = format!("unexpected message {}", other.kind());
+                let _ = wire::write(&mut stream, &Message::Refused { reason }).await;
+                wire::finish(&mut stream).await;
+            }
+        }
+    }
+
+    /// The edge's box key: kept, answered with the key its bundles are signed with, then its
+    /// bundle is sent.
+    async fn announced(&self, edge: &str, box_key: &str, mut stream: StreamHandle) {
+        let kept = match approvals::bundle::check_box_key(box_key) {
+            Ok(()) => (self.store.set_edge_box_key(edge, box_key).await).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let reply = match kept {
+            Ok(_) => Message::Announced {
+                signer: self.ca.signer().public(),
+            },
+            Err(reason) => Message::Refused { reason },
+        };
+        let _ = wire::write(&mut stream, &reply).await;
+        wire::finish(&mut stream).await;
+        if matches!(reply, Message::Announced { .. }) {
+            self.publish_round(Some(edge)).await;
+        }
+    }
+}
+
 /// An edge's renewal request on a stream of its own: a new certificate for a fresh key.
-async fn renew(hub: (Actions, Arc<EdgeCa>, String, String), mut stream: StreamHandle) {
+async fn renew(hub: (Actions, Arc<EdgeCa>, String, String), csr: String, mut stream: StreamHandle) {
     let (actions, ca, edge, node) = hub;
-    let Ok(Ok(Message::Renew { csr })) =
-        tokio::time::timeout(HANDSHAKE, wire::read(&mut stream)).await
-    else {
-        return;
-    };
     let ttl = match actions.store().edge(&edge).await {
         Ok(Some(e)) => e.ttl,
         _ => return,

@@ -23,6 +23,8 @@ pub mod agent;
 pub mod ca;
 pub mod hub;
 pub mod listener;
+pub mod policy;
+mod publish;
 pub mod tls;
 pub mod token;
 pub mod wire;

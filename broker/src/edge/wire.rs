@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-pub const MAX_MESSAGE: usize = 1 << 20;
+/// A policy bundle for a site with thousands of devices is a few MiB.
+pub const MAX_MESSAGE: usize = 16 << 20;
 
 /// A device the central may ask the edge to connect to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -46,6 +47,19 @@ pub enum Message {
     Renew { csr: String },
     /// Central to edge: the renewed certificate.
     Renewed { certificate: String },
+    /// Edge to central, on a stream of its own once the link is up: the X25519 key secrets in
+    /// its bundles are to be sealed to.
+    Announce { box_key: String },
+    /// Central to edge: the key its policy bundles are signed with.
+    Announced { signer: String },
+    /// Central to edge, on a stream of its own: a new signed policy bundle.
+    Policy {
+        bundle: approvals::bundle::SignedBundle,
+    },
+    /// Edge to central: the edge checked and holds this version.
+    PolicyHeld { version: i64 },
+    /// Edge to central: the bundle was not taken (and why).
+    PolicyRefused { reason: String },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -89,6 +89,19 @@ struct Listed<'a> {
     online: bool,
 }
 
+/// The policy bundle: its version and age, and whether the edge holds it.
+fn policy(e: &Edge, now: i64) -> String {
+    if e.policy_version == 0 {
+        return "-".into();
+    }
+    let age = super::device_rotate::age(now - e.policy_issued.unwrap_or(now));
+    match e.policy_acked {
+        Some(v) if v == e.policy_version => format!("v{v} ({age} old)"),
+        Some(v) => format!("v{} ({age} old; edge holds v{v})", e.policy_version),
+        None => format!("v{} ({age} old; not yet held)", e.policy_version),
+    }
+}
+
 fn state(l: &Listed<'_>) -> String {
     match (&l.edge.revoked, l.online) {
         (Some(t), _) => format!("revoked {}", fmt_time(*t)),
@@ -123,6 +136,7 @@ async fn list(env: &Env) -> Result<()> {
             "ADDRESS",
             "NODE",
             "CERT UNTIL",
+            "POLICY",
         ],
         |l| {
             vec![
@@ -136,6 +150,7 @@ async fn list(env: &Env) -> Result<()> {
                     .cert_not_after
                     .map(fmt_time)
                     .unwrap_or_else(|| "(not joined)".into()),
+                policy(l.edge, t),
             ]
         },
     )
