@@ -117,6 +117,14 @@ pub struct Config {
     /// Where notifications are POSTed as JSON (Slack-compatible `text` field); none when unset.
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// Where sealed recordings are shared so that every node can replay, export and verify them:
+    /// unset (this node's `recordings/` only) or `s3://BUCKET[/PREFIX]`.
+    #[serde(default)]
+    pub evidence_store: Option<String>,
+    /// The S3-compatible server of `evidence_store` (e.g. `http://minio.internal:9000`); unset
+    /// for AWS itself. Credentials and region come from the `AWS_*` environment variables.
+    #[serde(default)]
+    pub evidence_s3_endpoint: Option<String>,
     /// Environment variables a vendor may pass to the device (exact names, or prefixes ending in `*`).
     #[serde(default = "default_env_allow")]
     pub env_allow: Vec<String>,
@@ -305,6 +313,8 @@ impl Default for Config {
             web_tls_cert: None,
             web_tls_key: None,
             webhook_url: None,
+            evidence_store: None,
+            evidence_s3_endpoint: None,
             login_grace: default_login_grace(),
             max_startups: default_max_startups(),
             per_source_max_startups: default_per_source_max_startups(),

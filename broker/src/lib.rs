@@ -26,6 +26,7 @@ pub mod config;
 pub mod device_admin;
 pub mod edge;
 pub mod enrol;
+pub mod evidence_store;
 pub mod frontdoor;
 pub mod init;
 pub mod journal;

@@ -20,6 +20,8 @@ pub enum OpenError {
     Store(#[from] approvals::StoreError),
     #[error(transparent)]
     MasterKey(#[from] crate::master_key::MasterKeyError),
+    #[error(transparent)]
+    EvidenceStore(#[from] crate::evidence_store::EvidenceStoreError),
     #[error("sealing secrets stored in the clear: {0}")]
     Seal(#[from] approvals::ActionError),
 }
@@ -31,6 +33,8 @@ pub struct Node {
     pub store: Store,
     pub audit: AuditLog,
     pub notifier: approvals::Notifier,
+    /// The shared store for sealed recordings, if one is configured.
+    pub evidence_store: Option<crate::evidence_store::EvidenceStore>,
 }
 
 impl Node {
@@ -46,7 +50,15 @@ impl Node {
             data.installation_id().as_deref(),
         );
         let notifier = approvals::Notifier::new(store.clone(), cfg.webhook_url.is_some());
+        let evidence_store = match &cfg.evidence_store {
+            Some(url) => Some(crate::evidence_store::EvidenceStore::open(
+                url,
+                cfg.evidence_s3_endpoint.as_deref(),
+            )?),
+            None => None,
+        };
         let node = Node {
+            evidence_store,
             data,
             cfg,
             store,
@@ -103,6 +115,10 @@ impl Node {
             keyring: Some(keys::keyring_path(&self.data)),
             // The node's pinned copy; `verify --root` takes the auditor's own.
             root: keys::load_root_public(&keys::root_pub_path(&self.data)).ok(),
+            fetched: self
+                .evidence_store
+                .as_ref()
+                .map(|_| crate::evidence_store::cache_dir(&self.data)),
         }
     }
 }

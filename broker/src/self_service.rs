@@ -87,6 +87,7 @@ impl SelfService {
                 store: node.store.clone(),
                 audit: node.audit.clone(),
                 notifier: node.notifier.clone(),
+                evidence_store: node.evidence_store.clone(),
             },
             cert_validity,
             public_address: node.cfg.ssh_public_address.clone(),

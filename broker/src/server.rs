@@ -247,6 +247,14 @@ impl Server {
             Actor::broker(&node.cfg.node),
             self.deadlines.clone(),
         ));
+        if let Some(store) = node.evidence_store.clone() {
+            tokio::spawn(crate::evidence_store::ship(
+                store,
+                node.store.clone(),
+                node.cfg.node.clone(),
+                node.data.clone(),
+            ));
+        }
         if let Some(url) = node.cfg.webhook_url.clone() {
             tokio::spawn(crate::webhook::deliver(
                 node.store.clone(),

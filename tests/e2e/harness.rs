@@ -22,6 +22,14 @@ pub fn postern_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_postern"))
 }
 
+/// Credentials for the tests' own S3-compatible server (it accepts any, but requests must be
+/// signed); nodes without an evidence store ignore them.
+pub const S3_TEST_ENV: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "postern-test"),
+    ("AWS_SECRET_ACCESS_KEY", "postern-test"),
+    ("AWS_REGION", "us-east-1"),
+];
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -64,6 +72,16 @@ pub fn need(cmd: &str) -> PathBuf {
     panic!(
         "{cmd} is needed by the end-to-end tests: install openssh-server and openssh-client (.ci/run does)"
     );
+}
+
+/// `cmd` as found on PATH (tools installed with pip, e.g. by `.ci/run`).
+pub fn on_path(cmd: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(cmd))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{cmd} is needed by the end-to-end tests (.ci/run installs it)"))
 }
 
 pub fn run(cmd: &mut Command) -> Output {
@@ -215,6 +233,17 @@ impl World {
 
     /// Like [`World::new`], with extra lines appended to postern.toml.
     pub fn with_config(forward_port: u16, warn_before: &str, extra_config: &str) -> World {
+        World::with_root(forward_port, warn_before, extra_config, None)
+    }
+
+    /// Like [`World::with_config`], the seal key certified by the operator root key `root_key`
+    /// (made if missing; one of the world's own when `None`).
+    pub fn with_root(
+        forward_port: u16,
+        warn_before: &str,
+        extra_config: &str,
+        root_key: Option<&Path>,
+    ) -> World {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let data = root.join("data");
@@ -229,7 +258,8 @@ impl World {
         );
         // The operator's root key lives outside the data directory; it certifies the node's
         // seal key, without which `serve` refuses to start.
-        certify_seal_key(&data, &root.join("root.key"));
+        let own_root = root.join("root.key");
+        certify_seal_key(&data, root_key.unwrap_or(&own_root));
         let cfg_path = data.join("postern.toml");
         // Every test vendor connects from 127.0.0.1: exempt it from per-source caps and penalties
         // (the flood tests attack from other loopback addresses). Keys given in `extra_config`
@@ -378,6 +408,7 @@ impl World {
             }
             None => Command::new(postern_bin()),
         };
+        cmd.envs(S3_TEST_ENV);
         let mut child = cmd
             .args([
                 "serve",
@@ -461,6 +492,7 @@ impl World {
     /// Runs a postern CLI command against this data dir.
     pub fn postern(&self, args: &[&str]) -> Output {
         run(Command::new(postern_bin())
+            .envs(S3_TEST_ENV)
             .args(args)
             .arg("--data")
             .arg(&self.data))
@@ -1211,19 +1243,29 @@ pub struct TwoNodes {
     pub a: World,
     pub b: World,
     // Dropped after the nodes.
+    _root: tempfile::TempDir,
     _shared: PgDb,
     _scratch: PgDb,
 }
 
 impl TwoNodes {
     pub fn new(tag: &str, warn_before: &str) -> TwoNodes {
+        TwoNodes::with_config(tag, warn_before, "")
+    }
+
+    /// Two nodes with `extra` in both configurations.
+    pub fn with_config(tag: &str, warn_before: &str, extra: &str) -> TwoNodes {
         let shared = PgDb::new(tag);
         let scratch = PgDb::new(&format!("{tag}_scratch"));
+        // One operator root certifies both nodes' seal keys.
+        let root = tempfile::tempdir().unwrap();
+        let root_key = root.path().join("root.key");
         let node = |name: &str, db: &PgDb| {
-            World::with_config(
+            World::with_root(
                 9,
                 warn_before,
-                &format!("node = \"{name}\"\n{}\n", db.config(5432).trim_end()),
+                &format!("node = \"{name}\"\n{}\n{extra}", db.config(5432).trim_end()),
+                Some(&root_key),
             )
         };
         let a = node("node-a", &shared);
@@ -1247,6 +1289,7 @@ impl TwoNodes {
         TwoNodes {
             a,
             b,
+            _root: root,
             _shared: shared,
             _scratch: scratch,
         }

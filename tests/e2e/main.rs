@@ -28,6 +28,7 @@ mod edges;
 mod enrolment;
 mod escalation;
 mod evidence;
+mod evidence_store;
 mod faults;
 mod fleet;
 mod hardening;

@@ -14,6 +14,7 @@ mod directory;
 mod edge_policy;
 mod edges;
 mod error;
+mod evidence;
 mod grants;
 mod invites;
 mod lifecycle;

@@ -120,6 +120,27 @@ pub struct Evidence {
     /// are then ignored.
     pub keyring: Option<PathBuf>,
     pub root: Option<recorder::keyring::RootPublicKey>,
+    /// Copies of other nodes' recordings read from the shared evidence store: a session recorded
+    /// elsewhere whose copy is here is checked here (chain and seal; its audit anchor is on its
+    /// own node).
+    pub fetched: Option<PathBuf>,
+}
+
+impl Evidence {
+    /// Where session recording `name` is to be read: this node's own file, or a fetched copy.
+    /// The keyring node `node` shared through the evidence store, if one was fetched.
+    pub fn fetched_keyring(&self, node: &str) -> Option<PathBuf> {
+        let path = self.fetched.as_ref()?.join("keyrings").join(node);
+        path.exists().then_some(path)
+    }
+
+    pub fn recording_file(&self, name: &str) -> PathBuf {
+        let own = self.recordings.join(name);
+        match &self.fetched {
+            Some(dir) if !own.exists() && dir.join(name).exists() => dir.join(name),
+            _ => own,
+        }
+    }
 }
 
 /// Verifies one session (`id`) or every session plus the audit log itself and the sessions the
@@ -163,6 +184,18 @@ fn check(
     all: bool,
 ) -> Vec<Finding> {
     let trust = Trust::of(evidence, keys);
+    // Another node's seals are checked against that node's keyring (from the evidence store),
+    // under the same pinned root.
+    let mut others: HashMap<&str, Trust> = HashMap::new();
+    for s in sessions.iter().filter(|s| s.node != evidence.node) {
+        if let Some(ring) = evidence.fetched_keyring(&s.node) {
+            let theirs = Evidence {
+                keyring: Some(ring),
+                ..evidence.clone()
+            };
+            others.insert(&s.node, Trust::of(&theirs, keys));
+        }
+    }
     let (audit_finding, facts) = verify_audit_log(&evidence.audit_log);
     let none = AuditFacts::default();
     let mut findings: Vec<Finding> = sessions
@@ -179,7 +212,7 @@ fn check(
                 evidence,
                 s,
                 local,
-                &trust,
+                others.get(s.node.as_str()).unwrap_or(&trust),
                 facts,
                 commands.get(&s.id).map(Vec::as_slice),
             )

@@ -33,7 +33,7 @@ pub(super) fn verify_recording(
     stored_commands: Option<&[CommandRow]>,
 ) -> Finding {
     let item = format!("session {}", s.id);
-    let path = evidence.recordings.join(&s.recording);
+    let path = evidence.recording_file(&s.recording);
     if !path.exists() {
         if !local {
             return Finding::elsewhere(&item, &s.node);

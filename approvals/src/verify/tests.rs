@@ -20,6 +20,7 @@ fn node(name: &str) -> Node {
         local_seal_key: None,
         keyring: None,
         root: None,
+        fetched: None,
     };
     std::fs::create_dir_all(&evidence.recordings).unwrap();
     let audit = AuditLog::new(&evidence.audit_log, name);

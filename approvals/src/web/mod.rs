@@ -214,6 +214,7 @@ impl WebState {
             local_seal_key: self.local_seal_key.clone(),
             keyring: self.keyring.clone(),
             root: self.root,
+            fetched: None,
         }
     }
 

@@ -14,7 +14,9 @@ async fn recording_path(env: &Env, id: &str) -> Result<PathBuf> {
         .session(id)
         .await?
         .ok_or_else(|| anyhow!("no session with id {id}"))?;
-    Ok(env.data.recordings().join(&s.recording))
+    // Recorded on another node: read the copy in the shared evidence store.
+    env.fetch_recordings(std::slice::from_ref(&s)).await?;
+    Ok(env.evidence().recording_file(&s.recording))
 }
 
 fn load_events(path: &Path, input: bool) -> Result<recorder::TerminalEvents> {

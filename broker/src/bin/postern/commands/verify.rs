@@ -152,6 +152,11 @@ pub async fn run(
     if let Some(root) = root {
         evidence.root = Some(keys::load_root_public(root)?);
     }
+    let sessions = match id {
+        Some(id) => env.store.session(id).await?.into_iter().collect(),
+        None => env.store.sessions(false).await?,
+    };
+    env.fetch_recordings(&sessions).await?;
     let mut findings = approvals::verify::verify(&env.store, &evidence, id).await?;
     if id.is_none() || checkpoints.is_some() {
         findings.extend(verify_checkpoints(env, checkpoints).await?);
