@@ -80,13 +80,13 @@ impl Drop for Netns {
 }
 
 /// A TCP relay the test can sever (every connection closed, new ones refused) and restore.
-struct Relay {
+pub(crate) struct Relay {
     up: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Relay {
-    fn start(listen: &str, to: String) -> Relay {
+    pub(crate) fn start(listen: &str, to: String) -> Relay {
         let listener = TcpListener::bind(listen).unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
@@ -120,14 +120,14 @@ impl Relay {
         Relay { up, conns }
     }
 
-    fn sever(&self) {
+    pub(crate) fn sever(&self) {
         self.up.store(false, Ordering::SeqCst);
         for c in self.conns.lock().unwrap().drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
     }
 
-    fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
 }

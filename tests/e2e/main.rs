@@ -24,6 +24,7 @@ mod demo;
 mod denials;
 mod disk_full;
 mod edge_policy;
+mod edge_site;
 mod edges;
 mod enrolment;
 mod escalation;

@@ -60,17 +60,17 @@ impl Store {
             .filter(|o| !o.is_empty())
             .collect();
         let mut vendors = Vec::new();
-        let mut revoked_serials = Vec::new();
+        let mut certificates = Vec::new();
         for v in &inputs.vendors {
             let granted = grants.iter().any(|g| g.vendor == v.name);
             if !granted && !emergency_orgs.contains(v.org.as_str()) {
                 continue;
             }
-            for c in self.certificates_of(&v.name).await? {
-                if c.revoked {
-                    revoked_serials.push(c.serial);
-                }
-            }
+            certificates.extend(
+                (self.certificates_of(&v.name).await?)
+                    .into_iter()
+                    .filter(|c| c.valid_before > inputs.now),
+            );
             vendors.push(v.clone());
         }
         let mut devices = Vec::new();
@@ -81,7 +81,7 @@ impl Store {
             sites: sites.to_vec(),
             vendors,
             vendor_cas: inputs.vendor_cas.clone(),
-            revoked_serials,
+            certificates,
             grants,
             functions: inputs.functions.clone(),
             devices,

@@ -18,6 +18,7 @@ mod evidence;
 mod grants;
 mod invites;
 mod lifecycle;
+mod mirror;
 mod password_rotation;
 mod rotation;
 mod rows;

@@ -12,16 +12,14 @@ use std::time::Duration;
 use approvals::AuditLog;
 use approvals::audit::AuditEvent;
 use futures::StreamExt;
-use rcgen::{CertificateParams, KeyPair};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_yamux::{Session, StreamHandle};
 
-use super::token::JoinToken;
+use super::join::{csr, not_after, tcp};
 use super::wire::{self, EdgeDevice, Message};
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +106,7 @@ impl EdgeFiles {
         serde_json::from_str(&self.read("edge.json")?)
             .map_err(|e| AgentError::State(format!("edge.json: {e}")))
     }
-    fn save(&self, state: &Joined, cert: &str, key: &str) -> Result<(), AgentError> {
+    pub(super) fn save(&self, state: &Joined, cert: &str, key: &str) -> Result<(), AgentError> {
         // Key and certificate first, the state that points at them last.
         self.write("edge.key", key, true)?;
         self.write("edge.crt", cert, false)?;
@@ -116,82 +114,6 @@ impl EdgeFiles {
             serde_json::to_string_pretty(state).map_err(|e| AgentError::State(e.to_string()))?;
         self.write("edge.json", &json, false)
     }
-}
-
-async fn tcp(central: &str) -> Result<TcpStream, AgentError> {
-    let err = |error: String| AgentError::Connect {
-        central: central.to_owned(),
-        error,
-    };
-    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(central))
-        .await
-        .map_err(|_| err("timed out".into()))?
-        .map_err(|e| err(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(
-        &socket2::TcpKeepalive::new()
-            .with_time(Duration::from_secs(10))
-            .with_interval(Duration::from_secs(5)),
-    );
-    Ok(tcp)
-}
-
-fn csr() -> Result<(String, String), AgentError> {
-    let key = KeyPair::generate().map_err(|e| AgentError::Cert(e.to_string()))?;
-    let csr = CertificateParams::default()
-        .serialize_request(&key)
-        .and_then(|c| c.pem())
-        .map_err(|e| AgentError::Cert(e.to_string()))?;
-    Ok((csr, key.serialize_pem()))
-}
-
-fn not_after(cert_pem: &str) -> Result<i64, AgentError> {
-    let der = super::ca::pem_der(cert_pem).map_err(|e| AgentError::Cert(e.to_string()))?;
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(&der).map_err(|e| AgentError::Cert(e.to_string()))?;
-    Ok(cert.validity().not_after.timestamp())
-}
-
-/// `postern edge join`: gets a certificate for a fresh key with the one-time token.
-pub async fn join(central: &str, token: &str, data: &Path) -> Result<Joined, AgentError> {
-    let token = JoinToken::parse(token)?;
-    let (csr, key) = csr()?;
-    let connector = TlsConnector::from(Arc::new(super::tls::joining(&token.pin)?));
-    let mut tls = connector
-        .connect(super::tls::central_name(), tcp(central).await?)
-        .await
-        .map_err(|e| AgentError::Connect {
-            central: central.to_owned(),
-            error: e.to_string(),
-        })?;
-    let join = Message::Join {
-        edge: token.edge.clone(),
-        secret: token.secret.clone(),
-        csr,
-    };
-    wire::write(&mut tls, &join).await?;
-    let (certificate, ca) = match wire::read(&mut tls).await? {
-        Message::Joined { certificate, ca } => (certificate, ca),
-        Message::Refused { reason } => return Err(AgentError::Refused(reason)),
-        other => return Err(wire::WireError::Unexpected(other.kind()).into()),
-    };
-    let ca_der = super::ca::pem_der(&ca).map_err(|e| AgentError::Cert(e.to_string()))?;
-    if hex::encode(Sha256::digest(&ca_der)) != token.pin {
-        return Err(AgentError::Cert(
-            "the CA sent is not the one the token pins".into(),
-        ));
-    }
-    let end = not_after(&certificate)?;
-    let state = Joined {
-        edge: token.edge,
-        central: central.to_owned(),
-        not_after: end,
-        ttl: (end - approvals::time::now()).max(60),
-    };
-    let files = EdgeFiles::new(data);
-    files.write("ca.crt", &ca, false)?;
-    files.save(&state, &certificate, &key)?;
-    Ok(state)
 }
 
 /// What the link told the edge: its sites and their devices.
@@ -218,9 +140,48 @@ impl Scope {
 pub async fn run(data: &Path) -> Result<(), AgentError> {
     let files = EdgeFiles::new(data);
     files.state()?;
+    keep_linked(&files, None).await;
+    Ok(())
+}
+
+/// `postern edge run --ssh-listen ADDR`: [`run`], and vendors served at the site on `addr`
+/// ([`super::site`]) from the bundle the edge holds, whether or not the link is up. Ends if that
+/// front door stops.
+pub async fn run_at_site(data: &Path, addr: &str) -> Result<(), AgentError> {
+    let files = EdgeFiles::new(data);
+    let state = files.state()?;
+    let site_error = |e: super::site::SiteError| AgentError::State(e.to_string());
+    super::site::prepare(data, &state.edge)
+        .await
+        .map_err(site_error)?;
+    let site = Site {
+        store: super::site::store(data).await.map_err(site_error)?,
+        key: Arc::new(super::policy::box_key(&files)?),
+    };
+    // What the edge last held is what it serves until the central says more.
+    if let Ok(Some(held)) = super::policy::held(&files, &state.edge) {
+        super::site::apply(&site.store, &site.key, &held)
+            .await
+            .map_err(site_error)?;
+    }
+    tokio::select! {
+        served = super::site::serve(data, addr) => served.map_err(site_error),
+        () = keep_linked(&files, Some(site)) => Ok(()),
+    }
+}
+
+/// The site node's store and the key that opens the bundle's secrets for it.
+#[derive(Clone)]
+struct Site {
+    store: approvals::Store,
+    key: Arc<approvals::bundle::EdgeBoxKey>,
+}
+
+/// Keeps the link up, for as long as the process runs.
+async fn keep_linked(files: &EdgeFiles, site: Option<Site>) {
     let mut delay = Duration::from_secs(1);
     loop {
-        match link(&files).await {
+        match link(files, site.clone()).await {
             Ok(()) => delay = Duration::from_secs(1),
             Err(e) => tracing::warn!(error = %e, "edge link"),
         }
@@ -236,7 +197,7 @@ pub async fn run(data: &Path) -> Result<(), AgentError> {
 }
 
 /// One link: connect, welcome, then serve streams until it ends. `Ok` once it was up.
-async fn link(files: &EdgeFiles) -> Result<(), AgentError> {
+async fn link(files: &EdgeFiles, site: Option<Site>) -> Result<(), AgentError> {
     let state = files.state()?;
     let config = super::tls::edge(
         &files.read("ca.crt")?,
@@ -277,6 +238,7 @@ async fn link(files: &EdgeFiles) -> Result<(), AgentError> {
         edge: state.edge.clone(),
         scope: Arc::new(Mutex::new(scope)),
         audit: audit.clone(),
+        site,
     };
     let why = serve_link(tls, served).await;
     println!("postern edge: link lost: {why}");
@@ -301,6 +263,8 @@ struct Served {
     edge: String,
     scope: Arc<Mutex<Scope>>,
     audit: AuditLog,
+    /// The site node, when the edge serves vendors itself.
+    site: Option<Site>,
 }
 
 /// Serves the central's streams until the link ends; says why it ended.
@@ -407,7 +371,16 @@ async fn take_policy<S: AsyncRead + AsyncWrite + Unpin>(
     served: &Served,
     signed: &approvals::bundle::SignedBundle,
 ) {
-    let reply = match super::policy::accept(&served.files, &served.edge, signed) {
+    let accepted = match super::policy::accept(&served.files, &served.edge, signed) {
+        Ok(bundle) => match &served.site {
+            Some(site) => (super::site::apply(&site.store, &site.key, &bundle).await)
+                .map(|()| bundle)
+                .map_err(|e| format!("not applied at the site: {e}")),
+            None => Ok(bundle),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    let reply = match accepted {
         Ok(bundle) => {
             let devices = (bundle.devices.iter())
                 .map(|d| EdgeDevice {
@@ -424,8 +397,7 @@ async fn take_policy<S: AsyncRead + AsyncWrite + Unpin>(
                 version: bundle.version,
             }
         }
-        Err(e) => {
-            let reason = e.to_string();
+        Err(reason) => {
             tracing::warn!(%reason, "edge: policy bundle refused");
             record(
                 &served.audit,
@@ -542,6 +514,7 @@ mod tests {
             edge: "t".into(),
             scope: scope(),
             audit,
+            site: None,
         };
         let served = tokio::spawn(serve_stream(edge, served));
         let open = Message::Open {

@@ -22,9 +22,11 @@
 pub mod agent;
 pub mod ca;
 pub mod hub;
+pub mod join;
 pub mod listener;
 pub mod policy;
 mod publish;
+pub mod site;
 pub mod tls;
 pub mod token;
 pub mod wire;

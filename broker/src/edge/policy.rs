@@ -108,7 +108,7 @@ mod tests {
             sites: vec!["s".into()],
             vendors: vec![],
             vendor_cas: vec![],
-            revoked_serials: vec![],
+            certificates: vec![],
             grants: vec![],
             functions: vec![],
             devices: vec![],

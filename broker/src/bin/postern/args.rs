@@ -497,7 +497,12 @@ pub enum EdgeAction {
         token: String,
     },
     /// At the site: keep the link to the central up (reconnecting by itself), serving its sites.
-    Run,
+    Run {
+        /// Also serve vendors at the site on this address (`ssh VENDOR:SITE/DEVICE@edge`), from
+        /// the central's signed policy, also while the link is down.
+        #[arg(long, value_name = "ADDR")]
+        ssh_listen: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

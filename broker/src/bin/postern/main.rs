@@ -18,7 +18,7 @@ fn main() -> std::process::ExitCode {
         cli.command,
         Command::Serve { .. }
             | Command::Edge {
-                action: args::EdgeAction::Run
+                action: args::EdgeAction::Run { .. }
             }
             | Command::Demo { action: None, .. }
             | Command::DeviceSim { .. }

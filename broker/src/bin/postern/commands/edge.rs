@@ -31,7 +31,7 @@ pub async fn run(env: &Env, action: &EdgeAction) -> Result<()> {
             println!("edge {name} revoked: its certificate is refused and its link is closed");
             Ok(())
         }
-        EdgeAction::Join { .. } | EdgeAction::Run => {
+        EdgeAction::Join { .. } | EdgeAction::Run { .. } => {
             anyhow::bail!("`edge join` and `edge run` run at the site, without a central data dir")
         }
     }
@@ -160,7 +160,9 @@ async fn list(env: &Env) -> Result<()> {
 pub async fn at_site(cli: &Cli, action: &EdgeAction) -> Result<ExitCode> {
     match action {
         EdgeAction::Join { central, token } => {
-            let joined = broker::edge::agent::join(central, token, &cli.data).await?;
+            let joined = broker::edge::join::join(central, token, &cli.data).await?;
+            // The site node for the edge's own front door (`edge run --ssh-listen`).
+            broker::edge::site::prepare(&cli.data, &joined.edge).await?;
             println!(
                 "edge {} joined {}; certificate until {}; now run: postern edge run --data {}",
                 joined.edge,
@@ -169,7 +171,11 @@ pub async fn at_site(cli: &Cli, action: &EdgeAction) -> Result<ExitCode> {
                 cli.data.display()
             );
         }
-        _ => broker::edge::agent::run(&cli.data).await?,
+        EdgeAction::Run {
+            ssh_listen: Some(addr),
+        } => broker::edge::agent::run_at_site(&cli.data, addr).await?,
+        EdgeAction::Run { ssh_listen: None } => broker::edge::agent::run(&cli.data).await?,
+        _ => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -98,7 +98,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             serve::run(Env::open(&cli).await?, ssh, web, edge).await
         }
         Command::Edge {
-            action: action @ (crate::args::EdgeAction::Join { .. } | crate::args::EdgeAction::Run),
+            action:
+                action @ (crate::args::EdgeAction::Join { .. } | crate::args::EdgeAction::Run { .. }),
         } => edge::at_site(&cli, action).await,
         Command::Verify {
             file: Some(file),

@@ -54,7 +54,7 @@ pub async fn run(env: &Env, central: &str, count: usize, prefix: &str, dir: &Pat
         let (gate, central, data) = (gate.clone(), central.to_owned(), dir.join(&name));
         joins.spawn(async move {
             let _slot = gate.acquire_owned().await;
-            broker::edge::agent::join(&central, &token, &data)
+            broker::edge::join::join(&central, &token, &data)
                 .await
                 .with_context(|| format!("joining {name}"))
         });

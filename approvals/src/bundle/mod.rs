@@ -23,6 +23,9 @@ use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
+mod source;
+pub use source::BundleSource;
+
 /// What an edge is told about one vendor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleVendor {
@@ -65,6 +68,7 @@ pub struct BundleFunction {
     pub name: String,
     pub allow: String,
     pub login: Option<String>,
+    pub max_window: i64,
     pub emergency: bool,
     pub emergency_orgs: String,
 }
@@ -81,11 +85,24 @@ pub struct PolicyBundle {
     pub vendors: Vec<BundleVendor>,
     /// Trusted vendor CA public keys, OpenSSH format.
     pub vendor_cas: Vec<String>,
-    /// Serials of revoked vendor certificates (of the vendors above).
-    pub revoked_serials: Vec<String>,
+    /// The certificates issued to the vendors above that have not ended, revoked ones marked.
+    pub certificates: Vec<BundleCertificate>,
     pub grants: Vec<BundleGrant>,
     pub functions: Vec<BundleFunction>,
     pub devices: Vec<BundleDevice>,
+}
+
+/// A vendor certificate as the central issued it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleCertificate {
+    pub serial: String,
+    pub vendor: String,
+    pub key_id: String,
+    pub key_fingerprint: String,
+    pub valid_after: i64,
+    pub valid_before: i64,
+    pub revoked: bool,
+    pub ca: String,
 }
 
 /// A secret only one edge can open: `epk` is the ephemeral X25519 public key, `sealed` the
@@ -308,126 +325,6 @@ pub fn device_row(site: &str, name: &str) -> String {
     format!("device:{site}/{name}")
 }
 
-/// What goes into an edge's bundle, read from the store, with secrets still in the clear: it is
-/// only ever digested (to tell whether anything changed) or sealed into a [`PolicyBundle`].
-pub struct BundleSource {
-    pub sites: Vec<String>,
-    pub vendors: Vec<crate::model::Vendor>,
-    pub vendor_cas: Vec<String>,
-    pub revoked_serials: Vec<String>,
-    pub grants: Vec<crate::model::Grant>,
-    pub functions: Vec<crate::model::Function>,
-    pub devices: Vec<crate::model::Device>,
-}
-
-impl BundleSource {
-    /// SHA-256 over everything the bundle says, secrets included (a digest, never the secrets).
-    pub fn digest(&self) -> String {
-        let mut h = Sha256::new();
-        let mut part = |v: serde_json::Value| {
-            h.update(v.to_string().as_bytes());
-            h.update([0]);
-        };
-        part(serde_json::json!([
-            self.sites,
-            self.vendor_cas,
-            self.revoked_serials
-        ]));
-        for v in &self.vendors {
-            part(serde_json::json!([v, v.totp_secret]));
-        }
-        part(serde_json::json!([self.grants, self.functions]));
-        for d in &self.devices {
-            part(serde_json::json!([d, d.credential]));
-        }
-        hex::encode(h.finalize())
-    }
-
-    /// The bundle for `edge` at `version`, its secrets sealed to the edge's `box_key`.
-    pub fn seal(
-        self,
-        edge: &str,
-        version: i64,
-        issued: i64,
-        box_key: &str,
-    ) -> Result<PolicyBundle, BundleError> {
-        let vendors = self
-            .vendors
-            .iter()
-            .map(|v| {
-                Ok(BundleVendor {
-                    name: v.name.clone(),
-                    org: v.org.clone(),
-                    contract_end: v.contract_end,
-                    disabled: v.disabled,
-                    totp: seal_to_edge(box_key, &vendor_row(&v.name), &v.totp_secret)?,
-                })
-            })
-            .collect::<Result<_, BundleError>>()?;
-        let devices = self
-            .devices
-            .iter()
-            .map(|d| {
-                Ok(BundleDevice {
-                    site: d.site.clone(),
-                    name: d.name.clone(),
-                    addr: d.addr.clone(),
-                    login: d.login.clone(),
-                    credential_kind: d.credential_kind.to_string(),
-                    credential: seal_to_edge(
-                        box_key,
-                        &device_row(&d.site, &d.name),
-                        &d.credential,
-                    )?,
-                    host_key: d.host_key.clone(),
-                })
-            })
-            .collect::<Result<_, BundleError>>()?;
-        Ok(PolicyBundle {
-            edge: edge.to_owned(),
-            version,
-            issued,
-            sites: self.sites,
-            vendors,
-            vendor_cas: self.vendor_cas,
-            revoked_serials: self.revoked_serials,
-            grants: self.grants.into_iter().map(BundleGrant::from).collect(),
-            functions: self
-                .functions
-                .into_iter()
-                .map(BundleFunction::from)
-                .collect(),
-            devices,
-        })
-    }
-}
-
-impl From<crate::model::Grant> for BundleGrant {
-    fn from(g: crate::model::Grant) -> BundleGrant {
-        BundleGrant {
-            id: g.id,
-            vendor: g.vendor,
-            site: g.site,
-            function: g.function,
-            valid_from: g.valid_from,
-            valid_until: g.valid_until,
-            devices: g.devices,
-        }
-    }
-}
-
-impl From<crate::model::Function> for BundleFunction {
-    fn from(f: crate::model::Function) -> BundleFunction {
-        BundleFunction {
-            name: f.name,
-            allow: f.allow,
-            login: f.login,
-            emergency: f.emergency,
-            emergency_orgs: f.emergency_orgs,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,7 +337,7 @@ mod tests {
             sites: vec!["s1".into()],
             vendors: vec![],
             vendor_cas: vec![],
-            revoked_serials: vec![],
+            certificates: vec![],
             grants: vec![],
             functions: vec![],
             devices: vec![],

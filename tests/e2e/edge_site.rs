@@ -1,0 +1,190 @@
+//! The edge's own front door: vendors connect to the edge at the site with the same login string,
+//! certificate and TOTP, decided from the central's signed policy, recorded and sealed there. It
+//! keeps serving while the link to the central is cut, and a revocation at the central closes a
+//! live session at the edge at once.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::edges::{Proc, Relay, edge_row, wait_online};
+use crate::harness::{Vendor, World, certify_seal_key, free_port, postern_bin, run, wait_for_port};
+
+/// `ssh VENDOR:SITE/DEVICE@edge COMMAND` to the edge's front door on `port`.
+fn at_edge(w: &World, v: &Vendor, port: u16, login: &str, command: &[&str]) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-F", "/dev/null", "-i"])
+        .arg(&v.key)
+        .args(["-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no"])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=10",
+        ])
+        .args(["-p", &port.to_string()])
+        .arg(format!("{login}@127.0.0.1"))
+        .args(command);
+    w.with_askpass(&mut cmd, &v.next_code());
+    cmd
+}
+
+fn site_sessions(dir: &Path) -> Vec<Value> {
+    let o = run(Command::new(postern_bin())
+        .args(["sessions", "--json", "--data"])
+        .arg(dir.join("site")));
+    assert!(o.status.success(), "{o:?}");
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Waits until the edge holds a policy naming `what`.
+fn wait_bundle_has(dir: &Path, what: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(dir.join("edge/policy.json"))
+        .unwrap_or_default()
+        .contains(what)
+    {
+        assert!(Instant::now() < end, "the edge's policy never named {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions_there() {
+    let central_port = free_port();
+    let w = World::with_config(
+        9,
+        "5m",
+        &format!("edge_listen = \"127.0.0.1:{central_port}\"\n"),
+    );
+    w.ok(&["site", "add", "site-s"]);
+    w.add_device("site-s/dev");
+    let added: Value =
+        serde_json::from_str(&w.ok(&["edge", "add", "e-site", "--sites", "site-s", "--json"]))
+            .unwrap();
+    let relay_port = free_port();
+    let relay = Relay::start(
+        &format!("127.0.0.1:{relay_port}"),
+        format!("127.0.0.1:{central_port}"),
+    );
+    let dir = w.dir.path().join("edge-s");
+    let joined = run(Command::new(postern_bin())
+        .args([
+            "edge",
+            "join",
+            "--central",
+            &format!("127.0.0.1:{relay_port}"),
+        ])
+        .arg("--token")
+        .arg(added["token"].as_str().unwrap())
+        .arg("--data")
+        .arg(&dir));
+    assert!(joined.status.success(), "{joined:?}");
+    // The operator certifies the site node's seal key with the root, as for any node.
+    certify_seal_key(&dir.join("site"), &w.dir.path().join("root.key"));
+    let ann = w.vendor("ann", &[]);
+    let grant = w.grant("ann", "site-s", "maint");
+    let port = free_port();
+    let _edge = Proc(
+        Command::new(postern_bin())
+            .args(["edge", "run", "--ssh-listen", &format!("127.0.0.1:{port}")])
+            .arg("--data")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_online(&w, "e-site", true, Duration::from_secs(15));
+    wait_for_port(port, "the edge's front door");
+    wait_bundle_has(&dir, &grant);
+
+    // Online: a session at the edge, recorded and sealed there.
+    let o = run(&mut at_edge(
+        &w,
+        &ann,
+        port,
+        "ann:site-s/dev",
+        &["echo", "at-the-edge"],
+    ));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("at-the-edge"),
+        "{o:?}"
+    );
+
+    // The link is cut: the edge keeps serving from the policy it holds.
+    relay.sever();
+    wait_online(&w, "e-site", false, Duration::from_secs(15));
+    let o = run(&mut at_edge(
+        &w,
+        &ann,
+        port,
+        "ann:site-s/dev",
+        &["echo", "while-cut"],
+    ));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("while-cut"),
+        "{o:?}"
+    );
+    let sessions = site_sessions(&dir);
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let verified = run(Command::new(postern_bin())
+        .args(["verify", "--data"])
+        .arg(dir.join("site")));
+    assert!(verified.status.success(), "{verified:?}");
+
+    // A revocation made while the link is cut closes the live session at the edge once it is back.
+    relay.restore();
+    wait_online(&w, "e-site", true, Duration::from_secs(15));
+    let mut live = at_edge(&w, &ann, port, "ann:site-s/dev", &["sleep", "60"])
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while site_sessions(&dir)
+        .iter()
+        .filter(|s| s["ended"].is_null())
+        .count()
+        == 0
+    {
+        assert!(Instant::now() < end, "no live session at the edge");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    relay.sever();
+    wait_online(&w, "e-site", false, Duration::from_secs(15));
+    w.ok(&["grant", "revoke", &grant]);
+    let version = edge_row(&w, "e-site")["policy_version"].as_i64().unwrap();
+    relay.restore();
+    wait_online(&w, "e-site", true, Duration::from_secs(15));
+    let healed = Instant::now();
+    let end = healed + Duration::from_secs(10);
+    while live.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < end,
+            "the revoked session is still open at the edge"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "revoked session closed {:?} after the link was back",
+        healed.elapsed()
+    );
+    assert!(edge_row(&w, "e-site")["policy_acked"].as_i64().unwrap() > version);
+    let closed = site_sessions(&dir);
+    assert!(
+        closed.iter().any(|s| s["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("grant {grant} was revoked")))),
+        "{closed:?}"
+    );
+    let o = run(&mut at_edge(
+        &w,
+        &ann,
+        port,
+        "ann:site-s/dev",
+        &["echo", "after"],
+    ));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("after"));
+}
