@@ -238,6 +238,10 @@ pub enum AuditEvent {
     /// An edge refused a policy bundle (bad signature, older version, another edge's), or the
     /// central could not make one.
     EdgePolicyRefused,
+    /// A session recorded at an edge arrived, was checked and kept.
+    EdgeEvidence,
+    /// A session shipped from an edge failed its checks; it is kept aside for investigation.
+    EdgeEvidenceRefused,
     ScanRun,
     ScanRemove,
     FileTransfer,
@@ -339,6 +343,8 @@ impl AuditEvent {
         AuditEvent::EdgeRouteRefused,
         AuditEvent::EdgePolicy,
         AuditEvent::EdgePolicyRefused,
+        AuditEvent::EdgeEvidence,
+        AuditEvent::EdgeEvidenceRefused,
         AuditEvent::ScanRun,
         AuditEvent::ScanRemove,
         AuditEvent::FileTransfer,
@@ -437,6 +443,8 @@ impl AuditEvent {
             AuditEvent::EdgeRouteRefused => "edge.route_refused",
             AuditEvent::EdgePolicy => "edge.policy",
             AuditEvent::EdgePolicyRefused => "edge.policy_refused",
+            AuditEvent::EdgeEvidence => "edge.evidence",
+            AuditEvent::EdgeEvidenceRefused => "edge.evidence_refused",
             AuditEvent::ScanRun => "scan.run",
             AuditEvent::ScanRemove => "scan.remove",
             AuditEvent::FileTransfer => "file.transfer",

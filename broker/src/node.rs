@@ -115,10 +115,8 @@ impl Node {
             keyring: Some(keys::keyring_path(&self.data)),
             // The node's pinned copy; `verify --root` takes the auditor's own.
             root: keys::load_root_public(&keys::root_pub_path(&self.data)).ok(),
-            fetched: self
-                .evidence_store
-                .as_ref()
-                .map(|_| crate::evidence_store::cache_dir(&self.data)),
+            // Other nodes' recordings and keyrings: from the shared store, or shipped by edges.
+            fetched: Some(crate::evidence_store::cache_dir(&self.data)),
         }
     }
 }

@@ -416,6 +416,7 @@ async fn context(
             node.actions(),
             &node.cfg.node,
             edge_ca,
+            node.data.clone(),
         )),
     })
 }

@@ -187,4 +187,47 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
         &["echo", "after"],
     ));
     assert!(!String::from_utf8_lossy(&o.stdout).contains("after"));
+
+    // A recording altered on the edge's disk before it is shipped is refused at the central,
+    // reported at both ends, and kept aside there.
+    // Another vendor: each vendor's TOTP codes are single-use steps, and ann's are spent.
+    let bob = w.vendor("bob", &[]);
+    let again = w.grant("bob", "site-s", "maint");
+    wait_bundle_has(&dir, &again);
+    relay.sever();
+    wait_online(&w, "e-site", false, Duration::from_secs(15));
+    let o = run(&mut at_edge(
+        &w,
+        &bob,
+        port,
+        "bob:site-s/dev",
+        &["echo", "tamper-me"],
+    ));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("tamper-me"),
+        "{o:?}"
+    );
+    let mut at_site = site_sessions(&dir);
+    at_site.sort_by_key(|s| s["started"].as_i64());
+    let last = at_site.last().unwrap();
+    let id = last["id"].as_str().unwrap().to_owned();
+    let file = dir
+        .join("site/recordings")
+        .join(last["recording"].as_str().unwrap());
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes
+        .windows(9)
+        .position(|w| w == b"tamper-me")
+        .expect("the output is in the recording");
+    bytes[at] = b'T';
+    std::fs::write(&file, bytes).unwrap();
+    relay.restore();
+    let refused = w.wait_audit("edge.evidence_refused", |e| {
+        e["event"] == "edge.evidence_refused" && e["session"] == id.as_str()
+    });
+    assert!(
+        std::path::Path::new(refused["kept"].as_str().unwrap()).exists(),
+        "{refused}"
+    );
+    assert!(!w.sessions().iter().any(|s| s["id"] == id.as_str()));
 }

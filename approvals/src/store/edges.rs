@@ -31,6 +31,9 @@ pub struct Edge {
     /// The version the edge last confirmed holding, and when.
     pub policy_acked: Option<i64>,
     pub policy_acked_at: Option<i64>,
+    /// Evidence waiting at the edge to be shipped, as it last reported.
+    pub buffered_sessions: Option<i64>,
+    pub buffered_bytes: Option<i64>,
 }
 
 /// A node holding an edge's link writes `last_seen` this often; twice that without a write and
@@ -91,6 +94,8 @@ fn edge_of(row: &AnyRow, sites: Vec<String>) -> sqlx::Result<Edge> {
         policy_issued: row.try_get("policy_issued")?,
         policy_acked: row.try_get("policy_acked")?,
         policy_acked_at: row.try_get("policy_acked_at")?,
+        buffered_sessions: row.try_get("buffered_sessions")?,
+        buffered_bytes: row.try_get("buffered_bytes")?,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Which ended sessions' recordings are in the shared evidence store yet (migration 0023).
 
 use super::{Result, Store};
+use crate::model::Session;
 
 impl Store {
     /// Up to `limit` ended sessions of `node` whose recordings are not in the shared store yet,
@@ -25,6 +26,58 @@ impl Store {
         sqlx::query("UPDATE sessions SET evidence_stored = $1 WHERE id = $2")
             .bind(now)
             .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Adds a session recorded elsewhere (an edge's site node) whose recording was shipped here
+    /// and checked; `false` if a session with that id is here already (a repeated shipment).
+    pub async fn import_session(&self, s: &Session, now: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "INSERT INTO sessions (id, vendor, site, device, function, grant_id, node, source, recording, \
+             started, ended, end_reason, kill_requested, records, final_hash, breakglass, evidence_stored) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $15, $16) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&s.id)
+        .bind(&s.vendor)
+        .bind(&s.site)
+        .bind(&s.device)
+        .bind(&s.function)
+        .bind(&s.grant_id)
+        .bind(&s.node)
+        .bind(&s.source)
+        .bind(&s.recording)
+        .bind(s.started)
+        .bind(s.ended)
+        .bind(&s.end_reason)
+        .bind(s.records)
+        .bind(&s.final_hash)
+        .bind(&s.breakglass)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// The recordings of `node`'s sessions not shipped or stored yet, live ones included.
+    pub async fn unstored_recordings(&self, node: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT recording FROM sessions WHERE node = $1 AND evidence_stored IS NULL",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// What edge `edge` reported waiting to be shipped.
+    pub async fn set_edge_backlog(&self, edge: &str, sessions: i64, bytes: i64) -> Result<()> {
+        sqlx::query("UPDATE edges SET buffered_sessions = $1, buffered_bytes = $2 WHERE name = $3")
+            .bind(sessions)
+            .bind(bytes)
+            .bind(edge)
             .execute(&self.pool)
             .await?;
         Ok(())

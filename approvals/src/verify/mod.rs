@@ -143,6 +143,39 @@ impl Evidence {
     }
 }
 
+/// Checks a recording shipped here from another node (an edge's site node) before it is taken:
+/// its chain, its seal against that node's `keyring` under the pinned `root`, and that it is the
+/// recording `s` (the session row it came with) says. The same checks as `postern verify` makes
+/// of a session recorded on another node.
+pub fn verify_shipped(
+    file: &std::path::Path,
+    keyring: &std::path::Path,
+    root: recorder::keyring::RootPublicKey,
+    s: &Session,
+) -> Finding {
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+        return Finding::bad(&format!("session {}", s.id), 0, "no file to check");
+    };
+    let evidence = Evidence {
+        node: String::new(),
+        audit_log: PathBuf::new(),
+        recordings: dir.to_owned(),
+        local_seal_key: None,
+        keyring: Some(keyring.to_owned()),
+        root: Some(root),
+        fetched: None,
+    };
+    let trust = Trust::of(&evidence, &[]);
+    if let Trust::Broken(e) = &trust {
+        return Finding::bad(&format!("session {}", s.id), 0, e.clone());
+    }
+    let s = Session {
+        recording: name.to_string_lossy().into_owned(),
+        ..s.clone()
+    };
+    verify_recording(&evidence, &s, false, &trust, &AuditFacts::default(), None)
+}
+
 /// Verifies one session (`id`) or every session plus the audit log itself and the sessions the
 /// audit log sealed that the database no longer knows. Reads files off the async runtime.
 pub async fn verify(

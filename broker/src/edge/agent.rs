@@ -156,7 +156,10 @@ pub async fn run_at_site(data: &Path, addr: &str) -> Result<(), AgentError> {
         .map_err(site_error)?;
     let site = Site {
         store: super::site::store(data).await.map_err(site_error)?,
+        data: super::site::site_dir(data),
+        node: format!("edge-{}", state.edge),
         key: Arc::new(super::policy::box_key(&files)?),
+        applying: Arc::default(),
     };
     // What the edge last held is what it serves until the central says more.
     if let Ok(Some(held)) = super::policy::held(&files, &state.edge) {
@@ -170,11 +173,17 @@ pub async fn run_at_site(data: &Path, addr: &str) -> Result<(), AgentError> {
     }
 }
 
-/// The site node's store and the key that opens the bundle's secrets for it.
+/// The site node: its store, data directory and name, and the key that opens the bundle's
+/// secrets for it.
 #[derive(Clone)]
-struct Site {
-    store: approvals::Store,
-    key: Arc<approvals::bundle::EdgeBoxKey>,
+pub(super) struct Site {
+    pub(super) store: approvals::Store,
+    pub(super) data: crate::config::DataDir,
+    pub(super) node: String,
+    pub(super) key: Arc<approvals::bundle::EdgeBoxKey>,
+    /// Bundles are checked and applied one at a time, so an older one still in flight can never
+    /// be applied over a newer one.
+    pub(super) applying: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Keeps the link up, for as long as the process runs.
@@ -256,6 +265,15 @@ fn record(audit: &AuditLog, event: AuditEvent, fields: serde_json::Value) {
     }
 }
 
+/// Stops a task when dropped (a task that lives as long as one link).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What serving the central's streams needs.
 #[derive(Clone)]
 struct Served {
@@ -275,6 +293,11 @@ async fn serve_link(tls: tokio_rustls::client::TlsStream<TcpStream>, served: Ser
     // driving the session their stream is on.
     let (control, s) = (session.control(), served.clone());
     tokio::spawn(async move { announce(control, &s).await });
+    // Evidence recorded at the site goes to the central while this link is up.
+    let _shipping = served.site.clone().map(|site| {
+        let shipping = super::shipper::ship(session.control(), site, served.audit.clone());
+        AbortOnDrop(tokio::spawn(shipping))
+    });
     // The first tick is at once: a certificate already due is renewed as the link comes up.
     let mut renewal = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -371,6 +394,10 @@ async fn take_policy<S: AsyncRead + AsyncWrite + Unpin>(
     served: &Served,
     signed: &approvals::bundle::SignedBundle,
 ) {
+    let _one_at_a_time = match &served.site {
+        Some(site) => Some(site.applying.clone().lock_owned().await),
+        None => None,
+    };
     let accepted = match super::policy::accept(&served.files, &served.edge, signed) {
         Ok(bundle) => match &served.site {
             Some(site) => (super::site::apply(&site.store, &site.key, &bundle).await)

@@ -85,6 +85,8 @@ pub(super) struct Link {
     pub(super) why: Mutex<String>,
     /// The policy bundle version the edge confirmed holding on this link (0: none yet).
     pub(super) policy_held: std::sync::atomic::AtomicI64,
+    /// One bundle at a time on a link, in version order.
+    pub(super) publishing: tokio::sync::Mutex<()>,
 }
 
 impl Link {
@@ -101,6 +103,8 @@ pub struct EdgeHub {
     pub(super) actions: Actions,
     pub(super) node: String,
     pub(super) ca: Arc<EdgeCa>,
+    /// This node's data directory: shipped evidence lands in it.
+    pub(super) data: crate::config::DataDir,
     pub(super) links: Mutex<HashMap<String, Arc<Link>>>,
     /// Refused connections are audited in detail up to a budget per source and in all (a
     /// stranger's flood must not flood the log); the rest are counted into the next detailed one.
@@ -124,6 +128,7 @@ impl EdgeHub {
         actions: Actions,
         node: &str,
         ca: Arc<EdgeCa>,
+        data: crate::config::DataDir,
     ) -> EdgeHub {
         EdgeHub {
             store,
@@ -131,6 +136,7 @@ impl EdgeHub {
             actions,
             node: node.to_owned(),
             ca,
+            data,
             links: Mutex::new(HashMap::new()),
             refusals: approvals::ratelimit::EventBudget::new(10, 120),
             suppressed: std::sync::atomic::AtomicU64::new(0),

@@ -187,6 +187,7 @@ impl EdgeHub {
             cut: tokio::sync::Notify::new(),
             why: Mutex::new(String::new()),
             policy_held: std::sync::atomic::AtomicI64::new(0),
+            publishing: tokio::sync::Mutex::new(()),
         });
         let old = self
             .links
@@ -277,6 +278,16 @@ impl EdgeHub {
                 renew(hub, csr, stream).await;
             }
             Message::Announce { box_key } => self.announced(&edge, &box_key, stream).await,
+            Message::Ship {
+                session,
+                keyring,
+                size,
+            } => self.receive(&edge, *session, keyring, size, stream).await,
+            Message::Backlog { sessions, bytes } => {
+                if let Err(e) = self.store.set_edge_backlog(&edge, sessions, bytes).await {
+                    tracing::warn!(%edge, error = %e, "edge backlog not recorded");
+                }
+            }
             other => {
                 let reason = format!("unexpected message {}", other.kind());
                 let _ = wire::write(&mut stream, &Message::Refused { reason }).await;

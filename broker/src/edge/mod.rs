@@ -21,11 +21,13 @@
 
 pub mod agent;
 pub mod ca;
+mod evidence;
 pub mod hub;
 pub mod join;
 pub mod listener;
 pub mod policy;
 mod publish;
+mod shipper;
 pub mod site;
 pub mod tls;
 pub mod token;

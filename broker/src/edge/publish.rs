@@ -95,6 +95,8 @@ impl EdgeHub {
         edge: &str,
         link: &Link,
     ) -> Result<(), PublishError> {
+        // Made and sent under the link's lock: a bundle made later is sent later.
+        let _one_at_a_time = link.publishing.lock().await;
         let Some(box_key) = self.store.edge_box_key(edge).await? else {
             // Not announced yet: its first bundle follows the announcement.
             return Ok(());

@@ -60,6 +60,82 @@ pub enum Message {
     PolicyHeld { version: i64 },
     /// Edge to central: the bundle was not taken (and why).
     PolicyRefused { reason: String },
+    /// Edge to central, on a stream of its own: a session recorded at the site, then `size` raw
+    /// bytes of its recording; `keyring` is the site node's seal keyring (root-signed).
+    Ship {
+        session: Box<ShippedSession>,
+        keyring: String,
+        size: u64,
+    },
+    /// Central to edge: checked and kept (or kept already).
+    Shipped { id: String },
+    /// Central to edge: it failed the checks, and is kept aside at the central.
+    ShipRefused { id: String, reason: String },
+    /// Edge to central: evidence waiting at the edge.
+    Backlog { sessions: i64, bytes: i64 },
+}
+
+/// A session recorded at an edge's site node, as shipped (its node is the edge's, from its
+/// certificate, never from this).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShippedSession {
+    pub id: String,
+    pub vendor: String,
+    pub site: String,
+    pub device: String,
+    pub function: String,
+    pub grant_id: String,
+    pub source: String,
+    pub recording: String,
+    pub started: i64,
+    pub ended: Option<i64>,
+    pub end_reason: Option<String>,
+    pub records: Option<i64>,
+    pub final_hash: Option<String>,
+    pub breakglass: Option<String>,
+}
+
+impl ShippedSession {
+    pub fn of(s: &approvals::Session) -> ShippedSession {
+        ShippedSession {
+            id: s.id.clone(),
+            vendor: s.vendor.clone(),
+            site: s.site.clone(),
+            device: s.device.clone(),
+            function: s.function.clone(),
+            grant_id: s.grant_id.clone(),
+            source: s.source.clone(),
+            recording: s.recording.clone(),
+            started: s.started,
+            ended: s.ended,
+            end_reason: s.end_reason.clone(),
+            records: s.records,
+            final_hash: s.final_hash.clone(),
+            breakglass: s.breakglass.clone(),
+        }
+    }
+
+    /// The session row, recorded on `node`.
+    pub fn session(&self, node: &str) -> approvals::Session {
+        approvals::Session {
+            id: self.id.clone(),
+            vendor: self.vendor.clone(),
+            site: self.site.clone(),
+            device: self.device.clone(),
+            function: self.function.clone(),
+            grant_id: self.grant_id.clone(),
+            node: node.to_owned(),
+            source: self.source.clone(),
+            recording: self.recording.clone(),
+            started: self.started,
+            ended: self.ended,
+            end_reason: self.end_reason.clone(),
+            kill_requested: false,
+            records: self.records,
+            final_hash: self.final_hash.clone(),
+            breakglass: self.breakglass.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -89,6 +89,15 @@ struct Listed<'a> {
     online: bool,
 }
 
+/// Evidence waiting at the edge, as it last reported.
+fn buffered(e: &Edge) -> String {
+    match (e.buffered_sessions, e.buffered_bytes) {
+        (Some(0), _) => "none".into(),
+        (Some(n), Some(b)) => format!("{n} sessions, {:.1} MiB", b as f64 / 1_048_576.0),
+        _ => "-".into(),
+    }
+}
+
 /// The policy bundle: its version and age, and whether the edge holds it.
 fn policy(e: &Edge, now: i64) -> String {
     if e.policy_version == 0 {
@@ -137,6 +146,7 @@ async fn list(env: &Env) -> Result<()> {
             "NODE",
             "CERT UNTIL",
             "POLICY",
+            "BUFFERED",
         ],
         |l| {
             vec![
@@ -151,6 +161,7 @@ async fn list(env: &Env) -> Result<()> {
                     .map(fmt_time)
                     .unwrap_or_else(|| "(not joined)".into()),
                 policy(l.edge, t),
+                buffered(l.edge),
             ]
         },
     )

@@ -1,0 +1,183 @@
+//! The central's side of buffered evidence: a session recorded at an edge's site node arrives on
+//! a stream of its own (its row, the site node's keyring, then the recording's bytes). It is taken
+//! only after the same checks `postern verify` makes (the hash chain; the seal against the site
+//! node's keyring under the central's pinned root; the row against the seal), then listed,
+//! searchable, replayable and verifiable like a session recorded here, with its origin
+//! (`node = edge-NAME`). A shipment that fails is refused, audited, and kept aside in
+//! `DATA/edge-evidence/quarantine/EDGE/` for investigation. Shipping the same session again is
+//! harmless (idempotent).
+
+use std::path::{Path, PathBuf};
+
+use approvals::audit::AuditEvent;
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio_yamux::StreamHandle;
+
+use super::hub::EdgeHub;
+use super::wire::{self, Message, ShippedSession};
+
+#[derive(Debug, thiserror::Error)]
+enum ShipError {
+    /// The stream broke: the edge ships it again on its next link.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Where shipments wait while they are checked, and where refused ones are kept.
+fn evidence_dir(data: &crate::config::DataDir) -> PathBuf {
+    data.root.join("edge-evidence")
+}
+
+impl EdgeHub {
+    /// A shipment from `edge`: checked, then kept or refused; the edge is told which.
+    pub(super) async fn receive(
+        &self,
+        edge: &str,
+        shipped: ShippedSession,
+        keyring: String,
+        size: u64,
+        mut stream: StreamHandle,
+    ) {
+        let id = shipped.id.clone();
+        let reply = match self.take(edge, &shipped, &keyring, size, &mut stream).await {
+            Ok(()) => Message::Shipped { id },
+            Err(ShipError::Refused(reason)) => Message::ShipRefused { id, reason },
+            Err(ShipError::Io(e)) => {
+                tracing::warn!(%edge, session = %id, error = %e, "edge evidence: shipment broke off");
+                return;
+            }
+        };
+        let _ = wire::write(&mut stream, &reply).await;
+        wire::finish(&mut stream).await;
+    }
+
+    async fn take(
+        &self,
+        edge: &str,
+        shipped: &ShippedSession,
+        keyring: &str,
+        size: u64,
+        stream: &mut StreamHandle,
+    ) -> Result<(), ShipError> {
+        let refuse = |why: String| ShipError::Refused(why);
+        let node = format!("edge-{edge}");
+        let session = shipped.session(&node);
+        let name = safe_name(&session.recording).ok_or_else(|| {
+            refuse(format!(
+                "recording name {:?} is not a file name",
+                session.recording
+            ))
+        })?;
+        let incoming = evidence_dir(&self.data).join("incoming");
+        tokio::fs::create_dir_all(&incoming).await?;
+        let file = incoming.join(format!("{edge}-{name}"));
+        let mut out = tokio::fs::File::create(&file).await?;
+        let copied = tokio::io::copy(&mut (&mut *stream).take(size), &mut out).await?;
+        if copied != size {
+            let _ = tokio::fs::remove_file(&file).await;
+            return Err(ShipError::Io(std::io::Error::other(
+                "the recording was cut short",
+            )));
+        }
+        out.sync_all().await?;
+        drop(out);
+        let ring = incoming.join(format!("{edge}.keyring"));
+        tokio::fs::write(&ring, keyring).await?;
+        match self.store.session(&session.id).await {
+            Ok(Some(held)) if held.node == node && held.final_hash == session.final_hash => {
+                // Shipped before (the acknowledgement was lost): nothing more to do.
+                let _ = tokio::fs::remove_file(&file).await;
+                return Ok(());
+            }
+            Ok(Some(_)) => {
+                return Err(self.quarantine(
+                    edge,
+                    &session.id,
+                    &file,
+                    "another session has this id",
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ShipError::Io(std::io::Error::other(e.to_string()))),
+        }
+        let root = crate::keys::load_root_public(&crate::keys::root_pub_path(&self.data)).map_err(
+            |e| {
+                refuse(format!(
+                    "no operator root is pinned here to check seals with: {e}"
+                ))
+            },
+        )?;
+        let (f, r, s) = (file.clone(), ring.clone(), session.clone());
+        let finding = tokio::task::spawn_blocking(move || {
+            approvals::verify::verify_shipped(&f, &r, root, &s)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if !finding.ok {
+            return Err(self.quarantine(edge, &session.id, &file, &finding.detail));
+        }
+        self.keep(edge, &node, &session, &file, &ring, name, size)
+            .await
+    }
+
+    /// Takes a checked shipment: the keyring beside other nodes' ones, the recording beside this
+    /// node's, the session row, its command log.
+    #[allow(clippy::too_many_arguments)]
+    async fn keep(
+        &self,
+        edge: &str,
+        node: &str,
+        session: &approvals::Session,
+        file: &Path,
+        ring: &Path,
+        name: &str,
+        size: u64,
+    ) -> Result<(), ShipError> {
+        let keyrings = crate::evidence_store::cache_dir(&self.data).join("keyrings");
+        tokio::fs::create_dir_all(&keyrings).await?;
+        tokio::fs::rename(ring, keyrings.join(node)).await?;
+        let recordings = self.data.recordings();
+        tokio::fs::rename(file, recordings.join(name)).await?;
+        let now = approvals::time::now();
+        (self.store.import_session(session, now).await)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        crate::recording::index_commands(&self.store, &recordings, &session.id).await;
+        self.audit(
+            AuditEvent::EdgeEvidence,
+            json!({"edge": edge, "session": session.id, "vendor": session.vendor, "site": session.site,
+                   "device": session.device, "bytes": size, "records": session.records}),
+        );
+        Ok(())
+    }
+
+    /// Keeps a refused shipment aside and says so in the audit log.
+    fn quarantine(&self, edge: &str, id: &str, file: &Path, why: &str) -> ShipError {
+        let dir = evidence_dir(&self.data).join("quarantine").join(edge);
+        let kept = std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                let to = dir.join(file.file_name().unwrap_or_default());
+                std::fs::rename(file, &to).map(|()| to)
+            })
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|e| format!("(not kept: {e})"));
+        tracing::warn!(%edge, session = %id, reason = %why, "edge evidence refused");
+        self.audit(
+            AuditEvent::EdgeEvidenceRefused,
+            json!({"edge": edge, "session": id, "reason": why, "kept": kept}),
+        );
+        ShipError::Refused(why.to_owned())
+    }
+}
+
+/// `name` if it is a plain file name (no directories, nothing hidden).
+fn safe_name(name: &str) -> Option<&str> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    ok.then_some(name)
+}

@@ -1,0 +1,121 @@
+//! The edge's side of buffered evidence: sessions its site node recorded wait on the edge's disk
+//! (the site node's `recordings/` and store) and are shipped, oldest first, whenever the link is
+//! up: one stream per session with its row, the site node's keyring and the recording's bytes. A
+//! session counts as shipped only when the central says it checked and kept it; a broken link
+//! leaves it for the next one (the central takes a repeated shipment as the same). A shipment the
+//! central refused stays here too, marked, and is not sent again.
+
+use std::time::Duration;
+
+use approvals::audit::AuditEvent;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio_yamux::Control;
+
+use super::agent::Site;
+use super::wire::{self, Message, ShippedSession};
+
+/// How often the backlog is looked at when there is nothing to ship.
+const IDLE: Duration = Duration::from_secs(2);
+
+/// Ships until the link ends (the caller aborts this task with it).
+pub(super) async fn ship(mut control: Control, site: Site, audit: approvals::AuditLog) {
+    loop {
+        report_backlog(&mut control, &site).await;
+        let batch = match site.store.recordings_to_store(&site.node, 20).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "edge evidence: the site store is unreadable");
+                tokio::time::sleep(IDLE).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            tokio::time::sleep(IDLE).await;
+            continue;
+        }
+        for (id, _) in batch {
+            match ship_one(&mut control, &site, &id).await {
+                Ok(refused) => {
+                    if let Some(reason) = &refused {
+                        tracing::warn!(session = %id, %reason, "edge evidence refused by the central");
+                        let fields = json!({"session": id, "reason": reason, "by": "central"});
+                        if let Err(e) = audit.record(AuditEvent::EdgeEvidenceRefused, fields) {
+                            tracing::warn!(error = %e, "edge audit log write failed");
+                        }
+                    }
+                    let now = approvals::time::now();
+                    if let Err(e) = site.store.recording_stored(&id, now).await {
+                        tracing::warn!(session = %id, error = %e, "edge evidence: shipped, not marked");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "edge evidence: not shipped; next link");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Ships one session; `Ok(Some(reason))` if the central refused it.
+async fn ship_one(
+    control: &mut Control,
+    site: &Site,
+    id: &str,
+) -> Result<Option<String>, wire::WireError> {
+    let io = |e: String| wire::WireError::Io(std::io::Error::other(e));
+    let session = (site.store.session(id).await)
+        .map_err(|e| io(e.to_string()))?
+        .ok_or_else(|| io(format!("session {id} is gone from the site store")))?;
+    let path = site.data.recordings().join(&session.recording);
+    let size = tokio::fs::metadata(&path).await?.len();
+    let keyring = tokio::fs::read_to_string(crate::keys::keyring_path(&site.data)).await?;
+    let mut stream = control.open_stream().await.map_err(|e| io(e.to_string()))?;
+    let ship = Message::Ship {
+        session: Box::new(ShippedSession::of(&session)),
+        keyring,
+        size,
+    };
+    wire::write(&mut stream, &ship).await?;
+    let mut file = tokio::fs::File::open(&path).await?;
+    let sent = tokio::io::copy(&mut file, &mut stream).await?;
+    if sent != size {
+        return Err(io(format!(
+            "{} changed while it was shipped",
+            path.display()
+        )));
+    }
+    stream.flush().await?;
+    let reply = tokio::time::timeout(Duration::from_secs(60), wire::read(&mut stream))
+        .await
+        .map_err(|_| io("the central did not answer the shipment".into()))?;
+    wire::finish(&mut stream).await;
+    match reply? {
+        Message::Shipped { .. } => Ok(None),
+        Message::ShipRefused { reason, .. } => Ok(Some(reason)),
+        other => Err(wire::WireError::Unexpected(other.kind())),
+    }
+}
+
+/// Tells the central how much evidence waits here (sessions not shipped, live ones included).
+async fn report_backlog(control: &mut Control, site: &Site) {
+    let Ok(names) = site.store.unstored_recordings(&site.node).await else {
+        return;
+    };
+    let mut bytes = 0i64;
+    for name in &names {
+        if let Ok(m) = tokio::fs::metadata(site.data.recordings().join(name)).await {
+            bytes += m.len() as i64;
+        }
+    }
+    let Ok(mut stream) = control.open_stream().await else {
+        return;
+    };
+    let report = Message::Backlog {
+        sessions: names.len() as i64,
+        bytes,
+    };
+    let _ = wire::write(&mut stream, &report).await;
+    wire::finish(&mut stream).await;
+}
