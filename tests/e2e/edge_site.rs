@@ -51,60 +51,112 @@ fn wait_bundle_has(dir: &Path, what: &str) {
     }
 }
 
+/// A central, and an edge with its own front door joined through a relay the test can sever.
+struct EdgeSite {
+    w: World,
+    dir: std::path::PathBuf,
+    /// The edge's front door.
+    port: u16,
+    relay: Relay,
+    edge: Option<Proc>,
+}
+
+impl EdgeSite {
+    /// Site `site-s` with device `dev`, served by edge `e-site`, which runs at once.
+    fn start() -> EdgeSite {
+        let central_port = free_port();
+        let w = World::with_config(
+            9,
+            "5m",
+            &format!("edge_listen = \"127.0.0.1:{central_port}\"\n"),
+        );
+        w.ok(&["site", "add", "site-s"]);
+        w.add_device("site-s/dev");
+        let added: Value =
+            serde_json::from_str(&w.ok(&["edge", "add", "e-site", "--sites", "site-s", "--json"]))
+                .unwrap();
+        let relay_port = free_port();
+        let relay = Relay::start(
+            &format!("127.0.0.1:{relay_port}"),
+            format!("127.0.0.1:{central_port}"),
+        );
+        let dir = w.dir.path().join("edge-s");
+        let joined = run(Command::new(postern_bin())
+            .args(["edge", "join", "--central"])
+            .arg(format!("127.0.0.1:{relay_port}"))
+            .arg("--token")
+            .arg(added["token"].as_str().unwrap())
+            .arg("--data")
+            .arg(&dir));
+        assert!(joined.status.success(), "{joined:?}");
+        // The operator certifies the site node's seal key with the root, as for any node.
+        certify_seal_key(&dir.join("site"), &w.dir.path().join("root.key"));
+        let mut site = EdgeSite {
+            w,
+            dir,
+            port: free_port(),
+            relay,
+            edge: None,
+        };
+        site.run();
+        site
+    }
+
+    /// `postern edge run --ssh-listen` (again), until its front door listens.
+    fn run(&mut self) {
+        self.edge = Some(Proc(
+            Command::new(postern_bin())
+                .args(["edge", "run", "--ssh-listen"])
+                .arg(format!("127.0.0.1:{}", self.port))
+                .arg("--data")
+                .arg(&self.dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        wait_for_port(self.port, "the edge's front door");
+    }
+
+    fn sever(&self) {
+        self.relay.sever();
+        wait_online(&self.w, "e-site", false, Duration::from_secs(15));
+    }
+
+    fn restore(&self) {
+        self.relay.restore();
+        wait_online(&self.w, "e-site", true, Duration::from_secs(15));
+    }
+
+    /// Sessions of the edge that reached the central.
+    fn shipped(&self, n: usize) -> Vec<Value> {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let here: Vec<Value> = (self.w.sessions().into_iter())
+                .filter(|s| s["node"] == "edge-e-site")
+                .collect();
+            if here.len() >= n {
+                return here;
+            }
+            assert!(Instant::now() < end, "not all evidence arrived: {here:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
 #[test]
 fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions_there() {
-    let central_port = free_port();
-    let w = World::with_config(
-        9,
-        "5m",
-        &format!("edge_listen = \"127.0.0.1:{central_port}\"\n"),
-    );
-    w.ok(&["site", "add", "site-s"]);
-    w.add_device("site-s/dev");
-    let added: Value =
-        serde_json::from_str(&w.ok(&["edge", "add", "e-site", "--sites", "site-s", "--json"]))
-            .unwrap();
-    let relay_port = free_port();
-    let relay = Relay::start(
-        &format!("127.0.0.1:{relay_port}"),
-        format!("127.0.0.1:{central_port}"),
-    );
-    let dir = w.dir.path().join("edge-s");
-    let joined = run(Command::new(postern_bin())
-        .args([
-            "edge",
-            "join",
-            "--central",
-            &format!("127.0.0.1:{relay_port}"),
-        ])
-        .arg("--token")
-        .arg(added["token"].as_str().unwrap())
-        .arg("--data")
-        .arg(&dir));
-    assert!(joined.status.success(), "{joined:?}");
-    // The operator certifies the site node's seal key with the root, as for any node.
-    certify_seal_key(&dir.join("site"), &w.dir.path().join("root.key"));
-    let ann = w.vendor("ann", &[]);
-    let grant = w.grant("ann", "site-s", "maint");
-    let port = free_port();
-    let _edge = Proc(
-        Command::new(postern_bin())
-            .args(["edge", "run", "--ssh-listen", &format!("127.0.0.1:{port}")])
-            .arg("--data")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_online(&w, "e-site", true, Duration::from_secs(15));
-    wait_for_port(port, "the edge's front door");
+    let site = EdgeSite::start();
+    let ann = site.w.vendor("ann", &[]);
+    let grant = site.w.grant("ann", "site-s", "maint");
+    let (w, dir, port) = (&site.w, site.dir.clone(), site.port);
+    wait_online(w, "e-site", true, Duration::from_secs(15));
     wait_bundle_has(&dir, &grant);
 
     // Online: a session at the edge, recorded and sealed there.
     let o = run(&mut at_edge(
-        &w,
+        w,
         &ann,
         port,
         "ann:site-s/dev",
@@ -116,10 +168,9 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
     );
 
     // The link is cut: the edge keeps serving from the policy it holds.
-    relay.sever();
-    wait_online(&w, "e-site", false, Duration::from_secs(15));
+    site.sever();
     let o = run(&mut at_edge(
-        &w,
+        w,
         &ann,
         port,
         "ann:site-s/dev",
@@ -137,9 +188,8 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
     assert!(verified.status.success(), "{verified:?}");
 
     // A revocation made while the link is cut closes the live session at the edge once it is back.
-    relay.restore();
-    wait_online(&w, "e-site", true, Duration::from_secs(15));
-    let mut live = at_edge(&w, &ann, port, "ann:site-s/dev", &["sleep", "60"])
+    site.restore();
+    let mut live = at_edge(w, &ann, port, "ann:site-s/dev", &["sleep", "60"])
         .spawn()
         .unwrap();
     let end = Instant::now() + Duration::from_secs(10);
@@ -152,12 +202,10 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
         assert!(Instant::now() < end, "no live session at the edge");
         std::thread::sleep(Duration::from_millis(100));
     }
-    relay.sever();
-    wait_online(&w, "e-site", false, Duration::from_secs(15));
+    site.sever();
     w.ok(&["grant", "revoke", &grant]);
-    let version = edge_row(&w, "e-site")["policy_version"].as_i64().unwrap();
-    relay.restore();
-    wait_online(&w, "e-site", true, Duration::from_secs(15));
+    let version = edge_row(w, "e-site")["policy_version"].as_i64().unwrap();
+    site.restore();
     let healed = Instant::now();
     let end = healed + Duration::from_secs(10);
     while live.try_wait().unwrap().is_none() {
@@ -171,7 +219,7 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
         "revoked session closed {:?} after the link was back",
         healed.elapsed()
     );
-    assert!(edge_row(&w, "e-site")["policy_acked"].as_i64().unwrap() > version);
+    assert!(edge_row(w, "e-site")["policy_acked"].as_i64().unwrap() > version);
     let closed = site_sessions(&dir);
     assert!(
         closed.iter().any(|s| s["end_reason"]
@@ -180,7 +228,7 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
         "{closed:?}"
     );
     let o = run(&mut at_edge(
-        &w,
+        w,
         &ann,
         port,
         "ann:site-s/dev",
@@ -188,16 +236,44 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
     ));
     assert!(!String::from_utf8_lossy(&o.stdout).contains("after"));
 
+    // The evidence recorded at the edge, the session made while the link was cut included,
+    // arrives at the central: listed with its origin, searchable, exported and verified there.
+    let shipped = site.shipped(3);
+    for s in &shipped {
+        let id = s["id"].as_str().unwrap();
+        let v = w.postern(&["verify", id]);
+        let out = String::from_utf8_lossy(&v.stdout);
+        assert!(
+            v.status.success() && out.contains("sealed by a trusted key"),
+            "{out}"
+        );
+    }
+    let found = w.ok(&["commands", "--vendor", "ann", "--json"]);
+    assert!(found.contains("while-cut"), "{found}");
+    assert!(
+        shipped.iter().any(|s| w
+            .ok(&["export", s["id"].as_str().unwrap()])
+            .contains("while-cut")),
+        "the session made while cut is not replayable here"
+    );
+    w.wait_audit("edge.evidence", |e| {
+        e["event"] == "edge.evidence" && e["edge"] == "e-site"
+    });
+    let end = Instant::now() + Duration::from_secs(10);
+    while edge_row(w, "e-site")["buffered_sessions"] != 0 {
+        assert!(Instant::now() < end, "{}", edge_row(w, "e-site"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // A recording altered on the edge's disk before it is shipped is refused at the central,
     // reported at both ends, and kept aside there.
     // Another vendor: each vendor's TOTP codes are single-use steps, and ann's are spent.
     let bob = w.vendor("bob", &[]);
     let again = w.grant("bob", "site-s", "maint");
     wait_bundle_has(&dir, &again);
-    relay.sever();
-    wait_online(&w, "e-site", false, Duration::from_secs(15));
+    site.sever();
     let o = run(&mut at_edge(
-        &w,
+        w,
         &bob,
         port,
         "bob:site-s/dev",
@@ -221,7 +297,7 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
         .expect("the output is in the recording");
     bytes[at] = b'T';
     std::fs::write(&file, bytes).unwrap();
-    relay.restore();
+    site.relay.restore();
     let refused = w.wait_audit("edge.evidence_refused", |e| {
         e["event"] == "edge.evidence_refused" && e["session"] == id.as_str()
     });
@@ -230,4 +306,62 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
         "{refused}"
     );
     assert!(!w.sessions().iter().any(|s| s["id"] == id.as_str()));
+}
+
+#[test]
+fn an_edge_killed_while_cut_off_delivers_its_evidence_after_a_restart() {
+    let mut site = EdgeSite::start();
+    let cy = site.w.vendor("cy", &[]);
+    let grant = site.w.grant("cy", "site-s", "maint");
+    wait_online(&site.w, "e-site", true, Duration::from_secs(15));
+    wait_bundle_has(&site.dir, &grant);
+    site.sever();
+    // A finished session and a live one, both only on the edge's disk.
+    let o = run(&mut at_edge(
+        &site.w,
+        &cy,
+        site.port,
+        "cy:site-s/dev",
+        &["echo", "before-the-kill"],
+    ));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("before-the-kill"),
+        "{o:?}"
+    );
+    let mut live = at_edge(
+        &site.w,
+        &cy,
+        site.port,
+        "cy:site-s/dev",
+        &["sh", "-c", "'echo live-output; sleep 60'"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut first = [0u8; 11];
+    std::io::Read::read_exact(live.stdout.as_mut().unwrap(), &mut first).unwrap();
+    assert_eq!(&first, b"live-output");
+    // The recorder flushes within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(site.edge.take()); // SIGKILL
+    let _ = live.kill();
+    let _ = live.wait();
+    site.run();
+    site.restore();
+    let shipped = site.shipped(2);
+    for s in &shipped {
+        let id = s["id"].as_str().unwrap();
+        let v = site.w.postern(&["verify", id]);
+        let out = String::from_utf8_lossy(&v.stdout);
+        assert!(v.status.success() && out.contains("chain intact"), "{out}");
+    }
+    let cut = shipped
+        .iter()
+        .find(|s| {
+            site.w
+                .ok(&["export", s["id"].as_str().unwrap()])
+                .contains("live-output")
+        })
+        .expect("the killed session's output reached the central");
+    assert!(cut["end_reason"].as_str().is_some(), "{cut}");
 }
