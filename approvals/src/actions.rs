@@ -377,6 +377,11 @@ pub enum ActionRecord {
         to: String,
         data_keys: u64,
     },
+    /// Whether edges past their offline grace still open the function as break-glass.
+    FunctionOfflineOk {
+        function: String,
+        offline_ok: bool,
+    },
     /// Whether every session of the function ends with a rotation of the device's credential.
     FunctionRotation {
         function: String,
@@ -472,6 +477,7 @@ impl ActionRecord {
             ActionRecord::SecretsSealed { .. } => AuditEvent::SecretsSealed,
             ActionRecord::KeysRotateMaster { .. } => AuditEvent::KeysRotateMaster,
             ActionRecord::FunctionRotation { .. } => AuditEvent::FunctionRotation,
+            ActionRecord::FunctionOfflineOk { .. } => AuditEvent::FunctionOfflineOk,
         }
     }
 

@@ -298,6 +298,8 @@ pub enum AuditEvent {
     KeysRotateMaster,
     // Rotation (issue 14).
     FunctionRotation,
+    /// A function was marked offline-ok (or not).
+    FunctionOfflineOk,
 }
 
 impl AuditEvent {
@@ -398,6 +400,7 @@ impl AuditEvent {
         AuditEvent::SecretsSealed,
         AuditEvent::KeysRotateMaster,
         AuditEvent::FunctionRotation,
+        AuditEvent::FunctionOfflineOk,
     ];
 
     /// The name written in the log's `event` field.
@@ -494,6 +497,7 @@ impl AuditEvent {
             AuditEvent::ApproverUpdate => "approver.update",
             AuditEvent::FunctionUpdate => "function.update",
             AuditEvent::FunctionRotation => "function.rotation",
+            AuditEvent::FunctionOfflineOk => "function.offline_ok",
             AuditEvent::SessionContractEnded => "session.contract_ended",
             AuditEvent::ChannelRevoked => "channel.revoked",
             AuditEvent::SecretsSealed => "secrets.sealed",

@@ -2,7 +2,7 @@
 //! mandatory reason, for at most the function's longest window. Every opening is flagged and waits
 //! in a review queue until an approver of the site marks it reviewed.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{Function, Grant};
 use crate::store::{Conflict, Invalid, Missing, NewGrant, Store, StoreError, Thing, Tx, new_id};
@@ -10,7 +10,7 @@ use crate::store::{Conflict, Invalid, Missing, NewGrant, Store, StoreError, Thin
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// One break-glass opening.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct BreakGlass {
     pub id: String,
     pub vendor: String,

@@ -123,6 +123,9 @@ pub struct Function {
     pub created: i64,
     /// Vendor organisations pre-approved to open this (emergency) function at once, comma-separated.
     pub emergency_orgs: String,
+    /// An edge whose policy is past its offline grace still opens this function as break-glass.
+    #[serde(serialize_with = "flag_json")]
+    pub offline_ok: bool,
 }
 
 impl Function {
@@ -476,6 +479,9 @@ pub struct Facts {
     pub grants: Vec<Grant>,
     /// Functions named by the request or by any of the grants.
     pub functions: HashMap<String, Function>,
+    /// At an edge's site node: until when its policy counts as current (it heard from the
+    /// central lately, plus the offline grace). `None` at the central.
+    pub policy_fresh_until: Option<i64>,
 }
 
 #[cfg(test)]

@@ -83,6 +83,10 @@ pub enum Deny {
         /// The devices the grant does cover.
         covers: Vec<String>,
     },
+    /// At an edge: its policy is past the offline grace (it has not heard from the central).
+    PolicyStale {
+        since: i64,
+    },
 }
 
 impl std::fmt::Display for Deny {
@@ -153,6 +157,11 @@ impl std::fmt::Display for Deny {
                     covered.join(", ")
                 )
             }
+            Deny::PolicyStale { since } => write!(
+                f,
+                "access denied: this site's policy is past its offline grace since {} (the site has not heard from the central); only break-glass of an offline-ok function opens now",
+                fmt_time(*since)
+            ),
         }
     }
 }
@@ -180,6 +189,13 @@ fn allow(req: &AccessRequest, facts: &Facts, now: i64) -> Result<Decision, Deny>
             function: grant.function.clone(),
         });
     };
+    // Offline past the grace: only what was pre-approved for that opens, as break-glass.
+    if let Some(until) = facts.policy_fresh_until
+        && now > until
+        && !(grant.granted_by == "break-glass" && function.offline_ok)
+    {
+        return Err(Deny::PolicyStale { since: until });
+    }
     if let Some(channel) = req.channel
         && !function.channels().allows(channel)
     {
@@ -450,6 +466,7 @@ mod tests {
             emergency: false,
             created: 0,
             emergency_orgs: String::new(),
+            offline_ok: false,
         };
         let mut functions = HashMap::new();
         functions.insert("maint".into(), func("maint", "shell,exec", Some("maint")));
@@ -460,6 +477,7 @@ mod tests {
             device: Some(device),
             grants: vec![],
             functions,
+            policy_fresh_until: None,
         }
     }
 
@@ -730,6 +748,30 @@ mod tests {
             decide(&req(None, None), &f, NOW),
             Decision::Allow { ref grant, .. } if grant == "m"
         ));
+    }
+    #[test]
+    fn past_the_offline_grace_only_break_glass_of_an_offline_ok_function_opens() {
+        let mut f = facts();
+        f.grants = vec![grant("g1", "maint", 0, 1000)];
+        f.policy_fresh_until = Some(100);
+        let req = AccessRequest {
+            vendor: "alice".into(),
+            site: "s1".into(),
+            device: "cam".into(),
+            function: None,
+            channel: None,
+        };
+        assert!(matches!(decide(&req, &f, 50), Decision::Allow { .. }));
+        assert!(matches!(
+            decide(&req, &f, 150),
+            Decision::Deny {
+                reason: Deny::PolicyStale { since: 100 }
+            }
+        ));
+        f.grants[0].granted_by = "break-glass".into();
+        assert!(matches!(decide(&req, &f, 150), Decision::Deny { .. }));
+        f.functions.get_mut("maint").unwrap().offline_ok = true;
+        assert!(matches!(decide(&req, &f, 150), Decision::Allow { .. }));
     }
 }
 

@@ -94,6 +94,10 @@ pub struct Config {
     /// Where site edges connect (mutually authenticated TLS 1.3); `off` for none.
     #[serde(default = "default_edge_listen")]
     pub edge_listen: String,
+    /// How long an edge goes on deciding alone after it last heard from the central; past that
+    /// only break-glass of `--offline-ok` functions opens there.
+    #[serde(default = "default_edge_offline_grace")]
+    pub edge_offline_grace: String,
     /// How long before a window ends the vendor is warned.
     #[serde(default = "default_warn_before")]
     pub warn_before: String,
@@ -238,6 +242,9 @@ fn default_ssh_listen() -> String {
 fn default_web_listen() -> String {
     "127.0.0.1:8080".into()
 }
+fn default_edge_offline_grace() -> String {
+    "24h".into()
+}
 fn default_edge_listen() -> String {
     "0.0.0.0:8443".into()
 }
@@ -304,6 +311,7 @@ impl Default for Config {
             ssh_listen: default_ssh_listen(),
             web_listen: default_web_listen(),
             edge_listen: default_edge_listen(),
+            edge_offline_grace: default_edge_offline_grace(),
             warn_before: default_warn_before(),
             request_wait: default_request_wait(),
             request_ttl: default_request_ttl(),
@@ -359,6 +367,8 @@ pub struct Limits {
     pub deadlines: approvals::actions::Deadlines,
     /// `rotate_every` in seconds (`None`: no scheduled rotation).
     pub rotate_every: Option<i64>,
+    /// `edge_offline_grace` in seconds.
+    pub edge_offline_grace: i64,
 }
 
 /// Parses an address or a CIDR network (`10.0.0.5`, `10.0.0.0/8`, `::1`).
@@ -427,6 +437,7 @@ impl Config {
                 .as_deref()
                 .map(|every| seconds("rotate_every", every))
                 .transpose()?,
+            edge_offline_grace: seconds("edge_offline_grace", &self.edge_offline_grace)?,
         })
     }
 }

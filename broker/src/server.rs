@@ -417,6 +417,7 @@ async fn context(
             &node.cfg.node,
             edge_ca,
             node.data.clone(),
+            limits.edge_offline_grace,
         )),
     })
 }

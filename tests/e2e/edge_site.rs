@@ -39,6 +39,16 @@ fn site_sessions(dir: &Path) -> Vec<Value> {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// Whether a recording of the edge's site node holds `what`.
+fn flushed(dir: &Path, what: &[u8]) -> bool {
+    let Ok(files) = std::fs::read_dir(dir.join("site/recordings")) else {
+        return false;
+    };
+    files
+        .filter_map(Result::ok)
+        .any(|f| std::fs::read(f.path()).is_ok_and(|b| b.windows(what.len()).any(|w| w == what)))
+}
+
 /// Waits until the edge holds a policy naming `what`.
 fn wait_bundle_has(dir: &Path, what: &str) {
     let end = Instant::now() + Duration::from_secs(10);
@@ -64,11 +74,16 @@ struct EdgeSite {
 impl EdgeSite {
     /// Site `site-s` with device `dev`, served by edge `e-site`, which runs at once.
     fn start() -> EdgeSite {
+        EdgeSite::with_config("")
+    }
+
+    /// [`EdgeSite::start`] with `extra` in the central's configuration.
+    fn with_config(extra: &str) -> EdgeSite {
         let central_port = free_port();
         let w = World::with_config(
             9,
             "5m",
-            &format!("edge_listen = \"127.0.0.1:{central_port}\"\n"),
+            &format!("edge_listen = \"127.0.0.1:{central_port}\"\n{extra}"),
         );
         w.ok(&["site", "add", "site-s"]);
         w.add_device("site-s/dev");
@@ -341,8 +356,15 @@ fn an_edge_killed_while_cut_off_delivers_its_evidence_after_a_restart() {
     let mut first = [0u8; 11];
     std::io::Read::read_exact(live.stdout.as_mut().unwrap(), &mut first).unwrap();
     assert_eq!(&first, b"live-output");
-    // The recorder flushes within a second.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Killed once the recorder has flushed the output to the edge's disk (within a second).
+    let end = Instant::now() + Duration::from_secs(10);
+    while !flushed(&site.dir, b"live-output") {
+        assert!(
+            Instant::now() < end,
+            "the live session's output never reached the disk"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(site.edge.take()); // SIGKILL
     let _ = live.kill();
     let _ = live.wait();
@@ -364,4 +386,81 @@ fn an_edge_killed_while_cut_off_delivers_its_evidence_after_a_restart() {
         })
         .expect("the killed session's output reached the central");
     assert!(cut["end_reason"].as_str().is_some(), "{cut}");
+}
+
+#[test]
+fn past_the_offline_grace_only_offline_ok_break_glass_opens_and_it_is_reviewed_centrally() {
+    let site = EdgeSite::with_config("edge_offline_grace = \"3s\"\n");
+    let w = &site.w;
+    w.ok(&[
+        "function",
+        "add",
+        "fix",
+        "--allow",
+        "shell,exec",
+        "--max-window",
+        "2h",
+        "--emergency",
+        "--orgs",
+        "acme",
+        "--offline-ok",
+    ]);
+    let dan = w.vendor("dan", &[]);
+    // Made after the function: the bundle naming it names `fix` as offline-ok.
+    let grant = w.grant("dan", "site-s", "maint");
+    wait_online(w, "e-site", true, Duration::from_secs(15));
+    wait_bundle_has(&site.dir, &grant);
+    site.sever();
+    // Past the grace (the edge last heard from the central at most 5 s before the cut).
+    std::thread::sleep(Duration::from_secs(9));
+    let o = run(&mut at_edge(
+        w,
+        &dan,
+        site.port,
+        "dan:site-s/dev",
+        &["echo", "normal"],
+    ));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("past its offline grace"), "{o:?}");
+
+    let mut sh = w.shell_to(
+        &dan,
+        "dan:site-s/dev:fix",
+        site.port,
+        &[
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ],
+    );
+    let t = Duration::from_secs(15);
+    sh.expect("Reason for the emergency (empty to cancel): ", t);
+    sh.send("pump down, WAN down\r");
+    sh.expect("For how long?", t);
+    sh.send("\r");
+    sh.expect("access until", t);
+    sh.send("echo offline-fix-$((40+2))\r");
+    sh.expect("offline-fix-42", t);
+    sh.send("exit\r");
+    let _ = sh.child.wait();
+
+    // Back online: the session and its opening reach the central's review queue.
+    site.restore();
+    let shipped = site.shipped(1);
+    let fixed = shipped
+        .iter()
+        .find(|s| s["function"] == "fix")
+        .expect("the break-glass session arrived");
+    assert!(fixed["breakglass"].is_string(), "{fixed}");
+    let queue: Vec<Value> = serde_json::from_str(&w.ok(&["breakglass", "--json"])).unwrap();
+    let opening = queue
+        .iter()
+        .find(|b| b["id"] == fixed["breakglass"])
+        .expect("the opening is in the central's review queue");
+    assert!(opening["reviewed_at"].is_null(), "{opening}");
+    assert!(
+        opening["reason"].as_str().unwrap().contains("WAN down"),
+        "{opening}"
+    );
 }

@@ -815,14 +815,20 @@ impl World {
 
     /// Starts an interactive vendor session in a pty, answering the TOTP prompt by typing.
     pub fn shell(&self, v: &Vendor, login: &str) -> Pty {
+        self.shell_to(v, login, self.broker_port, &[])
+    }
+
+    /// [`World::shell`] to another front door (an edge's) on `port`, with `extra` ssh options.
+    pub fn shell_to(&self, v: &Vendor, login: &str, port: u16, extra: &[&str]) -> Pty {
         let (pty, pts) = pty_process::blocking::open().expect("pty");
         pty.resize(pty_process::Size::new(24, 80)).unwrap();
         let mut cmd = pty_process::blocking::Command::new(need("ssh"));
         cmd = cmd
+            .args(extra)
             .args(self.ssh_args(v))
             .arg("-tt")
             .arg("-p")
-            .arg(self.broker_port.to_string())
+            .arg(port.to_string())
             .arg(format!("{login}@127.0.0.1"))
             .env("TERM", "xterm")
             .env_remove("SSH_ASKPASS");

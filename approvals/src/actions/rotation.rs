@@ -197,6 +197,25 @@ impl Actions {
 impl Actions {
     /// Sets whether every session of `function` ends with a rotation of the device's credential
     /// (`--rotate-after-session`).
+    /// Whether edges past their offline grace still open this emergency function (as
+    /// break-glass, reviewed later).
+    pub async fn set_function_offline_ok(
+        &self,
+        actor: &Actor,
+        function: &str,
+        on: bool,
+    ) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        self.store
+            .set_function_offline_ok_in(&mut tx, function, on)
+            .await?;
+        let record = ActionRecord::FunctionOfflineOk {
+            function: function.to_owned(),
+            offline_ok: on,
+        };
+        self.finish(tx, actor, record).await
+    }
+
     pub async fn set_function_rotate_after_session(
         &self,
         actor: &Actor,

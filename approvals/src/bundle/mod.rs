@@ -70,6 +70,9 @@ pub struct BundleFunction {
     pub login: Option<String>,
     pub max_window: i64,
     pub emergency: bool,
+    /// Opens as break-glass even when the edge's policy is past its offline grace.
+    #[serde(default)]
+    pub offline_ok: bool,
     pub emergency_orgs: String,
 }
 
@@ -81,6 +84,9 @@ pub struct PolicyBundle {
     pub version: i64,
     /// When the central signed it (Unix seconds).
     pub issued: i64,
+    /// Seconds the edge goes on deciding with this bundle after it last heard from the central;
+    /// past that, only break-glass of offline-ok functions opens.
+    pub offline_grace: i64,
     pub sites: Vec<String>,
     pub vendors: Vec<BundleVendor>,
     /// Trusted vendor CA public keys, OpenSSH format.
@@ -334,6 +340,7 @@ mod tests {
             edge: "e1".into(),
             version,
             issued: 100,
+            offline_grace: 86_400,
             sites: vec!["s1".into()],
             vendors: vec![],
             vendor_cas: vec![],

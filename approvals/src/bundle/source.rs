@@ -19,6 +19,8 @@ pub struct BundleSource {
     pub grants: Vec<Grant>,
     pub functions: Vec<Function>,
     pub devices: Vec<Device>,
+    /// Seconds an edge goes on deciding alone after it last heard from the central.
+    pub offline_grace: i64,
 }
 
 impl BundleSource {
@@ -37,7 +39,11 @@ impl BundleSource {
         for v in &self.vendors {
             part(serde_json::json!([v, v.totp_secret]));
         }
-        part(serde_json::json!([self.grants, self.functions]));
+        part(serde_json::json!([
+            self.grants,
+            self.functions,
+            self.offline_grace
+        ]));
         for d in &self.devices {
             part(serde_json::json!([d, d.credential]));
         }
@@ -88,6 +94,7 @@ impl BundleSource {
             edge: edge.to_owned(),
             version,
             issued,
+            offline_grace: self.offline_grace,
             sites: self.sites,
             vendors,
             vendor_cas: self.vendor_cas,
@@ -137,6 +144,7 @@ impl From<Function> for BundleFunction {
             max_window: f.max_window,
             emergency: f.emergency,
             emergency_orgs: f.emergency_orgs,
+            offline_ok: f.offline_ok,
         }
     }
 }
@@ -187,6 +195,7 @@ impl PolicyBundle {
             grants: self.granted(),
             functions: self.function_rows(),
             devices,
+            offline_grace: self.offline_grace,
         })
     }
 
@@ -236,6 +245,7 @@ impl PolicyBundle {
                 emergency: f.emergency,
                 created: self.issued,
                 emergency_orgs: f.emergency_orgs.clone(),
+                offline_ok: f.offline_ok,
             })
             .collect()
     }
@@ -273,6 +283,7 @@ mod tests {
                 host_key: "ssh-ed25519 AAAA host".into(),
                 created: 1,
             }],
+            offline_grace: 60,
         };
         let digest = source.digest();
         let edge = EdgeBoxKey::from_seed([9; 32]);

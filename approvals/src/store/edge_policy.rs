@@ -17,6 +17,8 @@ pub struct PolicyState {
 /// What every edge's bundle is cut from, read once per round of publishing (secrets opened).
 pub struct PolicyInputs {
     pub now: i64,
+    /// What bundles say of deciding offline (`edge_offline_grace`).
+    pub offline_grace: i64,
     pub grants: Vec<Grant>,
     pub functions: Vec<Function>,
     pub vendor_cas: Vec<String>,
@@ -25,7 +27,7 @@ pub struct PolicyInputs {
 
 impl Store {
     /// The live grants, functions, trusted vendor CAs and vendors at `now`.
-    pub async fn policy_inputs(&self, now: i64) -> Result<PolicyInputs> {
+    pub async fn policy_inputs(&self, now: i64, offline_grace: i64) -> Result<PolicyInputs> {
         let grants = sqlx::query_as::<_, Grant>(
             "SELECT * FROM grants WHERE revoked_at IS NULL AND valid_until > $1 ORDER BY created, id",
         )
@@ -34,6 +36,7 @@ impl Store {
         .await?;
         Ok(PolicyInputs {
             now,
+            offline_grace,
             grants,
             functions: self.functions().await?,
             vendor_cas: self.vendor_cas().await?,
@@ -85,6 +88,7 @@ impl Store {
             grants,
             functions: inputs.functions.clone(),
             devices,
+            offline_grace: inputs.offline_grace,
         })
     }
 

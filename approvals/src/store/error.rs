@@ -209,6 +209,10 @@ pub enum Invalid {
         "an emergency function needs the vendor organisations pre-approved to open it (--orgs)"
     )]
     EmergencyWithoutOrgs,
+    #[error(
+        "only an emergency function (pre-approved for break-glass) can be offline-ok: add it with --emergency --orgs"
+    )]
+    OfflineOkNotEmergency,
     #[error("an approver needs --sites or --regions")]
     ApproverWithoutScope,
     #[error("nothing to change: give at least one of the options")]

@@ -72,6 +72,29 @@ impl Store {
         .await?)
     }
 
+    /// Adds a break-glass opening made at an edge (it arrives with the session it opened), so it
+    /// waits in the review queue like one opened here; `false` if it is here already.
+    pub async fn import_breakglass(&self, b: &crate::BreakGlass) -> Result<bool> {
+        let n = sqlx::query(
+            "INSERT INTO breakglass (id, vendor, org, site, device, function, reason, grant_id, opened, valid_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&b.id)
+        .bind(&b.vendor)
+        .bind(&b.org)
+        .bind(&b.site)
+        .bind(&b.device)
+        .bind(&b.function)
+        .bind(&b.reason)
+        .bind(&b.grant_id)
+        .bind(b.opened)
+        .bind(b.valid_until)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
     /// What edge `edge` reported waiting to be shipped.
     pub async fn set_edge_backlog(&self, edge: &str, sessions: i64, bytes: i64) -> Result<()> {
         sqlx::query("UPDATE edges SET buffered_sessions = $1, buffered_bytes = $2 WHERE name = $3")

@@ -34,17 +34,46 @@ impl Store {
         self.mirror_vendors(&mut tx, source, now).await?;
         self.mirror_devices(&mut tx, source, now).await?;
         self.mirror_grants(&mut tx, source, &by, now).await?;
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('policy_fresh_until', $1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(now + source.offline_grace)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The edge heard from the central at `now`: its policy counts as current for `grace` more.
+    pub async fn policy_confirmed(&self, now: i64, grace: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('policy_fresh_until', $1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(now + grace)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Until when this (an edge's) store's policy counts as current; `None` at the central.
+    pub async fn policy_fresh_until(&self) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'policy_fresh_until'")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn mirror_functions(&self, tx: &mut Tx, source: &BundleSource) -> Result<()> {
         for f in &source.functions {
             sqlx::query(
-                "INSERT INTO functions (name, allow, login, max_window, emergency, created, emergency_orgs) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE SET \
+                "INSERT INTO functions (name, allow, login, max_window, emergency, created, emergency_orgs, offline_ok) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO UPDATE SET \
                  allow = excluded.allow, login = excluded.login, max_window = excluded.max_window, \
-                 emergency = excluded.emergency, emergency_orgs = excluded.emergency_orgs",
+                 emergency = excluded.emergency, emergency_orgs = excluded.emergency_orgs, \
+                 offline_ok = excluded.offline_ok",
             )
             .bind(&f.name)
             .bind(&f.allow)
@@ -53,6 +82,7 @@ impl Store {
             .bind(i64::from(f.emergency))
             .bind(f.created)
             .bind(&f.emergency_orgs)
+            .bind(i64::from(f.offline_ok))
             .execute(&mut **tx)
             .await?;
         }
@@ -177,10 +207,12 @@ impl Store {
             .await?;
         }
         let keep: BTreeSet<&str> = source.grants.iter().map(|g| g.id.as_str()).collect();
-        let held: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM grants WHERE revoked_at IS NULL")
-                .fetch_all(&mut **tx)
-                .await?;
+        // Only grants the central made: break-glass openings at the site are the site's own.
+        let held: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM grants WHERE revoked_at IS NULL AND granted_by LIKE 'central (policy v%'",
+        )
+        .fetch_all(&mut **tx)
+        .await?;
         for id in held.iter().filter(|id| !keep.contains(id.as_str())) {
             sqlx::query("UPDATE grants SET revoked_at = $1, revoked_by = $2 WHERE id = $3")
                 .bind(now)

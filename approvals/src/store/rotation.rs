@@ -184,6 +184,38 @@ impl Store {
 impl Store {
     /// Sets whether every session of `function` ends with a rotation, inside the caller's
     /// transaction.
+    /// Marks an emergency function offline-ok (or not): edges past their offline grace still
+    /// open it as break-glass.
+    pub async fn set_function_offline_ok_in(
+        &self,
+        tx: &mut Tx,
+        function: &str,
+        on: bool,
+    ) -> Result<()> {
+        // Written first: on SQLite the first write takes the lock (see `Tx`).
+        let n = sqlx::query("UPDATE functions SET offline_ok = $1 WHERE name = $2")
+            .bind(i64::from(on))
+            .bind(function)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(Missing::Named {
+                thing: super::Thing::Function,
+                name: function.to_owned(),
+            }
+            .into());
+        }
+        let emergency: i64 = sqlx::query_scalar("SELECT emergency FROM functions WHERE name = $1")
+            .bind(function)
+            .fetch_one(&mut **tx)
+            .await?;
+        if on && emergency == 0 {
+            return Err(super::Invalid::OfflineOkNotEmergency.into());
+        }
+        Ok(())
+    }
+
     pub async fn set_function_rotate_after_session_in(
         &self,
         tx: &mut Tx,

@@ -70,6 +70,7 @@ impl FromRow<'_, AnyRow> for Function {
             emergency: flag(row, "emergency")?,
             created: row.try_get("created")?,
             emergency_orgs: row.try_get("emergency_orgs")?,
+            offline_ok: flag(row, "offline_ok")?,
         })
     }
 }

@@ -160,12 +160,12 @@ pub async fn run_at_site(data: &Path, addr: &str) -> Result<(), AgentError> {
         node: format!("edge-{}", state.edge),
         key: Arc::new(super::policy::box_key(&files)?),
         applying: Arc::default(),
+        grace: Arc::new(std::sync::atomic::AtomicI64::new(0)),
     };
     // What the edge last held is what it serves until the central says more.
     if let Ok(Some(held)) = super::policy::held(&files, &state.edge) {
-        super::site::apply(&site.store, &site.key, &held)
-            .await
-            .map_err(site_error)?;
+        // Not applied again: that would make an old bundle look fresh after a restart.
+        (site.grace).store(held.offline_grace, std::sync::atomic::Ordering::Relaxed);
     }
     tokio::select! {
         served = super::site::serve(data, addr) => served.map_err(site_error),
@@ -184,6 +184,8 @@ pub(super) struct Site {
     /// Bundles are checked and applied one at a time, so an older one still in flight can never
     /// be applied over a newer one.
     pub(super) applying: Arc<tokio::sync::Mutex<()>>,
+    /// The offline grace of the bundle held (seconds).
+    pub(super) grace: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Keeps the link up, for as long as the process runs.
@@ -300,8 +302,19 @@ async fn serve_link(tls: tokio_rustls::client::TlsStream<TcpStream>, served: Ser
     });
     // The first tick is at once: a certificate already due is renewed as the link comes up.
     let mut renewal = tokio::time::interval(Duration::from_secs(60));
+    let mut confirm = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
+            _ = confirm.tick(), if served.site.is_some() => {
+                // While the link is up the edge holds what the central says: its offline grace
+                // counts from the last of these.
+                if let Some(site) = &served.site {
+                    let grace = site.grace.load(std::sync::atomic::Ordering::Relaxed);
+                    if let Err(e) = site.store.policy_confirmed(approvals::time::now(), grace).await {
+                        tracing::warn!(error = %e, "edge: policy freshness not recorded");
+                    }
+                }
+            }
             inbound = session.next() => match inbound {
                 Some(Ok(stream)) => {
                     tokio::spawn(serve_stream(stream, served.clone()));
@@ -400,9 +413,13 @@ async fn take_policy<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let accepted = match super::policy::accept(&served.files, &served.edge, signed) {
         Ok(bundle) => match &served.site {
-            Some(site) => (super::site::apply(&site.store, &site.key, &bundle).await)
-                .map(|()| bundle)
-                .map_err(|e| format!("not applied at the site: {e}")),
+            Some(site) => {
+                let grace = std::sync::atomic::Ordering::Relaxed;
+                site.grace.store(bundle.offline_grace, grace);
+                (super::site::apply(&site.store, &site.key, &bundle).await)
+                    .map(|()| bundle)
+                    .map_err(|e| format!("not applied at the site: {e}"))
+            }
             None => Ok(bundle),
         },
         Err(e) => Err(e.to_string()),

@@ -26,6 +26,14 @@ enum ShipError {
     Refused(String),
 }
 
+/// What an edge sends for one session (the recording's bytes follow on the stream).
+pub(super) struct Shipment {
+    pub(super) session: ShippedSession,
+    pub(super) breakglass: Option<approvals::BreakGlass>,
+    pub(super) keyring: String,
+    pub(super) size: u64,
+}
+
 /// Where shipments wait while they are checked, and where refused ones are kept.
 fn evidence_dir(data: &crate::config::DataDir) -> PathBuf {
     data.root.join("edge-evidence")
@@ -33,16 +41,9 @@ fn evidence_dir(data: &crate::config::DataDir) -> PathBuf {
 
 impl EdgeHub {
     /// A shipment from `edge`: checked, then kept or refused; the edge is told which.
-    pub(super) async fn receive(
-        &self,
-        edge: &str,
-        shipped: ShippedSession,
-        keyring: String,
-        size: u64,
-        mut stream: StreamHandle,
-    ) {
-        let id = shipped.id.clone();
-        let reply = match self.take(edge, &shipped, &keyring, size, &mut stream).await {
+    pub(super) async fn receive(&self, edge: &str, shipment: Shipment, mut stream: StreamHandle) {
+        let id = shipment.session.id.clone();
+        let reply = match self.take(edge, &shipment, &mut stream).await {
             Ok(()) => Message::Shipped { id },
             Err(ShipError::Refused(reason)) => Message::ShipRefused { id, reason },
             Err(ShipError::Io(e)) => {
@@ -57,14 +58,13 @@ impl EdgeHub {
     async fn take(
         &self,
         edge: &str,
-        shipped: &ShippedSession,
-        keyring: &str,
-        size: u64,
+        shipment: &Shipment,
         stream: &mut StreamHandle,
     ) -> Result<(), ShipError> {
         let refuse = |why: String| ShipError::Refused(why);
         let node = format!("edge-{edge}");
-        let session = shipped.session(&node);
+        let session = shipment.session.session(&node);
+        let size = shipment.size;
         let name = safe_name(&session.recording).ok_or_else(|| {
             refuse(format!(
                 "recording name {:?} is not a file name",
@@ -85,7 +85,7 @@ impl EdgeHub {
         out.sync_all().await?;
         drop(out);
         let ring = incoming.join(format!("{edge}.keyring"));
-        tokio::fs::write(&ring, keyring).await?;
+        tokio::fs::write(&ring, &shipment.keyring).await?;
         match self.store.session(&session.id).await {
             Ok(Some(held)) if held.node == node && held.final_hash == session.final_hash => {
                 // Shipped before (the acknowledgement was lost): nothing more to do.
@@ -119,31 +119,42 @@ impl EdgeHub {
         if !finding.ok {
             return Err(self.quarantine(edge, &session.id, &file, &finding.detail));
         }
-        self.keep(edge, &node, &session, &file, &ring, name, size)
-            .await
+        let kept = Kept {
+            node: &node,
+            session: &session,
+            breakglass: shipment.breakglass.as_ref(),
+            file: &file,
+            ring: &ring,
+            name,
+            size,
+        };
+        self.keep(edge, kept).await
     }
 
     /// Takes a checked shipment: the keyring beside other nodes' ones, the recording beside this
     /// node's, the session row, its command log.
-    #[allow(clippy::too_many_arguments)]
-    async fn keep(
-        &self,
-        edge: &str,
-        node: &str,
-        session: &approvals::Session,
-        file: &Path,
-        ring: &Path,
-        name: &str,
-        size: u64,
-    ) -> Result<(), ShipError> {
+    async fn keep(&self, edge: &str, kept: Kept<'_>) -> Result<(), ShipError> {
+        let Kept {
+            node,
+            session,
+            breakglass,
+            file,
+            ring,
+            name,
+            size,
+        } = kept;
         let keyrings = crate::evidence_store::cache_dir(&self.data).join("keyrings");
         tokio::fs::create_dir_all(&keyrings).await?;
         tokio::fs::rename(ring, keyrings.join(node)).await?;
         let recordings = self.data.recordings();
         tokio::fs::rename(file, recordings.join(name)).await?;
         let now = approvals::time::now();
-        (self.store.import_session(session, now).await)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let db = |e: approvals::StoreError| std::io::Error::other(e.to_string());
+        if let Some(b) = breakglass {
+            // Into the review queue, as an opening made here would be.
+            self.store.import_breakglass(b).await.map_err(db)?;
+        }
+        self.store.import_session(session, now).await.map_err(db)?;
         crate::recording::index_commands(&self.store, &recordings, &session.id).await;
         self.audit(
             AuditEvent::EdgeEvidence,
@@ -170,6 +181,17 @@ impl EdgeHub {
         );
         ShipError::Refused(why.to_owned())
     }
+}
+
+/// A checked shipment, ready to be kept.
+struct Kept<'a> {
+    node: &'a str,
+    session: &'a approvals::Session,
+    breakglass: Option<&'a approvals::BreakGlass>,
+    file: &'a Path,
+    ring: &'a Path,
+    name: &'a str,
+    size: u64,
 }
 
 /// `name` if it is a plain file name (no directories, nothing hidden).

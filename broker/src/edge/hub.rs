@@ -105,6 +105,8 @@ pub struct EdgeHub {
     pub(super) ca: Arc<EdgeCa>,
     /// This node's data directory: shipped evidence lands in it.
     pub(super) data: crate::config::DataDir,
+    /// Seconds edges go on deciding alone (`edge_offline_grace`), told in their bundles.
+    pub(super) offline_grace: i64,
     pub(super) links: Mutex<HashMap<String, Arc<Link>>>,
     /// Refused connections are audited in detail up to a budget per source and in all (a
     /// stranger's flood must not flood the log); the rest are counted into the next detailed one.
@@ -129,6 +131,7 @@ impl EdgeHub {
         node: &str,
         ca: Arc<EdgeCa>,
         data: crate::config::DataDir,
+        offline_grace: i64,
     ) -> EdgeHub {
         EdgeHub {
             store,
@@ -137,6 +140,7 @@ impl EdgeHub {
             node: node.to_owned(),
             ca,
             data,
+            offline_grace,
             links: Mutex::new(HashMap::new()),
             refusals: approvals::ratelimit::EventBudget::new(10, 120),
             suppressed: std::sync::atomic::AtomicU64::new(0),

@@ -280,9 +280,18 @@ impl EdgeHub {
             Message::Announce { box_key } => self.announced(&edge, &box_key, stream).await,
             Message::Ship {
                 session,
+                breakglass,
                 keyring,
                 size,
-            } => self.receive(&edge, *session, keyring, size, stream).await,
+            } => {
+                let shipment = super::evidence::Shipment {
+                    session: *session,
+                    breakglass: breakglass.map(|b| *b),
+                    keyring,
+                    size,
+                };
+                self.receive(&edge, shipment, stream).await
+            }
             Message::Backlog { sessions, bytes } => {
                 if let Err(e) = self.store.set_edge_backlog(&edge, sessions, bytes).await {
                     tracing::warn!(%edge, error = %e, "edge backlog not recorded");

@@ -105,6 +105,7 @@ mod tests {
             edge: edge.into(),
             version,
             issued: 1,
+            offline_grace: 60,
             sites: vec!["s".into()],
             vendors: vec![],
             vendor_cas: vec![],

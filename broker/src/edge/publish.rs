@@ -68,7 +68,7 @@ impl EdgeHub {
             return;
         }
         let now = approvals::time::now();
-        let inputs = match self.store.policy_inputs(now).await {
+        let inputs = match self.store.policy_inputs(now, self.offline_grace).await {
             Ok(inputs) => inputs,
             Err(e) => {
                 tracing::warn!(error = %e, "edge policy: inputs unreadable; trying again");

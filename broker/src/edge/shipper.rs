@@ -72,8 +72,15 @@ async fn ship_one(
     let size = tokio::fs::metadata(&path).await?.len();
     let keyring = tokio::fs::read_to_string(crate::keys::keyring_path(&site.data)).await?;
     let mut stream = control.open_stream().await.map_err(|e| io(e.to_string()))?;
+    let breakglass = match &session.breakglass {
+        Some(b) => (site.store.breakglass(b).await)
+            .map_err(|e| io(e.to_string()))?
+            .map(Box::new),
+        None => None,
+    };
     let ship = Message::Ship {
         session: Box::new(ShippedSession::of(&session)),
+        breakglass,
         keyring,
         size,
     };

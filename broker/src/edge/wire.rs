@@ -64,6 +64,8 @@ pub enum Message {
     /// bytes of its recording; `keyring` is the site node's seal keyring (root-signed).
     Ship {
         session: Box<ShippedSession>,
+        /// The break-glass opening the session came from, for the central's review queue.
+        breakglass: Option<Box<approvals::BreakGlass>>,
         keyring: String,
         size: u64,
     },

@@ -616,6 +616,10 @@ pub enum FunctionAction {
         /// one session, one credential).
         #[arg(long)]
         rotate_after_session: bool,
+        /// An edge whose policy is past its offline grace (no word from the central) still
+        /// opens this emergency function, as break-glass reviewed later.
+        #[arg(long)]
+        offline_ok: bool,
     },
     List,
     /// Change the channels a function allows or its longest window; live sessions lose channels
@@ -623,13 +627,16 @@ pub enum FunctionAction {
     Update {
         name: String,
         /// Channel kinds: shell,exec,sftp,forward:PORT,...
-        #[arg(long, required_unless_present_any = ["max_window", "rotate_after_session"])]
+        #[arg(long, required_unless_present_any = ["max_window", "rotate_after_session", "offline_ok"])]
         allow: Option<String>,
         #[arg(long)]
         max_window: Option<String>,
         /// `on`: rotate the device's credential after every session of this function; `off`: not.
         #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
         rotate_after_session: Option<bool>,
+        /// `on`: edges past their offline grace still open it as break-glass; `off`: not.
+        #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
+        offline_ok: Option<bool>,
     },
 }
 

@@ -20,6 +20,7 @@ pub async fn run(env: &Env, action: &FunctionAction) -> Result<()> {
             emergency,
             orgs,
             rotate_after_session,
+            offline_ok,
         } => {
             let set = ChannelSet::parse(allow).context("--allow")?;
             let max = parse_duration(max_window).context("--max-window")?;
@@ -43,18 +44,25 @@ pub async fn run(env: &Env, action: &FunctionAction) -> Result<()> {
             if *rotate_after_session {
                 rotate_after_session_set(env, name, true).await?;
             }
+            if *offline_ok {
+                offline_ok_set(env, name, true).await?;
+            }
         }
         FunctionAction::Update {
             name,
             allow,
             max_window,
             rotate_after_session,
+            offline_ok,
         } => {
             if allow.is_some() || max_window.is_some() {
                 update(env, name, allow.as_deref(), max_window.as_deref()).await?;
             }
             if let Some(on) = rotate_after_session {
                 rotate_after_session_set(env, name, *on).await?;
+            }
+            if let Some(on) = offline_ok {
+                offline_ok_set(env, name, *on).await?;
             }
         }
         FunctionAction::List => {
@@ -105,6 +113,20 @@ struct Listed<'a> {
     #[serde(flatten)]
     f: &'a approvals::Function,
     rotate_after_session: bool,
+}
+
+/// `--offline-ok`: its own audited action (`function.offline_ok`).
+async fn offline_ok_set(env: &Env, name: &str, on: bool) -> Result<()> {
+    env.actions()
+        .set_function_offline_ok(&operator(), name, on)
+        .await
+        .with_context(|| format!("function {name}: --offline-ok not changed"))?;
+    if on {
+        println!("function {name}: edges past their offline grace still open it (break-glass)");
+    } else {
+        println!("function {name}: not opened at edges past their offline grace");
+    }
+    Ok(())
 }
 
 /// `--rotate-after-session`: its own audited action (`function.rotation`).
