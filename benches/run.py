@@ -44,6 +44,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,6 +69,64 @@ def wait_port(port, timeout=10):
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"nothing listens on {port}")
+
+
+class Relay:
+    """A TCP relay on loopback that can be cut (connections closed, new ones refused) and restored."""
+
+    def __init__(self, to_port):
+        self.to = to_port
+        self.cut = False
+        self.conns = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            c, _ = self.sock.accept()
+            if self.cut:
+                c.close()
+                continue
+            try:
+                u = socket.create_connection(("127.0.0.1", self.to))
+            except OSError:
+                c.close()
+                continue
+            self.conns += [c, u]
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def pump(a, b):
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def sever(self):
+        self.cut = True
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns = []
+
+    def restore(self):
+        self.cut = False
 
 
 def totp(secret, t=None):
@@ -530,6 +589,90 @@ class Bench:
         return {"n": n, "up": up, "per_edge": (rss1 - rss0) / n, "rss": rss1, "restart": restart,
                 "storm": storm, "rss_after": rss2}
 
+    def edge_backlog(self, sessions, mib):
+        """A site's day of work done while its link is down: `sessions` sessions of `mib` MiB of
+        output each, at an edge's own front door with the link to the central cut, then shipped
+        when it comes back. Returns the backlog's size and the time until the central has it all."""
+        self.pn("site", "add", "bench-b")
+        self.pn("device", "add", "bench-b/dev", "--addr", f"127.0.0.1:{self.device_port}",
+                "--login", self.user, "--key", self.path("devkey"), "--host-key", self.path("host.pub"))
+        token = json.loads(self.pn("edge", "add", "bench-b1", "--sites", "bench-b", "--json"))["token"]
+        relay = Relay(self.edge_port)
+        edge = self.path("edge-b1")
+        self.run(self.postern, "edge", "join", "--central", f"127.0.0.1:{relay.port}",
+                 "--token", token, "--data", edge)
+        self.run(self.postern, "keys", "certify", "--root", self.path("root.key"),
+                 "--data", os.path.join(edge, "site"))
+        vendors = []
+        for _ in range(sessions):
+            v, secret = self.vendor()
+            self.pn("grant", "add", "--vendor", v, "--site", "bench-b", "--function", "bulk",
+                    "--until", "+2h")
+            vendors.append((v, secret))
+        port = free_port()
+        self.procs.append(subprocess.Popen(
+            [self.postern, "edge", "run", "--data", edge, "--ssh-listen", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(port, 60)
+        self.wait_edges("bench-b1", 1, 60)
+        end = time.time() + 60
+        while True:
+            row = next(r for r in json.loads(self.pn("edge", "list", "--json")) if r["name"] == "bench-b1")
+            if row["policy_version"] and row["policy_acked"] == row["policy_version"]:
+                policy = open(os.path.join(edge, "edge", "policy.json")).read()
+                if all(v in policy for v, _ in vendors):
+                    break
+            if time.time() > end:
+                raise SystemExit(f"the edge never held the vendors' grants: {row}")
+            time.sleep(0.25)
+        relay.sever()
+        end = time.time() + 60
+        while self.edges_online("bench-b1"):
+            if time.time() > end:
+                raise SystemExit("the edge stayed online after the cut")
+            time.sleep(0.25)
+        opts = ["-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+        t0 = time.time()
+        for v, secret in vendors:
+            code = self.path(f"{v}.code")
+            with open(code, "w") as f:
+                f.write(totp(secret) + "\n")
+            env = dict(os.environ, SSH_ASKPASS=self.path("askpass"), SSH_ASKPASS_REQUIRE="force",
+                       DISPLAY=":0", BENCH_CODE_FILE=code)
+            r = subprocess.run(["ssh", *opts, "-i", self.path(v), "-p", str(port),
+                                f"{v}:bench-b/dev@127.0.0.1", f"head -c {mib * 1048576} /dev/urandom"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+            if r.returncode != 0:
+                raise SystemExit(f"session at the edge: {r.stderr.decode().strip()}")
+        recorded = time.time() - t0
+        time.sleep(2)
+        rec_dir = os.path.join(edge, "site", "recordings")
+        backlog = sum(os.path.getsize(os.path.join(rec_dir, f)) for f in os.listdir(rec_dir))
+        relay.restore()
+        t0 = time.time()
+        # The edge reconnects by itself after a jittered, growing delay (up to 30 s).
+        end = t0 + 120
+        while not self.edges_online("bench-b1"):
+            if time.time() > end:
+                raise SystemExit("the edge did not come back")
+            time.sleep(0.1)
+        online = time.time() - t0
+        t0 = time.time()
+        end = t0 + 1800
+        while True:
+            here = [s for s in json.loads(self.pn("sessions", "--json")) if s["node"] == "edge-bench-b1"]
+            if len(here) >= sessions:
+                break
+            if time.time() > end:
+                raise SystemExit(f"only {len(here)} of {sessions} sessions arrived")
+            time.sleep(0.2)
+        caught_up = time.time() - t0
+        verified = subprocess.run([self.postern, "verify", here[0]["id"], "--data", self.path("data")],
+                                  capture_output=True, text=True)
+        return {"sessions": sessions, "backlog": backlog, "recorded": recorded, "online": online,
+                "caught_up": caught_up, "verified": verified.returncode == 0}
+
     # ---- soak: memory over time ----
     def soak(self):
         """N sessions typing for a bounded time while the broker's RSS is sampled."""
@@ -636,6 +779,10 @@ def main():
     ap.add_argument("--edges", type=int, default=1000,
                     help="site edges connected at once in the edge run (0 to skip)")
     ap.add_argument("--only-edges", action="store_true", help="only the site edge run")
+    ap.add_argument("--backlog", type=int, default=50,
+                    help="sessions recorded at an edge while its link is cut, then shipped (0 to skip)")
+    ap.add_argument("--backlog-mib", type=int, default=4, help="MiB of output per backlog session")
+    ap.add_argument("--only-backlog", action="store_true", help="only the edge backlog run")
     ap.add_argument("--no-unrecorded", dest="unrecorded", action="store_false",
                     help="skip the recording-off comparison (it needs a second release build)")
     a = ap.parse_args()
@@ -649,10 +796,15 @@ def main():
         a.scale = "50"
         a.rotation = min(a.rotation, 50)
         a.edges = min(a.edges, 20)
+        a.backlog, a.backlog_mib = min(a.backlog, 3), 1
+    if a.only_backlog:
+        a.only_edges = True
+        a.edges = 0
     if a.only_rotation or a.only_edges:
         a.unrecorded = False
     if a.only_rotation:
         a.edges = 0
+        a.backlog = 0
     if a.only_edges:
         a.rotation = 0
     a.scale = [int(x) for x in str(a.scale).split(",") if x.strip()]
@@ -689,6 +841,15 @@ def main():
                   f"{e['per_edge']:.0f} KiB per connected edge")
             print(f"   central restarted (listening {e['restart']:.1f}s after the stop): all {e['n']} back "
                   f"online {e['storm']:.1f}s after it listened; RSS then {e['rss_after'] / 1024:.1f} MiB")
+        if a.backlog:
+            print()
+            r = b.edge_backlog(a.backlog, a.backlog_mib)
+            mib = r["backlog"] / 1048576
+            print(f"9c. an edge's backlog: {r['sessions']} sessions of {a.backlog_mib} MiB output each, "
+                  f"recorded at its front door with the link cut ({r['recorded']:.1f}s), then shipped")
+            print(f"   backlog {mib:.1f} MiB; edge back online {r['online']:.1f}s after the link returned; "
+                  f"all at the central, checked and indexed, {r['caught_up']:.1f}s after that: "
+                  f"{mib / r['caught_up']:.1f} MiB/s; verify of one there: {'ok' if r['verified'] else 'FAILED'}")
     finally:
         b.close()
 

@@ -242,6 +242,8 @@ pub enum AuditEvent {
     EdgeEvidence,
     /// A session shipped from an edge failed its checks; it is kept aside for investigation.
     EdgeEvidenceRefused,
+    /// TOTP steps a vendor used at an edge (while it was cut off) are now spent at the central.
+    EdgeTotpUsed,
     ScanRun,
     ScanRemove,
     FileTransfer,
@@ -347,6 +349,7 @@ impl AuditEvent {
         AuditEvent::EdgePolicyRefused,
         AuditEvent::EdgeEvidence,
         AuditEvent::EdgeEvidenceRefused,
+        AuditEvent::EdgeTotpUsed,
         AuditEvent::ScanRun,
         AuditEvent::ScanRemove,
         AuditEvent::FileTransfer,
@@ -448,6 +451,7 @@ impl AuditEvent {
             AuditEvent::EdgePolicyRefused => "edge.policy_refused",
             AuditEvent::EdgeEvidence => "edge.evidence",
             AuditEvent::EdgeEvidenceRefused => "edge.evidence_refused",
+            AuditEvent::EdgeTotpUsed => "edge.totp_used",
             AuditEvent::ScanRun => "scan.run",
             AuditEvent::ScanRemove => "scan.remove",
             AuditEvent::FileTransfer => "file.transfer",

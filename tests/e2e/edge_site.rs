@@ -274,6 +274,10 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
     w.wait_audit("edge.evidence", |e| {
         e["event"] == "edge.evidence" && e["edge"] == "e-site"
     });
+    // The TOTP steps ann used at the edge, while it was cut off too, are spent at the central.
+    w.wait_audit("edge.totp_used", |e| {
+        e["event"] == "edge.totp_used" && e["edge"] == "e-site" && e["vendor"] == "ann"
+    });
     let end = Instant::now() + Duration::from_secs(10);
     while edge_row(w, "e-site")["buffered_sessions"] != 0 {
         assert!(Instant::now() < end, "{}", edge_row(w, "e-site"));

@@ -35,6 +35,9 @@ pub struct BundleVendor {
     pub disabled: bool,
     /// The TOTP secret, sealed to the edge.
     pub totp: SealedToEdge,
+    /// The last TOTP step used at the central: codes up to it are spent at the edge too.
+    #[serde(default)]
+    pub totp_last_step: i64,
 }
 
 /// One device at the edge's sites, with its credential sealed to the edge.

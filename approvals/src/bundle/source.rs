@@ -37,7 +37,7 @@ impl BundleSource {
             self.certificates
         ]));
         for v in &self.vendors {
-            part(serde_json::json!([v, v.totp_secret]));
+            part(serde_json::json!([v, v.totp_secret, v.totp_last_step]));
         }
         part(serde_json::json!([
             self.grants,
@@ -68,6 +68,7 @@ impl BundleSource {
                     contract_end: v.contract_end,
                     disabled: v.disabled,
                     totp: seal_to_edge(box_key, &vendor_row(&v.name), &v.totp_secret)?,
+                    totp_last_step: v.totp_last_step,
                 })
             })
             .collect::<Result<_, BundleError>>()?;
@@ -162,7 +163,7 @@ impl PolicyBundle {
                     contract_end: v.contract_end,
                     disabled: v.disabled,
                     totp_secret: key.open(&v.totp, &vendor_row(&v.name))?.to_string(),
-                    totp_last_step: -1,
+                    totp_last_step: v.totp_last_step,
                     created: self.issued,
                 })
             })

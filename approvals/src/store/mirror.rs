@@ -45,6 +45,35 @@ impl Store {
         Ok(())
     }
 
+    /// Each vendor's last used TOTP step here (what an edge reports to the central).
+    pub async fn totp_steps(&self) -> Result<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT name, totp_last_step FROM vendors WHERE totp_last_step >= 0")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Steps used elsewhere (at an edge) are spent here too; gives the vendors whose last step
+    /// moved.
+    pub async fn spend_totp_steps(&self, steps: &[(String, i64)]) -> Result<Vec<(String, i64)>> {
+        let mut moved = Vec::new();
+        for (vendor, step) in steps {
+            let n = sqlx::query(
+                "UPDATE vendors SET totp_last_step = $1 WHERE name = $2 AND totp_last_step < $1",
+            )
+            .bind(step)
+            .bind(vendor)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                moved.push((vendor.clone(), *step));
+            }
+        }
+        Ok(moved)
+    }
+
     /// The edge heard from the central at `now`: its policy counts as current for `grace` more.
     pub async fn policy_confirmed(&self, now: i64, grace: i64) -> Result<()> {
         sqlx::query(
@@ -93,9 +122,11 @@ impl Store {
         for v in &source.vendors {
             sqlx::query(
                 "INSERT INTO vendors (name, org, contract_end, disabled, totp_secret, totp_last_step, created) \
-                 VALUES ($1, $2, $3, $4, $5, -1, $6) ON CONFLICT (name) DO UPDATE SET \
+                 VALUES ($1, $2, $3, $4, $5, $7, $6) ON CONFLICT (name) DO UPDATE SET \
                  org = excluded.org, contract_end = excluded.contract_end, \
-                 disabled = excluded.disabled, totp_secret = excluded.totp_secret",
+                 disabled = excluded.disabled, totp_secret = excluded.totp_secret, \
+                 totp_last_step = CASE WHEN excluded.totp_last_step > vendors.totp_last_step \
+                 THEN excluded.totp_last_step ELSE vendors.totp_last_step END",
             )
             .bind(&v.name)
             .bind(&v.org)
@@ -103,6 +134,7 @@ impl Store {
             .bind(i64::from(v.disabled))
             .bind(self.seal(Owner::Vendor(&v.name), &v.totp_secret)?)
             .bind(now)
+            .bind(v.totp_last_step)
             .execute(&mut **tx)
             .await?;
         }

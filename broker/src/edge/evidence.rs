@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use approvals::audit::AuditEvent;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
-use tokio_yamux::StreamHandle;
+use tokio::io::DuplexStream as StreamHandle;
 
 use super::hub::EdgeHub;
 use super::wire::{self, Message, ShippedSession};

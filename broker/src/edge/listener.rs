@@ -11,6 +11,7 @@ use approvals::store::Edge;
 use approvals::{Actions, Actor};
 use futures::StreamExt;
 use serde_json::json;
+use tokio::io::DuplexStream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -262,7 +263,10 @@ impl EdgeHub {
 
 impl EdgeHub {
     /// A stream the edge opened: a renewal or an announcement of its box key.
-    async fn inbound(self: Arc<Self>, edge: String, mut stream: StreamHandle) {
+    async fn inbound(self: Arc<Self>, edge: String, stream: StreamHandle) {
+        // Pumped by a task of its own, as every stream here: one read or written directly by
+        // the handler stalls once more than a window's worth is in flight (a shipment is MiB).
+        let mut stream = super::hub::pumped(stream);
         let msg = match tokio::time::timeout(HANDSHAKE, wire::read(&mut stream)).await {
             Ok(Ok(msg)) => msg,
             _ => return,
@@ -292,6 +296,19 @@ impl EdgeHub {
                 };
                 self.receive(&edge, shipment, stream).await
             }
+            Message::TotpSteps { steps } => match self.store.spend_totp_steps(&steps).await {
+                Ok(moved) => {
+                    for (vendor, step) in moved {
+                        self.audit(
+                            AuditEvent::EdgeTotpUsed,
+                            json!({"edge": edge, "vendor": vendor, "step": step}),
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%edge, error = %e, "TOTP steps used at the edge not recorded")
+                }
+            },
             Message::Backlog { sessions, bytes } => {
                 if let Err(e) = self.store.set_edge_backlog(&edge, sessions, bytes).await {
                     tracing::warn!(%edge, error = %e, "edge backlog not recorded");
@@ -307,7 +324,7 @@ impl EdgeHub {
 
     /// The edge's box key: kept, answered with the key its bundles are signed with, then its
     /// bundle is sent.
-    async fn announced(&self, edge: &str, box_key: &str, mut stream: StreamHandle) {
+    async fn announced(&self, edge: &str, box_key: &str, mut stream: DuplexStream) {
         let kept = match approvals::bundle::check_box_key(box_key) {
             Ok(()) => (self.store.set_edge_box_key(edge, box_key).await).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -327,7 +344,7 @@ impl EdgeHub {
 }
 
 /// An edge's renewal request on a stream of its own: a new certificate for a fresh key.
-async fn renew(hub: (Actions, Arc<EdgeCa>, String, String), csr: String, mut stream: StreamHandle) {
+async fn renew(hub: (Actions, Arc<EdgeCa>, String, String), csr: String, mut stream: DuplexStream) {
     let (actions, ca, edge, node) = hub;
     let ttl = match actions.store().edge(&edge).await {
         Ok(Some(e)) => e.ttl,

@@ -20,7 +20,9 @@ const IDLE: Duration = Duration::from_secs(2);
 
 /// Ships until the link ends (the caller aborts this task with it).
 pub(super) async fn ship(mut control: Control, site: Site, audit: approvals::AuditLog) {
+    let mut totp_reported = Vec::new();
     loop {
+        report_totp(&mut control, &site, &mut totp_reported).await;
         report_backlog(&mut control, &site).await;
         let batch = match site.store.recordings_to_store(&site.node, 20).await {
             Ok(batch) => batch,
@@ -71,7 +73,9 @@ async fn ship_one(
     let path = site.data.recordings().join(&session.recording);
     let size = tokio::fs::metadata(&path).await?.len();
     let keyring = tokio::fs::read_to_string(crate::keys::keyring_path(&site.data)).await?;
-    let mut stream = control.open_stream().await.map_err(|e| io(e.to_string()))?;
+    let stream = control.open_stream().await.map_err(|e| io(e.to_string()))?;
+    // Pumped by a task of its own: a recording is MiB, more than one window in flight.
+    let mut stream = super::hub::pumped(stream);
     let breakglass = match &session.breakglass {
         Some(b) => (site.store.breakglass(b).await)
             .map_err(|e| io(e.to_string()))?
@@ -102,6 +106,31 @@ async fn ship_one(
         Message::Shipped { .. } => Ok(None),
         Message::ShipRefused { reason, .. } => Ok(Some(reason)),
         other => Err(wire::WireError::Unexpected(other.kind())),
+    }
+}
+
+/// Tells the central which TOTP steps vendors used here: a code used at the site, while the link
+/// was down too, is spent at the central as soon as the link is up.
+async fn report_totp(control: &mut Control, site: &Site, last: &mut Vec<(String, i64)>) {
+    let Ok(steps) = site.store.totp_steps().await else {
+        return;
+    };
+    if steps == *last {
+        return;
+    }
+    let Ok(mut stream) = control.open_stream().await else {
+        return;
+    };
+    let sent = wire::write(
+        &mut stream,
+        &Message::TotpSteps {
+            steps: steps.clone(),
+        },
+    )
+    .await;
+    wire::finish(&mut stream).await;
+    if sent.is_ok() {
+        *last = steps;
     }
 }
 

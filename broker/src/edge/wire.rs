@@ -75,6 +75,8 @@ pub enum Message {
     ShipRefused { id: String, reason: String },
     /// Edge to central: evidence waiting at the edge.
     Backlog { sessions: i64, bytes: i64 },
+    /// Edge to central: each vendor's last TOTP step used at the site (spent at the central too).
+    TotpSteps { steps: Vec<(String, i64)> },
 }
 
 /// A session recorded at an edge's site node, as shipped (its node is the edge's, from its
