@@ -244,6 +244,8 @@ pub enum AuditEvent {
     EdgeEvidenceRefused,
     /// TOTP steps a vendor used at an edge (while it was cut off) are now spent at the central.
     EdgeTotpUsed,
+    /// An edge's evidence buffer filled up (new sessions refused) or drained again.
+    EdgeBufferFull,
     ScanRun,
     ScanRemove,
     FileTransfer,
@@ -350,6 +352,7 @@ impl AuditEvent {
         AuditEvent::EdgeEvidence,
         AuditEvent::EdgeEvidenceRefused,
         AuditEvent::EdgeTotpUsed,
+        AuditEvent::EdgeBufferFull,
         AuditEvent::ScanRun,
         AuditEvent::ScanRemove,
         AuditEvent::FileTransfer,
@@ -452,6 +455,7 @@ impl AuditEvent {
             AuditEvent::EdgeEvidence => "edge.evidence",
             AuditEvent::EdgeEvidenceRefused => "edge.evidence_refused",
             AuditEvent::EdgeTotpUsed => "edge.totp_used",
+            AuditEvent::EdgeBufferFull => "edge.buffer_full",
             AuditEvent::ScanRun => "scan.run",
             AuditEvent::ScanRemove => "scan.remove",
             AuditEvent::FileTransfer => "file.transfer",

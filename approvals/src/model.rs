@@ -482,6 +482,8 @@ pub struct Facts {
     /// At an edge's site node: until when its policy counts as current (it heard from the
     /// central lately, plus the offline grace). `None` at the central.
     pub policy_fresh_until: Option<i64>,
+    /// At an edge's site node: its evidence waiting to be shipped is over `edge_buffer_max`.
+    pub evidence_buffer_full: bool,
 }
 
 #[cfg(test)]

@@ -87,6 +87,8 @@ pub enum Deny {
     PolicyStale {
         since: i64,
     },
+    /// At an edge: the evidence waiting to be shipped is over `edge_buffer_max`.
+    EvidenceBufferFull,
 }
 
 impl std::fmt::Display for Deny {
@@ -157,6 +159,9 @@ impl std::fmt::Display for Deny {
                     covered.join(", ")
                 )
             }
+            Deny::EvidenceBufferFull => f.write_str(
+                "access denied: this site's evidence buffer is full (its recordings cannot reach the central yet); no new sessions until it drains",
+            ),
             Deny::PolicyStale { since } => write!(
                 f,
                 "access denied: this site's policy is past its offline grace since {} (the site has not heard from the central); only break-glass of an offline-ok function opens now",
@@ -183,6 +188,10 @@ pub fn decide(req: &AccessRequest, facts: &Facts, now: i64) -> Decision {
 /// [`decide`], with the first failed check as the error.
 fn allow(req: &AccessRequest, facts: &Facts, now: i64) -> Result<Decision, Deny> {
     let device = target(req, facts, now)?;
+    // Fail-secure: a session whose evidence could not be kept does not start.
+    if facts.evidence_buffer_full {
+        return Err(Deny::EvidenceBufferFull);
+    }
     let grant = grant(req, facts, now)?;
     let Some(function) = facts.functions.get(&grant.function) else {
         return Err(Deny::UnknownFunction {
@@ -478,6 +487,7 @@ mod tests {
             grants: vec![],
             functions,
             policy_fresh_until: None,
+            evidence_buffer_full: false,
         }
     }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::edges::{Proc, edge_row, wait_online};
-use crate::harness::{World, free_port, postern_bin, run};
+use crate::edges::{Proc, central, edge_row, wait_online};
+use crate::harness::{World, postern_bin, run};
 
 /// Waits until the edge holds policy version `above` or later; gives the version.
 fn wait_policy_above(w: &World, edge: &str, above: i64) -> i64 {
@@ -41,12 +41,7 @@ fn held_bundle(dir: &Path) -> (Value, String) {
 
 #[test]
 fn an_edge_holds_the_current_signed_policy_for_its_sites_sealed_to_it() {
-    let central_port = free_port();
-    let w = World::with_config(
-        9,
-        "5m",
-        &format!("edge_listen = \"127.0.0.1:{central_port}\"\n"),
-    );
+    let (w, central_port) = central("");
     w.ok(&["site", "add", "site-p"]);
     w.add_device("site-p/dev");
     let added: Value =

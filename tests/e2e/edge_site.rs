@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::edges::{Proc, Relay, edge_row, wait_online};
+use crate::edges::{Proc, Relay, central, edge_row, wait_online};
 use crate::harness::{Vendor, World, certify_seal_key, free_port, postern_bin, run, wait_for_port};
 
 /// `ssh VENDOR:SITE/DEVICE@edge COMMAND` to the edge's front door on `port`.
@@ -69,6 +69,8 @@ struct EdgeSite {
     port: u16,
     relay: Relay,
     edge: Option<Proc>,
+    /// More `edge run` arguments.
+    run_args: Vec<String>,
 }
 
 impl EdgeSite {
@@ -79,12 +81,7 @@ impl EdgeSite {
 
     /// [`EdgeSite::start`] with `extra` in the central's configuration.
     fn with_config(extra: &str) -> EdgeSite {
-        let central_port = free_port();
-        let w = World::with_config(
-            9,
-            "5m",
-            &format!("edge_listen = \"127.0.0.1:{central_port}\"\n{extra}"),
-        );
+        let (w, central_port) = central(extra);
         w.ok(&["site", "add", "site-s"]);
         w.add_device("site-s/dev");
         let added: Value =
@@ -112,6 +109,7 @@ impl EdgeSite {
             port: free_port(),
             relay,
             edge: None,
+            run_args: Vec::new(),
         };
         site.run();
         site
@@ -123,6 +121,7 @@ impl EdgeSite {
             Command::new(postern_bin())
                 .args(["edge", "run", "--ssh-listen"])
                 .arg(format!("127.0.0.1:{}", self.port))
+                .args(&self.run_args)
                 .arg("--data")
                 .arg(&self.dir)
                 .stdin(Stdio::null())
@@ -141,7 +140,9 @@ impl EdgeSite {
 
     fn restore(&self) {
         self.relay.restore();
-        wait_online(&self.w, "e-site", true, Duration::from_secs(15));
+        // The edge retries after a jittered delay that grows while the link is down (30 s at
+        // most, times up to 1.5).
+        wait_online(&self.w, "e-site", true, Duration::from_secs(60));
     }
 
     /// Sessions of the edge that reached the central.
@@ -467,4 +468,61 @@ fn past_the_offline_grace_only_offline_ok_break_glass_opens_and_it_is_reviewed_c
         opening["reason"].as_str().unwrap().contains("WAN down"),
         "{opening}"
     );
+}
+
+#[test]
+fn a_full_evidence_buffer_refuses_new_sessions_until_it_drains() {
+    let mut site = EdgeSite::start();
+    let eve = site.w.vendor("eve", &[]);
+    let grant = site.w.grant("eve", "site-s", "maint");
+    wait_online(&site.w, "e-site", true, Duration::from_secs(15));
+    wait_bundle_has(&site.dir, &grant);
+    // Again with a buffer that one session fills.
+    drop(site.edge.take());
+    site.run_args = vec!["--buffer-max".into(), "1KiB".into()];
+    site.run();
+    site.sever();
+    let o = run(&mut at_edge(
+        &site.w,
+        &eve,
+        site.port,
+        "eve:site-s/dev",
+        &["seq", "1", "2000"],
+    ));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("2000"), "{o:?}");
+    let end = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        let o = run(&mut at_edge(
+            &site.w,
+            &eve,
+            site.port,
+            "eve:site-s/dev",
+            &["echo", "more"],
+        ));
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        if err.contains("evidence buffer is full") {
+            break err;
+        }
+        assert!(Instant::now() < end, "the full buffer never refused: {o:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(!refused.contains("more"));
+    // The link is back: the buffer drains to the central, and sessions open again.
+    site.restore();
+    site.shipped(1);
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = run(&mut at_edge(
+            &site.w,
+            &eve,
+            site.port,
+            "eve:site-s/dev",
+            &["echo", "drained"],
+        ));
+        if String::from_utf8_lossy(&o.stdout).contains("drained") {
+            break;
+        }
+        assert!(Instant::now() < end, "sessions stayed refused: {o:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -132,6 +132,17 @@ impl Relay {
     }
 }
 
+/// A central whose edge listener is on a port of its own; `extra` goes to its configuration.
+pub(crate) fn central(extra: &str) -> (World, u16) {
+    let port = free_port();
+    let w = World::with_config(
+        9,
+        "5m",
+        &format!("edge_listen = \"127.0.0.1:{port}\"\n{extra}"),
+    );
+    (w, port)
+}
+
 pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
@@ -165,12 +176,7 @@ pub(crate) fn wait_online(w: &World, name: &str, online: bool, within: Duration)
 
 #[test]
 fn a_device_only_the_edge_reaches_is_served_through_it_and_a_cut_link_says_so() {
-    let central_port = free_port();
-    let w = World::with_config(
-        9,
-        "5m",
-        &format!("edge_listen = \"127.0.0.1:{central_port}\"\n"),
-    );
+    let (w, central_port) = central("");
     let ns = Netns::new();
     // The device: sshd on the namespace's own loopback; the central cannot connect to it.
     let dev_port = free_port();
@@ -399,12 +405,7 @@ fn refused(w: &World, dir: &std::path::Path, why: &str) {
 
 #[test]
 fn certificates_of_another_ca_or_expired_are_refused_and_audited() {
-    let central_port = free_port();
-    let w = World::with_config(
-        9,
-        "5m",
-        &format!("edge_listen = \"127.0.0.1:{central_port}\"\n"),
-    );
+    let (w, central_port) = central("");
     w.ok(&["site", "add", "site-f"]);
     w.ok(&["edge", "add", "e2", "--sites", "site-f"]);
     let central = format!("127.0.0.1:{central_port}");
@@ -443,12 +444,7 @@ fn certificates_of_another_ca_or_expired_are_refused_and_audited() {
 
 #[test]
 fn an_edge_renews_its_certificate_before_it_ends_and_only_the_new_one_is_accepted() {
-    let central_port = free_port();
-    let w = World::with_config(
-        9,
-        "5m",
-        &format!("edge_listen = \"127.0.0.1:{central_port}\"\n"),
-    );
+    let (w, central_port) = central("");
     w.ok(&["site", "add", "site-r"]);
     let added: Value =
         serde_json::from_str(&w.ok(&["edge", "add", "e3", "--sites", "site-r", "--json"])).unwrap();

@@ -173,13 +173,20 @@ impl Store {
         .bind(site)
         .bind(function.unwrap_or(""))
         .fetch_all(&self.pool);
-        let (grants, functions, vendor, site_exists, device, policy_fresh_until) = tokio::try_join!(
+        let (
+            grants,
+            functions,
+            vendor,
+            site_exists,
+            device,
+            (policy_fresh_until, evidence_buffer_full),
+        ) = tokio::try_join!(
             async { grants.await.map_err(StoreError::from) },
             async { functions.await.map_err(StoreError::from) },
             self.vendor(vendor),
             self.site_exists(site),
             self.device(site, device),
-            self.policy_fresh_until(),
+            self.site_limits(),
         )?;
         Ok(Facts {
             vendor,
@@ -188,6 +195,7 @@ impl Store {
             grants,
             functions: functions.into_iter().map(|f| (f.name.clone(), f)).collect(),
             policy_fresh_until,
+            evidence_buffer_full,
         })
     }
 }

@@ -86,13 +86,31 @@ impl Store {
         Ok(())
     }
 
-    /// Until when this (an edge's) store's policy counts as current; `None` at the central.
-    pub async fn policy_fresh_until(&self) -> Result<Option<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'policy_fresh_until'")
-                .fetch_optional(&self.pool)
-                .await?,
+    /// At an edge's site node: until when its policy counts as current, and whether its
+    /// evidence buffer is full (`(None, false)` at the central).
+    pub async fn site_limits(&self) -> Result<(Option<i64>, bool)> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT key, value FROM meta WHERE key IN ('policy_fresh_until', 'evidence_buffer_full')",
         )
+        .fetch_all(&self.pool)
+        .await?;
+        let get = |k: &str| rows.iter().find(|(key, _)| key == k).map(|(_, v)| *v);
+        Ok((
+            get("policy_fresh_until"),
+            get("evidence_buffer_full").is_some_and(|v| v != 0),
+        ))
+    }
+
+    /// At an edge's site node: new sessions are refused while `full` (fail-secure).
+    pub async fn set_evidence_buffer_full(&self, full: bool) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('evidence_buffer_full', $1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(i64::from(full))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn mirror_functions(&self, tx: &mut Tx, source: &BundleSource) -> Result<()> {

@@ -147,7 +147,7 @@ pub async fn run(data: &Path) -> Result<(), AgentError> {
 /// `postern edge run --ssh-listen ADDR`: [`run`], and vendors served at the site on `addr`
 /// ([`super::site`]) from the bundle the edge holds, whether or not the link is up. Ends if that
 /// front door stops.
-pub async fn run_at_site(data: &Path, addr: &str) -> Result<(), AgentError> {
+pub async fn run_at_site(data: &Path, addr: &str, buffer_max: i64) -> Result<(), AgentError> {
     let files = EdgeFiles::new(data);
     let state = files.state()?;
     let site_error = |e: super::site::SiteError| AgentError::State(e.to_string());
@@ -167,6 +167,12 @@ pub async fn run_at_site(data: &Path, addr: &str) -> Result<(), AgentError> {
         // Not applied again: that would make an old bundle look fresh after a restart.
         (site.grace).store(held.offline_grace, std::sync::atomic::Ordering::Relaxed);
     }
+    let audit = files.audit(&state.edge);
+    tokio::spawn(super::shipper::bound_buffer(
+        site.clone(),
+        buffer_max,
+        audit,
+    ));
     tokio::select! {
         served = super::site::serve(data, addr) => served.map_err(site_error),
         () = keep_linked(&files, Some(site)) => Ok(()),

@@ -109,6 +109,56 @@ async fn ship_one(
     }
 }
 
+/// Bytes of the recordings not shipped yet (live sessions included), and how many.
+async fn backlog(site: &Site) -> Option<(i64, i64)> {
+    let names = site.store.unstored_recordings(&site.node).await.ok()?;
+    let mut bytes = 0i64;
+    for name in &names {
+        if let Ok(m) = tokio::fs::metadata(site.data.recordings().join(name)).await {
+            bytes += m.len() as i64;
+        }
+    }
+    Some((names.len() as i64, bytes))
+}
+
+/// Keeps the site node's evidence buffer bounded, link or no link: over `max` bytes waiting to
+/// be shipped, new sessions are refused (fail-secure) until shipping drains it. Each change is
+/// told on the console and in the edge's audit log (and the central sees the backlog in
+/// `edge list` once linked).
+pub(super) async fn bound_buffer(site: Site, max: i64, audit: approvals::AuditLog) {
+    let mut full = None;
+    loop {
+        if let Some((sessions, bytes)) = backlog(&site).await {
+            let now_full = bytes >= max;
+            if full != Some(now_full) {
+                match site.store.set_evidence_buffer_full(now_full).await {
+                    Ok(()) => {
+                        if full.is_some() || now_full {
+                            let state = if now_full {
+                                "full: new sessions refused"
+                            } else {
+                                "below its limit again"
+                            };
+                            println!(
+                                "postern edge: evidence buffer {state} ({bytes} of {max} bytes, {sessions} sessions)"
+                            );
+                            let fields = serde_json::json!({"full": now_full, "bytes": bytes, "max": max, "sessions": sessions});
+                            if let Err(e) = audit.record(AuditEvent::EdgeBufferFull, fields) {
+                                tracing::warn!(error = %e, "edge audit log write failed");
+                            }
+                        }
+                        full = Some(now_full);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "edge: evidence buffer state not recorded")
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(IDLE).await;
+    }
+}
+
 /// Tells the central which TOTP steps vendors used here: a code used at the site, while the link
 /// was down too, is spent at the central as soon as the link is up.
 async fn report_totp(control: &mut Control, site: &Site, last: &mut Vec<(String, i64)>) {
@@ -136,22 +186,13 @@ async fn report_totp(control: &mut Control, site: &Site, last: &mut Vec<(String,
 
 /// Tells the central how much evidence waits here (sessions not shipped, live ones included).
 async fn report_backlog(control: &mut Control, site: &Site) {
-    let Ok(names) = site.store.unstored_recordings(&site.node).await else {
+    let Some((sessions, bytes)) = backlog(site).await else {
         return;
     };
-    let mut bytes = 0i64;
-    for name in &names {
-        if let Ok(m) = tokio::fs::metadata(site.data.recordings().join(name)).await {
-            bytes += m.len() as i64;
-        }
-    }
     let Ok(mut stream) = control.open_stream().await else {
         return;
     };
-    let report = Message::Backlog {
-        sessions: names.len() as i64,
-        bytes,
-    };
+    let report = Message::Backlog { sessions, bytes };
     let _ = wire::write(&mut stream, &report).await;
     wire::finish(&mut stream).await;
 }

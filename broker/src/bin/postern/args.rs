@@ -502,6 +502,10 @@ pub enum EdgeAction {
         /// the central's signed policy, also while the link is down.
         #[arg(long, value_name = "ADDR")]
         ssh_listen: Option<String>,
+        /// With --ssh-listen: at most this much evidence waits for the central (`10GiB`,
+        /// `500MiB`, bytes); past it new sessions at the site are refused until it drains.
+        #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size)]
+        buffer_max: i64,
     },
 }
 
@@ -734,4 +738,24 @@ pub enum GrantAction {
 pub enum SessionsAction {
     /// Close a live session within a second.
     Kill { id: String },
+}
+
+/// A size: bytes, or a number with K, M, G or T (KiB, MiB, GiB, TiB: powers of 1024).
+fn parse_size(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: i64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 10GiB, 500MiB)"))?;
+    let shift = match unit.trim().trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?} is not a size (e.g. 10GiB, 500MiB)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }

@@ -184,8 +184,11 @@ pub async fn at_site(cli: &Cli, action: &EdgeAction) -> Result<ExitCode> {
         }
         EdgeAction::Run {
             ssh_listen: Some(addr),
-        } => broker::edge::agent::run_at_site(&cli.data, addr).await?,
-        EdgeAction::Run { ssh_listen: None } => broker::edge::agent::run(&cli.data).await?,
+            buffer_max,
+        } => broker::edge::agent::run_at_site(&cli.data, addr, *buffer_max).await?,
+        EdgeAction::Run {
+            ssh_listen: None, ..
+        } => broker::edge::agent::run(&cli.data).await?,
         _ => {}
     }
     Ok(ExitCode::SUCCESS)
