@@ -275,6 +275,13 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
     w.wait_audit("edge.evidence", |e| {
         e["event"] == "edge.evidence" && e["edge"] == "e-site"
     });
+    // So does the site node's audit log, its chain checked there.
+    let copy = w.data.join("edge-evidence/audit/edge-e-site.log");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read(&copy).is_ok_and(|b| b.windows(12).any(|w| w == b"session.seal")) {
+        assert!(Instant::now() < end, "the edge's audit log did not arrive");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The TOTP steps ann used at the edge, while it was cut off too, are spent at the central.
     w.wait_audit("edge.totp_used", |e| {
         e["event"] == "edge.totp_used" && e["edge"] == "e-site" && e["vendor"] == "ann"

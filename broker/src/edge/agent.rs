@@ -161,6 +161,7 @@ pub async fn run_at_site(data: &Path, addr: &str, buffer_max: i64) -> Result<(),
         key: Arc::new(super::policy::box_key(&files)?),
         applying: Arc::default(),
         grace: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        audit_shipped: Arc::default(),
     };
     // What the edge last held is what it serves until the central says more.
     if let Ok(Some(held)) = super::policy::held(&files, &state.edge) {
@@ -192,6 +193,8 @@ pub(super) struct Site {
     pub(super) applying: Arc<tokio::sync::Mutex<()>>,
     /// The offline grace of the bundle held (seconds).
     pub(super) grace: Arc<std::sync::atomic::AtomicI64>,
+    /// How much of the site node's audit log the central holds, as it last said.
+    pub(super) audit_shipped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Keeps the link up, for as long as the process runs.

@@ -183,6 +183,92 @@ impl EdgeHub {
     }
 }
 
+impl EdgeHub {
+    /// A piece of an edge's site-node audit log: appended to the copy kept here
+    /// (`DATA/edge-evidence/audit/edge-NAME.log`) only if it starts where that copy ends and the
+    /// whole chain still checks; a piece that does not start there is answered with where the
+    /// copy ends (the edge resumes from it); one that breaks the chain is refused, kept aside and
+    /// audited.
+    pub(super) async fn receive_audit(
+        &self,
+        edge: &str,
+        offset: u64,
+        size: u64,
+        mut stream: StreamHandle,
+    ) {
+        match self.take_audit(edge, offset, size, &mut stream).await {
+            Ok(held) => {
+                let _ = wire::write(&mut stream, &Message::AuditHeld { size: held }).await;
+            }
+            Err(ShipError::Refused(reason)) => {
+                let id = "audit log".to_owned();
+                let _ = wire::write(&mut stream, &Message::ShipRefused { id, reason }).await;
+            }
+            Err(ShipError::Io(e)) => {
+                tracing::warn!(%edge, error = %e, "edge audit log: shipment broke off");
+                return;
+            }
+        }
+        wire::finish(&mut stream).await;
+    }
+
+    async fn take_audit(
+        &self,
+        edge: &str,
+        offset: u64,
+        size: u64,
+        stream: &mut StreamHandle,
+    ) -> Result<u64, ShipError> {
+        let dir = evidence_dir(&self.data).join("audit");
+        tokio::fs::create_dir_all(&dir).await?;
+        let copy = dir.join(format!("edge-{edge}.log"));
+        let held = tokio::fs::metadata(&copy)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if offset != held {
+            return Ok(held);
+        }
+        let part = dir.join(format!("edge-{edge}.log.part"));
+        if held > 0 {
+            tokio::fs::copy(&copy, &part).await?;
+        } else {
+            let _ = tokio::fs::remove_file(&part).await;
+        }
+        let mut out = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&part)
+            .await?;
+        let copied = tokio::io::copy(&mut (&mut *stream).take(size), &mut out).await?;
+        if copied != size {
+            return Err(ShipError::Io(std::io::Error::other(
+                "the audit log was cut short",
+            )));
+        }
+        out.sync_all().await?;
+        drop(out);
+        let p = part.clone();
+        let report = tokio::task::spawn_blocking(move || recorder::verify_file(&p))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let broken = match &report {
+            Ok(r) if r.problem.is_none() && matches!(r.tail, recorder::Tail::Clean) => None,
+            Ok(r) => Some(match &r.problem {
+                Some(p) => p.to_string(),
+                None => "it ends in the middle of a record".to_owned(),
+            }),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = broken {
+            let why = format!("the audit log from byte {offset} breaks its chain: {why}");
+            return Err(self.quarantine(edge, "audit log", &part, &why));
+        }
+        tokio::fs::rename(&part, &copy).await?;
+        Ok(offset + size)
+    }
+}
+
 /// A checked shipment, ready to be kept.
 struct Kept<'a> {
     node: &'a str,

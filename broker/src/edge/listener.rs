@@ -296,6 +296,9 @@ impl EdgeHub {
                 };
                 self.receive(&edge, shipment, stream).await
             }
+            Message::AuditShip { offset, size } => {
+                self.receive_audit(&edge, offset, size, stream).await
+            }
             Message::TotpSteps { steps } => match self.store.spend_totp_steps(&steps).await {
                 Ok(moved) => {
                     for (vendor, step) in moved {

@@ -23,6 +23,10 @@ pub(super) async fn ship(mut control: Control, site: Site, audit: approvals::Aud
     let mut totp_reported = Vec::new();
     loop {
         report_totp(&mut control, &site, &mut totp_reported).await;
+        if let Err(e) = ship_audit(&mut control, &site).await {
+            tracing::warn!(error = %e, "edge audit log: not shipped; next link");
+            return;
+        }
         report_backlog(&mut control, &site).await;
         let batch = match site.store.recordings_to_store(&site.node, 20).await {
             Ok(batch) => batch,
@@ -107,6 +111,50 @@ async fn ship_one(
         Message::ShipRefused { reason, .. } => Ok(Some(reason)),
         other => Err(wire::WireError::Unexpected(other.kind())),
     }
+}
+
+/// Ships the site node's audit log past what the central holds, up to its last whole record.
+async fn ship_audit(control: &mut Control, site: &Site) -> Result<(), wire::WireError> {
+    use std::sync::atomic::Ordering;
+    let path = site.data.audit_log();
+    let p = path.clone();
+    let report = tokio::task::spawn_blocking(move || recorder::verify_file(&p))
+        .await
+        .map_err(|e| wire::WireError::Io(std::io::Error::other(e.to_string())))?;
+    let end = match report {
+        Ok(r) => match r.tail {
+            recorder::Tail::Torn { offset, .. } => offset,
+            recorder::Tail::Clean => tokio::fs::metadata(&path).await?.len(),
+        },
+        Err(_) => return Ok(()),
+    };
+    let offset = site.audit_shipped.load(Ordering::Relaxed);
+    if end <= offset {
+        return Ok(());
+    }
+    let stream = control
+        .open_stream()
+        .await
+        .map_err(|e| wire::WireError::Io(std::io::Error::other(e.to_string())))?;
+    let mut stream = super::hub::pumped(stream);
+    let size = end - offset;
+    wire::write(&mut stream, &Message::AuditShip { offset, size }).await?;
+    let mut file = tokio::fs::File::open(&path).await?;
+    tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(offset)).await?;
+    tokio::io::copy(&mut tokio::io::AsyncReadExt::take(file, size), &mut stream).await?;
+    stream.flush().await?;
+    let reply = wire::read(&mut stream).await;
+    wire::finish(&mut stream).await;
+    match reply? {
+        Message::AuditHeld { size } => site.audit_shipped.store(size, Ordering::Relaxed),
+        Message::ShipRefused { reason, .. } => {
+            // Kept aside and audited at the central: sending it again would only repeat that.
+            tracing::warn!(%reason, "edge audit log refused by the central; not sent again");
+            site.audit_shipped.store(u64::MAX, Ordering::Relaxed);
+        }
+        other => return Err(wire::WireError::Unexpected(other.kind())),
+    }
+    Ok(())
 }
 
 /// Bytes of the recordings not shipped yet (live sessions included), and how many.

@@ -75,6 +75,12 @@ pub enum Message {
     ShipRefused { id: String, reason: String },
     /// Edge to central: evidence waiting at the edge.
     Backlog { sessions: i64, bytes: i64 },
+    /// Edge to central, on a stream of its own: the site node's audit log from byte `offset`,
+    /// `size` raw bytes (whole records) following.
+    AuditShip { offset: u64, size: u64 },
+    /// Central to edge: it holds the edge's audit log up to `size` bytes (checked); a shipment
+    /// that did not start there is answered with this too, for the edge to resume from it.
+    AuditHeld { size: u64 },
     /// Edge to central: each vendor's last TOTP step used at the site (spent at the central too).
     TotpSteps { steps: Vec<(String, i64)> },
 }
