@@ -40,8 +40,25 @@ impl RateLimiter {
 
     /// Whether another attempt is allowed for `key`.
     pub fn allowed(&self, key: &str) -> bool {
-        let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        self.allowed_in(&mut map, key)
+    }
+
+    /// Whether another attempt is allowed for `key`, and if so counts it as a failure, under one
+    /// lock: of parallel attempts, no more than the limit get through (checking with
+    /// [`RateLimiter::allowed`] and then counting with [`RateLimiter::failed`] lets two pass at
+    /// the last free place). [`RateLimiter::forgive`] takes it back.
+    pub fn attempt(&self, key: &str) -> bool {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.allowed_in(&mut map, key) {
+            return false;
+        }
+        self.failed_in(&mut map, key);
+        true
+    }
+
+    fn allowed_in(&self, map: &mut HashMap<String, VecDeque<Instant>>, key: &str) -> bool {
+        let now = Instant::now();
         let k = key_of(key);
         let Some(q) = map.get_mut(k) else { return true };
         while q
@@ -59,8 +76,12 @@ impl RateLimiter {
 
     /// Counts one failure for `key`.
     pub fn failed(&self, key: &str) {
-        let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        self.failed_in(&mut map, key);
+    }
+
+    fn failed_in(&self, map: &mut HashMap<String, VecDeque<Instant>>, key: &str) {
+        let now = Instant::now();
         let k = key_of(key);
         if !map.contains_key(k) && map.len() >= self.max_keys {
             let window = self.window;
@@ -129,12 +150,13 @@ impl EventBudget {
     /// Whether one more detailed event about `ip` may be written now (and, if so, counts it).
     pub fn allow(&self, ip: std::net::IpAddr) -> bool {
         let key = crate::audit::source_key(ip).to_string();
-        if !self.per_source.allowed(&key) || !self.all.allowed("all") {
-            return false;
+        // Checked and counted in one step each: parallel callers cannot overshoot the budget.
+        let by_source = self.per_source.attempt(&key);
+        let allowed = by_source && self.all.attempt("all");
+        if by_source && !allowed {
+            self.per_source.forgive(&key);
         }
-        self.per_source.failed(&key);
-        self.all.failed("all");
-        true
+        allowed
     }
 }
 
@@ -148,6 +170,28 @@ impl Default for EventBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_attempts_never_pass_more_than_the_limit() {
+        let rl = std::sync::Arc::new(RateLimiter::new(Duration::from_secs(60), 20, 100));
+        let passed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (rl, passed) = (rl.clone(), passed.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10 {
+                        if rl.attempt("s:1.2.3.4") {
+                            passed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(passed.load(std::sync::atomic::Ordering::SeqCst), 20);
+    }
 
     #[test]
     fn limits_per_key() {

@@ -166,9 +166,13 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
     let site = EdgeSite::start();
     let ann = site.w.vendor("ann", &[]);
     let grant = site.w.grant("ann", "site-s", "maint");
+    // Another vendor for file transfer (and their own TOTP steps).
+    let fay = site.w.vendor("fay", &[]);
+    let fay_grant = site.w.grant("fay", "site-s", "full");
     let (w, dir, port) = (&site.w, site.dir.clone(), site.port);
     wait_online(w, "e-site", true, Duration::from_secs(15));
     wait_bundle_has(&dir, &grant);
+    wait_bundle_has(&dir, &fay_grant);
 
     // Online: a session at the edge, recorded and sealed there.
     let o = run(&mut at_edge(
@@ -196,8 +200,25 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
         String::from_utf8_lossy(&o.stdout).contains("while-cut"),
         "{o:?}"
     );
+    let batch = dir.join("sftp.batch");
+    std::fs::write(&batch, "ls /\n").unwrap();
+    let mut sftp = Command::new("sftp");
+    sftp.args(["-F", "/dev/null", "-i"])
+        .arg(&fay.key)
+        .args(["-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .args(["-o", "BatchMode=no", "-o", "User=fay:site-s/dev:full"])
+        .args(["-P", &port.to_string(), "-b"])
+        .arg(&batch)
+        .arg("127.0.0.1");
+    w.with_askpass(&mut sftp, &fay.next_code());
+    let o = run(&mut sftp);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("usr"),
+        "sftp at the edge: {o:?}"
+    );
     let sessions = site_sessions(&dir);
-    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
     let verified = run(Command::new(postern_bin())
         .args(["verify", "--data"])
         .arg(dir.join("site")));
@@ -254,7 +275,7 @@ fn vendors_work_at_the_edge_while_its_link_is_cut_and_revocations_close_sessions
 
     // The evidence recorded at the edge, the session made while the link was cut included,
     // arrives at the central: listed with its origin, searchable, exported and verified there.
-    let shipped = site.shipped(3);
+    let shipped = site.shipped(4);
     for s in &shipped {
         let id = s["id"].as_str().unwrap();
         let v = w.postern(&["verify", id]);

@@ -122,20 +122,22 @@ impl<'a> SignIn<'a> {
     /// refusing a throttled attempt.
     fn throttled(&self) -> Option<Response> {
         let state = self.state;
-        if !state.per_source.allowed(&self.limit_source)
-            || !state.per_name_source.allowed(&self.name_at_source)
-        {
+        // Checked and counted in one step per limiter, so a burst of parallel attempts cannot
+        // all pass the check: the attempt counts as a failure from now on, before the slow
+        // password check; a right password takes it back.
+        let by_source = state.per_source.attempt(&self.limit_source);
+        let admitted = by_source && state.per_name_source.attempt(&self.name_at_source);
+        if by_source && !admitted {
+            // Refused attempts are not counted.
+            state.per_source.forgive(&self.limit_source);
+        }
+        if !admitted {
             state.throttled.count("web sign-in rate limited", self.ip);
             return Some(login_page(
                 StatusCode::TOO_MANY_REQUESTS,
                 Some("Too many failed sign-ins. Wait a few minutes and try again."),
             ));
         }
-        // The attempt counts as a failure from now on, before the slow password check, so a
-        // burst of parallel attempts cannot all pass the check above; a right password takes it
-        // back.
-        state.per_source.failed(&self.limit_source);
-        state.per_name_source.failed(&self.name_at_source);
         None
     }
 
