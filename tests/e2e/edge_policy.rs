@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::edges::{Proc, central, edge_row, wait_online};
-use crate::harness::{World, postern_bin, run};
+use crate::edges::{Proc, central, edge_row, join_edge, wait_online};
+use crate::harness::{World, postern_bin};
 
 /// Waits until the edge holds policy version `above` or later; gives the version.
 fn wait_policy_above(w: &World, edge: &str, above: i64) -> i64 {
@@ -48,18 +48,7 @@ fn an_edge_holds_the_current_signed_policy_for_its_sites_sealed_to_it() {
         serde_json::from_str(&w.ok(&["edge", "add", "e-pol", "--sites", "site-p", "--json"]))
             .unwrap();
     let dir = w.dir.path().join("edge-p");
-    let joined = run(Command::new(postern_bin())
-        .args([
-            "edge",
-            "join",
-            "--central",
-            &format!("127.0.0.1:{central_port}"),
-        ])
-        .arg("--token")
-        .arg(added["token"].as_str().unwrap())
-        .arg("--data")
-        .arg(&dir));
-    assert!(joined.status.success(), "{joined:?}");
+    join_edge(&dir, &format!("127.0.0.1:{central_port}"), &added);
     let start = || {
         Proc(
             Command::new(postern_bin())

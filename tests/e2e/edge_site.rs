@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::edges::{Proc, Relay, central, edge_row, wait_online};
+use crate::edges::{Proc, Relay, central, edge_row, join_edge, wait_online};
 use crate::harness::{Vendor, World, certify_seal_key, free_port, postern_bin, run, wait_for_port};
 
 /// `ssh VENDOR:SITE/DEVICE@edge COMMAND` to the edge's front door on `port`.
@@ -93,14 +93,7 @@ impl EdgeSite {
             format!("127.0.0.1:{central_port}"),
         );
         let dir = w.dir.path().join("edge-s");
-        let joined = run(Command::new(postern_bin())
-            .args(["edge", "join", "--central"])
-            .arg(format!("127.0.0.1:{relay_port}"))
-            .arg("--token")
-            .arg(added["token"].as_str().unwrap())
-            .arg("--data")
-            .arg(&dir));
-        assert!(joined.status.success(), "{joined:?}");
+        join_edge(&dir, &format!("127.0.0.1:{relay_port}"), &added);
         // The operator certifies the site node's seal key with the root, as for any node.
         certify_seal_key(&dir.join("site"), &w.dir.path().join("root.key"));
         let mut site = EdgeSite {

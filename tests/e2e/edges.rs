@@ -143,6 +143,16 @@ pub(crate) fn central(extra: &str) -> (World, u16) {
     (w, port)
 }
 
+/// `postern edge join` into `dir` with the token `edge add --json` printed (`added`); it must work.
+pub(crate) fn join_edge(dir: &std::path::Path, central: &str, added: &Value) {
+    let joined = run(Command::new(postern_bin())
+        .args(["edge", "join", "--central", central, "--token"])
+        .arg(added["token"].as_str().unwrap())
+        .arg("--data")
+        .arg(dir));
+    assert!(joined.status.success(), "{joined:?}");
+}
+
 pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
@@ -450,12 +460,7 @@ fn an_edge_renews_its_certificate_before_it_ends_and_only_the_new_one_is_accepte
         serde_json::from_str(&w.ok(&["edge", "add", "e3", "--sites", "site-r", "--json"])).unwrap();
     let dir = w.dir.path().join("edge-r");
     let central = format!("127.0.0.1:{central_port}");
-    let joined = run(Command::new(postern_bin())
-        .args(["edge", "join", "--central", &central, "--token"])
-        .arg(added["token"].as_str().unwrap())
-        .arg("--data")
-        .arg(&dir));
-    assert!(joined.status.success(), "{joined:?}");
+    join_edge(&dir, &central, &added);
     let old_cert = std::fs::read_to_string(dir.join("edge/edge.crt")).unwrap();
     let old_key = std::fs::read_to_string(dir.join("edge/edge.key")).unwrap();
     // Make the edge believe its certificate ends in ten seconds: it renews before connecting.
