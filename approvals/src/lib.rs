@@ -13,6 +13,7 @@ pub mod audit;
 pub mod breakglass;
 pub mod bundle;
 pub mod checkpoint;
+pub mod exceptions;
 pub mod lockout;
 pub mod model;
 pub mod notify;

@@ -98,6 +98,9 @@ pub struct Config {
     /// only break-glass of `--offline-ok` functions opens there.
     #[serde(default = "default_edge_offline_grace")]
     pub edge_offline_grace: String,
+    /// A grant longer than this is an exception (standing access), listed by `postern exceptions`.
+    #[serde(default = "default_standing_grant_threshold")]
+    pub standing_grant_threshold: String,
     /// How long before a window ends the vendor is warned.
     #[serde(default = "default_warn_before")]
     pub warn_before: String,
@@ -242,6 +245,9 @@ fn default_ssh_listen() -> String {
 fn default_web_listen() -> String {
     "127.0.0.1:8080".into()
 }
+fn default_standing_grant_threshold() -> String {
+    "24h".into()
+}
 fn default_edge_offline_grace() -> String {
     "24h".into()
 }
@@ -312,6 +318,7 @@ impl Default for Config {
             web_listen: default_web_listen(),
             edge_listen: default_edge_listen(),
             edge_offline_grace: default_edge_offline_grace(),
+            standing_grant_threshold: default_standing_grant_threshold(),
             warn_before: default_warn_before(),
             request_wait: default_request_wait(),
             request_ttl: default_request_ttl(),
@@ -369,6 +376,8 @@ pub struct Limits {
     pub rotate_every: Option<i64>,
     /// `edge_offline_grace` in seconds.
     pub edge_offline_grace: i64,
+    /// `standing_grant_threshold` in seconds.
+    pub standing_grant_threshold: i64,
 }
 
 /// Parses an address or a CIDR network (`10.0.0.5`, `10.0.0.0/8`, `::1`).
@@ -438,6 +447,10 @@ impl Config {
                 .map(|every| seconds("rotate_every", every))
                 .transpose()?,
             edge_offline_grace: seconds("edge_offline_grace", &self.edge_offline_grace)?,
+            standing_grant_threshold: seconds(
+                "standing_grant_threshold",
+                &self.standing_grant_threshold,
+            )?,
         })
     }
 }

@@ -30,6 +30,7 @@ mod enrolment;
 mod escalation;
 mod evidence;
 mod evidence_store;
+mod exceptions;
 mod faults;
 mod fleet;
 mod hardening;

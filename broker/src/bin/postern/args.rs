@@ -126,6 +126,13 @@ pub enum Command {
     Notifications,
     /// Break-glass openings and their review (approvers review them in the web UI).
     Breakglass,
+    /// Access standing outside the just-in-time path (unreviewed break-glass, standing grants,
+    /// overdue requests, stale credentials, unbrokered paths, edges offline past grace), oldest
+    /// first, with the site's accountable approvers.
+    Exceptions {
+        #[arg(long)]
+        site: Option<String>,
+    },
     /// The command log across sessions: exec lines exactly, shell commands as the device ran them,
     /// lines typed but not shown (echo off, bursts, no terminal) from the keystrokes.
     Commands {

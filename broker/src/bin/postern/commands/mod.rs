@@ -168,6 +168,7 @@ async fn with_env(env: &Env, command: &Command) -> Result<ExitCode> {
         Command::Export { id, input } => replay::export(env, id, *input).await?,
         Command::Notifications => lists::notifications(env).await?,
         Command::Breakglass => lists::breakglass(env).await?,
+        Command::Exceptions { site } => lists::exceptions(env, site.as_deref()).await?,
         Command::Commands {
             vendor,
             site,

@@ -1,0 +1,55 @@
+//! `postern exceptions`: access standing outside the just-in-time path, oldest first, with the
+//! site's accountable approvers.
+
+use serde_json::Value;
+
+use crate::harness::World;
+
+#[test]
+fn exceptions_are_listed_oldest_first_with_their_owners() {
+    let w = World::with_config(
+        9,
+        "5m",
+        "rotate_every = \"1s\"\nedge_offline_grace = \"1s\"\nstanding_grant_threshold = \"24h\"\n",
+    );
+    w.approver("olga", &["--sites", "site-a"]);
+    w.vendor("vic", &[]);
+    // A grant for two days is standing access; one for an hour is not.
+    w.ok(&["function", "add", "contract", "--allow", "shell", "--max-window", "30d"]);
+    let long = w.grant_window("vic", "site-a", "contract", "now", "+48h");
+    w.grant("vic", "site-b", "maint");
+    // An edge that never connected is out of contact since it was added.
+    w.ok(&["site", "add", "site-x"]);
+    w.ok(&["edge", "add", "e-x", "--sites", "site-x"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+
+    let all: Vec<Value> = serde_json::from_str(&w.ok(&["exceptions", "--json"])).unwrap();
+    let kinds = |rows: &[Value], kind: &str| -> Vec<Value> {
+        rows.iter().filter(|e| e["kind"] == kind).cloned().collect()
+    };
+    let standing = kinds(&all, "standing_grant");
+    assert_eq!(standing.len(), 1, "{all:?}");
+    assert_eq!(standing[0]["subject"], long.as_str());
+    assert_eq!(standing[0]["owners"], serde_json::json!(["olga"]));
+    // Both enrolled devices still have their enrolment credentials, older than rotate_every.
+    assert_eq!(kinds(&all, "stale_credential").len(), 2, "{all:?}");
+    let offline = kinds(&all, "edge_offline");
+    assert_eq!(offline.len(), 1, "{all:?}");
+    assert_eq!(offline[0]["site"], "site-x");
+    assert_eq!(offline[0]["owners"], serde_json::json!([]));
+    let opened: Vec<i64> = all.iter().map(|e| e["opened"].as_i64().unwrap()).collect();
+    assert!(
+        opened.windows(2).all(|p| p[0] <= p[1]),
+        "oldest first: {opened:?}"
+    );
+
+    let at_a: Vec<Value> =
+        serde_json::from_str(&w.ok(&["exceptions", "--site", "site-a", "--json"])).unwrap();
+    assert!(at_a.iter().all(|e| e["site"] == "site-a"), "{at_a:?}");
+    assert_eq!(at_a.len(), 2, "{at_a:?}");
+    let text = w.ok(&["exceptions"]);
+    assert!(
+        text.contains("standing_grant") && text.contains("olga"),
+        "{text}"
+    );
+}
