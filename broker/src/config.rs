@@ -98,6 +98,9 @@ pub struct Config {
     /// only break-glass of `--offline-ok` functions opens there.
     #[serde(default = "default_edge_offline_grace")]
     pub edge_offline_grace: String,
+    /// Where Prometheus scrapes `GET /metrics`; `off` for none.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: String,
     /// A grant longer than this is an exception (standing access), listed by `postern exceptions`.
     #[serde(default = "default_standing_grant_threshold")]
     pub standing_grant_threshold: String,
@@ -245,6 +248,9 @@ fn default_ssh_listen() -> String {
 fn default_web_listen() -> String {
     "127.0.0.1:8080".into()
 }
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9187".into()
+}
 fn default_standing_grant_threshold() -> String {
     "24h".into()
 }
@@ -319,6 +325,7 @@ impl Default for Config {
             edge_listen: default_edge_listen(),
             edge_offline_grace: default_edge_offline_grace(),
             standing_grant_threshold: default_standing_grant_threshold(),
+            metrics_listen: default_metrics_listen(),
             warn_before: default_warn_before(),
             request_wait: default_request_wait(),
             request_ttl: default_request_ttl(),

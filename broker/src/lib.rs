@@ -33,6 +33,7 @@ pub mod journal;
 pub mod keys;
 pub mod login;
 pub mod master_key;
+pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod recording;

@@ -65,6 +65,8 @@ pub struct Listen<'a> {
     pub web: &'a str,
     /// Site edges' listener, or `off`.
     pub edge: &'a str,
+    /// Prometheus' `GET /metrics`, or `off`.
+    pub metrics: &'a str,
 }
 
 /// Where a built server is listening, for the operator and the scripts that wait on it.
@@ -74,6 +76,8 @@ pub struct Listening {
     pub web: String,
     /// Where edges connect, if they may.
     pub edge: Option<SocketAddr>,
+    /// Where Prometheus scrapes, if it may.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The edge listener and its TLS configuration (a server certificate from the edge CA, made at
@@ -111,6 +115,7 @@ pub struct Server {
     ctx: Arc<Ctx>,
     ssh: Option<tokio::net::TcpListener>,
     edge: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
+    metrics: Option<tokio::net::TcpListener>,
     ssh_config: Arc<russh::server::Config>,
     web: Option<crate::web::Serving>,
     web_state: Arc<approvals::web::WebState>,
@@ -161,10 +166,20 @@ impl Server {
                 error,
             })?;
         let edge = bind_edges(&edge_ca, listen.edge).await?;
+        let metrics = match listen.metrics {
+            "off" => None,
+            addr => Some(tokio::net::TcpListener::bind(addr).await.map_err(|error| {
+                ServeError::Listen {
+                    addr: addr.to_owned(),
+                    error,
+                }
+            })?),
+        };
         let listening = Listening {
             ssh: ssh.local_addr()?,
             web: web_url,
             edge: edge.as_ref().map(|(l, _)| l.local_addr()).transpose()?,
+            metrics: metrics.as_ref().map(|l| l.local_addr()).transpose()?,
         };
         Ok(Server {
             node,
@@ -172,6 +187,7 @@ impl Server {
             ctx,
             ssh: Some(ssh),
             edge,
+            metrics,
             ssh_config: crate::frontdoor::server_config(host_key),
             web,
             web_state,
@@ -226,7 +242,7 @@ impl Server {
     }
 
     /// The tasks that run beside the listeners for as long as the node does.
-    fn spawn_background(&self) -> Result<()> {
+    fn spawn_background(&mut self) -> Result<()> {
         let node = &self.node;
         tokio::spawn(crate::session::watch_revocations(self.ctx.clone()));
         tokio::spawn(self.ctx.ca.clone().watch(node.store.clone()));
@@ -247,6 +263,22 @@ impl Server {
             Actor::broker(&node.cfg.node),
             self.deadlines.clone(),
         ));
+        if let Some(listener) = self.metrics.take() {
+            let metrics = Arc::new(crate::metrics::Metrics::default());
+            let limits = node.cfg.limits()?;
+            let thresholds = approvals::exceptions::ExceptionLimits {
+                standing_grant: limits.standing_grant_threshold,
+                approval_slo: limits.deadlines.approval_slo,
+                rotate_every: limits.rotate_every,
+                edge_offline_grace: limits.edge_offline_grace,
+            };
+            tokio::spawn(crate::metrics::keep_fresh(
+                metrics.clone(),
+                node.store.clone(),
+                thresholds,
+            ));
+            tokio::spawn(crate::metrics::serve(metrics, listener));
+        }
         if let Some(store) = node.evidence_store.clone() {
             tokio::spawn(crate::evidence_store::ship(
                 store,

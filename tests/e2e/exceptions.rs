@@ -3,19 +3,31 @@
 
 use serde_json::Value;
 
-use crate::harness::World;
+use crate::harness::{World, free_port};
 
 #[test]
 fn exceptions_are_listed_oldest_first_with_their_owners() {
+    let metrics_port = free_port();
     let w = World::with_config(
         9,
         "5m",
-        "rotate_every = \"1s\"\nedge_offline_grace = \"1s\"\nstanding_grant_threshold = \"24h\"\n",
+        &format!(
+            "rotate_every = \"1s\"\nedge_offline_grace = \"1s\"\nstanding_grant_threshold = \"24h\"\n\
+             metrics_listen = \"127.0.0.1:{metrics_port}\"\n"
+        ),
     );
     w.approver("olga", &["--sites", "site-a"]);
     w.vendor("vic", &[]);
     // A grant for two days is standing access; one for an hour is not.
-    w.ok(&["function", "add", "contract", "--allow", "shell", "--max-window", "30d"]);
+    w.ok(&[
+        "function",
+        "add",
+        "contract",
+        "--allow",
+        "shell",
+        "--max-window",
+        "30d",
+    ]);
     let long = w.grant_window("vic", "site-a", "contract", "now", "+48h");
     w.grant("vic", "site-b", "maint");
     // An edge that never connected is out of contact since it was added.
@@ -52,4 +64,46 @@ fn exceptions_are_listed_oldest_first_with_their_owners() {
         text.contains("standing_grant") && text.contains("olga"),
         "{text}"
     );
+
+    // The same figures on the Prometheus endpoint (a background job refreshes them; the node
+    // restarts so that it runs once now, with the exceptions in place).
+    let mut w = w;
+    w.kill_broker();
+    w.start_broker();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = scrape(metrics_port);
+        if text.contains("postern_exceptions_open{kind=\"standing_grant\"} 1") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < end, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    for line in [
+        "postern_exceptions_open{kind=\"stale_credential\"} 2",
+        "postern_exceptions_open{kind=\"edge_offline\"} 1",
+        "postern_exceptions_open{kind=\"breakglass_unreviewed\"} 0",
+        "postern_unbrokered_access_paths 0",
+        "postern_requests_pending 0",
+        "postern_edges{state=\"offline\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
+    assert!(
+        text.contains("# TYPE postern_exception_age_median_seconds gauge"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+}
+
+/// `GET /metrics` over plain HTTP/1.1.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }

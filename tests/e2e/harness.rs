@@ -270,8 +270,14 @@ impl World {
         } else {
             "edge_listen = \"off\"\n"
         };
+        // Nor a metrics listener (its default port too).
+        let metrics = if extra_config.contains("metrics_listen") {
+            ""
+        } else {
+            "metrics_listen = \"off\"\n"
+        };
         let extra = format!(
-            "warn_before = \"{warn_before}\"\npenalty_exempt = [\"127.0.0.1\"]\n{edges}{extra_config}"
+            "warn_before = \"{warn_before}\"\npenalty_exempt = [\"127.0.0.1\"]\n{edges}{metrics}{extra_config}"
         );
         let key_of = |line: &str| line.split_once('=').map(|(k, _)| k.trim().to_owned());
         let overridden: Vec<String> = extra.lines().filter_map(key_of).collect();

@@ -94,6 +94,7 @@ pub async fn serve(data: &Path, ssh: &str) -> Result<(), SiteError> {
         ssh,
         web: "off",
         edge: "off",
+        metrics: "off",
     };
     let hint = |e: crate::server::ServeError| {
         SiteError::Serve(format!(

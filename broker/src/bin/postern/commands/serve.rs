@@ -17,13 +17,20 @@ pub async fn run(
     let ssh = ssh.clone().unwrap_or_else(|| env.cfg.ssh_listen.clone());
     let web = web.clone().unwrap_or_else(|| env.cfg.web_listen.clone());
     let edge = edge.clone().unwrap_or_else(|| env.cfg.edge_listen.clone());
-    serve(env, &ssh, &web, &edge).await
+    let metrics = env.cfg.metrics_listen.clone();
+    serve(env, &ssh, &web, &edge, &metrics).await
 }
 
 /// Builds and runs the server; a listener that fails is a non-zero exit (so the service manager
 /// restarts the node), a signal a clean one.
-pub async fn serve(env: Env, ssh: &str, web: &str, edge: &str) -> Result<ExitCode> {
-    let server = Server::build(env.node, operator(), &Listen { ssh, web, edge }).await?;
+pub async fn serve(env: Env, ssh: &str, web: &str, edge: &str, metrics: &str) -> Result<ExitCode> {
+    let listen = Listen {
+        ssh,
+        web,
+        edge,
+        metrics,
+    };
+    let server = Server::build(env.node, operator(), &listen).await?;
     let stopped = server.run(announce).await?;
     Ok(if stopped.failed {
         ExitCode::FAILURE

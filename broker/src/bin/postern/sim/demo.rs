@@ -90,7 +90,7 @@ pub async fn run(
         .map(str::to_owned)
         .unwrap_or_else(|| env.cfg.web_listen.clone());
     print_guide(&data, &paths, ssh_port, &web);
-    let code = crate::commands::serve::serve(env, ssh, &web, "off").await;
+    let code = crate::commands::serve::serve(env, ssh, &web, "off", "off").await;
     sim.abort();
     code
 }
