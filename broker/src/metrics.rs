@@ -10,8 +10,10 @@ use std::time::Duration;
 use approvals::Store;
 use approvals::exceptions::{ExceptionKind, ExceptionLimits};
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// How often database figures are recomputed.
@@ -37,7 +39,16 @@ pub struct Metrics {
     oldest_pending: Gauge<f64, AtomicU64>,
     edges: Family<StateLabel, Gauge>,
     edge_buffered: Gauge,
+    decision: Histogram,
+    slo_breaches: Counter,
+    /// Decisions already observed: the newest decision time seen and the requests decided then.
+    observed: std::sync::Mutex<(i64, std::collections::HashSet<String>)>,
 }
+
+/// Request-to-decision buckets, seconds: from half a minute to a day.
+const DECISION_BUCKETS: [f64; 11] = [
+    30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
+];
 
 const KINDS: [ExceptionKind; 6] = [
     ExceptionKind::BreakglassUnreviewed,
@@ -67,6 +78,9 @@ impl Default for Metrics {
             oldest_pending: Gauge::default(),
             edges: Family::default(),
             edge_buffered: Gauge::default(),
+            decision: Histogram::new(DECISION_BUCKETS),
+            slo_breaches: Counter::default(),
+            observed: std::sync::Mutex::new((i64::MIN, Default::default())),
         };
         registry.register(
             "exceptions_open",
@@ -99,6 +113,16 @@ impl Default for Metrics {
             "Evidence waiting at edges to be shipped, as they last reported",
             m.edge_buffered.clone(),
         );
+        registry.register(
+            "request_decision_seconds",
+            "Time from an access request to its decision",
+            m.decision.clone(),
+        );
+        registry.register(
+            "approval_slo_breaches",
+            "Requests left undecided past approval_slo (escalated)",
+            m.slo_breaches.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -127,9 +151,16 @@ impl Metrics {
         };
         self.exception_age_median.set(median);
         self.unbrokered.set(store.open_unbrokered_count().await?);
-        let pending = store
-            .requests(Some(approvals::RequestStatus::Pending))
-            .await?;
+        let requests = store.requests(None).await?;
+        self.observe_decisions(&requests);
+        let breaches = requests.iter().filter(|r| r.escalated_at.is_some()).count() as u64;
+        let counted = self.slo_breaches.get();
+        if breaches > counted {
+            self.slo_breaches.inc_by(breaches - counted);
+        }
+        let pending: Vec<_> = (requests.iter())
+            .filter(|r| r.status == approvals::RequestStatus::Pending)
+            .collect();
         self.requests_pending.set(pending.len() as i64);
         let oldest = pending.iter().map(|r| now - r.created).max().unwrap_or(0);
         self.oldest_pending.set(oldest as f64);
@@ -153,6 +184,28 @@ impl Metrics {
         let buffered: i64 = edges.iter().filter_map(|e| e.buffered_bytes).sum();
         self.edge_buffered.set(buffered);
         Ok(())
+    }
+
+    /// Observes each decision not observed before (decision times only move forward).
+    fn observe_decisions(&self, requests: &[approvals::AccessRequestRow]) {
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut newest, mut at_newest) = std::mem::take(&mut *observed);
+        let mut decided: Vec<(i64, i64, &str)> = (requests.iter())
+            .filter_map(|r| Some((r.decided_at?, r.latency()?, r.id.as_str())))
+            .collect();
+        decided.sort_unstable();
+        for (at, latency, id) in decided {
+            if at < newest || (at == newest && at_newest.contains(id)) {
+                continue;
+            }
+            self.decision.observe(latency.max(0) as f64);
+            if at > newest {
+                newest = at;
+                at_newest.clear();
+            }
+            at_newest.insert(id.to_owned());
+        }
+        *observed = (newest, at_newest);
     }
 
     /// The text a scrape gets.

@@ -33,6 +33,13 @@ fn exceptions_are_listed_oldest_first_with_their_owners() {
     // An edge that never connected is out of contact since it was added.
     w.ok(&["site", "add", "site-x"]);
     w.ok(&["edge", "add", "e-x", "--sites", "site-x"]);
+    // A request decided by an approver: its latency goes to the histogram.
+    let rae = w.vendor("rae", &[]);
+    let mut sh = w.file_request(&rae, "rae:site-b/dev:maint", "camera offline", "30m");
+    let id = w.pending_request("rae");
+    w.ok(&["request", "approve", &id]);
+    sh.expect("access until", std::time::Duration::from_secs(15));
+    drop(sh);
     std::thread::sleep(std::time::Duration::from_millis(2100));
 
     let all: Vec<Value> = serde_json::from_str(&w.ok(&["exceptions", "--json"])).unwrap();
@@ -86,6 +93,8 @@ fn exceptions_are_listed_oldest_first_with_their_owners() {
         "postern_unbrokered_access_paths 0",
         "postern_requests_pending 0",
         "postern_edges{state=\"offline\"} 1",
+        "postern_request_decision_seconds_count 1",
+        "postern_approval_slo_breaches_total 0",
     ] {
         assert!(text.contains(line), "{line} not in:\n{text}");
     }
