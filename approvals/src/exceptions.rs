@@ -29,6 +29,20 @@ pub enum ExceptionKind {
     EdgeOffline,
 }
 
+impl ExceptionKind {
+    /// The name in listings and metric labels (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExceptionKind::BreakglassUnreviewed => "breakglass_unreviewed",
+            ExceptionKind::StandingGrant => "standing_grant",
+            ExceptionKind::RequestOverdue => "request_overdue",
+            ExceptionKind::StaleCredential => "stale_credential",
+            ExceptionKind::UnbrokeredPath => "unbrokered_path",
+            ExceptionKind::EdgeOffline => "edge_offline",
+        }
+    }
+}
+
 /// One exception.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Exception {
@@ -178,5 +192,24 @@ impl Store {
                 .fetch_all(self.pool())
                 .await?,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_are_the_serialised_ones() {
+        for k in [
+            ExceptionKind::BreakglassUnreviewed,
+            ExceptionKind::StandingGrant,
+            ExceptionKind::RequestOverdue,
+            ExceptionKind::StaleCredential,
+            ExceptionKind::UnbrokeredPath,
+            ExceptionKind::EdgeOffline,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
     }
 }

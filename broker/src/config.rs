@@ -387,6 +387,18 @@ pub struct Limits {
     pub standing_grant_threshold: i64,
 }
 
+impl Limits {
+    /// The thresholds that make access an exception (`postern exceptions`, the metrics).
+    pub fn exceptions(&self) -> approvals::exceptions::ExceptionLimits {
+        approvals::exceptions::ExceptionLimits {
+            standing_grant: self.standing_grant_threshold,
+            approval_slo: self.deadlines.approval_slo,
+            rotate_every: self.rotate_every,
+            edge_offline_grace: self.edge_offline_grace,
+        }
+    }
+}
+
 /// Parses an address or a CIDR network (`10.0.0.5`, `10.0.0.0/8`, `::1`).
 fn parse_net(s: &str) -> Result<ipnet::IpNet, NotANetwork> {
     let s = s.trim();

@@ -59,13 +59,6 @@ const KINDS: [ExceptionKind; 6] = [
     ExceptionKind::EdgeOffline,
 ];
 
-fn kind_name(k: ExceptionKind) -> String {
-    serde_json::to_value(k)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("postern");
@@ -139,7 +132,9 @@ impl Metrics {
         for k in KINDS {
             let n = exceptions.iter().filter(|e| e.kind == k).count();
             self.exceptions_open
-                .get_or_create(&KindLabel { kind: kind_name(k) })
+                .get_or_create(&KindLabel {
+                    kind: k.as_str().to_owned(),
+                })
                 .set(n as i64);
         }
         let mut ages: Vec<i64> = exceptions.iter().map(|e| now - e.opened).collect();

@@ -116,6 +116,7 @@ pub struct Server {
     ssh: Option<tokio::net::TcpListener>,
     edge: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
     metrics: Option<tokio::net::TcpListener>,
+    exception_limits: approvals::exceptions::ExceptionLimits,
     ssh_config: Arc<russh::server::Config>,
     web: Option<crate::web::Serving>,
     web_state: Arc<approvals::web::WebState>,
@@ -188,6 +189,7 @@ impl Server {
             ssh: Some(ssh),
             edge,
             metrics,
+            exception_limits: limits.exceptions(),
             ssh_config: crate::frontdoor::server_config(host_key),
             web,
             web_state,
@@ -265,13 +267,7 @@ impl Server {
         ));
         if let Some(listener) = self.metrics.take() {
             let metrics = Arc::new(crate::metrics::Metrics::default());
-            let limits = node.cfg.limits()?;
-            let thresholds = approvals::exceptions::ExceptionLimits {
-                standing_grant: limits.standing_grant_threshold,
-                approval_slo: limits.deadlines.approval_slo,
-                rotate_every: limits.rotate_every,
-                edge_offline_grace: limits.edge_offline_grace,
-            };
+            let thresholds = self.exception_limits;
             tokio::spawn(crate::metrics::keep_fresh(
                 metrics.clone(),
                 node.store.clone(),

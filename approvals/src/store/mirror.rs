@@ -34,13 +34,7 @@ impl Store {
         self.mirror_vendors(&mut tx, source, now).await?;
         self.mirror_devices(&mut tx, source, now).await?;
         self.mirror_grants(&mut tx, source, &by, now).await?;
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('policy_fresh_until', $1) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(now + source.offline_grace)
-        .execute(&mut *tx)
-        .await?;
+        set_meta(&mut *tx, "policy_fresh_until", now + source.offline_grace).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -76,14 +70,7 @@ impl Store {
 
     /// The edge heard from the central at `now`: its policy counts as current for `grace` more.
     pub async fn policy_confirmed(&self, now: i64, grace: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('policy_fresh_until', $1) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(now + grace)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        set_meta(&self.pool, "policy_fresh_until", now + grace).await
     }
 
     /// At an edge's site node: until when its policy counts as current, and whether its
@@ -103,14 +90,7 @@ impl Store {
 
     /// At an edge's site node: new sessions are refused while `full` (fail-secure).
     pub async fn set_evidence_buffer_full(&self, full: bool) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('evidence_buffer_full', $1) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(i64::from(full))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        set_meta(&self.pool, "evidence_buffer_full", i64::from(full)).await
     }
 
     async fn mirror_functions(&self, tx: &mut Tx, source: &BundleSource) -> Result<()> {
@@ -273,4 +253,20 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Sets the `meta` value `key` (a site node's limits), whatever it was.
+async fn set_meta<'c, E>(exec: E, key: &str, value: i64) -> Result<()>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(key)
+    .bind(value)
+    .execute(exec)
+    .await?;
+    Ok(())
 }

@@ -83,13 +83,7 @@ pub async fn checkpoints(env: &Env, node: Option<&str>) -> Result<()> {
 
 /// `postern exceptions`: access outside the just-in-time path, oldest first.
 pub async fn exceptions(env: &Env, site: Option<&str>) -> Result<()> {
-    let limits = env.cfg.limits()?;
-    let thresholds = approvals::exceptions::ExceptionLimits {
-        standing_grant: limits.standing_grant_threshold,
-        approval_slo: limits.deadlines.approval_slo,
-        rotate_every: limits.rotate_every,
-        edge_offline_grace: limits.edge_offline_grace,
-    };
+    let thresholds = env.cfg.limits()?.exceptions();
     let now = approvals::time::now();
     let rows = env.store.exceptions(thresholds, now, site).await?;
     env.print_list(
@@ -99,10 +93,7 @@ pub async fn exceptions(env: &Env, site: Option<&str>) -> Result<()> {
         ],
         |e| {
             vec![
-                serde_json::to_value(e.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                e.kind.as_str().into(),
                 e.site.clone(),
                 e.subject.clone(),
                 fmt_time(e.opened),
