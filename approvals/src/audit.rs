@@ -17,6 +17,9 @@ pub struct AuditLog {
     /// The stream id in the file's header, which the chain's genesis hash binds: `audit:` and the
     /// installation's random id, so that no two installations' logs share a genesis.
     stream: String,
+    /// Appends that failed, in this process and shared by every clone (the metrics endpoint's
+    /// `postern_audit_append_failures_total`).
+    failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,7 @@ impl AuditLog {
             path: path.to_owned(),
             node: node.to_owned(),
             stream: "audit".to_owned(),
+            failures: Default::default(),
         }
     }
 
@@ -57,8 +61,22 @@ impl AuditLog {
         &self.node
     }
 
+    /// Appends that failed so far, by this process through any clone of this log.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Writes one event synchronously (the write is fsynced). `fields` must be a JSON object.
     pub fn record(&self, event: AuditEvent, fields: Value) -> Result<u64, AuditError> {
+        let written = self.write(event, fields);
+        if written.is_err() {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        written
+    }
+
+    fn write(&self, event: AuditEvent, fields: Value) -> Result<u64, AuditError> {
         let mut obj = Map::new();
         obj.insert(
             "time".into(),

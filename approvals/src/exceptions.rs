@@ -67,6 +67,19 @@ pub struct ExceptionLimits {
     pub edge_offline_grace: i64,
 }
 
+impl Default for ExceptionLimits {
+    /// The configuration's defaults: standing grants past 24 hours, requests past 15 minutes,
+    /// no rotation schedule, edges out of contact past 24 hours.
+    fn default() -> Self {
+        ExceptionLimits {
+            standing_grant: 86_400,
+            approval_slo: 900,
+            rotate_every: None,
+            edge_offline_grace: 86_400,
+        }
+    }
+}
+
 impl Store {
     /// Every open exception at `now` (at `site` only, if given), oldest first.
     pub async fn exceptions(
@@ -89,21 +102,16 @@ impl Store {
                 b.opened,
             ));
         }
-        for g in self.grants().await? {
-            if g.revoked_at.is_none()
-                && g.valid_until > now
-                && g.valid_until - g.valid_from > limits.standing_grant
-            {
-                let days = (g.valid_until - g.valid_from) as f64 / 86_400.0;
-                let detail = format!("{} holds {} for {days:.1} days", g.vendor, g.function);
-                found.push((
-                    ExceptionKind::StandingGrant,
-                    g.site,
-                    g.id,
-                    detail,
-                    g.valid_from,
-                ));
-            }
+        for g in self.standing_grants(now, limits.standing_grant).await? {
+            let days = (g.valid_until - g.valid_from) as f64 / 86_400.0;
+            let detail = format!("{} holds {} for {days:.1} days", g.vendor, g.function);
+            found.push((
+                ExceptionKind::StandingGrant,
+                g.site,
+                g.id,
+                detail,
+                g.valid_from,
+            ));
         }
         for r in self.requests(Some(RequestStatus::Pending)).await? {
             if now - r.created > limits.approval_slo {
@@ -161,21 +169,25 @@ impl Store {
         }
         found.retain(|f| site.is_none_or(|s| s == f.1));
         found.sort_by_key(|f| f.4);
+        // Owners from one read of the approvers and the regions, however many sites.
+        let (approvers, regions) = if found.is_empty() {
+            Default::default()
+        } else {
+            (self.approvers().await?, self.site_regions().await?)
+        };
         let mut owners: HashMap<String, Vec<String>> = HashMap::new();
         let mut out = Vec::with_capacity(found.len());
         for (kind, site, subject, detail, opened) in found {
-            if !owners.contains_key(&site) {
-                let names = self
-                    .approvers_of(&site)
-                    .await?
-                    .into_iter()
-                    .map(|a| a.name)
-                    .collect();
-                owners.insert(site.clone(), names);
-            }
+            let names = owners.entry(site.clone()).or_insert_with(|| {
+                let region = regions.get(&site).and_then(|r| r.as_deref());
+                (approvers.iter())
+                    .filter(|a| a.covers(&site, region))
+                    .map(|a| a.name.clone())
+                    .collect()
+            });
             out.push(Exception {
                 kind,
-                owners: owners.get(&site).cloned().unwrap_or_default(),
+                owners: names.clone(),
                 site,
                 subject,
                 detail,
@@ -183,6 +195,26 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Live grants at `now` longer than `threshold` seconds.
+    async fn standing_grants(&self, now: i64, threshold: i64) -> Result<Vec<crate::model::Grant>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM grants WHERE revoked_at IS NULL AND valid_until > $1 \
+             AND valid_until - valid_from > $2 ORDER BY valid_from, id",
+        )
+        .bind(now)
+        .bind(threshold)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Every site's region.
+    pub async fn site_regions(&self) -> Result<HashMap<String, Option<String>>> {
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as("SELECT name, region FROM sites")
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Every device as `(site, name, created)`, without opening credentials.

@@ -19,6 +19,7 @@ pub mod model;
 pub mod notify;
 pub mod policy;
 pub mod ratelimit;
+pub mod report;
 pub mod secrets;
 pub mod store;
 pub mod text;

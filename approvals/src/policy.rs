@@ -91,6 +91,29 @@ pub enum Deny {
     EvidenceBufferFull,
 }
 
+impl Deny {
+    /// The reason's name, as serialised (`why`): a label with a fixed set of values, for metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Deny::UnknownVendor => "unknown_vendor",
+            Deny::VendorDisabled => "vendor_disabled",
+            Deny::ContractEnded { .. } => "contract_ended",
+            Deny::UnknownSite { .. } => "unknown_site",
+            Deny::UnknownDevice { .. } => "unknown_device",
+            Deny::UnknownFunction { .. } => "unknown_function",
+            Deny::NoGrant { .. } => "no_grant",
+            Deny::NotYetOpen { .. } => "not_yet_open",
+            Deny::WindowEnded { .. } => "window_ended",
+            Deny::Revoked { .. } => "revoked",
+            Deny::AmbiguousFunction { .. } => "ambiguous_function",
+            Deny::ChannelNotAllowed { .. } => "channel_not_allowed",
+            Deny::DeviceNotCovered { .. } => "device_not_covered",
+            Deny::PolicyStale { .. } => "policy_stale",
+            Deny::EvidenceBufferFull => "evidence_buffer_full",
+        }
+    }
+}
+
 impl std::fmt::Display for Deny {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -442,6 +465,31 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn denial_codes_are_the_serialised_reasons() {
+        for d in [
+            Deny::UnknownVendor,
+            Deny::ContractEnded { at: 0 },
+            Deny::NoGrant {
+                site: "s".into(),
+                function: None,
+            },
+            Deny::WindowEnded {
+                function: "f".into(),
+                at: 0,
+            },
+            Deny::DeviceNotCovered {
+                grant: "g".into(),
+                site: "s".into(),
+                device: "d".into(),
+                covers: vec![],
+            },
+            Deny::EvidenceBufferFull,
+        ] {
+            assert_eq!(serde_json::to_value(&d).unwrap()["why"], d.code());
+        }
+    }
     use crate::model::CredentialKind;
     use crate::model::{Function, Vendor};
 

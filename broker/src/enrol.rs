@@ -99,11 +99,25 @@ pub async fn issue(
     secs: i64,
     restrict: keys::Restrictions,
 ) -> Result<Signed, IssueError> {
+    let began = std::time::Instant::now();
     let signed = sign(node, vendor, subject, start, secs, restrict).await?;
     node.actions()
         .issue_certificate(actor, &signed.record)
         .await?;
+    measured(node, began, &signed.record.serial).await;
     Ok(signed)
+}
+
+/// Records how long issuing the certificate `serial` took, from `began` (the request) to its
+/// registration: the operator's certificate issuance SLO. A measurement, not evidence: one the
+/// database cannot take is logged and dropped.
+pub async fn measured(node: &Node, began: std::time::Instant, serial: &str) {
+    let millis = began.elapsed().as_millis() as i64;
+    let at_ms = chrono::Utc::now().timestamp_millis();
+    let kind = approvals::store::SloKind::CertificateIssuance;
+    if let Err(e) = node.store.record_sample(kind, at_ms, millis, serial).await {
+        tracing::warn!(serial, error = %e, "certificate issuance time not recorded");
+    }
 }
 
 /// Issues a certificate for the public key in the file `pubkey` (see [`issue`]) and only then

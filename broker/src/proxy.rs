@@ -48,7 +48,10 @@ pub async fn allowed(
     let req = live.request(Some(channel));
     let refusal = match PolicyGate::new(&ctx.store).check(&req).await {
         Ok(_) => None,
-        Err(Refusal::Deny(reason)) => Some(reason.to_string()),
+        Err(Refusal::Deny(reason)) => {
+            ctx.metrics.denied(reason.code());
+            Some(reason.to_string())
+        }
         Err(Refusal::Unavailable(e)) => {
             tracing::warn!(session = %live.id, error = %e, "channel decision: control plane unavailable");
             return Err(ChannelRefused::Unavailable);

@@ -1,19 +1,27 @@
 //! A live session's recording: the recorder's writer shared by the session's channel tasks.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use recorder::events::{Payload, SessionEnd};
 use recorder::{Kind, Writer};
 
 pub struct Recording {
     writer: Mutex<Writer>,
+    /// Payload bytes written, added to the node's count (`postern_recording_bytes_total`).
+    written: Arc<AtomicU64>,
 }
 
 impl Recording {
-    pub fn create(path: &Path, session_id: &str) -> Result<Recording, recorder::WriteError> {
+    pub fn create(
+        path: &Path,
+        session_id: &str,
+        written: Arc<AtomicU64>,
+    ) -> Result<Recording, recorder::WriteError> {
         Ok(Recording {
             writer: Mutex::new(Writer::create_compressed(path, session_id)?),
+            written,
         })
     }
 
@@ -38,6 +46,7 @@ impl Recording {
             for chunk in data.chunks(recorder::MAX_PAYLOAD) {
                 w.append(kind, channel, chunk)?;
             }
+            self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
             Ok(())
         })
     }
@@ -46,7 +55,9 @@ impl Recording {
     /// record's kind).
     pub fn write<T: Payload>(&self, channel: u32, value: &T) -> Result<(), recorder::WriteError> {
         let payload = encode(value)?;
-        self.with(|w| w.append(T::KIND, channel, payload.as_bytes()).map(|_| ()))
+        self.with(|w| w.append(T::KIND, channel, payload.as_bytes()).map(|_| ()))?;
+        (self.written).fetch_add(payload.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Flushes (the supervisor calls this every second). After five quiet seconds the recording

@@ -381,6 +381,7 @@ impl Asking {
                 None
             }
             Err(Refusal::Deny(reason)) => {
+                self.ctx.metrics.denied(reason.code());
                 self.dialogue.refuse(&reason.to_string()).await;
                 None
             }

@@ -99,6 +99,7 @@ impl SelfService {
     /// certificate in one audited transaction: a code that loses a race, or a refusal, leaves
     /// nothing behind (an unregistered certificate is refused everywhere).
     pub async fn enrol(&self, code: &str, key: &PublicKey) -> Result<Enrolled, SelfServiceError> {
+        let began = std::time::Instant::now();
         let hash = invite_hash(code);
         let Some(vendor) = self.node.store.invite_vendor(&hash).await? else {
             return Err(SelfServiceError::Refused("unknown enrolment code".into()));
@@ -119,6 +120,7 @@ impl SelfService {
             .actions()
             .enrol_vendor(&hash, &signed.record, &secret, now())
             .await?;
+        crate::enrol::measured(&self.node, began, &signed.record.serial).await;
         Ok(Enrolled {
             vendor,
             certificate: signed.text,
@@ -138,6 +140,7 @@ impl SelfService {
         restrict: Restrictions,
         serial: Option<u64>,
     ) -> Result<String, SelfServiceError> {
+        let began = std::time::Instant::now();
         let Some(serial) = serial.map(|s| s.to_string()) else {
             return Err(SelfServiceError::Refused(
                 "the certificate that logged in is not one Postern issued".into(),
@@ -164,6 +167,7 @@ impl SelfService {
             .actions()
             .renew_certificate(&Actor::vendor(vendor), &serial, &signed.record, now())
             .await?;
+        crate::enrol::measured(&self.node, began, &signed.record.serial).await;
         Ok(signed.text)
     }
 

@@ -266,14 +266,13 @@ impl Server {
             self.deadlines.clone(),
         ));
         if let Some(listener) = self.metrics.take() {
-            let metrics = Arc::new(crate::metrics::Metrics::default());
-            let thresholds = self.exception_limits;
             tokio::spawn(crate::metrics::keep_fresh(
-                metrics.clone(),
-                node.store.clone(),
-                thresholds,
+                self.ctx.metrics.clone(),
+                self.ctx.clone(),
+                self.exception_limits,
+                node.evidence_store.is_some(),
+                listener,
             ));
-            tokio::spawn(crate::metrics::serve(metrics, listener));
         }
         if let Some(store) = node.evidence_store.clone() {
             tokio::spawn(crate::evidence_store::ship(
@@ -288,6 +287,7 @@ impl Server {
                 node.store.clone(),
                 node.audit.clone(),
                 url,
+                self.ctx.metrics.clone(),
             ));
         }
         if let Some(every) = self.rotate_every {
@@ -447,6 +447,7 @@ async fn context(
             node.data.clone(),
             limits.edge_offline_grace,
         )),
+        metrics: Arc::default(),
     })
 }
 
@@ -465,6 +466,7 @@ fn web_state(node: &Node, limits: &Limits, https: bool) -> Result<approvals::web
     )
     .with_client_address(client_address)
     .with_local_seal_key(node.data.seal_key().with_extension("pub"))
+    .with_exception_limits(limits.exceptions())
     .with_keyring(
         keys::keyring_path(&node.data),
         keys::load_root_public(&keys::root_pub_path(&node.data)).ok(),

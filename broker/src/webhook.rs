@@ -12,7 +12,12 @@ use tracing::{debug, warn};
 /// How often the outbox is looked at.
 const POLL: Duration = Duration::from_millis(500);
 
-pub async fn deliver(store: Store, audit: AuditLog, url: String) {
+pub async fn deliver(
+    store: Store,
+    audit: AuditLog,
+    url: String,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .connect_timeout(Duration::from_secs(3))
@@ -59,6 +64,7 @@ pub async fn deliver(store: Store, audit: AuditLog, url: String) {
                 }
                 Some(err) => {
                     warn!(notification = %n.id, event = %n.event, attempts, error = %err, "webhook delivery failed");
+                    metrics.notification_failed();
                     if store
                         .notification_failed(&n.id, attempts, &err, now_ms)
                         .await

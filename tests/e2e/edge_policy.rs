@@ -101,6 +101,13 @@ fn an_edge_holds_the_current_signed_policy_for_its_sites_sealed_to_it() {
     assert!(held_bundle(&dir).0["grants"].as_array().unwrap().is_empty());
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(edge_row(&w, "e-pol")["policy_version"], third);
+    // Both changes' propagation to the edge was measured (the operator's report shows it).
+    let r: serde_json::Value = serde_json::from_str(&w.ok(&["report", "--json"])).unwrap();
+    assert_eq!(r["edge_propagation"]["count"], 2, "{r}");
+    assert!(
+        r["edge_propagation"]["p95_ms"].as_i64().unwrap() < 5000,
+        "{r}"
+    );
 
     // An edge that pinned another signing key refuses the central's bundles, at both ends.
     drop(edge);

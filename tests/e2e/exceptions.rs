@@ -106,7 +106,7 @@ fn exceptions_are_listed_oldest_first_with_their_owners() {
 }
 
 /// `GET /metrics` over plain HTTP/1.1.
-fn scrape(port: u16) -> String {
+pub(crate) fn scrape(port: u16) -> String {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return String::new();

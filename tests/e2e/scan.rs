@@ -11,7 +11,7 @@ use crate::harness::{World, run};
 use crate::rotation::RotDevice;
 
 /// A fresh key pair made by ssh-keygen; returns its public line and fingerprint.
-fn foreign_key(w: &World, name: &str) -> (String, String) {
+pub(crate) fn foreign_key(w: &World, name: &str) -> (String, String) {
     let path = w.dir.path().join(name);
     let o = run(Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])

@@ -63,6 +63,17 @@ impl Store {
     }
 
     /// The recordings of `node`'s sessions not shipped or stored yet, live ones included.
+    /// When the oldest session of `node` that ended and is not in the evidence store yet ended.
+    pub async fn oldest_unstored_end(&self, node: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(ended) FROM sessions WHERE node = $1 AND ended IS NOT NULL \
+             AND evidence_stored IS NULL",
+        )
+        .bind(node)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     pub async fn unstored_recordings(&self, node: &str) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT recording FROM sessions WHERE node = $1 AND evidence_stored IS NULL",

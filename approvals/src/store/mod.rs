@@ -18,6 +18,7 @@ mod evidence;
 mod grants;
 mod invites;
 mod lifecycle;
+mod measurements;
 mod mirror;
 mod password_rotation;
 mod rotation;
@@ -34,6 +35,7 @@ pub use error::{Conflict, Invalid, Missing, StoreError, Thing};
 pub(crate) use error::{conflict_on_unique, insert_error};
 pub use invites::{InviteClaim, invite_hash};
 pub use lifecycle::{CutGrant, FunctionChange, VendorChange};
+pub use measurements::{SloKind, SloSample};
 pub use rotation::{DeviceRotation, RotationOutcome};
 pub use scan::{FoundPath, UnbrokeredPath};
 pub use secrets::PlainSealed;
@@ -186,10 +188,28 @@ impl Store {
     where
         E: sqlx::Executor<'c, Database = sqlx::Any>,
     {
-        sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
-            .execute(exec)
-            .await?;
+        // One statement, so that it stays the transaction's first write (see [`Tx`]).
+        sqlx::query(
+            "UPDATE meta SET value = CASE key WHEN 'revision' THEN value + 1 ELSE $1 END \
+             WHERE key IN ('revision', 'revision_ms')",
+        )
+        .bind(chrono::Utc::now().timestamp_millis())
+        .execute(exec)
+        .await?;
         Ok(())
+    }
+
+    /// The revision and when it last moved (Unix milliseconds; 0 before the first move).
+    pub async fn revision_stamp(&self) -> Result<(i64, i64)> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT key, value FROM meta WHERE key IN ('revision', 'revision_ms')")
+                .fetch_all(&self.pool)
+                .await?;
+        let get = |k: &str| rows.iter().find(|(key, _)| key == k).map(|(_, v)| *v);
+        Ok((
+            get("revision").unwrap_or(0),
+            get("revision_ms").unwrap_or(0),
+        ))
     }
 
     /// A quick round-trip to tell whether the database answers.

@@ -50,6 +50,7 @@ pub enum Nav {
     Grants,
     Sessions,
     Review,
+    Dashboard,
 }
 
 /// A whole page for a signed-in approver.
@@ -63,11 +64,12 @@ pub fn page(title: &str, nav: Nav, approver: &str, csrf: &str, body: &str) -> Re
         format!(r#"<a href="{href}"{current}>{label}</a>"#)
     };
     let header = format!(
-        r#"<header><span class="brand">Postern</span><nav>{}{}{}{}</nav><form method="post" action="/logout" class="logout">{}<button type="submit" class="link">Sign out {}</button></form></header>"#,
+        r#"<header><span class="brand">Postern</span><nav>{}{}{}{}{}</nav><form method="post" action="/logout" class="logout">{}<button type="submit" class="link">Sign out {}</button></form></header>"#,
         link(Nav::Requests, "/requests", "Requests"),
         link(Nav::Grants, "/grants", "Grants"),
         link(Nav::Sessions, "/sessions", "Sessions"),
         link(Nav::Review, "/review", "Review"),
+        link(Nav::Dashboard, "/dashboard", "Dashboard"),
         csrf_field(csrf),
         esc(approver),
     );

@@ -78,6 +78,8 @@ pub struct WebState {
     /// The seal keyring and the pinned root that certifies its keys (see `verify::Evidence`).
     pub keyring: Option<PathBuf>,
     pub root: Option<recorder::keyring::RootPublicKey>,
+    /// The thresholds of the dashboard's exceptions (the node's configuration).
+    pub exception_limits: Option<crate::exceptions::ExceptionLimits>,
 }
 
 /// How the web UI finds a client's address: the TCP peer, unless the peer is a trusted
@@ -176,7 +178,14 @@ impl WebState {
             local_seal_key: None,
             keyring: None,
             root: None,
+            exception_limits: None,
         }
+    }
+
+    /// Counts exceptions on the dashboard with the node's thresholds.
+    pub fn with_exception_limits(mut self, limits: crate::exceptions::ExceptionLimits) -> WebState {
+        self.exception_limits = Some(limits);
+        self
     }
 
     /// Trusts this node's own seal public key file too when verifying recordings.
@@ -257,6 +266,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/sessions/{id}/terminate", post(pages::terminate))
         .route("/review", get(pages::review))
         .route("/review/{id}", post(pages::mark_reviewed))
+        .route("/dashboard", get(pages::dashboard))
         .route("/static/style.css", get(pages::style))
         .route("/static/replay.js", get(pages::replay_js))
         .fallback(|| async { html::error(StatusCode::NOT_FOUND, "There is no such page.") })

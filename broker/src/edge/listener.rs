@@ -341,7 +341,7 @@ impl EdgeHub {
         let _ = wire::write(&mut stream, &reply).await;
         wire::finish(&mut stream).await;
         if matches!(reply, Message::Announced { .. }) {
-            self.publish_round(Some(edge)).await;
+            self.publish_round(Some(edge), None).await;
         }
     }
 }

@@ -40,8 +40,8 @@ impl EdgeHub {
         let mut swept = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(POLL).await;
-            let rev = match self.store.revision().await {
-                Ok(rev) => Some(rev),
+            let (rev, changed_ms) = match self.store.revision_stamp().await {
+                Ok((rev, changed_ms)) => (Some(rev), changed_ms),
                 Err(e) => {
                     tracing::debug!(error = %e, "edge policy: change counter unreadable");
                     continue;
@@ -50,14 +50,18 @@ impl EdgeHub {
             if rev == last && swept.elapsed() < SWEEP_EVERY {
                 continue;
             }
+            // A round for a change measures its propagation; a periodic sweep, or the first
+            // round after the node starts (the change may be long past), does not.
+            let changed = (last.is_some() && rev != last).then_some(changed_ms);
             last = rev;
             swept = tokio::time::Instant::now();
-            self.publish_round(None).await;
+            self.publish_round(None, changed).await;
         }
     }
 
-    /// Publishes to `only` that edge, or to every link this node holds.
-    pub(super) async fn publish_round(&self, only: Option<&str>) {
+    /// Publishes to `only` that edge, or to every link this node holds. `changed_ms`: the
+    /// committing time of the change this round carries, if it is for one (Unix ms).
+    pub(super) async fn publish_round(&self, only: Option<&str>, changed_ms: Option<i64>) {
         let links: Vec<(String, Arc<Link>)> = (self.links.lock())
             .unwrap_or_else(|p| p.into_inner())
             .iter()
@@ -76,7 +80,7 @@ impl EdgeHub {
             }
         };
         for (edge, link) in links {
-            if let Err(e) = self.publish_to(&inputs, &edge, &link).await {
+            if let Err(e) = self.publish_to(&inputs, &edge, &link, changed_ms).await {
                 tracing::warn!(%edge, error = %e, "edge policy not delivered");
                 if let PublishError::Refused { version, reason } = &e {
                     self.audit(
@@ -94,6 +98,7 @@ impl EdgeHub {
         inputs: &PolicyInputs,
         edge: &str,
         link: &Link,
+        changed_ms: Option<i64>,
     ) -> Result<(), PublishError> {
         // Made and sent under the link's lock: a bundle made later is sent later.
         let _one_at_a_time = link.publishing.lock().await;
@@ -125,6 +130,14 @@ impl EdgeHub {
                 link.policy_held.store(version, Ordering::Relaxed);
                 let now = approvals::time::now();
                 self.store.edge_policy_acked(edge, version, now).await?;
+                if let Some(changed_ms) = changed_ms.filter(|ms| *ms > 0) {
+                    let at_ms = chrono::Utc::now().timestamp_millis();
+                    let kind = approvals::store::SloKind::EdgePropagation;
+                    let measured = at_ms - changed_ms;
+                    if let Err(e) = self.store.record_sample(kind, at_ms, measured, edge).await {
+                        tracing::warn!(%edge, error = %e, "edge propagation not recorded");
+                    }
+                }
                 self.audit(
                     AuditEvent::EdgePolicy,
                     json!({"edge": edge, "version": version, "issued": issued, "node": self.node,

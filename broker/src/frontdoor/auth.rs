@@ -52,10 +52,19 @@ impl Conn {
             );
         }
         self.ctx.source_limiter.failed(&self.source());
+        self.count_certificate_failure();
         self.shared.outcome(Outcome::AuthFail);
         self.shared.fail(reason);
         tokio::time::sleep(FAILURE_DELAY).await;
         Auth::reject()
+    }
+
+    /// Notes a failure at the first factor: a connection that ends without authenticating and
+    /// without any certificate passing is counted once as a certificate failure, however many
+    /// keys it offered (OpenSSH offers its bare key beside the certificate, and after a wrong
+    /// code too).
+    fn count_certificate_failure(&mut self) {
+        self.shared.first_factor(false);
     }
 
     /// The source is over its limit of failures: counted into the periodic summary instead of
@@ -64,6 +73,7 @@ impl Conn {
         self.ctx
             .throttled
             .count("too many failed attempts from this address", self.peer.ip());
+        (self.ctx.metrics).auth_failed(crate::metrics::AuthFailure::RateLimited);
         self.shared.outcome(Outcome::AuthFail);
         self.shared
             .fail("too many failed attempts from this address: try again later".into());
@@ -108,6 +118,8 @@ impl Conn {
             return Auth::reject();
         }
         self.shared.outcome(Outcome::AuthFail);
+        // OpenSSH offers a plain key only once its certificate was refused (or it has none).
+        self.count_certificate_failure();
         let fp = crate::keys::fingerprint(key);
         let lookups = self.tries.key_lookups;
         self.tries.key_lookups = lookups.saturating_add(1);
@@ -196,6 +208,7 @@ impl Conn {
         {
             return Auth::reject();
         }
+        self.shared.first_factor(true);
         self.state = ConnState::CertificateAccepted(CertPassed {
             user: user.to_owned(),
             target,

@@ -40,6 +40,9 @@ struct Door {
     user: String,
     /// What went wrong so far, for the audit event of a connection that never authenticates.
     failures: Vec<String>,
+    /// A certificate (or a plain key instead of one) was refused; one passed.
+    certificate_failed: bool,
+    certificate_passed: bool,
 }
 
 impl ConnShared {
@@ -56,6 +59,15 @@ impl ConnShared {
 
     pub(super) fn set_user(&self, user: &str) {
         self.door().user = bounded(&super::self_service::redacted(user), LOGGED);
+    }
+
+    /// Notes a certificate (or a plain key) that passed or failed the first factor.
+    pub(super) fn first_factor(&self, passed: bool) {
+        let mut door = self.door();
+        match passed {
+            true => door.certificate_passed = true,
+            false => door.certificate_failed = true,
+        }
     }
 
     pub(super) fn outcome(&self, o: admission::Outcome) {
@@ -223,6 +235,8 @@ async fn connection(
             ticket: Some(ticket),
             user: String::new(),
             failures: Vec::new(),
+            certificate_failed: false,
+            certificate_passed: false,
         }),
         gate: gate.clone(),
     });
@@ -246,11 +260,16 @@ async fn connection(
         shared.outcome(admission::Outcome::GraceExceeded);
     }
     // Settles the source's penalty and frees its place.
-    let (user, reasons) = {
+    let (user, reasons, certificate_failed) = {
         let mut door = shared.door();
         drop(door.ticket.take());
-        (door.user.clone(), std::mem::take(&mut door.failures))
+        let failures = std::mem::take(&mut door.failures);
+        let certificate_failed = door.certificate_failed && !door.certificate_passed;
+        (door.user.clone(), failures, certificate_failed)
     };
+    if !authenticated && certificate_failed {
+        (ctx.metrics).auth_failed(crate::metrics::AuthFailure::Certificate);
+    }
     if !authenticated {
         login_failed(&ctx, peer, user, reasons, expired).await;
     }

@@ -165,6 +165,7 @@ impl Conn {
                 Outcome::Unavailable(e)
             }
             Err(Refusal::Deny(reason)) => {
+                self.ctx.metrics.denied(reason.code());
                 self.ctx.audit(AuditEvent::SessionDenied, json!({"login": target.to_string(), "source": source, "reason": reason.to_string()})).await;
                 Outcome::Denied(reason)
             }

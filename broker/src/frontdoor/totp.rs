@@ -1,5 +1,6 @@
 //! The second factor: the TOTP code at the keyboard-interactive prompt, after the certificate.
 
+use crate::metrics::AuthFailure;
 use approvals::audit::AuditEvent;
 use approvals::lockout::{Attempt, Subject};
 use approvals::time::{fmt_time, now};
@@ -181,6 +182,7 @@ impl Conn {
             }
         };
         warn!(peer = %self.peer, user, reason, "auth.totp");
+        self.ctx.metrics.auth_failed(AuthFailure::Totp);
         self.ctx
             .audit(AuditEvent::AuthTotp, json!({"user": user, "source": self.peer.to_string(), "outcome": "denied", "reason": reason, "locked_until": locked_until}))
             .await;
@@ -190,6 +192,7 @@ impl Conn {
     /// The vendor is locked out after wrong codes: this code was not looked at.
     async fn totp_locked(&mut self, user: &str, reason: String) -> Auth {
         warn!(peer = %self.peer, user, reason, "auth.totp");
+        self.ctx.metrics.auth_failed(AuthFailure::RateLimited);
         self.ctx
             .audit(AuditEvent::AuthTotp, json!({"user": user, "source": self.peer.to_string(), "outcome": "denied", "reason": reason}))
             .await;

@@ -581,7 +581,7 @@ impl SessionChannel {
                 // The supervisor tells the vendor why and disconnects; keep the channel open for
                 // that notice.
                 (self.live)
-                    .request_close(format!("the recording cannot be written ({e}); closing"));
+                    .request_close(crate::session::EndReason::RecordingFailed(e.to_string()));
                 hold_open().await;
             }
         }

@@ -67,6 +67,8 @@ pub struct Ctx {
     pub self_service: Arc<crate::self_service::SelfService>,
     /// Connected site edges: upstream connections to their sites' devices go through them.
     pub edges: Arc<crate::edge::hub::EdgeHub>,
+    /// The node's published figures (counted here whether or not `metrics_listen` serves them).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Ctx {
@@ -108,7 +110,18 @@ pub enum EndReason {
         vendor: String,
         at: i64,
     },
-    /// Window end, revocation, termination, recording failure: the text says it all.
+    /// The access window ended at `at` (Unix seconds).
+    WindowEnded {
+        at: i64,
+    },
+    /// The control plane no longer allows it (a revoked grant or certificate, a disabled
+    /// vendor): the text says which.
+    Revoked(String),
+    /// An operator terminated it.
+    Killed,
+    /// The recording cannot be written (the detail says why).
+    RecordingFailed(String),
+    /// Anything else: the text says it all.
     Said(String),
 }
 
@@ -121,8 +134,29 @@ impl EndReason {
             EndReason::DeviceUnreachable(_) => "device unreachable".into(),
             EndReason::ControlPlaneUnreachable => "control plane unreachable".into(),
             EndReason::ShuttingDown => "broker shutting down".into(),
-            EndReason::ContractEnded { .. } => self.vendor_line().into(),
-            EndReason::Said(s) => s.as_str().into(),
+            EndReason::ContractEnded { .. } | EndReason::WindowEnded { .. } => {
+                self.vendor_line().into()
+            }
+            EndReason::Killed | EndReason::RecordingFailed(_) => self.vendor_line().into(),
+            EndReason::Revoked(s) | EndReason::Said(s) => s.as_str().into(),
+        }
+    }
+
+    /// The outcome's name for metrics: a fixed set of values.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            EndReason::VendorDisconnected => "closed",
+            EndReason::DeviceDisconnected
+            | EndReason::DeviceStoppedAnswering
+            | EndReason::DeviceUnreachable(_) => "device_failed",
+            EndReason::ControlPlaneUnreachable => "control_plane_unreachable",
+            EndReason::ShuttingDown => "shutting_down",
+            EndReason::ContractEnded { .. } => "contract_ended",
+            EndReason::WindowEnded { .. } => "window_ended",
+            EndReason::Revoked(_) => "revoked",
+            EndReason::Killed => "killed",
+            EndReason::RecordingFailed(_) => "recording_failed",
+            EndReason::Said(_) => "other",
         }
     }
 
@@ -147,7 +181,14 @@ impl EndReason {
             EndReason::ContractEnded { vendor, at } => {
                 format!("the contract of {vendor} ended at {}", fmt_time(*at))
             }
-            EndReason::Said(s) => s.clone(),
+            EndReason::WindowEnded { at } => {
+                format!("the access window ended at {}", fmt_time(*at))
+            }
+            EndReason::Killed => "this session was terminated by an operator".into(),
+            EndReason::RecordingFailed(e) => {
+                format!("the recording cannot be written ({e}); closing")
+            }
+            EndReason::Revoked(s) | EndReason::Said(s) => s.clone(),
         }
     }
 }
@@ -178,10 +219,9 @@ impl Limits {
                 vendor: vendor.to_owned(),
                 at,
             },
-            _ => EndReason::Said(format!(
-                "the access window ended at {}",
-                fmt_time(self.window_end)
-            )),
+            _ => EndReason::WindowEnded {
+                at: self.window_end,
+            },
         }
     }
 }
@@ -284,6 +324,11 @@ pub struct LiveSession {
     stop: tokio::sync::watch::Sender<bool>,
     /// Set once by the front door from the vendor's certificate; unset means nothing permitted.
     permits: std::sync::OnceLock<Permits>,
+    /// When the session's start began (its setup is measured to the device logged in).
+    began: std::time::Instant,
+    /// When the revoking change that is closing it was committed (Unix ms; 0: none): its
+    /// propagation is measured to the session closed.
+    revoked_ms: std::sync::atomic::AtomicI64,
 }
 
 impl LiveSession {
@@ -351,6 +396,15 @@ impl LiveSession {
         self.permits.get().copied().unwrap_or(Permits::NONE)
     }
 
+    /// Closes the session for a revoking change committed at `changed_ms` (Unix ms, as the
+    /// revision stamp says; 0 if unknown), so its propagation is measured.
+    pub(crate) fn revoke(&self, reason: EndReason, changed_ms: i64) {
+        let _ = self
+            .revoked_ms
+            .compare_exchange(0, changed_ms, Ordering::SeqCst, Ordering::SeqCst);
+        self.request_close(reason);
+    }
+
     /// Asks the supervisor to close the session; safe to call from anywhere, any number of times.
     pub fn request_close(&self, reason: impl Into<EndReason>) {
         let _ = self.close_tx.send(reason.into());
@@ -401,6 +455,7 @@ impl LiveSession {
         };
         match self.connect_device(ctx, device.clone()).await {
             Ok((h, ended)) => {
+                ctx.metrics.session_setup(self.began.elapsed());
                 self.close_when_device_ends(ended);
                 Ok(Arc::new(h))
             }

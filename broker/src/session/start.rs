@@ -24,10 +24,12 @@ impl LiveSession {
         source: String,
         handle: Handle,
     ) -> Result<Arc<LiveSession>, StartError> {
+        let began = std::time::Instant::now();
         let id = approvals::store::new_evidence_id("s");
         let file = format!("{id}.rec");
         let path = ctx.recordings.join(&file);
-        let recording = Recording::create(&path, &id).map_err(StartError::Recording)?;
+        let recording = Recording::create(&path, &id, ctx.metrics.recorded_bytes())
+            .map_err(StartError::Recording)?;
         let started = now();
         let row = session_row(ctx, &target, allowed, &id, file, &source, started);
         let meta = events::SessionStart {
@@ -70,7 +72,10 @@ impl LiveSession {
             closed: AtomicBool::new(false),
             stop: tokio::sync::watch::Sender::new(false),
             permits: std::sync::OnceLock::new(),
+            began,
+            revoked_ms: Default::default(),
         });
+        ctx.metrics.session_started();
         ctx.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -40,7 +40,7 @@ pub(super) async fn supervise(
         tokio::select! {
             _ = flush.tick() => {
                 if let Err(e) = live.recording.flush() {
-                    break EndReason::Said(format!("the recording cannot be written ({e}); closing"));
+                    break EndReason::RecordingFailed(e.to_string());
                 }
             }
             _ = tokio::time::sleep_until(instant_at(end_at - ctx.warn_before)), if warned_for != Some(end_at) => {
@@ -91,6 +91,14 @@ async fn finish(ctx: &Ctx, live: &LiveSession, why: &EndReason) {
     }
     info!(session = %live.id, reason = %why.reason(), "closing session");
     stop_channels(live, why).await;
+    ctx.metrics.session_ended(why.outcome());
+    let propagation = match live.revoked_ms.load(Ordering::SeqCst) {
+        0 => None,
+        changed_ms => {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            Some((now_ms, now_ms - changed_ms))
+        }
+    };
     if let Some(Ok(up)) = live.upstream.get() {
         let up = up.clone();
         tokio::spawn(async move {
@@ -110,6 +118,13 @@ async fn finish(ctx: &Ctx, live: &LiveSession, why: &EndReason) {
         final_hash: sealed.seal.as_ref().map(|_| sealed.hash.clone()),
     };
     record_end(ctx, live, end).await;
+    if let Some((at_ms, millis)) = propagation {
+        let kind = approvals::store::SloKind::RevocationPropagation;
+        let sampled = ctx.store.record_sample(kind, at_ms, millis, &live.id);
+        if let Err(e) = approvals::store::deadline(sampled).await {
+            warn!(session = %live.id, error = %e, "revocation propagation not recorded");
+        }
+    }
 }
 
 /// Stops the session's channel tasks; when the broker ends the session, the vendor is told why
@@ -270,13 +285,14 @@ pub async fn watch_revocations(ctx: Arc<Ctx>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let checked = tokio::time::timeout(Duration::from_secs(1), ctx.store.revision()).await;
+        let checked =
+            tokio::time::timeout(Duration::from_secs(1), ctx.store.revision_stamp()).await;
         match checked {
-            Ok(Ok(rev)) => {
+            Ok(Ok((rev, changed_ms))) => {
                 last_ok = tokio::time::Instant::now();
                 if last != Some(rev) {
                     last = Some(rev);
-                    recheck(&ctx).await;
+                    recheck(&ctx, changed_ms).await;
                 }
             }
             failed => {
@@ -301,7 +317,8 @@ pub async fn watch_revocations(ctx: Arc<Ctx>) {
 /// How long live sessions outlast an unreachable control plane.
 pub const CONTROL_PLANE_GRACE: Duration = Duration::from_secs(5);
 
-async fn recheck(ctx: &Ctx) {
+/// Re-checks the live sessions after the change committed at `changed_ms` (Unix ms).
+async fn recheck(ctx: &Ctx, changed_ms: i64) {
     let live = ctx.live_sessions();
     if live.is_empty() {
         return;
@@ -314,7 +331,7 @@ async fn recheck(ctx: &Ctx) {
                     json!({"session": s.id, "vendor": s.target.vendor}),
                 )
                 .await;
-                s.request_close("this session was terminated by an operator");
+                s.revoke(EndReason::Killed, changed_ms);
             }
         }
         Err(e) => warn!(error = %e, "could not read kill requests"),
@@ -322,11 +339,11 @@ async fn recheck(ctx: &Ctx) {
     let channels = function_channels(ctx).await;
     let mut still = Vec::with_capacity(live.len());
     for s in live {
-        if recheck_one(ctx, &s, channels.as_ref()).await {
+        if recheck_one(ctx, &s, channels.as_ref(), changed_ms).await {
             still.push(s);
         }
     }
-    close_revoked_certificates(ctx, &still).await;
+    close_revoked_certificates(ctx, &still, changed_ms).await;
 }
 
 /// The channel kinds each function allows now (`None` if they could not be read).
@@ -346,7 +363,7 @@ async fn function_channels(ctx: &Ctx) -> Option<HashMap<String, approvals::Chann
 
 /// Closes the sessions whose certificate was revoked (or retired with its CA), on whichever node
 /// the revocation was made.
-async fn close_revoked_certificates(ctx: &Ctx, live: &[Arc<LiveSession>]) {
+async fn close_revoked_certificates(ctx: &Ctx, live: &[Arc<LiveSession>], changed_ms: i64) {
     let serials: Vec<String> = live
         .iter()
         .filter_map(|s| s.permits().serial.map(|n| n.to_string()))
@@ -365,7 +382,7 @@ async fn close_revoked_certificates(ctx: &Ctx, live: &[Arc<LiveSession>]) {
         if revoked.contains(&serial) {
             let reason = format!("certificate serial {serial} has been revoked");
             ctx.audit(AuditEvent::SessionRevoked, json!({"session": s.id, "vendor": s.target.vendor, "reason": reason, "serial": serial})).await;
-            s.request_close(reason);
+            s.revoke(EndReason::Revoked(reason), changed_ms);
         }
     }
 }
@@ -376,6 +393,7 @@ async fn recheck_one(
     ctx: &Ctx,
     s: &LiveSession,
     channels: Option<&HashMap<String, approvals::ChannelSet>>,
+    changed_ms: i64,
 ) -> bool {
     let req = s.request(None);
     match PolicyGate::new(&ctx.store).check(&req).await {
@@ -400,7 +418,7 @@ async fn recheck_one(
                 json!({"session": s.id, "vendor": s.target.vendor, "reason": reason.to_string()}),
             )
             .await;
-            s.request_close(reason.to_string());
+            s.revoke(EndReason::Revoked(reason.to_string()), changed_ms);
             false
         }
         Err(Refusal::Unavailable(e)) => {

@@ -1,11 +1,13 @@
 //! The pages and form actions of the web UI, one module per part of it; the error pages and the
 //! checks every form shares are here.
 
+mod dashboard;
 mod grants;
 mod requests;
 mod sessions;
 mod signin;
 
+pub use dashboard::dashboard;
 pub use grants::{grants, mark_reviewed, review, revoke};
 pub use requests::{approve, deny, requests};
 pub use sessions::{session_detail, sessions, terminate};

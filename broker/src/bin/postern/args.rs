@@ -133,6 +133,14 @@ pub enum Command {
         #[arg(long)]
         site: Option<String>,
     },
+    /// The operator's report for the accountable owners: unbrokered access paths and their
+    /// trend, median exception age, approval latency against approval_slo, certificate issuance
+    /// and propagation times, sessions per site tier, sites offline, the oldest exceptions.
+    Report {
+        /// The window, ending now (e.g. 30d, 7d, 24h).
+        #[arg(long, default_value = "30d")]
+        since: String,
+    },
     /// The command log across sessions: exec lines exactly, shell commands as the device ran them,
     /// lines typed but not shown (echo off, bursts, no terminal) from the keystrokes.
     Commands {

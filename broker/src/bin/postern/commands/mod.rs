@@ -16,6 +16,7 @@ pub mod keys;
 pub mod lists;
 pub mod output;
 pub mod replay;
+pub mod report;
 pub mod request;
 pub mod scan;
 pub mod serve;
@@ -169,6 +170,7 @@ async fn with_env(env: &Env, command: &Command) -> Result<ExitCode> {
         Command::Notifications => lists::notifications(env).await?,
         Command::Breakglass => lists::breakglass(env).await?,
         Command::Exceptions { site } => lists::exceptions(env, site.as_deref()).await?,
+        Command::Report { since } => report::report(env, since).await?,
         Command::Commands {
             vendor,
             site,
