@@ -37,6 +37,8 @@ mod hardening;
 mod insider;
 mod keyring;
 mod lifecycle;
+mod metrics;
+mod monitoring;
 mod multinode;
 mod password_rotation;
 mod requests;
