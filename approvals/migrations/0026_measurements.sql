@@ -20,3 +20,5 @@ CREATE INDEX slo_samples_kind_at ON slo_samples (kind, at_ms);
 CREATE INDEX requests_decided ON requests (decided_at);
 CREATE INDEX grants_until ON grants (valid_until);
 CREATE INDEX sessions_started ON sessions (started);
+CREATE INDEX requests_escalated ON requests (escalated_at);
+CREATE INDEX sessions_unstored ON sessions (node, evidence_stored);

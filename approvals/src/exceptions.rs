@@ -197,11 +197,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Live grants at `now` longer than `threshold` seconds.
+    /// Grants open at `now` and longer than `threshold` seconds (one scheduled for later is not
+    /// standing yet).
     async fn standing_grants(&self, now: i64, threshold: i64) -> Result<Vec<crate::model::Grant>> {
         Ok(sqlx::query_as(
             "SELECT * FROM grants WHERE revoked_at IS NULL AND valid_until > $1 \
-             AND valid_until - valid_from > $2 ORDER BY valid_from, id",
+             AND valid_from <= $1 AND valid_until - valid_from > $2 ORDER BY valid_from, id",
         )
         .bind(now)
         .bind(threshold)

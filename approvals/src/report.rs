@@ -108,6 +108,16 @@ pub fn median(v: &[i64]) -> f64 {
 impl Store {
     /// The report over `[since, now]`.
     pub async fn report(&self, limits: ExceptionLimits, now: i64, since: i64) -> Result<Report> {
+        Ok(self.report_and_exceptions(limits, now, since).await?.0)
+    }
+
+    /// The report, and every open exception (oldest first) for a reader who shows only some.
+    pub async fn report_and_exceptions(
+        &self,
+        limits: ExceptionLimits,
+        now: i64,
+        since: i64,
+    ) -> Result<(Report, Vec<Exception>)> {
         let exceptions = self.exceptions(limits, now, None).await?;
         let mut ages: Vec<i64> = exceptions.iter().map(|e| now - e.opened).collect();
         ages.sort_unstable();
@@ -124,7 +134,7 @@ impl Store {
             }
         };
         let (from_ms, to_ms) = (since * 1000, (now + 1) * 1000);
-        Ok(Report {
+        let report = Report {
             generated: now,
             since,
             unbrokered: self.unbrokered_trend(now, since).await?,
@@ -145,8 +155,9 @@ impl Store {
             ),
             sessions_by_tier: self.sessions_by_tier(since).await?,
             sites_offline: self.sites_offline(now).await?,
-            oldest_exceptions: exceptions.into_iter().take(OLDEST_SHOWN).collect(),
-        })
+            oldest_exceptions: exceptions.iter().take(OLDEST_SHOWN).cloned().collect(),
+        };
+        Ok((report, exceptions))
     }
 
     async fn unbrokered_trend(&self, now: i64, since: i64) -> Result<Trend> {
@@ -178,25 +189,35 @@ impl Store {
         })
     }
 
+    /// Decisions by approvers in the window (an expired request was decided by nobody).
     async fn approval_figures(&self, slo: i64, now: i64, since: i64) -> Result<Approval> {
-        let rows = self.requests(None).await?;
-        let mut latencies: Vec<i64> = (rows.iter())
-            .filter(|r| r.decided_at.is_some_and(|d| d >= since && d <= now))
-            .filter_map(|r| r.latency())
-            .collect();
+        let decided: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT created, decided_at FROM requests WHERE decided_at >= $1 AND decided_at <= $2 \
+             AND status IN ('approved', 'denied')",
+        )
+        .bind(since)
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        let mut latencies: Vec<i64> = decided.iter().map(|(c, d)| d - c).collect();
         latencies.sort_unstable();
+        let breaches: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM requests WHERE escalated_at >= $1")
+                .bind(since)
+                .fetch_one(self.pool())
+                .await?;
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM requests WHERE status = 'pending'")
+                .fetch_one(self.pool())
+                .await?;
         Ok(Approval {
             slo_seconds: slo,
             decided: latencies.len(),
             p50_seconds: quantile(&latencies, 0.5),
             p95_seconds: quantile(&latencies, 0.95),
             within_slo: latencies.iter().filter(|l| **l <= slo).count(),
-            slo_breaches: (rows.iter())
-                .filter(|r| r.escalated_at.is_some_and(|e| e >= since))
-                .count(),
-            pending: (rows.iter())
-                .filter(|r| r.status == crate::model::RequestStatus::Pending)
-                .count(),
+            slo_breaches: breaches.max(0) as usize,
+            pending: pending.max(0) as usize,
         })
     }
 

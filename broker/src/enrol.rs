@@ -115,7 +115,8 @@ pub async fn measured(node: &Node, began: std::time::Instant, serial: &str) {
     let millis = began.elapsed().as_millis() as i64;
     let at_ms = chrono::Utc::now().timestamp_millis();
     let kind = approvals::store::SloKind::CertificateIssuance;
-    if let Err(e) = node.store.record_sample(kind, at_ms, millis, serial).await {
+    let sampled = node.store.record_sample(kind, at_ms, millis, serial);
+    if let Err(e) = approvals::store::deadline(sampled).await {
         tracing::warn!(serial, error = %e, "certificate issuance time not recorded");
     }
 }

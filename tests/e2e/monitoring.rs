@@ -41,6 +41,7 @@ pub const PUBLISHED: &[&str] = &[
     "postern_audit_append_failures_total",
     "postern_notification_failures_total",
     "postern_metrics_refresh_seconds",
+    "postern_metrics_refresh_failures_total",
 ];
 
 /// The histograms among [`PUBLISHED`].

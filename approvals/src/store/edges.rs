@@ -198,14 +198,15 @@ impl Store {
             sqlx::query_as("SELECT site, edge FROM edge_sites ORDER BY site")
                 .fetch_all(&self.pool)
                 .await?;
+        // Grouped once: thousands of edges each serving dozens of sites.
+        let mut sites_of: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (site, edge) in links {
+            sites_of.entry(edge).or_default().push(site);
+        }
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let name: String = row.try_get("name")?;
-            let sites = links
-                .iter()
-                .filter(|(_, e)| *e == name)
-                .map(|(s, _)| s.clone())
-                .collect();
+            let sites = sites_of.remove(&name).unwrap_or_default();
             out.push(edge_of(&row, sites)?);
         }
         Ok(out)

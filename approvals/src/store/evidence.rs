@@ -62,7 +62,6 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// The recordings of `node`'s sessions not shipped or stored yet, live ones included.
     /// When the oldest session of `node` that ended and is not in the evidence store yet ended.
     pub async fn oldest_unstored_end(&self, node: &str) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar(
@@ -74,6 +73,7 @@ impl Store {
         .await?)
     }
 
+    /// The recordings of `node`'s sessions not shipped or stored yet, live ones included.
     pub async fn unstored_recordings(&self, node: &str) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT recording FROM sessions WHERE node = $1 AND evidence_stored IS NULL",

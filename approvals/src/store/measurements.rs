@@ -68,6 +68,16 @@ impl Store {
         Ok(())
     }
 
+    /// When the newest sample of `kind` was taken (Unix ms).
+    pub async fn newest_sample(&self, kind: SloKind) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT MAX(at_ms) FROM slo_samples WHERE kind = $1")
+                .bind(kind.as_str())
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// Samples of `kind` taken at or after `since_ms`, oldest first, at most
     /// [`SAMPLES_PER_READ`].
     pub async fn samples_since(&self, kind: SloKind, since_ms: i64) -> Result<Vec<SloSample>> {
@@ -96,14 +106,25 @@ impl Store {
 }
 
 impl Store {
-    /// Requests decided at or after `since` (Unix seconds), oldest decision first, at most
-    /// [`SAMPLES_PER_READ`].
+    /// When the newest decision by an approver was made (Unix seconds). Expired requests were
+    /// decided by nobody: they are not decisions.
+    pub async fn newest_decision(&self) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MAX(decided_at) FROM requests WHERE status IN ('approved', 'denied')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Requests an approver decided at or after `since` (Unix seconds), oldest decision first,
+    /// at most [`SAMPLES_PER_READ`].
     pub async fn decided_requests_since(
         &self,
         since: i64,
     ) -> Result<Vec<crate::model::AccessRequestRow>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM requests WHERE decided_at >= $1 ORDER BY decided_at, id LIMIT $2",
+            "SELECT * FROM requests WHERE decided_at >= $1 AND status IN ('approved', 'denied') \
+             ORDER BY decided_at, id LIMIT $2",
         )
         .bind(since)
         .bind(SAMPLES_PER_READ)

@@ -35,7 +35,7 @@ pub use error::{Conflict, Invalid, Missing, StoreError, Thing};
 pub(crate) use error::{conflict_on_unique, insert_error};
 pub use invites::{InviteClaim, invite_hash};
 pub use lifecycle::{CutGrant, FunctionChange, VendorChange};
-pub use measurements::{SloKind, SloSample};
+pub use measurements::{SAMPLES_PER_READ, SloKind, SloSample};
 pub use rotation::{DeviceRotation, RotationOutcome};
 pub use scan::{FoundPath, UnbrokeredPath};
 pub use secrets::PlainSealed;

@@ -80,6 +80,9 @@ pub struct WebState {
     pub root: Option<recorder::keyring::RootPublicKey>,
     /// The thresholds of the dashboard's exceptions (the node's configuration).
     pub exception_limits: Option<crate::exceptions::ExceptionLimits>,
+    /// The dashboard's figures, computed at most once a minute however many approvers look
+    /// (the lock makes concurrent views wait for one computation).
+    pub dashboard: tokio::sync::Mutex<Option<pages::DashboardFigures>>,
 }
 
 /// How the web UI finds a client's address: the TCP peer, unless the peer is a trusted
@@ -179,6 +182,7 @@ impl WebState {
             keyring: None,
             root: None,
             exception_limits: None,
+            dashboard: Default::default(),
         }
     }
 

@@ -85,6 +85,10 @@ pub(super) struct Link {
     pub(super) why: Mutex<String>,
     /// The policy bundle version the edge confirmed holding on this link (0: none yet).
     pub(super) policy_held: std::sync::atomic::AtomicI64,
+    /// When the oldest policy change the edge does not hold yet was committed (Unix ms; 0:
+    /// none): its propagation is measured when the edge confirms a bundle made after it, however
+    /// many tries that takes.
+    pub(super) change_unheld_ms: std::sync::atomic::AtomicI64,
     /// One bundle at a time on a link, in version order.
     pub(super) publishing: tokio::sync::Mutex<()>,
 }

@@ -188,6 +188,7 @@ impl EdgeHub {
             cut: tokio::sync::Notify::new(),
             why: Mutex::new(String::new()),
             policy_held: std::sync::atomic::AtomicI64::new(0),
+            change_unheld_ms: std::sync::atomic::AtomicI64::new(0),
             publishing: tokio::sync::Mutex::new(()),
         });
         let old = self

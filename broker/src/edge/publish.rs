@@ -102,6 +102,11 @@ impl EdgeHub {
     ) -> Result<(), PublishError> {
         // Made and sent under the link's lock: a bundle made later is sent later.
         let _one_at_a_time = link.publishing.lock().await;
+        if let Some(ms) = changed_ms.filter(|ms| *ms > 0) {
+            // The oldest change not held yet is the one measured.
+            let unheld = &link.change_unheld_ms;
+            let _ = unheld.compare_exchange(0, ms, Ordering::Relaxed, Ordering::Relaxed);
+        }
         let Some(box_key) = self.store.edge_box_key(edge).await? else {
             // Not announced yet: its first bundle follows the announcement.
             return Ok(());
@@ -112,6 +117,8 @@ impl EdgeHub {
             .advance_edge_policy(edge, &source.digest(), inputs.now)
             .await?;
         if link.policy_held.load(Ordering::Relaxed) == state.version {
+            // The bundle made after the change is one the edge holds: the change was not its.
+            link.change_unheld_ms.store(0, Ordering::Relaxed);
             return Ok(());
         }
         let issued = state.issued.unwrap_or(inputs.now);
@@ -130,11 +137,12 @@ impl EdgeHub {
                 link.policy_held.store(version, Ordering::Relaxed);
                 let now = approvals::time::now();
                 self.store.edge_policy_acked(edge, version, now).await?;
-                if let Some(changed_ms) = changed_ms.filter(|ms| *ms > 0) {
+                let changed_ms = link.change_unheld_ms.swap(0, Ordering::Relaxed);
+                if changed_ms > 0 {
                     let at_ms = chrono::Utc::now().timestamp_millis();
                     let kind = approvals::store::SloKind::EdgePropagation;
-                    let measured = at_ms - changed_ms;
-                    if let Err(e) = self.store.record_sample(kind, at_ms, measured, edge).await {
+                    let sampled = (self.store).record_sample(kind, at_ms, at_ms - changed_ms, edge);
+                    if let Err(e) = approvals::store::deadline(sampled).await {
                         tracing::warn!(%edge, error = %e, "edge propagation not recorded");
                     }
                 }

@@ -108,6 +108,7 @@ pub struct Metrics {
     issuance: Histogram,
     propagation: Family<PathLabel, Histogram>,
     refresh_took: Seconds,
+    refresh_failures: Counter,
     /// Payload bytes recorded, shared with every recording this node writes.
     recorded: Arc<AtomicU64>,
     watermarks: refresh::Watermarks,
@@ -140,6 +141,7 @@ impl Default for Metrics {
             issuance: Histogram::new(ISSUANCE_BUCKETS),
             propagation: Family::new_with_constructor(|| Histogram::new(PROPAGATION_BUCKETS)),
             refresh_took: Gauge::default(),
+            refresh_failures: Counter::default(),
             recorded: Arc::default(),
             watermarks: Default::default(),
         };
@@ -151,7 +153,13 @@ impl Default for Metrics {
 impl Metrics {
     fn register(&self) -> Registry {
         let mut r = Registry::with_prefix("postern");
-        // Events on this node.
+        self.register_events(&mut r);
+        self.register_figures(&mut r);
+        r
+    }
+
+    /// What this node saw, counted as it happens.
+    fn register_events(&self, r: &mut Registry) {
         r.register(
             "sessions_live",
             "Live sessions on this node, by the site's region",
@@ -197,7 +205,10 @@ impl Metrics {
             "Webhook notification deliveries that failed",
             self.notification_failures.clone(),
         );
-        // From the database.
+    }
+
+    /// What the database says, set by the refresh job.
+    fn register_figures(&self, r: &mut Registry) {
         r.register(
             "exceptions_open",
             "Access standing outside the just-in-time path, by kind (postern exceptions)",
@@ -260,7 +271,11 @@ impl Metrics {
             "How long the last refresh of the database figures took",
             self.refresh_took.clone(),
         );
-        r
+        r.register(
+            "metrics_refresh_failures",
+            "Refreshes of the database figures that failed (the figures are then as of the last one that worked)",
+            self.refresh_failures.clone(),
+        );
     }
 
     /// A session opened.

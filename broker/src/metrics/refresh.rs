@@ -26,11 +26,25 @@ const KINDS: [ExceptionKind; 6] = [
     ExceptionKind::EdgeOffline,
 ];
 
-/// What each histogram fed from the database has observed: the newest time seen and the items
-/// seen at that time (times only move forward, so older items were observed already).
+/// How far behind its newest row each read of a table looks again (seconds for decisions,
+/// milliseconds for measurements): a row stamped before a later one but committed after it, or
+/// by a node whose clock is behind, is still observed, once.
+const LOOKBACK_S: i64 = 30;
+const LOOKBACK_MS: i64 = 30_000;
+
+/// One histogram's progress through its table: the newest time read and the rows read within
+/// the look-back behind it.
+struct Mark {
+    newest: i64,
+    seen: HashMap<String, i64>,
+}
+
+/// What each histogram fed from the database has observed. A node starts at the table's newest
+/// row: what was there before it started is not replayed (Prometheus sees a fresh histogram, as
+/// after any restart, not a burst of old events).
 #[derive(Default)]
 pub(super) struct Watermarks {
-    marks: std::sync::Mutex<HashMap<&'static str, (i64, HashSet<String>)>>,
+    marks: std::sync::Mutex<HashMap<&'static str, Mark>>,
     /// Payload bytes already added to `recording_bytes`, audit failures already counted.
     counted: std::sync::Mutex<(u64, u64)>,
     /// Edges given a buffered-evidence gauge (removed when the edge goes).
@@ -40,27 +54,48 @@ pub(super) struct Watermarks {
 }
 
 impl Watermarks {
-    /// Where reading of `name` resumes (`i64::MIN` before the first read).
-    fn since(&self, name: &'static str) -> i64 {
+    /// Where the next read of `name` starts; `None` before its first read (which starts at the
+    /// table's newest row less the look-back).
+    fn resume(&self, name: &'static str, lookback: i64) -> Option<i64> {
         let marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
-        marks.get(name).map_or(i64::MIN, |m| m.0)
+        marks.get(name).map(|m| m.newest.saturating_sub(lookback))
     }
 
-    /// Observes into `h` each `(time, id, value)` not observed before.
-    fn observe(&self, name: &'static str, items: Vec<(i64, String, f64)>, h: &Histogram) {
+    /// Observes into `h` each `(time, id, value)` of a read not observed before; the first
+    /// read's rows are only noted.
+    fn observe(
+        &self,
+        name: &'static str,
+        items: Vec<(i64, String, f64)>,
+        h: &Histogram,
+        lookback: i64,
+    ) {
         let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
-        let (newest, at_newest) = marks.entry(name).or_insert((i64::MIN, HashSet::new()));
+        let first = !marks.contains_key(name);
+        let m = marks.entry(name).or_insert(Mark {
+            newest: i64::MIN,
+            seen: HashMap::new(),
+        });
+        let full = items.len() as i64 >= approvals::store::SAMPLES_PER_READ;
+        let last = items.last().map(|i| i.0);
+        let mut new = 0;
         for (at, id, value) in items {
-            if at < *newest || (at == *newest && at_newest.contains(&id)) {
+            if m.seen.contains_key(&id) {
                 continue;
             }
-            h.observe(value);
-            if at > *newest {
-                *newest = at;
-                at_newest.clear();
+            if !first {
+                h.observe(value);
             }
-            at_newest.insert(id);
+            new += 1;
+            m.newest = m.newest.max(at);
+            m.seen.insert(id, at);
         }
+        // A full read of rows all seen (more than a read's worth inside the look-back): move on.
+        if let Some(last) = last.filter(|_| full && new == 0) {
+            m.newest = m.newest.max(last.saturating_add(lookback));
+        }
+        let keep = m.newest.saturating_sub(lookback);
+        m.seen.retain(|_, at| *at >= keep);
     }
 }
 
@@ -177,13 +212,16 @@ impl Metrics {
         store: &approvals::Store,
         now: i64,
     ) -> Result<(), approvals::StoreError> {
-        let since = self.watermarks.since("decision");
+        let since = match self.watermarks.resume("decision", LOOKBACK_S) {
+            Some(since) => since,
+            None => (store.newest_decision().await?).map_or(i64::MIN, |n| n - LOOKBACK_S),
+        };
         let decided = store.decided_requests_since(since).await?;
         let items = (decided.into_iter())
             .filter_map(|r| Some((r.decided_at?, r.latency()?.max(0) as f64, r.id)))
             .map(|(at, latency, id)| (at, id, latency))
             .collect();
-        self.watermarks.observe("decision", items, &self.decision);
+        (self.watermarks).observe("decision", items, &self.decision, LOOKBACK_S);
         let breaches = store.escalated_requests().await?.max(0) as u64;
         self.slo_breaches
             .inc_by(breaches.saturating_sub(self.slo_breaches.get()));
@@ -200,7 +238,10 @@ impl Metrics {
     async fn measurements(&self, store: &approvals::Store) -> Result<(), approvals::StoreError> {
         for kind in SloKind::ALL {
             let name = kind.as_str();
-            let since = self.watermarks.since(name);
+            let since = match self.watermarks.resume(name, LOOKBACK_MS) {
+                Some(since) => since,
+                None => (store.newest_sample(kind).await?).map_or(i64::MIN, |n| n - LOOKBACK_MS),
+            };
             let items = (store.samples_since(kind, since).await?)
                 .into_iter()
                 .map(|s| (s.at_ms, s.subject, s.millis as f64 / 1000.0))
@@ -214,7 +255,7 @@ impl Metrics {
                     self.propagation.get_or_create_owned(&PathLabel::of("edge"))
                 }
             };
-            self.watermarks.observe(name, items, &h);
+            self.watermarks.observe(name, items, &h, LOOKBACK_MS);
         }
         Ok(())
     }
@@ -258,8 +299,9 @@ impl Metrics {
 }
 
 /// Refreshes `metrics` for as long as the node runs, serving them on `listener` from the end of
-/// the first refresh: a scrape never sees the database's totals jump from zero after a restart
-/// (which `increase()` would read as that many new events).
+/// the first refresh that worked: a scrape never sees the database's totals jump from zero after
+/// a restart (which `increase()` would read as that many new events). Until then the node does
+/// not answer scrapes, and Prometheus says so (`up` is 0).
 pub async fn keep_fresh(
     metrics: Arc<Metrics>,
     ctx: Arc<Ctx>,
@@ -269,11 +311,16 @@ pub async fn keep_fresh(
 ) {
     let mut listener = Some(listener);
     loop {
-        if let Err(e) = metrics.refresh(&ctx, limits, evidence_store).await {
-            tracing::warn!(error = %e, "metrics not refreshed");
-        }
-        if let Some(l) = listener.take() {
-            tokio::spawn(super::serve(metrics.clone(), l));
+        match metrics.refresh(&ctx, limits, evidence_store).await {
+            Ok(()) => {
+                if let Some(l) = listener.take() {
+                    tokio::spawn(super::serve(metrics.clone(), l));
+                }
+            }
+            Err(e) => {
+                metrics.refresh_failures.inc();
+                tracing::warn!(error = %e, "metrics not refreshed");
+            }
         }
         tokio::time::sleep(REFRESH).await;
     }

@@ -1,23 +1,39 @@
-//! The dashboard: the figures of `postern report` (last 30 days) on one phone-sized page. The
-//! figures are the installation's; the exceptions and offline sites named are the approver's
-//! own sites only.
+//! The dashboard: the figures of `postern report` (last 30 days) on one phone-sized page, computed
+//! at most once a minute. The figures are the installation's (the owners' view of the program);
+//! the exceptions and offline sites named are the approver's own sites only.
 
-use super::super::Signed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::Response;
+
 use super::super::html::{self, Nav, dur, esc, time};
+use super::super::{Signed, WebState};
 use super::{Page, Scope, St, store_error};
-use crate::report::{Durations, Report};
+use crate::exceptions::Exception;
+use crate::report::{Durations, OLDEST_SHOWN, Report};
 
 /// The window the dashboard covers.
 const WINDOW: i64 = 30 * 86_400;
 
+/// How long computed figures are shown before they are computed again.
+const FRESH: Duration = Duration::from_secs(60);
+
+/// The report and every open exception, as computed at `at`.
+pub struct DashboardFigures {
+    at: Instant,
+    report: Arc<Report>,
+    exceptions: Arc<Vec<Exception>>,
+}
+
 pub async fn dashboard(axum::extract::State(state): St, s: Signed) -> Page {
-    let limits = state.exception_limits.unwrap_or_default();
-    let now = crate::time::now();
-    let report = (state.store.report(limits, now, now - WINDOW))
-        .await
-        .map_err(store_error)?;
+    let (report, exceptions) = figures(&state).await?;
     let scope = Scope::load(&state).await?;
-    let body = render(&report, |site| scope.covers(&s, site));
+    let mine: Vec<&Exception> = (exceptions.iter())
+        .filter(|e| scope.covers(&s, &e.site))
+        .take(OLDEST_SHOWN)
+        .collect();
+    let body = render(&report, &mine, |site| scope.covers(&s, site));
     Ok(html::page(
         "Dashboard",
         Nav::Dashboard,
@@ -25,6 +41,28 @@ pub async fn dashboard(axum::extract::State(state): St, s: Signed) -> Page {
         &s.login.csrf,
         &body,
     ))
+}
+
+/// The figures, computed again once they are older than [`FRESH`].
+async fn figures(state: &WebState) -> Result<(Arc<Report>, Arc<Vec<Exception>>), Response> {
+    let mut cached = state.dashboard.lock().await;
+    if let Some(f) = cached.as_ref().filter(|f| f.at.elapsed() < FRESH) {
+        return Ok((f.report.clone(), f.exceptions.clone()));
+    }
+    let limits = state.exception_limits.unwrap_or_default();
+    let now = crate::time::now();
+    let (report, exceptions) = (state.store)
+        .report_and_exceptions(limits, now, now - WINDOW)
+        .await
+        .map_err(store_error)?;
+    let f = DashboardFigures {
+        at: Instant::now(),
+        report: Arc::new(report),
+        exceptions: Arc::new(exceptions),
+    };
+    let out = (f.report.clone(), f.exceptions.clone());
+    *cached = Some(f);
+    Ok(out)
 }
 
 fn figure(label: &str, value: &str, note: &str) -> String {
@@ -48,7 +86,7 @@ fn millis(d: &Durations) -> (String, String) {
     )
 }
 
-fn render(r: &Report, mine: impl Fn(&str) -> bool) -> String {
+fn render(r: &Report, oldest: &[&Exception], mine: impl Fn(&str) -> bool) -> String {
     let mut body = format!(
         r#"<h1>Dashboard</h1><p class="empty">The installation, {} to {}.</p><dl class="figures card">"#,
         time(r.since),
@@ -113,7 +151,7 @@ fn render(r: &Report, mine: impl Fn(&str) -> bool) -> String {
         );
     }
     body += "</ul><h2>Oldest exceptions at your sites</h2><ul class=\"list\">";
-    for e in r.oldest_exceptions.iter().filter(|e| mine(&e.site)) {
+    for e in oldest {
         body += &format!(
             "<li><b>{}</b> {} at {}: {} <small>(open {}; owners {})</small></li>",
             esc(e.kind.as_str()),

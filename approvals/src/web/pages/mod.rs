@@ -7,7 +7,7 @@ mod requests;
 mod sessions;
 mod signin;
 
-pub use dashboard::dashboard;
+pub use dashboard::{DashboardFigures, dashboard};
 pub use grants::{grants, mark_reviewed, review, revoke};
 pub use requests::{approve, deny, requests};
 pub use sessions::{session_detail, sessions, terminate};

@@ -91,7 +91,12 @@ pub fn text(r: &Report) -> String {
         &r.revocation_propagation,
     );
     out += &durations("Propagation: central to edge", &r.edge_propagation);
-    out += "\nSessions by site tier (region)\n";
+    out + &lists(r)
+}
+
+/// The report's lists: sessions per tier, sites offline, the oldest exceptions.
+fn lists(r: &Report) -> String {
+    let mut out = String::from("\nSessions by site tier (region)\n");
     out += &format!(
         "  {:<20} {:>7} {:>9} {:>11}\n",
         "REGION", "SITES", "SESSIONS", "BREAK-GLASS"
