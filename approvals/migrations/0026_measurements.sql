@@ -19,6 +19,8 @@ CREATE INDEX slo_samples_kind_at ON slo_samples (kind, at_ms);
 -- the last read, the live grants (most grants are history), sessions in the report's window.
 CREATE INDEX requests_decided ON requests (decided_at);
 CREATE INDEX grants_until ON grants (valid_until);
+-- Standing grants are found by their length: few grants are long, most are history.
+CREATE INDEX grants_length ON grants ((valid_until - valid_from));
 CREATE INDEX sessions_started ON sessions (started);
 CREATE INDEX requests_escalated ON requests (escalated_at);
 CREATE INDEX sessions_unstored ON sessions (node, evidence_stored);

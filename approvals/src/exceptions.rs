@@ -201,8 +201,10 @@ impl Store {
     /// standing yet).
     async fn standing_grants(&self, now: i64, threshold: i64) -> Result<Vec<crate::model::Grant>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM grants WHERE revoked_at IS NULL AND valid_until > $1 \
-             AND valid_from <= $1 AND valid_until - valid_from > $2 ORDER BY valid_from, id",
+            // `+valid_until`: the length index (few grants are long), not the end's (many
+            // grants may end in the future), for SQLite's planner; no-op arithmetic elsewhere.
+            "SELECT * FROM grants WHERE valid_until - valid_from > $2 AND +valid_until > $1 \
+             AND +valid_from <= $1 AND revoked_at IS NULL ORDER BY valid_from, id",
         )
         .bind(now)
         .bind(threshold)

@@ -385,6 +385,36 @@ fn row(db: &str, what: &str, f: &Figures, base: Option<&Figures>) {
     );
 }
 
+/// What one refresh's reads cost, one by one (ms), on the loaded estate.
+async fn breakdown(store: &approvals::Store) -> String {
+    use approvals::store::SloKind;
+    let limits = ExceptionLimits::default();
+    let mut out = Vec::new();
+    macro_rules! timed {
+        ($name:expr, $e:expr) => {{
+            let t = Instant::now();
+            let _ = $e.await.expect($name);
+            out.push(format!("{} {:.1}", $name, t.elapsed().as_secs_f64() * 1e3));
+        }};
+    }
+    timed!("exceptions", store.exceptions(limits, NOW, None));
+    timed!("unbrokered", store.open_unbrokered_count());
+    timed!("decisions", store.decided_requests_since(NOW - 30));
+    timed!("escalated", store.escalated_requests());
+    timed!(
+        "pending",
+        store.requests(Some(approvals::RequestStatus::Pending))
+    );
+    timed!(
+        "samples",
+        store.samples_since(SloKind::EdgePropagation, NOW * 1000 - 30_000)
+    );
+    timed!("edges", store.edges());
+    timed!("regions", store.site_regions());
+    timed!("evidence lag", store.oldest_unstored_end("n1"));
+    out.join(", ")
+}
+
 async fn run(db: estate::Db, name: &str, s: &Sizes) {
     let empty = measure(&db.store).await;
     let t = Instant::now();
@@ -392,8 +422,10 @@ async fn run(db: estate::Db, name: &str, s: &Sizes) {
     busy_month(&db.url, s).await;
     eprintln!("{name}: estate loaded in {:.1}s", t.elapsed().as_secs_f64());
     let full = measure(&db.store).await;
+    let detail = breakdown(&db.store).await;
     row(name, "empty", &empty, None);
     row(name, "estate", &full, Some(&empty));
+    println!("{:<11} reads of one refresh (ms): {detail}", "");
     db.close().await;
 }
 
