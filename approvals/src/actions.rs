@@ -245,6 +245,16 @@ pub enum ActionRecord {
         /// How the host key was pinned.
         pinned: String,
     },
+    /// A device's web UI endpoint set, its certificate pinned.
+    DeviceWeb {
+        site: String,
+        device: String,
+        url: String,
+        /// SHA-256 of the pinned certificate (hex); empty for plain HTTP.
+        cert: String,
+        /// How the certificate was pinned.
+        pinned: String,
+    },
     DeviceRotate {
         site: String,
         device: String,
@@ -454,6 +464,7 @@ impl ActionRecord {
             ActionRecord::DeviceRotate { .. } => AuditEvent::DeviceRotate,
             ActionRecord::DeviceRotateFailed { .. } => AuditEvent::DeviceRotateFailed,
             ActionRecord::DeviceRotateCommand { .. } => AuditEvent::DeviceRotateCommand,
+            ActionRecord::DeviceWeb { .. } => AuditEvent::DeviceWeb,
             ActionRecord::EdgeAdd { .. } => AuditEvent::EdgeAdd,
             ActionRecord::EdgeJoin { .. } => AuditEvent::EdgeJoin,
             ActionRecord::EdgeJoinRefused { .. } => AuditEvent::EdgeJoinRefused,
@@ -832,6 +843,26 @@ impl Actions {
             login: d.login.clone(),
             credential: d.credential_kind.to_string(),
             host_key: host_key_fingerprint.to_owned(),
+            pinned: pinned.to_owned(),
+        };
+        self.finish(tx, actor, record).await
+    }
+
+    /// Sets a device's web UI endpoint and its pinned certificate (`pinned` says how it was
+    /// obtained, for the record).
+    pub async fn set_device_web(
+        &self,
+        actor: &Actor,
+        w: &crate::store::DeviceWeb,
+        pinned: &str,
+    ) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        self.store.set_device_web_in(&mut tx, w).await?;
+        let record = ActionRecord::DeviceWeb {
+            site: w.site.clone(),
+            device: w.device.clone(),
+            url: w.url.clone(),
+            cert: w.cert_sha256.clone().unwrap_or_default(),
             pinned: pinned.to_owned(),
         };
         self.finish(tx, actor, record).await

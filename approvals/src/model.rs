@@ -227,6 +227,8 @@ pub enum Channel {
     Exec,
     Sftp,
     Forward(u16),
+    /// The device's web UI on this port, through the HTTPS front door.
+    Web(u16),
 }
 
 impl std::fmt::Display for Channel {
@@ -236,6 +238,7 @@ impl std::fmt::Display for Channel {
             Channel::Exec => f.write_str("exec"),
             Channel::Sftp => f.write_str("sftp"),
             Channel::Forward(p) => write!(f, "forward:{p}"),
+            Channel::Web(p) => write!(f, "web:{p}"),
         }
     }
 }
@@ -247,12 +250,14 @@ pub struct ChannelSet {
     pub exec: bool,
     pub sftp: bool,
     pub forwards: Vec<u16>,
+    /// Device web UI ports (`web:443`, `web:80`).
+    pub webs: Vec<u16>,
 }
 
 /// Why a function's `allow` list was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelSetError {
-    #[error("'{0}' is not a channel kind: use shell, exec, sftp or forward:PORT")]
+    #[error("'{0}' is not a channel kind: use shell, exec, sftp, forward:PORT or web:PORT")]
     UnknownKind(String),
     #[error("a function must allow at least one channel kind")]
     Empty,
@@ -267,13 +272,17 @@ impl ChannelSet {
                 "exec" => set.exec = true,
                 "sftp" => set.sftp = true,
                 _ => {
-                    let port = item
-                        .strip_prefix("forward:")
-                        .and_then(|p| p.parse::<u16>().ok())
-                        .filter(|p| *p != 0)
+                    let (kind, port) = item
+                        .split_once(':')
+                        .and_then(|(k, p)| Some((k, p.parse::<u16>().ok().filter(|p| *p != 0)?)))
                         .ok_or_else(|| ChannelSetError::UnknownKind(item.to_owned()))?;
-                    if !set.forwards.contains(&port) {
-                        set.forwards.push(port);
+                    let ports = match kind {
+                        "forward" => &mut set.forwards,
+                        "web" => &mut set.webs,
+                        _ => return Err(ChannelSetError::UnknownKind(item.to_owned())),
+                    };
+                    if !ports.contains(&port) {
+                        ports.push(port);
                     }
                 }
             }
@@ -290,6 +299,7 @@ impl ChannelSet {
             Channel::Exec => self.exec,
             Channel::Sftp => self.sftp,
             Channel::Forward(p) => self.forwards.contains(&p),
+            Channel::Web(p) => self.webs.contains(&p),
         }
     }
 }
@@ -307,6 +317,7 @@ impl std::fmt::Display for ChannelSet {
             }
         }
         parts.extend(self.forwards.iter().map(|p| format!("forward:{p}")));
+        parts.extend(self.webs.iter().map(|p| format!("web:{p}")));
         f.write_str(&parts.join(","))
     }
 }
@@ -499,8 +510,12 @@ mod tests {
         assert_eq!(e, ChannelSetError::UnknownKind("telnet".into()));
         assert_eq!(
             e.to_string(),
-            "'telnet' is not a channel kind: use shell, exec, sftp or forward:PORT"
+            "'telnet' is not a channel kind: use shell, exec, sftp, forward:PORT or web:PORT"
         );
+        let web = ChannelSet::parse("web:443,web:80,shell").unwrap();
+        assert_eq!(web.to_string(), "shell,web:443,web:80");
+        assert!(web.allows(Channel::Web(443)) && !web.allows(Channel::Forward(443)));
+        assert!(ChannelSet::parse("web:").is_err() && ChannelSet::parse("ftp:21").is_err());
         assert_eq!(
             ChannelSet::parse("forward:0"),
             Err(ChannelSetError::UnknownKind("forward:0".into()))

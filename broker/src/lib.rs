@@ -24,6 +24,7 @@ pub mod admission;
 pub mod checkpointer;
 pub mod config;
 pub mod device_admin;
+pub mod device_web;
 pub mod edge;
 pub mod enrol;
 pub mod evidence_store;

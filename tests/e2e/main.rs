@@ -22,6 +22,7 @@ mod commands;
 mod crash;
 mod demo;
 mod denials;
+mod device_web;
 mod disk_full;
 mod edge_policy;
 mod edge_site;

@@ -10,6 +10,7 @@ use crate::model::CredentialKind;
 
 mod certificates;
 mod deadlines;
+mod device_web;
 mod directory;
 mod edge_policy;
 mod edges;
@@ -29,6 +30,7 @@ mod sessions;
 mod vendors;
 
 pub(crate) use deadlines::request_in;
+pub use device_web::DeviceWeb;
 pub use edge_policy::{PolicyInputs, PolicyState};
 pub use edges::{EDGE_SEEN_EVERY, Edge, NewEdge, TokenState};
 pub use error::{Conflict, Invalid, Missing, StoreError, Thing};

@@ -583,6 +583,14 @@ pub enum DeviceAction {
         /// rotated; `{login}` and `{password}` are filled in (see `device rotate-command`).
         #[arg(long, requires = "password_file")]
         rotate_command: Option<String>,
+        /// The device's web UI, for functions that allow web:PORT: https://HOST:PORT (or
+        /// http://HOST:PORT for a device without TLS).
+        #[arg(long)]
+        web: Option<String>,
+        /// The web UI's certificate (PEM) to pin (default: fetched now and pinned; check its
+        /// fingerprint).
+        #[arg(long, requires = "web")]
+        web_cert: Option<PathBuf>,
     },
     List,
     /// Set the command that rotates a password credential, run on the device over the broker's

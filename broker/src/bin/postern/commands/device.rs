@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use approvals::time::now;
 use approvals::{CredentialKind, NewDevice};
+use broker::device_web::{self, WebEndpoint};
 use broker::keys;
 
 use super::{Env, operator};
@@ -28,12 +29,22 @@ pub async fn run(env: &Env, action: &DeviceAction) -> Result<()> {
             password_file,
             host_key,
             rotate_command,
+            web,
+            web_cert,
         } => {
             if let Some(c) = rotate_command {
                 approvals::actions::template::check(c).context("--rotate-command")?;
             }
             let credential = Credential::read(key.as_deref(), password_file.as_deref())?;
+            // Pinned before anything is added: an unreachable or malformed UI adds nothing.
+            let web = match web {
+                Some(url) => Some(web_pin(url, web_cert.as_deref()).await?),
+                None => None,
+            };
             add(env, target, addr, login, credential, host_key.as_deref()).await?;
+            if let Some(web) = web {
+                set_web(env, target, web).await?;
+            }
             match rotate_command {
                 Some(c) => set_rotate_command(env, &[target_of(target)?], Some(c)).await,
                 None => Ok(()),
@@ -236,11 +247,68 @@ async fn add(
     Ok(())
 }
 
+/// A device web UI, its certificate's pin and how it was obtained.
+struct WebPin {
+    endpoint: WebEndpoint,
+    pin: Option<String>,
+    how: &'static str,
+}
+
+async fn web_pin(url: &str, cert: Option<&Path>) -> Result<WebPin> {
+    let endpoint = WebEndpoint::parse(url)?;
+    let (pin, how) = match (endpoint.https, cert) {
+        (false, Some(_)) => bail!("--web-cert is for an https:// web UI"),
+        (false, None) => (None, "plain HTTP: no certificate"),
+        (true, Some(f)) => (Some(device_web::pem_fingerprint(f)?), "from file"),
+        (true, None) => (
+            Some(device_web::fetch_fingerprint(&endpoint).await?),
+            "fetched on first use",
+        ),
+    };
+    Ok(WebPin { endpoint, pin, how })
+}
+
+/// Records the device's web UI and its pinned certificate (one audited action).
+async fn set_web(env: &Env, target: &str, web: WebPin) -> Result<()> {
+    let (site, device) = target_of(target)?;
+    let row = approvals::store::DeviceWeb {
+        site,
+        device,
+        url: web.endpoint.to_string(),
+        cert_sha256: web.pin.clone(),
+        created: now(),
+    };
+    env.actions()
+        .set_device_web(&operator(), &row, web.how)
+        .await?;
+    match &web.pin {
+        Some(pin) => println!(
+            "web UI {}: certificate {} pinned ({})",
+            web.endpoint,
+            device_web::shown(pin),
+            web.how
+        ),
+        None => println!("web UI {} ({})", web.endpoint, web.how),
+    }
+    Ok(())
+}
+
 /// `postern device list`: with each credential's age and the last rotation's result.
 async fn list(env: &Env) -> Result<()> {
     let devices = env.store.devices().await?;
-    let rows =
+    let mut rows =
         super::device_rotate::list_rows(&devices, env.store.device_rotations().await?, now());
+    let mut webs: std::collections::HashMap<(String, String), approvals::store::DeviceWeb> =
+        (env.store.device_webs().await?)
+            .into_iter()
+            .map(|w| ((w.site.clone(), w.device.clone()), w))
+            .collect();
+    for r in &mut rows {
+        if let Some(w) = webs.remove(&(r.device.site.clone(), r.device.name.clone())) {
+            r.web = Some(w.url);
+            r.web_cert_sha256 = w.cert_sha256;
+        }
+    }
     env.print_list(
         &rows,
         &[
@@ -250,6 +318,7 @@ async fn list(env: &Env) -> Result<()> {
             "CREDENTIAL",
             "AGE",
             "LAST ROTATION",
+            "WEB UI",
         ],
         |r| {
             vec![
@@ -259,6 +328,7 @@ async fn list(env: &Env) -> Result<()> {
                 r.device.credential_kind.to_string(),
                 super::device_rotate::age(r.credential_age),
                 r.last_rotation.clone().unwrap_or_else(|| "-".into()),
+                r.web.clone().unwrap_or_else(|| "-".into()),
             ]
         },
     )

@@ -195,6 +195,9 @@ pub struct ListRow<'a> {
     pub last_rotation: Option<String>,
     pub last_rotation_at: Option<i64>,
     pub last_rotation_error: Option<String>,
+    /// The device's web UI and its pinned certificate's SHA-256, if it has one.
+    pub web: Option<String>,
+    pub web_cert_sha256: Option<String>,
 }
 
 pub fn list_rows(
@@ -223,6 +226,8 @@ pub fn list_rows(
                 }),
                 last_rotation_at: r.as_ref().map(|r| r.last_at),
                 last_rotation_error: r.and_then(|r| r.last_error),
+                web: None,
+                web_cert_sha256: None,
             }
         })
         .collect()
