@@ -30,6 +30,15 @@ pub enum ExceptionKind {
 }
 
 impl ExceptionKind {
+    pub const ALL: [ExceptionKind; 6] = [
+        ExceptionKind::BreakglassUnreviewed,
+        ExceptionKind::StandingGrant,
+        ExceptionKind::RequestOverdue,
+        ExceptionKind::StaleCredential,
+        ExceptionKind::UnbrokeredPath,
+        ExceptionKind::EdgeOffline,
+    ];
+
     /// The name in listings and metric labels (as serialised).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -236,14 +245,7 @@ mod tests {
 
     #[test]
     fn kind_names_are_the_serialised_ones() {
-        for k in [
-            ExceptionKind::BreakglassUnreviewed,
-            ExceptionKind::StandingGrant,
-            ExceptionKind::RequestOverdue,
-            ExceptionKind::StaleCredential,
-            ExceptionKind::UnbrokeredPath,
-            ExceptionKind::EdgeOffline,
-        ] {
+        for k in ExceptionKind::ALL {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
     }

@@ -35,17 +35,7 @@ async fn busy_month(url: &str, s: &Sizes) {
         &pool,
         sqlite,
         "grants",
-        &[
-            "id",
-            "vendor",
-            "site",
-            "function",
-            "valid_from",
-            "valid_until",
-            "granted_by",
-            "reason",
-            "created",
-        ],
+        &estate::GRANT_COLUMNS,
         (0..standing).map(|i| {
             vec![
                 format!("sg{i}"),

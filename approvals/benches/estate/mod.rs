@@ -47,6 +47,18 @@ pub fn sizes() -> Sizes {
 }
 
 pub const NOW: i64 = 1_900_000_000;
+/// The columns of a bulk-inserted grant row.
+pub const GRANT_COLUMNS: [&str; 9] = [
+    "id",
+    "vendor",
+    "site",
+    "function",
+    "valid_from",
+    "valid_until",
+    "granted_by",
+    "reason",
+    "created",
+];
 pub const FUNCTIONS: [&str; 5] = ["maint", "firmware", "camera", "pos", "network"];
 
 /// Inserts rows in multi-row statements. SQLite gets `?` placeholders: it looks up `$N` ones by
@@ -197,17 +209,7 @@ pub async fn populate(store: &Store, url: &str, s: &Sizes) -> Vec<(usize, usize,
         &pool,
         sqlite,
         "grants",
-        &[
-            "id",
-            "vendor",
-            "site",
-            "function",
-            "valid_from",
-            "valid_until",
-            "granted_by",
-            "reason",
-            "created",
-        ],
+        &GRANT_COLUMNS,
         picks.iter().enumerate().map(|(i, &(v, site, f))| {
             // Most grants are in the past, some current, some future: a realistic mix.
             let start = NOW - 86_400 * 30 + (i as i64 % 40) * 86_400;

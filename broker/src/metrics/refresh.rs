@@ -17,15 +17,6 @@ use crate::session::Ctx;
 /// How often database figures are recomputed.
 pub const REFRESH: Duration = Duration::from_secs(15);
 
-const KINDS: [ExceptionKind; 6] = [
-    ExceptionKind::BreakglassUnreviewed,
-    ExceptionKind::StandingGrant,
-    ExceptionKind::RequestOverdue,
-    ExceptionKind::StaleCredential,
-    ExceptionKind::UnbrokeredPath,
-    ExceptionKind::EdgeOffline,
-];
-
 /// How far behind its newest row each read of a table looks again (seconds for decisions,
 /// milliseconds for measurements): a row stamped before a later one but committed after it, or
 /// by a node whose clock is behind, is still observed, once.
@@ -140,7 +131,7 @@ impl Metrics {
         self.count_local(local.audit_failures);
         self.live_by_region(store, &local.live_sites).await?;
         let exceptions = store.exceptions(limits, now, None).await?;
-        for k in KINDS {
+        for k in ExceptionKind::ALL {
             let of_kind = exceptions.iter().filter(|e| e.kind == k);
             let label = KindLabel::of(k.as_str());
             self.exceptions_open
