@@ -10,3 +10,23 @@ CREATE TABLE device_web (
     PRIMARY KEY (site, device),
     FOREIGN KEY (site, device) REFERENCES devices (site, name) ON DELETE CASCADE
 );
+
+-- One-time sign-in links printed by `ssh VENDOR:web@broker`: the SHA-256 of the link's token, whose
+-- vendor, valid for a minute, used once.
+CREATE TABLE web_entries (
+    token_hash TEXT PRIMARY KEY,
+    vendor TEXT NOT NULL REFERENCES vendors (name),
+    created BIGINT NOT NULL,
+    expires BIGINT NOT NULL,
+    used BIGINT
+);
+
+-- Browser sessions a link opened: the SHA-256 of the session cookie, whose vendor, until when
+-- (the end of the vendor's web grants when it opened; every request is checked again anyway).
+CREATE TABLE web_sessions (
+    id_hash TEXT PRIMARY KEY,
+    vendor TEXT NOT NULL REFERENCES vendors (name),
+    created BIGINT NOT NULL,
+    expires BIGINT NOT NULL,
+    ended BIGINT
+);

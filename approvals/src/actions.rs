@@ -75,6 +75,8 @@ mod rotation;
 pub use rotation::{Rotated, template};
 mod scan;
 pub use scan::DeviceScan;
+mod web;
+pub use web::WEB_ENTRY_TTL;
 
 /// Who acts: `name` is stored as the decider (`decided_by`, `granted_by`, `revoked_by`) and shown
 /// to vendors and in notifications; `tag` is the audit log's `actor` (`operator:USER`, `web:NAME`).
@@ -204,6 +206,21 @@ pub enum ActionRecord {
         renewed_from: Option<String>,
     },
     /// `invite` is the first 12 hex digits of the code's hash, never the code.
+    /// A one-time sign-in link to device web UIs, printed to the vendor over ssh.
+    WebEntry {
+        vendor: String,
+        /// A prefix of the link token's hash (the token is a secret until used).
+        entry: String,
+        expires: String,
+    },
+    /// A sign-in link used: a browser session opened.
+    WebEnter {
+        vendor: String,
+        entry: String,
+        /// A prefix of the session cookie's hash.
+        session: String,
+        until: String,
+    },
     VendorInvite {
         vendor: String,
         invite: String,
@@ -454,6 +471,8 @@ impl ActionRecord {
             ActionRecord::VendorAdd { .. } => AuditEvent::VendorAdd,
             ActionRecord::VendorCert { .. } => AuditEvent::VendorCert,
             ActionRecord::VendorInvite { .. } => AuditEvent::VendorInvite,
+            ActionRecord::WebEntry { .. } => AuditEvent::WebEntry,
+            ActionRecord::WebEnter { .. } => AuditEvent::WebEnter,
             ActionRecord::VendorEnrol { .. } => AuditEvent::VendorEnrol,
             ActionRecord::ApproverAdd { .. } => AuditEvent::ApproverAdd,
             ActionRecord::ApproverReset { .. } => AuditEvent::ApproverReset,

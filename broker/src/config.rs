@@ -98,6 +98,24 @@ pub struct Config {
     /// only break-glass of `--offline-ok` functions opens there.
     #[serde(default = "default_edge_offline_grace")]
     pub edge_offline_grace: String,
+    /// The HTTPS front door for device web UIs (`HOST:PORT`, `off` for none); needs
+    /// `web_devices_domain`.
+    #[serde(default = "default_web_devices_listen")]
+    pub web_devices_listen: String,
+    /// The domain under which each device UI gets an origin of its own, `DEVICE--SITE.DOMAIN`
+    /// (a wildcard DNS name pointing at the front door); the domain itself is the sign-in page.
+    #[serde(default)]
+    pub web_devices_domain: Option<String>,
+    /// The front door's certificate chain and key (PEM) for the domain and its wildcard; unset,
+    /// Postern's own web CA (`DATA/keys/web_ca.crt`, for labs and tests) issues one at start.
+    #[serde(default)]
+    pub web_devices_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub web_devices_key: Option<PathBuf>,
+    /// The front door as vendors' browsers reach it (e.g. `https://devices.example.com`), for
+    /// the sign-in links; unset, `https://DOMAIN:PORT` of `web_devices_listen`.
+    #[serde(default)]
+    pub web_devices_url: Option<String>,
     /// Where Prometheus scrapes `GET /metrics`; `off` for none.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: String,
@@ -248,6 +266,9 @@ fn default_ssh_listen() -> String {
 fn default_web_listen() -> String {
     "127.0.0.1:8080".into()
 }
+fn default_web_devices_listen() -> String {
+    "off".into()
+}
 fn default_metrics_listen() -> String {
     "127.0.0.1:9187".into()
 }
@@ -356,6 +377,11 @@ impl Default for Config {
             cert_validity: default_cert_validity(),
             invite_ttl: default_invite_ttl(),
             ssh_public_address: None,
+            web_devices_listen: default_web_devices_listen(),
+            web_devices_domain: None,
+            web_devices_cert: None,
+            web_devices_key: None,
+            web_devices_url: None,
             master_key_file: None,
             scan_paths: Vec::new(),
             scan_ports: Vec::new(),

@@ -51,6 +51,7 @@ pub mod transfer;
 pub mod upstream;
 pub mod vendor_ca;
 pub mod web;
+pub mod webdoor;
 pub mod webhook;
 
 pub use node::Node;

@@ -25,6 +25,8 @@ pub enum Service {
     Renew,
     /// `VENDOR:config`: an `~/.ssh/config` block for the vendor's current grants.
     Config,
+    /// `VENDOR:web`: a one-time sign-in link to the device web UIs the vendor's grants reach.
+    Web,
 }
 
 impl Service {
@@ -33,13 +35,19 @@ impl Service {
             Service::Requests => "requests",
             Service::Renew => "renew",
             Service::Config => "config",
+            Service::Web => "web",
         }
     }
 
     fn of(word: &str) -> Option<Service> {
-        [Service::Requests, Service::Renew, Service::Config]
-            .into_iter()
-            .find(|s| s.word() == word)
+        [
+            Service::Requests,
+            Service::Renew,
+            Service::Config,
+            Service::Web,
+        ]
+        .into_iter()
+        .find(|s| s.word() == word)
     }
 }
 
@@ -198,6 +206,7 @@ mod tests {
         }
         assert_eq!(parse("alice:renew").unwrap().service, Some(Service::Renew));
         assert_eq!(parse("alice:config").unwrap().to_string(), "alice:config");
+        assert_eq!(parse("alice:web").unwrap().service, Some(Service::Web));
         assert!(parse(":renew").is_err());
         assert_eq!(enrolment_code("enroll:ab-cd"), Some("ab-cd"));
         assert_eq!(enrolment_code("alice:renew"), None);

@@ -74,6 +74,8 @@ pub struct SelfService {
     node: Node,
     cert_validity: i64,
     public_address: Option<String>,
+    /// The device web front door as browsers reach it, if this broker has one.
+    web_url: Option<String>,
 }
 
 impl SelfService {
@@ -91,6 +93,7 @@ impl SelfService {
             },
             cert_validity,
             public_address: node.cfg.ssh_public_address.clone(),
+            web_url: crate::webdoor::public_url(&node.cfg),
         })
     }
 
@@ -169,6 +172,22 @@ impl SelfService {
             .await?;
         crate::enrol::measured(&self.node, began, &signed.record.serial).await;
         Ok(signed.text)
+    }
+
+    /// A one-time sign-in link to the device web front door for `vendor` (who must hold a grant
+    /// with web access now), and when it expires.
+    pub async fn web_link(&self, vendor: &str) -> Result<(String, i64), ActionError> {
+        let Some(base) = &self.web_url else {
+            return Err(ActionError::Conflict(
+                "device web UIs are not enabled on this broker (web_devices_listen, web_devices_domain)".into(),
+            ));
+        };
+        let token = crate::webdoor::new_token();
+        let hash = crate::webdoor::token_hash(&token);
+        let expires = (self.node.actions())
+            .open_web_entry(vendor, &hash, now())
+            .await?;
+        Ok((format!("{base}/enter/{token}"), expires))
     }
 
     /// An `~/.ssh/config` block for the vendor's current and coming grants: one `Host` per

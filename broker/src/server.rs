@@ -52,6 +52,8 @@ pub enum ServeError {
     #[error(transparent)]
     EdgeCa(#[from] crate::edge::ca::CaError),
     #[error(transparent)]
+    WebDoor(#[from] crate::webdoor::WebDoorError),
+    #[error(transparent)]
     EdgeTls(#[from] crate::edge::tls::TlsError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -78,6 +80,8 @@ pub struct Listening {
     pub edge: Option<SocketAddr>,
     /// Where Prometheus scrapes, if it may.
     pub metrics: Option<SocketAddr>,
+    /// The device web front door, if there is one.
+    pub web_devices: Option<SocketAddr>,
 }
 
 /// The edge listener and its TLS configuration (a server certificate from the edge CA, made at
@@ -119,6 +123,8 @@ pub struct Server {
     exception_limits: approvals::exceptions::ExceptionLimits,
     ssh_config: Arc<russh::server::Config>,
     web: Option<crate::web::Serving>,
+    /// The device web front door (`web_devices_listen`).
+    webdoor: Option<crate::web::Serving>,
     web_state: Arc<approvals::web::WebState>,
     web_admission: Arc<Admission>,
     summary_interval: Duration,
@@ -176,11 +182,19 @@ impl Server {
                 }
             })?),
         };
+        let (web_devices, webdoor) = match node.cfg.web_devices_listen.as_str() {
+            "off" => (None, None),
+            addr => {
+                let (at, serving) = crate::webdoor::bind(&node, addr).await?;
+                (Some(at), Some(serving))
+            }
+        };
         let listening = Listening {
             ssh: ssh.local_addr()?,
             web: web_url,
             edge: edge.as_ref().map(|(l, _)| l.local_addr()).transpose()?,
             metrics: metrics.as_ref().map(|l| l.local_addr()).transpose()?,
+            web_devices,
         };
         Ok(Server {
             node,
@@ -192,6 +206,7 @@ impl Server {
             exception_limits: limits.exceptions(),
             ssh_config: crate::frontdoor::server_config(host_key),
             web,
+            webdoor,
             web_state,
             web_admission: web_limits.admission,
             summary_interval: limits.audit_summary_interval,
@@ -304,6 +319,10 @@ impl Server {
             Some(serving) => serving,
             None => Box::pin(std::future::pending()),
         };
+        let webdoor: crate::web::Serving = match self.webdoor.take() {
+            Some(serving) => serving,
+            None => Box::pin(std::future::pending()),
+        };
         let ssh = self.ssh.take().ok_or(ServeError::Running)?;
         let frontdoor = crate::frontdoor::serve(self.ctx.clone(), self.ssh_config.clone(), ssh);
         let edges: std::pin::Pin<
@@ -325,6 +344,7 @@ impl Server {
         Ok(tokio::select! {
             r = frontdoor => failed("SSH", &r),
             r = web => failed("web", &r),
+            r = webdoor => failed("device web", &r),
             r = edges => failed("edge", &r),
             _ = tokio::signal::ctrl_c() => signal("interrupted"),
             _ = sigterm.recv() => signal("terminated"),

@@ -200,3 +200,126 @@ fn device_web_uis_are_enrolled_with_their_certificates_pinned() {
     let o = device_add(&w, "site-a/sensor", &["--web", "http://127.0.0.1:8080"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("(plain HTTP: no certificate)"));
 }
+
+/// A browser-like client that trusts Postern's device web CA and finds every name under
+/// `devices.test` on loopback.
+fn browser(w: &World, port: u16, hosts: &[&str]) -> reqwest::blocking::Client {
+    let ca = std::fs::read(w.data.join("keys/web_ca.crt")).unwrap();
+    let mut b = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .redirect(reqwest::redirect::Policy::none());
+    for h in hosts {
+        b = b.resolve(h, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    b.build().unwrap()
+}
+
+#[test]
+fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
+    let port = free_port();
+    let w = World::with_config(
+        9,
+        "5m",
+        &format!(
+            "web_devices_listen = \"127.0.0.1:{port}\"\nweb_devices_domain = \"devices.test\"\n"
+        ),
+    );
+    let cam = WebDevice::start(&w, "cam-01");
+    let cert = cam.cert.display().to_string();
+    let url = format!("https://127.0.0.1:{}", cam.port);
+    let o = device_add(&w, "site-a/cam", &["--web", &url, "--web-cert", &cert]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    w.ok(&[
+        "function",
+        "add",
+        "webui",
+        "--allow",
+        &format!("web:{}", cam.port),
+    ]);
+    let vic = w.vendor("vic", &[]);
+    w.grant("vic", "site-a", "webui");
+
+    // The link, printed over ssh after the certificate and the TOTP code.
+    let o = w.ssh(&vic, "vic:web", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let link = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let prefix = format!("https://devices.test:{port}/enter/");
+    assert!(link.starts_with(&prefix), "{link}");
+    w.wait_audit("web.entry", |e| {
+        e["event"] == "web.entry" && e["vendor"] == "vic"
+    });
+
+    let b = browser(&w, port, &["devices.test", "cam--site-a.devices.test"]);
+    let home = format!("https://devices.test:{port}/");
+    assert_eq!(
+        b.get(&home).send().unwrap().status(),
+        401,
+        "not signed in yet"
+    );
+    let r = b.get(&link).send().unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for flag in [
+        "postern_web=",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+    ] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    assert!(!cookie.contains("Domain"), "host-only: {cookie}");
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+    w.wait_audit("web.enter", |e| {
+        e["event"] == "web.enter" && e["vendor"] == "vic"
+    });
+    let session = cookie.split(';').next().unwrap().to_owned();
+
+    // The vendor's device UIs, each at an origin of its own.
+    let page = b.get(&home).header("cookie", &session).send().unwrap();
+    assert_eq!(page.status(), 200);
+    let body = page.text().unwrap();
+    assert!(
+        body.contains("site-a/cam") && body.contains("https://cam--site-a.devices.test/"),
+        "{body}"
+    );
+
+    // The device origins are the next part: they say so rather than serve anything.
+    let origin = format!("https://cam--site-a.devices.test:{port}/");
+    let r = b.get(&origin).header("cookie", &session).send().unwrap();
+    assert_eq!(r.status(), 501);
+
+    // A link works once; another vendor's cookie jar is empty; a made-up cookie is nobody's.
+    let again = b.get(&link).send().unwrap();
+    assert_eq!(again.status(), 403);
+    assert!(
+        again
+            .text()
+            .unwrap()
+            .contains("used already or has expired")
+    );
+    let forged = b
+        .get(&home)
+        .header("cookie", "postern_web=00")
+        .send()
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+
+    // A vendor without web access gets no link.
+    let bob = w.vendor("bob", &[]);
+    w.grant("bob", "site-a", "maint");
+    let o = w.ssh(&bob, "bob:web", &[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("holds no grant with web access now"));
+
+    // A link past its minute is refused.
+    let o = w.ssh(&vic, "vic:web", &[]);
+    let late = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let sql = "UPDATE web_entries SET expires = 0 WHERE used IS NULL";
+    let o = run(Command::new("sqlite3")
+        .args(["-cmd", ".timeout 5000"])
+        .arg(w.data.join("postern.db"))
+        .arg(sql));
+    assert!(o.status.success());
+    assert_eq!(b.get(&late).send().unwrap().status(), 403);
+}

@@ -16,6 +16,12 @@ pub struct DeviceWeb {
     pub created: i64,
 }
 
+/// The port of a stored web UI address (`https://HOST:PORT`).
+pub(crate) fn port_of(url: &str) -> Option<u16> {
+    url.rsplit_once(':')
+        .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
+}
+
 impl Store {
     /// Sets (or replaces) a device's web UI endpoint inside `tx`; `NotFound` for no such device.
     pub async fn set_device_web_in(&self, tx: &mut Tx, w: &DeviceWeb) -> Result<()> {

@@ -10,7 +10,7 @@ use crate::model::CredentialKind;
 
 mod certificates;
 mod deadlines;
-mod device_web;
+pub(crate) mod device_web;
 mod directory;
 mod edge_policy;
 mod edges;
@@ -28,6 +28,7 @@ mod scan;
 mod secrets;
 mod sessions;
 mod vendors;
+mod web_access;
 
 pub(crate) use deadlines::request_in;
 pub use device_web::DeviceWeb;
@@ -41,6 +42,7 @@ pub use measurements::{SAMPLES_PER_READ, SloKind, SloSample};
 pub use rotation::{DeviceRotation, RotationOutcome};
 pub use scan::{FoundPath, UnbrokeredPath};
 pub use secrets::PlainSealed;
+pub use web_access::WebTarget;
 
 /// How long the broker waits for one database operation on a vendor's path (authentication, the
 /// policy decision, a session's start and end, the revocation check) before it counts the control

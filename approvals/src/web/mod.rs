@@ -9,7 +9,7 @@
 //!
 //! This module builds the [`axum::Router`]; the `postern` binary serves it (HTTPS when configured).
 
-mod html;
+pub mod html;
 mod pages;
 
 use crate::audit::AuditEvent;

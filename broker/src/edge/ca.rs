@@ -18,20 +18,79 @@ use super::{CENTRAL_NAME, EDGE_URI_PREFIX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    #[error("edge CA {path}: {error}")]
+    #[error("CA {path}: {error}")]
     File { path: String, error: std::io::Error },
-    #[error("edge CA: {0}")]
+    #[error("CA: {0}")]
     Cert(#[from] rcgen::Error),
-    #[error("edge CA: {0}")]
+    #[error("CA: {0}")]
     Pem(String),
 }
 
 /// The edge CA, loaded, with the key that signs edges' policy bundles (`edge_policy.key`, an
 /// Ed25519 seed in hex, 0600, made on first use; several central nodes share both files).
 pub struct EdgeCa {
+    ca: LocalCa,
+    signer: BundleSigner,
+}
+
+/// A CA of Postern's own: a self-signed ECDSA P-256 CA in a key file (0600) and a certificate
+/// file, made on first use (the edge CA; the device web front door's CA for labs and tests).
+pub struct LocalCa {
     issuer: Issuer<'static, KeyPair>,
     pem: String,
-    signer: BundleSigner,
+}
+
+impl LocalCa {
+    /// Loads the CA from `key_path` and `crt_path`, making it (named `name`) if there is none.
+    pub fn load_or_create(
+        key_path: &Path,
+        crt_path: &Path,
+        name: &str,
+    ) -> Result<LocalCa, CaError> {
+        if !key_path.exists() {
+            let key = KeyPair::generate()?;
+            let issuer = CertifiedIssuer::self_signed(ca_params(name), key)?;
+            // The certificate first, the key last: a key file means a whole CA.
+            std::fs::write(crt_path, issuer.pem()).map_err(file_error(crt_path))?;
+            crate::config::write_private(key_path, issuer.key().serialize_pem().as_bytes())
+                .map_err(|e| CaError::Pem(e.to_string()))?;
+        }
+        let key_pem = std::fs::read_to_string(key_path).map_err(file_error(key_path))?;
+        let crt_pem = std::fs::read_to_string(crt_path).map_err(file_error(crt_path))?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&crt_pem, key)?;
+        Ok(LocalCa {
+            issuer,
+            pem: crt_pem,
+        })
+    }
+
+    /// The CA certificate, PEM (as stored).
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// A server certificate for `names` (DNS names, `*.` wildcards allowed), valid a year from
+    /// now, with its key: made at each start.
+    pub fn server_certificate(&self, names: &[String]) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            names.first().map_or("postern", |n| n.as_str()),
+        );
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = approvals::time::now();
+        params.not_before = time_at(now - 300);
+        params.not_after = time_at(now + 365 * 86_400);
+        params.serial_number = Some(serial().0);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
 }
 
 fn file_error(path: &Path) -> impl Fn(std::io::Error) -> CaError + '_ {
@@ -66,10 +125,10 @@ fn serial() -> (SerialNumber, String) {
     (SerialNumber::from_slice(&bytes), serial_hex(&bytes))
 }
 
-fn ca_params() -> CertificateParams {
+fn ca_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "Postern edge CA");
+    dn.push(DnType::CommonName, name);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -87,21 +146,8 @@ impl EdgeCa {
     /// Loads the CA from `keys`, making it first if there is none.
     pub fn load_or_create(keys: &Path) -> Result<EdgeCa, CaError> {
         let (key_path, crt_path) = Self::paths(keys);
-        if !key_path.exists() {
-            let key = KeyPair::generate()?;
-            let issuer = CertifiedIssuer::self_signed(ca_params(), key)?;
-            // The certificate first, the key last: a key file means a whole CA.
-            std::fs::write(&crt_path, issuer.pem()).map_err(file_error(&crt_path))?;
-            crate::config::write_private(&key_path, issuer.key().serialize_pem().as_bytes())
-                .map_err(|e| CaError::Pem(e.to_string()))?;
-        }
-        let key_pem = std::fs::read_to_string(&key_path).map_err(file_error(&key_path))?;
-        let crt_pem = std::fs::read_to_string(&crt_path).map_err(file_error(&crt_path))?;
-        let key = KeyPair::from_pem(&key_pem)?;
-        let issuer = Issuer::from_ca_cert_pem(&crt_pem, key)?;
         Ok(EdgeCa {
-            issuer,
-            pem: crt_pem,
+            ca: LocalCa::load_or_create(&key_path, &crt_path, "Postern edge CA")?,
             signer: load_signer(&keys.join("edge_policy.key"))?,
         })
     }
@@ -113,12 +159,12 @@ impl EdgeCa {
 
     /// The CA certificate, PEM (as stored).
     pub fn pem(&self) -> &str {
-        &self.pem
+        self.ca.pem()
     }
 
     /// The CA certificate, DER (as stored).
     pub fn der(&self) -> Result<Vec<u8>, CaError> {
-        pem_der(&self.pem)
+        pem_der(self.ca.pem())
     }
 
     /// What a join token pins: the SHA-256 of the CA certificate's DER, hex.
@@ -152,7 +198,7 @@ impl EdgeCa {
         params.serial_number = Some(sn);
         params.use_authority_key_identifier_extension = true;
         csr.params = params;
-        let cert = csr.signed_by(&self.issuer)?;
+        let cert = csr.signed_by(&self.ca.issuer)?;
         Ok(EdgeCertificate {
             serial,
             not_after: now + ttl,
@@ -162,20 +208,7 @@ impl EdgeCa {
 
     /// A server certificate for the edge listener (made at each start, a year long), with its key.
     pub fn server_certificate(&self) -> Result<(String, String), CaError> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![CENTRAL_NAME.to_owned()])?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, CENTRAL_NAME);
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let now = approvals::time::now();
-        params.not_before = time_at(now - 300);
-        params.not_after = time_at(now + 365 * 86_400);
-        params.serial_number = Some(serial().0);
-        params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
+        self.ca.server_certificate(&[CENTRAL_NAME.to_owned()])
     }
 }
 

@@ -45,6 +45,9 @@ pub(super) enum Job {
         vendor: String,
         reached: SocketAddr,
     },
+    WebLink {
+        vendor: String,
+    },
 }
 
 impl Conn {
@@ -108,6 +111,13 @@ impl Conn {
                 vendor: target.vendor.clone(),
                 reached: self.local,
             }),
+            ConnState::Ready(Ready {
+                target,
+                outcome: Outcome::WebLink,
+                ..
+            }) => Some(Job::WebLink {
+                vendor: target.vendor.clone(),
+            }),
             _ => None,
         }
     }
@@ -133,6 +143,7 @@ impl Job {
                 key,
                 permits,
             } => renew(&ctx, &vendor, &key, permits).await,
+            Job::WebLink { vendor } => web_link(&ctx, &vendor).await,
             Job::Config { vendor, reached } => {
                 let identity = command.as_deref().map(str::trim).filter(|c| !c.is_empty());
                 config(&ctx, &vendor, reached, identity).await
@@ -279,6 +290,34 @@ async fn renew(ctx: &Ctx, vendor: &str, key: &PublicKey, permits: Permits) -> Re
             Reply::refused(&format!("renewal refused: {e}"))
         }
         Err(e) => outage(ctx, "renew", &e, None).await,
+    }
+}
+
+async fn web_link(ctx: &Ctx, vendor: &str) -> Reply {
+    use approvals::ActionError;
+    match ctx.self_service.web_link(vendor).await {
+        Ok((link, expires)) => Reply {
+            stdout: format!("{link}\n"),
+            stderr: format!(
+                "postern: open this link in your browser before {} (once): it signs you in to the device web UIs your grants reach\r\n",
+                approvals::time::fmt_time(expires)
+            ),
+            status: 0,
+        },
+        Err(
+            e @ (ActionError::NotFound(_) | ActionError::Conflict(_) | ActionError::Invalid(_)),
+        ) => {
+            ctx.audit(
+                AuditEvent::SessionDenied,
+                json!({"login": format!("{vendor}:web"), "reason": bounded(&e.to_string(), LOGGED)}),
+            )
+            .await;
+            Reply::refused(&e.to_string())
+        }
+        Err(e) => {
+            warn!(error = %e, "web sign-in link not made");
+            Reply::refused(&format!("{e}; try again shortly"))
+        }
     }
 }
 

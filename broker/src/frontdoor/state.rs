@@ -71,6 +71,8 @@ pub(super) enum Outcome {
     Renew(PublicKey),
     /// `VENDOR:config`: the `~/.ssh/config` block for the vendor's grants.
     ConfigBlock,
+    /// `VENDOR:web`: a one-time sign-in link to the device web front door.
+    WebLink,
 }
 
 impl Ready {
@@ -112,7 +114,8 @@ impl ConnState {
             | Outcome::Live(_)
             | Outcome::Listing
             | Outcome::Renew(_)
-            | Outcome::ConfigBlock => {
+            | Outcome::ConfigBlock
+            | Outcome::WebLink => {
                 could_not_start()
             }
         }
@@ -136,6 +139,7 @@ impl Conn {
         let outcome = match passed.target.service {
             Some(Service::Renew) => Outcome::Renew(passed.key),
             Some(Service::Config) => Outcome::ConfigBlock,
+            Some(Service::Web) => Outcome::WebLink,
             _ => self.decide(&passed.target, passed.permits, handle).await,
         };
         self.state = ConnState::Ready(Ready {

@@ -44,6 +44,9 @@ fn announce(at: &Listening) {
     if at.web != "off" {
         println!("postern: web UI for approvers on {}", at.web);
     }
+    if let Some(at) = at.web_devices {
+        println!("postern: device web UIs on {at}");
+    }
     if let Some(edge) = at.edge {
         println!("postern: listening for site edges on {edge}");
     }

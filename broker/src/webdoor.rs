@@ -1,0 +1,307 @@
+//! The HTTPS front door for device web UIs (`web_devices_listen`). The vendor signs in from ssh:
+//! `ssh VENDOR:web@BROKER` (certificate and TOTP, as always) prints a one-time link to
+//! `https://DOMAIN/enter/TOKEN`, valid a minute, which opens a browser session bound to that
+//! vendor: a Secure, HttpOnly, SameSite=Strict cookie for the domain's own host only. The sign-in
+//! page then lists the device UIs the vendor's grants reach now, each at an origin of its own,
+//! `https://DEVICE--SITE.DOMAIN/`, so that one device's UI can never read another's cookies.
+//!
+//! This is the first part: the device origins themselves (the recorded, pinned proxy to the
+//! device) come next and answer 501 until then.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use approvals::actions::ActionError;
+use approvals::store::WebTarget;
+use approvals::web::html::{esc, time};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use crate::node::Node;
+use crate::web::Serving;
+
+/// The session cookie's name.
+const COOKIE: &str = "postern_web";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebDoorError {
+    #[error("web_devices_listen is set but web_devices_domain is not")]
+    NoDomain,
+    #[error("web_devices_listen {addr}: {error}")]
+    Listen { addr: String, error: std::io::Error },
+    #[error("the device web front door's certificate: {0}")]
+    Certificate(String),
+}
+
+/// What every request of the front door shares.
+pub struct WebDoor {
+    store: approvals::Store,
+    actions: approvals::Actions,
+    domain: String,
+}
+
+/// The front door as vendors' browsers reach it: `web_devices_url`, or `https://DOMAIN:PORT`.
+pub fn public_url(cfg: &crate::config::Config) -> Option<String> {
+    let domain = cfg.web_devices_domain.as_deref()?;
+    if cfg.web_devices_listen == "off" {
+        return None;
+    }
+    if let Some(url) = &cfg.web_devices_url {
+        return Some(url.trim_end_matches('/').to_owned());
+    }
+    let port = cfg.web_devices_listen.rsplit_once(':')?.1;
+    Some(format!("https://{domain}:{port}"))
+}
+
+/// The SHA-256 (hex) of a token or cookie: only hashes are stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A fresh secret for a link or a cookie (256 random bits, hex).
+pub fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// Binds the front door on `addr` with its certificate (the configured one, or one from
+/// Postern's own web CA for the domain and its wildcard).
+pub async fn bind(node: &Node, addr: &str) -> Result<(SocketAddr, Serving), WebDoorError> {
+    let domain = node
+        .cfg
+        .web_devices_domain
+        .clone()
+        .ok_or(WebDoorError::NoDomain)?
+        .to_ascii_lowercase();
+    let (cert, key) = certificate(node, &domain)?;
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem(cert, key)
+        .await
+        .map_err(|e| WebDoorError::Certificate(e.to_string()))?;
+    let listener = std::net::TcpListener::bind(addr).map_err(|error| WebDoorError::Listen {
+        addr: addr.to_owned(),
+        error,
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|error| WebDoorError::Listen {
+            addr: addr.to_owned(),
+            error,
+        })?;
+    let state = Arc::new(WebDoor {
+        store: node.store.clone(),
+        actions: node.actions(),
+        domain,
+    });
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(home))
+        .route("/enter/{token}", axum::routing::get(enter))
+        .fallback(axum::routing::any(elsewhere))
+        .with_state(state);
+    let server =
+        axum_server::from_tcp_rustls(listener, config).map_err(|error| WebDoorError::Listen {
+            addr: addr.to_owned(),
+            error,
+        })?;
+    Ok((local, Box::pin(server.serve(app.into_make_service()))))
+}
+
+/// The configured certificate and key, or a fresh one from Postern's web CA.
+fn certificate(node: &Node, domain: &str) -> Result<(Vec<u8>, Vec<u8>), WebDoorError> {
+    let failed = |e: String| WebDoorError::Certificate(e);
+    if let (Some(cert), Some(key)) = (&node.cfg.web_devices_cert, &node.cfg.web_devices_key) {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| failed(format!("{}: {e}", p.display())))
+        };
+        return Ok((read(cert)?, read(key)?));
+    }
+    let keys = node.data.keys();
+    let ca = crate::edge::ca::LocalCa::load_or_create(
+        &keys.join("web_ca.key"),
+        &keys.join("web_ca.crt"),
+        "Postern device web CA",
+    )
+    .map_err(|e| failed(e.to_string()))?;
+    let (cert, key) = ca
+        .server_certificate(&[domain.to_owned(), format!("*.{domain}")])
+        .map_err(|e| failed(e.to_string()))?;
+    Ok((cert.into_bytes(), key.into_bytes()))
+}
+
+/// The request's host, lower-case, without its port: the Host header (HTTP/1.1) or the
+/// request's authority (HTTP/2).
+fn host(headers: &HeaderMap, uri: &Uri) -> String {
+    let raw = (headers.get(header::HOST))
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let bare = match raw.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => raw,
+    };
+    bare.to_ascii_lowercase()
+}
+
+/// A page of the front door: no caching, no framing, no referrer (a link's token must not leak).
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = approvals::web::html::document(title, &format!("<main>{body}</main>"));
+    let mut r = (status, Html(html)).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+fn refused(status: StatusCode, line: &str) -> Response {
+    let body = format!(
+        r#"<h1>Postern</h1><p class="error">{}</p><p>Sign in from your terminal: <code>ssh YOU:web@BROKER</code> prints a link.</p>"#,
+        esc(line)
+    );
+    page(status, "Device web access", &body)
+}
+
+/// `GET /enter/TOKEN` on the domain: uses the link once and sets the session cookie.
+async fn enter(
+    State(door): State<Arc<WebDoor>>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(token): Path<String>,
+) -> Response {
+    if host(&headers, &uri) != door.domain {
+        return refused(
+            StatusCode::NOT_FOUND,
+            "sign-in links open on the sign-in page's own address",
+        );
+    }
+    let session = new_token();
+    let now = approvals::time::now();
+    let entered = (door.actions)
+        .enter_web(&token_hash(&token), &token_hash(&session), now)
+        .await;
+    match entered {
+        Ok((_, until)) => {
+            let cookie = format!(
+                "{COOKIE}={session}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+                (until - now).max(0)
+            );
+            let mut r = page(StatusCode::SEE_OTHER, "Signed in", "<p>Signed in.</p>");
+            let h = r.headers_mut();
+            h.insert(header::LOCATION, HeaderValue::from_static("/"));
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                h.insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(e) => action_refused(e),
+    }
+}
+
+fn action_refused(e: ActionError) -> Response {
+    match e {
+        ActionError::Unavailable(_) | ActionError::AuditUnwritable(_) => {
+            tracing::warn!(error = %e, "device web sign-in refused");
+            refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("{e}. Try again shortly."),
+            )
+        }
+        other => refused(StatusCode::FORBIDDEN, &other.to_string()),
+    }
+}
+
+/// The vendor of the request's session cookie, if it is open.
+async fn signed_in(door: &WebDoor, headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let cookie = (headers.get_all(header::COOKIE).iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(&format!("{COOKIE}="))
+                .map(str::to_owned)
+        });
+    let Some(cookie) = cookie else {
+        return Ok(None);
+    };
+    let now = approvals::time::now();
+    (door.store.web_session(&token_hash(&cookie), now))
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "device web session lookup failed");
+            refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE)
+        })
+}
+
+/// `GET /` on the domain: the device UIs the vendor's grants reach now.
+async fn home(State(door): State<Arc<WebDoor>>, headers: HeaderMap, uri: Uri) -> Response {
+    if host(&headers, &uri) != door.domain {
+        return elsewhere(State(door), headers, uri).await;
+    }
+    let vendor = match signed_in(&door, &headers).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return refused(StatusCode::UNAUTHORIZED, "You are not signed in."),
+        Err(r) => return r,
+    };
+    let now = approvals::time::now();
+    let targets = match door.store.web_targets(&vendor, now).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "device web targets unavailable");
+            return refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE);
+        }
+    };
+    page(
+        StatusCode::OK,
+        "Device web UIs",
+        &listing(&door, &vendor, &targets),
+    )
+}
+
+/// The origin of a device's UI: `DEVICE--SITE.DOMAIN`, when both names make a DNS label.
+pub fn device_origin(domain: &str, site: &str, device: &str) -> Option<String> {
+    let label = format!("{device}--{site}").to_ascii_lowercase();
+    let ok = label.len() <= 63
+        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !label.starts_with('-')
+        && !label.ends_with('-');
+    ok.then(|| format!("{label}.{domain}"))
+}
+
+fn listing(door: &WebDoor, vendor: &str, targets: &[WebTarget]) -> String {
+    let mut body = format!(
+        "<h1>Device web UIs</h1><p>Signed in as <b>{}</b>.</p>",
+        esc(vendor)
+    );
+    if targets.is_empty() {
+        body += r#"<p class="empty">None of your grants reaches a device web UI now.</p>"#;
+    }
+    body += r#"<ul class="list">"#;
+    for t in targets {
+        let name = format!("{}/{}", t.site, t.device);
+        let link = device_origin(&door.domain, &t.site, &t.device).map_or_else(
+            || format!("{} (its name cannot be a web address)", esc(&name)),
+            |origin| format!(r#"<a href="https://{origin}/">{}</a>"#, esc(&name)),
+        );
+        body += &format!(
+            "<li>{link} <small>function {}, until {}</small></li>",
+            esc(&t.function),
+            time(t.until)
+        );
+    }
+    body + "</ul>"
+}
+
+/// Any other host or path.
+async fn elsewhere(State(door): State<Arc<WebDoor>>, headers: HeaderMap, uri: Uri) -> Response {
+    let host = host(&headers, &uri);
+    match host.strip_suffix(&format!(".{}", door.domain)) {
+        Some(label) if label.contains("--") => refused(
+            StatusCode::NOT_IMPLEMENTED,
+            "device web UIs are not proxied by this version of Postern yet",
+        ),
+        _ => refused(StatusCode::NOT_FOUND, "there is nothing here"),
+    }
+}
