@@ -76,7 +76,7 @@ pub use rotation::{Rotated, template};
 mod scan;
 pub use scan::DeviceScan;
 mod web;
-pub use web::WEB_ENTRY_TTL;
+pub use web::{Browser, WEB_ENTRY_TTL, WEB_SESSION_MAX};
 
 /// Who acts: `name` is stored as the decider (`decided_by`, `granted_by`, `revoked_by`) and shown
 /// to vendors and in notifications; `tag` is the audit log's `actor` (`operator:USER`, `web:NAME`).
@@ -220,6 +220,9 @@ pub enum ActionRecord {
         /// A prefix of the session cookie's hash.
         session: String,
         until: String,
+        /// The browser's address and User-Agent.
+        source: String,
+        agent: String,
     },
     VendorInvite {
         vendor: String,

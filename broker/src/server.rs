@@ -185,7 +185,9 @@ impl Server {
         let (web_devices, webdoor) = match node.cfg.web_devices_listen.as_str() {
             "off" => (None, None),
             addr => {
-                let (at, serving) = crate::webdoor::bind(&node, addr).await?;
+                // Limits of its own: a flood here does not take the approvers' places.
+                let limits = self::web_limits(&node, &limits);
+                let (at, serving) = crate::webdoor::bind(&node, addr, limits).await?;
                 (Some(at), Some(serving))
             }
         };

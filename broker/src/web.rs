@@ -78,9 +78,7 @@ pub async fn bind(
                     key: key.display().to_string(),
                     error,
                 })?;
-            let server = axum_server::from_tcp_rustls(listener, config)?
-                .map(|tls| tls.handshake_timeout(limits.header).acceptor(guard));
-            Box::pin(timed(server, limits.header).serve(app))
+            tls_serving(listener, config, &limits, app)?
         }
         None => {
             let server = axum_server::from_tcp(listener)?.acceptor(guard);
@@ -88,6 +86,23 @@ pub async fn bind(
         }
     };
     Ok((local, serving))
+}
+
+/// Serves `app` over TLS on `listener` within `limits` (connections admitted per source and in
+/// all, idle, handshake, first-request and header timeouts): every HTTPS listener of Postern.
+pub fn tls_serving(
+    listener: std::net::TcpListener,
+    config: axum_server::tls_rustls::RustlsConfig,
+    limits: &Limits,
+    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
+) -> std::io::Result<Serving> {
+    let guard = Guard {
+        admission: limits.admission.clone(),
+        idle: limits.idle,
+    };
+    let server = axum_server::from_tcp_rustls(listener, config)?
+        .map(|tls| tls.handshake_timeout(limits.header).acceptor(guard));
+    Ok(Box::pin(timed(server, limits.header).serve(app)))
 }
 
 /// The time limits every web server here has: the first request and each request's headers

@@ -12,9 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use approvals::actions::ActionError;
+use approvals::actions::Browser;
 use approvals::store::WebTarget;
 use approvals::web::html::{esc, time};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -22,8 +23,17 @@ use sha2::{Digest, Sha256};
 use crate::node::Node;
 use crate::web::Serving;
 
-/// The session cookie's name.
-const COOKIE: &str = "postern_web";
+/// The session cookie's name: `__Host-` makes browsers refuse it unless it is Secure, host-only
+/// and for `/`, so a sibling host (a device UI) cannot plant one for the sign-in page.
+const COOKIE: &str = "__Host-postern_web";
+
+/// Requests of the front door that may wait on the database at once: the rest are told the
+/// broker is busy, so that a flood here cannot starve the SSH front door of the shared pool.
+const DB_AT_ONCE: usize = 8;
+
+/// What a spent, expired or made-up link is told.
+const USED_OR_EXPIRED: &str =
+    "this sign-in link was used already or has expired: run ssh VENDOR:web@BROKER for a new one";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebDoorError {
@@ -40,6 +50,7 @@ pub struct WebDoor {
     store: approvals::Store,
     actions: approvals::Actions,
     domain: String,
+    db: tokio::sync::Semaphore,
 }
 
 /// The front door as vendors' browsers reach it: `web_devices_url`, or `https://DOMAIN:PORT`.
@@ -67,7 +78,11 @@ pub fn new_token() -> String {
 
 /// Binds the front door on `addr` with its certificate (the configured one, or one from
 /// Postern's own web CA for the domain and its wildcard).
-pub async fn bind(node: &Node, addr: &str) -> Result<(SocketAddr, Serving), WebDoorError> {
+pub async fn bind(
+    node: &Node,
+    addr: &str,
+    limits: crate::web::Limits,
+) -> Result<(SocketAddr, Serving), WebDoorError> {
     let domain = node
         .cfg
         .web_devices_domain
@@ -92,18 +107,21 @@ pub async fn bind(node: &Node, addr: &str) -> Result<(SocketAddr, Serving), WebD
         store: node.store.clone(),
         actions: node.actions(),
         domain,
+        db: tokio::sync::Semaphore::new(DB_AT_ONCE),
     });
     let app = axum::Router::new()
         .route("/", axum::routing::get(home))
         .route("/enter/{token}", axum::routing::get(enter))
         .fallback(axum::routing::any(elsewhere))
         .with_state(state);
-    let server =
-        axum_server::from_tcp_rustls(listener, config).map_err(|error| WebDoorError::Listen {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let serving = crate::web::tls_serving(listener, config, &limits, app).map_err(|error| {
+        WebDoorError::Listen {
             addr: addr.to_owned(),
             error,
-        })?;
-    Ok((local, Box::pin(server.serve(app.into_make_service()))))
+        }
+    })?;
+    Ok((local, serving))
 }
 
 /// The configured certificate and key, or a fresh one from Postern's web CA.
@@ -120,6 +138,7 @@ fn certificate(node: &Node, domain: &str) -> Result<(Vec<u8>, Vec<u8>), WebDoorE
         &keys.join("web_ca.key"),
         &keys.join("web_ca.crt"),
         "Postern device web CA",
+        Some(domain),
     )
     .map_err(|e| failed(e.to_string()))?;
     let (cert, key) = ca
@@ -153,7 +172,41 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+    );
     r
+}
+
+/// A token or cookie as Postern makes them (64 lower-case hex digits): anything else is refused
+/// before the database is asked.
+fn well_formed(token: &str) -> bool {
+    token.len() == 64
+        && token
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A turn at the database, if one is free.
+fn db_turn(door: &WebDoor) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    door.db.try_acquire().ok()
+}
+
+/// What a request is told when every turn at the database is taken.
+fn busy() -> Response {
+    refused(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the broker is busy; try again in a moment",
+    )
 }
 
 fn refused(status: StatusCode, line: &str) -> Response {
@@ -167,6 +220,7 @@ fn refused(status: StatusCode, line: &str) -> Response {
 /// `GET /enter/TOKEN` on the domain: uses the link once and sets the session cookie.
 async fn enter(
     State(door): State<Arc<WebDoor>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: Uri,
     Path(token): Path<String>,
@@ -177,10 +231,23 @@ async fn enter(
             "sign-in links open on the sign-in page's own address",
         );
     }
+    if !well_formed(&token) {
+        return refused(StatusCode::FORBIDDEN, USED_OR_EXPIRED);
+    }
+    let Some(_turn) = db_turn(&door) else {
+        return busy();
+    };
     let session = new_token();
     let now = approvals::time::now();
+    let browser = Browser {
+        source: peer.to_string(),
+        agent: (headers.get(header::USER_AGENT))
+            .and_then(|v| v.to_str().ok())
+            .map(|a| approvals::audit::bounded(a, 200))
+            .unwrap_or_default(),
+    };
     let entered = (door.actions)
-        .enter_web(&token_hash(&token), &token_hash(&session), now)
+        .enter_web(&token_hash(&token), &token_hash(&session), now, &browser)
         .await;
     match entered {
         Ok((_, until)) => {
@@ -202,11 +269,12 @@ async fn enter(
 
 fn action_refused(e: ActionError) -> Response {
     match e {
+        // The detail is for the log, not for whoever holds the link.
         ActionError::Unavailable(_) | ActionError::AuditUnwritable(_) => {
             tracing::warn!(error = %e, "device web sign-in refused");
             refused(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &format!("{e}. Try again shortly."),
+                "the broker cannot sign you in right now (an outage, not a refusal); try again shortly",
             )
         }
         other => refused(StatusCode::FORBIDDEN, &other.to_string()),
@@ -215,19 +283,22 @@ fn action_refused(e: ActionError) -> Response {
 
 /// The vendor of the request's session cookie, if it is open.
 async fn signed_in(door: &WebDoor, headers: &HeaderMap) -> Result<Option<String>, Response> {
-    let cookie = (headers.get_all(header::COOKIE).iter())
+    let name = format!("{COOKIE}=");
+    let cookies: Vec<&str> = (headers.get_all(header::COOKIE).iter())
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            c.trim()
-                .strip_prefix(&format!("{COOKIE}="))
-                .map(str::to_owned)
-        });
-    let Some(cookie) = cookie else {
+        .filter_map(|c| c.trim().strip_prefix(name.as_str()))
+        .collect();
+    // One session cookie, as Postern set it; two mean one was planted: neither counts.
+    let [cookie] = cookies[..] else {
         return Ok(None);
     };
+    if !well_formed(cookie) {
+        return Ok(None);
+    }
+    let _turn = db_turn(door).ok_or_else(busy)?;
     let now = approvals::time::now();
-    (door.store.web_session(&token_hash(&cookie), now))
+    (door.store.web_session(&token_hash(cookie), now))
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "device web session lookup failed");
@@ -263,7 +334,11 @@ async fn home(State(door): State<Arc<WebDoor>>, headers: HeaderMap, uri: Uri) ->
 /// The origin of a device's UI: `DEVICE--SITE.DOMAIN`, when both names make a DNS label.
 pub fn device_origin(domain: &str, site: &str, device: &str) -> Option<String> {
     let label = format!("{device}--{site}").to_ascii_lowercase();
-    let ok = label.len() <= 63
+    // `--` inside a name would make two devices one origin; `xn--` is punycode to browsers.
+    let ok = !site.contains("--")
+        && !device.contains("--")
+        && !label.starts_with("xn--")
+        && label.len() <= 63
         && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         && !label.starts_with('-')
         && !label.ends_with('-');

@@ -249,6 +249,15 @@ fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
         e["event"] == "web.entry" && e["vendor"] == "vic"
     });
 
+    // Postern's own web CA vouches for the device domain only.
+    let o = run(Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(w.data.join("keys/web_ca.crt")));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("Permitted:") && text.contains("DNS:devices.test"),
+        "{text}"
+    );
     let b = browser(&w, port, &["devices.test", "cam--site-a.devices.test"]);
     let home = format!("https://devices.test:{port}/");
     assert_eq!(
@@ -260,7 +269,7 @@ fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
     assert_eq!(r.status(), 303);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
     for flag in [
-        "postern_web=",
+        "__Host-postern_web=",
         "Secure",
         "HttpOnly",
         "SameSite=Strict",
@@ -270,9 +279,11 @@ fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
     }
     assert!(!cookie.contains("Domain"), "host-only: {cookie}");
     assert_eq!(r.headers()["referrer-policy"], "no-referrer");
-    w.wait_audit("web.enter", |e| {
+    let entered = w.wait_audit("web.enter", |e| {
         e["event"] == "web.enter" && e["vendor"] == "vic"
     });
+    let source = entered["source"].as_str().unwrap_or_default();
+    assert!(source.starts_with("127.0.0.1:"), "{entered}");
     let session = cookie.split(';').next().unwrap().to_owned();
 
     // The vendor's device UIs, each at an origin of its own.
@@ -298,12 +309,13 @@ fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
             .unwrap()
             .contains("used already or has expired")
     );
-    let forged = b
-        .get(&home)
-        .header("cookie", "postern_web=00")
-        .send()
-        .unwrap();
+    let made_up = format!("__Host-postern_web={}", "0".repeat(64));
+    let forged = b.get(&home).header("cookie", &made_up).send().unwrap();
     assert_eq!(forged.status(), 401);
+    // A second session cookie beside the real one (planted by a sibling host) voids both.
+    let both = format!("{session}; {made_up}");
+    let r = b.get(&home).header("cookie", &both).send().unwrap();
+    assert_eq!(r.status(), 401);
 
     // A vendor without web access gets no link.
     let bob = w.vendor("bob", &[]);

@@ -7,6 +7,17 @@ use crate::time::fmt_time;
 /// How long a sign-in link may wait to be opened.
 pub const WEB_ENTRY_TTL: i64 = 60;
 
+/// The longest a browser session lasts, whatever the grants: a working day.
+pub const WEB_SESSION_MAX: i64 = 12 * 3600;
+
+/// Where a sign-in link was used from, for the record.
+#[derive(Debug, Clone, Default)]
+pub struct Browser {
+    pub source: String,
+    /// The User-Agent, bounded.
+    pub agent: String,
+}
+
 impl Actions {
     /// Files a one-time sign-in link (its token's hash) for `vendor`, who must hold a grant with
     /// web access now. Returns when the link expires.
@@ -38,6 +49,7 @@ impl Actions {
         token_hash: &str,
         session_hash: &str,
         now: i64,
+        browser: &Browser,
     ) -> Result<(String, i64)> {
         let mut tx = self.store.begin().await?;
         let Some(vendor) = self
@@ -49,7 +61,7 @@ impl Actions {
                 "this sign-in link was used already or has expired: run ssh VENDOR:web@BROKER for a new one".into(),
             ));
         };
-        let until = (self.store.web_grants(&vendor, now).await?)
+        let grants_end = (self.store.web_grants(&vendor, now).await?)
             .iter()
             .map(|(g, _)| g.valid_until)
             .max()
@@ -58,6 +70,14 @@ impl Actions {
                     "access denied: {vendor} holds no grant with web access now"
                 ))
             })?;
+        let v = (self.store.vendor_in(&mut tx, &vendor).await?)
+            .ok_or_else(|| ActionError::NotFound(format!("no vendor named {vendor}")))?;
+        if v.is_disabled() || v.contract_end.is_some_and(|end| end <= now) {
+            return Err(ActionError::Conflict(format!(
+                "access denied: {vendor} may not sign in (disabled or contract ended)"
+            )));
+        }
+        let until = (grants_end.min(now + WEB_SESSION_MAX)).min(v.contract_end.unwrap_or(i64::MAX));
         self.store
             .add_web_session_in(&mut tx, session_hash, &vendor, now, until)
             .await?;
@@ -66,6 +86,8 @@ impl Actions {
             entry: token_hash.chars().take(12).collect(),
             session: session_hash.chars().take(12).collect(),
             until: fmt_time(until),
+            source: browser.source.clone(),
+            agent: browser.agent.clone(),
         };
         self.finish(tx, &Actor::vendor(&vendor), record).await?;
         Ok((vendor, until))

@@ -140,10 +140,13 @@ impl Store {
         Ok(())
     }
 
-    /// The vendor of a browser session open at `now`.
+    /// The vendor of a browser session open at `now`: not ended, not expired, its vendor enabled
+    /// and under contract.
     pub async fn web_session(&self, id_hash: &str, now: i64) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT vendor FROM web_sessions WHERE id_hash = $1 AND ended IS NULL AND expires > $2",
+            "SELECT s.vendor FROM web_sessions s JOIN vendors v ON v.name = s.vendor \
+             WHERE s.id_hash = $1 AND s.ended IS NULL AND s.expires > $2 AND v.disabled = 0 \
+             AND (v.contract_end IS NULL OR v.contract_end > $2)",
         )
         .bind(id_hash)
         .bind(now)

@@ -9,8 +9,8 @@ use approvals::actions::EdgeCertificate;
 use approvals::bundle::BundleSigner;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, CertifiedIssuer,
-    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType, SerialNumber,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, NameConstraints, SanType, SerialNumber,
 };
 use sha2::{Digest, Sha256};
 
@@ -42,14 +42,24 @@ pub struct LocalCa {
 
 impl LocalCa {
     /// Loads the CA from `key_path` and `crt_path`, making it (named `name`) if there is none.
+    /// `only`: the DNS domain the CA may vouch for (a name constraint: a browser that trusts it
+    /// trusts it for that domain and its subdomains, nothing else); a stored CA for another
+    /// domain is refused.
     pub fn load_or_create(
         key_path: &Path,
         crt_path: &Path,
         name: &str,
+        only: Option<&str>,
     ) -> Result<LocalCa, CaError> {
+        let constraint = only.map(|d| NameConstraints {
+            permitted_subtrees: vec![GeneralSubtree::DnsName(d.to_owned())],
+            excluded_subtrees: Vec::new(),
+        });
         if !key_path.exists() {
             let key = KeyPair::generate()?;
-            let issuer = CertifiedIssuer::self_signed(ca_params(name), key)?;
+            let mut params = ca_params(name);
+            params.name_constraints = constraint.clone();
+            let issuer = CertifiedIssuer::self_signed(params, key)?;
             // The certificate first, the key last: a key file means a whole CA.
             std::fs::write(crt_path, issuer.pem()).map_err(file_error(crt_path))?;
             crate::config::write_private(key_path, issuer.key().serialize_pem().as_bytes())
@@ -57,6 +67,15 @@ impl LocalCa {
         }
         let key_pem = std::fs::read_to_string(key_path).map_err(file_error(key_path))?;
         let crt_pem = std::fs::read_to_string(crt_path).map_err(file_error(crt_path))?;
+        if let Some(domain) = only
+            && permitted_domains(&crt_pem)? != [domain]
+        {
+            return Err(CaError::Pem(format!(
+                "{} is not a CA for {domain} only: remove it and {} to make one",
+                crt_path.display(),
+                key_path.display()
+            )));
+        }
         let key = KeyPair::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&crt_pem, key)?;
         Ok(LocalCa {
@@ -147,7 +166,7 @@ impl EdgeCa {
     pub fn load_or_create(keys: &Path) -> Result<EdgeCa, CaError> {
         let (key_path, crt_path) = Self::paths(keys);
         Ok(EdgeCa {
-            ca: LocalCa::load_or_create(&key_path, &crt_path, "Postern edge CA")?,
+            ca: LocalCa::load_or_create(&key_path, &crt_path, "Postern edge CA", None)?,
             signer: load_signer(&keys.join("edge_policy.key"))?,
         })
     }
@@ -225,4 +244,20 @@ pub fn pem_der(text: &str) -> Result<Vec<u8>, CaError> {
     CertificateDer::from_pem_slice(text.as_bytes())
         .map(|c| c.to_vec())
         .map_err(|e| CaError::Pem(e.to_string()))
+}
+
+/// The DNS names a CA certificate's name constraints permit (none: no constraint).
+fn permitted_domains(pem: &str) -> Result<Vec<String>, CaError> {
+    use x509_parser::extensions::GeneralName;
+    let der = pem_der(pem)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| CaError::Pem(e.to_string()))?;
+    let constraints = cert.name_constraints().ok().flatten();
+    let subtrees = constraints.and_then(|c| c.value.permitted_subtrees.as_ref());
+    Ok((subtrees.into_iter().flatten())
+        .filter_map(|s| match &s.base {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+        .collect())
 }
