@@ -264,6 +264,13 @@ pub enum ActionRecord {
         host_key: String,
         /// How the host key was pinned.
         pinned: String,
+        /// The device's web UI, its pinned certificate (SHA-256, hex) and how it was pinned.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        web: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        web_cert: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        web_pinned: Option<String>,
     },
     /// A device's web UI endpoint set, its certificate pinned.
     DeviceWeb {
@@ -846,19 +853,27 @@ impl Actions {
         self.finish(tx, actor, record).await
     }
 
-    /// Enrols a device. `host_key_fingerprint` and `pinned` (how the key was obtained) are for
-    /// the record; the credential stays out of it.
+    /// Enrols a device, with its web UI if it has one (`web`: the endpoint and how its
+    /// certificate was pinned), all or nothing. `host_key_fingerprint` and `pinned` (how the key
+    /// was obtained) are for the record; the credential stays out of it.
     pub async fn add_device(
         &self,
         actor: &Actor,
         d: &NewDevice,
         host_key_fingerprint: &str,
         pinned: &str,
+        web: Option<(&crate::store::DeviceWeb, &str)>,
         now: i64,
     ) -> Result<()> {
         let mut tx = self.store.begin().await?;
         self.store.add_device_in(&mut tx, d, now).await?;
+        if let Some((w, _)) = web {
+            self.store.set_device_web_in(&mut tx, w).await?;
+        }
         let record = ActionRecord::DeviceAdd {
+            web: web.map(|(w, _)| w.url.clone()),
+            web_cert: web.and_then(|(w, _)| w.cert_sha256.clone()),
+            web_pinned: web.map(|(_, how)| how.to_owned()),
             site: d.site.clone(),
             device: d.name.clone(),
             addr: d.addr.clone(),
@@ -1048,6 +1063,9 @@ mod tests {
             credential: "password".into(),
             host_key: "SHA256:x".into(),
             pinned: "from file".into(),
+            web: None,
+            web_cert: None,
+            web_pinned: None,
         };
         assert_eq!(r.event().name(), "device.add");
         assert_eq!(

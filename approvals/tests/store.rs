@@ -1371,6 +1371,7 @@ async fn directory_actions_are_all_or_nothing(db: Db) {
                 &device("store-1", "cam-02"),
                 "SHA256:h",
                 "from file",
+                None,
                 NOW,
             )
             .await,
@@ -1424,6 +1425,7 @@ async fn directory_actions_are_all_or_nothing(db: Db) {
             &device("store-8", "cam-01"),
             "SHA256:h",
             "from file",
+            None,
             NOW,
         )
         .await
@@ -1492,6 +1494,7 @@ async fn directory_actions_are_all_or_nothing(db: Db) {
         &device("store-1", "cam-02"),
         "SHA256:h",
         "from file",
+        None,
         NOW,
     )
     .await

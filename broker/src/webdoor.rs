@@ -43,6 +43,10 @@ pub enum WebDoorError {
     Listen { addr: String, error: std::io::Error },
     #[error("the device web front door's certificate: {0}")]
     Certificate(String),
+    #[error("web_devices_url {0}: it must be https://{1}[:PORT], where the sign-in page is")]
+    Url(String, String),
+    #[error("web_devices_cert and web_devices_key go together: give both, or neither")]
+    HalfCertificate,
 }
 
 /// What every request of the front door shares.
@@ -89,6 +93,19 @@ pub async fn bind(
         .clone()
         .ok_or(WebDoorError::NoDomain)?
         .to_ascii_lowercase();
+    if let Some(url) = &node.cfg.web_devices_url {
+        let ok = url::Url::parse(url).is_ok_and(|u| {
+            u.scheme() == "https"
+                && u.host_str()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(&domain))
+        });
+        if !ok {
+            return Err(WebDoorError::Url(url.clone(), domain));
+        }
+    }
+    if node.cfg.web_devices_cert.is_some() != node.cfg.web_devices_key.is_some() {
+        return Err(WebDoorError::HalfCertificate);
+    }
     let (cert, key) = certificate(node, &domain)?;
     let config = axum_server::tls_rustls::RustlsConfig::from_pem(cert, key)
         .await

@@ -144,14 +144,43 @@ fn device_web_uis_are_enrolled_with_their_certificates_pinned() {
         .replace(':', "")
         .to_lowercase();
     assert_eq!(row["web_cert_sha256"], hex.as_str());
-    let e = w.wait_audit("device.web", |e| {
-        e["event"] == "device.web" && e["site"] == "site-a"
+    // One action, one record: the device and its web UI together.
+    let e = w.wait_audit("device.add", |e| {
+        e["event"] == "device.add" && e["site"] == "site-a" && e["device"] == "cam"
     });
+    assert_eq!(e["web"], url.as_str());
     assert_eq!(
-        (e["cert"].as_str(), e["pinned"].as_str()),
+        (e["web_cert"].as_str(), e["web_pinned"].as_str()),
         (Some(hex.as_str()), Some("fetched on first use"))
     );
     assert!(w.ok(&["device", "list"]).contains(&url));
+
+    // An enrolled device gets its web UI afterwards.
+    let out = w.ok(&[
+        "device",
+        "web",
+        "site-b/dev",
+        "--url",
+        &url,
+        "--cert",
+        &cert,
+    ]);
+    assert!(out.contains("pinned (from file)"), "{out}");
+    let e = w.wait_audit("device.web", |e| e["event"] == "device.web");
+    assert_eq!(
+        (e["site"].as_str(), e["cert"].as_str()),
+        (Some("site-b"), Some(hex.as_str()))
+    );
+    let o = w.postern(&[
+        "device",
+        "web",
+        "site-b/nosuch",
+        "--url",
+        &url,
+        "--cert",
+        &cert,
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no device nosuch at site-b"));
 
     // Refused with one clear line, and nothing added.
     let closed = format!("https://127.0.0.1:{}", free_port());

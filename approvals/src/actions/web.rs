@@ -27,6 +27,8 @@ impl Actions {
         self.store
             .add_web_entry_in(&mut tx, token_hash, vendor, now, expires)
             .await?;
+        // Here, where links are made (at most one per TOTP code), so the tables stay bounded.
+        self.store.prune_web_in(&mut tx, now).await?;
         if self.store.web_grants(vendor, now).await?.is_empty() {
             return Err(ActionError::Conflict(format!(
                 "access denied: {vendor} holds no grant with web access now"

@@ -93,6 +93,21 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets links and browser sessions over a day past their end: they are spent (the audit
+    /// log keeps their record), and the tables stay as small as the live ones.
+    pub async fn prune_web_in(&self, tx: &mut Tx, now: i64) -> Result<()> {
+        let before = now - 86_400;
+        sqlx::query("DELETE FROM web_entries WHERE expires < $1")
+            .bind(before)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM web_sessions WHERE expires < $1 OR ended < $1")
+            .bind(before)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// Uses a sign-in link: its vendor, if it was unused and unexpired at `now` (then never again).
     pub async fn claim_web_entry_in(
         &self,

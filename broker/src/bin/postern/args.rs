@@ -593,6 +593,17 @@ pub enum DeviceAction {
         web_cert: Option<PathBuf>,
     },
     List,
+    /// Set (or replace) an enrolled device's web UI, its certificate pinned from a file or
+    /// fetched now and printed.
+    Web {
+        target: String,
+        /// https://HOST:PORT (or http://HOST:PORT for a device without TLS).
+        #[arg(long)]
+        url: String,
+        /// The web UI's certificate (PEM) to pin (default: fetched now; check its fingerprint).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+    },
     /// Set the command that rotates a password credential, run on the device over the broker's
     /// login: `{login}` and `{password}` are filled in, e.g.
     /// `echo '{login}:{password}' | sudo chpasswd`. The new password is proven by a fresh login.

@@ -41,16 +41,26 @@ pub async fn run(env: &Env, action: &DeviceAction) -> Result<()> {
                 Some(url) => Some(web_pin(url, web_cert.as_deref()).await?),
                 None => None,
             };
-            add(env, target, addr, login, credential, host_key.as_deref()).await?;
-            if let Some(web) = web {
-                set_web(env, target, web).await?;
-            }
+            add(
+                env,
+                target,
+                addr,
+                login,
+                credential,
+                host_key.as_deref(),
+                web,
+            )
+            .await?;
             match rotate_command {
                 Some(c) => set_rotate_command(env, &[target_of(target)?], Some(c)).await,
                 None => Ok(()),
             }
         }
         DeviceAction::List => list(env).await,
+        DeviceAction::Web { target, url, cert } => {
+            let web = web_pin(url, cert.as_deref()).await?;
+            set_web(env, target, web).await
+        }
         DeviceAction::RotateCommand {
             devices,
             set,
@@ -206,6 +216,7 @@ async fn add(
     login: &str,
     credential: Credential,
     host_key: Option<&Path>,
+    web: Option<WebPin>,
 ) -> Result<()> {
     let (site, name) = target
         .split_once('/')
@@ -226,6 +237,8 @@ async fn add(
     };
     let host_key_line = pinned.to_openssh().map_err(|e| anyhow!("{e}"))?;
     let fp = keys::fingerprint(&pinned);
+    let web_row = web.as_ref().map(|w| w.row(site, name));
+    let web_arg = web_row.as_ref().zip(web.as_ref().map(|w| w.how));
     env.actions()
         .add_device(
             &operator(),
@@ -240,10 +253,14 @@ async fn add(
             },
             &fp,
             how,
+            web_arg,
             now(),
         )
         .await?;
     println!("device {site}/{name} added; host key {fp} pinned ({how})");
+    if let Some(w) = &web {
+        w.print();
+    }
     Ok(())
 }
 
@@ -252,6 +269,30 @@ struct WebPin {
     endpoint: WebEndpoint,
     pin: Option<String>,
     how: &'static str,
+}
+
+impl WebPin {
+    fn row(&self, site: &str, device: &str) -> approvals::store::DeviceWeb {
+        approvals::store::DeviceWeb {
+            site: site.to_owned(),
+            device: device.to_owned(),
+            url: self.endpoint.to_string(),
+            cert_sha256: self.pin.clone(),
+            created: now(),
+        }
+    }
+
+    fn print(&self) {
+        match &self.pin {
+            Some(pin) => println!(
+                "web UI {}: certificate {} pinned ({})",
+                self.endpoint,
+                device_web::shown(pin),
+                self.how
+            ),
+            None => println!("web UI {} ({})", self.endpoint, self.how),
+        }
+    }
 }
 
 async fn web_pin(url: &str, cert: Option<&Path>) -> Result<WebPin> {
@@ -268,28 +309,14 @@ async fn web_pin(url: &str, cert: Option<&Path>) -> Result<WebPin> {
     Ok(WebPin { endpoint, pin, how })
 }
 
-/// Records the device's web UI and its pinned certificate (one audited action).
+/// `postern device web SITE/DEVICE`: sets (or replaces) an enrolled device's web UI, its
+/// certificate pinned (one audited action).
 async fn set_web(env: &Env, target: &str, web: WebPin) -> Result<()> {
     let (site, device) = target_of(target)?;
-    let row = approvals::store::DeviceWeb {
-        site,
-        device,
-        url: web.endpoint.to_string(),
-        cert_sha256: web.pin.clone(),
-        created: now(),
-    };
     env.actions()
-        .set_device_web(&operator(), &row, web.how)
+        .set_device_web(&operator(), &web.row(&site, &device), web.how)
         .await?;
-    match &web.pin {
-        Some(pin) => println!(
-            "web UI {}: certificate {} pinned ({})",
-            web.endpoint,
-            device_web::shown(pin),
-            web.how
-        ),
-        None => println!("web UI {} ({})", web.endpoint, web.how),
-    }
+    web.print();
     Ok(())
 }
 

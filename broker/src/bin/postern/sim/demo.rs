@@ -244,6 +244,7 @@ async fn setup_directory(env: &Env, paths: &DemoPaths, sim_addr: &str) -> Result
             },
             &keys::fingerprint(&host_key),
             "from file",
+            None,
             now,
         )
         .await?;
