@@ -165,6 +165,7 @@ fn a_scripted_day_reads_exactly_on_the_metrics_endpoint_and_in_the_report() {
     let samples = samples(body);
     let want = [
         "postern_requests_pending 1".to_owned(),
+        "postern_approval_slo_seconds 7200".into(),
         "postern_approval_slo_breaches_total 1".into(),
         "postern_request_decision_seconds_count 3".into(),
         "postern_request_decision_seconds_bucket{le=\"60.0\"} 0".into(),

@@ -28,6 +28,7 @@ pub const PUBLISHED: &[&str] = &[
     "postern_requests_pending",
     "postern_request_oldest_pending_seconds",
     "postern_approval_slo_breaches_total",
+    "postern_approval_slo_seconds",
     "postern_exceptions_open",
     "postern_exception_oldest_seconds",
     "postern_exception_age_median_seconds",

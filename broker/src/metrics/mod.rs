@@ -108,6 +108,7 @@ pub struct Metrics {
     issuance: Histogram,
     propagation: Family<PathLabel, Histogram>,
     refresh_took: Seconds,
+    approval_slo: Gauge,
     refresh_failures: Counter,
     /// Payload bytes recorded, shared with every recording this node writes.
     recorded: Arc<AtomicU64>,
@@ -141,6 +142,7 @@ impl Default for Metrics {
             issuance: Histogram::new(ISSUANCE_BUCKETS),
             propagation: Family::new_with_constructor(|| Histogram::new(PROPAGATION_BUCKETS)),
             refresh_took: Gauge::default(),
+            approval_slo: Gauge::default(),
             refresh_failures: Counter::default(),
             recorded: Arc::default(),
             watermarks: Default::default(),
@@ -266,6 +268,11 @@ impl Metrics {
             self.issuance.clone(),
         );
         r.register("policy_propagation_seconds", "From a policy change to its effect: revocation (live session closed), edge (edge holds it)", self.propagation.clone());
+        r.register(
+            "approval_slo_seconds",
+            "The approval SLO this node holds requests to (approval_slo)",
+            self.approval_slo.clone(),
+        );
         r.register(
             "metrics_refresh_seconds",
             "How long the last refresh of the database figures took",

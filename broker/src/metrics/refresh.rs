@@ -128,6 +128,7 @@ impl Metrics {
         local: &Local<'_>,
     ) -> Result<(), approvals::StoreError> {
         let began = std::time::Instant::now();
+        self.approval_slo.set(limits.approval_slo);
         self.count_local(local.audit_failures);
         self.live_by_region(store, &local.live_sites).await?;
         let exceptions = store.exceptions(limits, now, None).await?;
@@ -270,21 +271,31 @@ impl Metrics {
                 .get_or_create(&StateLabel::of(state))
                 .set(n as i64);
         }
+        // Only edges holding evidence get a series: at 30,000 edges, one each would make every
+        // scrape megabytes of zeros. An edge that drained reads 0 once, then goes.
         let mut shown = (self.watermarks.edges.lock()).unwrap_or_else(|p| p.into_inner());
-        let current: HashSet<String> = (edges.iter())
+        let holding: HashMap<&str, i64> = (edges.iter())
             .filter(|e| e.revoked.is_none())
-            .map(|e| e.name.clone())
+            .filter_map(|e| Some((e.name.as_str(), e.buffered_bytes.filter(|b| *b > 0)?)))
             .collect();
-        for gone in shown.difference(&current) {
-            self.edge_buffered.remove(&EdgeLabel::of(gone.clone()));
+        // One family guard at a time (two in one expression deadlock: client_rust #231).
+        let mut still = HashSet::new();
+        for name in shown.iter().filter(|n| !holding.contains_key(n.as_str())) {
+            let label = EdgeLabel::of(name.clone());
+            let was = self.edge_buffered.get(&label).map(|g| g.get());
+            if was.unwrap_or(0) == 0 {
+                self.edge_buffered.remove(&label);
+            } else {
+                self.edge_buffered.get_or_create_owned(&label).set(0);
+                still.insert(name.clone());
+            }
         }
-        for e in edges.iter().filter(|e| e.revoked.is_none()) {
-            (self
-                .edge_buffered
-                .get_or_create(&EdgeLabel::of(e.name.clone())))
-            .set(e.buffered_bytes.unwrap_or(0));
+        for (name, bytes) in &holding {
+            let label = EdgeLabel::of((*name).to_owned());
+            self.edge_buffered.get_or_create_owned(&label).set(*bytes);
+            still.insert((*name).to_owned());
         }
-        *shown = current;
+        *shown = still;
         Ok(())
     }
 }
