@@ -69,6 +69,9 @@ impl std::fmt::Display for WebEndpoint {
     }
 }
 
+/// What a refusal of a certificate other than the pinned one says.
+pub const NOT_PINNED: &str = "is not the one pinned for it";
+
 /// The SHA-256 (hex) of a certificate.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     hex::encode(Sha256::digest(cert.as_ref()))
@@ -138,7 +141,7 @@ impl ServerCertVerifier for PinnedCert {
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fp.clone());
         match &self.pin {
             Some(pin) if *pin != fp => Err(rustls::Error::General(format!(
-                "the device's certificate ({}) is not the one pinned for it ({})",
+                "the device's certificate ({}) {NOT_PINNED} ({})",
                 shown(&fp),
                 shown(pin)
             ))),

@@ -407,7 +407,13 @@ impl Asking {
             ..
         } = self;
         dialogue.say(&banner(allowed.window_end)).await;
-        let started = LiveSession::start(&ctx, target, &allowed, source, dialogue.handle().clone());
+        let started = LiveSession::start(
+            &ctx,
+            target,
+            &allowed,
+            source,
+            Some(dialogue.handle().clone()),
+        );
         let live = match started.await {
             Ok(l) => l,
             Err(e) => {

@@ -187,7 +187,7 @@ impl Server {
             addr => {
                 // Limits of its own: a flood here does not take the approvers' places.
                 let limits = self::web_limits(&node, &limits);
-                let (at, serving) = crate::webdoor::bind(&node, addr, limits).await?;
+                let (at, serving) = crate::webdoor::bind(&node, addr, limits, ctx.clone()).await?;
                 (Some(at), Some(serving))
             }
         };

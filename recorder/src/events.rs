@@ -201,6 +201,23 @@ pub enum Event {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// One request of a device web UI session, and the device's answer (or why there was
+    /// none: `status` 0 and `error`).
+    #[serde(rename = "web.request")]
+    WebRequest {
+        method: String,
+        path: String,
+        #[serde(default)]
+        query: Option<String>,
+        status: u16,
+        request_bytes: u64,
+        /// As the device announced it (`Content-Length`); `None` when streamed without one.
+        #[serde(default)]
+        response_bytes: Option<u64>,
+        millis: u64,
+        #[serde(default)]
+        error: Option<String>,
+    },
     /// An event this version does not know: read and ignored, never written.
     #[serde(other, skip_serializing)]
     Other,
@@ -434,6 +451,21 @@ mod tests {
     #[test]
     fn events_as_written() {
         same(Event::Shell, json!({"event": "shell"}));
+        same(
+            Event::WebRequest {
+                method: "GET".into(),
+                path: "/cgi/status".into(),
+                query: Some("a=1".into()),
+                status: 200,
+                request_bytes: 0,
+                response_bytes: Some(512),
+                millis: 3,
+                error: None,
+            },
+            json!({"event": "web.request", "method": "GET", "path": "/cgi/status", "query": "a=1",
+                   "status": 200, "request_bytes": 0, "response_bytes": 512, "millis": 3,
+                   "error": null}),
+        );
         let name = "sftp";
         same(
             Event::Subsystem { name: name.into() },

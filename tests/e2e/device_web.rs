@@ -287,7 +287,15 @@ fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
         text.contains("Permitted:") && text.contains("DNS:devices.test"),
         "{text}"
     );
-    let b = browser(&w, port, &["devices.test", "cam--site-a.devices.test"]);
+    let b = browser(
+        &w,
+        port,
+        &[
+            "devices.test",
+            "cam--site-a.devices.test",
+            "cam2--site-a.devices.test",
+        ],
+    );
     let home = format!("https://devices.test:{port}/");
     assert_eq!(
         b.get(&home).send().unwrap().status(),
@@ -315,19 +323,24 @@ fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
     assert!(source.starts_with("127.0.0.1:"), "{entered}");
     let session = cookie.split(';').next().unwrap().to_owned();
 
-    // The vendor's device UIs, each at an origin of its own.
+    // The vendor's device UIs, each opened at an origin of its own.
     let page = b.get(&home).header("cookie", &session).send().unwrap();
     assert_eq!(page.status(), 200);
     let body = page.text().unwrap();
     assert!(
-        body.contains("site-a/cam") && body.contains("https://cam--site-a.devices.test/"),
+        body.contains("site-a/cam") && body.contains(r#"href="/open/site-a/cam""#),
         "{body}"
     );
 
-    // The device origins are the next part: they say so rather than serve anything.
-    let origin = format!("https://cam--site-a.devices.test:{port}/");
-    let r = b.get(&origin).header("cookie", &session).send().unwrap();
-    assert_eq!(r.status(), 501);
+    // Without the device's own session, its origin opens nothing (the sign-in cookie is not
+    // sent there, and would not count).
+    let origin = format!("https://cam--site-a.devices.test:{port}");
+    let r = b
+        .get(format!("{origin}/"))
+        .header("cookie", &session)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
 
     // A link works once; another vendor's cookie jar is empty; a made-up cookie is nobody's.
     let again = b.get(&link).send().unwrap();
@@ -363,4 +376,188 @@ fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
         .arg(sql));
     assert!(o.status.success());
     assert_eq!(b.get(&late).send().unwrap().status(), 403);
+
+    // The device itself, through its own origin.
+    let dev = open_device(&b, port, &session, "site-a", "cam");
+    device_opens_and_revocation_closes_it(&w, &b, &origin, &dev);
+}
+
+/// Opens a device from the list: the one-time handoff to its origin; returns its session cookie.
+fn open_device(
+    b: &reqwest::blocking::Client,
+    port: u16,
+    session: &str,
+    site: &str,
+    device: &str,
+) -> String {
+    let open = format!("https://devices.test:{port}/open/{site}/{device}");
+    let r = b.get(&open).header("cookie", session).send().unwrap();
+    assert_eq!(r.status(), 303);
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    let prefix = format!("https://{device}--{site}.devices.test:{port}/.postern/enter/");
+    assert!(to.starts_with(&prefix), "{to}");
+    let r = b.get(&to).send().unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.starts_with("__Host-postern_dev=") && cookie.contains("Secure"),
+        "{cookie}"
+    );
+    // The handoff works once.
+    assert_eq!(b.get(&to).send().unwrap().status(), 403);
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+/// The device's page through Postern, recorded; its cookie opens no other origin; revoking the
+/// grant closes the session within a second; the sealed recording verifies.
+fn device_opens_and_revocation_closes_it(
+    w: &World,
+    b: &reqwest::blocking::Client,
+    origin: &str,
+    dev: &str,
+) {
+    let page = b
+        .get(format!("{origin}/"))
+        .header("cookie", dev)
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().unwrap().contains("<h1>cam-01</h1>"));
+    let r = b
+        .get(format!("{origin}/index.html?x=1"))
+        .header("cookie", dev)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let other = origin.replace("cam--site-a", "cam2--site-a");
+    let r = b
+        .get(format!("{other}/"))
+        .header("cookie", dev)
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "one device's session opens no other device"
+    );
+    let live: Vec<Value> = serde_json::from_str(&w.ok(&["sessions", "--live", "--json"])).unwrap();
+    let s = live
+        .iter()
+        .find(|s| s["vendor"] == "vic" && s["device"] == "cam")
+        .unwrap();
+    let id = s["id"].as_str().unwrap().to_owned();
+
+    let grant = w.ok(&["grant", "list", "--json"]);
+    let grants: Vec<Value> = serde_json::from_str(&grant).unwrap();
+    let g = grants.iter().find(|g| g["vendor"] == "vic").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    w.ok(&["grant", "revoke", &g]);
+    let revoked = std::time::Instant::now();
+    loop {
+        let r = b
+            .get(format!("{origin}/"))
+            .header("cookie", dev)
+            .send()
+            .unwrap();
+        if r.status() == 403 {
+            break;
+        }
+        assert!(
+            revoked.elapsed() < std::time::Duration::from_secs(3),
+            "still open: {}",
+            r.status()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!(
+        "device web session closed {:?} after the revocation",
+        revoked.elapsed()
+    );
+    w.wait_sealed(1);
+    let out = w.ok(&["verify", &id]);
+    assert!(
+        out.contains("ok") || out.contains("OK") || out.contains("verified"),
+        "{out}"
+    );
+    // The request log is in the session's recording.
+    let row: Vec<Value> = serde_json::from_str(&w.ok(&["sessions", "--json"])).unwrap();
+    let rec = row.iter().find(|r| r["id"] == id.as_str()).unwrap()["recording"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reader = recorder::Reader::open(&w.data.join("recordings").join(rec)).unwrap();
+    let requests: Vec<Value> = reader
+        .filter_map(|r| r.ok())
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok())
+        .filter(|e| e["event"] == "web.request")
+        .collect();
+    assert!(
+        requests
+            .iter()
+            .any(|e| e["path"] == "/index.html" && e["query"] == "x=1" && e["status"] == 200),
+        "{requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|e| e["path"] == "/" && e["method"] == "GET"),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn a_device_presenting_another_certificate_than_its_pin_is_refused_and_recorded() {
+    let port = free_port();
+    let w = World::with_config(
+        9,
+        "5m",
+        &format!(
+            "web_devices_listen = \"127.0.0.1:{port}\"\nweb_devices_domain = \"devices.test\"\n"
+        ),
+    );
+    // The UI answering at the address is cam-01's; the pin is cam-02's certificate.
+    let cam = WebDevice::start(&w, "cam-01");
+    let other = WebDevice::start(&w, "cam-02");
+    let url = format!("https://127.0.0.1:{}", cam.port);
+    let pin = other.cert.display().to_string();
+    let o = device_add(&w, "site-a/cam", &["--web", &url, "--web-cert", &pin]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    w.ok(&[
+        "function",
+        "add",
+        "webui",
+        "--allow",
+        &format!("web:{}", cam.port),
+    ]);
+    let ann = w.vendor("ann", &[]);
+    w.grant("ann", "site-a", "webui");
+    let link = String::from_utf8_lossy(&w.ssh(&ann, "ann:web", &[]).stdout)
+        .trim()
+        .to_owned();
+    let b = browser(&w, port, &["devices.test", "cam--site-a.devices.test"]);
+    let r = b.get(&link).send().unwrap();
+    let session = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let dev = open_device(&b, port, &session, "site-a", "cam");
+    let r = b
+        .get(format!("https://cam--site-a.devices.test:{port}/"))
+        .header("cookie", &dev)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().unwrap();
+    assert!(body.contains("is not the one pinned for it"), "{body}");
+    assert!(!body.contains("cam-01</h1>"));
+    let e = w.wait_audit("mismatch", |e| e["event"] == "device.hostkey_mismatch");
+    assert_eq!(
+        (e["site"].as_str(), e["device"].as_str()),
+        (Some("site-a"), Some("cam"))
+    );
 }

@@ -185,7 +185,7 @@ impl Conn {
         source: String,
         handle: Handle,
     ) -> Outcome {
-        match LiveSession::start(&self.ctx, target.clone(), allowed, source, handle).await {
+        match LiveSession::start(&self.ctx, target.clone(), allowed, source, Some(handle)).await {
             Ok(live) => {
                 info!(session = %live.id, login = %target, "session started");
                 live.set_permits(permits);

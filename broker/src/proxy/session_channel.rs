@@ -103,10 +103,14 @@ pub async fn session_channel(
     uch: Channel<russh::client::Msg>,
     initial: Vec<ChannelMsg>,
 ) {
+    // Only SSH sessions have channels (a device web UI session has no vendor connection).
+    let Some(handle) = live.handle.clone() else {
+        return;
+    };
     let mut initial = initial.into_iter();
     let mut stopping = live.stopping();
     let mut function_allows = live.watch_channels();
-    let mut chan = SessionChannel::new(ctx, live, vch, uch);
+    let mut chan = SessionChannel::new(ctx, live, vch, uch, handle);
     let _ = chan.record(&events::ChannelOpen::Session);
     let stop = loop {
         tokio::select! {
@@ -194,9 +198,9 @@ impl SessionChannel {
         live: Arc<LiveSession>,
         vch: Channel<Msg>,
         uch: Channel<russh::client::Msg>,
+        handle: russh::server::Handle,
     ) -> SessionChannel {
         let id = vch.id();
-        let handle = live.handle.clone();
         SessionChannel {
             ctx,
             live,

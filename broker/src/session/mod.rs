@@ -312,7 +312,8 @@ pub struct LiveSession {
     channels: tokio::sync::watch::Sender<Option<approvals::ChannelSet>>,
     pub login: String,
     pub recording: Recording,
-    pub handle: Handle,
+    /// The vendor's SSH connection; `None` for a device web UI session (browser requests).
+    pub handle: Option<Handle>,
     upstream: OnceCell<Result<Arc<Upstream>, DeviceUnavailable>>,
     tasks: Mutex<Vec<AbortHandle>>,
     /// Channels with a terminal, where notices (warnings, the reason for closing) are written.
@@ -557,9 +558,11 @@ impl LiveSession {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let line = format!("\r\npostern: {text}\r\n");
-        for ch in channels {
-            let send = self.handle.extended_data(ch, 1, line.clone().into_bytes());
-            let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+        if let Some(handle) = &self.handle {
+            for ch in channels {
+                let send = handle.extended_data(ch, 1, line.clone().into_bytes());
+                let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+            }
         }
         let _ = self.recording.write(
             0,

@@ -22,7 +22,7 @@ impl LiveSession {
         target: Target,
         allowed: &Allowed,
         source: String,
-        handle: Handle,
+        handle: Option<Handle>,
     ) -> Result<Arc<LiveSession>, StartError> {
         let began = std::time::Instant::now();
         let id = approvals::store::new_evidence_id("s");

@@ -154,12 +154,14 @@ async fn stop_channels(live: &LiveSession, why: &EndReason) {
         let _ = live.recording.write(0, &stopped);
         let line = why.vendor_line();
         live.notice(&line).await;
-        let bye = live.handle.disconnect(
-            russh::Disconnect::ByApplication,
-            format!("postern: {line}"),
-            String::new(),
-        );
-        let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
+        if let Some(handle) = &live.handle {
+            let bye = handle.disconnect(
+                russh::Disconnect::ByApplication,
+                format!("postern: {line}"),
+                String::new(),
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
+        }
     }
     for t in tasks {
         t.abort();

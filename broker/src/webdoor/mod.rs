@@ -8,8 +8,11 @@
 //! This is the first part: the device origins themselves (the recorded, pinned proxy to the
 //! device) come next and answer 501 until then.
 
+mod device;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use approvals::actions::ActionError;
 use approvals::actions::Browser;
@@ -55,6 +58,14 @@ pub struct WebDoor {
     actions: approvals::Actions,
     domain: String,
     db: tokio::sync::Semaphore,
+    /// The sessions the device origins record into, their policy and revocation watch.
+    ctx: Arc<crate::session::Ctx>,
+    /// `:PORT` in device origins' links, when browsers reach the door on another port than 443.
+    port_suffix: String,
+    /// One-time handoffs from the sign-in page to a device origin, by the token's hash.
+    handoffs: Mutex<HashMap<String, device::Handoff>>,
+    /// Open device web sessions, by their cookie's hash.
+    devices: Mutex<HashMap<String, Arc<device::DeviceSession>>>,
 }
 
 /// The front door as vendors' browsers reach it: `web_devices_url`, or `https://DOMAIN:PORT`.
@@ -86,6 +97,7 @@ pub async fn bind(
     node: &Node,
     addr: &str,
     limits: crate::web::Limits,
+    ctx: Arc<crate::session::Ctx>,
 ) -> Result<(SocketAddr, Serving), WebDoorError> {
     let domain = node
         .cfg
@@ -123,13 +135,22 @@ pub async fn bind(
     let state = Arc::new(WebDoor {
         store: node.store.clone(),
         actions: node.actions(),
+        port_suffix: public_url(&node.cfg)
+            .and_then(|u| url::Url::parse(&u).ok()?.port())
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default(),
         domain,
         db: tokio::sync::Semaphore::new(DB_AT_ONCE),
+        ctx,
+        handoffs: Mutex::default(),
+        devices: Mutex::default(),
     });
     let app = axum::Router::new()
         .route("/", axum::routing::get(home))
         .route("/enter/{token}", axum::routing::get(enter))
+        .route("/open/{site}/{device}", axum::routing::get(open))
         .fallback(axum::routing::any(elsewhere))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), by_host))
         .with_state(state);
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let serving = crate::web::tls_serving(listener, config, &limits, app).map_err(|error| {
@@ -324,10 +345,7 @@ async fn signed_in(door: &WebDoor, headers: &HeaderMap) -> Result<Option<String>
 }
 
 /// `GET /` on the domain: the device UIs the vendor's grants reach now.
-async fn home(State(door): State<Arc<WebDoor>>, headers: HeaderMap, uri: Uri) -> Response {
-    if host(&headers, &uri) != door.domain {
-        return elsewhere(State(door), headers, uri).await;
-    }
+async fn home(State(door): State<Arc<WebDoor>>, headers: HeaderMap) -> Response {
     let vendor = match signed_in(&door, &headers).await {
         Ok(Some(v)) => v,
         Ok(None) => return refused(StatusCode::UNAUTHORIZED, "You are not signed in."),
@@ -375,7 +393,10 @@ fn listing(door: &WebDoor, vendor: &str, targets: &[WebTarget]) -> String {
         let name = format!("{}/{}", t.site, t.device);
         let link = device_origin(&door.domain, &t.site, &t.device).map_or_else(
             || format!("{} (its name cannot be a web address)", esc(&name)),
-            |origin| format!(r#"<a href="https://{origin}/">{}</a>"#, esc(&name)),
+            |_| {
+                let open = format!("/open/{}/{}", t.site, t.device);
+                format!(r#"<a href="{}">{}</a>"#, esc(&open), esc(&name))
+            },
         );
         body += &format!(
             "<li>{link} <small>function {}, until {}</small></li>",
@@ -386,14 +407,95 @@ fn listing(door: &WebDoor, vendor: &str, targets: &[WebTarget]) -> String {
     body + "</ul>"
 }
 
-/// Any other host or path.
-async fn elsewhere(State(door): State<Arc<WebDoor>>, headers: HeaderMap, uri: Uri) -> Response {
-    let host = host(&headers, &uri);
-    match host.strip_suffix(&format!(".{}", door.domain)) {
-        Some(label) if label.contains("--") => refused(
-            StatusCode::NOT_IMPLEMENTED,
-            "device web UIs are not proxied by this version of Postern yet",
-        ),
-        _ => refused(StatusCode::NOT_FOUND, "there is nothing here"),
+/// Any other path of the sign-in page.
+async fn elsewhere() -> Response {
+    refused(StatusCode::NOT_FOUND, "there is nothing here")
+}
+
+/// Requests for a device origin go to the device; the sign-in page's own host to its routes.
+async fn by_host(
+    State(door): State<Arc<WebDoor>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = host(req.headers(), req.uri());
+    if host == door.domain {
+        return next.run(req).await;
     }
+    if !host.ends_with(&format!(".{}", door.domain)) {
+        return refused(StatusCode::NOT_FOUND, "there is nothing here");
+    }
+    match req.uri().path().strip_prefix("/.postern/enter/") {
+        Some(token) => {
+            let token = token.to_owned();
+            device::enter(&door, peer, &host, &token).await
+        }
+        None => device::request(&door, &host, req).await,
+    }
+}
+
+/// `GET /open/SITE/DEVICE` on the sign-in page: hands the vendor to the device's own origin
+/// with a one-time token (its cookie cannot be read there).
+async fn open(
+    State(door): State<Arc<WebDoor>>,
+    headers: HeaderMap,
+    Path((site, device)): Path<(String, String)>,
+) -> Response {
+    let vendor = match signed_in(&door, &headers).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return refused(StatusCode::UNAUTHORIZED, "You are not signed in."),
+        Err(r) => return r,
+    };
+    let now = approvals::time::now();
+    let targets = match door.store.web_targets(&vendor, now).await {
+        Ok(t) => t,
+        Err(_) => return refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE),
+    };
+    let Some(t) = targets
+        .into_iter()
+        .find(|t| t.site == site && t.device == device)
+    else {
+        return refused(
+            StatusCode::FORBIDDEN,
+            "none of your grants reaches that device's web UI now",
+        );
+    };
+    let (Some(origin), Ok(web)) = (
+        device_origin(&door.domain, &t.site, &t.device),
+        crate::device_web::WebEndpoint::parse(&t.url),
+    ) else {
+        return refused(
+            StatusCode::NOT_FOUND,
+            "that device's name cannot be a web address",
+        );
+    };
+    let pin = match door.store.device_web(&t.site, &t.device).await {
+        Ok(Some(w)) => w.cert_sha256,
+        _ => return refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE),
+    };
+    let token = new_token();
+    let to = format!(
+        "https://{origin}{}/.postern/enter/{token}",
+        door.port_suffix
+    );
+    (door.handoffs.lock().unwrap_or_else(|p| p.into_inner())).insert(
+        token_hash(&token),
+        device::Handoff {
+            vendor,
+            site: t.site,
+            device: t.device,
+            function: t.function,
+            origin,
+            url: web.to_string(),
+            pin,
+            port: web.port,
+            made: std::time::Instant::now(),
+        },
+    );
+    let mut r = refused(StatusCode::SEE_OTHER, "Opening the device.");
+    if let Ok(v) = HeaderValue::from_str(&to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
