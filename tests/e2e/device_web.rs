@@ -505,6 +505,9 @@ fn device_opens_and_revocation_closes_it(
             .any(|e| e["path"] == "/" && e["method"] == "GET"),
         "{requests:?}"
     );
+    // And searchable as commands are.
+    let found = w.ok(&["commands", "--grep", "index.html", "--json"]);
+    assert!(found.contains("GET /index.html?x=1 -> 200"), "{found}");
 }
 
 #[test]

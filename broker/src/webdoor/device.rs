@@ -25,6 +25,9 @@ use crate::session::{EndReason, LiveSession};
 pub(super) const DEVICE_COOKIE: &str = "__Host-postern_dev";
 /// How long a handoff from the sign-in page to a device origin may take.
 const HANDOFF_TTL: Duration = Duration::from_secs(30);
+/// A device web session without a request for this long is over (a browser has no connection
+/// whose end would say the vendor left).
+const IDLE: Duration = Duration::from_secs(600);
 /// The largest request body passed to a device (firmware uploads go over sftp).
 const MAX_REQUEST_BODY: usize = 16 << 20;
 
@@ -48,6 +51,27 @@ pub(super) struct DeviceSession {
     url: String,
     port: u16,
     client: reqwest::Client,
+    /// When the last request came.
+    last: std::sync::Mutex<Instant>,
+}
+
+/// Closes the session once it has been idle for [`IDLE`], and forgets it once closed.
+async fn close_when_idle(door: Arc<WebDoor>, key: String, ds: Arc<DeviceSession>) {
+    let mut stopping = ds.live.stopping();
+    loop {
+        let idle = ds.last.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+        if idle >= IDLE {
+            ds.live.request_close(EndReason::VendorDisconnected);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(IDLE.saturating_sub(idle).max(Duration::from_secs(1))) => {}
+            _ = stopping.changed() => {}
+        }
+        if ds.live.is_closed() {
+            (door.devices.lock().unwrap_or_else(|p| p.into_inner())).remove(&key);
+            return;
+        }
+    }
 }
 
 /// A client that trusts exactly the device's pinned certificate (or plain HTTP).
@@ -63,7 +87,12 @@ fn client(pin: Option<String>) -> Result<reqwest::Client, String> {
 }
 
 /// `GET /.postern/enter/TOKEN` on a device origin: opens the recorded session and its cookie.
-pub(super) async fn enter(door: &WebDoor, peer: SocketAddr, host: &str, token: &str) -> Response {
+pub(super) async fn enter(
+    door: &Arc<WebDoor>,
+    peer: SocketAddr,
+    host: &str,
+    token: &str,
+) -> Response {
     let hand = match well_formed(token) {
         true => {
             (door.handoffs.lock().unwrap_or_else(|p| p.into_inner())).remove(&token_hash(token))
@@ -116,16 +145,17 @@ pub(super) async fn enter(door: &WebDoor, peer: SocketAddr, host: &str, token: &
     };
     let cookie = new_token();
     let max_age = (live.ends_at() - approvals::time::now()).max(0);
-    (door.devices.lock().unwrap_or_else(|p| p.into_inner())).insert(
-        token_hash(&cookie),
-        Arc::new(DeviceSession {
-            live,
-            origin: hand.origin,
-            url: hand.url,
-            port: hand.port,
-            client,
-        }),
-    );
+    let ds = Arc::new(DeviceSession {
+        live,
+        origin: hand.origin,
+        url: hand.url,
+        port: hand.port,
+        client,
+        last: std::sync::Mutex::new(Instant::now()),
+    });
+    let key = token_hash(&cookie);
+    (door.devices.lock().unwrap_or_else(|p| p.into_inner())).insert(key.clone(), ds.clone());
+    tokio::spawn(close_when_idle(door.clone(), key, ds));
     let mut r = refused(StatusCode::SEE_OTHER, "Opening the device.");
     let h = r.headers_mut();
     h.insert(header::LOCATION, HeaderValue::from_static("/"));
@@ -187,6 +217,7 @@ pub(super) async fn request(door: &WebDoor, host: &str, req: Request) -> Respons
             return refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE);
         }
     }
+    *ds.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     proxy(&door.ctx, &ds, req).await
 }
 

@@ -52,7 +52,8 @@ pub struct CommandEntry {
     /// Seconds since the recording's first record: where `replay --at` jumps to.
     pub offset: f64,
     pub channel: u32,
-    /// `exec`, `shell`, `input`, `unreconstructed`, `secret`, `upload`, `download` or `forward`.
+    /// `exec`, `shell`, `input`, `unreconstructed`, `secret`, `upload`, `download`, `forward`
+    /// or `web` (a device web UI's request).
     pub kind: &'static str,
     pub command: String,
 }
@@ -163,6 +164,21 @@ impl CommandLog {
             Ok(Event::Transfer(t)) => {
                 let (kind, command) = transfer_entry(&t);
                 self.log(r, kind, command);
+            }
+            // A device web UI's request log: searchable like commands.
+            Ok(Event::WebRequest {
+                method,
+                path,
+                query,
+                status,
+                ..
+            }) => {
+                let target = match query {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                };
+                let line = format!("{method} {target} -> {status}");
+                self.log(r, "web", escape_controls(&line));
             }
             _ => {}
         }
