@@ -25,6 +25,11 @@ struct Browser {
 
 impl Browser {
     fn start(width: u32, height: u32) -> Browser {
+        Browser::start_with(width, height, &[], "web-screenshots")
+    }
+
+    /// A browser with further Chromium `args`, saving screenshots under `target/tmp/SHOTS/`.
+    fn start_with(width: u32, height: u32, args: &[&str], shots: &str) -> Browser {
         let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -50,12 +55,21 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromedriver did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
+        let size = format!("--window-size={width},{height}");
+        let mut chrome_args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            size.as_str(),
+        ];
+        chrome_args.extend_from_slice(args);
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": chromium,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--no-first-run", format!("--window-size={width},{height}")]
+                "args": chrome_args
             }
         }}});
         let r: Value = http
@@ -68,7 +82,7 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("chromedriver refused the session: {r}"))
             .to_owned();
-        let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
+        let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(shots);
         let _ = std::fs::remove_dir_all(&shots);
         std::fs::create_dir_all(&shots).unwrap();
         Browser {
@@ -311,4 +325,73 @@ fn an_approver_works_the_web_form_in_chromium() {
     sh.send("exit\r");
     sh.wait_exit(T);
     assert_eq!(b.taken, 10);
+}
+
+#[test]
+fn a_vendor_opens_a_device_web_ui_in_chromium() {
+    use crate::device_web::{WebDevice, device_add};
+    let port = crate::harness::free_port();
+    let w = World::with_config(
+        9,
+        "5m",
+        &format!(
+            "web_devices_listen = \"127.0.0.1:{port}\"\nweb_devices_domain = \"devices.test\"\n"
+        ),
+    );
+    let cam = WebDevice::start(&w, "cam-01");
+    // The device's UI links its pages by absolute paths, as device UIs do.
+    std::fs::write(
+        cam.dir.join("index.html"),
+        r#"<h1>cam-01 status</h1><a id="next" href="/settings.html">settings</a>"#,
+    )
+    .unwrap();
+    std::fs::write(cam.dir.join("settings.html"), "<h1>cam-01 settings</h1>").unwrap();
+    let url = format!("https://127.0.0.1:{}", cam.port);
+    let cert = cam.cert.display().to_string();
+    let o = device_add(&w, "site-a/cam", &["--web", &url, "--web-cert", &cert]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    w.ok(&[
+        "function",
+        "add",
+        "webui",
+        "--allow",
+        &format!("web:{}", cam.port),
+    ]);
+    let vic = w.vendor("vic", &[]);
+    let grant = w.grant("vic", "site-a", "webui");
+    let link = String::from_utf8_lossy(&w.ssh(&vic, "vic:web", &[]).stdout)
+        .trim()
+        .to_owned();
+
+    // Every name under the device domain is this loopback front door; its certificate is from
+    // the test installation's own CA.
+    let mut b = Browser::start_with(
+        412,
+        915,
+        &[
+            "--ignore-certificate-errors",
+            "--host-resolver-rules=MAP devices.test 127.0.0.1, MAP *.devices.test 127.0.0.1",
+        ],
+        "device-web-screenshots",
+    );
+    b.go(&link);
+    b.wait_text("Device web UIs");
+    b.screenshot("device-list");
+    b.click("a[href='/open/site-a/cam']");
+    b.wait_text("cam-01 status");
+    assert!(
+        b.url()
+            .starts_with(&format!("https://cam--site-a.devices.test:{port}/")),
+        "{}",
+        b.url()
+    );
+    b.screenshot("device-page");
+    b.click("#next");
+    b.wait_text("cam-01 settings");
+    b.screenshot("device-settings");
+
+    // Revoked: the next page load is refused.
+    w.ok(&["grant", "revoke", &grant]);
+    b.wait_text("Sign in from your terminal");
+    b.screenshot("device-revoked");
 }

@@ -9,14 +9,16 @@ use serde_json::Value;
 use crate::harness::{World, free_port, run, wait_for_port};
 
 /// A device web UI: Python's HTTPS server on loopback with a self-signed certificate.
-struct WebDevice {
+pub(crate) struct WebDevice {
     child: Child,
-    port: u16,
-    cert: std::path::PathBuf,
+    pub(crate) port: u16,
+    pub(crate) cert: std::path::PathBuf,
+    /// Where its pages are served from.
+    pub(crate) dir: std::path::PathBuf,
 }
 
 impl WebDevice {
-    fn start(w: &World, name: &str) -> WebDevice {
+    pub(crate) fn start(w: &World, name: &str) -> WebDevice {
         let dir = w.dir.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -60,7 +62,12 @@ impl WebDevice {
             .spawn()
             .expect("python3");
         wait_for_port(port, "device web UI");
-        WebDevice { child, port, cert }
+        WebDevice {
+            child,
+            port,
+            cert,
+            dir,
+        }
     }
 
     /// The certificate's fingerprint as `openssl x509 -fingerprint -sha256` prints it.
@@ -82,7 +89,7 @@ impl Drop for WebDevice {
 }
 
 /// `device add SITE/DEVICE` on the world's sshd, with `extra` arguments.
-fn device_add(w: &World, target: &str, extra: &[&str]) -> std::process::Output {
+pub(crate) fn device_add(w: &World, target: &str, extra: &[&str]) -> std::process::Output {
     let key = w.dir.path().join("broker_device_key").display().to_string();
     let addr = format!("127.0.0.1:{}", w.sshd_port);
     let hk = w.sshd_host_pub.display().to_string();

@@ -11,6 +11,7 @@
 
 pub mod html;
 mod pages;
+pub use pages::style;
 
 use crate::audit::AuditEvent;
 use std::path::PathBuf;

@@ -149,6 +149,10 @@ pub async fn bind(
         .route("/", axum::routing::get(home))
         .route("/enter/{token}", axum::routing::get(enter))
         .route("/open/{site}/{device}", axum::routing::get(open))
+        .route(
+            "/static/style.css",
+            axum::routing::get(approvals::web::style),
+        )
         .fallback(axum::routing::any(elsewhere))
         .layer(axum::middleware::from_fn_with_state(state.clone(), by_host))
         .with_state(state);
@@ -216,7 +220,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
     );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        HeaderValue::from_static("default-src 'none'; style-src 'self'"),
     );
     h.insert(
         header::STRICT_TRANSPORT_SECURITY,
