@@ -246,6 +246,11 @@ class Bench:
         # penalties meant for strangers (as a NAT gateway many vendors share would be).
         cfg_path = self.path("data", "postern.toml")
         cfg = open(cfg_path).read().replace('penalty_exempt = []', 'penalty_exempt = ["127.0.0.1"]')
+        # The device web front door, for table 10b.
+        self.web_port = free_port()
+        cfg = "\n".join(l for l in cfg.splitlines()
+                        if not l.startswith(("web_devices_listen", "web_devices_domain")))
+        cfg += f'\nweb_devices_listen = "127.0.0.1:{self.web_port}"\nweb_devices_domain = "devices.bench"\n'
         with open(cfg_path, "w") as f:
             f.write(cfg)
         self.pn("site", "add", "bench")
@@ -314,6 +319,73 @@ class Bench:
                    BENCH_CODE_FILE=code)
         return ["ssh", *self.opts, "-i", self.path(v), "-p", str(port),
                 f"{v}:{device}@127.0.0.1"], env
+
+    # ---- 10b. a device web UI's download ----
+    def web_download(self, mib, repeat):
+        """A large download from a device's HTTPS UI: curl straight to it, against curl through
+        the device web front door (signed in with `ssh VENDOR:web`, handed to the device origin)."""
+        d = self.path("webdev")
+        os.makedirs(d, exist_ok=True)
+        self.run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                 "-nodes", "-days", "1", "-subj", "/CN=dev", "-keyout", os.path.join(d, "key.pem"),
+                 "-out", os.path.join(d, "cert.pem"))
+        with open(os.path.join(d, "big.bin"), "wb") as f:
+            for _ in range(mib):
+                f.write(os.urandom(1 << 20))
+        port = free_port()
+        server = ("import http.server, ssl, sys, functools\n"
+                  "h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[2])\n"
+                  "s = http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), h)\n"
+                  "c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n"
+                  "c.load_cert_chain(sys.argv[2] + '/cert.pem', sys.argv[2] + '/key.pem')\n"
+                  "s.socket = c.wrap_socket(s.socket, server_side=True)\n"
+                  "s.serve_forever()\n")
+        self.procs.append(subprocess.Popen(["python3", "-c", server, str(port), d],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(port)
+        self.pn("device", "web", "bench/dev", "--url", f"https://127.0.0.1:{port}",
+                "--cert", os.path.join(d, "cert.pem"))
+        self.pn("function", "add", "webbulk", "--allow", f"web:{port}")
+        argv, env = self.target("postern")
+        v = argv[-1].split(":")[0]
+        self.pn("grant", "add", "--vendor", v, "--site", "bench", "--function", "webbulk", "--until", "+2h")
+        link = subprocess.run(argv[:-1] + [f"{v}:web@127.0.0.1"], env=env, capture_output=True,
+                              text=True, timeout=60).stdout.strip()
+        wp = self.web_port
+        origin = "dev--bench.devices.bench"
+        curl = ["curl", "-s", "--cacert", self.path("data", "keys", "web_ca.crt"),
+                "--resolve", f"devices.bench:{wp}:127.0.0.1", "--resolve", f"{origin}:{wp}:127.0.0.1"]
+
+        def header(out, name):
+            for line in out.splitlines():
+                if line.lower().startswith(name + ":"):
+                    return line.split(":", 1)[1].strip()
+            raise SystemExit(f"no {name} in: {out[:500]}")
+
+        out = subprocess.run(curl + ["-D", "-", "-o", "/dev/null", link], capture_output=True, text=True).stdout
+        session = header(out, "set-cookie").split(";")[0]
+        out = subprocess.run(curl + ["-D", "-", "-o", "/dev/null", "-H", f"cookie: {session}",
+                                     f"https://devices.bench:{wp}/open/bench/dev"], capture_output=True, text=True).stdout
+        out = subprocess.run(curl + ["-D", "-", "-o", "/dev/null", header(out, "location")],
+                             capture_output=True, text=True).stdout
+        dev = header(out, "set-cookie").split(";")[0]
+
+        def best(cmd):
+            top = 0.0
+            for _ in range(repeat):
+                t = time.time()
+                r = subprocess.run(cmd + ["-o", "/dev/null", "-w", "%{http_code} %{size_download}"],
+                                   capture_output=True, text=True, timeout=600)
+                el = time.time() - t
+                code, size = r.stdout.split()
+                if code != "200" or int(size) != mib << 20:
+                    raise SystemExit(f"download failed: {r.stdout} {r.stderr[-300:]}")
+                top = max(top, mib / el)
+            return top
+
+        direct = best(["curl", "-s", "-k", f"https://127.0.0.1:{port}/big.bin"])
+        postern = best(curl + ["-H", f"cookie: {dev}", f"https://{origin}:{wp}/big.bin"])
+        return direct, postern
 
     # ---- 1. throughput ----
     def throughput(self, kinds=None):
@@ -783,6 +855,7 @@ def main():
                     help="sessions recorded at an edge while its link is cut, then shipped (0 to skip)")
     ap.add_argument("--backlog-mib", type=int, default=4, help="MiB of output per backlog session")
     ap.add_argument("--only-backlog", action="store_true", help="only the edge backlog run")
+    ap.add_argument("--only-web", action="store_true", help="only the device web UI download run")
     ap.add_argument("--no-unrecorded", dest="unrecorded", action="store_false",
                     help="skip the recording-off comparison (it needs a second release build)")
     a = ap.parse_args()
@@ -797,6 +870,8 @@ def main():
         a.rotation = min(a.rotation, 50)
         a.edges = min(a.edges, 20)
         a.backlog, a.backlog_mib = min(a.backlog, 3), 1
+    if a.only_web:
+        a.unrecorded, a.rotation, a.edges, a.backlog = False, 0, 0, 0
     if a.only_backlog:
         a.only_edges = True
         a.edges = 0
@@ -814,8 +889,14 @@ def main():
         print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
               f"{platform.system()} {platform.release()}; "
               f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")
-        if not (a.only_rotation or a.only_edges):
+        if not (a.only_rotation or a.only_edges or a.only_web):
             main_tables(a, b)
+        if a.only_web or not (a.only_rotation or a.only_edges):
+            direct, via = b.web_download(a.size_mib, a.repeat)
+            print()
+            print(f"10b. a device web UI's download, {a.size_mib} MiB over HTTPS, best of {a.repeat} (MiB/s)")
+            print(f"   {'direct':>9}{'Postern':>9}{'Postern/direct':>16}")
+            print(f"   {direct:>9.0f}{via:>9.0f}{via / direct:>16.2f}")
         if a.rotation:
             print()
             r = b.rotation(a.rotation)
