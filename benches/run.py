@@ -246,7 +246,7 @@ class Bench:
         # penalties meant for strangers (as a NAT gateway many vendors share would be).
         cfg_path = self.path("data", "postern.toml")
         cfg = open(cfg_path).read().replace('penalty_exempt = []', 'penalty_exempt = ["127.0.0.1"]')
-        # The device web front door, for table 10b.
+        # The device web front door, for table 11.
         self.web_port = free_port()
         cfg = "\n".join(l for l in cfg.splitlines()
                         if not l.startswith(("web_devices_listen", "web_devices_domain")))
@@ -320,7 +320,7 @@ class Bench:
         return ["ssh", *self.opts, "-i", self.path(v), "-p", str(port),
                 f"{v}:{device}@127.0.0.1"], env
 
-    # ---- 10b. a device web UI's download ----
+    # ---- 11. a device web UI's download ----
     def web_download(self, mib, repeat):
         """A large download from a device's HTTPS UI: curl straight to it, against curl through
         the device web front door (signed in with `ssh VENDOR:web`, handed to the device origin)."""
@@ -894,7 +894,7 @@ def main():
         if a.only_web or not (a.only_rotation or a.only_edges):
             direct, via = b.web_download(a.size_mib, a.repeat)
             print()
-            print(f"10b. a device web UI's download, {a.size_mib} MiB over HTTPS, best of {a.repeat} (MiB/s)")
+            print(f"11. a device web UI's download, {a.size_mib} MiB over HTTPS, best of {a.repeat} (MiB/s)")
             print(f"   {'direct':>9}{'Postern':>9}{'Postern/direct':>16}")
             print(f"   {direct:>9.0f}{via:>9.0f}{via / direct:>16.2f}")
         if a.rotation:
