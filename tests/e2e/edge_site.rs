@@ -501,7 +501,19 @@ fn a_full_evidence_buffer_refuses_new_sessions_until_it_drains() {
     // Again with a buffer that one session fills.
     drop(site.edge.take());
     site.run_args = vec!["--buffer-max".into(), "1KiB".into()];
+    let restarted = crate::harness::unix_now() as i64;
     site.run();
+    // Settled first: the new process linked (and given the central's bundle again) before the
+    // link is cut.
+    let end = Instant::now() + Duration::from_secs(60);
+    while crate::edges::edge_row(&site.w, "e-site")["connected_since"]
+        .as_i64()
+        .is_none_or(|t| t < restarted)
+    {
+        assert!(Instant::now() < end, "the restarted edge never linked");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_bundle_has(&site.dir, &grant);
     site.sever();
     let o = run(&mut at_edge(
         &site.w,
@@ -510,7 +522,11 @@ fn a_full_evidence_buffer_refuses_new_sessions_until_it_drains() {
         "eve:site-s/dev",
         &["seq", "1", "2000"],
     ));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("2000"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("2000"),
+        "{o:?}\nthe site node's audit log ends:\n{}",
+        site_audit_tail(&site.dir)
+    );
     let end = Instant::now() + Duration::from_secs(15);
     let refused = loop {
         let o = run(&mut at_edge(
@@ -546,4 +562,16 @@ fn a_full_evidence_buffer_refuses_new_sessions_until_it_drains() {
         assert!(Instant::now() < end, "sessions stayed refused: {o:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The last events of the site node's audit log (what a failure needs to be understood).
+fn site_audit_tail(dir: &std::path::Path) -> String {
+    let Ok(reader) = recorder::Reader::open(&dir.join("site/audit.log")) else {
+        return "(no audit log)".into();
+    };
+    let events: Vec<String> = reader
+        .filter_map(|r| r.ok())
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect();
+    events[events.len().saturating_sub(12)..].join("\n")
 }
