@@ -284,7 +284,6 @@ impl Server {
         ));
         if let Some(listener) = self.metrics.take() {
             tokio::spawn(crate::metrics::keep_fresh(
-                self.ctx.metrics.clone(),
                 self.ctx.clone(),
                 self.exception_limits,
                 node.evidence_store.is_some(),

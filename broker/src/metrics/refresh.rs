@@ -300,17 +300,17 @@ impl Metrics {
     }
 }
 
-/// Refreshes `metrics` for as long as the node runs, serving them on `listener` from the end of
-/// the first refresh that worked: a scrape never sees the database's totals jump from zero after
+/// Refreshes the node's metrics (`Ctx::metrics`) for as long as the node runs, serving them on
+/// `listener` from the end of the first refresh that worked: a scrape never sees the database's totals jump from zero after
 /// a restart (which `increase()` would read as that many new events). Until then the node does
 /// not answer scrapes, and Prometheus says so (`up` is 0).
 pub async fn keep_fresh(
-    metrics: Arc<Metrics>,
     ctx: Arc<Ctx>,
     limits: ExceptionLimits,
     evidence_store: bool,
     listener: tokio::net::TcpListener,
 ) {
+    let metrics = ctx.metrics.clone();
     let mut listener = Some(listener);
     loop {
         match metrics.refresh(&ctx, limits, evidence_store).await {

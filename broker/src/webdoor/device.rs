@@ -170,15 +170,7 @@ pub(super) async fn enter(
 
 /// The session of this origin's cookie.
 fn session_of(door: &WebDoor, headers: &HeaderMap, host: &str) -> Option<Arc<DeviceSession>> {
-    let name = format!("{DEVICE_COOKIE}=");
-    let cookies: Vec<&str> = (headers.get_all(header::COOKIE).iter())
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix(name.as_str()))
-        .collect();
-    let [cookie] = cookies[..] else {
-        return None;
-    };
+    let cookie = super::only_cookie(headers, DEVICE_COOKIE)?;
     let devices = door.devices.lock().unwrap_or_else(|p| p.into_inner());
     (devices.get(&token_hash(cookie)))
         .filter(|d| d.origin == host)

@@ -54,7 +54,6 @@ pub enum WebDoorError {
 
 /// What every request of the front door shares.
 pub struct WebDoor {
-    store: approvals::Store,
     actions: approvals::Actions,
     domain: String,
     db: tokio::sync::Semaphore,
@@ -133,7 +132,6 @@ pub async fn bind(
             error,
         })?;
     let state = Arc::new(WebDoor {
-        store: node.store.clone(),
         actions: node.actions(),
         port_suffix: public_url(&node.cfg)
             .and_then(|u| url::Url::parse(&u).ok()?.port())
@@ -323,24 +321,29 @@ fn action_refused(e: ActionError) -> Response {
     }
 }
 
-/// The vendor of the request's session cookie, if it is open.
-async fn signed_in(door: &WebDoor, headers: &HeaderMap) -> Result<Option<String>, Response> {
-    let name = format!("{COOKIE}=");
-    let cookies: Vec<&str> = (headers.get_all(header::COOKIE).iter())
+/// The value of the one cookie `name` the request carries, as Postern made it (64 hex digits).
+/// Two cookies of one name mean one was planted by a sibling host: neither counts.
+fn only_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let prefix = format!("{name}=");
+    let found: Vec<&str> = (headers.get_all(header::COOKIE).iter())
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix(name.as_str()))
+        .filter_map(|c| c.trim().strip_prefix(prefix.as_str()))
         .collect();
-    // One session cookie, as Postern set it; two mean one was planted: neither counts.
-    let [cookie] = cookies[..] else {
+    match found[..] {
+        [cookie] if well_formed(cookie) => Some(cookie),
+        _ => None,
+    }
+}
+
+/// The vendor of the request's session cookie, if it is open.
+async fn signed_in(door: &WebDoor, headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(cookie) = only_cookie(headers, COOKIE) else {
         return Ok(None);
     };
-    if !well_formed(cookie) {
-        return Ok(None);
-    }
     let _turn = db_turn(door).ok_or_else(busy)?;
     let now = approvals::time::now();
-    (door.store.web_session(&token_hash(cookie), now))
+    (door.ctx.store.web_session(&token_hash(cookie), now))
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "device web session lookup failed");
@@ -348,20 +351,33 @@ async fn signed_in(door: &WebDoor, headers: &HeaderMap) -> Result<Option<String>
         })
 }
 
-/// `GET /` on the domain: the device UIs the vendor's grants reach now.
-async fn home(State(door): State<Arc<WebDoor>>, headers: HeaderMap) -> Response {
-    let vendor = match signed_in(&door, &headers).await {
-        Ok(Some(v)) => v,
-        Ok(None) => return refused(StatusCode::UNAUTHORIZED, "You are not signed in."),
-        Err(r) => return r,
+/// The signed-in vendor and the device UIs their grants reach now, or the page saying why not.
+async fn vendor_targets(
+    door: &WebDoor,
+    headers: &HeaderMap,
+) -> Result<(String, Vec<WebTarget>), Response> {
+    let vendor = match signed_in(door, headers).await? {
+        Some(v) => v,
+        None => return Err(refused(StatusCode::UNAUTHORIZED, "You are not signed in.")),
     };
     let now = approvals::time::now();
-    let targets = match door.store.web_targets(&vendor, now).await {
-        Ok(t) => t,
+    match door.ctx.store.web_targets(&vendor, now).await {
+        Ok(t) => Ok((vendor, t)),
         Err(e) => {
             tracing::warn!(error = %e, "device web targets unavailable");
-            return refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE);
+            Err(refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                crate::session::OUTAGE,
+            ))
         }
+    }
+}
+
+/// `GET /` on the domain: the device UIs the vendor's grants reach now.
+async fn home(State(door): State<Arc<WebDoor>>, headers: HeaderMap) -> Response {
+    let (vendor, targets) = match vendor_targets(&door, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     page(
         StatusCode::OK,
@@ -446,15 +462,9 @@ async fn open(
     headers: HeaderMap,
     Path((site, device)): Path<(String, String)>,
 ) -> Response {
-    let vendor = match signed_in(&door, &headers).await {
-        Ok(Some(v)) => v,
-        Ok(None) => return refused(StatusCode::UNAUTHORIZED, "You are not signed in."),
+    let (vendor, targets) = match vendor_targets(&door, &headers).await {
+        Ok(v) => v,
         Err(r) => return r,
-    };
-    let now = approvals::time::now();
-    let targets = match door.store.web_targets(&vendor, now).await {
-        Ok(t) => t,
-        Err(_) => return refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE),
     };
     let Some(t) = targets
         .into_iter()
@@ -474,7 +484,7 @@ async fn open(
             "that device's name cannot be a web address",
         );
     };
-    let pin = match door.store.device_web(&t.site, &t.device).await {
+    let pin = match door.ctx.store.device_web(&t.site, &t.device).await {
         Ok(Some(w)) => w.cert_sha256,
         _ => return refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE),
     };
