@@ -21,12 +21,7 @@ mod estate;
 
 /// One month of the estate's activity on top of its directory, scaled to its size.
 async fn busy_month(url: &str, s: &Sizes) {
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await
-        .expect("bulk connection");
-    let sqlite = url.starts_with("sqlite:");
+    let (pool, sqlite) = estate::bulk_pool(url).await;
     let (sites, vendors) = (s.sites.max(1), s.vendors.max(1));
     let day = 86_400;
     // Standing grants: 1% of sites hold one for a month.

@@ -329,15 +329,8 @@ fn an_approver_works_the_web_form_in_chromium() {
 
 #[test]
 fn a_vendor_opens_a_device_web_ui_in_chromium() {
-    use crate::device_web::{WebDevice, device_add};
-    let port = crate::harness::free_port();
-    let w = World::with_config(
-        9,
-        "5m",
-        &format!(
-            "web_devices_listen = \"127.0.0.1:{port}\"\nweb_devices_domain = \"devices.test\"\n"
-        ),
-    );
+    use crate::device_web::{WebDevice, enrol_cam, sign_in_link, web_world};
+    let (w, port) = web_world();
     let cam = WebDevice::start(&w, "cam-01");
     // The device's UI links its pages by absolute paths, as device UIs do.
     std::fs::write(
@@ -346,22 +339,10 @@ fn a_vendor_opens_a_device_web_ui_in_chromium() {
     )
     .unwrap();
     std::fs::write(cam.dir.join("settings.html"), "<h1>cam-01 settings</h1>").unwrap();
-    let url = format!("https://127.0.0.1:{}", cam.port);
-    let cert = cam.cert.display().to_string();
-    let o = device_add(&w, "site-a/cam", &["--web", &url, "--web-cert", &cert]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    w.ok(&[
-        "function",
-        "add",
-        "webui",
-        "--allow",
-        &format!("web:{}", cam.port),
-    ]);
+    enrol_cam(&w, &cam, &cam.cert);
     let vic = w.vendor("vic", &[]);
     let grant = w.grant("vic", "site-a", "webui");
-    let link = String::from_utf8_lossy(&w.ssh(&vic, "vic:web", &[]).stdout)
-        .trim()
-        .to_owned();
+    let link = sign_in_link(&w, &vic);
 
     // Every name under the device domain is this loopback front door; its certificate is from
     // the test installation's own CA.

@@ -110,6 +110,42 @@ pub(crate) fn device_add(w: &World, target: &str, extra: &[&str]) -> std::proces
     w.postern(&args)
 }
 
+/// A world whose device web front door listens on a port of its own, for `devices.test`.
+pub(crate) fn web_world() -> (World, u16) {
+    let port = free_port();
+    let w = World::with_config(
+        9,
+        "5m",
+        &format!(
+            "web_devices_listen = \"127.0.0.1:{port}\"\nweb_devices_domain = \"devices.test\"\n"
+        ),
+    );
+    (w, port)
+}
+
+/// Enrols `site-a/cam` with its web UI at `cam`, pinned to the certificate file `pin`, and adds
+/// the function `webui` that allows the UI's port.
+pub(crate) fn enrol_cam(w: &World, cam: &WebDevice, pin: &std::path::Path) {
+    let url = format!("https://127.0.0.1:{}", cam.port);
+    let pin = pin.display().to_string();
+    let o = device_add(w, "site-a/cam", &["--web", &url, "--web-cert", &pin]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    w.ok(&[
+        "function",
+        "add",
+        "webui",
+        "--allow",
+        &format!("web:{}", cam.port),
+    ]);
+}
+
+/// The one-time sign-in link `ssh VENDOR:web` prints for `v`.
+pub(crate) fn sign_in_link(w: &World, v: &crate::harness::Vendor) -> String {
+    let o = w.ssh(v, &format!("{}:web", v.name), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
 fn devices(w: &World) -> Vec<Value> {
     serde_json::from_str(&w.ok(&["device", "list", "--json"])).unwrap()
 }
@@ -252,33 +288,14 @@ fn browser(w: &World, port: u16, hosts: &[&str]) -> reqwest::blocking::Client {
 
 #[test]
 fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
-    let port = free_port();
-    let w = World::with_config(
-        9,
-        "5m",
-        &format!(
-            "web_devices_listen = \"127.0.0.1:{port}\"\nweb_devices_domain = \"devices.test\"\n"
-        ),
-    );
+    let (w, port) = web_world();
     let cam = WebDevice::start(&w, "cam-01");
-    let cert = cam.cert.display().to_string();
-    let url = format!("https://127.0.0.1:{}", cam.port);
-    let o = device_add(&w, "site-a/cam", &["--web", &url, "--web-cert", &cert]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    w.ok(&[
-        "function",
-        "add",
-        "webui",
-        "--allow",
-        &format!("web:{}", cam.port),
-    ]);
+    enrol_cam(&w, &cam, &cam.cert);
     let vic = w.vendor("vic", &[]);
     w.grant("vic", "site-a", "webui");
 
     // The link, printed over ssh after the certificate and the TOTP code.
-    let o = w.ssh(&vic, "vic:web", &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let link = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let link = sign_in_link(&w, &vic);
     let prefix = format!("https://devices.test:{port}/enter/");
     assert!(link.starts_with(&prefix), "{link}");
     w.wait_audit("web.entry", |e| {
@@ -374,8 +391,7 @@ fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("holds no grant with web access now"));
 
     // A link past its minute is refused.
-    let o = w.ssh(&vic, "vic:web", &[]);
-    let late = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let late = sign_in_link(&w, &vic);
     let sql = "UPDATE web_entries SET expires = 0 WHERE used IS NULL";
     let o = run(Command::new("sqlite3")
         .args(["-cmd", ".timeout 5000"])
@@ -519,33 +535,14 @@ fn device_opens_and_revocation_closes_it(
 
 #[test]
 fn a_device_presenting_another_certificate_than_its_pin_is_refused_and_recorded() {
-    let port = free_port();
-    let w = World::with_config(
-        9,
-        "5m",
-        &format!(
-            "web_devices_listen = \"127.0.0.1:{port}\"\nweb_devices_domain = \"devices.test\"\n"
-        ),
-    );
+    let (w, port) = web_world();
     // The UI answering at the address is cam-01's; the pin is cam-02's certificate.
     let cam = WebDevice::start(&w, "cam-01");
     let other = WebDevice::start(&w, "cam-02");
-    let url = format!("https://127.0.0.1:{}", cam.port);
-    let pin = other.cert.display().to_string();
-    let o = device_add(&w, "site-a/cam", &["--web", &url, "--web-cert", &pin]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    w.ok(&[
-        "function",
-        "add",
-        "webui",
-        "--allow",
-        &format!("web:{}", cam.port),
-    ]);
+    enrol_cam(&w, &cam, &other.cert);
     let ann = w.vendor("ann", &[]);
     w.grant("ann", "site-a", "webui");
-    let link = String::from_utf8_lossy(&w.ssh(&ann, "ann:web", &[]).stdout)
-        .trim()
-        .to_owned();
+    let link = sign_in_link(&w, &ann);
     let b = browser(&w, port, &["devices.test", "cam--site-a.devices.test"]);
     let r = b.get(&link).send().unwrap();
     let session = r.headers()["set-cookie"]

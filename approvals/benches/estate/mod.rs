@@ -108,8 +108,9 @@ pub async fn bulk(
     }
 }
 
-pub async fn populate(store: &Store, url: &str, s: &Sizes) -> Vec<(usize, usize, usize)> {
-    // The directory rows the broker's CLI would create, inserted in bulk.
+/// One connection for bulk inserts (SQLite without fsync: a benchmark's load, not evidence),
+/// and whether the database is SQLite.
+pub async fn bulk_pool(url: &str) -> (sqlx::AnyPool, bool) {
     let pool = sqlx::any::AnyPoolOptions::new()
         .max_connections(1)
         .connect(url)
@@ -122,6 +123,12 @@ pub async fn populate(store: &Store, url: &str, s: &Sizes) -> Vec<(usize, usize,
             .await
             .ok();
     }
+    (pool, sqlite)
+}
+
+pub async fn populate(store: &Store, url: &str, s: &Sizes) -> Vec<(usize, usize, usize)> {
+    // The directory rows the broker's CLI would create, inserted in bulk.
+    let (pool, sqlite) = bulk_pool(url).await;
     for f in FUNCTIONS {
         store
             .add_function(
