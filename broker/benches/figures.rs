@@ -183,7 +183,7 @@ async fn busy_month(url: &str, s: &Sizes) {
         (0..50).map(|i| {
             vec![
                 format!("b{i}"),
-                format!("v{i}"),
+                format!("v{}", i % vendors),
                 "org0".into(),
                 format!("s{}", i * 13 % sites),
                 "d".into(),
