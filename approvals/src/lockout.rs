@@ -70,7 +70,7 @@ impl Store {
         now: i64,
     ) -> Result<Attempt, StoreError> {
         let key = who.key();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         // The row lock (PostgreSQL) or the write lock (SQLite) taken here is held until commit,
         // so a concurrent attempt waits and then sees the lock this one sets.
         let failures: Option<i64> = sqlx::query_scalar(

@@ -9,7 +9,7 @@ use crate::secrets::Owner;
 
 impl Store {
     pub async fn add_site(&self, name: &str, region: Option<&str>, now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         self.add_site_in(&mut tx, name, region, now).await?;
         tx.commit().await?;
         Ok(())
@@ -43,7 +43,7 @@ impl Store {
     }
 
     pub async fn add_device(&self, d: &NewDevice, now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         self.add_device_in(&mut tx, d, now).await?;
         tx.commit().await?;
         Ok(())
@@ -149,7 +149,7 @@ impl Store {
         emergency_orgs: Option<&[String]>,
         now: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         self.add_function_in(&mut tx, name, allow, login, max_window, emergency_orgs, now)
             .await?;
         tx.commit().await?;

@@ -9,7 +9,7 @@ impl Store {
     /// Adds a grant after checking that everything it names exists and that the window is
     /// well-formed and no longer than the function allows.
     pub async fn add_grant(&self, g: &NewGrant, now: i64) -> Result<Grant> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let grant = self.add_grant_in(&mut tx, g, now).await?;
         tx.commit().await?;
         Ok(grant)
@@ -119,7 +119,7 @@ impl Store {
     }
 
     pub async fn revoke_grant(&self, id: &str, by: &str, now: i64) -> Result<Grant> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let grant = self.revoke_grant_in(&mut tx, id, by, now).await?;
         tx.commit().await?;
         Ok(grant)

@@ -161,9 +161,15 @@ impl Store {
         })
     }
 
-    /// Starts a transaction.
+    /// Starts a transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so
+    /// that it waits for another writer instead of failing when its first read would later have
+    /// to be upgraded; the `*_in` functions still write first, for PostgreSQL's row locks.
     pub async fn begin(&self) -> Result<Tx> {
-        Ok(self.pool.begin().await?)
+        if self.postgres {
+            Ok(self.pool.begin().await?)
+        } else {
+            Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        }
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {

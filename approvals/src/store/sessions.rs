@@ -68,7 +68,7 @@ impl Store {
 
     /// Asks whichever node runs a live session to close it.
     pub async fn request_kill(&self, id: &str) -> Result<Session> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let s = self.request_kill_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(s)
@@ -121,7 +121,7 @@ impl Store {
 
     /// Stores a session's command log (replacing any earlier extraction of it).
     pub async fn set_commands(&self, session: &str, rows: &[CommandRow]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM commands WHERE session = $1")
             .bind(session)
             .execute(&mut *tx)

@@ -16,7 +16,7 @@ impl Store {
         totp_secret: &str,
         now: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         self.add_vendor_in(&mut tx, name, org, contract_end, totp_secret, now)
             .await?;
         tx.commit().await?;
@@ -76,7 +76,7 @@ impl Store {
 
     /// Disables a vendor and revokes all their grants; returns the ids of the grants revoked.
     pub async fn disable_vendor(&self, name: &str, by: &str, now: i64) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let ids = self.disable_vendor_in(&mut tx, name, by, now).await?;
         tx.commit().await?;
         Ok(ids)
@@ -155,7 +155,7 @@ impl Store {
     }
 
     pub async fn record_certificate(&self, c: &IssuedCertificate) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         self.record_certificate_in(&mut tx, c).await?;
         tx.commit().await?;
         Ok(())
@@ -221,19 +221,20 @@ impl Store {
     /// Registers a node's vendor CA public key (OpenSSH format) so every node trusts the
     /// certificates it issues. A new key bumps the revision so running nodes reload the set.
     pub async fn register_vendor_ca(&self, public_key: &str, node: &str, now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let known: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM vendor_cas WHERE public_key = $1")
-                .bind(public_key)
-                .fetch_one(&mut *tx)
-                .await?;
-        if known == 0 {
-            sqlx::query("INSERT INTO vendor_cas (public_key, node, created) VALUES ($1, $2, $3)")
-                .bind(public_key)
-                .bind(node)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+        let mut tx = self.begin().await?;
+        // The insert is the transaction's first statement: on SQLite a read that later upgrades
+        // to a write fails at once ("database is locked") if another connection wrote meanwhile.
+        let added = sqlx::query(
+            "INSERT INTO vendor_cas (public_key, node, created) SELECT $1, $2, $3 \
+             WHERE NOT EXISTS (SELECT 1 FROM vendor_cas WHERE public_key = $1)",
+        )
+        .bind(public_key)
+        .bind(node)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if added > 0 {
             self.bump_revision(&mut *tx).await?;
         }
         tx.commit().await?;
