@@ -271,6 +271,9 @@ pub enum ActionRecord {
         web_cert: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         web_pinned: Option<String>,
+        /// The user Postern signs in to the web UI as (never the password).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        web_user: Option<String>,
     },
     /// A device's web UI endpoint set, its certificate pinned.
     DeviceWeb {
@@ -281,6 +284,9 @@ pub enum ActionRecord {
         cert: String,
         /// How the certificate was pinned.
         pinned: String,
+        /// The user Postern signs in to the UI as (never the password).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        basic_user: Option<String>,
     },
     DeviceRotate {
         site: String,
@@ -874,6 +880,7 @@ impl Actions {
             web: web.map(|(w, _)| w.url.clone()),
             web_cert: web.and_then(|(w, _)| w.cert_sha256.clone()),
             web_pinned: web.map(|(_, how)| how.to_owned()),
+            web_user: web.and_then(|(w, _)| w.basic_user.clone()),
             site: d.site.clone(),
             device: d.name.clone(),
             addr: d.addr.clone(),
@@ -901,6 +908,7 @@ impl Actions {
             url: w.url.clone(),
             cert: w.cert_sha256.clone().unwrap_or_default(),
             pinned: pinned.to_owned(),
+            basic_user: w.basic_user.clone(),
         };
         self.finish(tx, actor, record).await
     }
@@ -1066,6 +1074,7 @@ mod tests {
             web: None,
             web_cert: None,
             web_pinned: None,
+            web_user: None,
         };
         assert_eq!(r.event().name(), "device.add");
         assert_eq!(

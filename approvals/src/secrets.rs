@@ -60,6 +60,11 @@ pub enum Owner<'a> {
     },
     Vendor(&'a str),
     Approver(&'a str),
+    /// The password Postern signs in to a device's web UI with (HTTP basic auth).
+    DeviceWeb {
+        site: &'a str,
+        name: &'a str,
+    },
 }
 
 impl Owner<'_> {
@@ -72,6 +77,9 @@ impl Owner<'_> {
             }
             Owner::Vendor(name) => format!("vendors.totp_secret\0{name}"),
             Owner::Approver(name) => format!("approvers.totp_secret\0{name}"),
+            Owner::DeviceWeb { site, name } => {
+                format!("device_web.basic_password\0{site}\0{name}")
+            }
         }
         .into_bytes()
     }

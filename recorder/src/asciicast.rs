@@ -4,9 +4,9 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::events::Resize;
+use crate::events::{Event, Resize};
 use crate::format::{Kind, Record};
-use crate::keys::escape_keys;
+use crate::keys::{escape_controls, escape_keys};
 use crate::reader::ReadError;
 
 /// Decodes a byte stream split at arbitrary points into valid UTF-8, holding back a multi-byte
@@ -126,6 +126,11 @@ where
                 }
                 ("r", format!("{cols}x{rows}"))
             }
+            // A device web UI session has no terminal: its request log is what it shows.
+            Kind::Event => match r.payload::<Event>().ok().and_then(|e| e.web_line()) {
+                Some(line) => ("o", format!("{}\r\n", escape_controls(&line))),
+                None => continue,
+            },
             _ => continue,
         };
         if !text.is_empty() {

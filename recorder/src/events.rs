@@ -218,9 +218,89 @@ pub enum Event {
         #[serde(default)]
         error: Option<String>,
     },
+    /// A device web UI's websocket opened (its handshake is the `web.request` before it, status
+    /// 101); its messages and close are written on the same channel number, one per socket.
+    #[serde(rename = "web.socket")]
+    WebSocket {
+        path: String,
+        #[serde(default)]
+        protocol: Option<String>,
+    },
+    /// One websocket message: its direction and size (its content is not kept).
+    #[serde(rename = "web.message")]
+    WebMessage {
+        from_device: bool,
+        bytes: u64,
+        binary: bool,
+    },
+    /// A websocket closed: by whom, and the close code given, if any.
+    #[serde(rename = "web.socket_close")]
+    WebSocketClose {
+        by: SocketEnd,
+        #[serde(default)]
+        code: Option<u16>,
+    },
     /// An event this version does not know: read and ignored, never written.
     #[serde(other, skip_serializing)]
     Other,
+}
+
+/// Who closed a device web UI's websocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocketEnd {
+    /// The vendor's browser.
+    Vendor,
+    /// The device.
+    Device,
+    /// Postern, because the session ended (revoked, killed, idle, shutting down).
+    Postern,
+}
+
+impl Event {
+    /// The line a replay shows for a device web UI event; `None` for other events.
+    pub fn web_line(&self) -> Option<String> {
+        Some(match self {
+            Event::WebRequest {
+                method,
+                path,
+                query,
+                status,
+                response_bytes,
+                millis,
+                error,
+                ..
+            } => {
+                let q = query
+                    .as_deref()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default();
+                let size = response_bytes
+                    .map(|b| format!(", {b} B"))
+                    .unwrap_or_default();
+                let why = error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default();
+                format!("{method} {path}{q} -> {status}{size}, {millis} ms{why}")
+            }
+            Event::WebSocket { path, .. } => format!("websocket {path} open"),
+            Event::WebMessage {
+                from_device,
+                bytes,
+                binary,
+            } => {
+                let dir = if *from_device { "<-" } else { "->" };
+                let kind = if *binary { "binary" } else { "text" };
+                format!("websocket {dir} {kind} message, {bytes} B")
+            }
+            Event::WebSocketClose { by, code } => {
+                let code = code.map(|c| format!(" ({c})")).unwrap_or_default();
+                format!("websocket closed by {by:?}{code}").to_lowercase()
+            }
+            _ => return None,
+        })
+    }
 }
 
 impl Payload for Event {
@@ -465,6 +545,21 @@ mod tests {
             json!({"event": "web.request", "method": "GET", "path": "/cgi/status", "query": "a=1",
                    "status": 200, "request_bytes": 0, "response_bytes": 512, "millis": 3,
                    "error": null}),
+        );
+        same(
+            Event::WebMessage {
+                from_device: true,
+                bytes: 12,
+                binary: false,
+            },
+            json!({"event": "web.message", "from_device": true, "bytes": 12, "binary": false}),
+        );
+        same(
+            Event::WebSocketClose {
+                by: SocketEnd::Postern,
+                code: Some(1008),
+            },
+            json!({"event": "web.socket_close", "by": "postern", "code": 1008}),
         );
         let name = "sftp";
         same(

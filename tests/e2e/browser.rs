@@ -176,6 +176,20 @@ impl Browser {
     }
 
     /// Waits until the page's text contains `needle`, reloading every half second.
+    /// Waits for the page to show `needle` by itself (its scripts), without reloading it.
+    fn wait_text_here(&self, needle: &str) {
+        let deadline = Instant::now() + T;
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "page {} never showed {needle:?}:\n{}",
+                self.url(),
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn wait_text(&self, needle: &str) {
         let deadline = Instant::now() + T;
         while !self.text().contains(needle) {
@@ -329,17 +343,28 @@ fn an_approver_works_the_web_form_in_chromium() {
 
 #[test]
 fn a_vendor_opens_a_device_web_ui_in_chromium() {
-    use crate::device_web::{WebDevice, enrol_cam, sign_in_link, web_world};
+    use crate::device_web::{WebDevice, enrol_cam_with, sign_in_link, web_world};
     let (w, port) = web_world();
-    let cam = WebDevice::start(&w, "cam-01");
-    // The device's UI links its pages by absolute paths, as device UIs do.
+    // The UI needs basic auth, which Postern signs in with: the vendor never sees it.
+    let cam = WebDevice::start_with(&w, "cam-01", Some("admin:cam-secret"));
+    // The device's UI links its pages by absolute paths and talks over a websocket, as device
+    // UIs do.
     std::fs::write(
         cam.dir.join("index.html"),
         r#"<h1>cam-01 status</h1><a id="next" href="/settings.html">settings</a>"#,
     )
     .unwrap();
-    std::fs::write(cam.dir.join("settings.html"), "<h1>cam-01 settings</h1>").unwrap();
-    enrol_cam(&w, &cam, &cam.cert);
+    std::fs::write(cam.dir.join("settings.html"), SETTINGS_PAGE).unwrap();
+    let secret = w.dir.path().join("cam-password");
+    std::fs::write(&secret, "cam-secret\n").unwrap();
+    let secret = secret.display().to_string();
+    let basic = [
+        "--web-user",
+        "admin",
+        "--web-password-file",
+        secret.as_str(),
+    ];
+    enrol_cam_with(&w, &cam, &cam.cert, &basic);
     let vic = w.vendor("vic", &[]);
     let grant = w.grant("vic", "site-a", "webui");
     let link = sign_in_link(&w, &vic);
@@ -369,10 +394,85 @@ fn a_vendor_opens_a_device_web_ui_in_chromium() {
     b.screenshot("device-page");
     b.click("#next");
     b.wait_text("cam-01 settings");
+    b.wait_text_here("echo: hello camera");
     b.screenshot("device-settings");
 
-    // Revoked: the next page load is refused.
+    // Revoked: the websocket is closed by Postern at once, and the next page load is refused.
     w.ok(&["grant", "revoke", &grant]);
+    let revoked = Instant::now();
+    b.wait_text_here("closed 1008");
+    eprintln!(
+        "websocket closed {:?} after the revocation",
+        revoked.elapsed()
+    );
+    b.screenshot("device-websocket-closed");
     b.wait_text("Sign in from your terminal");
     b.screenshot("device-revoked");
+    the_websocket_is_in_the_recording(&w);
+}
+
+/// A device page that opens a websocket to its own origin and shows the echo and the close.
+const SETTINGS_PAGE: &str = r#"<h1>cam-01 settings</h1><p id="ws">connecting</p>
+<script>
+const out = document.getElementById("ws");
+const s = new WebSocket("wss://" + location.host + "/ws");
+s.onopen = () => s.send("hello camera");
+s.onmessage = (m) => { out.textContent = m.data; };
+s.onclose = (e) => { out.textContent += " / closed " + e.code; };
+</script>"#;
+
+/// The websocket's open, its messages' sizes each way and Postern's close are in the session's
+/// recording, and the replay shows the request log.
+fn the_websocket_is_in_the_recording(w: &World) {
+    w.wait_sealed(1);
+    let rows: Vec<Value> = serde_json::from_str(&w.ok(&["sessions", "--json"])).unwrap();
+    let s = rows.iter().find(|r| r["device"] == "cam").unwrap();
+    let id = s["id"].as_str().unwrap();
+    let rec = w
+        .data
+        .join("recordings")
+        .join(s["recording"].as_str().unwrap());
+    let events: Vec<Value> = recorder::Reader::open(&rec)
+        .unwrap()
+        .filter_map(|r| r.ok())
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok())
+        .filter(|e| e["event"].as_str().is_some_and(|e| e.starts_with("web.")))
+        .collect();
+    let has = |want: Value| {
+        events
+            .iter()
+            .any(|e| want.as_object().unwrap().iter().all(|(k, v)| &e[k] == v))
+    };
+    assert!(
+        has(json!({"event": "web.request", "path": "/ws", "status": 101})),
+        "{events:?}"
+    );
+    assert!(
+        has(json!({"event": "web.socket", "path": "/ws"})),
+        "{events:?}"
+    );
+    assert!(
+        has(json!({"event": "web.message", "from_device": false, "bytes": 12})),
+        "{events:?}"
+    );
+    assert!(
+        has(json!({"event": "web.message", "from_device": true, "bytes": 18})),
+        "{events:?}"
+    );
+    assert!(
+        has(json!({"event": "web.socket_close", "by": "postern", "code": 1008})),
+        "{events:?}"
+    );
+    let verified = w.ok(&["verify", id]);
+    assert!(
+        verified.contains("ok") || verified.contains("OK"),
+        "{verified}"
+    );
+    let replay = w.ok(&["export", id]);
+    for line in [
+        "GET /settings.html -> 200",
+        "websocket -> text message, 12 B",
+    ] {
+        assert!(replay.contains(line), "{line}: {replay}");
+    }
 }

@@ -17,8 +17,103 @@ pub(crate) struct WebDevice {
     pub(crate) dir: std::path::PathBuf,
 }
 
+/// The device web UI's server: static pages, `/ws` an echoing websocket (text comes back as
+/// `echo: TEXT`), and with a fifth argument `USER:PASSWORD` every request needs that basic auth.
+const DEVICE_SERVER: &str = r#"
+import base64, hashlib, http.server, ssl, struct, sys
+port, cert, key, root = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+basic = sys.argv[5] if len(sys.argv) > 5 else ""
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+class Device(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=root, **k)
+
+    def log_message(self, *a):
+        pass
+
+    def authorized(self):
+        want = "Basic " + base64.b64encode(basic.encode()).decode()
+        if not basic or self.headers.get("Authorization") == want:
+            return True
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="device"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return False
+
+    def do_GET(self):
+        if not self.authorized():
+            return
+        if self.path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
+            return self.websocket()
+        super().do_GET()
+
+    def frame(self, op, data):
+        n = len(data)
+        size = bytes([n]) if n < 126 else bytes([126]) + struct.pack(">H", n)
+        self.wfile.write(bytes([0x80 | op]) + size + data)
+        self.wfile.flush()
+
+    def websocket(self):
+        digest = hashlib.sha1((self.headers["Sec-WebSocket-Key"] + GUID).encode()).digest()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", base64.b64encode(digest).decode())
+        self.end_headers()
+        self.close_connection = True
+        while True:
+            head = self.rfile.read(2)
+            if len(head) < 2:
+                return
+            op, n = head[0] & 15, head[1] & 127
+            if n == 126:
+                n = struct.unpack(">H", self.rfile.read(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self.rfile.read(8))[0]
+            mask = self.rfile.read(4) if head[1] & 128 else b"\0\0\0\0"
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
+            if op == 8:
+                self.frame(8, data)
+                return
+            if op == 1:
+                self.frame(1, b"echo: " + data)
+            elif op == 2:
+                self.frame(2, data)
+            elif op == 9:
+                self.frame(10, data)
+
+s = http.server.ThreadingHTTPServer(("127.0.0.1", port), Device)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+c.load_cert_chain(cert, key)
+s.socket = c.wrap_socket(s.socket, server_side=True)
+s.serve_forever()
+"#;
+
 impl WebDevice {
     pub(crate) fn start(w: &World, name: &str) -> WebDevice {
+        WebDevice::start_with(w, name, None)
+    }
+
+    /// A device whose UI needs HTTP basic auth `USER:PASSWORD`, if given.
+    pub(crate) fn start_with(w: &World, name: &str, basic: Option<&str>) -> WebDevice {
+        WebDevice::launch(w, name, basic, None)
+    }
+
+    /// A device on the loopback of the network namespace `ns`, where only its edge reaches it.
+    pub(crate) fn start_in(w: &World, name: &str, ns: &crate::edges::Netns) -> WebDevice {
+        WebDevice::launch(w, name, None, Some(ns))
+    }
+
+    fn launch(
+        w: &World,
+        name: &str,
+        basic: Option<&str>,
+        ns: Option<&crate::edges::Netns>,
+    ) -> WebDevice {
         let dir = w.dir.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -45,23 +140,26 @@ impl WebDevice {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         std::fs::write(dir.join("index.html"), format!("<h1>{name}</h1>")).unwrap();
         let port = free_port();
-        let server = "import http.server, ssl, sys, functools\n\
-            h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[4])\n\
-            s = http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), h)\n\
-            c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
-            c.load_cert_chain(sys.argv[2], sys.argv[3])\n\
-            s.socket = c.wrap_socket(s.socket, server_side=True)\n\
-            s.serve_forever()\n";
-        let child = Command::new("python3")
-            .args(["-c", server, &port.to_string()])
+        let python = crate::harness::need("python3");
+        let mut launcher = match ns {
+            Some(ns) => ns.exec(&python),
+            None => Command::new(&python),
+        };
+        let child = launcher
+            .args(["-c", DEVICE_SERVER, &port.to_string()])
             .arg(&cert)
             .arg(&key)
             .arg(&dir)
+            .args(basic)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("python3");
-        wait_for_port(port, "device web UI");
+        match ns {
+            // Not reachable from here: the test's first request through the edge waits for it.
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+            None => wait_for_port(port, "device web UI"),
+        }
         WebDevice {
             child,
             port,
@@ -126,9 +224,16 @@ pub(crate) fn web_world() -> (World, u16) {
 /// Enrols `site-a/cam` with its web UI at `cam`, pinned to the certificate file `pin`, and adds
 /// the function `webui` that allows the UI's port.
 pub(crate) fn enrol_cam(w: &World, cam: &WebDevice, pin: &std::path::Path) {
+    enrol_cam_with(w, cam, pin, &[]);
+}
+
+/// [`enrol_cam`] with more `device add` arguments.
+pub(crate) fn enrol_cam_with(w: &World, cam: &WebDevice, pin: &std::path::Path, extra: &[&str]) {
     let url = format!("https://127.0.0.1:{}", cam.port);
     let pin = pin.display().to_string();
-    let o = device_add(w, "site-a/cam", &["--web", &url, "--web-cert", &pin]);
+    let mut args = vec!["--web", url.as_str(), "--web-cert", pin.as_str()];
+    args.extend_from_slice(extra);
+    let o = device_add(w, "site-a/cam", &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     w.ok(&[
         "function",
@@ -567,4 +672,70 @@ fn a_device_presenting_another_certificate_than_its_pin_is_refused_and_recorded(
         (e["site"].as_str(), e["device"].as_str()),
         (Some("site-a"), Some("cam"))
     );
+}
+
+/// A device UI on a network only the site's edge reaches: the front door's requests and
+/// websockets go through the edge's link, with the certificate still pinned end to end.
+#[test]
+fn a_device_ui_only_the_edge_reaches_is_served_through_it() {
+    use crate::edges::{Netns, Proc, Relay, central, wait_online};
+    use crate::harness::postern_bin;
+    let door = free_port();
+    let (w, central_port) = central(&format!(
+        "web_devices_listen = \"127.0.0.1:{door}\"\nweb_devices_domain = \"devices.test\"\n"
+    ));
+    let ns = Netns::new();
+    let cam = WebDevice::start_in(&w, "cam-e", &ns);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", cam.port)).is_err(),
+        "the UI must not be reachable from the central's network"
+    );
+    w.ok(&["site", "add", "site-e"]);
+    let url = format!("https://127.0.0.1:{}", cam.port);
+    let pin = cam.cert.display().to_string();
+    let o = device_add(&w, "site-e/cam", &["--web", &url, "--web-cert", &pin]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let allow = format!("web:{}", cam.port);
+    w.ok(&["function", "add", "webui", "--allow", &allow]);
+    let added: Value =
+        serde_json::from_str(&w.ok(&["edge", "add", "e1", "--sites", "site-e", "--json"])).unwrap();
+    let relay_port = free_port();
+    let to_central = format!("127.0.0.1:{central_port}");
+    let _relay = Relay::start(&format!("{}:{relay_port}", ns.host_ip), to_central);
+    let central_addr = format!("{}:{relay_port}", ns.host_ip);
+    let edge_data = w.dir.path().join("edge-data");
+    let token = added["token"].as_str().unwrap();
+    let joined = run(ns
+        .exec(&postern_bin())
+        .args(["edge", "join", "--central", &central_addr, "--token", token])
+        .arg("--data")
+        .arg(&edge_data));
+    assert!(joined.status.success(), "{joined:?}");
+    let _edge = Proc(
+        ns.exec(&postern_bin())
+            .args(["edge", "run", "--data"])
+            .arg(&edge_data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_online(&w, "e1", true, std::time::Duration::from_secs(15));
+
+    let eve = w.vendor("eve", &[]);
+    w.grant("eve", "site-e", "webui");
+    let link = sign_in_link(&w, &eve);
+    let b = browser(&w, door, &["devices.test", "cam--site-e.devices.test"]);
+    let r = b.get(&link).send().unwrap();
+    let session = r.headers()["set-cookie"].to_str().unwrap();
+    let session = session.split(';').next().unwrap().to_owned();
+    let dev = open_device(&b, door, &session, "site-e", "cam");
+    let page = b
+        .get(format!("https://cam--site-e.devices.test:{door}/"))
+        .header("cookie", &dev)
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().unwrap().contains("<h1>cam-e</h1>"));
 }

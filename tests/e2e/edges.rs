@@ -16,10 +16,10 @@ use crate::harness::{World, free_port, need, postern_bin, run};
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A network namespace joined to the host by a veth pair: host 10.211.N.1, namespace 10.211.N.2.
-struct Netns {
+pub(crate) struct Netns {
     name: String,
     host_if: String,
-    host_ip: String,
+    pub(crate) host_ip: String,
 }
 
 fn ip(args: &[&str]) {
@@ -32,7 +32,7 @@ fn ip(args: &[&str]) {
 }
 
 impl Netns {
-    fn new() -> Netns {
+    pub(crate) fn new() -> Netns {
         let n = (std::process::id() % 200) as u32 * 4 + NEXT.fetch_add(1, Ordering::SeqCst);
         let name = format!("pstedge{}-{n}", std::process::id());
         let (host_if, ns_if) = (
@@ -65,7 +65,7 @@ impl Netns {
         }
     }
 
-    fn exec(&self, program: &std::path::Path) -> Command {
+    pub(crate) fn exec(&self, program: &std::path::Path) -> Command {
         let mut c = Command::new(need("ip"));
         c.args(["netns", "exec", &self.name]).arg(program);
         c

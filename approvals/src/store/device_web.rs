@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::{Missing, Result, Store, Tx};
+use crate::secrets::Owner;
 
 /// A device's web UI endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -14,6 +15,12 @@ pub struct DeviceWeb {
     /// SHA-256 (hex) of the certificate pinned for an HTTPS UI; `None` for plain HTTP.
     pub cert_sha256: Option<String>,
     pub created: i64,
+    /// The user Postern signs in to the UI as with HTTP basic auth, if it does.
+    pub basic_user: Option<String>,
+    /// That user's password, in the clear in memory only (sealed in the database); read only by
+    /// [`Store::device_web`], for the proxy.
+    #[serde(skip)]
+    pub basic_password: Option<String>,
 }
 
 /// The port of a stored web UI address (`https://HOST:PORT`).
@@ -25,13 +32,23 @@ pub(crate) fn port_of(url: &str) -> Option<u16> {
 impl Store {
     /// Sets (or replaces) a device's web UI endpoint inside `tx`; `NotFound` for no such device.
     pub async fn set_device_web_in(&self, tx: &mut Tx, w: &DeviceWeb) -> Result<()> {
+        let owner = Owner::DeviceWeb {
+            site: &w.site,
+            name: &w.device,
+        };
+        let sealed = match &w.basic_password {
+            Some(p) => Some(self.seal(owner, p)?),
+            None => None,
+        };
         let updated = sqlx::query(
-            "UPDATE device_web SET url = $1, cert_sha256 = $2, created = $3 \
-             WHERE site = $4 AND device = $5",
+            "UPDATE device_web SET url = $1, cert_sha256 = $2, created = $3, basic_user = $4, \
+             basic_password = $5 WHERE site = $6 AND device = $7",
         )
         .bind(&w.url)
         .bind(&w.cert_sha256)
         .bind(w.created)
+        .bind(&w.basic_user)
+        .bind(&sealed)
         .bind(&w.site)
         .bind(&w.device)
         .execute(&mut **tx)
@@ -39,8 +56,8 @@ impl Store {
         .rows_affected();
         if updated == 0 {
             let inserted = sqlx::query(
-                "INSERT INTO device_web (site, device, url, cert_sha256, created) \
-                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS \
+                "INSERT INTO device_web (site, device, url, cert_sha256, created, basic_user, \
+                 basic_password) SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS \
                  (SELECT 1 FROM devices WHERE site = $1 AND name = $2)",
             )
             .bind(&w.site)
@@ -48,6 +65,8 @@ impl Store {
             .bind(&w.url)
             .bind(&w.cert_sha256)
             .bind(w.created)
+            .bind(&w.basic_user)
+            .bind(&sealed)
             .execute(&mut **tx)
             .await?
             .rows_affected();
@@ -62,24 +81,35 @@ impl Store {
         Ok(())
     }
 
-    /// One device's web UI endpoint, if it has one.
+    /// One device's web UI endpoint, if it has one, its basic-auth password opened.
     pub async fn device_web(&self, site: &str, device: &str) -> Result<Option<DeviceWeb>> {
-        Ok(sqlx::query_as(
-            "SELECT site, device, url, cert_sha256, created FROM device_web \
-             WHERE site = $1 AND device = $2",
+        let w: Option<DeviceWeb> = sqlx::query_as(
+            "SELECT site, device, url, cert_sha256, created, basic_user, basic_password \
+             FROM device_web WHERE site = $1 AND device = $2",
         )
         .bind(site)
         .bind(device)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        let Some(mut w) = w else { return Ok(None) };
+        if let Some(sealed) = &w.basic_password {
+            let owner = Owner::DeviceWeb { site, name: device };
+            w.basic_password = Some(self.open_secret(owner, sealed)?);
+        }
+        Ok(Some(w))
     }
 
-    /// Every device web UI endpoint.
+    /// Every device web UI endpoint (no password: `device list` names the user only).
     pub async fn device_webs(&self) -> Result<Vec<DeviceWeb>> {
-        Ok(sqlx::query_as(
-            "SELECT site, device, url, cert_sha256, created FROM device_web ORDER BY site, device",
+        let mut all: Vec<DeviceWeb> = sqlx::query_as(
+            "SELECT site, device, url, cert_sha256, created, basic_user, basic_password \
+             FROM device_web ORDER BY site, device",
         )
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        for w in &mut all {
+            w.basic_password = None;
+        }
+        Ok(all)
     }
 }

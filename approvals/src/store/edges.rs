@@ -109,6 +109,9 @@ pub struct NewEdge<'a> {
     pub ttl: i64,
 }
 
+/// A device an edge may connect to: `(site, device, ssh addr, web UI url)`.
+pub type EdgeDeviceAddr = (String, String, String, Option<String>);
+
 impl Store {
     /// Registers an edge for `sites` (each must exist and have no edge yet).
     pub async fn add_edge_in(&self, tx: &mut Tx, e: &NewEdge<'_>, now: i64) -> Result<()> {
@@ -212,11 +215,13 @@ impl Store {
         Ok(out)
     }
 
-    /// The devices at the sites `edge` serves, as `(site, device, addr)`: what the edge may
-    /// connect to. Addresses only (no credential is read or opened).
-    pub async fn device_addrs_of_edge(&self, edge: &str) -> Result<Vec<(String, String, String)>> {
+    /// The devices at the sites `edge` serves: what the edge may connect to. Addresses only (no
+    /// credential is read or opened).
+    pub async fn device_addrs_of_edge(&self, edge: &str) -> Result<Vec<EdgeDeviceAddr>> {
         Ok(sqlx::query_as(
-            "SELECT d.site, d.name, d.addr FROM devices d JOIN edge_sites e ON e.site = d.site \
+            "SELECT d.site, d.name, d.addr, w.url FROM devices d \
+             JOIN edge_sites e ON e.site = d.site \
+             LEFT JOIN device_web w ON w.site = d.site AND w.device = d.name \
              WHERE e.edge = $1 ORDER BY d.site, d.name",
         )
         .bind(edge)

@@ -121,16 +121,37 @@ impl EdgeFiles {
 struct Scope {
     sites: Vec<String>,
     devices: HashMap<(String, String), String>,
+    /// The devices' web UIs (`HOST:PORT`), as the central last listed them.
+    webs: HashMap<(String, String), String>,
 }
 
 impl Scope {
+    /// The central's list of the sites' devices and their web UIs.
     fn set_devices(&mut self, devices: Vec<EdgeDevice>) {
+        self.webs = (devices.iter())
+            .filter(|d| self.sites.contains(&d.site))
+            .filter_map(|d| Some(((d.site.clone(), d.device.clone()), d.web.clone()?)))
+            .collect();
+        self.set_ssh_addrs(devices);
+    }
+
+    /// The devices' SSH addresses (a policy bundle's, which holds no web UIs).
+    fn set_ssh_addrs(&mut self, devices: Vec<EdgeDevice>) {
         // Only devices of the edge's own sites, whatever the list holds.
         self.devices = devices
             .into_iter()
             .filter(|d| self.sites.contains(&d.site))
             .map(|d| ((d.site, d.device), d.addr))
             .collect();
+    }
+
+    /// Where to connect for `Open`: the device's SSH address or its web UI.
+    fn addr(&self, site: &str, device: &str, web: bool) -> Option<String> {
+        let key = (site.to_owned(), device.to_owned());
+        match web {
+            true => self.webs.get(&key).cloned(),
+            false => self.devices.get(&key).cloned(),
+        }
     }
 }
 
@@ -440,9 +461,10 @@ async fn take_policy<S: AsyncRead + AsyncWrite + Unpin>(
                     site: d.site.clone(),
                     device: d.name.clone(),
                     addr: d.addr.clone(),
+                    web: None,
                 })
                 .collect();
-            (served.scope.lock().unwrap_or_else(|p| p.into_inner())).set_devices(devices);
+            (served.scope.lock().unwrap_or_else(|p| p.into_inner())).set_ssh_addrs(devices);
             let fields = json!({"version": bundle.version, "issued": bundle.issued,
                 "vendors": bundle.vendors.len(), "grants": bundle.grants.len(), "devices": bundle.devices.len()});
             record(&served.audit, AuditEvent::EdgePolicy, fields);
@@ -480,16 +502,14 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, served: 
                 .set_devices(devices);
             let _ = wire::write(&mut stream, &Message::Opened).await;
         }
-        Message::Open { site, device } => {
-            let addr = scope
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .devices
-                .get(&(site.clone(), device.clone()))
-                .cloned();
+        Message::Open { site, device, web } => {
+            let addr = (scope.lock().unwrap_or_else(|p| p.into_inner())).addr(&site, &device, web);
             let Some(addr) = addr else {
-                // No open relay: only devices enrolled at this edge's sites.
-                let reason = format!("{site}/{device} is not a device of this edge's sites");
+                // No open relay: only devices enrolled at this edge's sites (and their UIs).
+                let reason = match web {
+                    true => format!("{site}/{device} has no web UI at this edge's sites"),
+                    false => format!("{site}/{device} is not a device of this edge's sites"),
+                };
                 tracing::warn!(%site, %device, "edge: refused a stream to a device not of its sites");
                 record(
                     audit,
@@ -547,11 +567,13 @@ mod tests {
                 site: "mine".into(),
                 device: "d".into(),
                 addr: "127.0.0.1:1".into(),
+                web: None,
             },
             EdgeDevice {
                 site: "theirs".into(),
                 device: "d".into(),
                 addr: "127.0.0.1:2".into(),
+                web: Some("127.0.0.1:3".into()),
             },
         ]);
         Arc::new(Mutex::new(s))
@@ -573,6 +595,7 @@ mod tests {
         let open = Message::Open {
             site: "theirs".into(),
             device: "d".into(),
+            web: false,
         };
         wire::write(&mut central, &open).await.expect("write");
         match wire::read(&mut central).await.expect("read") {
@@ -587,5 +610,15 @@ mod tests {
             log.contains("edge.route_refused") && log.contains("theirs"),
             "{log}"
         );
+    }
+
+    /// The edge connects a web stream only to a web UI the central listed for its own sites.
+    #[test]
+    fn web_streams_go_only_to_listed_web_uis_of_its_sites() {
+        let scope = scope();
+        let s = scope.lock().expect("scope");
+        assert_eq!(s.addr("mine", "d", false).as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(s.addr("mine", "d", true), None, "no web UI listed");
+        assert_eq!(s.addr("theirs", "d", true), None, "not its site");
     }
 }

@@ -187,6 +187,24 @@ impl EdgeHub {
         site: &str,
         device: &str,
     ) -> Result<Option<tokio::io::DuplexStream>, RouteError> {
+        self.route_to(site, device, false).await
+    }
+
+    /// A stream to the device's web UI through its site's edge; `Ok(None)`: connect directly.
+    pub async fn route_web(
+        &self,
+        site: &str,
+        device: &str,
+    ) -> Result<Option<tokio::io::DuplexStream>, RouteError> {
+        self.route_to(site, device, true).await
+    }
+
+    async fn route_to(
+        &self,
+        site: &str,
+        device: &str,
+        web: bool,
+    ) -> Result<Option<tokio::io::DuplexStream>, RouteError> {
         let edge = approvals::store::deadline(self.store.edge_of_site(site))
             .await
             .map_err(|e| RouteError::Store(e.to_string()))?;
@@ -217,7 +235,7 @@ impl EdgeHub {
             site: site.to_owned(),
             error,
         };
-        let opened = tokio::time::timeout(OPEN_TIMEOUT, self.open(&edge, &link, site, device))
+        let opened = tokio::time::timeout(OPEN_TIMEOUT, self.open(&edge, &link, site, device, web))
             .await
             .map_err(|_| link_error("timed out".into()))?;
         match opened {
@@ -243,13 +261,15 @@ impl EdgeHub {
         link: &Link,
         site: &str,
         device: &str,
+        web: bool,
     ) -> Result<Result<StreamHandle, String>, wire::WireError> {
+        // A device (or its web UI) the edge was not told of yet: tell it the site's devices now.
         let known = link
             .devices
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .any(|d| d.site == site && d.device == device);
+            .any(|d| d.site == site && d.device == device && (!web || d.web.is_some()));
         if !known {
             let devices = self.devices_of(edge).await?;
             let mut s = self.stream(link).await?;
@@ -270,6 +290,7 @@ impl EdgeHub {
             &Message::Open {
                 site: site.to_owned(),
                 device: device.to_owned(),
+                web,
             },
         )
         .await?;
@@ -296,7 +317,14 @@ impl EdgeHub {
             .map_err(|e| wire::WireError::Io(std::io::Error::other(e.to_string())))?;
         Ok(devices
             .into_iter()
-            .map(|(site, device, addr)| EdgeDevice { site, device, addr })
+            .map(|(site, device, addr, url)| EdgeDevice {
+                site,
+                device,
+                addr,
+                web: url
+                    .and_then(|u| crate::device_web::WebEndpoint::parse(&u).ok())
+                    .map(|e| e.authority()),
+            })
             .collect())
     }
 

@@ -14,6 +14,9 @@ pub struct EdgeDevice {
     pub site: String,
     pub device: String,
     pub addr: String,
+    /// Where the device serves its web UI (`HOST:PORT`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,8 +40,14 @@ pub enum Message {
     },
     /// Central to edge, on a stream of its own: the sites' devices changed.
     Devices { devices: Vec<EdgeDevice> },
-    /// Central to edge, first on a device stream: connect this stream to the device.
-    Open { site: String, device: String },
+    /// Central to edge, first on a device stream: connect this stream to the device's SSH
+    /// address, or with `web` to its web UI.
+    Open {
+        site: String,
+        device: String,
+        #[serde(default)]
+        web: bool,
+    },
     /// Edge to central: the stream is now the device's TCP connection.
     Opened,
     /// Edge to central: refused (not a device of the edge's sites, or unreachable).
@@ -219,6 +228,7 @@ mod tests {
         let m = Message::Open {
             site: "s".into(),
             device: "d".into(),
+            web: true,
         };
         write(&mut a, &m).await.unwrap();
         assert_eq!(read(&mut b).await.unwrap(), m);

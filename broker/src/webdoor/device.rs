@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use approvals::{AccessRequest, Channel, Refusal};
@@ -18,7 +19,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use recorder::events::Event;
 
-use super::{WebDoor, new_token, refused, token_hash, well_formed};
+use super::upstream::{self, DeviceClient};
+use super::{WebDoor, new_token, refused, socket, token_hash, well_formed};
 use crate::session::{EndReason, LiveSession};
 
 /// The device session's cookie (host-only: each device origin has its own).
@@ -40,26 +42,48 @@ pub(super) struct Handoff {
     pub origin: String,
     pub url: String,
     pub pin: Option<String>,
+    /// `Basic ...` for a UI Postern signs in to itself (see [`basic_authorization`]).
+    pub authorization: Option<HeaderValue>,
     pub port: u16,
     pub made: Instant,
 }
 
+/// The `Authorization` header that signs in to a device UI behind HTTP basic auth, marked
+/// sensitive (never logged).
+pub(super) fn basic_authorization(w: &approvals::store::DeviceWeb) -> Option<HeaderValue> {
+    use base64::Engine;
+    let (user, password) = (w.basic_user.as_ref()?, w.basic_password.as_ref()?);
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut v = HeaderValue::from_str(&format!("Basic {token}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
 /// An open device web session, by its cookie's hash.
 pub(super) struct DeviceSession {
-    live: Arc<LiveSession>,
+    pub(super) live: Arc<LiveSession>,
     origin: String,
     url: String,
     port: u16,
-    client: reqwest::Client,
-    /// When the last request came.
-    last: std::sync::Mutex<Instant>,
+    client: DeviceClient,
+    /// Sent instead of the browser's own, for a UI Postern signs in to.
+    authorization: Option<HeaderValue>,
+    /// When the last request or websocket message came.
+    pub(super) last: std::sync::Mutex<Instant>,
+    /// Websockets open now: a session with one is not idle.
+    pub(super) sockets: AtomicUsize,
+    /// The recording's channel number of the next websocket.
+    next_socket: AtomicU32,
 }
 
 /// Closes the session once it has been idle for [`IDLE`], and forgets it once closed.
 async fn close_when_idle(door: Arc<WebDoor>, key: String, ds: Arc<DeviceSession>) {
     let mut stopping = ds.live.stopping();
     loop {
-        let idle = ds.last.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+        let mut idle = ds.last.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+        if ds.sockets.load(Ordering::SeqCst) > 0 {
+            idle = Duration::ZERO;
+        }
         if idle >= IDLE {
             ds.live.request_close(EndReason::VendorDisconnected);
         }
@@ -72,18 +96,6 @@ async fn close_when_idle(door: Arc<WebDoor>, key: String, ds: Arc<DeviceSession>
             return;
         }
     }
-}
-
-/// A client that trusts exactly the device's pinned certificate (or plain HTTP).
-fn client(pin: Option<String>) -> Result<reqwest::Client, String> {
-    let verifier = crate::device_web::PinnedCert::new(pin);
-    let tls = verifier.client_config().map_err(|e| e.to_string())?;
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| e.to_string())
 }
 
 /// `GET /.postern/enter/TOKEN` on a device origin: opens the recorded session and its cookie.
@@ -122,7 +134,8 @@ pub(super) async fn enter(
             return refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE);
         }
     };
-    let client = match client(hand.pin.clone()) {
+    let edges = door.ctx.edges.clone();
+    let client = match upstream::client(edges, &hand.site, &hand.device, &hand.url, hand.pin) {
         Ok(c) => c,
         Err(e) => return refused(StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
@@ -151,7 +164,10 @@ pub(super) async fn enter(
         url: hand.url,
         port: hand.port,
         client,
+        authorization: hand.authorization,
         last: std::sync::Mutex::new(Instant::now()),
+        sockets: AtomicUsize::new(0),
+        next_socket: AtomicU32::new(1),
     });
     let key = token_hash(&cookie);
     (door.devices.lock().unwrap_or_else(|p| p.into_inner())).insert(key.clone(), ds.clone());
@@ -240,7 +256,9 @@ fn device_cookies(headers: &HeaderMap) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("; "))
 }
 
-async fn proxy(ctx: &crate::session::Ctx, ds: &DeviceSession, req: Request) -> Response {
+async fn proxy(ctx: &crate::session::Ctx, ds: &Arc<DeviceSession>, mut req: Request) -> Response {
+    let upgrade = socket::is_upgrade(req.method(), req.headers());
+    let browser_side = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BODY).await else {
         return refused(
@@ -248,69 +266,146 @@ async fn proxy(ctx: &crate::session::Ctx, ds: &DeviceSession, req: Request) -> R
             "the request is too large for a device web UI",
         );
     };
-    let path = parts.uri.path().to_owned();
-    let query = parts.uri.query().map(str::to_owned);
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = ds
-        .client
-        .request(parts.method.clone(), format!("{}{pq}", ds.url));
-    for (k, v) in parts
-        .headers
-        .iter()
-        .filter(|(k, _)| !hop_by_hop(k) && *k != header::COOKIE)
-    {
-        out = out.header(k, v);
-    }
-    if let Some(c) = device_cookies(&parts.headers) {
-        out = out.header(header::COOKIE, c);
-    }
-    let request_bytes = body.len() as u64;
+    let Some(out) = to_device(ds, &parts, body.clone(), upgrade) else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "the request could not be passed on",
+        );
+    };
     let began = Instant::now();
-    let sent = out.body(body).send().await;
-    let millis = began.elapsed().as_millis() as u64;
+    let sent = ds.client.request(out).await;
     let (status, response_bytes, error) = match &sent {
-        Ok(r) => (r.status().as_u16(), r.content_length(), None),
+        Ok(r) => (r.status().as_u16(), content_length(r.headers()), None),
         Err(e) => (0, None, Some(error_chain(e))),
     };
     let noted = Event::WebRequest {
         method: parts.method.to_string(),
-        path,
-        query,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
         status,
-        request_bytes,
+        request_bytes: body.len() as u64,
         response_bytes,
-        millis,
+        millis: began.elapsed().as_millis() as u64,
         error: error.clone(),
     };
     // Evidence first: an answer that could not be recorded is not given.
-    if let Err(e) = ds.live.recording.write(0, &noted) {
-        ds.live
-            .request_close(EndReason::RecordingFailed(e.to_string()));
+    if !noted_or_closed(ds, 0, &noted) {
         return refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "the session cannot be recorded; it is over",
         );
     }
     match sent {
-        Ok(r) => answer(r),
-        Err(_) => {
-            let why = error.unwrap_or_default();
-            // A certificate other than the pinned one is someone in the middle, or a device
-            // replaced: either way the operator must look, as for an SSH host key.
-            let event = match why.contains(crate::device_web::NOT_PINNED) {
-                true => approvals::audit::AuditEvent::DeviceHostkeyMismatch,
-                false => approvals::audit::AuditEvent::DeviceConnectFailed,
+        Ok(mut r) if r.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let Some(browser_side) = browser_side else {
+                return refused(
+                    StatusCode::BAD_GATEWAY,
+                    "the device switched protocols unasked",
+                );
             };
-            let t = &ds.live.target;
-            let fields = serde_json::json!({"session": ds.live.id, "site": t.site,
-                "device": t.device, "web": ds.url, "error": why});
-            ctx.audit(event, fields).await;
-            refused(
-                StatusCode::BAD_GATEWAY,
-                &format!("the device could not be reached ({why})"),
-            )
+            let channel = ds.next_socket.fetch_add(1, Ordering::SeqCst);
+            let opened = Event::WebSocket {
+                path: parts.uri.path().to_owned(),
+                protocol: (r.headers().get(header::SEC_WEBSOCKET_PROTOCOL))
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            };
+            if !noted_or_closed(ds, channel, &opened) {
+                return refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the session cannot be recorded; it is over",
+                );
+            }
+            let device_side = hyper::upgrade::on(&mut r);
+            tokio::spawn(socket::relay(
+                ds.clone(),
+                channel,
+                browser_side,
+                device_side,
+            ));
+            answer(r, true)
+        }
+        Ok(r) => answer(r, false),
+        Err(_) => unreachable_device(ctx, ds, error.unwrap_or_default()).await,
+    }
+}
+
+/// Writes `event` to the recording; a recording that fails ends the session (`false`).
+fn noted_or_closed(ds: &DeviceSession, channel: u32, event: &Event) -> bool {
+    match ds.live.recording.write(channel, event) {
+        Ok(()) => true,
+        Err(e) => {
+            ds.live
+                .request_close(EndReason::RecordingFailed(e.to_string()));
+            false
         }
     }
+}
+
+/// The browser's request as the device is sent it: its own URL, the browser's headers without
+/// the hop's or Postern's cookies, and for a websocket the upgrade (without extensions, so that
+/// each message can be read to be recorded).
+fn to_device(
+    ds: &DeviceSession,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Bytes,
+    upgrade: bool,
+) -> Option<hyper::Request<Body>> {
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = hyper::Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{}{pq}", ds.url));
+    let injected = ds.authorization.is_some();
+    let kept = (parts.headers.iter()).filter(|(k, _)| {
+        !hop_by_hop(k)
+            && *k != header::COOKIE
+            && *k != header::SEC_WEBSOCKET_EXTENSIONS
+            && !(injected && *k == header::AUTHORIZATION)
+    });
+    for (k, v) in kept {
+        out = out.header(k, v);
+    }
+    if let Some(a) = &ds.authorization {
+        out = out.header(header::AUTHORIZATION, a.clone());
+    }
+    if upgrade {
+        out = out
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket");
+    }
+    if let Some(c) = device_cookies(&parts.headers) {
+        out = out.header(header::COOKIE, c);
+    }
+    out.body(Body::from(body)).ok()
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    (headers.get(header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The device could not be reached: audited (a certificate other than the pinned one as a host
+/// key mismatch) and said to the vendor.
+async fn unreachable_device(
+    ctx: &crate::session::Ctx,
+    ds: &DeviceSession,
+    why: String,
+) -> Response {
+    // A certificate other than the pinned one is someone in the middle, or a device replaced:
+    // either way the operator must look, as for an SSH host key.
+    let event = match why.contains(crate::device_web::NOT_PINNED) {
+        true => approvals::audit::AuditEvent::DeviceHostkeyMismatch,
+        false => approvals::audit::AuditEvent::DeviceConnectFailed,
+    };
+    let t = &ds.live.target;
+    let fields = serde_json::json!({"session": ds.live.id, "site": t.site,
+        "device": t.device, "web": ds.url, "error": why});
+    ctx.audit(event, fields).await;
+    refused(
+        StatusCode::BAD_GATEWAY,
+        &format!("the device could not be reached ({why})"),
+    )
 }
 
 /// An error with its causes (the pin refusal is a cause of reqwest's connect error).
@@ -325,10 +420,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The device's answer for the browser: its status, headers (cookies kept to this origin) and
-/// body, streamed.
-fn answer(r: reqwest::Response) -> Response {
+/// body, streamed; for a websocket's `101` the upgrade headers too.
+fn answer(r: hyper::Response<hyper::body::Incoming>, switching: bool) -> Response {
     let mut out = Response::builder().status(r.status());
-    for (k, v) in r.headers().iter().filter(|(k, _)| !hop_by_hop(k)) {
+    let passed = |k: &header::HeaderName| {
+        !hop_by_hop(k) || (switching && (*k == header::UPGRADE || *k == header::CONNECTION))
+    };
+    for (k, v) in r.headers().iter().filter(|(k, _)| passed(k)) {
         if *k == header::SET_COOKIE {
             // A device's cookie stays on its own origin: no Domain attribute reaches the browser.
             let kept: Vec<&str> = (v.to_str().unwrap_or_default().split(';'))
@@ -341,11 +439,10 @@ fn answer(r: reqwest::Response) -> Response {
         }
         out = out.header(k, v);
     }
-    out.body(Body::from_stream(r.bytes_stream()))
-        .unwrap_or_else(|_| {
-            refused(
-                StatusCode::BAD_GATEWAY,
-                "the device's answer could not be passed on",
-            )
-        })
+    out.body(Body::new(r.into_body())).unwrap_or_else(|_| {
+        refused(
+            StatusCode::BAD_GATEWAY,
+            "the device's answer could not be passed on",
+        )
+    })
 }

@@ -5,10 +5,14 @@
 //! page then lists the device UIs the vendor's grants reach now, each at an origin of its own,
 //! `https://DEVICE--SITE.DOMAIN/`, so that one device's UI can never read another's cookies.
 //!
-//! This is the first part: the device origins themselves (the recorded, pinned proxy to the
-//! device) come next and answer 501 until then.
+//! A device origin ([`device`]) is a recorded session: every request and websocket message
+//! ([`socket`]) is checked and written to the session's recording before it is passed on, to the
+//! device reached through its site's edge or directly, over TLS to its pinned certificate
+//! ([`upstream`]).
 
 mod device;
+mod socket;
+mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -484,8 +488,8 @@ async fn open(
             "that device's name cannot be a web address",
         );
     };
-    let pin = match door.ctx.store.device_web(&t.site, &t.device).await {
-        Ok(Some(w)) => w.cert_sha256,
+    let (pin, authorization) = match door.ctx.store.device_web(&t.site, &t.device).await {
+        Ok(Some(w)) => (w.cert_sha256.clone(), device::basic_authorization(&w)),
         _ => return refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE),
     };
     let token = new_token();
@@ -503,6 +507,7 @@ async fn open(
             origin,
             url: web.to_string(),
             pin,
+            authorization,
             port: web.port,
             made: std::time::Instant::now(),
         },

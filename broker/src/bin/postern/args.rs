@@ -591,6 +591,13 @@ pub enum DeviceAction {
         /// fingerprint).
         #[arg(long, requires = "web")]
         web_cert: Option<PathBuf>,
+        /// For a web UI behind HTTP basic auth: the user Postern signs in as (the vendor never
+        /// sees the credential).
+        #[arg(long, requires = "web_password_file")]
+        web_user: Option<String>,
+        /// File holding --web-user's password (stored sealed, like other device secrets).
+        #[arg(long, requires = "web_user")]
+        web_password_file: Option<PathBuf>,
     },
     List,
     /// Set (or replace) an enrolled device's web UI, its certificate pinned from a file or
@@ -603,6 +610,12 @@ pub enum DeviceAction {
         /// The web UI's certificate (PEM) to pin (default: fetched now; check its fingerprint).
         #[arg(long)]
         cert: Option<PathBuf>,
+        /// For a web UI behind HTTP basic auth: the user Postern signs in as.
+        #[arg(long, requires = "password_file")]
+        user: Option<String>,
+        /// File holding --user's password (stored sealed).
+        #[arg(long, requires = "user")]
+        password_file: Option<PathBuf>,
     },
     /// Set the command that rotates a password credential, run on the device over the broker's
     /// login: `{login}` and `{password}` are filled in, e.g.

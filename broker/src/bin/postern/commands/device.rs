@@ -1,6 +1,6 @@
 //! `postern device`: enrol devices (address, login, broker-held credential, pinned host key), list and remove them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub async fn run(env: &Env, action: &DeviceAction) -> Result<()> {
             rotate_command,
             web,
             web_cert,
+            web_user,
+            web_password_file,
         } => {
             if let Some(c) = rotate_command {
                 approvals::actions::template::check(c).context("--rotate-command")?;
@@ -38,7 +40,10 @@ pub async fn run(env: &Env, action: &DeviceAction) -> Result<()> {
             let credential = Credential::read(key.as_deref(), password_file.as_deref())?;
             // Pinned before anything is added: an unreachable or malformed UI adds nothing.
             let web = match web {
-                Some(url) => Some(web_pin(url, web_cert.as_deref()).await?),
+                Some(url) => {
+                    let basic = basic_auth(web_user, web_password_file)?;
+                    Some(web_pin(url, web_cert.as_deref(), basic).await?)
+                }
                 None => None,
             };
             add(
@@ -57,8 +62,15 @@ pub async fn run(env: &Env, action: &DeviceAction) -> Result<()> {
             }
         }
         DeviceAction::List => list(env).await,
-        DeviceAction::Web { target, url, cert } => {
-            let web = web_pin(url, cert.as_deref()).await?;
+        DeviceAction::Web {
+            target,
+            url,
+            cert,
+            user,
+            password_file,
+        } => {
+            let basic = basic_auth(user, password_file)?;
+            let web = web_pin(url, cert.as_deref(), basic).await?;
             set_web(env, target, web).await
         }
         DeviceAction::RotateCommand {
@@ -191,18 +203,10 @@ impl Credential {
                     secret: text,
                 })
             }
-            (None, Some(p)) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {}", p.display()))?;
-                let pw = text.trim_end_matches(['\n', '\r']).to_owned();
-                if pw.is_empty() {
-                    bail!("{} is empty", p.display());
-                }
-                Ok(Credential {
-                    kind: CredentialKind::Password,
-                    secret: pw,
-                })
-            }
+            (None, Some(p)) => Ok(Credential {
+                kind: CredentialKind::Password,
+                secret: read_password(p)?,
+            }),
             _ => bail!("give exactly one of --key FILE or --password-file FILE"),
         }
     }
@@ -264,11 +268,34 @@ async fn add(
     Ok(())
 }
 
+/// A password file's first line (a trailing newline is not part of the password).
+fn read_password(p: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    let pw = text.trim_end_matches(['\n', '\r']).to_owned();
+    if pw.is_empty() {
+        bail!("{} is empty", p.display());
+    }
+    Ok(pw)
+}
+
+/// The basic-auth user and password a web UI is signed in to with, if given.
+fn basic_auth(user: &Option<String>, file: &Option<PathBuf>) -> Result<Option<(String, String)>> {
+    match (user, file) {
+        (Some(u), Some(f)) if !u.is_empty() && !u.contains(':') => {
+            Ok(Some((u.clone(), read_password(f)?)))
+        }
+        (Some(u), Some(_)) => bail!("'{u}' cannot be a basic-auth user (empty, or holds ':')"),
+        _ => Ok(None),
+    }
+}
+
 /// A device web UI, its certificate's pin and how it was obtained.
 struct WebPin {
     endpoint: WebEndpoint,
     pin: Option<String>,
     how: &'static str,
+    /// HTTP basic auth Postern signs in with: user and password.
+    basic: Option<(String, String)>,
 }
 
 impl WebPin {
@@ -279,6 +306,8 @@ impl WebPin {
             url: self.endpoint.to_string(),
             cert_sha256: self.pin.clone(),
             created: now(),
+            basic_user: self.basic.as_ref().map(|(u, _)| u.clone()),
+            basic_password: self.basic.as_ref().map(|(_, p)| p.clone()),
         }
     }
 
@@ -292,10 +321,17 @@ impl WebPin {
             ),
             None => println!("web UI {} ({})", self.endpoint, self.how),
         }
+        if let Some((user, _)) = &self.basic {
+            println!("web UI signed in to as {user} (basic auth; the password is stored sealed)");
+        }
     }
 }
 
-async fn web_pin(url: &str, cert: Option<&Path>) -> Result<WebPin> {
+async fn web_pin(
+    url: &str,
+    cert: Option<&Path>,
+    basic: Option<(String, String)>,
+) -> Result<WebPin> {
     let endpoint = WebEndpoint::parse(url)?;
     let (pin, how) = match (endpoint.https, cert) {
         (false, Some(_)) => bail!("--web-cert is for an https:// web UI"),
@@ -306,7 +342,12 @@ async fn web_pin(url: &str, cert: Option<&Path>) -> Result<WebPin> {
             "fetched on first use",
         ),
     };
-    Ok(WebPin { endpoint, pin, how })
+    Ok(WebPin {
+        endpoint,
+        pin,
+        how,
+        basic,
+    })
 }
 
 /// `postern device web SITE/DEVICE`: sets (or replaces) an enrolled device's web UI, its
