@@ -332,6 +332,8 @@ class Bench:
         with open(os.path.join(d, "big.bin"), "wb") as f:
             for _ in range(mib):
                 f.write(os.urandom(1 << 20))
+        with open(os.path.join(d, "small.html"), "w") as f:
+            f.write("<p>" + "x" * 1000 + "</p>")
         port = free_port()
         server = ("import http.server, ssl, sys, functools\n"
                   "h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[2])\n"
@@ -383,9 +385,21 @@ class Bench:
                 top = max(top, mib / el)
             return top
 
+        def latency(cmd, url, n=200):
+            """Milliseconds per small request, p50 and p95, on one kept-alive connection."""
+            each = [arg for _ in range(n) for arg in ("-o", "/dev/null", url)]
+            r = subprocess.run(cmd + ["-w", "%{time_total}\\n"] + each,
+                               capture_output=True, text=True, timeout=600)
+            ms = sorted(float(t) * 1000 for t in r.stdout.split())
+            if len(ms) != n:
+                raise SystemExit(f"latency run failed: {r.stdout[-300:]} {r.stderr[-300:]}")
+            return ms[n // 2], ms[n * 95 // 100]
+
         direct = best(["curl", "-s", "-k", f"https://127.0.0.1:{port}/big.bin"])
         postern = best(curl + ["-H", f"cookie: {dev}", f"https://{origin}:{wp}/big.bin"])
-        return direct, postern
+        lat_direct = latency(["curl", "-s", "-k"], f"https://127.0.0.1:{port}/small.html")
+        lat_postern = latency(curl + ["-H", f"cookie: {dev}"], f"https://{origin}:{wp}/small.html")
+        return direct, postern, lat_direct, lat_postern
 
     # ---- 1. throughput ----
     def throughput(self, kinds=None):
@@ -892,11 +906,15 @@ def main():
         if not (a.only_rotation or a.only_edges or a.only_web):
             main_tables(a, b)
         if a.only_web or not (a.only_rotation or a.only_edges):
-            direct, via = b.web_download(a.size_mib, a.repeat)
+            direct, via, lat_d, lat_p = b.web_download(a.size_mib, a.repeat)
             print()
             print(f"11. a device web UI's download, {a.size_mib} MiB over HTTPS, best of {a.repeat} (MiB/s)")
             print(f"   {'direct':>9}{'Postern':>9}{'Postern/direct':>16}")
             print(f"   {direct:>9.0f}{via:>9.0f}{via / direct:>16.2f}")
+            print("   a 1 KiB page, 200 requests on one connection (ms per request)")
+            print(f"   {'':>9}{'direct':>9}{'Postern':>9}{'Postern/direct':>16}")
+            for i, q in enumerate(["p50", "p95"]):
+                print(f"   {q:>9}{lat_d[i]:>9.2f}{lat_p[i]:>9.2f}{lat_p[i] / lat_d[i]:>16.2f}")
         if a.rotation:
             print()
             r = b.rotation(a.rotation)

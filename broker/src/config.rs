@@ -116,6 +116,10 @@ pub struct Config {
     /// the sign-in links; unset, `https://DOMAIN:PORT` of `web_devices_listen`.
     #[serde(default)]
     pub web_devices_url: Option<String>,
+    /// Bytes of each device web request's and answer's body kept in the recording (at most
+    /// 1 MiB); 0, the default, keeps none (a device's sign-in form carries passwords).
+    #[serde(default)]
+    pub web_devices_record_bodies: usize,
     /// Where Prometheus scrapes `GET /metrics`; `off` for none.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: String,
@@ -382,6 +386,7 @@ impl Default for Config {
             web_devices_cert: None,
             web_devices_key: None,
             web_devices_url: None,
+            web_devices_record_bodies: 0,
             master_key_file: None,
             scan_paths: Vec::new(),
             scan_ports: Vec::new(),

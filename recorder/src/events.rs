@@ -218,6 +218,15 @@ pub enum Event {
         #[serde(default)]
         error: Option<String>,
     },
+    /// The first bytes of a request's or an answer's body (`data`, base64), kept only when the
+    /// operator asked for bodies; `bytes` is the body's whole size when known.
+    #[serde(rename = "web.body")]
+    WebBody {
+        from_device: bool,
+        bytes: u64,
+        truncated: bool,
+        data: String,
+    },
     /// A device web UI's websocket opened (its handshake is the `web.request` before it, status
     /// 101); its messages and close are written on the same channel number, one per socket.
     #[serde(rename = "web.socket")]
@@ -283,6 +292,16 @@ impl Event {
                     .map(|e| format!(" ({e})"))
                     .unwrap_or_default();
                 format!("{method} {path}{q} -> {status}{size}, {millis} ms{why}")
+            }
+            Event::WebBody {
+                from_device,
+                bytes,
+                truncated,
+                ..
+            } => {
+                let whose = if *from_device { "answer" } else { "request" };
+                let part = if *truncated { "its start" } else { "whole" };
+                format!("{whose} body, {bytes} B ({part} kept)")
             }
             Event::WebSocket { path, .. } => format!("websocket {path} open"),
             Event::WebMessage {

@@ -52,4 +52,6 @@ pub enum WriteError {
     TooLarge(usize),
     #[error("existing file is damaged, refusing to append: {0}")]
     Damaged(String),
+    #[error("the recording is sealed: nothing more is written to it")]
+    Sealed,
 }

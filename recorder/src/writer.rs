@@ -33,6 +33,9 @@ pub struct Writer {
     /// Set by the first failed write. After it nothing more is written: the file then ends at the
     /// last complete record, or in a torn one, never in records chained onto a partial write.
     failed: bool,
+    /// Set once the seal is written: nothing may follow it (a record after the seal would make
+    /// the recording fail verification), so later appends are refused.
+    sealed: bool,
 }
 
 impl Writer {
@@ -65,6 +68,7 @@ impl Writer {
             appended: 0,
             quiet_flushes: 0,
             failed: false,
+            sealed: false,
         })
     }
 
@@ -113,6 +117,9 @@ impl Writer {
             return Err(WriteError::TooLarge(payload.len()));
         }
         self.check()?;
+        if self.sealed {
+            return Err(WriteError::Sealed);
+        }
         let seq = self.next_seq;
         let body = encode_body(seq, time_us, kind, channel, payload);
         let hash = chain_hash(&self.prev, &body);
@@ -185,6 +192,7 @@ impl Writer {
         let payload =
             serde_json::to_vec(&seal).map_err(|e| WriteError::Io(std::io::Error::other(e)))?;
         self.append(Kind::Seal, 0, &payload)?;
+        self.sealed = true;
         Ok(seal)
     }
 

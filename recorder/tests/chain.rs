@@ -255,6 +255,12 @@ fn sealed_recording_checks_with_only_the_public_key() {
     }
     w.append(Kind::SessionEnd, 0, b"{}").unwrap();
     let seal = w.seal(&key).unwrap();
+    // Nothing follows the seal: a late record (a websocket's close, say) is refused, not
+    // chained after it where it would make the recording fail verification.
+    assert!(matches!(
+        w.append(Kind::Output, 0, b"late"),
+        Err(recorder::WriteError::Sealed)
+    ));
     w.finish().unwrap();
     assert_eq!(seal.records, 6);
 

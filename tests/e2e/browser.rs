@@ -463,6 +463,10 @@ fn the_websocket_is_in_the_recording(w: &World) {
         has(json!({"event": "web.socket_close", "by": "postern", "code": 1008})),
         "{events:?}"
     );
+    assert!(
+        !has(json!({"event": "web.body"})),
+        "bodies are off by default"
+    );
     let verified = w.ok(&["verify", id]);
     assert!(
         verified.contains("ok") || verified.contains("OK"),

@@ -210,12 +210,17 @@ pub(crate) fn device_add(w: &World, target: &str, extra: &[&str]) -> std::proces
 
 /// A world whose device web front door listens on a port of its own, for `devices.test`.
 pub(crate) fn web_world() -> (World, u16) {
+    web_world_with("")
+}
+
+/// [`web_world`] with more configuration.
+fn web_world_with(extra: &str) -> (World, u16) {
     let port = free_port();
     let w = World::with_config(
         9,
         "5m",
         &format!(
-            "web_devices_listen = \"127.0.0.1:{port}\"\nweb_devices_domain = \"devices.test\"\n"
+            "web_devices_listen = \"127.0.0.1:{port}\"\nweb_devices_domain = \"devices.test\"\n{extra}"
         ),
     );
     (w, port)
@@ -738,4 +743,92 @@ fn a_device_ui_only_the_edge_reaches_is_served_through_it() {
         .unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().unwrap().contains("<h1>cam-e</h1>"));
+}
+
+/// Bodies are kept only when the operator asks, and then only their first bytes, each written
+/// before it is passed on.
+#[test]
+fn bodies_are_recorded_only_when_asked_and_only_their_start() {
+    let (w, port) = web_world_with("web_devices_record_bodies = 16\n");
+    let cam = WebDevice::start(&w, "cam-b");
+    let page = "<h1>cam-b</h1><p>a long status page</p>";
+    std::fs::write(cam.dir.join("index.html"), page).unwrap();
+    enrol_cam(&w, &cam, &cam.cert);
+    let ann = w.vendor("ann", &[]);
+    w.grant("ann", "site-a", "webui");
+    let link = sign_in_link(&w, &ann);
+    let b = browser(&w, port, &["devices.test", "cam--site-a.devices.test"]);
+    let r = b.get(&link).send().unwrap();
+    let session = r.headers()["set-cookie"].to_str().unwrap();
+    let session = session.split(';').next().unwrap().to_owned();
+    let dev = open_device(&b, port, &session, "site-a", "cam");
+    let origin = format!("https://cam--site-a.devices.test:{port}");
+    let got = b
+        .get(format!("{origin}/"))
+        .header("cookie", &dev)
+        .send()
+        .unwrap();
+    assert!(
+        got.text().unwrap().contains("a long status page"),
+        "the whole page still arrives"
+    );
+    let posted = b
+        .post(format!("{origin}/login"))
+        .header("cookie", &dev)
+        .body("user=vic&pin=1234")
+        .send()
+        .unwrap();
+    assert!(posted.status().is_client_error() || posted.status().is_server_error());
+    let rows: Vec<Value> = serde_json::from_str(&w.ok(&["sessions", "--live", "--json"])).unwrap();
+    // Killed like a shell: the next request is refused (the session is over, and forgotten once
+    // closed), and the recording is sealed.
+    w.ok(&["sessions", "kill", rows[0]["id"].as_str().unwrap()]);
+    let killed = std::time::Instant::now();
+    loop {
+        let r = b
+            .get(format!("{origin}/"))
+            .header("cookie", &dev)
+            .send()
+            .unwrap();
+        if matches!(r.status().as_u16(), 401 | 403) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < std::time::Duration::from_secs(3),
+            "still open after a kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!(
+        "device web session closed {:?} after the kill",
+        killed.elapsed()
+    );
+    w.wait_sealed(1);
+    let rec = w
+        .data
+        .join("recordings")
+        .join(rows[0]["recording"].as_str().unwrap());
+    let bodies: Vec<Value> = recorder::Reader::open(&rec)
+        .unwrap()
+        .filter_map(|r| r.ok())
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok())
+        .filter(|e| e["event"] == "web.body")
+        .collect();
+    let b64 = |t: &str| {
+        let o = run(Command::new("sh").args(["-c", &format!("printf %s '{t}' | base64 -w0")]));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let answer = bodies
+        .iter()
+        .find(|e| e["from_device"] == true)
+        .expect("the answer's body");
+    assert_eq!(answer["data"], b64("<h1>cam-b</h1><p"), "{answer}");
+    assert_eq!(answer["truncated"], true);
+    assert_eq!(answer["bytes"], page.len());
+    let request = bodies
+        .iter()
+        .find(|e| e["from_device"] == false)
+        .expect("the request's body");
+    assert_eq!(request["data"], b64("user=vic&pin=123"), "{request}");
+    assert_eq!(request["bytes"], 17);
 }

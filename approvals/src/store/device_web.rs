@@ -6,7 +6,7 @@ use super::{Missing, Result, Store, Tx};
 use crate::secrets::Owner;
 
 /// A device's web UI endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct DeviceWeb {
     pub site: String,
     pub device: String,
@@ -27,6 +27,24 @@ pub struct DeviceWeb {
 pub(crate) fn port_of(url: &str) -> Option<u16> {
     url.rsplit_once(':')
         .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
+}
+
+impl std::fmt::Debug for DeviceWeb {
+    /// Without the password: a `{:?}` in a log must not carry it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceWeb")
+            .field("site", &self.site)
+            .field("device", &self.device)
+            .field("url", &self.url)
+            .field("cert_sha256", &self.cert_sha256)
+            .field("created", &self.created)
+            .field("basic_user", &self.basic_user)
+            .field(
+                "basic_password",
+                &self.basic_password.as_ref().map(|_| "(sealed)"),
+            )
+            .finish()
+    }
 }
 
 impl Store {

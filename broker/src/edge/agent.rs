@@ -4,7 +4,6 @@
 //! before it ends). The edge keeps its own hash-chained audit log, `DATA/edge/audit.log`: its
 //! links coming up and going down, and every stream it refused.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +19,7 @@ use tokio_rustls::TlsConnector;
 use tokio_yamux::{Session, StreamHandle};
 
 use super::join::{csr, not_after, tcp};
+use super::scope::Scope;
 use super::wire::{self, EdgeDevice, Message};
 
 #[derive(Debug, thiserror::Error)]
@@ -113,45 +113,6 @@ impl EdgeFiles {
         let json =
             serde_json::to_string_pretty(state).map_err(|e| AgentError::State(e.to_string()))?;
         self.write("edge.json", &json, false)
-    }
-}
-
-/// What the link told the edge: its sites and their devices.
-#[derive(Default)]
-struct Scope {
-    sites: Vec<String>,
-    devices: HashMap<(String, String), String>,
-    /// The devices' web UIs (`HOST:PORT`), as the central last listed them.
-    webs: HashMap<(String, String), String>,
-}
-
-impl Scope {
-    /// The central's list of the sites' devices and their web UIs.
-    fn set_devices(&mut self, devices: Vec<EdgeDevice>) {
-        self.webs = (devices.iter())
-            .filter(|d| self.sites.contains(&d.site))
-            .filter_map(|d| Some(((d.site.clone(), d.device.clone()), d.web.clone()?)))
-            .collect();
-        self.set_ssh_addrs(devices);
-    }
-
-    /// The devices' SSH addresses (a policy bundle's, which holds no web UIs).
-    fn set_ssh_addrs(&mut self, devices: Vec<EdgeDevice>) {
-        // Only devices of the edge's own sites, whatever the list holds.
-        self.devices = devices
-            .into_iter()
-            .filter(|d| self.sites.contains(&d.site))
-            .map(|d| ((d.site, d.device), d.addr))
-            .collect();
-    }
-
-    /// Where to connect for `Open`: the device's SSH address or its web UI.
-    fn addr(&self, site: &str, device: &str, web: bool) -> Option<String> {
-        let key = (site.to_owned(), device.to_owned());
-        match web {
-            true => self.webs.get(&key).cloned(),
-            false => self.devices.get(&key).cloned(),
-        }
     }
 }
 
@@ -488,7 +449,7 @@ async fn take_policy<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// A stream the central opened: a policy bundle, a new device list, or a device to connect.
 async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, served: Served) {
-    let (scope, audit) = (&served.scope, &served.audit);
+    let scope = &served.scope;
     let msg = match tokio::time::timeout(Duration::from_secs(10), wire::read(&mut stream)).await {
         Ok(Ok(m)) => m,
         _ => return,
@@ -502,51 +463,8 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, served: 
                 .set_devices(devices);
             let _ = wire::write(&mut stream, &Message::Opened).await;
         }
-        Message::Open { site, device, web } => {
-            let addr = (scope.lock().unwrap_or_else(|p| p.into_inner())).addr(&site, &device, web);
-            let Some(addr) = addr else {
-                // No open relay: only devices enrolled at this edge's sites (and their UIs).
-                let reason = match web {
-                    true => format!("{site}/{device} has no web UI at this edge's sites"),
-                    false => format!("{site}/{device} is not a device of this edge's sites"),
-                };
-                tracing::warn!(%site, %device, "edge: refused a stream to a device not of its sites");
-                record(
-                    audit,
-                    AuditEvent::EdgeRouteRefused,
-                    json!({"site": site, "device": device, "reason": reason, "by": "edge"}),
-                );
-                let _ = wire::write(&mut stream, &Message::OpenRefused { reason }).await;
-                wire::finish(&mut stream).await;
-                return;
-            };
-            let tcp =
-                tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&addr)).await;
-            match tcp {
-                Ok(Ok(mut tcp)) => {
-                    let _ = tcp.set_nodelay(true);
-                    if wire::write(&mut stream, &Message::Opened).await.is_ok() {
-                        let size = super::hub::COPY_BUFFER;
-                        let _ = tokio::io::copy_bidirectional_with_sizes(
-                            &mut stream,
-                            &mut tcp,
-                            size,
-                            size,
-                        )
-                        .await;
-                    }
-                }
-                Ok(Err(e)) => {
-                    let reason = format!("{site}/{device} at {addr}: {e}");
-                    let _ = wire::write(&mut stream, &Message::OpenRefused { reason }).await;
-                    wire::finish(&mut stream).await;
-                }
-                Err(_) => {
-                    let reason = format!("{site}/{device} at {addr}: timed out");
-                    let _ = wire::write(&mut stream, &Message::OpenRefused { reason }).await;
-                    wire::finish(&mut stream).await;
-                }
-            }
+        Message::Open { .. } | Message::OpenWeb { .. } => {
+            super::scope::open_device(stream, &served.scope, &served.audit, msg).await
         }
         other => tracing::warn!(kind = %other.kind(), "edge: unexpected message on a stream"),
     }
@@ -556,29 +474,6 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, served: 
 mod tests {
     use super::*;
 
-    fn scope() -> Arc<Mutex<Scope>> {
-        let mut s = Scope {
-            sites: vec!["mine".into()],
-            ..Scope::default()
-        };
-        // A device of another site in the list is dropped: the edge serves its own sites only.
-        s.set_devices(vec![
-            EdgeDevice {
-                site: "mine".into(),
-                device: "d".into(),
-                addr: "127.0.0.1:1".into(),
-                web: None,
-            },
-            EdgeDevice {
-                site: "theirs".into(),
-                device: "d".into(),
-                addr: "127.0.0.1:2".into(),
-                web: Some("127.0.0.1:3".into()),
-            },
-        ]);
-        Arc::new(Mutex::new(s))
-    }
-
     #[tokio::test]
     async fn a_device_of_another_site_is_refused_and_audited_at_the_edge() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -587,7 +482,7 @@ mod tests {
         let served = Served {
             files: EdgeFiles::new(dir.path()),
             edge: "t".into(),
-            scope: scope(),
+            scope: super::super::scope::tests::scope(),
             audit,
             site: None,
         };
@@ -595,7 +490,6 @@ mod tests {
         let open = Message::Open {
             site: "theirs".into(),
             device: "d".into(),
-            web: false,
         };
         wire::write(&mut central, &open).await.expect("write");
         match wire::read(&mut central).await.expect("read") {
@@ -610,15 +504,5 @@ mod tests {
             log.contains("edge.route_refused") && log.contains("theirs"),
             "{log}"
         );
-    }
-
-    /// The edge connects a web stream only to a web UI the central listed for its own sites.
-    #[test]
-    fn web_streams_go_only_to_listed_web_uis_of_its_sites() {
-        let scope = scope();
-        let s = scope.lock().expect("scope");
-        assert_eq!(s.addr("mine", "d", false).as_deref(), Some("127.0.0.1:1"));
-        assert_eq!(s.addr("mine", "d", true), None, "no web UI listed");
-        assert_eq!(s.addr("theirs", "d", true), None, "not its site");
     }
 }

@@ -187,23 +187,25 @@ impl EdgeHub {
         site: &str,
         device: &str,
     ) -> Result<Option<tokio::io::DuplexStream>, RouteError> {
-        self.route_to(site, device, false).await
+        self.route_to(site, device, None).await
     }
 
-    /// A stream to the device's web UI through its site's edge; `Ok(None)`: connect directly.
+    /// A stream to the device's web UI, served at `addr` (`HOST:PORT`), through its site's edge;
+    /// `Ok(None)`: connect directly.
     pub async fn route_web(
         &self,
         site: &str,
         device: &str,
+        addr: &str,
     ) -> Result<Option<tokio::io::DuplexStream>, RouteError> {
-        self.route_to(site, device, true).await
+        self.route_to(site, device, Some(addr)).await
     }
 
     async fn route_to(
         &self,
         site: &str,
         device: &str,
-        web: bool,
+        web: Option<&str>,
     ) -> Result<Option<tokio::io::DuplexStream>, RouteError> {
         let edge = approvals::store::deadline(self.store.edge_of_site(site))
             .await
@@ -261,15 +263,18 @@ impl EdgeHub {
         link: &Link,
         site: &str,
         device: &str,
-        web: bool,
+        web: Option<&str>,
     ) -> Result<Result<StreamHandle, String>, wire::WireError> {
-        // A device (or its web UI) the edge was not told of yet: tell it the site's devices now.
+        // A device the edge was not told of yet, or whose web UI it knows at another address:
+        // tell it the site's devices now.
         let known = link
             .devices
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .any(|d| d.site == site && d.device == device && (!web || d.web.is_some()));
+            .any(|d| {
+                d.site == site && d.device == device && (web.is_none() || d.web.as_deref() == web)
+            });
         if !known {
             let devices = self.devices_of(edge).await?;
             let mut s = self.stream(link).await?;
@@ -287,10 +292,16 @@ impl EdgeHub {
         let mut s = self.stream(link).await?;
         wire::write(
             &mut s,
-            &Message::Open {
-                site: site.to_owned(),
-                device: device.to_owned(),
-                web,
+            &match web {
+                None => Message::Open {
+                    site: site.to_owned(),
+                    device: device.to_owned(),
+                },
+                Some(addr) => Message::OpenWeb {
+                    site: site.to_owned(),
+                    device: device.to_owned(),
+                    addr: addr.to_owned(),
+                },
             },
         )
         .await?;

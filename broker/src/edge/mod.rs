@@ -27,6 +27,7 @@ pub mod join;
 pub mod listener;
 pub mod policy;
 mod publish;
+mod scope;
 mod shipper;
 pub mod site;
 pub mod tls;

@@ -41,12 +41,15 @@ pub enum Message {
     /// Central to edge, on a stream of its own: the sites' devices changed.
     Devices { devices: Vec<EdgeDevice> },
     /// Central to edge, first on a device stream: connect this stream to the device's SSH
-    /// address, or with `web` to its web UI.
-    Open {
+    /// address.
+    Open { site: String, device: String },
+    /// Central to edge, first on a device stream: connect this stream to the device's web UI,
+    /// which the central expects at `addr` (an edge of an older version, which does not know
+    /// this message, refuses it rather than connecting somewhere else).
+    OpenWeb {
         site: String,
         device: String,
-        #[serde(default)]
-        web: bool,
+        addr: String,
     },
     /// Edge to central: the stream is now the device's TCP connection.
     Opened,
@@ -225,10 +228,10 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_garbage_is_an_error() {
         let (mut a, mut b) = tokio::io::duplex(4096);
-        let m = Message::Open {
+        let m = Message::OpenWeb {
             site: "s".into(),
             device: "d".into(),
-            web: true,
+            addr: "10.0.0.1:443".into(),
         };
         write(&mut a, &m).await.unwrap();
         assert_eq!(read(&mut b).await.unwrap(), m);

@@ -17,16 +17,18 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
+use futures::StreamExt;
 use recorder::events::Event;
 
+use super::headers::{answer, content_length, not_for_the_device, to_device};
 use super::upstream::{self, DeviceClient};
-use super::{WebDoor, new_token, refused, socket, token_hash, well_formed};
+use super::{WebDoor, bodies, new_token, refused, socket, token_hash, well_formed};
 use crate::session::{EndReason, LiveSession};
 
 /// The device session's cookie (host-only: each device origin has its own).
 pub(super) const DEVICE_COOKIE: &str = "__Host-postern_dev";
 /// How long a handoff from the sign-in page to a device origin may take.
-const HANDOFF_TTL: Duration = Duration::from_secs(30);
+pub(super) const HANDOFF_TTL: Duration = Duration::from_secs(30);
 /// A device web session without a request for this long is over (a browser has no connection
 /// whose end would say the vendor left).
 const IDLE: Duration = Duration::from_secs(600);
@@ -48,28 +50,19 @@ pub(super) struct Handoff {
     pub made: Instant,
 }
 
-/// The `Authorization` header that signs in to a device UI behind HTTP basic auth, marked
-/// sensitive (never logged).
-pub(super) fn basic_authorization(w: &approvals::store::DeviceWeb) -> Option<HeaderValue> {
-    use base64::Engine;
-    let (user, password) = (w.basic_user.as_ref()?, w.basic_password.as_ref()?);
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let mut v = HeaderValue::from_str(&format!("Basic {token}")).ok()?;
-    v.set_sensitive(true);
-    Some(v)
-}
-
 /// An open device web session, by its cookie's hash.
 pub(super) struct DeviceSession {
     pub(super) live: Arc<LiveSession>,
     origin: String,
-    url: String,
+    pub(super) url: String,
     port: u16,
     client: DeviceClient,
     /// Sent instead of the browser's own, for a UI Postern signs in to.
-    authorization: Option<HeaderValue>,
+    pub(super) authorization: Option<HeaderValue>,
     /// When the last request or websocket message came.
     pub(super) last: std::sync::Mutex<Instant>,
+    /// Bytes of each body kept in the recording; 0 for none.
+    record_bodies: usize,
     /// Websockets open now: a session with one is not idle.
     pub(super) sockets: AtomicUsize,
     /// The recording's channel number of the next websocket.
@@ -165,6 +158,7 @@ pub(super) async fn enter(
         port: hand.port,
         client,
         authorization: hand.authorization,
+        record_bodies: door.record_bodies,
         last: std::sync::Mutex::new(Instant::now()),
         sockets: AtomicUsize::new(0),
         next_socket: AtomicU32::new(1),
@@ -201,6 +195,9 @@ pub(super) async fn request(door: &WebDoor, host: &str, req: Request) -> Respons
             "open this device from your list of device web UIs first",
         );
     };
+    if let Some(refusal) = not_for_the_device(req.method(), req.headers(), host) {
+        return refusal;
+    }
     let live = &ds.live;
     if live.is_closed() {
         // Forgotten here: the cookie of a closed session opens nothing any more.
@@ -229,33 +226,6 @@ pub(super) async fn request(door: &WebDoor, host: &str, req: Request) -> Respons
     proxy(&door.ctx, &ds, req).await
 }
 
-/// Headers that belong to one hop, not to the request or answer.
-fn hop_by_hop(name: &header::HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    )
-}
-
-/// The browser's cookies without Postern's own.
-fn device_cookies(headers: &HeaderMap) -> Option<String> {
-    let kept: Vec<&str> = (headers.get_all(header::COOKIE).iter())
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && !c.starts_with("__Host-postern_"))
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
-}
-
 async fn proxy(ctx: &crate::session::Ctx, ds: &Arc<DeviceSession>, mut req: Request) -> Response {
     let upgrade = socket::is_upgrade(req.method(), req.headers());
     let browser_side = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -266,68 +236,178 @@ async fn proxy(ctx: &crate::session::Ctx, ds: &Arc<DeviceSession>, mut req: Requ
             "the request is too large for a device web UI",
         );
     };
+    if ds.record_bodies > 0 && !body.is_empty() {
+        let kept = bodies::event(false, &body, ds.record_bodies, true, None);
+        if !noted_or_closed(ds, 0, &kept) {
+            return refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the session cannot be recorded; it is over",
+            );
+        }
+    }
+    // Revoked while the body was arriving: nothing reaches the device.
+    if ds.live.is_closed() {
+        return refused(StatusCode::FORBIDDEN, "this device web session is over");
+    }
+    if upgrade && ds.sockets.load(Ordering::SeqCst) >= socket::MAX_SOCKETS {
+        return refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            "this device web session has as many websockets open as it may",
+        );
+    }
     let Some(out) = to_device(ds, &parts, body.clone(), upgrade) else {
         return refused(
             StatusCode::BAD_REQUEST,
             "the request could not be passed on",
         );
     };
-    let began = Instant::now();
-    let sent = ds.client.request(out).await;
-    let (status, response_bytes, error) = match &sent {
-        Ok(r) => (r.status().as_u16(), content_length(r.headers()), None),
-        Err(e) => (0, None, Some(error_chain(e))),
-    };
-    let noted = Event::WebRequest {
+    let line = Event::WebRequest {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
-        status,
+        status: 0,
         request_bytes: body.len() as u64,
-        response_bytes,
-        millis: began.elapsed().as_millis() as u64,
-        error: error.clone(),
+        response_bytes: None,
+        millis: 0,
+        error: None,
+    };
+    // Sent and recorded by a task of its own: a browser that goes away mid-request does not
+    // leave a request at the device without its record.
+    let exchange = tokio::spawn(send_and_record(ds.clone(), out, line));
+    let Ok((sent, recorded, error)) = exchange.await else {
+        return refused(StatusCode::BAD_GATEWAY, "the device could not be reached");
     };
     // Evidence first: an answer that could not be recorded is not given.
-    if !noted_or_closed(ds, 0, &noted) {
+    if !recorded {
         return refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "the session cannot be recorded; it is over",
         );
     }
     match sent {
-        Ok(mut r) if r.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            let Some(browser_side) = browser_side else {
-                return refused(
-                    StatusCode::BAD_GATEWAY,
-                    "the device switched protocols unasked",
-                );
-            };
-            let channel = ds.next_socket.fetch_add(1, Ordering::SeqCst);
-            let opened = Event::WebSocket {
-                path: parts.uri.path().to_owned(),
-                protocol: (r.headers().get(header::SEC_WEBSOCKET_PROTOCOL))
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
-            };
-            if !noted_or_closed(ds, channel, &opened) {
-                return refused(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the session cannot be recorded; it is over",
-                );
-            }
-            let device_side = hyper::upgrade::on(&mut r);
-            tokio::spawn(socket::relay(
-                ds.clone(),
-                channel,
-                browser_side,
-                device_side,
-            ));
-            answer(r, true)
+        Ok(r) if r.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            open_socket(ds, r, browser_side, parts.uri.path())
         }
-        Ok(r) => answer(r, false),
+        Ok(r) if ds.record_bodies == 0 => answer(r.map(|b| until_closed(ds, Body::new(b))), false),
+        Ok(r) => match answer_recorded(ds, r).await {
+            Ok(r) => answer(r.map(|b| until_closed(ds, b)), false),
+            Err(refusal) => refusal,
+        },
         Err(_) => unreachable_device(ctx, ds, error.unwrap_or_default()).await,
     }
+}
+
+/// The device accepted a websocket: recorded as opened on a channel of its own, then relayed
+/// once both sides have switched protocols.
+fn open_socket(
+    ds: &Arc<DeviceSession>,
+    mut r: hyper::Response<hyper::body::Incoming>,
+    browser_side: Option<hyper::upgrade::OnUpgrade>,
+    path: &str,
+) -> Response {
+    let Some(browser_side) = browser_side else {
+        return refused(
+            StatusCode::BAD_GATEWAY,
+            "the device switched protocols unasked",
+        );
+    };
+    let channel = ds.next_socket.fetch_add(1, Ordering::SeqCst);
+    let opened = Event::WebSocket {
+        path: path.to_owned(),
+        protocol: (r.headers().get(header::SEC_WEBSOCKET_PROTOCOL))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    if !noted_or_closed(ds, channel, &opened) {
+        return refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session cannot be recorded; it is over",
+        );
+    }
+    let device_side = hyper::upgrade::on(&mut r);
+    ds.sockets.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(socket::relay(
+        ds.clone(),
+        channel,
+        browser_side,
+        device_side,
+    ));
+    answer(r.map(Body::new), true)
+}
+
+/// How long the device may take to begin its answer (a long poll's hold included).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Sends the request and records it with the device's answer's status, size and time.
+/// Returns the answer, whether the record was written, and the error, if the device failed.
+async fn send_and_record(
+    ds: Arc<DeviceSession>,
+    out: hyper::Request<Body>,
+    mut line: Event,
+) -> (
+    Result<hyper::Response<hyper::body::Incoming>, String>,
+    bool,
+    Option<String>,
+) {
+    let began = Instant::now();
+    let sent = match tokio::time::timeout(ANSWER_TIMEOUT, ds.client.request(out)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(error_chain(&e)),
+        Err(_) => Err(format!("no answer in {} s", ANSWER_TIMEOUT.as_secs())),
+    };
+    if let Event::WebRequest {
+        status,
+        response_bytes,
+        millis,
+        error,
+        ..
+    } = &mut line
+    {
+        *millis = began.elapsed().as_millis() as u64;
+        match &sent {
+            Ok(r) => {
+                *status = r.status().as_u16();
+                *response_bytes = content_length(r.headers());
+            }
+            Err(e) => *error = Some(e.clone()),
+        }
+    }
+    let recorded = noted_or_closed(&ds, 0, &line);
+    let error = sent.as_ref().err().cloned();
+    (sent, recorded, error)
+}
+
+/// The answer's body, cut off once the session ends: a camera's endless stream or a large
+/// download stops with a revocation, as the next request would be refused.
+fn until_closed(ds: &DeviceSession, body: Body) -> Body {
+    let mut stopping = ds.live.stopping();
+    let stopped = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    Body::from_stream(body.into_data_stream().take_until(Box::pin(stopped)))
+}
+
+/// The device's answer with its body's first bytes recorded before any of it is passed on.
+async fn answer_recorded(
+    ds: &DeviceSession,
+    r: hyper::Response<hyper::body::Incoming>,
+) -> Result<hyper::Response<Body>, Response> {
+    let total = content_length(r.headers());
+    let (parts, body) = r.into_parts();
+    let Ok((kept, complete, whole)) = bodies::prefix(body, ds.record_bodies).await else {
+        return Err(refused(
+            StatusCode::BAD_GATEWAY,
+            "the device's answer broke off",
+        ));
+    };
+    let noted = bodies::event(true, &kept, ds.record_bodies, complete, total);
+    if !kept.is_empty() && !noted_or_closed(ds, 0, &noted) {
+        return Err(refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session cannot be recorded; it is over",
+        ));
+    }
+    Ok(hyper::Response::from_parts(parts, whole))
 }
 
 /// Writes `event` to the recording; a recording that fails ends the session (`false`).
@@ -342,49 +422,6 @@ fn noted_or_closed(ds: &DeviceSession, channel: u32, event: &Event) -> bool {
     }
 }
 
-/// The browser's request as the device is sent it: its own URL, the browser's headers without
-/// the hop's or Postern's cookies, and for a websocket the upgrade (without extensions, so that
-/// each message can be read to be recorded).
-fn to_device(
-    ds: &DeviceSession,
-    parts: &axum::http::request::Parts,
-    body: axum::body::Bytes,
-    upgrade: bool,
-) -> Option<hyper::Request<Body>> {
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = hyper::Request::builder()
-        .method(parts.method.clone())
-        .uri(format!("{}{pq}", ds.url));
-    let injected = ds.authorization.is_some();
-    let kept = (parts.headers.iter()).filter(|(k, _)| {
-        !hop_by_hop(k)
-            && *k != header::COOKIE
-            && *k != header::SEC_WEBSOCKET_EXTENSIONS
-            && !(injected && *k == header::AUTHORIZATION)
-    });
-    for (k, v) in kept {
-        out = out.header(k, v);
-    }
-    if let Some(a) = &ds.authorization {
-        out = out.header(header::AUTHORIZATION, a.clone());
-    }
-    if upgrade {
-        out = out
-            .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, "websocket");
-    }
-    if let Some(c) = device_cookies(&parts.headers) {
-        out = out.header(header::COOKIE, c);
-    }
-    out.body(Body::from(body)).ok()
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    (headers.get(header::CONTENT_LENGTH))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 /// The device could not be reached: audited (a certificate other than the pinned one as a host
 /// key mismatch) and said to the vendor.
 async fn unreachable_device(
@@ -394,7 +431,8 @@ async fn unreachable_device(
 ) -> Response {
     // A certificate other than the pinned one is someone in the middle, or a device replaced:
     // either way the operator must look, as for an SSH host key.
-    let event = match why.contains(crate::device_web::NOT_PINNED) {
+    let mismatch = why.contains(crate::device_web::NOT_PINNED);
+    let event = match mismatch {
         true => approvals::audit::AuditEvent::DeviceHostkeyMismatch,
         false => approvals::audit::AuditEvent::DeviceConnectFailed,
     };
@@ -402,13 +440,17 @@ async fn unreachable_device(
     let fields = serde_json::json!({"session": ds.live.id, "site": t.site,
         "device": t.device, "web": ds.url, "error": why});
     ctx.audit(event, fields).await;
-    refused(
-        StatusCode::BAD_GATEWAY,
-        &format!("the device could not be reached ({why})"),
-    )
+    // The details (addresses inside the site, node names) are the operator's, in the audit log.
+    let said = match mismatch {
+        true => {
+            "the device's certificate is not the one pinned for it: it was not trusted, and the operator was told"
+        }
+        false => "the device could not be reached; if this goes on, tell the operator",
+    };
+    refused(StatusCode::BAD_GATEWAY, said)
 }
 
-/// An error with its causes (the pin refusal is a cause of reqwest's connect error).
+/// An error with its causes (the pin refusal is a cause of the client's connect error).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut next = e.source();
@@ -417,32 +459,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         next = s.source();
     }
     parts.join(": ")
-}
-
-/// The device's answer for the browser: its status, headers (cookies kept to this origin) and
-/// body, streamed; for a websocket's `101` the upgrade headers too.
-fn answer(r: hyper::Response<hyper::body::Incoming>, switching: bool) -> Response {
-    let mut out = Response::builder().status(r.status());
-    let passed = |k: &header::HeaderName| {
-        !hop_by_hop(k) || (switching && (*k == header::UPGRADE || *k == header::CONNECTION))
-    };
-    for (k, v) in r.headers().iter().filter(|(k, _)| passed(k)) {
-        if *k == header::SET_COOKIE {
-            // A device's cookie stays on its own origin: no Domain attribute reaches the browser.
-            let kept: Vec<&str> = (v.to_str().unwrap_or_default().split(';'))
-                .filter(|a| !a.trim().to_ascii_lowercase().starts_with("domain="))
-                .collect();
-            if let Ok(v) = HeaderValue::from_str(&kept.join(";")) {
-                out = out.header(k, v);
-            }
-            continue;
-        }
-        out = out.header(k, v);
-    }
-    out.body(Body::new(r.into_body())).unwrap_or_else(|_| {
-        refused(
-            StatusCode::BAD_GATEWAY,
-            "the device's answer could not be passed on",
-        )
-    })
 }

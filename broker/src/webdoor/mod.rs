@@ -10,7 +10,9 @@
 //! device reached through its site's edge or directly, over TLS to its pinned certificate
 //! ([`upstream`]).
 
+mod bodies;
 mod device;
+mod headers;
 mod socket;
 mod upstream;
 
@@ -69,6 +71,8 @@ pub struct WebDoor {
     handoffs: Mutex<HashMap<String, device::Handoff>>,
     /// Open device web sessions, by their cookie's hash.
     devices: Mutex<HashMap<String, Arc<device::DeviceSession>>>,
+    /// Bytes of each body kept in the recording (`web_devices_record_bodies`); 0 for none.
+    record_bodies: usize,
 }
 
 /// The front door as vendors' browsers reach it: `web_devices_url`, or `https://DOMAIN:PORT`.
@@ -136,6 +140,7 @@ pub async fn bind(
             error,
         })?;
     let state = Arc::new(WebDoor {
+        record_bodies: node.cfg.web_devices_record_bodies.min(bodies::MAX_KEPT),
         actions: node.actions(),
         port_suffix: public_url(&node.cfg)
             .and_then(|u| url::Url::parse(&u).ok()?.port())
@@ -489,7 +494,7 @@ async fn open(
         );
     };
     let (pin, authorization) = match door.ctx.store.device_web(&t.site, &t.device).await {
-        Ok(Some(w)) => (w.cert_sha256.clone(), device::basic_authorization(&w)),
+        Ok(Some(w)) => (w.cert_sha256.clone(), headers::basic_authorization(&w)),
         _ => return refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE),
     };
     let token = new_token();
@@ -497,7 +502,10 @@ async fn open(
         "https://{origin}{}/.postern/enter/{token}",
         door.port_suffix
     );
-    (door.handoffs.lock().unwrap_or_else(|p| p.into_inner())).insert(
+    let mut handoffs = door.handoffs.lock().unwrap_or_else(|p| p.into_inner());
+    // Handoffs never used are dropped once stale (they hold a device's sign-in, if any).
+    handoffs.retain(|_, h| h.made.elapsed() < device::HANDOFF_TTL);
+    handoffs.insert(
         token_hash(&token),
         device::Handoff {
             vendor,
@@ -512,6 +520,7 @@ async fn open(
             made: std::time::Instant::now(),
         },
     );
+    drop(handoffs);
     let mut r = refused(StatusCode::SEE_OTHER, "Opening the device.");
     if let Ok(v) = HeaderValue::from_str(&to) {
         r.headers_mut().insert(header::LOCATION, v);

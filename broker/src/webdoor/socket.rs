@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, header};
 use futures::{SinkExt, StreamExt};
@@ -21,7 +21,12 @@ use super::device::DeviceSession;
 use crate::session::EndReason;
 
 /// The largest websocket message passed either way.
-const MAX_MESSAGE: usize = 16 << 20;
+const MAX_MESSAGE: usize = 4 << 20;
+/// Websockets one device web session may hold open at once.
+pub(super) const MAX_SOCKETS: usize = 16;
+/// How long passing one message, or a close, may wait on a side that does not read.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -35,14 +40,17 @@ pub(super) fn is_upgrade(method: &axum::http::Method, headers: &HeaderMap) -> bo
 
 /// Once both sides have switched protocols, relays the socket's messages as recorded on
 /// `channel` (its own number within the session), until either side or the session ends it.
+/// The caller counted the socket in `ds.sockets`; it is uncounted here when it ends.
 pub(super) async fn relay(
     ds: Arc<DeviceSession>,
     channel: u32,
     browser: OnUpgrade,
     device: OnUpgrade,
 ) {
-    let (Ok(browser), Ok(device)) = (browser.await, device.await) else {
+    let both = async { (browser.await, device.await) };
+    let Ok((Ok(browser), Ok(device))) = tokio::time::timeout(CLOSE_TIMEOUT, both).await else {
         // One side never switched: nothing was relayed, the close is still evidence.
+        ds.sockets.fetch_sub(1, Ordering::SeqCst);
         note_close(&ds, channel, SocketEnd::Vendor, None);
         return;
     };
@@ -53,10 +61,13 @@ pub(super) async fn relay(
         WebSocketStream::from_raw_socket(TokioIo::new(browser), Role::Server, Some(config)).await;
     let device =
         WebSocketStream::from_raw_socket(TokioIo::new(device), Role::Client, Some(config)).await;
-    ds.sockets.fetch_add(1, Ordering::SeqCst);
-    let (by, code) = pass_messages(&ds, channel, browser, device).await;
+    let (mut browser, mut device) = (browser, device);
+    let ended = pass_messages(&ds, channel, &mut browser, &mut device).await;
     ds.sockets.fetch_sub(1, Ordering::SeqCst);
-    note_close(&ds, channel, by, code);
+    // Recorded before the close frames are sent (a side that does not read would hold them up
+    // past the session's seal).
+    note_close(&ds, channel, ended.0, ended.1);
+    close_both(&mut browser, &mut device, ended).await;
 }
 
 /// What ended the socket: who, and the close code.
@@ -65,23 +76,29 @@ type Ended = (SocketEnd, Option<u16>);
 async fn pass_messages(
     ds: &DeviceSession,
     channel: u32,
-    mut browser: Socket,
-    mut device: Socket,
+    browser: &mut Socket,
+    device: &mut Socket,
 ) -> Ended {
+    const OVER: Ended = (SocketEnd::Postern, Some(1008));
     let mut stopping = ds.live.stopping();
+    let mut stopped = std::pin::pin!(async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    });
     loop {
+        // The session's end first: no message is passed once it is closing.
         let ended = tokio::select! {
-            m = browser.next() => pass(ds, channel, m, SocketEnd::Vendor, &mut device).await,
-            m = device.next() => pass(ds, channel, m, SocketEnd::Device, &mut browser).await,
-            _ = stopping.changed() => Some((SocketEnd::Postern, Some(1008))),
+            biased;
+            _ = &mut stopped => return OVER,
+            m = browser.next() => match ds.live.is_closed() {
+                true => return OVER,
+                false => pass(ds, channel, m, SocketEnd::Vendor, device).await,
+            },
+            m = device.next() => match ds.live.is_closed() {
+                true => return OVER,
+                false => pass(ds, channel, m, SocketEnd::Device, browser).await,
+            },
         };
-        if ds.live.is_closed() {
-            let ended = (SocketEnd::Postern, Some(1008));
-            close_both(&mut browser, &mut device, ended).await;
-            return ended;
-        }
         if let Some(ended) = ended {
-            close_both(&mut browser, &mut device, ended).await;
             return ended;
         }
     }
@@ -118,9 +135,9 @@ async fn pass(
         return Some((SocketEnd::Postern, Some(1011)));
     }
     *ds.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-    match to.send(message).await {
-        Ok(()) => None,
-        Err(_) => Some((other(from), None)),
+    match tokio::time::timeout(SEND_TIMEOUT, to.send(message)).await {
+        Ok(Ok(())) => None,
+        _ => Some((other(from), None)),
     }
 }
 
@@ -141,14 +158,17 @@ async fn close_both(browser: &mut Socket, device: &mut Socket, (by, code): Ended
             _ => "".into(),
         },
     });
-    let _ = browser.close(frame.clone()).await;
-    let _ = device.close(frame).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, browser.close(frame.clone())).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, device.close(frame)).await;
 }
 
 fn note_close(ds: &DeviceSession, channel: u32, by: SocketEnd, code: Option<u16>) {
     let noted = Event::WebSocketClose { by, code };
-    if let Err(e) = ds.live.recording.write(channel, &noted) {
-        ds.live
-            .request_close(EndReason::RecordingFailed(e.to_string()));
+    match ds.live.recording.write(channel, &noted) {
+        // Sealed already: the session's end record says how it ended.
+        Ok(()) | Err(recorder::WriteError::Sealed) => {}
+        Err(e) => ds
+            .live
+            .request_close(EndReason::RecordingFailed(e.to_string())),
     }
 }

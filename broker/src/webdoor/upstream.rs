@@ -68,12 +68,13 @@ pub(super) struct DeviceConnector {
 
 impl DeviceConnector {
     async fn connect(self) -> io::Result<TokioIo<DeviceIo>> {
-        let routed = (self.edges.route_web(&self.site, &self.device).await)
+        let addr = self.endpoint.authority();
+        let routed = (self.edges.route_web(&self.site, &self.device, &addr).await)
             .map_err(|e| io::Error::other(e.to_string()))?;
         let stream: Box<dyn Io> = match routed {
             Some(through_edge) => Box::new(through_edge),
             None => {
-                let tcp = tokio::net::TcpStream::connect(self.endpoint.authority()).await?;
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
                 let _ = tcp.set_nodelay(true);
                 Box::new(tcp)
             }

@@ -333,6 +333,11 @@ async fn web_pin(
     basic: Option<(String, String)>,
 ) -> Result<WebPin> {
     let endpoint = WebEndpoint::parse(url)?;
+    if basic.is_some() && !endpoint.https {
+        bail!(
+            "basic auth is only for an https:// web UI: over plain HTTP its password would cross the site's network in the clear"
+        );
+    }
     let (pin, how) = match (endpoint.https, cert) {
         (false, Some(_)) => bail!("--web-cert is for an https:// web UI"),
         (false, None) => (None, "plain HTTP: no certificate"),
