@@ -76,7 +76,7 @@ pub use rotation::{Rotated, template};
 mod scan;
 pub use scan::DeviceScan;
 mod web;
-pub use web::{Browser, WEB_ENTRY_TTL, WEB_SESSION_MAX};
+pub use web::{Browser, LINK_USED_OR_EXPIRED, WEB_ENTRY_TTL, WEB_SESSION_MAX};
 
 /// Who acts: `name` is stored as the decider (`decided_by`, `granted_by`, `revoked_by`) and shown
 /// to vendors and in notifications; `tag` is the audit log's `actor` (`operator:USER`, `web:NAME`).

@@ -175,22 +175,17 @@ impl Browser {
         }
     }
 
-    /// Waits until the page's text contains `needle`, reloading every half second.
     /// Waits for the page to show `needle` by itself (its scripts), without reloading it.
     fn wait_text_here(&self, needle: &str) {
-        let deadline = Instant::now() + T;
-        while !self.text().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "page {} never showed {needle:?}:\n{}",
-                self.url(),
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.wait_for(needle, false);
     }
 
+    /// Waits until the page's text contains `needle`, reloading every half second.
     fn wait_text(&self, needle: &str) {
+        self.wait_for(needle, true);
+    }
+
+    fn wait_for(&self, needle: &str, reload: bool) {
         let deadline = Instant::now() + T;
         while !self.text().contains(needle) {
             assert!(
@@ -199,8 +194,13 @@ impl Browser {
                 self.url(),
                 self.text()
             );
-            std::thread::sleep(Duration::from_millis(500));
-            self.call("POST", "/refresh", json!({}));
+            match reload {
+                true => {
+                    std::thread::sleep(Duration::from_millis(500));
+                    self.call("POST", "/refresh", json!({}));
+                }
+                false => std::thread::sleep(Duration::from_millis(100)),
+            }
         }
     }
 

@@ -515,6 +515,13 @@ fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
     device_opens_and_revocation_closes_it(&w, &b, &origin, &dev);
 }
 
+/// Opens the sign-in link; returns the browser session's cookie.
+fn signed_in(b: &reqwest::blocking::Client, link: &str) -> String {
+    let r = b.get(link).send().unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
 /// Opens a device from the list: the one-time handoff to its origin; returns its session cookie.
 fn open_device(
     b: &reqwest::blocking::Client,
@@ -654,14 +661,7 @@ fn a_device_presenting_another_certificate_than_its_pin_is_refused_and_recorded(
     w.grant("ann", "site-a", "webui");
     let link = sign_in_link(&w, &ann);
     let b = browser(&w, port, &["devices.test", "cam--site-a.devices.test"]);
-    let r = b.get(&link).send().unwrap();
-    let session = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let session = signed_in(&b, &link);
     let dev = open_device(&b, port, &session, "site-a", "cam");
     let r = b
         .get(format!("https://cam--site-a.devices.test:{port}/"))
@@ -683,7 +683,7 @@ fn a_device_presenting_another_certificate_than_its_pin_is_refused_and_recorded(
 /// websockets go through the edge's link, with the certificate still pinned end to end.
 #[test]
 fn a_device_ui_only_the_edge_reaches_is_served_through_it() {
-    use crate::edges::{Netns, Proc, Relay, central, wait_online};
+    use crate::edges::{Netns, Relay, central, wait_online};
     use crate::harness::postern_bin;
     let door = free_port();
     let (w, central_port) = central(&format!(
@@ -716,25 +716,14 @@ fn a_device_ui_only_the_edge_reaches_is_served_through_it() {
         .arg("--data")
         .arg(&edge_data));
     assert!(joined.status.success(), "{joined:?}");
-    let _edge = Proc(
-        ns.exec(&postern_bin())
-            .args(["edge", "run", "--data"])
-            .arg(&edge_data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _edge = ns.run_edge(&edge_data);
     wait_online(&w, "e1", true, std::time::Duration::from_secs(15));
 
     let eve = w.vendor("eve", &[]);
     w.grant("eve", "site-e", "webui");
     let link = sign_in_link(&w, &eve);
     let b = browser(&w, door, &["devices.test", "cam--site-e.devices.test"]);
-    let r = b.get(&link).send().unwrap();
-    let session = r.headers()["set-cookie"].to_str().unwrap();
-    let session = session.split(';').next().unwrap().to_owned();
+    let session = signed_in(&b, &link);
     let dev = open_device(&b, door, &session, "site-e", "cam");
     let page = b
         .get(format!("https://cam--site-e.devices.test:{door}/"))
@@ -758,9 +747,7 @@ fn bodies_are_recorded_only_when_asked_and_only_their_start() {
     w.grant("ann", "site-a", "webui");
     let link = sign_in_link(&w, &ann);
     let b = browser(&w, port, &["devices.test", "cam--site-a.devices.test"]);
-    let r = b.get(&link).send().unwrap();
-    let session = r.headers()["set-cookie"].to_str().unwrap();
-    let session = session.split(';').next().unwrap().to_owned();
+    let session = signed_in(&b, &link);
     let dev = open_device(&b, port, &session, "site-a", "cam");
     let origin = format!("https://cam--site-a.devices.test:{port}");
     let got = b

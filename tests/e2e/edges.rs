@@ -65,6 +65,20 @@ impl Netns {
         }
     }
 
+    /// `postern edge run` inside the namespace, until dropped.
+    pub(crate) fn run_edge(&self, data: &std::path::Path) -> Proc {
+        Proc(
+            self.exec(&postern_bin())
+                .args(["edge", "run", "--data"])
+                .arg(data)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     pub(crate) fn exec(&self, program: &std::path::Path) -> Command {
         let mut c = Command::new(need("ip"));
         c.args(["netns", "exec", &self.name]).arg(program);
@@ -273,16 +287,7 @@ fn a_device_only_the_edge_reaches_is_served_through_it_and_a_cut_link_says_so() 
         e["event"] == "edge.join_refused" && e["edge"] == "e1"
     });
 
-    let _edge = Proc(
-        ns.exec(&postern_bin())
-            .args(["edge", "run", "--data"])
-            .arg(&edge_data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _edge = ns.run_edge(&edge_data);
     wait_online(&w, "e1", true, Duration::from_secs(15));
 
     let v = w.vendor("eve", &[]);

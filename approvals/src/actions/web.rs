@@ -10,6 +10,18 @@ pub const WEB_ENTRY_TTL: i64 = 60;
 /// The longest a browser session lasts, whatever the grants: a working day.
 pub const WEB_SESSION_MAX: i64 = 12 * 3600;
 
+/// What a sign-in link used twice, or too late, says (the front door says it too, for a link it
+/// refuses before asking the database).
+pub const LINK_USED_OR_EXPIRED: &str =
+    "this sign-in link was used already or has expired: run ssh VENDOR:web@BROKER for a new one";
+
+/// Why a vendor gets no link, or no browser session.
+fn no_web_grant(vendor: &str) -> ActionError {
+    ActionError::Conflict(format!(
+        "access denied: {vendor} holds no grant with web access now"
+    ))
+}
+
 /// Where a sign-in link was used from, for the record.
 #[derive(Debug, Clone, Default)]
 pub struct Browser {
@@ -30,9 +42,7 @@ impl Actions {
         // Here, where links are made (at most one per TOTP code), so the tables stay bounded.
         self.store.prune_web_in(&mut tx, now).await?;
         if self.store.web_grants(vendor, now).await?.is_empty() {
-            return Err(ActionError::Conflict(format!(
-                "access denied: {vendor} holds no grant with web access now"
-            )));
+            return Err(no_web_grant(vendor));
         }
         let record = ActionRecord::WebEntry {
             vendor: vendor.to_owned(),
@@ -59,19 +69,13 @@ impl Actions {
             .claim_web_entry_in(&mut tx, token_hash, now)
             .await?
         else {
-            return Err(ActionError::Conflict(
-                "this sign-in link was used already or has expired: run ssh VENDOR:web@BROKER for a new one".into(),
-            ));
+            return Err(ActionError::Conflict(LINK_USED_OR_EXPIRED.into()));
         };
         let grants_end = (self.store.web_grants(&vendor, now).await?)
             .iter()
             .map(|(g, _)| g.valid_until)
             .max()
-            .ok_or_else(|| {
-                ActionError::Conflict(format!(
-                    "access denied: {vendor} holds no grant with web access now"
-                ))
-            })?;
+            .ok_or_else(|| no_web_grant(&vendor))?;
         let v = (self.store.vendor_in(&mut tx, &vendor).await?)
             .ok_or_else(|| ActionError::NotFound(format!("no vendor named {vendor}")))?;
         if v.is_disabled() || v.contract_end.is_some_and(|end| end <= now) {

@@ -117,6 +117,21 @@ impl Store {
         Ok(Some(w))
     }
 
+    /// The web UI endpoints of one site's devices (no password).
+    pub async fn device_webs_at(&self, site: &str) -> Result<Vec<DeviceWeb>> {
+        let mut all: Vec<DeviceWeb> = sqlx::query_as(
+            "SELECT site, device, url, cert_sha256, created, basic_user, basic_password \
+             FROM device_web WHERE site = $1 ORDER BY device",
+        )
+        .bind(site)
+        .fetch_all(&self.pool)
+        .await?;
+        for w in &mut all {
+            w.basic_password = None;
+        }
+        Ok(all)
+    }
+
     /// Every device web UI endpoint (no password: `device list` names the user only).
     pub async fn device_webs(&self) -> Result<Vec<DeviceWeb>> {
         let mut all: Vec<DeviceWeb> = sqlx::query_as(

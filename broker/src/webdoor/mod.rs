@@ -40,10 +40,6 @@ const COOKIE: &str = "__Host-postern_web";
 /// broker is busy, so that a flood here cannot starve the SSH front door of the shared pool.
 const DB_AT_ONCE: usize = 8;
 
-/// What a spent, expired or made-up link is told.
-const USED_OR_EXPIRED: &str =
-    "this sign-in link was used already or has expired: run ssh VENDOR:web@BROKER for a new one";
-
 #[derive(Debug, thiserror::Error)]
 pub enum WebDoorError {
     #[error("web_devices_listen is set but web_devices_domain is not")]
@@ -281,7 +277,10 @@ async fn enter(
         );
     }
     if !well_formed(&token) {
-        return refused(StatusCode::FORBIDDEN, USED_OR_EXPIRED);
+        return refused(
+            StatusCode::FORBIDDEN,
+            approvals::actions::LINK_USED_OR_EXPIRED,
+        );
     }
     let Some(_turn) = db_turn(&door) else {
         return busy();
