@@ -515,6 +515,24 @@ fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
     device_opens_and_revocation_closes_it(&w, &b, &origin, &dev);
 }
 
+/// A new vendor granted `webui` at `site`, signed in from ssh and handed to the site's `cam`:
+/// the browser, the device session's cookie and the device's origin.
+fn at_the_cam(
+    w: &World,
+    port: u16,
+    vendor: &str,
+    site: &str,
+) -> (reqwest::blocking::Client, String, String) {
+    let v = w.vendor(vendor, &[]);
+    w.grant(vendor, site, "webui");
+    let link = sign_in_link(w, &v);
+    let host = format!("cam--{site}.devices.test");
+    let b = browser(w, port, &["devices.test", &host]);
+    let session = signed_in(&b, &link);
+    let dev = open_device(&b, port, &session, site, "cam");
+    (b, dev, format!("https://{host}:{port}"))
+}
+
 /// Opens the sign-in link; returns the browser session's cookie.
 fn signed_in(b: &reqwest::blocking::Client, link: &str) -> String {
     let r = b.get(link).send().unwrap();
@@ -657,14 +675,9 @@ fn a_device_presenting_another_certificate_than_its_pin_is_refused_and_recorded(
     let cam = WebDevice::start(&w, "cam-01");
     let other = WebDevice::start(&w, "cam-02");
     enrol_cam(&w, &cam, &other.cert);
-    let ann = w.vendor("ann", &[]);
-    w.grant("ann", "site-a", "webui");
-    let link = sign_in_link(&w, &ann);
-    let b = browser(&w, port, &["devices.test", "cam--site-a.devices.test"]);
-    let session = signed_in(&b, &link);
-    let dev = open_device(&b, port, &session, "site-a", "cam");
+    let (b, dev, origin) = at_the_cam(&w, port, "ann", "site-a");
     let r = b
-        .get(format!("https://cam--site-a.devices.test:{port}/"))
+        .get(format!("{origin}/"))
         .header("cookie", &dev)
         .send()
         .unwrap();
@@ -719,14 +732,9 @@ fn a_device_ui_only_the_edge_reaches_is_served_through_it() {
     let _edge = ns.run_edge(&edge_data);
     wait_online(&w, "e1", true, std::time::Duration::from_secs(15));
 
-    let eve = w.vendor("eve", &[]);
-    w.grant("eve", "site-e", "webui");
-    let link = sign_in_link(&w, &eve);
-    let b = browser(&w, door, &["devices.test", "cam--site-e.devices.test"]);
-    let session = signed_in(&b, &link);
-    let dev = open_device(&b, door, &session, "site-e", "cam");
+    let (b, dev, origin) = at_the_cam(&w, door, "eve", "site-e");
     let page = b
-        .get(format!("https://cam--site-e.devices.test:{door}/"))
+        .get(format!("{origin}/"))
         .header("cookie", &dev)
         .send()
         .unwrap();
@@ -743,13 +751,7 @@ fn bodies_are_recorded_only_when_asked_and_only_their_start() {
     let page = "<h1>cam-b</h1><p>a long status page</p>";
     std::fs::write(cam.dir.join("index.html"), page).unwrap();
     enrol_cam(&w, &cam, &cam.cert);
-    let ann = w.vendor("ann", &[]);
-    w.grant("ann", "site-a", "webui");
-    let link = sign_in_link(&w, &ann);
-    let b = browser(&w, port, &["devices.test", "cam--site-a.devices.test"]);
-    let session = signed_in(&b, &link);
-    let dev = open_device(&b, port, &session, "site-a", "cam");
-    let origin = format!("https://cam--site-a.devices.test:{port}");
+    let (b, dev, origin) = at_the_cam(&w, port, "ann", "site-a");
     let got = b
         .get(format!("{origin}/"))
         .header("cookie", &dev)
