@@ -218,6 +218,17 @@ pub enum Event {
         #[serde(default)]
         error: Option<String>,
     },
+    /// A device web UI request, written before it is sent to the device (its `web.request`,
+    /// with the answer, follows): a request the device acted on is in the recording even when
+    /// the session ends before the answer comes.
+    #[serde(rename = "web.sent")]
+    WebSent {
+        method: String,
+        path: String,
+        #[serde(default)]
+        query: Option<String>,
+        request_bytes: u64,
+    },
     /// The first bytes of a request's or an answer's body (`data`, base64), kept only when the
     /// operator asked for bodies; `bytes` is the body's whole size when known.
     #[serde(rename = "web.body")]
@@ -292,6 +303,18 @@ impl Event {
                     .map(|e| format!(" ({e})"))
                     .unwrap_or_default();
                 format!("{method} {path}{q} -> {status}{size}, {millis} ms{why}")
+            }
+            Event::WebSent {
+                method,
+                path,
+                query,
+                request_bytes,
+            } => {
+                let q = query
+                    .as_deref()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default();
+                format!("{method} {path}{q} sent ({request_bytes} B)")
             }
             Event::WebBody {
                 from_device,

@@ -692,8 +692,8 @@ fn a_device_presenting_another_certificate_than_its_pin_is_refused_and_recorded(
     );
 }
 
-/// A device UI on a network only the site's edge reaches: the front door's requests and
-/// websockets go through the edge's link, with the certificate still pinned end to end.
+/// A device UI on a network only the site's edge reaches: the front door's requests go through
+/// the edge's link (websockets take the same connector), the certificate still pinned end to end.
 #[test]
 fn a_device_ui_only_the_edge_reaches_is_served_through_it() {
     use crate::edges::{Netns, Relay, central, wait_online};

@@ -41,7 +41,7 @@ impl Actions {
             .await?;
         // Here, where links are made (at most one per TOTP code), so the tables stay bounded.
         self.store.prune_web_in(&mut tx, now).await?;
-        if self.store.web_grants(vendor, now).await?.is_empty() {
+        if (self.store.web_grants_in(&mut tx, vendor, now).await?).is_empty() {
             return Err(no_web_grant(vendor));
         }
         let record = ActionRecord::WebEntry {
@@ -71,7 +71,7 @@ impl Actions {
         else {
             return Err(ActionError::Conflict(LINK_USED_OR_EXPIRED.into()));
         };
-        let grants_end = (self.store.web_grants(&vendor, now).await?)
+        let grants_end = (self.store.web_grants_in(&mut tx, &vendor, now).await?)
             .iter()
             .map(|(g, _)| g.valid_until)
             .max()

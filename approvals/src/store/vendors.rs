@@ -222,11 +222,11 @@ impl Store {
     /// certificates it issues. A new key bumps the revision so running nodes reload the set.
     pub async fn register_vendor_ca(&self, public_key: &str, node: &str, now: i64) -> Result<()> {
         let mut tx = self.begin().await?;
-        // The insert is the transaction's first statement: on SQLite a read that later upgrades
-        // to a write fails at once ("database is locked") if another connection wrote meanwhile.
+        // One statement that cannot fail on a key already there (two nodes starting at once
+        // register the same key): the revision moves only when it was new.
         let added = sqlx::query(
-            "INSERT INTO vendor_cas (public_key, node, created) SELECT $1, $2, $3 \
-             WHERE NOT EXISTS (SELECT 1 FROM vendor_cas WHERE public_key = $1)",
+            "INSERT INTO vendor_cas (public_key, node, created) VALUES ($1, $2, $3) \
+             ON CONFLICT (public_key) DO NOTHING",
         )
         .bind(public_key)
         .bind(node)

@@ -20,15 +20,37 @@ pub struct WebTarget {
 impl Store {
     /// The vendor's grants open at `now` whose function allows a web UI port.
     pub async fn web_grants(&self, vendor: &str, now: i64) -> Result<Vec<(Grant, Function)>> {
+        let mut conn = self.pool.acquire().await?;
+        Self::web_grants_on(&mut conn, vendor, now).await
+    }
+
+    /// [`Store::web_grants`] inside the caller's transaction (which, on SQLite, holds the write
+    /// lock: a read on another pooled connection would tie up a second one meanwhile).
+    pub async fn web_grants_in(
+        &self,
+        tx: &mut Tx,
+        vendor: &str,
+        now: i64,
+    ) -> Result<Vec<(Grant, Function)>> {
+        Self::web_grants_on(tx, vendor, now).await
+    }
+
+    async fn web_grants_on(
+        conn: &mut sqlx::AnyConnection,
+        vendor: &str,
+        now: i64,
+    ) -> Result<Vec<(Grant, Function)>> {
         let grants: Vec<Grant> = sqlx::query_as(
             "SELECT * FROM grants WHERE vendor = $1 AND revoked_at IS NULL \
              AND valid_from <= $2 AND valid_until > $2 ORDER BY site, id",
         )
         .bind(vendor)
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
-        let functions = self.functions().await?;
+        let functions: Vec<Function> = sqlx::query_as("SELECT * FROM functions ORDER BY name")
+            .fetch_all(&mut *conn)
+            .await?;
         Ok(grants
             .into_iter()
             .filter_map(|g| {

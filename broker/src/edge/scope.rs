@@ -160,5 +160,24 @@ pub(super) mod tests {
             None,
             "not its site"
         );
+        drop(s);
+        // A listed UI is connected to at its listed address, and at no other.
+        let mut s = scope.lock().expect("scope");
+        s.set_devices(vec![EdgeDevice {
+            site: "mine".into(),
+            device: "cam".into(),
+            addr: "127.0.0.1:22".into(),
+            web: Some("127.0.0.1:443".into()),
+        }]);
+        let web = s.addr("mine", "cam", Some("127.0.0.1:443"));
+        assert_eq!(web.as_deref(), Some("127.0.0.1:443"));
+        assert_eq!(
+            s.addr("mine", "cam", Some("127.0.0.1:8443")),
+            None,
+            "not that address"
+        );
+        // A policy bundle that no longer lists the device forgets its UI too.
+        s.set_ssh_addrs(Vec::new());
+        assert_eq!(s.addr("mine", "cam", Some("127.0.0.1:443")), None);
     }
 }

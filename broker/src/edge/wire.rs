@@ -44,8 +44,9 @@ pub enum Message {
     /// address.
     Open { site: String, device: String },
     /// Central to edge, first on a device stream: connect this stream to the device's web UI,
-    /// which the central expects at `addr` (an edge of an older version, which does not know
-    /// this message, refuses it rather than connecting somewhere else).
+    /// which the central expects at `addr`. An edge of an older version cannot read this
+    /// message and drops the stream (the central reports a link error), rather than connecting
+    /// to the device's SSH address.
     OpenWeb {
         site: String,
         device: String,

@@ -143,6 +143,8 @@ async fn stop_channels(live: &LiveSession, why: &EndReason) {
         while tasks.iter().any(|t| !t.is_finished()) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // What still moves (a device web answer streaming) stops before the seal.
+        live.stop.send_replace(true);
     } else {
         // The broker ends it: stop the device's output first, so the reason is not stuck behind
         // queued data, then tell the vendor and disconnect; the channels close last.

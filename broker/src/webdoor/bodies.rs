@@ -12,6 +12,9 @@ use recorder::events::Event;
 
 /// The most of one body the recording keeps, whatever the configuration says.
 pub(super) const MAX_KEPT: usize = 1 << 20;
+/// How long an answer is held back for its first bytes: a stream or a long poll that sends
+/// slowly is recorded with what came by then, and passed on.
+const PREFIX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The recorded event for a body's first `limit` bytes: `body` holds at least those (all of it
 /// when `complete`); `total` is its whole size, when known.
@@ -31,8 +34,9 @@ pub(super) fn event(
     }
 }
 
-/// Reads the answer's first `limit` bytes (or all of it, if shorter). Returns them, whether that
-/// was all of it, and a body that gives them again followed by the rest, streamed.
+/// Reads the answer's first `limit` bytes (or all of it, if shorter; or what came within
+/// [`PREFIX_WAIT`]). Returns them, whether that was all of it, and a body that gives them again
+/// followed by the rest, streamed.
 pub(super) async fn prefix(
     mut body: Incoming,
     limit: usize,
@@ -40,8 +44,12 @@ pub(super) async fn prefix(
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut seen = 0;
     let mut complete = false;
+    let deadline = tokio::time::Instant::now() + PREFIX_WAIT;
     while seen < limit {
-        let Some(frame) = body.frame().await else {
+        let Ok(next) = tokio::time::timeout_at(deadline, body.frame()).await else {
+            break;
+        };
+        let Some(frame) = next else {
             complete = true;
             break;
         };

@@ -65,6 +65,8 @@ pub(super) struct DeviceSession {
     record_bodies: usize,
     /// Websockets open now: a session with one is not idle.
     pub(super) sockets: AtomicUsize,
+    /// Answers streaming now: a session with one is not idle either.
+    streaming: AtomicUsize,
     /// The recording's channel number of the next websocket.
     next_socket: AtomicU32,
 }
@@ -74,7 +76,7 @@ async fn close_when_idle(door: Arc<WebDoor>, key: String, ds: Arc<DeviceSession>
     let mut stopping = ds.live.stopping();
     loop {
         let mut idle = ds.last.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-        if ds.sockets.load(Ordering::SeqCst) > 0 {
+        if ds.sockets.load(Ordering::SeqCst) + ds.streaming.load(Ordering::SeqCst) > 0 {
             idle = Duration::ZERO;
         }
         if idle >= IDLE {
@@ -149,8 +151,6 @@ pub(super) async fn enter(
             );
         }
     };
-    let cookie = new_token();
-    let max_age = (live.ends_at() - approvals::time::now()).max(0);
     let ds = Arc::new(DeviceSession {
         live,
         origin: hand.origin,
@@ -161,8 +161,17 @@ pub(super) async fn enter(
         record_bodies: door.record_bodies,
         last: std::sync::Mutex::new(Instant::now()),
         sockets: AtomicUsize::new(0),
+        streaming: AtomicUsize::new(0),
         next_socket: AtomicU32::new(1),
     });
+    admit(door, ds)
+}
+
+/// Keeps an opened device session under a new cookie, closed once idle; sends the browser to
+/// the device's front page with the cookie.
+fn admit(door: &Arc<WebDoor>, ds: Arc<DeviceSession>) -> Response {
+    let cookie = new_token();
+    let max_age = (ds.live.ends_at() - approvals::time::now()).max(0);
     let key = token_hash(&cookie);
     (door.devices.lock().unwrap_or_else(|p| p.into_inner())).insert(key.clone(), ds.clone());
     tokio::spawn(close_when_idle(door.clone(), key, ds));
@@ -195,7 +204,7 @@ pub(super) async fn request(door: &WebDoor, host: &str, req: Request) -> Respons
             "open this device from your list of device web UIs first",
         );
     };
-    if let Some(refusal) = not_for_the_device(req.method(), req.headers(), host) {
+    if let Some(refusal) = not_for_the_device(req.method(), req.uri(), req.headers(), host) {
         return refusal;
     }
     let live = &ds.live;
@@ -236,30 +245,33 @@ async fn proxy(ctx: &crate::session::Ctx, ds: &Arc<DeviceSession>, mut req: Requ
             "the request is too large for a device web UI",
         );
     };
-    if ds.record_bodies > 0 && !body.is_empty() {
-        let kept = bodies::event(false, &body, ds.record_bodies, true, None);
-        if !noted_or_closed(ds, 0, &kept) {
-            return refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the session cannot be recorded; it is over",
-            );
-        }
-    }
     // Revoked while the body was arriving: nothing reaches the device.
     if ds.live.is_closed() {
         return refused(StatusCode::FORBIDDEN, "this device web session is over");
-    }
-    if upgrade && ds.sockets.load(Ordering::SeqCst) >= socket::MAX_SOCKETS {
-        return refused(
-            StatusCode::TOO_MANY_REQUESTS,
-            "this device web session has as many websockets open as it may",
-        );
     }
     let Some(out) = to_device(ds, &parts, body.clone(), upgrade) else {
         return refused(
             StatusCode::BAD_REQUEST,
             "the request could not be passed on",
         );
+    };
+    if !request_noted(ds, &parts, &body) {
+        return refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session cannot be recorded; it is over",
+        );
+    }
+    let slot = match upgrade {
+        true => match SocketSlot::take(ds) {
+            Some(slot) => Some(slot),
+            None => {
+                return refused(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "this device web session has as many websockets open as it may",
+                );
+            }
+        },
+        false => None,
     };
     let line = Event::WebRequest {
         method: parts.method.to_string(),
@@ -286,7 +298,7 @@ async fn proxy(ctx: &crate::session::Ctx, ds: &Arc<DeviceSession>, mut req: Requ
     }
     match sent {
         Ok(r) if r.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            open_socket(ds, r, browser_side, parts.uri.path())
+            open_socket(ds, r, browser_side.zip(slot), parts.uri.path())
         }
         Ok(r) if ds.record_bodies == 0 => answer(r.map(|b| until_closed(ds, Body::new(b))), false),
         Ok(r) => match answer_recorded(ds, r).await {
@@ -302,10 +314,10 @@ async fn proxy(ctx: &crate::session::Ctx, ds: &Arc<DeviceSession>, mut req: Requ
 fn open_socket(
     ds: &Arc<DeviceSession>,
     mut r: hyper::Response<hyper::body::Incoming>,
-    browser_side: Option<hyper::upgrade::OnUpgrade>,
+    asked: Option<(hyper::upgrade::OnUpgrade, SocketSlot<'_>)>,
     path: &str,
 ) -> Response {
-    let Some(browser_side) = browser_side else {
+    let Some((browser_side, slot)) = asked else {
         return refused(
             StatusCode::BAD_GATEWAY,
             "the device switched protocols unasked",
@@ -325,7 +337,8 @@ fn open_socket(
         );
     }
     let device_side = hyper::upgrade::on(&mut r);
-    ds.sockets.fetch_add(1, Ordering::SeqCst);
+    // The relay gives the place back when the socket ends.
+    slot.keep();
     tokio::spawn(socket::relay(
         ds.clone(),
         channel,
@@ -333,6 +346,50 @@ fn open_socket(
         device_side,
     ));
     answer(r.map(Body::new), true)
+}
+
+/// A websocket's place in the session's cap ([`socket::MAX_SOCKETS`]), taken before the
+/// handshake so that handshakes at once cannot pass it; given back when dropped, unless kept
+/// for a socket that opened.
+struct SocketSlot<'a>(Option<&'a DeviceSession>);
+
+impl<'a> SocketSlot<'a> {
+    fn take(ds: &'a DeviceSession) -> Option<SocketSlot<'a>> {
+        if ds.sockets.fetch_add(1, Ordering::SeqCst) >= socket::MAX_SOCKETS {
+            ds.sockets.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(SocketSlot(Some(ds)))
+    }
+
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for SocketSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(ds) = self.0 {
+            ds.sockets.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The request as it is about to be sent: its body's first bytes (when kept) and `web.sent`.
+fn request_noted(ds: &DeviceSession, parts: &axum::http::request::Parts, body: &[u8]) -> bool {
+    if ds.record_bodies > 0 && !body.is_empty() {
+        let kept = bodies::event(false, body, ds.record_bodies, true, None);
+        if !noted_or_closed(ds, 0, &kept) {
+            return false;
+        }
+    }
+    let sent = Event::WebSent {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        request_bytes: body.len() as u64,
+    };
+    noted_or_closed(ds, 0, &sent)
 }
 
 /// How long the device may take to begin its answer (a long poll's hold included).
@@ -378,13 +435,35 @@ async fn send_and_record(
 }
 
 /// The answer's body, cut off once the session ends: a camera's endless stream or a large
-/// download stops with a revocation, as the next request would be refused.
-fn until_closed(ds: &DeviceSession, body: Body) -> Body {
+/// download stops with a revocation, as the next request would be refused. While it streams the
+/// session is not idle.
+fn until_closed(ds: &Arc<DeviceSession>, body: Body) -> Body {
     let mut stopping = ds.live.stopping();
     let stopped = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
-    Body::from_stream(body.into_data_stream().take_until(Box::pin(stopped)))
+    let streaming = Streaming::new(ds.clone());
+    let counted = body.into_data_stream().map(move |chunk| {
+        let _held = &streaming;
+        chunk
+    });
+    Body::from_stream(counted.take_until(Box::pin(stopped)))
+}
+
+/// An answer being passed on, counted in [`DeviceSession::streaming`] until it is dropped.
+struct Streaming(Arc<DeviceSession>);
+
+impl Streaming {
+    fn new(ds: Arc<DeviceSession>) -> Streaming {
+        ds.streaming.fetch_add(1, Ordering::SeqCst);
+        Streaming(ds)
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.streaming.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The device's answer with its body's first bytes recorded before any of it is passed on.

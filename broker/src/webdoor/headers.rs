@@ -27,6 +27,7 @@ pub(super) fn basic_authorization(w: &approvals::store::DeviceWeb) -> Option<Hea
 /// could drive another device, or read its websocket, with that device's session.
 pub(super) fn not_for_the_device(
     method: &axum::http::Method,
+    uri: &axum::http::Uri,
     headers: &HeaderMap,
     host: &str,
 ) -> Option<Response> {
@@ -36,15 +37,32 @@ pub(super) fn not_for_the_device(
             "that method is not passed to devices",
         ));
     }
+    let other_page = || {
+        Some(refused(
+            StatusCode::FORBIDDEN,
+            "a request from another origin's page is not passed to this device",
+        ))
+    };
+    // A browser says where a request comes from even without `Origin` (an image, a link). From
+    // another site or a sibling device only a navigation to the UI's front page goes through:
+    // that is how the list hands the vendor over.
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if matches!(text("sec-fetch-site"), Some("same-site" | "cross-site")) {
+        let front_page = method == axum::http::Method::GET
+            && text("sec-fetch-mode") == Some("navigate")
+            && uri.path() == "/"
+            && uri.query().is_none();
+        if !front_page {
+            return other_page();
+        }
+    }
     let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or_default();
     let from = origin.strip_prefix("https://").unwrap_or_default();
     let from_host = from.rsplit_once(':').map_or(from, |(h, _)| h);
-    (!from_host.eq_ignore_ascii_case(host)).then(|| {
-        refused(
-            StatusCode::FORBIDDEN,
-            "a request from another origin's page is not passed to this device",
-        )
-    })
+    match from_host.eq_ignore_ascii_case(host) {
+        true => None,
+        false => other_page(),
+    }
 }
 
 /// Headers that belong to one hop, not to the request or answer.
@@ -184,29 +202,51 @@ mod tests {
 
     #[test]
     fn other_origins_and_echoing_methods_are_refused() {
+        let root: axum::http::Uri = "/".parse().unwrap();
         let mut h = HeaderMap::new();
         let get = axum::http::Method::GET;
         let host = "cam--s.devices.test";
         assert!(
-            not_for_the_device(&get, &h, host).is_none(),
+            not_for_the_device(&get, &root, &h, host).is_none(),
             "no Origin: a navigation"
         );
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("https://cam--s.devices.test:8443"),
         );
-        assert!(not_for_the_device(&get, &h, host).is_none());
+        assert!(not_for_the_device(&get, &root, &h, host).is_none());
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("https://nvr--s.devices.test:8443"),
         );
-        assert!(not_for_the_device(&get, &h, host).is_some());
+        assert!(not_for_the_device(&get, &root, &h, host).is_some());
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://cam--s.devices.test"),
         );
-        assert!(not_for_the_device(&get, &h, host).is_some(), "not over TLS");
+        assert!(
+            not_for_the_device(&get, &root, &h, host).is_some(),
+            "not over TLS"
+        );
+        // Without Origin, the browser's Sec-Fetch headers tell: a sibling's image is refused, a
+        // navigation to the front page (the list's handoff) is not.
+        let mut h = HeaderMap::new();
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
+        h.insert("sec-fetch-mode", HeaderValue::from_static("no-cors"));
+        let reboot: axum::http::Uri = "/reboot.cgi".parse().unwrap();
+        assert!(not_for_the_device(&get, &reboot, &h, host).is_some());
+        h.insert("sec-fetch-mode", HeaderValue::from_static("navigate"));
+        assert!(
+            not_for_the_device(&get, &reboot, &h, host).is_some(),
+            "a deep link"
+        );
+        assert!(
+            not_for_the_device(&get, &root, &h, host).is_none(),
+            "the front page"
+        );
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(not_for_the_device(&get, &reboot, &h, host).is_none());
         let trace = axum::http::Method::TRACE;
-        assert!(not_for_the_device(&trace, &HeaderMap::new(), host).is_some());
+        assert!(not_for_the_device(&trace, &root, &HeaderMap::new(), host).is_some());
     }
 }

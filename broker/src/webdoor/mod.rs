@@ -494,7 +494,8 @@ async fn open(
     };
     let (pin, authorization) = match door.ctx.store.device_web(&t.site, &t.device).await {
         Ok(Some(w)) => (w.cert_sha256.clone(), headers::basic_authorization(&w)),
-        _ => return refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE),
+        Ok(None) => return refused(StatusCode::NOT_FOUND, "that device has no web UI now"),
+        Err(_) => return refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE),
     };
     let token = new_token();
     let to = format!(

@@ -49,9 +49,9 @@ pub(super) async fn relay(
 ) {
     let both = async { (browser.await, device.await) };
     let Ok((Ok(browser), Ok(device))) = tokio::time::timeout(CLOSE_TIMEOUT, both).await else {
-        // One side never switched: nothing was relayed, the close is still evidence.
+        // A side never switched: nothing was relayed, the close is still evidence.
         ds.sockets.fetch_sub(1, Ordering::SeqCst);
-        note_close(&ds, channel, SocketEnd::Vendor, None);
+        note_close(&ds, channel, SocketEnd::Postern, None);
         return;
     };
     let config = WebSocketConfig::default()

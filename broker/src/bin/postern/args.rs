@@ -593,7 +593,7 @@ pub enum DeviceAction {
         web_cert: Option<PathBuf>,
         /// For a web UI behind HTTP basic auth: the user Postern signs in as (the vendor never
         /// sees the credential).
-        #[arg(long, requires = "web_password_file")]
+        #[arg(long, requires = "web_password_file", requires = "web")]
         web_user: Option<String>,
         /// File holding --web-user's password (stored sealed, like other device secrets).
         #[arg(long, requires = "web_user")]

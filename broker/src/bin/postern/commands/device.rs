@@ -21,46 +21,7 @@ pub async fn run(env: &Env, action: &DeviceAction) -> Result<()> {
             key,
             region,
         } => import(env, file, login, key, region.as_deref()).await,
-        DeviceAction::Add {
-            target,
-            addr,
-            login,
-            key,
-            password_file,
-            host_key,
-            rotate_command,
-            web,
-            web_cert,
-            web_user,
-            web_password_file,
-        } => {
-            if let Some(c) = rotate_command {
-                approvals::actions::template::check(c).context("--rotate-command")?;
-            }
-            let credential = Credential::read(key.as_deref(), password_file.as_deref())?;
-            // Pinned before anything is added: an unreachable or malformed UI adds nothing.
-            let web = match web {
-                Some(url) => {
-                    let basic = basic_auth(web_user, web_password_file)?;
-                    Some(web_pin(url, web_cert.as_deref(), basic).await?)
-                }
-                None => None,
-            };
-            add(
-                env,
-                target,
-                addr,
-                login,
-                credential,
-                host_key.as_deref(),
-                web,
-            )
-            .await?;
-            match rotate_command {
-                Some(c) => set_rotate_command(env, &[target_of(target)?], Some(c)).await,
-                None => Ok(()),
-            }
-        }
+        DeviceAction::Add { .. } => add_from_args(env, action).await,
         DeviceAction::List => list(env).await,
         DeviceAction::Web {
             target,
@@ -209,6 +170,51 @@ impl Credential {
             }),
             _ => bail!("give exactly one of --key FILE or --password-file FILE"),
         }
+    }
+}
+
+/// `postern device add` with its arguments: the credential read, the web UI pinned, then one
+/// action; the rotation command set after it, if given.
+async fn add_from_args(env: &Env, action: &DeviceAction) -> Result<()> {
+    let DeviceAction::Add {
+        target,
+        addr,
+        login,
+        key,
+        password_file,
+        host_key,
+        rotate_command,
+        web,
+        web_cert,
+        web_user,
+        web_password_file,
+    } = action
+    else {
+        return Ok(());
+    };
+    if let Some(c) = rotate_command {
+        approvals::actions::template::check(c).context("--rotate-command")?;
+    }
+    let credential = Credential::read(key.as_deref(), password_file.as_deref())?;
+    // Pinned before anything is added: an unreachable or malformed UI adds nothing.
+    let basic = basic_auth(web_user, web_password_file)?;
+    let web = match web {
+        Some(url) => Some(web_pin(url, web_cert.as_deref(), basic).await?),
+        None => None,
+    };
+    add(
+        env,
+        target,
+        addr,
+        login,
+        credential,
+        host_key.as_deref(),
+        web,
+    )
+    .await?;
+    match rotate_command {
+        Some(c) => set_rotate_command(env, &[target_of(target)?], Some(c)).await,
+        None => Ok(()),
     }
 }
 
