@@ -870,6 +870,8 @@ def main():
     ap.add_argument("--backlog-mib", type=int, default=4, help="MiB of output per backlog session")
     ap.add_argument("--only-backlog", action="store_true", help="only the edge backlog run")
     ap.add_argument("--only-web", action="store_true", help="only the device web UI download run")
+    ap.add_argument("--only-scale", action="store_true",
+                    help="only table 4b (e.g. with BENCH_BROKER_WRAPPER to profile a burst of setups)")
     ap.add_argument("--no-unrecorded", dest="unrecorded", action="store_false",
                     help="skip the recording-off comparison (it needs a second release build)")
     a = ap.parse_args()
@@ -903,6 +905,9 @@ def main():
         print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
               f"{platform.system()} {platform.release()}; "
               f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")
+        if a.only_scale:
+            scale_table(b)
+            return
         if not (a.only_rotation or a.only_edges or a.only_web):
             main_tables(a, b)
         if a.only_web or not (a.only_rotation or a.only_edges):
@@ -982,11 +987,15 @@ def main_tables(a, b):
         rate, per, rss = conc[k]
         print(f"   {label:<16}{rate:>9.1f}{('-' if per is None else f'{per:.0f}'):>20}{rss / 1024:>16.1f}")
     if a.scale:
-        print()
-        print("4b. sessions opened in-process (certificate + TOTP + pty shell) to one scripted simulated device, then idle")
-        print(f"   {'sessions':<16}{'setups/s':>9}{'broker KiB/session':>20}{'broker RSS MiB':>16}")
-        for n, rate, per, rss in b.scale():
-            print(f"   {n:<16}{rate:>9.1f}{per:>20.0f}{rss / 1024:>16.1f}")
+        scale_table(b)
+
+
+def scale_table(b):
+    print()
+    print("4b. sessions opened in-process (certificate + TOTP + pty shell) to one scripted simulated device, then idle")
+    print(f"   {'sessions':<16}{'setups/s':>9}{'broker KiB/session':>20}{'broker RSS MiB':>16}")
+    for n, rate, per, rss in b.scale():
+        print(f"   {n:<16}{rate:>9.1f}{per:>20.0f}{rss / 1024:>16.1f}")
 
 
 def soak_main(a):
