@@ -821,3 +821,28 @@ fn bodies_are_recorded_only_when_asked_and_only_their_start() {
     assert_eq!(request["data"], b64("user=vic&pin=123"), "{request}");
     assert_eq!(request["bytes"], 17);
 }
+
+/// Two devices whose names differ only in case would be one host name, so one origin: neither is
+/// opened.
+#[test]
+fn devices_named_alike_but_for_case_are_not_opened() {
+    let (w, port) = web_world();
+    let cam = WebDevice::start(&w, "cam-c");
+    enrol_cam(&w, &cam, &cam.cert);
+    let url = format!("https://127.0.0.1:{}", cam.port);
+    let pin = cam.cert.display().to_string();
+    let o = device_add(&w, "site-a/CAM", &["--web", &url, "--web-cert", &pin]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = w.vendor("val", &[]);
+    w.grant("val", "site-a", "webui");
+    let link = sign_in_link(&w, &v);
+    let b = browser(&w, port, &["devices.test"]);
+    let session = signed_in(&b, &link);
+    let r = b
+        .get(format!("https://devices.test:{port}/open/site-a/cam"))
+        .header("cookie", &session)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.text().unwrap().contains("only in case"));
+}

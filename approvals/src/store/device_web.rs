@@ -117,6 +117,19 @@ impl Store {
         Ok(Some(w))
     }
 
+    /// How many device web UIs answer to this site and device name once case is ignored, as a
+    /// DNS name does: more than one means their origins would be one.
+    pub async fn web_uis_named_alike(&self, site: &str, device: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM device_web WHERE lower(site) = lower($1) \
+             AND lower(device) = lower($2)",
+        )
+        .bind(site)
+        .bind(device)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// The web UI endpoints of one site's devices (no password).
     pub async fn device_webs_at(&self, site: &str) -> Result<Vec<DeviceWeb>> {
         let mut all: Vec<DeviceWeb> = sqlx::query_as(

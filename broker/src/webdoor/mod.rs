@@ -492,6 +492,18 @@ async fn open(
             "that device's name cannot be a web address",
         );
     };
+    // Names that differ only in case are one host name: one origin for two devices would let
+    // each UI read the other's cookies.
+    match door.ctx.store.web_uis_named_alike(&t.site, &t.device).await {
+        Ok(1) => {}
+        Ok(_) => {
+            return refused(
+                StatusCode::CONFLICT,
+                "another device's name differs from this one only in case, so their web addresses would be one: the operator must rename one",
+            );
+        }
+        Err(_) => return refused(StatusCode::SERVICE_UNAVAILABLE, crate::session::OUTAGE),
+    }
     let (pin, authorization) = match door.ctx.store.device_web(&t.site, &t.device).await {
         Ok(Some(w)) => (w.cert_sha256.clone(), headers::basic_authorization(&w)),
         Ok(None) => return refused(StatusCode::NOT_FOUND, "that device has no web UI now"),
