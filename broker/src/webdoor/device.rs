@@ -255,7 +255,13 @@ async fn proxy(ctx: &crate::session::Ctx, ds: &Arc<DeviceSession>, mut req: Requ
             "the request could not be passed on",
         );
     };
-    if !request_noted(ds, &parts, &body) {
+    let line = RequestLine {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        request_bytes: body.len() as u64,
+    };
+    if !request_noted(ds, &line, &body) {
         return refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "the session cannot be recorded; it is over",
@@ -273,20 +279,10 @@ async fn proxy(ctx: &crate::session::Ctx, ds: &Arc<DeviceSession>, mut req: Requ
         },
         false => None,
     };
-    let line = Event::WebRequest {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().map(str::to_owned),
-        status: 0,
-        request_bytes: body.len() as u64,
-        response_bytes: None,
-        millis: 0,
-        error: None,
-    };
     // Sent and recorded by a task of its own: a browser that goes away mid-request does not
     // leave a request at the device without its record.
     let exchange = tokio::spawn(send_and_record(ds.clone(), out, line));
-    let Ok((sent, recorded, error)) = exchange.await else {
+    let Ok((sent, recorded)) = exchange.await else {
         return refused(StatusCode::BAD_GATEWAY, "the device could not be reached");
     };
     // Evidence first: an answer that could not be recorded is not given.
@@ -305,7 +301,7 @@ async fn proxy(ctx: &crate::session::Ctx, ds: &Arc<DeviceSession>, mut req: Requ
             Ok(r) => answer(r.map(|b| until_closed(ds, b)), false),
             Err(refusal) => refusal,
         },
-        Err(_) => unreachable_device(ctx, ds, error.unwrap_or_default()).await,
+        Err(why) => unreachable_device(ctx, ds, why).await,
     }
 }
 
@@ -375,8 +371,17 @@ impl Drop for SocketSlot<'_> {
     }
 }
 
+/// What the recording says of a request, before it is sent (`web.sent`) and with its answer
+/// (`web.request`).
+struct RequestLine {
+    method: String,
+    path: String,
+    query: Option<String>,
+    request_bytes: u64,
+}
+
 /// The request as it is about to be sent: its body's first bytes (when kept) and `web.sent`.
-fn request_noted(ds: &DeviceSession, parts: &axum::http::request::Parts, body: &[u8]) -> bool {
+fn request_noted(ds: &DeviceSession, line: &RequestLine, body: &[u8]) -> bool {
     if ds.record_bodies > 0 && !body.is_empty() {
         let kept = bodies::event(false, body, ds.record_bodies, true, None);
         if !noted_or_closed(ds, 0, &kept) {
@@ -384,10 +389,10 @@ fn request_noted(ds: &DeviceSession, parts: &axum::http::request::Parts, body: &
         }
     }
     let sent = Event::WebSent {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().map(str::to_owned),
-        request_bytes: body.len() as u64,
+        method: line.method.clone(),
+        path: line.path.clone(),
+        query: line.query.clone(),
+        request_bytes: line.request_bytes,
     };
     noted_or_closed(ds, 0, &sent)
 }
@@ -395,43 +400,32 @@ fn request_noted(ds: &DeviceSession, parts: &axum::http::request::Parts, body: &
 /// How long the device may take to begin its answer (a long poll's hold included).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Sends the request and records it with the device's answer's status, size and time.
-/// Returns the answer, whether the record was written, and the error, if the device failed.
+/// Sends the request and records it with the device's answer's status, size and time (or why
+/// there was none). Returns the answer, or why the device failed, and whether the record was
+/// written.
 async fn send_and_record(
     ds: Arc<DeviceSession>,
     out: hyper::Request<Body>,
-    mut line: Event,
-) -> (
-    Result<hyper::Response<hyper::body::Incoming>, String>,
-    bool,
-    Option<String>,
-) {
+    line: RequestLine,
+) -> (Result<hyper::Response<hyper::body::Incoming>, String>, bool) {
     let began = Instant::now();
     let sent = match tokio::time::timeout(ANSWER_TIMEOUT, ds.client.request(out)).await {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Err(error_chain(&e)),
         Err(_) => Err(format!("no answer in {} s", ANSWER_TIMEOUT.as_secs())),
     };
-    if let Event::WebRequest {
-        status,
-        response_bytes,
-        millis,
-        error,
-        ..
-    } = &mut line
-    {
-        *millis = began.elapsed().as_millis() as u64;
-        match &sent {
-            Ok(r) => {
-                *status = r.status().as_u16();
-                *response_bytes = content_length(r.headers());
-            }
-            Err(e) => *error = Some(e.clone()),
-        }
-    }
-    let recorded = noted_or_closed(&ds, 0, &line);
-    let error = sent.as_ref().err().cloned();
-    (sent, recorded, error)
+    let answered = Event::WebRequest {
+        method: line.method,
+        path: line.path,
+        query: line.query,
+        status: sent.as_ref().map_or(0, |r| r.status().as_u16()),
+        request_bytes: line.request_bytes,
+        response_bytes: sent.as_ref().ok().and_then(|r| content_length(r.headers())),
+        millis: began.elapsed().as_millis() as u64,
+        error: sent.as_ref().err().cloned(),
+    };
+    let recorded = noted_or_closed(&ds, 0, &answered);
+    (sent, recorded)
 }
 
 /// The answer's body, cut off once the session ends: a camera's endless stream or a large
