@@ -203,9 +203,15 @@ impl Store {
     }
 
     pub async fn functions(&self) -> Result<Vec<Function>> {
+        let mut conn = self.pool.acquire().await?;
+        Self::functions_on(&mut conn).await
+    }
+
+    /// [`Store::functions`] on a given connection (a transaction's, say).
+    pub(crate) async fn functions_on(conn: &mut sqlx::AnyConnection) -> Result<Vec<Function>> {
         Ok(
             sqlx::query_as::<_, Function>("SELECT * FROM functions ORDER BY name")
-                .fetch_all(&self.pool)
+                .fetch_all(conn)
                 .await?,
         )
     }

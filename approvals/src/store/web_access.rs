@@ -48,9 +48,7 @@ impl Store {
         .bind(now)
         .fetch_all(&mut *conn)
         .await?;
-        let functions: Vec<Function> = sqlx::query_as("SELECT * FROM functions ORDER BY name")
-            .fetch_all(&mut *conn)
-            .await?;
+        let functions = Self::functions_on(conn).await?;
         Ok(grants
             .into_iter()
             .filter_map(|g| {
