@@ -286,7 +286,9 @@ pub fn router(state: Arc<WebState>) -> Router {
         .with_state(state)
 }
 
-fn security_headers(h: &mut HeaderMap, https: bool) {
+/// The headers every Postern page carries (each unless already set: a page may set a stricter
+/// one of its own first); HSTS only when served over TLS.
+pub fn security_headers(h: &mut HeaderMap, https: bool) {
     let set = |h: &mut HeaderMap, k: header::HeaderName, v: &'static str| {
         h.entry(k).or_insert(HeaderValue::from_static(v));
     };
@@ -308,13 +310,13 @@ fn security_headers(h: &mut HeaderMap, https: bool) {
     }
 }
 
-/// SHA-256 of a cookie token, as stored.
-pub(crate) fn token_hash(token: &str) -> String {
+/// SHA-256 of a cookie or link token, as stored.
+pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// 32 random bytes, hex.
-pub(crate) fn random_token() -> String {
+/// A fresh secret for a cookie or link: 32 random bytes, hex.
+pub fn random_token() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
@@ -338,7 +340,7 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
 
 /// A `Set-Cookie` value with Postern's attributes. Cookies are always `Secure`: browsers accept
 /// them on HTTPS and on loopback addresses, which is where the web form should be reached.
-pub(crate) fn set_cookie(name: &str, value: &str, path: &str, max_age: i64) -> HeaderValue {
+pub fn set_cookie(name: &str, value: &str, path: &str, max_age: i64) -> HeaderValue {
     let v = format!(
         "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
     );

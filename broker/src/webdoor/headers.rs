@@ -57,9 +57,8 @@ pub(super) fn not_for_the_device(
         }
     }
     let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or_default();
-    let from = origin.strip_prefix("https://").unwrap_or_default();
-    let from_host = from.rsplit_once(':').map_or(from, |(h, _)| h);
-    match from_host.eq_ignore_ascii_case(host) {
+    let from = super::without_port(origin.strip_prefix("https://").unwrap_or_default());
+    match from.eq_ignore_ascii_case(host) {
         true => None,
         false => other_page(),
     }

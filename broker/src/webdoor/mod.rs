@@ -27,7 +27,6 @@ use approvals::web::html::{esc, time};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
-use sha2::{Digest, Sha256};
 
 use crate::node::Node;
 use crate::web::Serving;
@@ -84,15 +83,7 @@ pub fn public_url(cfg: &crate::config::Config) -> Option<String> {
     Some(format!("https://{domain}:{port}"))
 }
 
-/// The SHA-256 (hex) of a token or cookie: only hashes are stored.
-pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// A fresh secret for a link or a cookie (256 random bits, hex).
-pub fn new_token() -> String {
-    hex::encode(rand::random::<[u8; 32]>())
-}
+pub use approvals::web::{random_token as new_token, token_hash};
 
 /// Binds the front door on `addr` with its certificate (the configured one, or one from
 /// Postern's own web CA for the domain and its wildcard).
@@ -199,6 +190,11 @@ fn host(headers: &HeaderMap, uri: &Uri) -> String {
         .and_then(|h| h.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()))
         .unwrap_or_default();
+    without_port(raw)
+}
+
+/// `HOST[:PORT]` as its host, lower-case.
+pub(super) fn without_port(raw: &str) -> String {
     let bare = match raw.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
         _ => raw,
@@ -211,24 +207,12 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = approvals::web::html::document(title, &format!("<main>{body}</main>"));
     let mut r = (status, Html(html)).into_response();
     let h = r.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    // Stricter than the approvers' pages: these pages run no script and show no image.
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; style-src 'self'"),
     );
-    h.insert(
-        header::STRICT_TRANSPORT_SECURITY,
-        HeaderValue::from_static("max-age=31536000; includeSubDomains"),
-    );
+    approvals::web::security_headers(h, true);
     r
 }
 
@@ -299,16 +283,11 @@ async fn enter(
         .await;
     match entered {
         Ok((_, until)) => {
-            let cookie = format!(
-                "{COOKIE}={session}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-                (until - now).max(0)
-            );
+            let cookie = approvals::web::set_cookie(COOKIE, &session, "/", (until - now).max(0));
             let mut r = page(StatusCode::SEE_OTHER, "Signed in", "<p>Signed in.</p>");
             let h = r.headers_mut();
             h.insert(header::LOCATION, HeaderValue::from_static("/"));
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                h.insert(header::SET_COOKIE, v);
-            }
+            h.insert(header::SET_COOKIE, cookie);
             r
         }
         Err(e) => action_refused(e),
