@@ -252,7 +252,7 @@ async fn link(files: &EdgeFiles, site: Option<Site>) -> Result<(), AgentError> {
     Ok(())
 }
 
-fn record(audit: &AuditLog, event: AuditEvent, fields: serde_json::Value) {
+pub(super) fn record(audit: &AuditLog, event: AuditEvent, fields: serde_json::Value) {
     if let Err(e) = audit.record(event, fields) {
         tracing::warn!(error = %e, event = %event, "edge audit log write failed");
     }

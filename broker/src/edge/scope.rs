@@ -14,11 +14,7 @@ use tokio::net::TcpStream;
 
 use super::wire::{self, EdgeDevice, Message};
 
-fn record(audit: &AuditLog, event: AuditEvent, fields: serde_json::Value) {
-    if let Err(e) = audit.record(event, fields) {
-        tracing::warn!(error = %e, event = %event, "edge audit log write failed");
-    }
-}
+use super::agent::record;
 
 /// What the link told the edge: its sites and their devices.
 #[derive(Default)]
