@@ -428,16 +428,7 @@ fn the_websocket_is_in_the_recording(w: &World) {
     let rows: Vec<Value> = serde_json::from_str(&w.ok(&["sessions", "--json"])).unwrap();
     let s = rows.iter().find(|r| r["device"] == "cam").unwrap();
     let id = s["id"].as_str().unwrap();
-    let rec = w
-        .data
-        .join("recordings")
-        .join(s["recording"].as_str().unwrap());
-    let events: Vec<Value> = recorder::Reader::open(&rec)
-        .unwrap()
-        .filter_map(|r| r.ok())
-        .filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok())
-        .filter(|e| e["event"].as_str().is_some_and(|e| e.starts_with("web.")))
-        .collect();
+    let events = crate::device_web::web_events(w, s["recording"].as_str().unwrap());
     let has = |want: Value| {
         events
             .iter()

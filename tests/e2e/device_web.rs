@@ -458,7 +458,7 @@ fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
     let session = cookie.split(';').next().unwrap().to_owned();
 
     // The vendor's device UIs, each opened at an origin of its own.
-    let page = b.get(&home).header("cookie", &session).send().unwrap();
+    let page = get_with(&b, &home, &session);
     assert_eq!(page.status(), 200);
     let body = page.text().unwrap();
     assert!(
@@ -469,11 +469,7 @@ fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
     // Without the device's own session, its origin opens nothing (the sign-in cookie is not
     // sent there, and would not count).
     let origin = format!("https://cam--site-a.devices.test:{port}");
-    let r = b
-        .get(format!("{origin}/"))
-        .header("cookie", &session)
-        .send()
-        .unwrap();
+    let r = get_with(&b, &format!("{origin}/"), &session);
     assert_eq!(r.status(), 401);
 
     // A link works once; another vendor's cookie jar is empty; a made-up cookie is nobody's.
@@ -486,11 +482,11 @@ fn a_vendor_signs_in_from_ssh_and_sees_the_device_uis_of_their_grants() {
             .contains("used already or has expired")
     );
     let made_up = format!("__Host-postern_web={}", "0".repeat(64));
-    let forged = b.get(&home).header("cookie", &made_up).send().unwrap();
+    let forged = get_with(&b, &home, &made_up);
     assert_eq!(forged.status(), 401);
     // A second session cookie beside the real one (planted by a sibling host) voids both.
     let both = format!("{session}; {made_up}");
-    let r = b.get(&home).header("cookie", &both).send().unwrap();
+    let r = get_with(&b, &home, &both);
     assert_eq!(r.status(), 401);
 
     // A vendor without web access gets no link.
@@ -533,6 +529,21 @@ fn at_the_cam(
     (b, dev, format!("https://{host}:{port}"))
 }
 
+/// The device web events (`web.*`) of a session's recording, in order.
+pub(crate) fn web_events(w: &World, recording: &str) -> Vec<Value> {
+    recorder::Reader::open(&w.data.join("recordings").join(recording))
+        .unwrap()
+        .filter_map(|r| r.ok())
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok())
+        .filter(|e| e["event"].as_str().is_some_and(|e| e.starts_with("web.")))
+        .collect()
+}
+
+/// `GET url` with `cookie`.
+fn get_with(b: &reqwest::blocking::Client, url: &str, cookie: &str) -> reqwest::blocking::Response {
+    b.get(url).header("cookie", cookie).send().unwrap()
+}
+
 /// Opens the sign-in link; returns the browser session's cookie.
 fn signed_in(b: &reqwest::blocking::Client, link: &str) -> String {
     let r = b.get(link).send().unwrap();
@@ -549,7 +560,7 @@ fn open_device(
     device: &str,
 ) -> String {
     let open = format!("https://devices.test:{port}/open/{site}/{device}");
-    let r = b.get(&open).header("cookie", session).send().unwrap();
+    let r = get_with(b, &open, session);
     assert_eq!(r.status(), 303);
     let to = r.headers()["location"].to_str().unwrap().to_owned();
     let prefix = format!("https://{device}--{site}.devices.test:{port}/.postern/enter/");
@@ -574,25 +585,13 @@ fn device_opens_and_revocation_closes_it(
     origin: &str,
     dev: &str,
 ) {
-    let page = b
-        .get(format!("{origin}/"))
-        .header("cookie", dev)
-        .send()
-        .unwrap();
+    let page = get_with(b, &format!("{origin}/"), dev);
     assert_eq!(page.status(), 200);
     assert!(page.text().unwrap().contains("<h1>cam-01</h1>"));
-    let r = b
-        .get(format!("{origin}/index.html?x=1"))
-        .header("cookie", dev)
-        .send()
-        .unwrap();
+    let r = get_with(b, &format!("{origin}/index.html?x=1"), dev);
     assert_eq!(r.status(), 200);
     let other = origin.replace("cam--site-a", "cam2--site-a");
-    let r = b
-        .get(format!("{other}/"))
-        .header("cookie", dev)
-        .send()
-        .unwrap();
+    let r = get_with(b, &format!("{other}/"), dev);
     assert_eq!(
         r.status(),
         401,
@@ -614,11 +613,7 @@ fn device_opens_and_revocation_closes_it(
     w.ok(&["grant", "revoke", &g]);
     let revoked = std::time::Instant::now();
     loop {
-        let r = b
-            .get(format!("{origin}/"))
-            .header("cookie", dev)
-            .send()
-            .unwrap();
+        let r = get_with(b, &format!("{origin}/"), dev);
         if r.status() == 403 {
             break;
         }
@@ -645,10 +640,8 @@ fn device_opens_and_revocation_closes_it(
         .as_str()
         .unwrap()
         .to_owned();
-    let reader = recorder::Reader::open(&w.data.join("recordings").join(rec)).unwrap();
-    let requests: Vec<Value> = reader
-        .filter_map(|r| r.ok())
-        .filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok())
+    let requests: Vec<Value> = web_events(w, &rec)
+        .into_iter()
         .filter(|e| e["event"] == "web.request")
         .collect();
     assert!(
@@ -676,11 +669,7 @@ fn a_device_presenting_another_certificate_than_its_pin_is_refused_and_recorded(
     let other = WebDevice::start(&w, "cam-02");
     enrol_cam(&w, &cam, &other.cert);
     let (b, dev, origin) = at_the_cam(&w, port, "ann", "site-a");
-    let r = b
-        .get(format!("{origin}/"))
-        .header("cookie", &dev)
-        .send()
-        .unwrap();
+    let r = get_with(&b, &format!("{origin}/"), &dev);
     assert_eq!(r.status(), 502);
     let body = r.text().unwrap();
     assert!(body.contains("is not the one pinned for it"), "{body}");
@@ -733,11 +722,7 @@ fn a_device_ui_only_the_edge_reaches_is_served_through_it() {
     wait_online(&w, "e1", true, std::time::Duration::from_secs(15));
 
     let (b, dev, origin) = at_the_cam(&w, door, "eve", "site-e");
-    let page = b
-        .get(format!("{origin}/"))
-        .header("cookie", &dev)
-        .send()
-        .unwrap();
+    let page = get_with(&b, &format!("{origin}/"), &dev);
     assert_eq!(page.status(), 200);
     assert!(page.text().unwrap().contains("<h1>cam-e</h1>"));
 }
@@ -752,11 +737,7 @@ fn bodies_are_recorded_only_when_asked_and_only_their_start() {
     std::fs::write(cam.dir.join("index.html"), page).unwrap();
     enrol_cam(&w, &cam, &cam.cert);
     let (b, dev, origin) = at_the_cam(&w, port, "ann", "site-a");
-    let got = b
-        .get(format!("{origin}/"))
-        .header("cookie", &dev)
-        .send()
-        .unwrap();
+    let got = get_with(&b, &format!("{origin}/"), &dev);
     assert!(
         got.text().unwrap().contains("a long status page"),
         "the whole page still arrives"
@@ -774,11 +755,7 @@ fn bodies_are_recorded_only_when_asked_and_only_their_start() {
     w.ok(&["sessions", "kill", rows[0]["id"].as_str().unwrap()]);
     let killed = std::time::Instant::now();
     loop {
-        let r = b
-            .get(format!("{origin}/"))
-            .header("cookie", &dev)
-            .send()
-            .unwrap();
+        let r = get_with(&b, &format!("{origin}/"), &dev);
         if matches!(r.status().as_u16(), 401 | 403) {
             break;
         }
@@ -793,14 +770,8 @@ fn bodies_are_recorded_only_when_asked_and_only_their_start() {
         killed.elapsed()
     );
     w.wait_sealed(1);
-    let rec = w
-        .data
-        .join("recordings")
-        .join(rows[0]["recording"].as_str().unwrap());
-    let bodies: Vec<Value> = recorder::Reader::open(&rec)
-        .unwrap()
-        .filter_map(|r| r.ok())
-        .filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok())
+    let bodies: Vec<Value> = web_events(&w, rows[0]["recording"].as_str().unwrap())
+        .into_iter()
         .filter(|e| e["event"] == "web.body")
         .collect();
     let b64 = |t: &str| {
@@ -838,11 +809,11 @@ fn devices_named_alike_but_for_case_are_not_opened() {
     let link = sign_in_link(&w, &v);
     let b = browser(&w, port, &["devices.test"]);
     let session = signed_in(&b, &link);
-    let r = b
-        .get(format!("https://devices.test:{port}/open/site-a/cam"))
-        .header("cookie", &session)
-        .send()
-        .unwrap();
+    let r = get_with(
+        &b,
+        &format!("https://devices.test:{port}/open/site-a/cam"),
+        &session,
+    );
     assert_eq!(r.status(), 409);
     assert!(r.text().unwrap().contains("only in case"));
 }
