@@ -150,6 +150,13 @@ def rss_kib(pid):
     return 0
 
 
+def cpu_seconds(pid):
+    """User and system CPU time of a process so far (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_sample(pid):
     """(RSS KiB, threads, open fds) of a process."""
     rss, threads = 0, 0
@@ -553,19 +560,30 @@ class Bench:
         out = []
         for n in self.args.scale:
             before = rss_kib(self.broker.pid)
+            cpu_before = cpu_seconds(self.broker.pid)
+            # One session types a command every 0.2 s while the others idle: its round trip.
             p = subprocess.Popen([self.postern, "bench-load", "--data", self.path("data"),
                                   "--broker", f"127.0.0.1:{self.broker_port}", "--target", "site-0000/dev-00:bulk",
-                                  "--sessions", str(n), "--parallel", "32", "--hold", "20"],
+                                  "--sessions", str(n), "--parallel", "32", "--hold", "20",
+                                  "--every", "0.2", "--typists", "1", "--report", "20"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             line = p.stdout.readline()
             if "sessions up" not in line:
                 p.kill()
                 raise SystemExit(f"bench-load {n}: {line} {p.stderr.read()[-500:]}")
             rate = float(line.split("(")[1].split()[0])
+            # The broker's CPU time per setup (both cores' worth, every thread), from /proc.
+            cpu_ms = (cpu_seconds(self.broker.pid) - cpu_before) * 1000 / n
             time.sleep(8)  # idle: recordings rest after 5 quiet seconds
             rss = rss_kib(self.broker.pid)
-            out.append((n, rate, (rss - before) / n, rss))
+            echo = p.stdout.readline()
             p.wait(timeout=120)
+            try:
+                p50 = float(echo.split("p50 ")[1].split()[0])
+                p99 = float(echo.split("p99 ")[1].split()[0])
+            except (IndexError, ValueError):
+                raise SystemExit(f"bench-load {n}: no round trip line: {echo!r}")
+            out.append((n, rate, cpu_ms, (rss - before) / n, rss, p50, p99))
             time.sleep(5)
         return out
 
@@ -993,9 +1011,12 @@ def main_tables(a, b):
 def scale_table(b):
     print()
     print("4b. sessions opened in-process (certificate + TOTP + pty shell) to one scripted simulated device, then idle")
-    print(f"   {'sessions':<16}{'setups/s':>9}{'broker KiB/session':>20}{'broker RSS MiB':>16}")
-    for n, rate, per, rss in b.scale():
-        print(f"   {n:<16}{rate:>9.1f}{per:>20.0f}{rss / 1024:>16.1f}")
+    print("   (CPU ms/setup: the broker's CPU time over the burst per session; round trip: one session's")
+    print("   `echo` every 0.2 s, from typing to its output, while all the others idle)")
+    print(f"   {'sessions':<10}{'setups/s':>9}{'CPU ms/setup':>14}{'KiB/session':>13}{'RSS MiB':>9}"
+          f"{'round trip p50':>16}{'p99 ms':>8}")
+    for n, rate, cpu_ms, per, rss, p50, p99 in b.scale():
+        print(f"   {n:<10}{rate:>9.1f}{cpu_ms:>14.2f}{per:>13.0f}{rss / 1024:>9.1f}{p50:>16.2f}{p99:>8.2f}")
 
 
 def soak_main(a):

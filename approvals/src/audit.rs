@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Map, Value, json};
 
 /// Appends audit events. Cheap to clone; every append takes the file lock, so the server and CLI
-/// commands can write to the same log.
+/// commands can write to the same log. Appends from async callers are group-committed (see
+/// [`AuditLog::record_async`]).
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     path: PathBuf,
@@ -20,7 +21,19 @@ pub struct AuditLog {
     /// Appends that failed, in this process and shared by every clone (the metrics endpoint's
     /// `postern_audit_append_failures_total`).
     failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The group-commit writer shared by every clone, started by the first async append.
+    committer: Arc<OnceLock<Option<std::sync::mpsc::Sender<Queued>>>>,
 }
+
+/// An event waiting for the group-commit writer, and who to tell once it is on disk.
+#[derive(Debug)]
+struct Queued {
+    payload: Vec<u8>,
+    done: tokio::sync::oneshot::Sender<Result<u64, recorder::WriteError>>,
+}
+
+/// Events written together at most: one lock, one write and one sync for all of them.
+const MAX_BATCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 #[error("audit log {path}: {source}")]
@@ -37,6 +50,7 @@ impl AuditLog {
             node: node.to_owned(),
             stream: "audit".to_owned(),
             failures: Default::default(),
+            committer: Default::default(),
         }
     }
 
@@ -77,6 +91,18 @@ impl AuditLog {
     }
 
     fn write(&self, event: AuditEvent, fields: Value) -> Result<u64, AuditError> {
+        let payload = self.payload(event, fields);
+        let appended = self.append(payload.as_bytes())?;
+        if let Some((at, bytes)) = appended.repaired {
+            // Never silent: the cut goes on record right after the entry that caused it.
+            let note = repair_note(&self.node, at, bytes, appended.seq);
+            self.append(note.as_bytes())?;
+        }
+        Ok(appended.seq)
+    }
+
+    /// The record's JSON: time, node and event name, then the event's fields.
+    fn payload(&self, event: AuditEvent, fields: Value) -> String {
         let mut obj = Map::new();
         obj.insert(
             "time".into(),
@@ -87,21 +113,7 @@ impl AuditLog {
         if let Value::Object(extra) = fields {
             obj.extend(extra);
         }
-        let payload = Value::Object(obj).to_string();
-        let appended = self.append(payload.as_bytes())?;
-        if let Some((at, bytes)) = appended.repaired {
-            // Never silent: the cut goes on record right after the entry that caused it.
-            let note = json!({
-                "time": crate::time::fmt_time(crate::time::now()),
-                "node": self.node,
-                "event": AuditEvent::AuditTailRepaired.name(),
-                "cut_at_byte": at,
-                "bytes_cut": bytes,
-                "before_seq": appended.seq,
-            });
-            self.append(note.to_string().as_bytes())?;
-        }
-        Ok(appended.seq)
+        Value::Object(obj).to_string()
     }
 
     fn append(&self, payload: &[u8]) -> Result<recorder::Appended, AuditError> {
@@ -113,16 +125,116 @@ impl AuditLog {
         )
     }
 
-    /// [`AuditLog::record`] off the async runtime's threads.
+    /// [`AuditLog::record`] off the async runtime's threads, group-committed: events queued while
+    /// the writer syncs the previous ones are written together with one lock and one sync. Each
+    /// caller still returns only once its own event is on disk (or with the error that stopped it).
     pub async fn record_async(&self, event: AuditEvent, fields: Value) -> Result<u64, AuditError> {
-        let me = self.clone();
-        match tokio::task::spawn_blocking(move || me.record(event, fields)).await {
-            Ok(r) => r,
-            Err(e) => Err(AuditError {
-                path: self.path.display().to_string(),
-                source: recorder::WriteError::Io(std::io::Error::other(e.to_string())),
-            }),
+        let Some(writer) = self.committer() else {
+            let me = self.clone();
+            return match tokio::task::spawn_blocking(move || me.record(event, fields)).await {
+                Ok(r) => r,
+                Err(e) => Err(self.error(std::io::Error::other(e.to_string()).into())),
+            };
+        };
+        let (done, written) = tokio::sync::oneshot::channel();
+        let payload = self.payload(event, fields).into_bytes();
+        let result = match writer.send(Queued { payload, done }) {
+            Ok(()) => match written.await {
+                Ok(r) => r.map_err(|e| self.error(e)),
+                Err(_) => Err(self.error(stopped())),
+            },
+            Err(_) => Err(self.error(stopped())),
+        };
+        if result.is_err() {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        result
+    }
+
+    fn error(&self, source: recorder::WriteError) -> AuditError {
+        AuditError {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// The group-commit writer's queue, started on first use; `None` if no thread could be
+    /// started (each append then goes alone, as [`AuditLog::record`] does).
+    fn committer(&self) -> Option<&std::sync::mpsc::Sender<Queued>> {
+        self.committer
+            .get_or_init(|| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                // The thread holds no clone of this log: it ends when the last clone is dropped.
+                let (path, stream, node) =
+                    (self.path.clone(), self.stream.clone(), self.node.clone());
+                std::thread::Builder::new()
+                    .name("audit-commit".into())
+                    .spawn(move || group_commit(&path, &stream, &node, &rx))
+                    .ok()
+                    .map(|_| tx)
+            })
+            .as_ref()
+    }
+}
+
+fn stopped() -> recorder::WriteError {
+    std::io::Error::other("the audit log's writer has stopped").into()
+}
+
+/// The record that says a torn tail was cut before `before_seq` was appended.
+fn repair_note(node: &str, at: u64, bytes: u64, before_seq: u64) -> String {
+    json!({
+        "time": crate::time::fmt_time(crate::time::now()),
+        "node": node,
+        "event": AuditEvent::AuditTailRepaired.name(),
+        "cut_at_byte": at,
+        "bytes_cut": bytes,
+        "before_seq": before_seq,
+    })
+    .to_string()
+}
+
+/// The group-commit writer: takes whatever has queued (up to [`MAX_BATCH`]), appends it with one
+/// lock and one sync, and answers each caller with its sequence number or the error.
+fn group_commit(path: &Path, stream: &str, node: &str, queue: &std::sync::mpsc::Receiver<Queued>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        let payloads: Vec<&[u8]> = batch.iter().map(|q| q.payload.as_slice()).collect();
+        let kind = recorder::Kind::Audit;
+        let written = recorder::append_locked_batch(path, stream, kind, &payloads).and_then(|a| {
+            if let Some((at, bytes)) = a.repaired {
+                // Never silent: the cut goes on record right after the batch that found it.
+                let note = repair_note(node, at, bytes, a.seq);
+                recorder::append_locked(path, stream, kind, note.as_bytes())?;
+            }
+            Ok(a.seq)
+        });
+        for (i, q) in batch.into_iter().enumerate() {
+            let answer = match &written {
+                Ok(seq) => Ok(seq + i as u64),
+                Err(e) => Err(duplicate(e)),
+            };
+            // A caller that stopped waiting has nothing left to tell.
+            let _ = q.done.send(answer);
+        }
+    }
+}
+
+/// The same error for each caller of a failed batch.
+fn duplicate(e: &recorder::WriteError) -> recorder::WriteError {
+    use recorder::WriteError as W;
+    match e {
+        W::Io(io) => W::Io(std::io::Error::new(io.kind(), io.to_string())),
+        W::TooLarge(n) => W::TooLarge(*n),
+        W::Damaged(why) => W::Damaged(why.clone()),
+        W::Sealed => W::Sealed,
     }
 }
 
@@ -567,6 +679,60 @@ impl std::fmt::Display for AuditEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_async_appends_are_group_committed_in_one_unbroken_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::of_installation(&path, "node-a", Some("inst"));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200u32 {
+            let log = log.clone();
+            tasks.spawn(async move {
+                log.record_async(AuditEvent::AuthCertificate, json!({"i": i}))
+                    .await
+                    .unwrap()
+            });
+        }
+        // A synchronous writer (the CLI) takes the same lock meanwhile.
+        log.record(AuditEvent::AuthTotp, json!({"cli": true}))
+            .unwrap();
+        let mut seqs = Vec::new();
+        while let Some(seq) = tasks.join_next().await {
+            seqs.push(seq.unwrap());
+        }
+        seqs.sort();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 200, "every caller got its own sequence number");
+        let report = recorder::verify_file(&path).unwrap();
+        assert!(report.problem.is_none(), "{:?}", report.problem);
+        assert_eq!(report.records, 201);
+        // Each caller's number is its own record.
+        let records: Vec<recorder::Record> = recorder::Reader::open(&path)
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        for seq in seqs {
+            let v: Value = serde_json::from_slice(&records[seq as usize].payload).unwrap();
+            assert_eq!(v["event"], "auth.certificate", "{v}");
+        }
+        assert_eq!(log.failures(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_group_commit_fails_every_caller_and_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the log should be: nothing can be appended.
+        let path = dir.path().join("audit.log");
+        std::fs::create_dir(&path).unwrap();
+        let log = AuditLog::new(&path, "node-a");
+        let (a, b) = tokio::join!(
+            log.record_async(AuditEvent::AuthCertificate, json!({})),
+            log.record_async(AuditEvent::AuthTotp, json!({})),
+        );
+        assert!(a.is_err() && b.is_err());
+        assert_eq!(log.failures(), 2);
+    }
 
     #[test]
     fn bounds_client_text() {

@@ -41,7 +41,7 @@ pub use seal::{
     CHECKPOINT_DOMAIN, KEY_PREFIX, Seal, SealError, SealKey, SealMeta, SealPublicKey, check_seal,
     seal_message, seal_message_v2,
 };
-pub use writer::{Appended, Writer, append_locked, last_record};
+pub use writer::{Appended, Writer, append_locked, append_locked_batch, last_record};
 
 /// Errors raised while writing evidence.
 #[derive(Debug, thiserror::Error)]

@@ -23,7 +23,11 @@ const BUFFER: usize = 8 * 1024;
 pub struct Writer {
     path: PathBuf,
     stream_id: String,
-    out: BufWriter<File>,
+    /// The open file, or `None` while the recording rests: an idle session holds no descriptor
+    /// (a node with thousands of idle sessions would otherwise run out of them).
+    out: Option<BufWriter<File>>,
+    /// Device and inode of the file as created: reopening after a rest must reach that file.
+    identity: (u64, u64),
     next_seq: u64,
     prev: [u8; HASH_LEN],
     compressor: Option<Compressor>,
@@ -56,12 +60,14 @@ impl Writer {
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let file = options.open(path)?;
         let header = header_with(if compressed { MAGIC_Z } else { MAGIC }, stream_id);
+        let identity = file_identity(&file)?;
         let mut out = BufWriter::with_capacity(BUFFER, file);
         out.write_all(&header)?;
         Ok(Writer {
             path: path.to_owned(),
             stream_id: stream_id.to_owned(),
-            out,
+            out: Some(out),
+            identity,
             next_seq: 0,
             prev: genesis_hash(&header),
             compressor: compressed.then(Compressor::new),
@@ -93,8 +99,8 @@ impl Writer {
     }
 
     /// For a compressed recording with no records over the last `quiet` flushes: appends an
-    /// `idle` event that ends the compression frame, so the idle session holds no compression
-    /// context until its next record. Returns whether it did.
+    /// `idle` event that ends the compression frame and closes the file, so the idle session holds
+    /// no compression context and no descriptor until its next record. Returns whether it did.
     pub fn rest_if_idle(&mut self, quiet: u32) -> Result<bool, WriteError> {
         let open = self.compressor.as_ref().is_some_and(Compressor::is_open);
         if !open || self.quiet_flushes < quiet {
@@ -102,6 +108,8 @@ impl Writer {
         }
         self.append_inner(now_us(), Kind::Event, 0, br#"{"event":"idle"}"#, true)?;
         self.flush()?;
+        // Flushed above, so closing loses nothing; the next append reopens the file.
+        self.out = None;
         Ok(true)
     }
 
@@ -134,7 +142,7 @@ impl Writer {
             },
             None => frame(&body, &hash),
         };
-        self.guard(|w| w.out.write_all(&stored))?;
+        self.guard(|w| w.file()?.write_all(&stored))?;
         self.prev = hash;
         self.next_seq += 1;
         self.appended += 1;
@@ -150,7 +158,32 @@ impl Writer {
             self.quiet_flushes = 0;
         }
         self.appended = 0;
-        self.guard(|w| w.out.flush())
+        match self.out.as_mut() {
+            Some(out) => out.flush().map_err(|e| {
+                self.failed = true;
+                WriteError::Io(e)
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The open file, reopened for appending after a rest. The reopened file must be the one
+    /// this writer created: a file put in its place is refused, never written to.
+    fn file(&mut self) -> std::io::Result<&mut BufWriter<File>> {
+        let out = match self.out.take() {
+            Some(out) => out,
+            None => {
+                let file = OpenOptions::new().append(true).open(&self.path)?;
+                if file_identity(&file)? != self.identity {
+                    return Err(std::io::Error::other(format!(
+                        "{} is no longer the file this recording created",
+                        self.path.display()
+                    )));
+                }
+                BufWriter::with_capacity(BUFFER, file)
+            }
+        };
+        Ok(self.out.insert(out))
     }
 
     fn check(&self) -> Result<(), WriteError> {
@@ -199,14 +232,32 @@ impl Writer {
     /// Flushes and fsyncs; returns the number of records and the final hash.
     pub fn finish(&mut self) -> Result<(u64, [u8; HASH_LEN]), WriteError> {
         self.check()?;
-        self.guard(|w| w.out.flush())?;
-        self.guard(|w| w.out.get_ref().sync_data())?;
+        self.guard(|w| {
+            let out = w.file()?;
+            out.flush()?;
+            out.get_ref().sync_data()
+        })?;
         Ok((self.next_seq, self.prev))
     }
 
     /// Records written so far and the hash of the last one.
     pub fn position(&self) -> (u64, [u8; HASH_LEN]) {
         (self.next_seq, self.prev)
+    }
+}
+
+/// Device and inode numbers (on other systems, none: the check is Unix-only).
+fn file_identity(file: &File) -> std::io::Result<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        Ok((m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        Ok((0, 0))
     }
 }
 
@@ -284,8 +335,24 @@ pub fn append_locked(
     kind: Kind,
     payload: &[u8],
 ) -> Result<Appended, WriteError> {
-    if payload.len() > MAX_PAYLOAD {
-        return Err(WriteError::TooLarge(payload.len()));
+    append_locked_batch(path, stream_id, kind, &[payload])
+}
+
+/// [`append_locked`] for several records at once (group commit): one lock, one read of the tail,
+/// one write and one sync for all of them, in order. Returns what happened to the first; the
+/// others follow it in sequence (`seq + i`). Either every record is appended or none is
+/// acknowledged: on an error the caller must treat them all as not written.
+pub fn append_locked_batch(
+    path: &Path,
+    stream_id: &str,
+    kind: Kind,
+    payloads: &[&[u8]],
+) -> Result<Appended, WriteError> {
+    if payloads.is_empty() {
+        return Err(WriteError::Io(std::io::Error::other("nothing to append")));
+    }
+    if let Some(big) = payloads.iter().find(|p| p.len() > MAX_PAYLOAD) {
+        return Err(WriteError::TooLarge(big.len()));
     }
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
@@ -293,7 +360,7 @@ pub fn append_locked(
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path)?;
     file.lock()?;
-    let result = append_under_lock(&mut file, path, stream_id, kind, payload);
+    let result = append_under_lock(&mut file, path, stream_id, kind, payloads);
     let _ = file.unlock();
     result
 }
@@ -303,14 +370,14 @@ fn append_under_lock(
     path: &Path,
     stream_id: &str,
     kind: Kind,
-    payload: &[u8],
+    payloads: &[&[u8]],
 ) -> Result<Appended, WriteError> {
     let size = file.seek(SeekFrom::End(0))?;
     if size == 0 {
         file.write_all(&header_line(stream_id))?;
     }
     let mut repaired = None;
-    let (seq, prev) = match last_record_of(file) {
+    let (first, mut prev) = match last_record_of(file) {
         Ok(Some(r)) => (r.seq + 1, r.hash),
         Ok(None) => {
             let mut reader = Reader::open(path).map_err(|e| WriteError::Damaged(e.to_string()))?;
@@ -322,14 +389,22 @@ fn append_under_lock(
             (seq, prev)
         }
     };
-    let body = encode_body(seq, now_us(), kind, 0, payload);
-    let hash = chain_hash(&prev, &body);
+    let mut out = Vec::new();
+    let mut first_hash = prev;
+    for (i, payload) in payloads.iter().enumerate() {
+        let body = encode_body(first + i as u64, now_us(), kind, 0, payload);
+        prev = chain_hash(&prev, &body);
+        if i == 0 {
+            first_hash = prev;
+        }
+        out.extend_from_slice(&frame(&body, &prev));
+    }
     file.seek(SeekFrom::End(0))?;
-    file.write_all(&frame(&body, &hash))?;
+    file.write_all(&out)?;
     file.sync_data()?;
     Ok(Appended {
-        seq,
-        hash,
+        seq: first,
+        hash: first_hash,
         repaired,
     })
 }

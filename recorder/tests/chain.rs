@@ -435,3 +435,51 @@ fn a_resting_compressed_recording_frees_its_context_and_reads_back_whole() {
         .count();
     assert_eq!(idle, 3);
 }
+
+/// Descriptors of this process open on `path` (Linux: `/proc/self/fd`).
+#[cfg(target_os = "linux")]
+fn open_on(path: &Path) -> usize {
+    let target = fs::canonicalize(path).unwrap();
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| *l == target)
+        .count()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_resting_recording_holds_no_descriptor_and_reopens_only_its_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rest.rec");
+    let mut w = Writer::create_compressed(&path, "s-fd").unwrap();
+    w.append(Kind::Output, 1, b"before the rest\r\n").unwrap();
+    w.flush().unwrap();
+    assert_eq!(open_on(&path), 1);
+    w.flush().unwrap();
+    assert!(w.rest_if_idle(1).unwrap());
+    assert_eq!(open_on(&path), 0, "a resting recording keeps its file open");
+    w.append(Kind::Output, 1, b"after the rest\r\n").unwrap();
+    w.flush().unwrap();
+    assert_eq!(open_on(&path), 1);
+    w.flush().unwrap();
+    assert!(w.rest_if_idle(1).unwrap());
+    w.finish().unwrap();
+    let report = verify_file(&path).unwrap();
+    assert!(report.problem.is_none(), "{:?}", report.problem);
+    assert_eq!(report.records, 4);
+
+    // A file put in the resting recording's place is not written to: the append fails, and
+    // nothing more is written to this recording.
+    let path = dir.path().join("swapped.rec");
+    let mut w = Writer::create_compressed(&path, "s-swap").unwrap();
+    w.append(Kind::Output, 1, b"x").unwrap();
+    w.flush().unwrap();
+    assert!(w.rest_if_idle(0).unwrap());
+    fs::rename(&path, dir.path().join("moved.rec")).unwrap();
+    fs::write(&path, b"someone else's file").unwrap();
+    let err = w.append(Kind::Output, 1, b"y").unwrap_err();
+    assert!(err.to_string().contains("no longer the file"), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), b"someone else's file");
+    assert!(w.append(Kind::Output, 1, b"z").is_err());
+}

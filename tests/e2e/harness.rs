@@ -907,7 +907,12 @@ impl Pty {
                 return s;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {needle:?}; terminal so far:\n{s}");
+                // Whether the client is still running tells a lost write from a stalled server.
+                let client = match self.child.try_wait() {
+                    Ok(Some(status)) => format!("the client exited ({status})"),
+                    _ => "the client is still running".to_owned(),
+                };
+                panic!("timed out waiting for {needle:?}; {client}; terminal so far:\n{s:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

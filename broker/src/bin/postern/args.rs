@@ -289,6 +289,9 @@ pub enum Command {
         /// Seconds between the lines that count commands answered (with --every).
         #[arg(long, default_value_t = 10)]
         report: u64,
+        /// With --every: only this many sessions type; the others stay idle (0: all type).
+        #[arg(long, default_value_t = 0)]
+        typists: usize,
     },
     /// Benchmark only: register, join and run many site edges in one process (sites and edges
     /// are written into the data dir).

@@ -54,6 +54,8 @@ pub struct Activity {
     pub every: Option<Duration>,
     /// How often to print the count of commands answered.
     pub report: Duration,
+    /// How many sessions type (0: all); the others are held idle.
+    pub typists: usize,
 }
 
 /// Commands typed by the held sessions, tallied per report interval.
@@ -122,7 +124,15 @@ pub async fn run(
         tokio::time::sleep(activity.hold).await;
         return Ok(());
     };
-    keep_typing(held, every, activity.hold, activity.report).await
+    let typing = match activity.typists {
+        0 => held.len(),
+        n => n.min(held.len()),
+    };
+    let mut held = held;
+    let idle = held.split_off(typing);
+    keep_typing(held, every, activity.hold, activity.report).await?;
+    drop(idle);
+    Ok(())
 }
 
 /// A vendor, a grant and a registered certificate per session: the broker sees as many distinct

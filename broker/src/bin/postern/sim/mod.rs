@@ -28,12 +28,14 @@ pub async fn run(cli: &Cli) -> Result<ExitCode> {
             hold,
             every,
             report,
+            typists,
         } => {
             let env = Env::open(cli).await?;
             let activity = load::Activity {
                 hold: Duration::from_secs(*hold),
                 every: (*every > 0.0).then(|| Duration::from_secs_f64(*every)),
                 report: Duration::from_secs((*report).max(1)),
+                typists: *typists,
             };
             load::run(&env, *broker, target, *sessions, *parallel, activity).await?;
         }
