@@ -186,6 +186,9 @@ class Bench:
         self.procs = []
         self.user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
         self.postern = os.path.join(TARGET, "debug" if args.debug else "release", "postern")
+        self.build = True
+        # The load generator (`bench-load`): this build's, also when measuring a baseline broker.
+        self.load_gen = self.postern
         self.n_vendor = 0
         self.edge_port = free_port()
 
@@ -237,8 +240,9 @@ class Bench:
 
     def setup(self):
         profile = [] if self.args.debug else ["--release"]
-        print(f"building postern ({'debug' if self.args.debug else 'release'})...", file=sys.stderr)
-        subprocess.run(["cargo", "build", *profile, "-q", "-p", "broker"], cwd=ROOT, check=True)
+        if self.build:
+            print(f"building postern ({'debug' if self.args.debug else 'release'})...", file=sys.stderr)
+            subprocess.run(["cargo", "build", *profile, "-q", "-p", "broker"], cwd=ROOT, check=True)
         os.makedirs("/run/sshd", exist_ok=True)
         for k in ["host", "devkey"]:
             self.run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.path(k), "-C", k)
@@ -562,7 +566,7 @@ class Bench:
             before = rss_kib(self.broker.pid)
             cpu_before = cpu_seconds(self.broker.pid)
             # One session types a command every 0.2 s while the others idle: its round trip.
-            p = subprocess.Popen([self.postern, "bench-load", "--data", self.path("data"),
+            p = subprocess.Popen([self.load_gen, "bench-load", "--data", self.path("data"),
                                   "--broker", f"127.0.0.1:{self.broker_port}", "--target", "site-0000/dev-00:bulk",
                                   "--sessions", str(n), "--parallel", "32", "--hold", "20",
                                   "--every", "0.2", "--typists", "1", "--report", "20"],
@@ -888,6 +892,8 @@ def main():
     ap.add_argument("--backlog-mib", type=int, default=4, help="MiB of output per backlog session")
     ap.add_argument("--only-backlog", action="store_true", help="only the edge backlog run")
     ap.add_argument("--only-web", action="store_true", help="only the device web UI download run")
+    ap.add_argument("--baseline", metavar="POSTERN",
+                    help="with --only-scale: an earlier build's postern binary, measured first in the same run")
     ap.add_argument("--only-scale", action="store_true",
                     help="only table 4b (e.g. with BENCH_BROKER_WRAPPER to profile a burst of setups)")
     ap.add_argument("--no-unrecorded", dest="unrecorded", action="store_false",
@@ -924,7 +930,7 @@ def main():
               f"{platform.system()} {platform.release()}; "
               f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")
         if a.only_scale:
-            scale_table(b)
+            scale_table(b, a.baseline)
             return
         if not (a.only_rotation or a.only_edges or a.only_web):
             main_tables(a, b)
@@ -1008,15 +1014,32 @@ def main_tables(a, b):
         scale_table(b)
 
 
-def scale_table(b):
+def scale_table(b, baseline=None):
+    """Table 4b; with `baseline` (an earlier build's `postern`), that build first, on its own data
+    dir in the same run, then this one: the two rounds side by side."""
+    builds = [("this build", b)]
+    if baseline:
+        base = Bench(b.args)
+        base.postern, base.build = os.path.abspath(baseline), False
+        builds.insert(0, ("baseline", base))
     print()
     print("4b. sessions opened in-process (certificate + TOTP + pty shell) to one scripted simulated device, then idle")
     print("   (CPU ms/setup: the broker's CPU time over the burst per session; round trip: one session's")
     print("   `echo` every 0.2 s, from typing to its output, while all the others idle)")
     print(f"   {'sessions':<10}{'setups/s':>9}{'CPU ms/setup':>14}{'KiB/session':>13}{'RSS MiB':>9}"
           f"{'round trip p50':>16}{'p99 ms':>8}")
-    for n, rate, cpu_ms, per, rss, p50, p99 in b.scale():
-        print(f"   {n:<10}{rate:>9.1f}{cpu_ms:>14.2f}{per:>13.0f}{rss / 1024:>9.1f}{p50:>16.2f}{p99:>8.2f}")
+    for label, bench in builds:
+        if len(builds) > 1:
+            print(f"   {label}: {bench.postern}")
+        try:
+            if bench is not b:
+                bench.setup()
+            for n, rate, cpu_ms, per, rss, p50, p99 in bench.scale():
+                print(f"   {n:<10}{rate:>9.1f}{cpu_ms:>14.2f}{per:>13.0f}{rss / 1024:>9.1f}"
+                      f"{p50:>16.2f}{p99:>8.2f}", flush=True)
+        finally:
+            if bench is not b:
+                bench.close()
 
 
 def soak_main(a):
