@@ -228,7 +228,7 @@ class Bench:
         edge = f"127.0.0.1:{self.edge_port}" if name == "serve" else "off"
         p = subprocess.Popen([*wrapper, binary, "serve", "--ssh", "127.0.0.1:0", "--web", "off",
                               "--edge", edge, "--data", self.path("data"), *config],
-                             stdout=out, stderr=subprocess.DEVNULL)
+                             stdout=out, stderr=subprocess.STDOUT)
         self.procs.append(p)
         end = time.time() + 60
         while time.time() < end:
@@ -236,7 +236,7 @@ class Bench:
                 if line.startswith("postern: listening for vendors on "):
                     return p, int(line.rsplit(":", 1)[1])
             time.sleep(0.05)
-        raise SystemExit(f"{binary} serve did not start")
+        raise SystemExit(f"{binary} serve did not start: {open(self.path(f'{name}.out')).read()[-800:]}")
 
     def setup(self):
         profile = [] if self.args.debug else ["--release"]
@@ -259,8 +259,10 @@ class Bench:
         cfg = open(cfg_path).read().replace('penalty_exempt = []', 'penalty_exempt = ["127.0.0.1"]')
         # The device web front door, for table 11.
         self.web_port = free_port()
+        # No metrics endpoint: two brokers of a side-by-side run would both want its port.
         cfg = "\n".join(l for l in cfg.splitlines()
-                        if not l.startswith(("web_devices_listen", "web_devices_domain")))
+                        if not l.startswith(("web_devices_listen", "web_devices_domain", "metrics_listen")))
+        cfg += '\nmetrics_listen = "off"\n'
         cfg += f'\nweb_devices_listen = "127.0.0.1:{self.web_port}"\nweb_devices_domain = "devices.bench"\n'
         with open(cfg_path, "w") as f:
             f.write(cfg)

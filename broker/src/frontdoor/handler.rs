@@ -1,5 +1,9 @@
 //! The russh `Handler`: thin. Each callback counts itself where russh would let a client loop,
 //! then hands over to the step that owns it.
+//!
+//! The steps are boxed: russh keeps each callback's future inside the connection's own future,
+//! which lives as long as the connection, so an unboxed step (database queries, the device login)
+//! would make every idle session as large as the largest step ever was.
 
 use russh::keys::Certificate;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Response, Session};
@@ -25,7 +29,7 @@ impl russh::server::Handler for Conn {
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         self.count_call()?;
-        Ok(self.plain_key(user, key.public_key).await)
+        Ok(Box::pin(self.plain_key(user, key.public_key)).await)
     }
 
     async fn auth_openssh_certificate(
@@ -34,7 +38,7 @@ impl russh::server::Handler for Conn {
         cert: &Certificate,
     ) -> Result<Auth, Self::Error> {
         self.count_call()?;
-        Ok(self.certificate(user, cert).await)
+        Ok(Box::pin(self.certificate(user, cert)).await)
     }
 
     async fn auth_keyboard_interactive<'a>(
@@ -50,11 +54,11 @@ impl russh::server::Handler for Conn {
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default()
         });
-        Ok(self.keyboard_interactive(user, answer).await)
+        Ok(Box::pin(self.keyboard_interactive(user, answer)).await)
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
-        self.both_factors_passed(session.handle()).await;
+        Box::pin(self.both_factors_passed(session.handle())).await;
         Ok(())
     }
 
@@ -64,7 +68,7 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.open_session(channel, reply, session.handle()).await;
+        Box::pin(self.open_session(channel, reply, session.handle())).await;
         Ok(())
     }
 
@@ -79,8 +83,7 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let originator = (originator_address, originator_port);
-        self.open_forward(channel, host, port, originator, reply)
-            .await;
+        Box::pin(self.open_forward(channel, host, port, originator, reply)).await;
         Ok(())
     }
 
