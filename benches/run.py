@@ -277,9 +277,11 @@ class Bench:
             print("building postern without recording (benchmark-only feature)...", file=sys.stderr)
             subprocess.run(["cargo", "build", "--release", "-q", "-p", "broker", "--features",
                             "bench-unrecorded", "--target-dir", tdir], cwd=ROOT, check=True)
-            # Its own node name: live sessions are tracked per node.
             cfg = open(self.path("data", "postern.toml")).read()
-            cfg = "\n".join(l for l in cfg.splitlines() if not l.startswith("node ="))
+            # Its own node name: live sessions are tracked per node; no device web front door
+            # (the measured broker has it, on its own port).
+            cfg = "\n".join(l for l in cfg.splitlines()
+                            if not l.startswith(("node =", "web_devices_listen", "web_devices_domain")))
             with open(self.path("unrecorded.toml"), "w") as f:
                 f.write('node = "bench-unrecorded"\n' + cfg + "\n")
             self.unrecorded, self.unrecorded_port = self.start_broker(
