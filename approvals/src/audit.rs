@@ -138,12 +138,17 @@ impl AuditLog {
         };
         let (done, written) = tokio::sync::oneshot::channel();
         let payload = self.payload(event, fields).into_bytes();
-        let result = match writer.send(Queued { payload, done }) {
-            Ok(()) => match written.await {
-                Ok(r) => r.map_err(|e| self.error(e)),
+        let result = if payload.len() > recorder::MAX_PAYLOAD {
+            // Refused here, alone, rather than failing a whole batch.
+            Err(self.error(recorder::WriteError::TooLarge(payload.len())))
+        } else {
+            match writer.send(Queued { payload, done }) {
+                Ok(()) => match written.await {
+                    Ok(r) => r.map_err(|e| self.error(e)),
+                    Err(_) => Err(self.error(stopped())),
+                },
                 Err(_) => Err(self.error(stopped())),
-            },
-            Err(_) => Err(self.error(stopped())),
+            }
         };
         if result.is_err() {
             self.failures
@@ -210,7 +215,8 @@ fn group_commit(path: &Path, stream: &str, node: &str, queue: &std::sync::mpsc::
         let kind = recorder::Kind::Audit;
         let written = recorder::append_locked_batch(path, stream, kind, &payloads).and_then(|a| {
             if let Some((at, bytes)) = a.repaired {
-                // Never silent: the cut goes on record right after the batch that found it.
+                // Never silent: the cut goes on record after the batch that found it (another
+                // process may append in between; the note names the first record after the cut).
                 let note = repair_note(node, at, bytes, a.seq);
                 recorder::append_locked(path, stream, kind, note.as_bytes())?;
             }

@@ -26,8 +26,10 @@ pub struct Writer {
     /// The open file, or `None` while the recording rests: an idle session holds no descriptor
     /// (a node with thousands of idle sessions would otherwise run out of them).
     out: Option<BufWriter<File>>,
-    /// Device and inode of the file as created: reopening after a rest must reach that file.
+    /// Device and inode of the file as created, and the bytes this writer has put in it:
+    /// reopening after a rest must reach that file, unchanged.
     identity: (u64, u64),
+    len: u64,
     next_seq: u64,
     prev: [u8; HASH_LEN],
     compressor: Option<Compressor>,
@@ -68,6 +70,7 @@ impl Writer {
             stream_id: stream_id.to_owned(),
             out: Some(out),
             identity,
+            len: header.len() as u64,
             next_seq: 0,
             prev: genesis_hash(&header),
             compressor: compressed.then(Compressor::new),
@@ -108,7 +111,12 @@ impl Writer {
         }
         self.append_inner(now_us(), Kind::Event, 0, br#"{"event":"idle"}"#, true)?;
         self.flush()?;
-        // Flushed above, so closing loses nothing; the next append reopens the file.
+        // Synced before closing, so that a write error shows here, on the descriptor that wrote
+        // (some file systems report one only at close); the next append reopens the file.
+        self.guard(|w| match w.out.as_ref() {
+            Some(out) => out.get_ref().sync_data(),
+            None => Ok(()),
+        })?;
         self.out = None;
         Ok(true)
     }
@@ -128,6 +136,9 @@ impl Writer {
         if self.sealed {
             return Err(WriteError::Sealed);
         }
+        // Reopened before the compressor runs: a record that cannot be written must not advance
+        // the compression stream.
+        self.file()?;
         let seq = self.next_seq;
         let body = encode_body(seq, time_us, kind, channel, payload);
         let hash = chain_hash(&self.prev, &body);
@@ -142,7 +153,11 @@ impl Writer {
             },
             None => frame(&body, &hash),
         };
-        self.guard(|w| w.file()?.write_all(&stored))?;
+        self.guard(|w| match w.out.as_mut() {
+            Some(out) => out.write_all(&stored),
+            None => Err(std::io::Error::other("the recording is not open")),
+        })?;
+        self.len += stored.len() as u64;
         self.prev = hash;
         self.next_seq += 1;
         self.appended += 1;
@@ -168,15 +183,27 @@ impl Writer {
     }
 
     /// The open file, reopened for appending after a rest. The reopened file must be the one
-    /// this writer created: a file put in its place is refused, never written to.
-    fn file(&mut self) -> std::io::Result<&mut BufWriter<File>> {
+    /// this writer created, as it left it (on Unix: same device and inode, same length, never
+    /// through a symbolic link): anything else is refused, never written to, and nothing more
+    /// is written to this recording. A file that cannot be opened (no descriptor free, say) is
+    /// an error for this record only: nothing was written, so the recording can still be sealed.
+    fn file(&mut self) -> Result<&mut BufWriter<File>, WriteError> {
         let out = match self.out.take() {
             Some(out) => out,
             None => {
-                let file = OpenOptions::new().append(true).open(&self.path)?;
-                if file_identity(&file)? != self.identity {
-                    return Err(std::io::Error::other(format!(
-                        "{} is no longer the file this recording created",
+                let mut options = OpenOptions::new();
+                options.append(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::custom_flags(
+                    &mut options,
+                    libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+                );
+                let file = options.open(&self.path)?;
+                let len = file.metadata()?.len();
+                if file_identity(&file)? != self.identity || len != self.len {
+                    self.failed = true;
+                    return Err(WriteError::Damaged(format!(
+                        "{} is no longer the file this recording wrote",
                         self.path.display()
                     )));
                 }
@@ -232,10 +259,13 @@ impl Writer {
     /// Flushes and fsyncs; returns the number of records and the final hash.
     pub fn finish(&mut self) -> Result<(u64, [u8; HASH_LEN]), WriteError> {
         self.check()?;
-        self.guard(|w| {
-            let out = w.file()?;
-            out.flush()?;
-            out.get_ref().sync_data()
+        self.file()?;
+        self.guard(|w| match w.out.as_mut() {
+            Some(out) => {
+                out.flush()?;
+                out.get_ref().sync_data()
+            }
+            None => Err(std::io::Error::other("the recording is not open")),
         })?;
         Ok((self.next_seq, self.prev))
     }
@@ -313,11 +343,6 @@ fn read_header_len(file: &mut File) -> Result<u64, WriteError> {
     }
 }
 
-/// Appends one record to a file shared by several processes (the audit log).
-///
-/// Takes an exclusive lock, chains onto the last record, writes and syncs. A torn tail left by a
-/// crash (an incomplete last record after a valid chain) is cut off before appending; any other
-/// damage makes the append fail, so that nothing is chained onto a broken log.
 /// What [`append_locked`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -329,6 +354,11 @@ pub struct Appended {
     pub repaired: Option<(u64, u64)>,
 }
 
+/// Appends one record to a file shared by several processes (the audit log).
+///
+/// Takes an exclusive lock, chains onto the last record, writes and syncs. A torn tail left by a
+/// crash (an incomplete last record after a valid chain) is cut off before appending; any other
+/// damage makes the append fail, so that nothing is chained onto a broken log.
 pub fn append_locked(
     path: &Path,
     stream_id: &str,
@@ -340,8 +370,8 @@ pub fn append_locked(
 
 /// [`append_locked`] for several records at once (group commit): one lock, one read of the tail,
 /// one write and one sync for all of them, in order. Returns what happened to the first; the
-/// others follow it in sequence (`seq + i`). Either every record is appended or none is
-/// acknowledged: on an error the caller must treat them all as not written.
+/// others follow it in sequence (`seq + i`). Either every record is appended and synced, or the
+/// file is cut back to where it was and the error returned.
 pub fn append_locked_batch(
     path: &Path,
     stream_id: &str,
@@ -399,9 +429,14 @@ fn append_under_lock(
         }
         out.extend_from_slice(&frame(&body, &prev));
     }
-    file.seek(SeekFrom::End(0))?;
-    file.write_all(&out)?;
-    file.sync_data()?;
+    let end = file.seek(SeekFrom::End(0))?;
+    if let Err(e) = file.write_all(&out).and_then(|()| file.sync_data()) {
+        // None of the batch is acknowledged, so none of it may stay for the next append to
+        // chain onto.
+        let _ = file.set_len(end);
+        let _ = file.sync_data();
+        return Err(e.into());
+    }
     Ok(Appended {
         seq: first,
         hash: first_hash,

@@ -1,6 +1,7 @@
 //! The chain detects every kind of damage at the exact record, and never panics on garbage.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use recorder::{
@@ -482,4 +483,40 @@ fn a_resting_recording_holds_no_descriptor_and_reopens_only_its_own_file() {
     assert!(err.to_string().contains("no longer the file"), "{err}");
     assert_eq!(fs::read(&path).unwrap(), b"someone else's file");
     assert!(w.append(Kind::Output, 1, b"z").is_err());
+
+    // The same file, but with bytes added while it rested: refused too.
+    let path = dir.path().join("grown.rec");
+    let mut w = Writer::create_compressed(&path, "s-grown").unwrap();
+    w.append(Kind::Output, 1, b"x").unwrap();
+    w.flush().unwrap();
+    assert!(w.rest_if_idle(0).unwrap());
+    let before = fs::read(&path).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"appended by someone else")
+        .unwrap();
+    let err = w.append(Kind::Output, 1, b"y").unwrap_err();
+    assert!(err.to_string().contains("no longer the file"), "{err}");
+    assert_eq!(fs::read(&path).unwrap().len(), before.len() + 24);
+
+    // A recording that cannot be reopened (here: a symbolic link in its place) fails that
+    // record only; once its file is back, it goes on and seals.
+    let path = dir.path().join("away.rec");
+    let mut w = Writer::create_compressed(&path, "s-away").unwrap();
+    w.append(Kind::Output, 1, b"x").unwrap();
+    w.flush().unwrap();
+    assert!(w.rest_if_idle(0).unwrap());
+    let aside = dir.path().join("aside.rec");
+    fs::rename(&path, &aside).unwrap();
+    std::os::unix::fs::symlink(&aside, &path).unwrap();
+    assert!(w.append(Kind::Output, 1, b"lost").is_err());
+    fs::remove_file(&path).unwrap();
+    fs::rename(&aside, &path).unwrap();
+    w.append(Kind::Output, 1, b"after").unwrap();
+    w.finish().unwrap();
+    let report = verify_file(&path).unwrap();
+    assert!(report.problem.is_none(), "{:?}", report.problem);
+    assert_eq!(report.records, 3, "x, the idle event, after");
 }
