@@ -143,11 +143,20 @@ impl EdgeHub {
             name,
             size,
         } = kept;
+        let recordings = self.data.recordings();
+        // Linked, not renamed: a rename would replace a recording already kept under this name
+        // (the name comes from the edge), where a link fails.
+        match tokio::fs::hard_link(file, recordings.join(name)).await {
+            Ok(()) => tokio::fs::remove_file(file).await?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let why = format!("a recording named {name} is already kept here");
+                return Err(self.quarantine(edge, &session.id, file, &why));
+            }
+            Err(e) => return Err(e.into()),
+        }
         let keyrings = crate::evidence_store::cache_dir(&self.data).join("keyrings");
         tokio::fs::create_dir_all(&keyrings).await?;
         tokio::fs::rename(ring, keyrings.join(node)).await?;
-        let recordings = self.data.recordings();
-        tokio::fs::rename(file, recordings.join(name)).await?;
         let now = approvals::time::now();
         let db = |e: approvals::StoreError| std::io::Error::other(e.to_string());
         if let Some(b) = breakglass {
