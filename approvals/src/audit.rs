@@ -92,13 +92,8 @@ impl AuditLog {
 
     fn write(&self, event: AuditEvent, fields: Value) -> Result<u64, AuditError> {
         let payload = self.payload(event, fields);
-        let appended = self.append(payload.as_bytes())?;
-        if let Some((at, bytes)) = appended.repaired {
-            // Never silent: the cut goes on record right after the entry that caused it.
-            let note = repair_note(&self.node, at, bytes, appended.seq);
-            self.append(note.as_bytes())?;
-        }
-        Ok(appended.seq)
+        append(&self.path, &self.stream, &self.node, &[payload.as_bytes()])
+            .map_err(|e| self.error(e))
     }
 
     /// The record's JSON: time, node and event name, then the event's fields.
@@ -114,15 +109,6 @@ impl AuditLog {
             obj.extend(extra);
         }
         Value::Object(obj).to_string()
-    }
-
-    fn append(&self, payload: &[u8]) -> Result<recorder::Appended, AuditError> {
-        recorder::append_locked(&self.path, &self.stream, recorder::Kind::Audit, payload).map_err(
-            |source| AuditError {
-                path: self.path.display().to_string(),
-                source,
-            },
-        )
     }
 
     /// [`AuditLog::record`] off the async runtime's threads, group-committed: events queued while
@@ -187,6 +173,25 @@ fn stopped() -> recorder::WriteError {
     std::io::Error::other("the audit log's writer has stopped").into()
 }
 
+/// Appends `payloads` as audit records, in one locked write, and returns the first one's sequence
+/// number (the others follow it). Never silent: a torn tail cut before appending goes on record
+/// right after them (another process may append in between; the note names the first record
+/// after the cut).
+fn append(
+    path: &Path,
+    stream: &str,
+    node: &str,
+    payloads: &[&[u8]],
+) -> Result<u64, recorder::WriteError> {
+    let kind = recorder::Kind::Audit;
+    let appended = recorder::append_locked_batch(path, stream, kind, payloads)?;
+    if let Some((at, bytes)) = appended.repaired {
+        let note = repair_note(node, at, bytes, appended.seq);
+        recorder::append_locked(path, stream, kind, note.as_bytes())?;
+    }
+    Ok(appended.seq)
+}
+
 /// The record that says a torn tail was cut before `before_seq` was appended.
 fn repair_note(node: &str, at: u64, bytes: u64, before_seq: u64) -> String {
     json!({
@@ -212,16 +217,7 @@ fn group_commit(path: &Path, stream: &str, node: &str, queue: &std::sync::mpsc::
             }
         }
         let payloads: Vec<&[u8]> = batch.iter().map(|q| q.payload.as_slice()).collect();
-        let kind = recorder::Kind::Audit;
-        let written = recorder::append_locked_batch(path, stream, kind, &payloads).and_then(|a| {
-            if let Some((at, bytes)) = a.repaired {
-                // Never silent: the cut goes on record after the batch that found it (another
-                // process may append in between; the note names the first record after the cut).
-                let note = repair_note(node, at, bytes, a.seq);
-                recorder::append_locked(path, stream, kind, note.as_bytes())?;
-            }
-            Ok(a.seq)
-        });
+        let written = append(path, stream, node, &payloads);
         for (i, q) in batch.into_iter().enumerate() {
             let answer = match &written {
                 Ok(seq) => Ok(seq + i as u64),

@@ -113,10 +113,7 @@ impl Writer {
         self.flush()?;
         // Synced before closing, so that a write error shows here, on the descriptor that wrote
         // (some file systems report one only at close); the next append reopens the file.
-        self.guard(|w| match w.out.as_ref() {
-            Some(out) => out.get_ref().sync_data(),
-            None => Ok(()),
-        })?;
+        self.with_file(|out| out.get_ref().sync_data())?;
         self.out = None;
         Ok(true)
     }
@@ -153,10 +150,7 @@ impl Writer {
             },
             None => frame(&body, &hash),
         };
-        self.guard(|w| match w.out.as_mut() {
-            Some(out) => out.write_all(&stored),
-            None => Err(std::io::Error::other("the recording is not open")),
-        })?;
+        self.with_file(|out| out.write_all(&stored))?;
         self.len += stored.len() as u64;
         self.prev = hash;
         self.next_seq += 1;
@@ -173,12 +167,13 @@ impl Writer {
             self.quiet_flushes = 0;
         }
         self.appended = 0;
-        match self.out.as_mut() {
-            Some(out) => out.flush().map_err(|e| {
+        // A resting recording has nothing buffered: it is not reopened for this.
+        match self.out.as_mut().map(BufWriter::flush) {
+            Some(Err(e)) => {
                 self.failed = true;
-                WriteError::Io(e)
-            }),
-            None => Ok(()),
+                Err(WriteError::Io(e))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -222,11 +217,14 @@ impl Writer {
         Ok(())
     }
 
-    fn guard(
+    /// Runs `op` on the open file (reopened after a rest, see [`Writer::file`]). An I/O error
+    /// from `op` is a failed write: nothing more is written to this recording.
+    fn with_file(
         &mut self,
-        op: impl FnOnce(&mut Self) -> std::io::Result<()>,
+        op: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
     ) -> Result<(), WriteError> {
-        op(self).map_err(|e| {
+        let out = self.file()?;
+        op(out).map_err(|e| {
             self.failed = true;
             WriteError::Io(e)
         })
@@ -259,13 +257,9 @@ impl Writer {
     /// Flushes and fsyncs; returns the number of records and the final hash.
     pub fn finish(&mut self) -> Result<(u64, [u8; HASH_LEN]), WriteError> {
         self.check()?;
-        self.file()?;
-        self.guard(|w| match w.out.as_mut() {
-            Some(out) => {
-                out.flush()?;
-                out.get_ref().sync_data()
-            }
-            None => Err(std::io::Error::other("the recording is not open")),
+        self.with_file(|out| {
+            out.flush()?;
+            out.get_ref().sync_data()
         })?;
         Ok((self.next_seq, self.prev))
     }
