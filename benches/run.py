@@ -150,6 +150,11 @@ def rss_kib(pid):
     return 0
 
 
+def without_keys(cfg, *keys):
+    """The TOML text `cfg` without the top-level lines that set any of `keys`."""
+    return "\n".join(l for l in cfg.splitlines() if l.split("=", 1)[0].strip() not in keys)
+
+
 def cpu_seconds(pid):
     """User and system CPU time of a process so far (all its threads), in seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -260,8 +265,7 @@ class Bench:
         # The device web front door, for table 11.
         self.web_port = free_port()
         # No metrics endpoint: two brokers of a side-by-side run would both want its port.
-        cfg = "\n".join(l for l in cfg.splitlines()
-                        if not l.startswith(("web_devices_listen", "web_devices_domain", "metrics_listen")))
+        cfg = without_keys(cfg, "web_devices_listen", "web_devices_domain", "metrics_listen")
         cfg += '\nmetrics_listen = "off"\n'
         cfg += f'\nweb_devices_listen = "127.0.0.1:{self.web_port}"\nweb_devices_domain = "devices.bench"\n'
         with open(cfg_path, "w") as f:
@@ -280,8 +284,7 @@ class Bench:
             cfg = open(self.path("data", "postern.toml")).read()
             # Its own node name: live sessions are tracked per node; no device web front door
             # (the measured broker has it, on its own port).
-            cfg = "\n".join(l for l in cfg.splitlines()
-                            if not l.startswith(("node =", "web_devices_listen", "web_devices_domain")))
+            cfg = without_keys(cfg, "node", "web_devices_listen", "web_devices_domain")
             with open(self.path("unrecorded.toml"), "w") as f:
                 f.write('node = "bench-unrecorded"\n' + cfg + "\n")
             self.unrecorded, self.unrecorded_port = self.start_broker(

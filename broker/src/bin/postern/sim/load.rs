@@ -128,7 +128,6 @@ pub async fn run(
         0 => held.len(),
         n => n.min(held.len()),
     };
-    let mut held = held;
     let idle = held.split_off(typing);
     keep_typing(held, every, activity.hold, activity.report).await?;
     drop(idle);
