@@ -41,7 +41,12 @@ impl Actions {
             .await?;
         // Here, where links are made (at most one per TOTP code), so the tables stay bounded.
         self.store.prune_web_in(&mut tx, now).await?;
-        if (self.store.web_grants_in(&mut tx, vendor, now).await?).is_empty() {
+        if self
+            .store
+            .web_grants_in(&mut tx, vendor, now)
+            .await?
+            .is_empty()
+        {
             return Err(no_web_grant(vendor));
         }
         let record = ActionRecord::WebEntry {
