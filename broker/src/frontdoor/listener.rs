@@ -246,7 +246,9 @@ async fn connection(
         gate: gate.clone(),
     };
     let conn = Conn::new(ctx.clone(), peer, local, shared.clone());
-    let result = match russh::server::run_stream(config, stream, conn).await {
+    // Boxed: starting the session takes a kilobyte of state that this task, which then only
+    // waits for the session to end, need not keep.
+    let result = match Box::pin(russh::server::run_stream(config, stream, conn)).await {
         Ok(running) => running.await,
         Err(e) => Err(e),
     };

@@ -111,6 +111,8 @@ pub async fn session_channel(
     let mut stopping = live.stopping();
     let mut function_allows = live.watch_channels();
     let mut chan = SessionChannel::new(ctx, live, vch, uch, handle);
+    // The steps are boxed: an idle channel's task then holds only the wait below, not the
+    // kilobytes that handling one message needs (BENCHMARKS.md §12).
     let _ = chan.record(&events::ChannelOpen::Session);
     let stop = loop {
         tokio::select! {
@@ -120,13 +122,13 @@ pub async fn session_channel(
             }
             msg = next_from_vendor(&mut initial, &mut chan.vch), if chan.held.has_room() => {
                 let Some((owed, msg)) = msg else { break Stop::Closed };
-                if let Err(stop) = chan.on_vendor(msg, owed).await {
+                if let Err(stop) = Box::pin(chan.on_vendor(msg, owed)).await {
                     break stop;
                 }
             }
             msg = chan.uch.wait() => {
                 let Some(msg) = msg else { break Stop::DeviceGone };
-                if let Err(stop) = chan.on_device(msg).await {
+                if let Err(stop) = Box::pin(chan.on_device(msg)).await {
                     break stop;
                 }
             }
@@ -138,7 +140,7 @@ pub async fn session_channel(
             }
         }
     };
-    chan.finish(stop).await;
+    Box::pin(chan.finish(stop)).await;
 }
 
 /// The vendor's next message on the channel: first those kept from before the device was

@@ -45,7 +45,7 @@ pub(super) async fn supervise(
             }
             _ = tokio::time::sleep_until(instant_at(end_at - ctx.warn_before)), if warned_for != Some(end_at) => {
                 warned_for = Some(end_at);
-                warn_of_end(&live, &l).await;
+                Box::pin(warn_of_end(&live, &l)).await;
             }
             _ = tokio::time::sleep_until(instant_at(end_at)) => break l.end_reason(&live.target.vendor),
             _ = limits.changed() => {}
@@ -56,7 +56,8 @@ pub(super) async fn supervise(
         let fields = json!({"session": live.id, "vendor": live.target.vendor, "contract_end": fmt_time(*at)});
         ctx.audit(AuditEvent::SessionContractEnded, fields).await;
     }
-    finish(&ctx, &live, &reason).await;
+    // Boxed, like the warning: a waiting supervisor holds only its loop (BENCHMARKS.md §12).
+    Box::pin(finish(&ctx, &live, &reason)).await;
     // `--rotate-after-session`: one session, one device credential.
     crate::scheduled_rotation::spawn_after_session(&ctx, &live);
 }

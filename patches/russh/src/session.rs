@@ -149,9 +149,21 @@ impl<C> CommonSession<C> {
             .is_some_and(|channel| channel.confirmed)
     }
 
+    /// Frees the key exchange's payloads (both KEXINIT messages, about 2.3 KiB) once nothing
+    /// reads them, so that an idle session does not keep them for its whole life. The emptied
+    /// `exchange` still marks that a key exchange completed.
+    pub(crate) fn forget_exchange_payloads(&mut self) {
+        if let Some(enc) = self.encrypted.as_mut()
+            && let Some(exchange) = enc.exchange.as_mut()
+        {
+            *exchange = Exchange::default();
+        }
+    }
+
     pub fn newkeys(&mut self, newkeys: NewKeys) {
         if let Some(ref mut enc) = self.encrypted {
-            enc.exchange = Some(newkeys.exchange);
+            // Only the mark is read after a re-key (see `forget_exchange_payloads`).
+            enc.exchange = Some(Exchange::default());
             enc.kex = newkeys.kex;
             enc.key = newkeys.key;
             enc.client_mac = newkeys.names.client_mac;

@@ -230,7 +230,8 @@ pub enum Msg {
     },
     Channel(ChannelId, ChannelMsg),
     ServerChannelOpenReply {
-        pending: crate::PendingChannelOpen,
+        // Boxed: it is the largest variant, and every queue slot is as large as that.
+        pending: Box<crate::PendingChannelOpen>,
         result: Result<(), ChannelOpenFailure>,
     },
     Rekey,
@@ -1262,7 +1263,13 @@ where
     );
     session.begin_rekey()?;
     let (kex_done_signal, kex_done_signal_rx) = oneshot::channel();
-    let join = russh_util::runtime::spawn(session.run(stream, handler, Some(kex_done_signal)));
+    // Boxed: the spawn wrapper would otherwise hold this (large) future twice, once as its
+    // argument and once as the future it awaits, for the session's whole life.
+    let join = russh_util::runtime::spawn(Box::pin(Box::new(session).run(
+        stream,
+        handler,
+        Some(kex_done_signal),
+    )));
 
     let agent_session_binding = match kex_done_signal_rx.await {
         Ok(binding) => binding,
@@ -1342,8 +1349,10 @@ impl Session {
         }
     }
 
+    // `self` is boxed: an async fn keeps its arguments twice in its state (as passed, and
+    // moved into the body), and the session is kilobytes.
     async fn run<H: Handler + Send, R: AsyncRead + AsyncWrite + Unpin + Send>(
-        mut self,
+        mut self: Box<Self>,
         stream: SshRead<R>,
         mut handler: H,
         mut kex_done_signal: Option<
@@ -1456,7 +1465,9 @@ impl Session {
                         } else {
                             self.common.received_data = true;
                             let kex_was_active = self.kex.active();
-                            reply(self, handler, kex_done_signal, &mut pkt).await?;
+                            // Boxed: handling one packet (key exchange, handler callbacks) needs
+                            // kilobytes of state that an idle session should not keep.
+                            Box::pin(reply(self, handler, kex_done_signal, &mut pkt)).await?;
                             buffer.seqn = pkt.seqn; // TODO reply changes seqn internall, find cleaner way
 
                             if kex_was_active && !self.kex.active() {
@@ -1828,7 +1839,7 @@ impl Session {
                 let _ = self.send_global_request(reply_channel, &name, &data);
             }
             Msg::ServerChannelOpenReply { pending, result } => {
-                self.finalize_server_channel_open_reply(pending, result)?;
+                self.finalize_server_channel_open_reply(*pending, result)?;
             }
             msg => {
                 // should be unreachable, since the receiver only gets
@@ -2085,6 +2096,7 @@ async fn reply<H: Handler>(
                         session
                             .common
                             .encrypted(initial_encrypted_state(session), newkeys);
+                        session.common.forget_exchange_payloads();
 
                         if let Some(sender) = kex_done_signal.take() {
                             sender.send(agent_session_binding).unwrap_or(());

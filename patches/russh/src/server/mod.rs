@@ -1130,7 +1130,9 @@ where
 
     session.begin_rekey()?;
 
-    let join = russh_util::runtime::spawn(session.run(stream, handler));
+    // Boxed: the spawn wrapper would otherwise hold this (large) future twice, once as its
+    // argument and once as the future it awaits, for the session's whole life.
+    let join = russh_util::runtime::spawn(Box::pin(Box::new(session).run(stream, handler)));
 
     Ok(RunningSession { handle, join })
 }
@@ -1290,6 +1292,7 @@ async fn reply<H: Handler + Send>(
                         );
 
                         session.maybe_send_ext_info()?;
+                        session.common.forget_exchange_payloads();
                     }
 
                     session.kex = SessionKexState::Idle;
