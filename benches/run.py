@@ -565,12 +565,28 @@ class Bench:
             time.sleep(0.1)
         self.pn("device", "import", sim_list, "--login", "sim", "--key", self.path("devkey"))
 
+    def scale_edge(self):
+        """With --scale-via-edge: the simulated device's site is reached through a site edge
+        (`postern edge run`), so the broker holds one descriptor per idle session (the vendor's
+        socket; the device's side is a stream inside the edge's one TLS link) and the device
+        sockets are the edge's. Returns the edge process."""
+        token = json.loads(self.pn("edge", "add", "bench-s1", "--sites", "site-0000", "--json"))["token"]
+        self.run(self.postern, "edge", "join", "--central", f"127.0.0.1:{self.edge_port}",
+                 "--token", token, "--data", self.path("edge-s1"))
+        edge = subprocess.Popen([self.postern, "edge", "run", "--data", self.path("edge-s1")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(edge)
+        self.wait_edges("bench-s1", 1, 30)
+        return edge
+
     def scale(self):
         """Sessions opened in-process (`postern bench-load`) to one scripted simulated device."""
         self.sim_device()
+        edge = self.scale_edge() if self.args.scale_via_edge else None
         out = []
         for n in self.args.scale:
             before = rss_kib(self.broker.pid)
+            edge_before = rss_kib(edge.pid) if edge else 0
             cpu_before = cpu_seconds(self.broker.pid)
             # One session types a command every 0.2 s while the others idle: its round trip.
             p = subprocess.Popen([self.load_gen, "bench-load", "--data", self.path("data"),
@@ -587,6 +603,10 @@ class Bench:
             cpu_ms = (cpu_seconds(self.broker.pid) - cpu_before) * 1000 / n
             time.sleep(8)  # idle: recordings rest after 5 quiet seconds
             rss = rss_kib(self.broker.pid)
+            if edge:
+                edge_rss = rss_kib(edge.pid)
+                print(f"   (the edge process: RSS {edge_rss / 1024:.1f} MiB, "
+                      f"{(edge_rss - edge_before) / n:.0f} KiB/session)", flush=True)
             echo = p.stdout.readline()
             p.wait(timeout=120)
             try:
@@ -903,6 +923,9 @@ def main():
                     help="with --only-scale: an earlier build's postern binary, measured first in the same run")
     ap.add_argument("--only-scale", action="store_true",
                     help="only table 4b (e.g. with BENCH_BROKER_WRAPPER to profile a burst of setups)")
+    ap.add_argument("--scale-via-edge", action="store_true",
+                    help="table 4b with the device's site behind a site edge (the broker then holds one "
+                         "descriptor per idle session, not two)")
     ap.add_argument("--no-unrecorded", dest="unrecorded", action="store_false",
                     help="skip the recording-off comparison (it needs a second release build)")
     a = ap.parse_args()
@@ -1030,7 +1053,8 @@ def scale_table(b, baseline=None):
         base.postern, base.build = os.path.abspath(baseline), False
         builds.insert(0, ("baseline", base))
     print()
-    print("4b. sessions opened in-process (certificate + TOTP + pty shell) to one scripted simulated device, then idle")
+    via = ", through a site edge" if b.args.scale_via_edge else ""
+    print(f"4b. sessions opened in-process (certificate + TOTP + pty shell) to one scripted simulated device{via}, then idle")
     print("   (CPU ms/setup: the broker's CPU time over the burst per session; round trip: one session's")
     print("   `echo` every 0.2 s, from typing to its output, while all the others idle)")
     print(f"   {'sessions':<10}{'setups/s':>9}{'CPU ms/setup':>14}{'KiB/session':>13}{'RSS MiB':>9}"
