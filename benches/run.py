@@ -591,7 +591,7 @@ class Bench:
             # One session types a command every 0.2 s while the others idle: its round trip.
             p = subprocess.Popen([self.load_gen, "bench-load", "--data", self.path("data"),
                                   "--broker", f"127.0.0.1:{self.broker_port}", "--target", "site-0000/dev-00:bulk",
-                                  "--sessions", str(n), "--parallel", "32", "--hold", "20",
+                                  "--sessions", str(n), "--parallel", "32", "--hold", str(self.args.hold),
                                   "--every", "0.2", "--typists", "1", "--report", "20"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             line = p.stdout.readline()
@@ -608,7 +608,7 @@ class Bench:
                 print(f"   (the edge process: RSS {edge_rss / 1024:.1f} MiB, "
                       f"{(edge_rss - edge_before) / n:.0f} KiB/session)", flush=True)
             echo = p.stdout.readline()
-            p.wait(timeout=120)
+            p.wait(timeout=120 + self.args.hold)
             try:
                 p50 = float(echo.split("p50 ")[1].split()[0])
                 p99 = float(echo.split("p99 ")[1].split()[0])
@@ -923,6 +923,9 @@ def main():
                     help="with --only-scale: an earlier build's postern binary, measured first in the same run")
     ap.add_argument("--only-scale", action="store_true",
                     help="only table 4b (e.g. with BENCH_BROKER_WRAPPER to profile a burst of setups)")
+    ap.add_argument("--hold", type=int, default=20,
+                    help="table 4b: seconds the sessions are held idle; the typing session's round trip "
+                         "is sampled every 0.2 s meanwhile (20 s: 100 samples)")
     ap.add_argument("--scale-via-edge", action="store_true",
                     help="table 4b with the device's site behind a site edge (the broker then holds one "
                          "descriptor per idle session, not two)")
