@@ -592,7 +592,7 @@ class Bench:
             p = subprocess.Popen([self.load_gen, "bench-load", "--data", self.path("data"),
                                   "--broker", f"127.0.0.1:{self.broker_port}", "--target", "site-0000/dev-00:bulk",
                                   "--sessions", str(n), "--parallel", "32", "--hold", str(self.args.hold),
-                                  "--every", "0.2", "--typists", "1", "--report", "20"],
+                                  "--every", "0.2", "--typists", "1", "--report", str(self.args.hold)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             line = p.stdout.readline()
             if "sessions up" not in line:
@@ -609,6 +609,8 @@ class Bench:
                       f"{(edge_rss - edge_before) / n:.0f} KiB/session)", flush=True)
             echo = p.stdout.readline()
             p.wait(timeout=120 + self.args.hold)
+            if " 0 failed" not in echo:
+                print(f"   (bench-load {n}: {echo.strip()}; {p.stderr.read()[-500:].strip()})", flush=True)
             try:
                 p50 = float(echo.split("p50 ")[1].split()[0])
                 p99 = float(echo.split("p99 ")[1].split()[0])

@@ -111,9 +111,9 @@ pub async fn session_channel(
     let mut stopping = live.stopping();
     let mut function_allows = live.watch_channels();
     let mut chan = SessionChannel::new(ctx, live, vch, uch, handle);
-    // The steps are boxed: an idle channel's task then holds only the wait below, not the
-    // kilobytes that handling one message needs (BENCHMARKS.md §12).
     let _ = chan.record(&events::ChannelOpen::Session);
+    // The steps are boxed: an idle channel's task then holds only the wait in this loop, not the
+    // kilobytes that handling one message needs (BENCHMARKS.md §12).
     let stop = loop {
         tokio::select! {
             _ = async { let _ = stopping.wait_for(|s| *s).await; } => {

@@ -265,15 +265,19 @@ async fn type_commands(
         let marker = format!("s{index}-{seq}");
         let want = format!("\r\n{marker}\r\n");
         let sent = tokio::time::Instant::now();
-        if h.channel
-            .data(format!("echo {marker}\r").as_bytes())
-            .await
-            .is_err()
-        {
+        let deadline = sent + Duration::from_secs(10);
+        // Bounded like the wait for the answer: input the broker never takes is a failure, not
+        // a benchmark that never ends.
+        let typed = tokio::time::timeout_at(
+            deadline,
+            h.channel.data(format!("echo {marker}\r").as_bytes()),
+        )
+        .await;
+        if !matches!(typed, Ok(Ok(()))) {
+            eprintln!("bench-load: session {index}: command {seq} not accepted: {typed:?}");
             tally.failed.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let deadline = sent + Duration::from_secs(10);
         let mut seen = Vec::new();
         let answered = loop {
             match tokio::time::timeout_at(deadline, h.channel.wait()).await {
