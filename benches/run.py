@@ -570,14 +570,7 @@ class Bench:
         (`postern edge run`), so the broker holds one descriptor per idle session (the vendor's
         socket; the device's side is a stream inside the edge's one TLS link) and the device
         sockets are the edge's. Returns the edge process."""
-        token = json.loads(self.pn("edge", "add", "bench-s1", "--sites", "site-0000", "--json"))["token"]
-        self.run(self.postern, "edge", "join", "--central", f"127.0.0.1:{self.edge_port}",
-                 "--token", token, "--data", self.path("edge-s1"))
-        edge = subprocess.Popen([self.postern, "edge", "run", "--data", self.path("edge-s1")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.procs.append(edge)
-        self.wait_edges("bench-s1", 1, 30)
-        return edge
+        return self.start_edge("bench-s1", "site-0000", "edge-s1")
 
     def scale(self):
         """Sessions opened in-process (`postern bench-load`) to one scripted simulated device."""
@@ -688,17 +681,24 @@ class Bench:
             time.sleep(0.25)
         return time.time() - t0
 
+    def start_edge(self, name, site, data):
+        """Edge `name` for `site`, joined and running (`postern edge run`) from its own data dir
+        `data`, connected to the central; returns its process."""
+        token = json.loads(self.pn("edge", "add", name, "--sites", site, "--json"))["token"]
+        self.run(self.postern, "edge", "join", "--central", f"127.0.0.1:{self.edge_port}",
+                 "--token", token, "--data", self.path(data))
+        edge = subprocess.Popen([self.postern, "edge", "run", "--data", self.path(data)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(edge)
+        self.wait_edges(name, 1, 30)
+        return edge
+
     def edge_throughput(self):
         """The bench device again as site bench-e, reached through an edge (`postern edge run`)."""
         self.pn("site", "add", "bench-e")
         self.pn("device", "add", "bench-e/dev", "--addr", f"127.0.0.1:{self.device_port}",
                 "--login", self.user, "--key", self.path("devkey"), "--host-key", self.path("host.pub"))
-        token = json.loads(self.pn("edge", "add", "bench-e1", "--sites", "bench-e", "--json"))["token"]
-        self.run(self.postern, "edge", "join", "--central", f"127.0.0.1:{self.edge_port}",
-                 "--token", token, "--data", self.path("edge-e1"))
-        self.procs.append(subprocess.Popen([self.postern, "edge", "run", "--data", self.path("edge-e1")],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        self.wait_edges("bench-e1", 1, 30)
+        self.start_edge("bench-e1", "bench-e", "edge-e1")
         self.edge_site = True
         return self.throughput(["direct", "postern", "edge"])
 
